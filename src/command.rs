@@ -1,0 +1,87 @@
+//! Commands from the handles to the event loop, each with its reply channel.
+
+use std::sync::{atomic::AtomicU64, Arc};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    error::Result,
+    message::{ChannelMessage, Payload},
+    protocol::Envelope,
+};
+
+/// Where a peer lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The host that holds the peer.
+    pub host: PeerId,
+    /// Addresses of that host.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// A live host of the network, as this host knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The host's id.
+    pub host: PeerId,
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+    /// Channels it subscribes to.
+    pub channels: Vec<String>,
+    /// Whether this host has an open connection to it.
+    pub connected: bool,
+}
+
+/// The sending half of one subscription.
+#[derive(Debug)]
+pub(crate) struct SubSink {
+    pub id: u64,
+    pub tx: mpsc::Sender<ChannelMessage>,
+    pub missed: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Listen {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>>>,
+    },
+    Join {
+        addr: Multiaddr,
+        shown: String,
+        reply: oneshot::Sender<Result<PeerId>>,
+    },
+    Send {
+        env: Envelope,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Find {
+        id: String,
+        reply: oneshot::Sender<Result<Location>>,
+    },
+    Subscribe {
+        channel: String,
+        sink: SubSink,
+    },
+    Unsubscribe {
+        channel: String,
+        /// `None` ends every subscription on the channel.
+        id: Option<u64>,
+    },
+    Publish {
+        channel: String,
+        payload: Payload,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Members {
+        reply: oneshot::Sender<Vec<HostInfo>>,
+    },
+    CachedLocation {
+        id: String,
+        reply: oneshot::Sender<Option<PeerId>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}

@@ -1,0 +1,182 @@
+//! Host configuration: defaults, presets and what may change at run time.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+
+use crate::error::{Error, Result};
+
+/// Which transports a host speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// TCP and WebSocket (with DNS), for real deployments. Listen on
+    /// `/ip4/…/tcp/…` and `/ip4/…/tcp/…/ws`.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport (`/memory/<n>`), for tests and
+    /// simulations with many hosts in one process.
+    Memory,
+}
+
+/// Configuration of a [`crate::Host`].
+///
+/// Build one with [`HostConfig::default`] and change fields, or with the
+/// [`HostConfig::for_tests`] preset (memory transport, fast heartbeats).
+/// Fields marked *run time* may be changed on a running host with
+/// [`crate::Host::set_config`]; the others are fixed at creation.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostConfig {
+    /// Network id. Hosts with different ids refuse each other; it namespaces
+    /// every protocol name (`/distribus/<network_id>/…`).
+    pub network_id: String,
+    /// The host's identity key. `None` makes a new ed25519 key.
+    pub keypair: Option<Keypair>,
+    /// Transports to build.
+    pub transport: TransportKind,
+    /// How many hosts hold each directory entry (the closest by XOR distance).
+    pub replication: usize,
+    /// How often a host re-announces itself to the membership.
+    pub heartbeat_interval: Duration,
+    /// A host that has not been heard of for this long is dropped from the
+    /// membership, and its directory entries with it.
+    pub lease: Duration,
+    /// *Run time.* First delay before redialling a dropped joined host.
+    pub reconnect_delay: Duration,
+    /// *Run time.* Factor by which the redial delay grows after each failure.
+    pub reconnect_decay: f64,
+    /// *Run time.* How long a dropped joined host is redialled; after it the
+    /// cached locations on that host are forgotten.
+    pub reconnect_timeout: Duration,
+    /// *Run time.* Deadline of a direct send and of a `find`.
+    pub request_timeout: Duration,
+    /// *Run time.* Deadline of `join`.
+    pub join_timeout: Duration,
+    /// *Run time.* Largest encoded payload of one message or publish, in bytes.
+    pub max_message_size: usize,
+    /// Largest frame accepted from the network, in bytes. Larger frames are
+    /// rejected and counted.
+    pub max_frame_size: usize,
+    /// Most envelopes carried in one host-to-host batch.
+    pub max_batch_messages: usize,
+    /// *Run time.* Capacity of the inbox of peers created from now on.
+    pub inbox_capacity: usize,
+    /// *Run time.* Capacity of each channel subscription created from now on.
+    pub subscription_capacity: usize,
+    /// Capacity of the bounded cache of peer locations.
+    pub location_cache_capacity: usize,
+    /// Most directory entries this host holds for others.
+    pub max_directory_entries: usize,
+    /// *Run time.* How long a publish waits for the gossip mesh to reach the
+    /// channel's known subscribers before it is sent to those reachable.
+    pub publish_warmup: Duration,
+    /// Gossipsub heartbeat (mesh maintenance) interval.
+    pub gossip_heartbeat: Duration,
+    /// Connections with no traffic and no gossip streams close after this.
+    pub idle_connection_timeout: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            network_id: "distribus".into(),
+            keypair: None,
+            transport: TransportKind::Tcp,
+            replication: 3,
+            heartbeat_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(20),
+            reconnect_delay: Duration::from_secs(1),
+            reconnect_decay: 2.0,
+            reconnect_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 20,
+            max_frame_size: 16 << 20,
+            max_batch_messages: 4096,
+            inbox_capacity: 1024,
+            subscription_capacity: 16_384,
+            location_cache_capacity: 100_000,
+            max_directory_entries: 20_000_000,
+            publish_warmup: Duration::from_secs(5),
+            gossip_heartbeat: Duration::from_millis(700),
+            idle_connection_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl HostConfig {
+    /// A preset for tests and simulations: memory transport, heartbeats every
+    /// 250 ms, a 3 s lease and short timeouts.
+    pub fn for_tests() -> Self {
+        HostConfig {
+            transport: TransportKind::Memory,
+            heartbeat_interval: Duration::from_millis(250),
+            lease: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(5),
+            gossip_heartbeat: Duration::from_millis(200),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values for consistency.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: &str| Err(Error::Config(s.to_string()));
+        if self.network_id.is_empty()
+            || self.network_id.len() > 64
+            || !self
+                .network_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return bad("network_id must be 1-64 characters of [A-Za-z0-9._-]");
+        }
+        if self.replication == 0 {
+            return bad("replication must be at least 1");
+        }
+        if self.heartbeat_interval.is_zero() || self.lease <= self.heartbeat_interval {
+            return bad("lease must be longer than a non-zero heartbeat_interval");
+        }
+        if self.reconnect_decay < 1.0 {
+            return bad("reconnect_decay must be at least 1");
+        }
+        if self.inbox_capacity == 0 || self.subscription_capacity == 0 {
+            return bad("inbox_capacity and subscription_capacity must be at least 1");
+        }
+        if self.max_batch_messages == 0 || self.location_cache_capacity == 0 {
+            return bad("max_batch_messages and location_cache_capacity must be at least 1");
+        }
+        if self.max_message_size + 1024 > self.max_frame_size {
+            return bad("max_frame_size must exceed max_message_size by at least 1 KiB");
+        }
+        Ok(())
+    }
+
+    /// Checks that `new` only changes the fields marked *run time*.
+    pub(crate) fn check_runtime_change(&self, new: &HostConfig) -> Result<()> {
+        let fixed = self.network_id == new.network_id
+            && self.transport == new.transport
+            && self.replication == new.replication
+            && self.heartbeat_interval == new.heartbeat_interval
+            && self.lease == new.lease
+            && self.max_frame_size == new.max_frame_size
+            && self.max_batch_messages == new.max_batch_messages
+            && self.location_cache_capacity == new.location_cache_capacity
+            && self.max_directory_entries == new.max_directory_entries
+            && self.gossip_heartbeat == new.gossip_heartbeat
+            && self.idle_connection_timeout == new.idle_connection_timeout
+            && self.keypair.as_ref().map(|k| k.public()) == new.keypair.as_ref().map(|k| k.public());
+        if !fixed {
+            return Err(Error::Config(
+                "only run-time fields may change on a running host".into(),
+            ));
+        }
+        if new.max_message_size + 1024 > self.max_frame_size {
+            return Err(Error::Config(
+                "max_message_size must stay 1 KiB below max_frame_size".into(),
+            ));
+        }
+        new.validate()
+    }
+}

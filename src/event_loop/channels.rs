@@ -1,0 +1,241 @@
+//! Channels: local subscriptions and publishes over gossipsub.
+//!
+//! Every host announces the channels it subscribes to in its membership
+//! record. A publish is delivered to this host's own subscriptions at once;
+//! for the other hosts it waits until every subscribing host is connected
+//! and known to gossipsub as a subscriber (the mesh warm-up), or until
+//! `publish_warmup` has passed, and then goes out with flood publishing, so
+//! each subscriber host receives it directly. Publishes on one channel leave
+//! in order. When gossipsub's queues are full the publish waits (the caller's
+//! future stays pending): backpressure instead of loss.
+
+use std::{
+    collections::HashSet,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use libp2p::{gossipsub, swarm::dial_opts::DialOpts, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc::error::TrySendError, oneshot};
+
+use super::EventLoop;
+use crate::{
+    command::SubSink,
+    error::{Error, Result},
+    message::{ChannelMessage, Payload},
+    shared::bump,
+};
+
+/// How long to wait before redialling a subscriber host.
+const REDIAL: Duration = Duration::from_secs(1);
+
+/// What a channel publish carries on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChannelFrame {
+    /// Makes each publish's gossip message id unique.
+    nonce: u64,
+    payload: Payload,
+}
+
+/// A publish waiting for the mesh or for queue room.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    frame: Vec<u8>,
+    reply: oneshot::Sender<Result<()>>,
+    deadline: Instant,
+}
+
+pub(super) fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("ch/{channel}"))
+}
+
+impl EventLoop {
+    pub(super) fn subscribe(&mut self, channel: String, sink: SubSink) {
+        let sinks = self.subs.entry(channel.clone()).or_default();
+        sinks.push(sink);
+        if sinks.len() == 1 {
+            if let Err(e) = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&channel_topic(&channel))
+            {
+                tracing::warn!(%channel, error = %e, "gossipsub subscribe failed");
+            }
+            self.announce();
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, channel: &str, id: Option<u64>) {
+        let Some(sinks) = self.subs.get_mut(channel) else {
+            return;
+        };
+        match id {
+            Some(id) => sinks.retain(|s| s.id != id),
+            None => sinks.clear(),
+        }
+        if sinks.is_empty() {
+            self.subs.remove(channel);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .unsubscribe(&channel_topic(channel));
+            self.announce();
+        }
+    }
+
+    /// Delivers to this host's subscriptions of `channel`, pruning dropped ones.
+    fn deliver_local(&mut self, channel: &str, payload: &Payload) {
+        let Some(sinks) = self.subs.get_mut(channel) else {
+            return;
+        };
+        sinks.retain(|s| {
+            let msg = ChannelMessage {
+                channel: channel.to_string(),
+                payload: payload.clone(),
+            };
+            match s.tx.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.missed.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+        if sinks.is_empty() {
+            self.unsubscribe(channel, None);
+        }
+    }
+
+    pub(super) fn publish(&mut self, channel: String, payload: Payload, reply: oneshot::Sender<Result<()>>) {
+        self.deliver_local(&channel, &payload);
+        bump(&self.shared.counters.published);
+        if self.remote_subscribers(&channel).is_empty() && !self.parked.contains_key(&channel) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let frame = match postcard::to_allocvec(&ChannelFrame {
+            nonce: rand::random(),
+            payload,
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = reply.send(Err(Error::Encode(e.to_string())));
+                return;
+            }
+        };
+        let warmup = self.shared.with_config(|c| c.publish_warmup);
+        self.parked.entry(channel.clone()).or_default().push_back(Parked {
+            frame,
+            reply,
+            deadline: Instant::now() + warmup,
+        });
+        self.drain_parked(&channel);
+    }
+
+    /// Hosts other than this one that subscribe to `channel`.
+    fn remote_subscribers(&self, channel: &str) -> Vec<PeerId> {
+        self.membership
+            .iter()
+            .filter(|(_, m)| m.channels.iter().any(|c| c == channel))
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
+    /// Whether gossipsub can reach every subscriber host of `channel`;
+    /// dials the ones that are not connected.
+    fn mesh_ready(&mut self, channel: &str) -> bool {
+        let subscribers = self.remote_subscribers(channel);
+        if subscribers.is_empty() {
+            return true;
+        }
+        let hash = channel_topic(channel).hash();
+        let known: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut ready = true;
+        let now = Instant::now();
+        for h in subscribers {
+            if known.contains(&h) {
+                continue;
+            }
+            ready = false;
+            if !self.swarm.is_connected(&h) && self.dialing.get(&h).is_none_or(|t| *t <= now) {
+                self.dialing.insert(h, now + REDIAL);
+                let _ = self.swarm.dial(DialOpts::peer_id(h).build());
+            }
+        }
+        ready
+    }
+
+    /// Publishes the parked messages of `channel` that can go now, in order.
+    fn drain_parked(&mut self, channel: &str) {
+        let ready = self.mesh_ready(channel);
+        let now = Instant::now();
+        let topic = channel_topic(channel);
+        loop {
+            let Some(queue) = self.parked.get_mut(channel) else {
+                return;
+            };
+            let Some(front) = queue.front() else {
+                self.parked.remove(channel);
+                return;
+            };
+            if !ready && front.deadline > now {
+                return;
+            }
+            let result = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), front.frame.clone());
+            let outcome = match result {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                // Nobody reachable subscribes after the warm-up: the local
+                // subscribers had it; nothing else to do.
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                Err(gossipsub::PublishError::AllQueuesFull(_)) => return, // backpressure
+                Err(e) => Err(Error::Publish(e.to_string())),
+            };
+            if let Some(p) = queue.pop_front() {
+                let _ = p.reply.send(outcome);
+            }
+        }
+    }
+
+    /// Retries every channel with parked publishes.
+    pub(super) fn retry_parked(&mut self) {
+        let channels: Vec<String> = self.parked.keys().cloned().collect();
+        for c in channels {
+            self.drain_parked(&c);
+        }
+    }
+
+    pub(super) fn on_channel_message(&mut self, message: gossipsub::Message) {
+        let Some(channel) = message.topic.as_str().strip_prefix("ch/").map(str::to_string) else {
+            return;
+        };
+        match crate::protocol::decode_frame::<ChannelFrame>(&message.data) {
+            Ok(frame) => self.deliver_local(&channel, &frame.payload),
+            Err(e) => {
+                self.shared.wire.count_rejected();
+                tracing::warn!(%channel, error = %e, "malformed channel message");
+            }
+        }
+    }
+
+    pub(super) fn fail_all_publishes(&mut self) {
+        for (_, q) in self.parked.drain() {
+            for p in q {
+                let _ = p.reply.send(Err(Error::Closed));
+            }
+        }
+    }
+}

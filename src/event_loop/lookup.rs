@@ -1,0 +1,374 @@
+//! The directory's network side: registration batches to the holders, the
+//! rebalancing that follows membership changes, and one-hop lookups.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use libp2p::{request_response::OutboundFailure, PeerId};
+use tokio::sync::oneshot;
+
+use super::{messaging::PendingSend, EventLoop, Pending};
+use crate::{
+    command::Location,
+    directory::{closest, key_of, DirOp},
+    error::{Error, Result},
+    protocol::{Request, Response, WireLocation},
+    shared::bump,
+};
+
+/// Most operations in one directory request.
+const MAX_DIR_BATCH: usize = 65_536;
+/// Wait before resending directory operations that failed.
+const DIR_RETRY: Duration = Duration::from_millis(500);
+
+/// Directory operations waiting for one holder.
+#[derive(Debug, Default)]
+pub(crate) struct DirLink {
+    queue: VecDeque<DirOp>,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+}
+
+/// Who waits for a lookup.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    Send(PendingSend),
+    Find(oneshot::Sender<Result<Location>>),
+}
+
+/// A lookup in progress: the holders left to ask, and who waits.
+#[derive(Debug)]
+pub(crate) struct LookupState {
+    candidates: VecDeque<PeerId>,
+    waiters: Vec<Waiter>,
+    round_trips: u64,
+}
+
+impl EventLoop {
+    /// Sends the local creates and removes to their holders.
+    pub(super) fn flush_directory(&mut self) {
+        let changes = self.shared.take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        let mut local_ops = Vec::new();
+        let mut touched = Vec::new();
+        for c in changes {
+            let op = if c.register {
+                DirOp::Register(c.id.to_string())
+            } else {
+                DirOp::Withdraw(c.id.to_string())
+            };
+            for holder in closest(self.membership.keys(), c.key, self.replication) {
+                if holder == self.local() {
+                    local_ops.push(op.clone());
+                } else {
+                    self.dir_links.entry(holder).or_default().queue.push_back(op.clone());
+                    touched.push(holder);
+                }
+            }
+        }
+        if !local_ops.is_empty() {
+            self.store.apply(self.local(), self.epoch, local_ops);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for h in touched {
+            self.flush_dir_link(h);
+        }
+    }
+
+    fn flush_dir_link(&mut self, holder: PeerId) {
+        let Some(link) = self.dir_links.get_mut(&holder) else {
+            return;
+        };
+        if link.in_flight || link.queue.is_empty() {
+            return;
+        }
+        if link.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let n = link.queue.len().min(MAX_DIR_BATCH);
+        let ops: Vec<DirOp> = link.queue.drain(..n).collect();
+        link.in_flight = true;
+        link.retry_at = None;
+        let id = self.swarm.behaviour_mut().rpc.send_request(
+            &holder,
+            Request::Directory {
+                epoch: self.epoch,
+                ops: ops.clone(),
+            },
+        );
+        self.requests
+            .insert(id, Pending::Directory { host: holder, ops });
+    }
+
+    pub(super) fn on_directory_result(
+        &mut self,
+        holder: PeerId,
+        ops: Vec<DirOp>,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        let still_member = self.membership.contains(&holder);
+        let Some(link) = self.dir_links.get_mut(&holder) else {
+            return;
+        };
+        link.in_flight = false;
+        match result {
+            Ok(Response::DirectoryOk) => {}
+            other => {
+                tracing::debug!(%holder, result = ?other.err(), "directory batch failed");
+                if still_member {
+                    for op in ops.into_iter().rev() {
+                        link.queue.push_front(op);
+                    }
+                    link.retry_at = Some(Instant::now() + DIR_RETRY);
+                    return;
+                }
+            }
+        }
+        if !still_member || link.queue.is_empty() {
+            if link.queue.is_empty() || !still_member {
+                self.dir_links.remove(&holder);
+            }
+            return;
+        }
+        self.flush_dir_link(holder);
+    }
+
+    /// Resends directory batches whose retry time has come.
+    pub(super) fn retry_directory(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .dir_links
+            .iter()
+            .filter(|(_, l)| !l.in_flight && l.retry_at.is_some_and(|t| t <= now))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in due {
+            if !self.membership.contains(&h) {
+                self.dir_links.remove(&h);
+                continue;
+            }
+            self.flush_dir_link(h);
+        }
+    }
+
+    /// After the membership changed: register every local peer with the
+    /// holders that became responsible for it.
+    pub(super) fn rebalance(&mut self) {
+        if self.rebalanced.as_slice() == self.membership.keys() {
+            return;
+        }
+        let old = std::mem::replace(&mut self.rebalanced, self.membership.keys().to_vec());
+        let new = &self.rebalanced;
+        let r = self.replication;
+        let local = self.shared.local;
+        let mut moves: HashMap<PeerId, Vec<DirOp>> = HashMap::new();
+        self.shared.registry.for_each(|id, key| {
+            let before = closest(&old, key, r);
+            for h in closest(new, key, r) {
+                if !before.contains(&h) {
+                    moves
+                        .entry(h)
+                        .or_default()
+                        .push(DirOp::Register(id.to_string()));
+                }
+            }
+        });
+        for (holder, ops) in moves {
+            if holder == local {
+                self.store.apply(local, self.epoch, ops);
+            } else {
+                self.dir_links.entry(holder).or_default().queue.extend(ops);
+                self.flush_dir_link(holder);
+            }
+        }
+    }
+
+    /// `find`: where does this peer live?
+    pub(super) fn find(&mut self, id: String, reply: oneshot::Sender<Result<Location>>) {
+        if self.shared.registry.get(&id).is_some() {
+            let _ = reply.send(Ok(self.location_of(self.local())));
+            return;
+        }
+        if let Some(host) = self.cache.get(id.as_str()).copied() {
+            let _ = reply.send(Ok(self.location_of(host)));
+            return;
+        }
+        self.start_lookup(id, Waiter::Find(reply));
+    }
+
+    /// Resolves a send's recipient, ignoring the cache.
+    pub(super) fn resolve_for_send(&mut self, p: PendingSend) {
+        let id = p.env.to.to_string();
+        self.start_lookup(id, Waiter::Send(p));
+    }
+
+    fn start_lookup(&mut self, id: String, waiter: Waiter) {
+        if let Some(l) = self.lookups.get_mut(&id) {
+            l.waiters.push(waiter);
+            return;
+        }
+        let candidates = closest(self.membership.keys(), key_of(id.as_bytes()), self.replication);
+        self.lookups.insert(
+            id.clone(),
+            LookupState {
+                candidates: candidates.into(),
+                waiters: vec![waiter],
+                round_trips: 0,
+            },
+        );
+        self.lookup_step(id);
+    }
+
+    /// Asks the next holder, or ends the lookup.
+    fn lookup_step(&mut self, id: String) {
+        loop {
+            let Some(state) = self.lookups.get_mut(&id) else {
+                return;
+            };
+            let Some(holder) = state.candidates.pop_front() else {
+                self.complete_lookup(&id, None);
+                return;
+            };
+            if holder == self.shared.local {
+                if let Some(host) = self.store.lookup(&id) {
+                    if self.membership.contains(&host) {
+                        self.complete_lookup(&id, Some(host));
+                        return;
+                    }
+                }
+                continue;
+            }
+            state.round_trips += 1;
+            let rid = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_request(&holder, Request::Lookup(id.clone()));
+            self.requests.insert(rid, Pending::Lookup { id });
+            return;
+        }
+    }
+
+    pub(super) fn on_lookup_result(
+        &mut self,
+        id: String,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        let found = match result {
+            Ok(Response::Location(Some(w))) => PeerId::from_bytes(&w.host).ok(),
+            _ => None,
+        };
+        match found {
+            Some(host) if self.membership.contains(&host) => self.complete_lookup(&id, Some(host)),
+            _ => self.lookup_step(id),
+        }
+    }
+
+    fn complete_lookup(&mut self, id: &str, host: Option<PeerId>) {
+        let Some(state) = self.lookups.remove(id) else {
+            return;
+        };
+        if state.round_trips > 0 {
+            bump(&self.shared.counters.lookups);
+            self.shared
+                .counters
+                .lookup_round_trips
+                .fetch_add(state.round_trips, std::sync::atomic::Ordering::Relaxed);
+        }
+        let id_arc: Arc<str> = Arc::from(id);
+        if let Some(h) = host {
+            if h != self.local() {
+                self.cache.put(id_arc.clone(), h);
+            }
+        }
+        for w in state.waiters {
+            match (w, host) {
+                (Waiter::Find(reply), Some(h)) => {
+                    let _ = reply.send(Ok(self.location_of(h)));
+                }
+                (Waiter::Find(reply), None) => {
+                    let _ = reply.send(Err(Error::PeerNotFound(id.to_string())));
+                }
+                (Waiter::Send(p), Some(h)) if p.refused_by != Some(h) => {
+                    if h == self.local() {
+                        // Created here while the lookup ran.
+                        self.send(p);
+                    } else {
+                        self.enqueue(h, p);
+                    }
+                }
+                (Waiter::Send(p), _) => {
+                    let e = Error::PeerNotFound(id.to_string());
+                    self.finish_send(p, Err(e));
+                }
+            }
+        }
+    }
+
+    /// A holder's answer to a lookup.
+    pub(super) fn answer_lookup(&self, id: &str) -> Response {
+        let local = self.local();
+        let host = if self.shared.registry.get(id).is_some() {
+            Some(local)
+        } else {
+            self.store
+                .lookup(id)
+                .filter(|h| self.membership.contains(h))
+        };
+        Response::Location(host.map(|h| {
+            let loc = self.location_of(h);
+            WireLocation {
+                host: h.to_bytes(),
+                addrs: loc.addrs.iter().map(|a| a.to_vec()).collect(),
+            }
+        }))
+    }
+
+    /// The location of a host, with the addresses this host knows for it.
+    pub(super) fn location_of(&self, host: PeerId) -> Location {
+        let addrs = if host == self.local() {
+            self.swarm.listeners().cloned().collect()
+        } else {
+            self.membership
+                .get(&host)
+                .map(|m| m.addrs.clone())
+                .unwrap_or_default()
+        };
+        Location { host, addrs }
+    }
+
+    /// Forgets cached locations on `host`.
+    pub(super) fn forget_locations(&mut self, host: PeerId) {
+        let stale: Vec<Arc<str>> = self
+            .cache
+            .iter()
+            .filter(|(_, h)| **h == host)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.cache.pop(&id);
+        }
+    }
+
+    /// Fails every lookup (on close).
+    pub(super) fn fail_all_lookups(&mut self) {
+        for (_, state) in self.lookups.drain() {
+            for w in state.waiters {
+                match w {
+                    Waiter::Send(p) => {
+                        let _ = p.reply.send(Err(Error::Closed));
+                    }
+                    Waiter::Find(reply) => {
+                        let _ = reply.send(Err(Error::Closed));
+                    }
+                }
+            }
+        }
+    }
+}

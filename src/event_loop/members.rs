@@ -1,0 +1,456 @@
+//! Membership in the event loop: join, announcements and heartbeats, leases,
+//! graceful leave, and redialling dropped joined hosts.
+
+use std::time::{Duration, Instant};
+
+use libp2p::{
+    gossipsub, identify,
+    request_response::OutboundFailure,
+    swarm::{dial_opts::DialOpts, ConnectionId},
+    Multiaddr, PeerId,
+};
+use tokio::sync::oneshot;
+
+use super::{EventLoop, Pending};
+use crate::{
+    command::HostInfo,
+    error::{Error, Result},
+    membership::{verify, Change, HostRecord, Verified},
+    protocol::{identify_version, Request, Response, SignedRecord},
+};
+
+/// How long a leaving host waits for the others to acknowledge.
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+
+/// The gossip topic every host joins for membership records.
+pub(super) fn topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new("members")
+}
+
+/// A join waiting for its connection, the remote's identify, and the snapshot.
+#[derive(Debug)]
+pub(crate) struct JoinState {
+    addr: Multiaddr,
+    shown: String,
+    peer: Option<PeerId>,
+    deadline: Instant,
+    reply: Option<oneshot::Sender<Result<PeerId>>>,
+}
+
+/// A joined host that we redial when its connection drops.
+#[derive(Debug)]
+pub(crate) struct Rejoin {
+    addr: Multiaddr,
+    attempt: u32,
+    down_since: Option<Instant>,
+    next_dial: Option<Instant>,
+}
+
+/// A close in progress.
+#[derive(Debug)]
+pub(crate) struct Closing {
+    pub replies: Vec<oneshot::Sender<()>>,
+    pub outstanding: usize,
+    pub deadline: Instant,
+}
+
+impl Closing {
+    pub fn done(&self) -> bool {
+        self.outstanding == 0
+    }
+}
+
+impl EventLoop {
+    pub(super) fn join(&mut self, addr: Multiaddr, shown: String, reply: oneshot::Sender<Result<PeerId>>) {
+        let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+        let conn = opts.connection_id();
+        if let Err(e) = self.swarm.dial(opts) {
+            let _ = reply.send(Err(Error::Join {
+                addr: shown,
+                reason: e.to_string(),
+            }));
+            return;
+        }
+        let timeout = self.shared.with_config(|c| c.join_timeout);
+        self.joins.insert(
+            conn,
+            JoinState {
+                addr,
+                shown,
+                peer: None,
+                deadline: Instant::now() + timeout,
+                reply: Some(reply),
+            },
+        );
+    }
+
+    pub(super) fn on_connected(&mut self, peer: PeerId, conn: ConnectionId) {
+        if let Some(j) = self.joins.get_mut(&conn) {
+            j.peer = Some(peer);
+        }
+        if let Some(r) = self.rejoin.get_mut(&peer) {
+            if r.down_since.take().is_some() {
+                tracing::info!(%peer, "reconnected to joined host");
+            }
+            r.attempt = 0;
+            r.next_dial = None;
+        }
+        self.dialing.remove(&peer);
+    }
+
+    pub(super) fn on_disconnected(&mut self, peer: PeerId) {
+        self.dialing.remove(&peer);
+        let delay = self.shared.with_config(|c| c.reconnect_delay);
+        if let Some(r) = self.rejoin.get_mut(&peer) {
+            if r.down_since.is_none() {
+                tracing::info!(%peer, "lost connection to joined host; redialling");
+                let now = Instant::now();
+                r.down_since = Some(now);
+                r.attempt = 0;
+                r.next_dial = Some(now + delay);
+            }
+        }
+    }
+
+    pub(super) fn on_dial_failed(&mut self, conn: ConnectionId, peer: Option<PeerId>, reason: String) {
+        if let Some(peer) = peer {
+            self.dialing.remove(&peer);
+        }
+        if let Some(mut j) = self.joins.remove(&conn) {
+            if let Some(reply) = j.reply.take() {
+                let _ = reply.send(Err(Error::Join {
+                    addr: j.shown,
+                    reason,
+                }));
+            }
+        }
+    }
+
+    pub(super) fn on_identify(&mut self, peer: PeerId, conn: ConnectionId, info: identify::Info) {
+        let ours = identify_version(&self.shared.with_config(|c| c.network_id.clone()));
+        if info.protocol_version != ours {
+            tracing::warn!(%peer, theirs = %info.protocol_version, "refusing a host of another network");
+            if let Some(mut j) = self.joins.remove(&conn) {
+                if let Some(reply) = j.reply.take() {
+                    let strip = |v: &str| {
+                        v.trim_start_matches("/distribus/")
+                            .rsplit_once('/')
+                            .map(|(n, _)| n.to_string())
+                            .unwrap_or_else(|| v.to_string())
+                    };
+                    let _ = reply.send(Err(Error::NetworkMismatch {
+                        addr: j.shown,
+                        ours: strip(&ours),
+                        theirs: strip(&info.protocol_version),
+                    }));
+                }
+            }
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        for a in &info.listen_addrs {
+            self.swarm.add_peer_address(peer, a.clone());
+            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        let joining = self.joins.get(&conn).is_some_and(|j| j.peer == Some(peer));
+        let rejoined = self.rejoin.contains_key(&peer);
+        if joining || rejoined {
+            let mut records = self.membership.records();
+            if let Some(own) = self.own_record(false) {
+                records.push(own);
+            }
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_request(&peer, Request::Join(records));
+            self.requests.insert(id, Pending::Join { host: peer });
+        }
+    }
+
+    pub(super) fn on_join_result(
+        &mut self,
+        host: PeerId,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        let outcome = match result {
+            Ok(Response::Members(records)) => {
+                for r in &records {
+                    self.apply_signed(r, false);
+                }
+                Ok(host)
+            }
+            Ok(Response::Refused(why)) => Err(why),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let conns: Vec<ConnectionId> = self
+            .joins
+            .iter()
+            .filter(|(_, j)| j.peer == Some(host))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in conns {
+            let Some(mut j) = self.joins.remove(&c) else {
+                continue;
+            };
+            if outcome.is_ok() {
+                self.rejoin.insert(
+                    host,
+                    Rejoin {
+                        addr: j.addr.clone(),
+                        attempt: 0,
+                        down_since: None,
+                        next_dial: None,
+                    },
+                );
+            }
+            if let Some(reply) = j.reply.take() {
+                let _ = reply.send(outcome.clone().map_err(|reason| Error::Join {
+                    addr: j.shown.clone(),
+                    reason,
+                }));
+            }
+        }
+        if outcome.is_ok() {
+            self.announce();
+        }
+    }
+
+    pub(super) fn on_join_request(&mut self, peer: PeerId, records: Vec<SignedRecord>) -> Response {
+        for r in &records {
+            self.apply_signed(r, false);
+        }
+        tracing::debug!(%peer, "host joined through us");
+        let mut ours = self.membership.records();
+        if let Some(own) = self.own_record(false) {
+            ours.push(own);
+        }
+        Response::Members(ours)
+    }
+
+    pub(super) fn on_leave_request(&mut self, peer: PeerId, record: SignedRecord) -> Response {
+        match verify(&record) {
+            Some(v) if v.host == peer && v.record.leaving => {
+                self.apply_verified(v, false);
+                Response::LeaveOk
+            }
+            _ => Response::Refused("not the sender's own leaving record".into()),
+        }
+    }
+
+    pub(super) fn on_member_gossip(&mut self, data: &[u8]) {
+        match crate::protocol::decode_frame::<SignedRecord>(data) {
+            Ok(r) => self.apply_signed(&r, true),
+            Err(e) => tracing::debug!(error = %e, "malformed membership gossip"),
+        }
+    }
+
+    fn apply_signed(&mut self, r: &SignedRecord, via_gossip: bool) {
+        match verify(r) {
+            Some(v) => self.apply_verified(v, via_gossip),
+            None => tracing::warn!("dropping a membership record with a bad signature"),
+        }
+    }
+
+    fn apply_verified(&mut self, v: Verified, via_gossip: bool) {
+        let tombstone = self.shared.with_config(|c| c.lease) * 4;
+        let change = self.membership.apply(&v, Instant::now(), tombstone);
+        let host = v.host;
+        match change {
+            Change::None => return,
+            Change::Joined | Change::Updated => {
+                if let Some(m) = self.membership.get(&host) {
+                    for a in m.addrs.clone() {
+                        self.swarm.add_peer_address(host, a.clone());
+                        self.swarm.behaviour_mut().kad.add_address(&host, a);
+                    }
+                }
+                if change == Change::Joined {
+                    tracing::debug!(%host, "host joined the membership");
+                }
+            }
+            Change::Restarted { .. } => {
+                self.store.drop_host(&host, v.record.epoch);
+            }
+            Change::Left => {
+                tracing::debug!(%host, "host left");
+                self.host_gone(host);
+                self.rejoin.remove(&host);
+                self.forget_locations(host);
+            }
+        }
+        if !via_gossip {
+            // Spread what we learned directly, so the whole network hears it.
+            self.gossip_record(v.signed);
+        }
+    }
+
+    /// Drops what this host holds for a host that left or lapsed.
+    fn host_gone(&mut self, host: PeerId) {
+        self.store.drop_host(&host, u64::MAX);
+        self.dir_links.remove(&host);
+    }
+
+    pub(super) fn expire_members(&mut self, now: Instant) {
+        let lease = self.shared.with_config(|c| c.lease);
+        for host in self.membership.expire(now, lease) {
+            tracing::info!(%host, "host lease lapsed");
+            self.host_gone(host);
+        }
+    }
+
+    /// This host's record, signed, with a fresh sequence number.
+    pub(super) fn own_record(&mut self, leaving: bool) -> Option<SignedRecord> {
+        self.seq += 1;
+        let mut channels: Vec<String> = self.subs.keys().cloned().collect();
+        channels.sort();
+        let record = HostRecord {
+            public_key: self.key.public().encode_protobuf(),
+            epoch: self.epoch,
+            seq: self.seq,
+            addrs: self
+                .swarm
+                .listeners()
+                .chain(self.swarm.external_addresses())
+                .map(|a| a.to_vec())
+                .collect(),
+            channels,
+            leaving,
+        };
+        record.sign(&self.key)
+    }
+
+    /// Publishes this host's record (heartbeat or change).
+    pub(super) fn announce(&mut self) {
+        if let Some(r) = self.own_record(false) {
+            self.gossip_record(r);
+        }
+    }
+
+    fn gossip_record(&mut self, r: SignedRecord) {
+        let Ok(frame) = postcard::to_allocvec(&r) else {
+            return;
+        };
+        match self.swarm.behaviour_mut().gossipsub.publish(topic(), frame) {
+            Ok(_)
+            | Err(gossipsub::PublishError::Duplicate)
+            | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!(error = %e, "membership gossip not sent"),
+        }
+    }
+
+    /// Redials dropped joined hosts with backoff; gives up after the timeout.
+    pub(super) fn redial(&mut self, now: Instant) {
+        let (delay, decay, timeout) = self
+            .shared
+            .with_config(|c| (c.reconnect_delay, c.reconnect_decay, c.reconnect_timeout));
+        let mut give_up = Vec::new();
+        let mut dial = Vec::new();
+        for (peer, r) in self.rejoin.iter_mut() {
+            let Some(since) = r.down_since else { continue };
+            if now.duration_since(since) > timeout {
+                give_up.push(*peer);
+                continue;
+            }
+            if r.next_dial.is_some_and(|t| t <= now) {
+                r.attempt += 1;
+                let wait = delay.mul_f64(decay.powi(r.attempt as i32).min(1e6));
+                r.next_dial = Some(now + wait);
+                dial.push((*peer, r.addr.clone()));
+            }
+        }
+        for (peer, addr) in dial {
+            tracing::debug!(%peer, %addr, "redialling joined host");
+            let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "redial failed");
+            }
+        }
+        for peer in give_up {
+            tracing::info!(%peer, "joined host did not come back; forgetting its peers");
+            self.rejoin.remove(&peer);
+            self.forget_locations(peer);
+        }
+    }
+
+    pub(super) fn expire_joins(&mut self, now: Instant) {
+        let late: Vec<ConnectionId> = self
+            .joins
+            .iter()
+            .filter(|(_, j)| j.deadline <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in late {
+            if let Some(mut j) = self.joins.remove(&c) {
+                if let Some(reply) = j.reply.take() {
+                    let _ = reply.send(Err(Error::Join {
+                        addr: j.shown,
+                        reason: "no answer in time".into(),
+                    }));
+                }
+            }
+        }
+    }
+
+    pub(super) fn members_info(&self) -> Vec<HostInfo> {
+        let mut out: Vec<HostInfo> = self
+            .membership
+            .iter()
+            .map(|(h, m)| HostInfo {
+                host: *h,
+                addrs: m.addrs.clone(),
+                channels: m.channels.clone(),
+                connected: self.swarm.is_connected(h),
+            })
+            .collect();
+        out.sort_by_key(|i| i.host);
+        out
+    }
+
+    /// Leaves gracefully: tells every connected host, then stops.
+    pub(super) fn start_close(&mut self, reply: oneshot::Sender<()>) {
+        let mut outstanding = 0;
+        if let Some(record) = self.own_record(true) {
+            self.gossip_record(record.clone());
+            let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+            for p in peers {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_request(&p, Request::Leave(record.clone()));
+                self.requests.insert(id, Pending::Leave);
+                outstanding += 1;
+            }
+        }
+        self.closing = Some(Closing {
+            replies: vec![reply],
+            outstanding,
+            deadline: Instant::now() + LEAVE_WAIT,
+        });
+        self.fail_all_sends();
+        self.fail_all_lookups();
+        self.fail_all_publishes();
+        self.shared.registry.clear();
+        for (_, mut j) in self.joins.drain() {
+            if let Some(r) = j.reply.take() {
+                let _ = r.send(Err(Error::Closed));
+            }
+        }
+    }
+
+    /// Final step of the loop: answers close and drops what is left.
+    pub(super) fn finish_close(&mut self) {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.registry.clear();
+        self.subs.clear();
+        if let Some(c) = self.closing.take() {
+            for r in c.replies {
+                let _ = r.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Direct messages between hosts.
+//!
+//! Sends to one destination host wait in that host's [`Link`] queue. At most
+//! one batch per destination is in flight, so messages from one peer to
+//! another arrive in send order, and everything that queued up while a batch
+//! was travelling goes out together in the next one. The receiver answers a
+//! batch with one ack per envelope, given after the envelope is in the
+//! recipient's inbox (or refused).
+
+use std::collections::VecDeque;
+
+use libp2p::{request_response::OutboundFailure, PeerId};
+use tokio::sync::oneshot;
+
+use super::{EventLoop, Pending};
+use crate::{
+    error::{Error, Result},
+    inbox::PushError,
+    message::Message,
+    protocol::{Ack, Envelope, Request, Response},
+    shared::bump,
+};
+
+/// Bytes kept free in a batch frame for the envelope framing itself.
+const FRAME_SLACK: usize = 64 * 1024;
+
+/// A send waiting for its outcome.
+#[derive(Debug)]
+pub(crate) struct PendingSend {
+    pub env: Envelope,
+    pub reply: oneshot::Sender<Result<()>>,
+    /// The host that answered "unknown peer" for this send already.
+    pub refused_by: Option<PeerId>,
+}
+
+impl PendingSend {
+    pub fn new(env: Envelope, reply: oneshot::Sender<Result<()>>) -> Self {
+        PendingSend {
+            env,
+            reply,
+            refused_by: None,
+        }
+    }
+}
+
+/// The outbound queue to one host.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    queue: VecDeque<PendingSend>,
+    in_flight: bool,
+}
+
+impl EventLoop {
+    /// Sends one message: locally if the recipient lives here, else to its host.
+    pub(super) fn send(&mut self, p: PendingSend) {
+        if let Some(slot) = self.shared.registry.get(&p.env.to) {
+            let r = push_local(&slot, &p.env);
+            self.finish_send(p, r);
+            return;
+        }
+        match self.cache.get(&p.env.to).copied() {
+            Some(host) if host != self.local() => self.enqueue(host, p),
+            _ => self.resolve_for_send(p),
+        }
+    }
+
+    /// Queues a send for `host` and flushes the link if it is idle.
+    pub(super) fn enqueue(&mut self, host: PeerId, p: PendingSend) {
+        self.links.entry(host).or_default().queue.push_back(p);
+        self.flush_link(host);
+    }
+
+    fn flush_link(&mut self, host: PeerId) {
+        let (max_msgs, max_bytes) = self
+            .shared
+            .with_config(|c| (c.max_batch_messages, c.max_frame_size.saturating_sub(FRAME_SLACK)));
+        let Some(link) = self.links.get_mut(&host) else {
+            return;
+        };
+        if link.in_flight {
+            return;
+        }
+        let mut sends = Vec::new();
+        let mut bytes = 0;
+        while let Some(p) = link.queue.front() {
+            let size = p.env.payload.len() + p.env.from.len() + p.env.to.len() + 16;
+            if !sends.is_empty() && (sends.len() >= max_msgs || bytes + size > max_bytes) {
+                break;
+            }
+            let Some(p) = link.queue.pop_front() else {
+                break;
+            };
+            // A caller that gave up (timeout, dropped future) is not delivered.
+            if p.reply.is_closed() {
+                continue;
+            }
+            bytes += size;
+            sends.push(p);
+        }
+        if sends.is_empty() {
+            if link.queue.is_empty() {
+                self.links.remove(&host);
+            }
+            return;
+        }
+        link.in_flight = true;
+        let envs = sends.iter().map(|p| p.env.clone()).collect();
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&host, Request::Deliver(envs));
+        self.requests.insert(id, Pending::Deliver { host, sends });
+    }
+
+    pub(super) fn on_deliver_result(
+        &mut self,
+        host: PeerId,
+        sends: Vec<PendingSend>,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        if let Some(link) = self.links.get_mut(&host) {
+            link.in_flight = false;
+        }
+        match result {
+            Ok(Response::Delivered(acks)) => {
+                let mut acks = acks.into_iter();
+                for p in sends {
+                    match acks.next() {
+                        Some(Ack::Delivered) => {
+                            bump(&self.shared.counters.sent_remote);
+                            let _ = p.reply.send(Ok(()));
+                        }
+                        Some(Ack::InboxFull) => {
+                            let e = Error::InboxFull(p.env.to.to_string());
+                            self.finish_send(p, Err(e));
+                        }
+                        Some(Ack::UnknownPeer) => self.on_unknown_peer(host, p),
+                        None => {
+                            let e = Error::PeerUnreachable {
+                                id: p.env.to.to_string(),
+                                host,
+                            };
+                            self.finish_send(p, Err(e));
+                        }
+                    }
+                }
+            }
+            Ok(other) => {
+                tracing::warn!(%host, response = ?other, "unexpected answer to a delivery");
+                for p in sends {
+                    let e = Error::PeerUnreachable {
+                        id: p.env.to.to_string(),
+                        host,
+                    };
+                    self.finish_send(p, Err(e));
+                }
+            }
+            Err(failure) => {
+                tracing::debug!(%host, %failure, "delivery batch failed");
+                for p in sends {
+                    let e = match failure {
+                        OutboundFailure::Timeout => Error::Timeout,
+                        _ => Error::PeerUnreachable {
+                            id: p.env.to.to_string(),
+                            host,
+                        },
+                    };
+                    self.finish_send(p, Err(e));
+                }
+            }
+        }
+        self.flush_link(host);
+    }
+
+    /// The host said the peer does not live there: forget the location and
+    /// resolve again once; the peer may have moved.
+    fn on_unknown_peer(&mut self, host: PeerId, mut p: PendingSend) {
+        if self.cache.peek(&p.env.to) == Some(&host) {
+            self.cache.pop(&p.env.to);
+        }
+        if p.refused_by.is_some() {
+            let e = Error::PeerNotFound(p.env.to.to_string());
+            self.finish_send(p, Err(e));
+            return;
+        }
+        p.refused_by = Some(host);
+        self.resolve_for_send(p);
+    }
+
+    pub(super) fn finish_send(&self, p: PendingSend, r: Result<()>) {
+        match &r {
+            Ok(()) => bump(&self.shared.counters.sent_local),
+            Err(_) => bump(&self.shared.counters.failed),
+        }
+        let _ = p.reply.send(r);
+    }
+
+    /// Puts every envelope of an inbound batch in its recipient's inbox.
+    pub(super) fn deliver_inbound(&mut self, envs: Vec<Envelope>) -> Response {
+        let acks = envs
+            .into_iter()
+            .map(|env| match self.shared.registry.get(&env.to) {
+                None => Ack::UnknownPeer,
+                Some(slot) => match slot.push(Message {
+                    from: env.from.to_string(),
+                    payload: env.payload,
+                }) {
+                    Ok(()) => {
+                        bump(&self.shared.counters.received_remote);
+                        Ack::Delivered
+                    }
+                    Err(PushError::Full) => Ack::InboxFull,
+                    Err(PushError::Removed) => Ack::UnknownPeer,
+                },
+            })
+            .collect();
+        Response::Delivered(acks)
+    }
+
+    /// Fails every queued send (on close).
+    pub(super) fn fail_all_sends(&mut self) {
+        for (_, link) in self.links.drain() {
+            for p in link.queue {
+                let _ = p.reply.send(Err(Error::Closed));
+            }
+        }
+    }
+}
+
+/// Delivers an envelope to a local slot.
+pub(crate) fn push_local(slot: &crate::inbox::PeerSlot, env: &Envelope) -> Result<()> {
+    slot.push(Message {
+        from: env.from.to_string(),
+        payload: env.payload.clone(),
+    })
+    .map_err(|e| match e {
+        PushError::Full => Error::InboxFull(env.to.to_string()),
+        PushError::Removed => Error::PeerNotFound(env.to.to_string()),
+    })
+}

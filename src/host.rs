@@ -1,0 +1,429 @@
+//! [`Host`]: the cheap, cloneable handle through which a program uses distribus.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::{
+    behaviour::build_swarm,
+    command::{Command, HostInfo, Location, SubSink},
+    config::HostConfig,
+    error::{Error, Result},
+    event_loop::EventLoop,
+    inbox::PeerSlot,
+    message::Payload,
+    peer::Peer,
+    protocol::WireStats,
+    shared::{LocalChange, Shared, Stats},
+    subscription::Subscription,
+};
+
+/// Commands waiting for the event loop; senders wait when it is full.
+const COMMAND_QUEUE: usize = 4096;
+/// Longest peer id and channel name, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// A distribus host: one node of the network, holding any number of peers.
+///
+/// `Host` is a cheap handle (an `Arc`); clone it freely. One task per host,
+/// spawned on the current tokio runtime, owns the libp2p swarm; the handle's
+/// methods send it commands. [`Host::close`] leaves the network gracefully;
+/// dropping every handle (including those held by [`Peer`]s and
+/// [`Subscription`]s) stops the host abruptly, as a crash would.
+///
+/// Unless a method says otherwise, dropping its future is safe: the operation
+/// is abandoned, and a message whose send was abandoned before it left is not
+/// delivered.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Sender<Command>,
+    next_sub: AtomicU64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Checks a peer id: non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes.
+pub(crate) fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidId("the id is empty".into()));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::InvalidId(format!(
+            "the id is {} bytes long; the limit is {MAX_ID_LEN}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_channel(channel: &str) -> Result<()> {
+    if channel.is_empty() || channel.len() > MAX_ID_LEN {
+        return Err(Error::InvalidChannel(format!(
+            "{channel:?}: channel names are 1 to {MAX_ID_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a multiaddr, or a `ws://host:port` URL as the JavaScript original took.
+pub fn parse_address(addr: &str) -> Result<Multiaddr> {
+    let invalid = |reason: &str| Error::InvalidAddress {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
+    };
+    if let Some(rest) = addr
+        .strip_prefix("ws://")
+        .or_else(|| addr.strip_prefix("wss://").map(|_| ""))
+    {
+        if rest.is_empty() {
+            return Err(invalid("wss:// is not supported; use ws:// or a multiaddr"));
+        }
+        let hostport = rest.split('/').next().unwrap_or_default();
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("a ws:// URL needs host:port"))?;
+        let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
+        let mut m = Multiaddr::empty();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => m.push(Protocol::Ip4(ip)),
+            Ok(std::net::IpAddr::V6(ip)) => m.push(Protocol::Ip6(ip)),
+            Err(_) => m.push(Protocol::Dns(host.to_string().into())),
+        }
+        m.push(Protocol::Tcp(port));
+        m.push(Protocol::Ws("/".into()));
+        return Ok(m);
+    }
+    addr.parse::<Multiaddr>()
+        .map_err(|e| invalid(&e.to_string()))
+}
+
+impl Host {
+    /// Creates a host and starts its event loop on the current tokio runtime.
+    ///
+    /// The host listens nowhere yet; call [`Host::listen`] and [`Host::join`].
+    pub async fn new(mut config: HostConfig) -> Result<Host> {
+        config.validate()?;
+        let key = config
+            .keypair
+            .clone()
+            .unwrap_or_else(Keypair::generate_ed25519);
+        config.keypair = Some(key.clone());
+        let local = key.public().to_peer_id();
+        let wire = Arc::new(WireStats::default());
+        let swarm = build_swarm(key.clone(), &config, wire.clone()).await?;
+        let shared = Arc::new(Shared::new(local, config, wire));
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let event_loop = EventLoop::new(swarm, shared.clone(), rx, key);
+        let short = local.to_base58();
+        let span = tracing::info_span!("host", id = %&short[short.len().saturating_sub(6)..]);
+        let task = tokio::spawn(event_loop.run().instrument(span));
+        Ok(Host {
+            inner: Arc::new(Inner {
+                shared,
+                commands: tx,
+                next_sub: AtomicU64::new(1),
+                task,
+            }),
+        })
+    }
+
+    /// This host's libp2p peer id.
+    pub fn id(&self) -> PeerId {
+        self.inner.shared.local
+    }
+
+    /// The current configuration (with the host's keypair filled in).
+    pub fn config(&self) -> HostConfig {
+        self.inner.shared.config()
+    }
+
+    /// Replaces the configuration. Only fields marked *run time* in
+    /// [`HostConfig`] may differ from the current ones; otherwise
+    /// [`Error::Config`].
+    pub fn set_config(&self, config: HostConfig) -> Result<()> {
+        let mut cur = self
+            .inner
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        cur.check_runtime_change(&config)?;
+        *cur = config;
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shared.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends a command and waits for its reply.
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        self.inner.commands.send(make(tx)).await?;
+        Ok(rx.await?)
+    }
+
+    /// Listens on a multiaddr such as `/ip4/127.0.0.1/tcp/0`,
+    /// `/ip4/127.0.0.1/tcp/0/ws` or `/memory/0`. Returns the address actually
+    /// bound, ending in `/p2p/<host id>`: give it to other hosts' `join`.
+    pub async fn listen(&self, addr: &str) -> Result<Vec<Multiaddr>> {
+        let addr = parse_address(addr)?;
+        self.call(|reply| Command::Listen { addr, reply }).await?
+    }
+
+    /// Joins the network of the host at `addr` (a multiaddr or a `ws://` URL).
+    ///
+    /// Resolves once the two hosts are connected, have checked they share a
+    /// network id, and have swapped their membership, so this host knows the
+    /// whole network. Fails with [`Error::NetworkMismatch`] for a host of
+    /// another network and [`Error::Join`] for a dead address, within
+    /// `join_timeout`. Returns the joined host's id.
+    pub async fn join(&self, addr: &str) -> Result<PeerId> {
+        let shown = addr.to_string();
+        let parsed = parse_address(addr)?;
+        let timeout = self.inner.shared.with_config(|c| c.join_timeout);
+        let call = self.call(|reply| Command::Join {
+            addr: parsed,
+            shown: shown.clone(),
+            reply,
+        });
+        match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
+            Ok(r) => r?,
+            Err(_) => Err(Error::Join {
+                addr: shown,
+                reason: "no answer in time".into(),
+            }),
+        }
+    }
+
+    /// Creates a peer with this id on this host.
+    ///
+    /// Costs no network round trip: the directory learns of the peer in the
+    /// background, in batches. Fails with [`Error::IdExists`] if the id is
+    /// taken on this host and [`Error::InvalidId`] if it is not valid.
+    pub fn create(&self, id: &str) -> Result<Peer> {
+        self.check_open()?;
+        validate_id(id)?;
+        let capacity = self.inner.shared.with_config(|c| c.inbox_capacity);
+        let slot = Arc::new(PeerSlot::new(id, capacity));
+        if !self.inner.shared.registry.insert(slot.clone()) {
+            return Err(Error::IdExists(id.to_string()));
+        }
+        self.inner.shared.push_change(LocalChange {
+            register: true,
+            id: slot.id.clone(),
+            key: slot.key,
+        });
+        Ok(Peer::new(self.clone(), slot))
+    }
+
+    /// A handle to the peer with this id on this host, if there is one.
+    ///
+    /// Handles share the peer's inbox: a message goes to whichever handle
+    /// receives first.
+    pub fn get(&self, id: &str) -> Option<Peer> {
+        if self.inner.shared.is_closed() {
+            return None;
+        }
+        let slot = self.inner.shared.registry.get(id)?;
+        Some(Peer::new(self.clone(), slot))
+    }
+
+    /// Removes a peer (by id or by handle) and withdraws it from the
+    /// directory. Its receivers end. Returns whether it existed.
+    pub fn remove(&self, peer: impl AsRef<str>) -> Result<bool> {
+        self.check_open()?;
+        let Some(slot) = self.inner.shared.registry.remove(peer.as_ref()) else {
+            return Ok(false);
+        };
+        self.inner.shared.push_change(LocalChange {
+            register: false,
+            id: slot.id.clone(),
+            key: slot.key,
+        });
+        Ok(true)
+    }
+
+    /// Number of peers on this host.
+    pub fn peer_count(&self) -> usize {
+        self.inner.shared.registry.len()
+    }
+
+    /// Where a peer lives: from this host, the location cache, or one hop to
+    /// the holders of its directory entry. [`Error::PeerNotFound`] if no host
+    /// holds it.
+    pub async fn find(&self, id: &str) -> Result<Location> {
+        validate_id(id)?;
+        let timeout = self.inner.shared.with_config(|c| c.request_timeout);
+        let id = id.to_string();
+        match tokio::time::timeout(timeout, self.call(|reply| Command::Find { id, reply })).await {
+            Ok(r) => r?,
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Subscribes to a channel. The subscription is a stream of every message
+    /// published on the channel from now on, on any host; dropping it ends it.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        validate_channel(channel)?;
+        self.check_open()?;
+        let capacity = self.inner.shared.with_config(|c| c.subscription_capacity);
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let missed = Arc::new(AtomicU64::new(0));
+        let sink = SubSink {
+            id,
+            tx,
+            missed: missed.clone(),
+        };
+        self.inner
+            .commands
+            .send(Command::Subscribe {
+                channel: channel.to_string(),
+                sink,
+            })
+            .await?;
+        Ok(Subscription::new(self.clone(), channel.to_string(), id, rx, missed))
+    }
+
+    /// Ends every subscription of this host on `channel`.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<()> {
+        validate_channel(channel)?;
+        self.check_open()?;
+        self.inner
+            .commands
+            .send(Command::Unsubscribe {
+                channel: channel.to_string(),
+                id: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a value (encoded with postcard) on a channel: every
+    /// subscription on every host receives it once, this host's included.
+    ///
+    /// Resolves when the message is handed to the gossip layer. Right after
+    /// a join it waits (up to `publish_warmup`) for the mesh to reach the
+    /// channel's subscribers; under load it waits for queue room.
+    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
+        self.publish_payload(channel, Payload::postcard(value)?).await
+    }
+
+    /// Publishes a value encoded as JSON.
+    pub async fn publish_json<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
+        self.publish_payload(channel, Payload::json(value)?).await
+    }
+
+    /// Publishes an encoded payload.
+    pub async fn publish_payload(&self, channel: &str, payload: Payload) -> Result<()> {
+        validate_channel(channel)?;
+        let limit = self.inner.shared.with_config(|c| c.max_message_size);
+        if payload.len() > limit {
+            return Err(Error::MessageTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let channel = channel.to_string();
+        self.call(|reply| Command::Publish {
+            channel,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// The other live hosts this host knows.
+    pub async fn members(&self) -> Result<Vec<HostInfo>> {
+        self.call(|reply| Command::Members { reply }).await
+    }
+
+    /// The host this host's location cache holds for `id`, if any.
+    pub async fn cached_location(&self, id: &str) -> Result<Option<PeerId>> {
+        let id = id.to_string();
+        self.call(|reply| Command::CachedLocation { id, reply }).await
+    }
+
+    /// Counters of this host.
+    pub fn stats(&self) -> Stats {
+        self.inner.shared.stats()
+    }
+
+    /// Leaves the network gracefully: the other hosts are told at once and
+    /// forget this host's peers; then the event loop stops. Afterwards every
+    /// method returns [`Error::Closed`]. Closing twice is fine.
+    pub async fn close(&self) -> Result<()> {
+        if self
+            .inner
+            .shared
+            .closed
+            .swap(true, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commands.send(Command::Close { reply: tx }).await.is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Host::close`] was called or the event loop ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_urls_become_multiaddrs() {
+        assert_eq!(
+            parse_address("ws://127.0.0.1:3000").unwrap().to_string(),
+            "/ip4/127.0.0.1/tcp/3000/ws"
+        );
+        assert_eq!(
+            parse_address("ws://localhost:80/").unwrap().to_string(),
+            "/dns/localhost/tcp/80/ws"
+        );
+        assert!(parse_address("ws://nohost").is_err());
+        assert!(parse_address("wss://a:1").is_err());
+        assert!(parse_address("not an address").is_err());
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("").is_err());
+        assert!(validate_id(&"x".repeat(257)).is_err());
+        assert!(validate_id(&"é".repeat(128)).is_ok());
+    }
+}

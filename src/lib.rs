@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+//! # Module map
+//! - [`Host`] (`host.rs`): the handle; [`Peer`] (`peer.rs`); [`Subscription`].
+//! - `event_loop/`: the task that owns the libp2p swarm.
+//! - `directory.rs`: placement by XOR distance and the holder-side store.
+//! - `membership.rs`: signed host records, leases, tombstones.
+//! - `protocol.rs`: wire types and the size-limited codec.
+//! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
+
+mod behaviour;
+mod command;
+mod config;
+mod directory;
+mod error;
+mod event_loop;
+mod host;
+mod inbox;
+mod membership;
+mod message;
+mod peer;
+mod protocol;
+mod shared;
+mod subscription;
+
+pub use command::{HostInfo, Location};
+pub use config::{HostConfig, TransportKind};
+pub use error::{Error, Result};
+pub use host::{parse_address, Host, MAX_ID_LEN};
+pub use libp2p::{Multiaddr, PeerId};
+pub use message::{ChannelMessage, Encoding, Message, Payload};
+pub use peer::Peer;
+pub use protocol::PROTOCOL_VERSION;
+pub use shared::Stats;
+pub use subscription::Subscription;

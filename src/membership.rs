@@ -1,0 +1,288 @@
+//! Membership: every host keeps the full list of live hosts.
+//!
+//! Each host describes itself in a [`HostRecord`] that it signs with its host
+//! key: its addresses, its epoch (start time), a sequence number that grows
+//! with every heartbeat, the channels it subscribes to, and whether it is
+//! leaving. Records spread by gossip (a gossipsub topic every host joins) and
+//! by the snapshot two hosts swap when one joins the other. A record is only
+//! accepted if its signature matches the host it names, so no host can speak
+//! for another. A host not heard of for a lease is dropped; a leaving record
+//! drops it at once and leaves a tombstone so stale records cannot revive it.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use libp2p::{identity::Keypair, identity::PublicKey, Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::{directory::host_key, protocol::SignedRecord};
+
+/// What a host says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HostRecord {
+    /// Protobuf encoding of the host's public key.
+    pub public_key: Vec<u8>,
+    /// Start time of this incarnation (ns since the Unix epoch).
+    pub epoch: u64,
+    /// Grows with every new record of this incarnation.
+    pub seq: u64,
+    /// Addresses to reach the host.
+    pub addrs: Vec<Vec<u8>>,
+    /// Channels the host subscribes to.
+    pub channels: Vec<String>,
+    /// The host is leaving the network.
+    pub leaving: bool,
+}
+
+impl HostRecord {
+    /// Signs the record with the host's key.
+    pub fn sign(&self, key: &Keypair) -> Option<SignedRecord> {
+        let record = postcard::to_allocvec(self).ok()?;
+        let signature = key.sign(&record).ok()?;
+        Some(SignedRecord { record, signature })
+    }
+}
+
+/// A verified record.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified {
+    pub host: PeerId,
+    pub record: HostRecord,
+    pub signed: SignedRecord,
+}
+
+/// Checks a signed record; `None` if it does not decode or its signature is wrong.
+pub(crate) fn verify(signed: &SignedRecord) -> Option<Verified> {
+    let record: HostRecord = postcard::from_bytes(&signed.record).ok()?;
+    let key = PublicKey::try_decode_protobuf(&record.public_key).ok()?;
+    if !key.verify(&signed.record, &signed.signature) {
+        return None;
+    }
+    Some(Verified {
+        host: key.to_peer_id(),
+        record,
+        signed: signed.clone(),
+    })
+}
+
+/// A live host as this host knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub epoch: u64,
+    pub seq: u64,
+    pub addrs: Vec<Multiaddr>,
+    pub channels: Vec<String>,
+    pub signed: SignedRecord,
+    pub last_heard: Instant,
+}
+
+/// What applying a record changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Nothing new (an old or duplicate record).
+    None,
+    /// A host we did not know.
+    Joined,
+    /// A known host's newer record, same incarnation.
+    Updated,
+    /// A known host restarted: entries of `old_epoch` are stale.
+    Restarted { old_epoch: u64 },
+    /// The host left.
+    Left,
+}
+
+/// The membership table of one host.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    local: PeerId,
+    members: HashMap<PeerId, Member>,
+    /// Left hosts: the epoch that left, and until when to remember it.
+    tombstones: HashMap<PeerId, (u64, Instant)>,
+    /// `(key, host)` of every live host including this one; rebuilt on change.
+    keys: Vec<(u64, PeerId)>,
+}
+
+impl Membership {
+    pub fn new(local: PeerId) -> Self {
+        Membership {
+            local,
+            members: HashMap::new(),
+            tombstones: HashMap::new(),
+            keys: vec![(host_key(&local), local)],
+        }
+    }
+
+    fn rebuild_keys(&mut self) {
+        self.keys = std::iter::once(self.local)
+            .chain(self.members.keys().copied())
+            .map(|h| (host_key(&h), h))
+            .collect();
+    }
+
+    /// Applies a verified record of another host.
+    pub fn apply(&mut self, v: &Verified, now: Instant, tombstone_for: Duration) -> Change {
+        if v.host == self.local {
+            return Change::None;
+        }
+        let r = &v.record;
+        if let Some(&(epoch, _)) = self.tombstones.get(&v.host) {
+            if r.epoch <= epoch {
+                return Change::None;
+            }
+            self.tombstones.remove(&v.host);
+        }
+        if r.leaving {
+            self.tombstones
+                .insert(v.host, (r.epoch, now + tombstone_for));
+            if self.members.remove(&v.host).is_some() {
+                self.rebuild_keys();
+                return Change::Left;
+            }
+            return Change::None;
+        }
+        let addrs = r
+            .addrs
+            .iter()
+            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .collect();
+        let member = Member {
+            epoch: r.epoch,
+            seq: r.seq,
+            addrs,
+            channels: r.channels.clone(),
+            signed: v.signed.clone(),
+            last_heard: now,
+        };
+        match self.members.get_mut(&v.host) {
+            None => {
+                self.members.insert(v.host, member);
+                self.rebuild_keys();
+                Change::Joined
+            }
+            Some(m) if (r.epoch, r.seq) <= (m.epoch, m.seq) => Change::None,
+            Some(m) => {
+                let old_epoch = m.epoch;
+                *m = member;
+                if r.epoch > old_epoch {
+                    Change::Restarted { old_epoch }
+                } else {
+                    Change::Updated
+                }
+            }
+        }
+    }
+
+    /// Removes hosts not heard of for `lease`; returns them.
+    pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<PeerId> {
+        let gone: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.duration_since(m.last_heard) > lease)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &gone {
+            self.members.remove(h);
+        }
+        if !gone.is_empty() {
+            self.rebuild_keys();
+        }
+        self.tombstones.retain(|_, (_, until)| *until > now);
+        gone
+    }
+
+    /// Keys of every live host, this one included.
+    pub fn keys(&self) -> &[(u64, PeerId)] {
+        &self.keys
+    }
+
+    pub fn get(&self, host: &PeerId) -> Option<&Member> {
+        self.members.get(host)
+    }
+
+    pub fn contains(&self, host: &PeerId) -> bool {
+        *host == self.local || self.members.contains_key(host)
+    }
+
+    /// Other live hosts.
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &Member)> {
+        self.members.iter()
+    }
+
+    /// Number of live hosts, this one included.
+    pub fn len(&self) -> usize {
+        self.members.len() + 1
+    }
+
+    /// Signed records of every other live host.
+    pub fn records(&self) -> Vec<SignedRecord> {
+        self.members.values().map(|m| m.signed.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &Keypair, epoch: u64, seq: u64, leaving: bool) -> Verified {
+        let r = HostRecord {
+            public_key: key.public().encode_protobuf(),
+            epoch,
+            seq,
+            addrs: vec![],
+            channels: vec![],
+            leaving,
+        };
+        verify(&r.sign(key).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn forged_record_is_refused() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let r = HostRecord {
+            public_key: a.public().encode_protobuf(),
+            epoch: 1,
+            seq: 1,
+            addrs: vec![],
+            channels: vec![],
+            leaving: true,
+        };
+        let mut forged = r.sign(&b).unwrap();
+        assert!(verify(&forged).is_none());
+        forged.record[0] ^= 1;
+        assert!(verify(&forged).is_none());
+    }
+
+    #[test]
+    fn join_update_leave_and_tombstone() {
+        let me = PeerId::random();
+        let k = Keypair::generate_ed25519();
+        let mut m = Membership::new(me);
+        let now = Instant::now();
+        let t = Duration::from_secs(60);
+        assert_eq!(m.apply(&record(&k, 1, 1, false), now, t), Change::Joined);
+        assert_eq!(m.apply(&record(&k, 1, 1, false), now, t), Change::None);
+        assert_eq!(m.apply(&record(&k, 1, 2, false), now, t), Change::Updated);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.apply(&record(&k, 1, 3, true), now, t), Change::Left);
+        assert_eq!(m.apply(&record(&k, 1, 4, false), now, t), Change::None);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.apply(&record(&k, 2, 1, false), now, t), Change::Joined);
+        assert_eq!(
+            m.apply(&record(&k, 3, 1, false), now, t),
+            Change::Restarted { old_epoch: 2 }
+        );
+    }
+
+    #[test]
+    fn silent_hosts_expire() {
+        let mut m = Membership::new(PeerId::random());
+        let k = Keypair::generate_ed25519();
+        let now = Instant::now();
+        m.apply(&record(&k, 1, 1, false), now, Duration::from_secs(1));
+        assert!(m.expire(now + Duration::from_secs(1), Duration::from_secs(2)).is_empty());
+        assert_eq!(m.expire(now + Duration::from_secs(3), Duration::from_secs(2)).len(), 1);
+        assert_eq!(m.len(), 1);
+    }
+}

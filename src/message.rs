@@ -1,0 +1,141 @@
+//! Payloads and received messages.
+//!
+//! A payload is bytes plus the name of their encoding, so a receiver can
+//! decode a typed value sent from Rust (postcard) as well as a JSON value sent
+//! by a browser client.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How a payload's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// [postcard](https://docs.rs/postcard): compact, not self-describing.
+    /// The default for typed Rust values.
+    Postcard,
+    /// JSON text. Self-describing: decodes into `serde_json::Value`.
+    Json,
+}
+
+/// An encoded payload: the bytes and how they are encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The encoding of `bytes`.
+    pub encoding: Encoding,
+    /// The encoded value.
+    pub bytes: Bytes,
+}
+
+impl Payload {
+    /// Encodes a value with postcard.
+    pub fn postcard<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Payload {
+            encoding: Encoding::Postcard,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Encodes a value as JSON (for `serde_json::Value` and browser clients).
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Payload {
+            encoding: Encoding::Json,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Decodes the payload into `T` with the encoding it was sent in.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        match self.encoding {
+            Encoding::Postcard => {
+                postcard::from_bytes(&self.bytes).map_err(|e| Error::Decode(e.to_string()))
+            }
+            Encoding::Json => {
+                serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode(e.to_string()))
+            }
+        }
+    }
+
+    /// Size of the encoded bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the encoded bytes are empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// A direct message received by a [`crate::Peer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Id of the sending peer.
+    pub from: String,
+    /// The payload as sent.
+    pub payload: Payload,
+}
+
+impl Message {
+    /// Decodes the payload into `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        self.payload.decode()
+    }
+}
+
+/// A message received on a channel subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelMessage {
+    /// The channel it was published on.
+    pub channel: String,
+    /// The payload as published.
+    pub payload: Payload,
+}
+
+impl ChannelMessage {
+    /// Decodes the payload into `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        self.payload.decode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Greeting {
+        text: String,
+        n: u32,
+    }
+
+    #[test]
+    fn postcard_round_trip() {
+        let g = Greeting {
+            text: "hi".into(),
+            n: 7,
+        };
+        let p = Payload::postcard(&g).unwrap();
+        assert_eq!(p.decode::<Greeting>().unwrap(), g);
+    }
+
+    #[test]
+    fn json_value_round_trip() {
+        let v = serde_json::json!({"a": [1, 2, {"b": null}], "c": "d"});
+        let p = Payload::json(&v).unwrap();
+        assert_eq!(p.decode::<serde_json::Value>().unwrap(), v);
+    }
+
+    #[test]
+    fn postcard_is_not_self_describing() {
+        let p = Payload::postcard(&5u32).unwrap();
+        assert!(matches!(
+            p.decode::<serde_json::Value>(),
+            Err(Error::Decode(_))
+        ));
+    }
+}

@@ -1,0 +1,152 @@
+//! [`Peer`]: an endpoint with a string id that sends and receives messages.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::{
+    command::Command,
+    error::{Error, Result},
+    event_loop::messaging::push_local,
+    host::{validate_id, Host},
+    inbox::PeerSlot,
+    message::{Message, Payload},
+    protocol::Envelope,
+    shared::bump,
+};
+
+/// A peer living on a [`Host`].
+///
+/// Receive with [`Peer::recv`] or as a [`Stream`] of [`Message`]s; the stream
+/// ends when the peer is removed or the host closes. Send with
+/// [`Peer::send`]. Dropping a `Peer` handle does not remove the peer (use
+/// [`Host::remove`]); [`Host::get`] returns a new handle to it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    host: Host,
+    slot: Arc<PeerSlot>,
+}
+
+impl AsRef<str> for Peer {
+    fn as_ref(&self) -> &str {
+        &self.slot.id
+    }
+}
+
+impl Peer {
+    pub(crate) fn new(host: Host, slot: Arc<PeerSlot>) -> Self {
+        Peer { host, slot }
+    }
+
+    /// The peer's id.
+    pub fn id(&self) -> &str {
+        &self.slot.id
+    }
+
+    /// The host the peer lives on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Sends a value, encoded with postcard, to the peer `to`, wherever it lives.
+    ///
+    /// Resolves `Ok` once the message is in the recipient's inbox. Errors:
+    /// [`Error::PeerNotFound`], [`Error::PeerUnreachable`], [`Error::Timeout`],
+    /// [`Error::MessageTooLarge`], [`Error::InboxFull`], [`Error::Closed`].
+    /// Messages from one peer to another arrive in the order they were sent.
+    pub async fn send<T: Serialize + ?Sized>(&self, to: &str, value: &T) -> Result<()> {
+        self.send_payload(to, Payload::postcard(value)?).await
+    }
+
+    /// Sends a value encoded as JSON (for example a `serde_json::Value`).
+    pub async fn send_json<T: Serialize + ?Sized>(&self, to: &str, value: &T) -> Result<()> {
+        self.send_payload(to, Payload::json(value)?).await
+    }
+
+    /// Sends an encoded payload.
+    pub async fn send_payload(&self, to: &str, payload: Payload) -> Result<()> {
+        let shared = &self.host.inner.shared;
+        if shared.is_closed() {
+            return Err(Error::Closed);
+        }
+        if self.slot.is_removed() {
+            return Err(Error::PeerNotFound(self.slot.id.to_string()));
+        }
+        validate_id(to)?;
+        let (limit, timeout) = shared.with_config(|c| (c.max_message_size, c.request_timeout));
+        if payload.len() > limit {
+            return Err(Error::MessageTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        // Same host: straight into the inbox, no event loop, no network.
+        if let Some(slot) = shared.registry.get(to) {
+            let env = Envelope {
+                from: self.slot.id.clone(),
+                to: slot.id.clone(),
+                payload,
+            };
+            let r = push_local(&slot, &env);
+            match &r {
+                Ok(()) => bump(&shared.counters.sent_local),
+                Err(_) => bump(&shared.counters.failed),
+            }
+            return r;
+        }
+        let env = Envelope {
+            from: self.slot.id.clone(),
+            to: Arc::from(to),
+            payload,
+        };
+        let (tx, rx) = oneshot::channel();
+        let call = async {
+            self.host
+                .inner
+                .commands
+                .send(Command::Send { env, reply: tx })
+                .await?;
+            rx.await?
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                bump(&shared.counters.failed);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Receives the next message; `None` once the peer is removed (or its
+    /// host closed) and its inbox is empty.
+    ///
+    /// Cancel-safe. Only one task should wait on a peer at a time: a second
+    /// concurrent waiter may not be woken.
+    pub async fn recv(&self) -> Option<Message> {
+        futures::future::poll_fn(|cx| self.slot.poll_recv(cx)).await
+    }
+
+    /// Takes a waiting message without waiting.
+    pub fn try_recv(&self) -> Option<Message> {
+        self.slot.try_recv()
+    }
+
+    /// Number of messages waiting in the inbox.
+    pub fn pending(&self) -> usize {
+        self.slot.len()
+    }
+}
+
+impl Stream for Peer {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.slot.poll_recv(cx)
+    }
+}

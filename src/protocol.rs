@@ -1,0 +1,277 @@
+//! Wire format: versioned protocol names, request/response types and a
+//! length-prefixed postcard codec with explicit size limits.
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes of
+//! postcard. Frames over the configured limit, and bytes that do not decode,
+//! are rejected with an `InvalidData` error (the request fails, the host goes
+//! on) and counted in [`WireStats`].
+
+use std::{
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::message::Payload;
+
+/// Version of the distribus host-to-host protocol.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The request-response protocol name for a network id.
+pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
+    StreamProtocol::try_from_owned(format!("/distribus/{network}/rpc/{PROTOCOL_VERSION}")).ok()
+}
+
+/// The identify protocol version string for a network id.
+pub(crate) fn identify_version(network: &str) -> String {
+    format!("/distribus/{network}/{PROTOCOL_VERSION}")
+}
+
+/// One direct message on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    pub from: Arc<str>,
+    pub to: Arc<str>,
+    pub payload: Payload,
+}
+
+/// A membership record signed by the host it describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SignedRecord {
+    /// postcard bytes of a [`crate::membership::HostRecord`].
+    pub record: Vec<u8>,
+    /// Signature of `record` with the host's key.
+    pub signature: Vec<u8>,
+}
+
+/// Requests between hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// Put these envelopes in the recipients' inboxes.
+    Deliver(Vec<Envelope>),
+    /// Directory changes for entries that point to the sending host.
+    Directory {
+        /// The sender's epoch (start time); newer epochs supersede older ones.
+        epoch: u64,
+        /// Registrations and withdrawals, in the order they were made.
+        ops: Vec<crate::directory::DirOp>,
+    },
+    /// Where does this peer live?
+    Lookup(String),
+    /// The sender joins: here is the membership it knows.
+    Join(Vec<SignedRecord>),
+    /// The sender leaves the network (its own signed leaving record).
+    Leave(SignedRecord),
+}
+
+/// Per-message outcome of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Ack {
+    Delivered,
+    UnknownPeer,
+    InboxFull,
+}
+
+/// A peer's location on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireLocation {
+    pub host: Vec<u8>,
+    pub addrs: Vec<Vec<u8>>,
+}
+
+/// Responses between hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Response {
+    /// One ack per envelope, in order.
+    Delivered(Vec<Ack>),
+    /// Directory changes applied.
+    DirectoryOk,
+    /// Answer to a lookup.
+    Location(Option<WireLocation>),
+    /// Answer to a join: the membership the receiver knows.
+    Members(Vec<SignedRecord>),
+    /// Acknowledges a leave.
+    LeaveOk,
+    /// The request was refused.
+    Refused(String),
+}
+
+/// Counters of rejected inbound frames, shared by all codec instances of a host.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    rejected: AtomicU64,
+}
+
+impl WireStats {
+    /// Frames rejected because they were too large or malformed.
+    pub fn rejected_frames(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Length-prefixed postcard codec with a frame size limit.
+#[derive(Debug, Clone)]
+pub(crate) struct Codec {
+    pub max_frame: usize,
+    pub stats: Arc<WireStats>,
+}
+
+impl Codec {
+    async fn read_frame<T, M>(&self, io: &mut T) -> io::Result<M>
+    where
+        T: AsyncRead + Unpin + Send,
+        M: DeserializeOwned,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > self.max_frame {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(len, max = self.max_frame, "rejected oversized frame");
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes exceeds limit of {}", self.max_frame),
+            ));
+        }
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        decode_frame(&buf).inspect_err(|e| {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "rejected malformed frame");
+        })
+    }
+
+    async fn write_frame<T, M>(&self, io: &mut T, msg: &M) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+        M: Serialize,
+    {
+        let buf = encode_frame(msg)?;
+        if buf.len() - 4 > self.max_frame {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame exceeds limit",
+            ));
+        }
+        io.write_all(&buf).await?;
+        io.flush().await?;
+        io.close().await
+    }
+}
+
+/// Encodes a message as a length-prefixed frame.
+pub(crate) fn encode_frame<M: Serialize>(msg: &M) -> io::Result<Vec<u8>> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let mut buf = postcard::to_extend(msg, vec![0u8; 4]).map_err(|e| invalid(e.to_string()))?;
+    let len = u32::try_from(buf.len() - 4).map_err(|e| invalid(e.to_string()))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without its length prefix).
+pub(crate) fn decode_frame<M: DeserializeOwned>(body: &[u8]) -> io::Result<M> {
+    postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        self.read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        self.read_frame(io).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Response) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        self.write_frame(io, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Payload;
+
+    fn codec(max: usize) -> Codec {
+        Codec {
+            max_frame: max,
+            stats: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let req = Request::Deliver(vec![Envelope {
+            from: "a".into(),
+            to: "b".into(),
+            payload: Payload::postcard(&42u64).unwrap(),
+        }]);
+        let frame = encode_frame(&req).unwrap();
+        let c = codec(1 << 20);
+        let got: Request = futures::executor::block_on(async {
+            let mut io = futures::io::Cursor::new(frame);
+            c.read_frame(&mut io).await
+        })
+        .unwrap();
+        match got {
+            Request::Deliver(v) => assert_eq!(v[0].to, "b"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected_and_counted() {
+        let c = codec(16);
+        let mut frame = 1000u32.to_be_bytes().to_vec();
+        frame.extend(vec![0u8; 1000]);
+        let r: io::Result<Request> = futures::executor::block_on(async {
+            let mut io = futures::io::Cursor::new(frame);
+            c.read_frame(&mut io).await
+        });
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(c.stats.rejected_frames(), 1);
+    }
+
+    #[test]
+    fn garbage_is_rejected_and_counted() {
+        let c = codec(1 << 20);
+        let mut frame = 8u32.to_be_bytes().to_vec();
+        frame.extend([0xff; 8]);
+        let r: io::Result<Request> = futures::executor::block_on(async {
+            let mut io = futures::io::Cursor::new(frame);
+            c.read_frame(&mut io).await
+        });
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(c.stats.rejected_frames(), 1);
+    }
+}

@@ -1,0 +1,82 @@
+//! [`Subscription`]: a stream of the messages published on one channel.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use crate::{command::Command, host::Host, message::ChannelMessage};
+
+/// One subscription to a channel, from [`Host::subscribe`].
+///
+/// A bounded stream: if the reader falls `subscription_capacity` messages
+/// behind, further messages are not queued for it and
+/// [`Subscription::missed`] counts them. Dropping the subscription ends it.
+#[derive(Debug)]
+pub struct Subscription {
+    host: Host,
+    channel: String,
+    id: u64,
+    rx: mpsc::Receiver<ChannelMessage>,
+    missed: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        host: Host,
+        channel: String,
+        id: u64,
+        rx: mpsc::Receiver<ChannelMessage>,
+        missed: Arc<AtomicU64>,
+    ) -> Self {
+        Subscription {
+            host,
+            channel,
+            id,
+            rx,
+            missed,
+        }
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Receives the next message; `None` once the subscription has ended
+    /// (unsubscribed or host closed). Cancel-safe.
+    pub async fn recv(&mut self) -> Option<ChannelMessage> {
+        self.rx.recv().await
+    }
+
+    /// Messages this subscription missed because its reader was too slow.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = ChannelMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChannelMessage>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Best effort: if the queue is full the loop prunes the closed sink
+        // at the next message on the channel.
+        let _ = self.host.inner.commands.try_send(Command::Unsubscribe {
+            channel: std::mem::take(&mut self.channel),
+            id: Some(self.id),
+        });
+    }
+}
