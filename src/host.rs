@@ -48,18 +48,13 @@ pub struct Host {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// What every handle of one host shares. When the last one is dropped the
+/// command channel closes, and the event loop stops without a leave.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub shared: Arc<Shared>,
     pub commands: mpsc::Sender<Command>,
     next_sub: AtomicU64,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Checks a peer id: non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes.
@@ -137,13 +132,12 @@ impl Host {
         let event_loop = EventLoop::new(swarm, shared.clone(), rx, key);
         let short = local.to_base58();
         let span = tracing::info_span!("host", id = %&short[short.len().saturating_sub(6)..]);
-        let task = tokio::spawn(event_loop.run().instrument(span));
+        tokio::spawn(event_loop.run().instrument(span));
         Ok(Host {
             inner: Arc::new(Inner {
                 shared,
                 commands: tx,
                 next_sub: AtomicU64::new(1),
-                task,
             }),
         })
     }

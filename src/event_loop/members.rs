@@ -98,6 +98,18 @@ impl EventLoop {
         self.dialing.remove(&peer);
     }
 
+    /// A connection closed: a join waiting on it fails.
+    pub(super) fn on_connection_closed(&mut self, conn: ConnectionId) {
+        if let Some(mut j) = self.joins.remove(&conn) {
+            if let Some(reply) = j.reply.take() {
+                let _ = reply.send(Err(Error::Join {
+                    addr: j.shown,
+                    reason: "the remote host closed the connection".into(),
+                }));
+            }
+        }
+    }
+
     pub(super) fn on_disconnected(&mut self, peer: PeerId) {
         self.dialing.remove(&peer);
         let delay = self.shared.with_config(|c| c.reconnect_delay);
@@ -130,22 +142,29 @@ impl EventLoop {
         let ours = identify_version(&self.shared.with_config(|c| c.network_id.clone()));
         if info.protocol_version != ours {
             tracing::warn!(%peer, theirs = %info.protocol_version, "refusing a host of another network");
-            if let Some(mut j) = self.joins.remove(&conn) {
-                if let Some(reply) = j.reply.take() {
-                    let strip = |v: &str| {
-                        v.trim_start_matches("/distribus/")
-                            .rsplit_once('/')
-                            .map(|(n, _)| n.to_string())
-                            .unwrap_or_else(|| v.to_string())
-                    };
-                    let _ = reply.send(Err(Error::NetworkMismatch {
-                        addr: j.shown,
-                        ours: strip(&ours),
-                        theirs: strip(&info.protocol_version),
-                    }));
-                }
+            let Some(mut j) = self.joins.remove(&conn) else {
+                return;
+            };
+            if let Some(reply) = j.reply.take() {
+                let strip = |v: &str| {
+                    v.trim_start_matches("/distribus/")
+                        .rsplit_once('/')
+                        .map(|(n, _)| n.to_string())
+                        .unwrap_or_else(|| v.to_string())
+                };
+                let _ = reply.send(Err(Error::NetworkMismatch {
+                    addr: j.shown,
+                    ours: strip(&ours),
+                    theirs: strip(&info.protocol_version),
+                }));
             }
-            let _ = self.swarm.disconnect_peer_id(peer);
+            // Only the joining side disconnects: had we closed an inbound
+            // connection at once, the joiner might not have read our identify
+            // yet and could not say why its join failed. A connection that
+            // speaks none of our protocols closes when idle anyway.
+            if !self.swarm.close_connection(conn) {
+                tracing::trace!(%peer, "connection already closed");
+            }
             return;
         }
         for a in &info.listen_addrs {

@@ -64,6 +64,9 @@ pub(crate) struct EventLoop {
     replication: usize,
     requests: HashMap<OutboundRequestId, Pending>,
     listens: HashMap<libp2p::core::transport::ListenerId, oneshot::Sender<Result<Vec<Multiaddr>>>>,
+    /// Every listener opened, removed when the loop ends (the memory
+    /// transport frees its port only on removal).
+    listener_ids: Vec<libp2p::core::transport::ListenerId>,
 
     // messaging
     links: HashMap<PeerId, messaging::Link>,
@@ -111,6 +114,7 @@ impl EventLoop {
             replication: cfg.replication,
             requests: HashMap::new(),
             listens: HashMap::new(),
+            listener_ids: Vec::new(),
             links: HashMap::new(),
             store: DirectoryStore::new(cfg.max_directory_entries),
             cache: LruCache::new(cache_cap),
@@ -159,6 +163,9 @@ impl EventLoop {
             }
         }
         self.finish_close();
+        for id in std::mem::take(&mut self.listener_ids) {
+            self.swarm.remove_listener(id);
+        }
         tracing::debug!("event loop ended");
     }
 
@@ -210,6 +217,7 @@ impl EventLoop {
     fn listen(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<Vec<Multiaddr>>>) {
         match self.swarm.listen_on(addr.clone()) {
             Ok(id) => {
+                self.listener_ids.push(id);
                 self.listens.insert(id, reply);
             }
             Err(e) => {
@@ -273,8 +281,10 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                connection_id,
                 ..
             } => {
+                self.on_connection_closed(connection_id);
                 if num_established == 0 {
                     self.on_disconnected(peer_id);
                 }

@@ -1,0 +1,147 @@
+//! Hosts: listen, join, network ids, close, configuration.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use distribus::{Error, Host, HostConfig, TransportKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_on_tcp_and_websocket_returns_full_addresses() {
+    let h = Host::new(HostConfig::default()).await.unwrap();
+    let tcp = h.listen("/ip4/127.0.0.1/tcp/0").await.unwrap();
+    let ws = h.listen("/ip4/127.0.0.1/tcp/0/ws").await.unwrap();
+    let p2p = format!("/p2p/{}", h.id());
+    assert!(tcp[0].to_string().starts_with("/ip4/127.0.0.1/tcp/"));
+    assert!(tcp[0].to_string().ends_with(&p2p), "{}", tcp[0]);
+    assert!(ws[0].to_string().contains("/ws/"), "{}", ws[0]);
+    assert!(ws[0].to_string().ends_with(&p2p));
+    assert!(!tcp[0].to_string().contains("/tcp/0/"), "a real port: {}", tcp[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_on_a_busy_port_is_a_clear_error() {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = std_listener.local_addr().unwrap().port();
+    let h = Host::new(HostConfig::default()).await.unwrap();
+    let err = h
+        .listen(&format!("/ip4/127.0.0.1/tcp/{port}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Listen { .. }), "{err:?}");
+    assert!(err.to_string().contains(&port.to_string()) || err.to_string().contains("in use"), "{err}");
+    assert!(matches!(h.listen("/bogus").await, Err(Error::InvalidAddress { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_over_websocket_url_like_the_original() {
+    let cfg = HostConfig::default();
+    let a = Host::new(cfg.clone()).await.unwrap();
+    let b = Host::new(cfg).await.unwrap();
+    let ws = b.listen("/ip4/127.0.0.1/tcp/0/ws").await.unwrap().remove(0);
+    let port = ws.to_string().split("/tcp/").nth(1).unwrap().split('/').next().unwrap().to_string();
+    assert_eq!(a.join(&format!("ws://127.0.0.1:{port}")).await.unwrap(), b.id());
+    let _alice = a.create("alice").unwrap();
+    let bob = b.create("bob").unwrap();
+    wait_found(&b, "alice", &a).await;
+    bob.send("alice", "over websocket").await.unwrap();
+    assert_eq!(a.get("alice").unwrap().recv().await.unwrap().decode::<String>().unwrap(), "over websocket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_dead_address_fails_in_bounded_time() {
+    let mut cfg = HostConfig::default();
+    cfg.join_timeout = Duration::from_secs(3);
+    let a = Host::new(cfg).await.unwrap();
+    // A port nobody listens on: bind, learn the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let t = Instant::now();
+    let err = a.join(&format!("/ip4/127.0.0.1/tcp/{port}")).await.unwrap_err();
+    assert!(matches!(err, Error::Join { .. }), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Memory transport: nothing listens on this port.
+    let (m, _) = mem_host(HostConfig::for_tests()).await;
+    let err = m.join("/memory/987654321").await.unwrap_err();
+    assert!(matches!(err, Error::Join { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_of_different_networks_refuse_each_other() {
+    let mut one = HostConfig::for_tests();
+    one.network_id = "red".into();
+    let mut two = HostConfig::for_tests();
+    two.network_id = "blue".into();
+    let (a, _) = mem_host(one).await;
+    let (_b, b_addr) = mem_host(two).await;
+    let err = a.join(&b_addr.to_string()).await.unwrap_err();
+    match &err {
+        Error::NetworkMismatch { ours, theirs, .. } => {
+            assert_eq!(ours, "red");
+            assert_eq!(theirs, "blue");
+        }
+        other => panic!("expected NetworkMismatch, got {other:?}"),
+    }
+    assert!(err.to_string().contains("blue"));
+    assert!(a.members().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_makes_others_forget_its_peers_at_once() {
+    let mut cfg = HostConfig::for_tests();
+    // A long lease: forgetting must come from the leave, not from expiry.
+    cfg.lease = Duration::from_secs(600);
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg.clone()).await;
+    let (c, _) = mem_host(cfg).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    c.join(&a_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c], 3).await;
+    let _bob = b.create("bob").unwrap();
+    let carol = c.create("carol").unwrap();
+    wait_found(&a, "bob", &b).await;
+    wait_found(&c, "bob", &b).await;
+    c.find("bob").await.unwrap(); // cached on c now
+
+    let t = Instant::now();
+    b.close().await.unwrap();
+    // Others forget b's peers well before any lease.
+    wait_for("a forgets bob", || async {
+        matches!(a.find("bob").await, Err(Error::PeerNotFound(_)))
+    })
+    .await;
+    wait_for("c forgets bob", || async {
+        matches!(carol.send("bob", &1u8).await, Err(Error::PeerNotFound(_)))
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(10));
+    wait_membership(&[&a, &c], 2).await;
+
+    // The closed host's API is closed.
+    assert_eq!(b.create("x").unwrap_err(), Error::Closed);
+    assert_eq!(b.find("carol").await.unwrap_err(), Error::Closed);
+    assert_eq!(b.join(&a_addr.to_string()).await.unwrap_err(), Error::Closed);
+    assert!(matches!(b.publish("ch", &1u8).await, Err(Error::Closed)));
+    assert!(b.get("bob").is_none());
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reads_and_runtime_fields_change() {
+    let h = Host::new(HostConfig::for_tests()).await.unwrap();
+    let mut cfg = h.config();
+    assert_eq!(cfg.transport, TransportKind::Memory);
+    assert_eq!(cfg.keypair.as_ref().unwrap().public().to_peer_id(), h.id());
+    cfg.max_message_size = 100;
+    cfg.request_timeout = Duration::from_secs(1);
+    h.set_config(cfg.clone()).unwrap();
+    assert_eq!(h.config().max_message_size, 100);
+    let p = h.create("p").unwrap();
+    let err = p.send("p", &vec![0u8; 200]).await.unwrap_err();
+    assert_eq!(err, Error::MessageTooLarge { size: 202, limit: 100 });
+    cfg.network_id = "other".into();
+    assert!(matches!(h.set_config(cfg), Err(Error::Config(_))));
+    let mut bad = HostConfig::for_tests();
+    bad.replication = 0;
+    assert!(matches!(Host::new(bad).await, Err(Error::Config(_))));
+}

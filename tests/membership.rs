@@ -1,0 +1,141 @@
+//! Membership spreads through joins and gossip; dropped joined hosts are
+//! redialled with backoff; cached locations outlive a drop until the
+//! reconnect timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use distribus::{Error, HostConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaches_c_when_both_joined_b() {
+    let cfg = HostConfig::for_tests();
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg.clone()).await;
+    let (c, _) = mem_host(cfg).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    c.join(&b_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c], 3).await;
+    let alice = a.create("alice").unwrap();
+    let carol = c.create("carol").unwrap();
+    wait_found(&a, "carol", &c).await;
+    alice.send("carol", "hi carol").await.unwrap();
+    assert_eq!(within("carol", carol.recv()).await.unwrap().from, "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaches_c_along_a_chain() {
+    let cfg = HostConfig::for_tests();
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg.clone()).await;
+    let (c, c_addr) = mem_host(cfg).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    b.join(&c_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c], 3).await;
+    let alice = a.create("alice").unwrap();
+    let carol = c.create("carol").unwrap();
+    wait_found(&a, "carol", &c).await;
+    alice.send("carol", &7u32).await.unwrap();
+    assert_eq!(within("carol", carol.recv()).await.unwrap().decode::<u32>().unwrap(), 7);
+    carol.send("alice", &8u32).await.unwrap();
+    assert_eq!(within("alice", alice.recv()).await.unwrap().decode::<u32>().unwrap(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_networks_merge_into_one() {
+    let cfg = HostConfig::for_tests();
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg.clone()).await;
+    let (c, _) = mem_host(cfg.clone()).await;
+    let (d, d_addr) = mem_host(cfg).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    c.join(&d_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b], 2).await;
+    wait_membership(&[&c, &d], 2).await;
+    let peers: Vec<_> = [&a, &b, &c, &d]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.create(&format!("p{i}")).unwrap())
+        .collect();
+    // One host of each joins the other.
+    b.join(&d_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c, &d], 4).await;
+    for (i, from) in peers.iter().enumerate() {
+        for (j, to) in peers.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            wait_found(from.host(), to.id(), to.host()).await;
+            from.send(to.id(), &(i, j)).await.unwrap();
+            let m = within("merged delivery", to.recv()).await.unwrap();
+            assert_eq!(m.decode::<(usize, usize)>().unwrap(), (i, j));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_joined_host_is_redialled_and_cache_lives_until_timeout() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.reconnect_delay = Duration::from_millis(100);
+    cfg.reconnect_decay = 2.0;
+    cfg.reconnect_timeout = Duration::from_secs(4);
+    cfg.lease = Duration::from_secs(60);
+    let mut b_cfg = HostConfig::for_tests();
+    b_cfg.keypair = Some(libp2p::identity::Keypair::generate_ed25519());
+    let (a, _) = mem_host(cfg.clone()).await;
+    let b = distribus::Host::new(b_cfg.clone()).await.unwrap();
+    let port = 40_000 + (rand_port() % 10_000);
+    let b_addr = b.listen(&format!("/memory/{port}")).await.unwrap().remove(0);
+    a.join(&b_addr.to_string()).await.unwrap();
+    let alice = a.create("alice").unwrap();
+    let _bob = b.create("bob").unwrap();
+    wait_found(&a, "bob", &b).await;
+    alice.send("bob", "one").await.unwrap();
+    assert_eq!(a.cached_location("bob").await.unwrap(), Some(b.id()));
+
+    // b crashes: every handle dropped, no leave.
+    let b_id = b.id();
+    drop(_bob);
+    drop(b);
+    wait_for("a sees b disconnected", || async {
+        a.members().await.unwrap().iter().all(|m| m.host != b_id || !m.connected)
+    })
+    .await;
+    // Within the reconnect timeout the cached location stays.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.cached_location("bob").await.unwrap(), Some(b_id));
+    assert!(matches!(
+        alice.send("bob", "lost").await,
+        Err(Error::PeerUnreachable { .. }) | Err(Error::Timeout)
+    ));
+
+    // b restarts at the same address with the same key: a redials it by itself.
+    let b2 = distribus::Host::new(b_cfg.clone()).await.unwrap();
+    // The old listener is freed when the aborted task is dropped.
+    wait_for("port free again", || async {
+        b2.listen(&format!("/memory/{port}")).await.is_ok()
+    })
+    .await;
+    let bob2 = b2.create("bob").unwrap();
+    wait_for("a reconnects to b", || async {
+        a.members().await.unwrap().iter().any(|m| m.host == b_id && m.connected)
+    })
+    .await;
+    wait_for("bob reachable again", || async { alice.send("bob", "two").await.is_ok() }).await;
+    assert_eq!(within("bob2", bob2.recv()).await.unwrap().decode::<String>().unwrap(), "two");
+
+    // Now b drops for longer than the reconnect timeout: the cache is forgotten.
+    drop(bob2);
+    drop(b2);
+    wait_for("cache forgotten after the timeout", || async {
+        a.cached_location("bob").await.unwrap().is_none()
+    })
+    .await;
+}
+
+fn rand_port() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64
+}
