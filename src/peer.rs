@@ -8,7 +8,7 @@ use std::{
 
 use futures::Stream;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     command::Command,
@@ -59,7 +59,10 @@ impl Peer {
     /// Resolves `Ok` once the message is in the recipient's inbox. Errors:
     /// [`Error::PeerNotFound`], [`Error::PeerUnreachable`], [`Error::Timeout`],
     /// [`Error::MessageTooLarge`], [`Error::InboxFull`], [`Error::Closed`].
-    /// Messages from one peer to another arrive in the order they were sent.
+    /// Messages from one peer to another arrive in the order they were sent:
+    /// sends awaited one after another always, and sends whose futures run
+    /// concurrently in the order they were first polled, while the host's
+    /// command queue (4096 commands) has room.
     pub async fn send<T: Serialize + ?Sized>(&self, to: &str, value: &T) -> Result<()> {
         self.send_payload(to, Payload::postcard(value)?).await
     }
@@ -106,12 +109,18 @@ impl Peer {
             payload,
         };
         let (tx, rx) = oneshot::channel();
+        // Enqueue in this first poll when there is room, so sends started in
+        // order are queued in order even when their futures run concurrently
+        // (an async send may yield to the scheduler's budget first).
+        let queued = match self.host.inner.commands.try_send(Command::Send { env, reply: tx }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(cmd)) => Some(cmd),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Closed),
+        };
         let call = async {
-            self.host
-                .inner
-                .commands
-                .send(Command::Send { env, reply: tx })
-                .await?;
+            if let Some(cmd) = queued {
+                self.host.inner.commands.send(cmd).await?;
+            }
             rx.await?
         };
         match tokio::time::timeout(timeout, call).await {

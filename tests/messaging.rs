@@ -36,3 +36,167 @@ async fn two_hosts_exchange_typed_and_json_messages() {
     assert_eq!(m.decode::<serde_json::Value>().unwrap(), v);
     assert!(a.stats().sent_remote >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_delivery_never_touches_the_network() {
+    let h = distribus::Host::new(HostConfig::for_tests()).await.unwrap();
+    let a = h.create("a").unwrap();
+    let b = h.create("b").unwrap();
+    for i in 0..100u32 {
+        a.send("b", &i).await.unwrap();
+    }
+    for i in 0..100u32 {
+        assert_eq!(b.recv().await.unwrap().decode::<u32>().unwrap(), i);
+    }
+    let s = h.stats();
+    assert_eq!(s.sent_local, 100);
+    assert_eq!(s.sent_remote, 0);
+    assert_eq!(s.lookups, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arrive_in_send_order_even_pipelined() {
+    use futures::stream::{FuturesOrdered, StreamExt};
+    let cfg = HostConfig::for_tests();
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    let alice = a.create("alice").unwrap();
+    let bob = b.create("bob").unwrap();
+    wait_found(&a, "bob", &b).await;
+    const N: u32 = 1000;
+    let mut sends: FuturesOrdered<_> = (0..N).map(|i| {
+        let alice = alice.clone();
+        async move { alice.send("bob", &i).await }
+    }).collect();
+    let receiver = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..N {
+            got.push(bob.recv().await.unwrap().decode::<u32>().unwrap());
+        }
+        got
+    });
+    while let Some(r) = within("sends", sends.next()).await {
+        r.unwrap();
+    }
+    let got = within("receive all", receiver).await.unwrap();
+    let first_wrong = got.iter().enumerate().find(|(i, v)| *i as u32 != **v);
+    assert_eq!(first_wrong, None, "out of order");
+    assert_eq!(got.len(), N as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_removed_and_moved_peers() {
+    let cfg = HostConfig::for_tests();
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg.clone()).await;
+    let (c, _) = mem_host(cfg).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    c.join(&a_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c], 3).await;
+    let alice = a.create("alice").unwrap();
+    assert_eq!(alice.send("nobody", &1u8).await.unwrap_err(), Error::PeerNotFound("nobody".into()));
+    assert_eq!(a.find("nobody").await.unwrap_err(), Error::PeerNotFound("nobody".into()));
+
+    let bob = b.create("bob").unwrap();
+    wait_found(&a, "bob", &b).await;
+    alice.send("bob", &1u8).await.unwrap();
+    assert_eq!(a.cached_location("bob").await.unwrap(), Some(b.id()));
+    // Removed: the stale cached location is dropped and the send fails.
+    assert!(b.remove(&bob).unwrap());
+    assert!(bob.recv().await.unwrap().decode::<u8>().is_ok(), "queued message still readable");
+    assert!(bob.recv().await.is_none(), "receiver ends after remove");
+    wait_for("bob withdrawn", || async {
+        matches!(alice.send("bob", &2u8).await, Err(Error::PeerNotFound(_)))
+    }).await;
+    assert_eq!(a.cached_location("bob").await.unwrap(), None);
+    // Re-created elsewhere: the send re-resolves and succeeds.
+    let bob_on_c = c.create("bob").unwrap();
+    wait_for("bob found on c", || async { alice.send("bob", &3u8).await.is_ok() }).await;
+    assert_eq!(within("bob on c", bob_on_c.recv()).await.unwrap().decode::<u8>().unwrap(), 3);
+    // And moved with the old location still cached: one send re-resolves.
+    let _ = a.find("bob").await.unwrap();
+    c.remove("bob").unwrap();
+    let bob_on_b = b.create("bob").unwrap();
+    wait_found(&b, "bob", &b).await;
+    wait_for("moved bob reached", || async { alice.send("bob", &4u8).await.is_ok() }).await;
+    assert_eq!(within("bob on b", bob_on_b.recv()).await.unwrap().decode::<u8>().unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_host_timeout_size_and_full_inbox_errors() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.inbox_capacity = 2;
+    cfg.max_message_size = 1000;
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg.clone()).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    let alice = a.create("alice").unwrap();
+    let bob = b.create("bob").unwrap();
+    wait_found(&a, "bob", &b).await;
+
+    // Oversized.
+    let err = alice.send("bob", &vec![1u8; 2000]).await.unwrap_err();
+    assert!(matches!(err, Error::MessageTooLarge { limit: 1000, .. }), "{err:?}");
+    // Full inbox, remote and local.
+    alice.send("bob", &1u8).await.unwrap();
+    alice.send("bob", &2u8).await.unwrap();
+    assert_eq!(alice.send("bob", &3u8).await.unwrap_err(), Error::InboxFull("bob".into()));
+    let _ = a.create("al2").unwrap();
+    let al2 = a.get("al2").unwrap();
+    alice.send("al2", &1u8).await.unwrap();
+    alice.send("al2", &1u8).await.unwrap();
+    assert_eq!(alice.send("al2", &1u8).await.unwrap_err(), Error::InboxFull("al2".into()));
+    assert_eq!(al2.pending(), 2);
+    // Nothing was lost: bob reads the first two in order.
+    assert_eq!(bob.recv().await.unwrap().decode::<u8>().unwrap(), 1);
+    assert_eq!(bob.recv().await.unwrap().decode::<u8>().unwrap(), 2);
+
+    // Timeout: a 1 ms deadline for a 3 MB message, which takes longer to
+    // encrypt, carry and decode than that.
+    let normal = a.config();
+    let mut quick = a.config();
+    quick.request_timeout = std::time::Duration::from_millis(1);
+    quick.max_message_size = 4 << 20;
+    a.set_config(quick).unwrap();
+    let mut big_ok = b.config();
+    big_ok.max_message_size = 4 << 20;
+    b.set_config(big_ok).unwrap();
+    let carol = b.create("carol").unwrap();
+    let big = vec![7u8; 3 << 20];
+    assert_eq!(alice.send("carol", &big).await.unwrap_err(), Error::Timeout);
+    a.set_config(normal).unwrap();
+
+    // Unreachable: b stops without leaving; bob's location is still known.
+    let b_id = b.id();
+    drop((bob, carol, b));
+    let err = within("unreachable", alice.send("bob", &9u8)).await.unwrap_err();
+    match err {
+        Error::PeerUnreachable { id, host } => {
+            assert_eq!(id, "bob");
+            assert_eq!(host, b_id);
+        }
+        other => panic!("expected PeerUnreachable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_ids_and_streams() {
+    use futures::StreamExt;
+    let h = distribus::Host::new(HostConfig::for_tests()).await.unwrap();
+    let p = h.create("p").unwrap();
+    assert_eq!(h.create("p").unwrap_err(), Error::IdExists("p".into()));
+    assert!(matches!(h.create(""), Err(Error::InvalidId(_))));
+    assert!(matches!(h.create(&"x".repeat(257)), Err(Error::InvalidId(_))));
+    h.create(&"x".repeat(256)).unwrap();
+    assert!(h.get("nope").is_none());
+    let mut again = h.get("p").unwrap();
+    p.send("p", "to myself").await.unwrap();
+    let m = within("stream", again.next()).await.unwrap();
+    assert_eq!(m.decode::<String>().unwrap(), "to myself");
+    assert_eq!(h.peer_count(), 2);
+    assert!(h.remove("p").unwrap());
+    assert!(!h.remove("p").unwrap());
+    assert!(again.next().await.is_none());
+    assert_eq!(p.send("p", &1u8).await.unwrap_err(), Error::PeerNotFound("p".into()));
+}
