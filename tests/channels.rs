@@ -1,0 +1,110 @@
+//! Channels: subscriptions, publishes across hosts, warm-up and bursts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use distribus::{Error, Host, HostConfig};
+
+/// Waits until `host` knows that `subscriber` subscribes to `channel`.
+async fn wait_subscribed(host: &Host, subscriber: &Host, channel: &str) {
+    let id = subscriber.id();
+    wait_for("subscription known", || async {
+        host.members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.host == id && m.channels.iter().any(|c| c == channel))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_every_subscription_on_every_host_once() {
+    let cfg = HostConfig::for_tests();
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg.clone()).await;
+    let (c, _) = mem_host(cfg).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    c.join(&a_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c], 3).await;
+    let mut subs = vec![
+        a.subscribe("news").await.unwrap(),
+        b.subscribe("news").await.unwrap(),
+        b.subscribe("news").await.unwrap(),
+        c.subscribe("news").await.unwrap(),
+    ];
+    let mut other = c.subscribe("sports").await.unwrap();
+    for h in [&a, &b, &c] {
+        for s in [&b, &c] {
+            if h.id() != s.id() {
+                wait_subscribed(h, s, "news").await;
+            }
+        }
+    }
+    for (i, h) in [&a, &b, &c].iter().enumerate() {
+        h.publish("news", &format!("from {i}")).await.unwrap();
+    }
+    for s in subs.iter_mut() {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(within("news", s.recv()).await.unwrap().decode::<String>().unwrap());
+        }
+        got.sort();
+        assert_eq!(got, ["from 0", "from 1", "from 2"]);
+        // Exactly once: nothing more arrives.
+        assert!(tokio::time::timeout(Duration::from_millis(300), s.recv()).await.is_err());
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(100), other.recv()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_or_unsubscribing_ends_subscriptions() {
+    let cfg = HostConfig::for_tests();
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    let s1 = b.subscribe("ch").await.unwrap();
+    let mut s2 = b.subscribe("ch").await.unwrap();
+    wait_subscribed(&a, &b, "ch").await;
+    drop(s1);
+    a.publish("ch", &1u8).await.unwrap();
+    assert_eq!(within("s2", s2.recv()).await.unwrap().decode::<u8>().unwrap(), 1);
+    b.unsubscribe("ch").await.unwrap();
+    assert!(within("s2 ends", s2.recv()).await.is_none());
+    // The other host learns that b no longer subscribes.
+    let b_id = b.id();
+    wait_for("unsubscribe spreads", || async {
+        a.members().await.unwrap().iter().any(|m| m.host == b_id && m.channels.is_empty())
+    })
+    .await;
+    assert!(matches!(a.subscribe("").await, Err(Error::InvalidChannel(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_right_after_join_is_not_lost() {
+    for round in 0..3 {
+        let cfg = HostConfig::for_tests();
+        let (a, a_addr) = mem_host(cfg.clone()).await;
+        let mut sub = a.subscribe("live").await.unwrap();
+        let (b, _) = mem_host(cfg).await;
+        b.join(&a_addr.to_string()).await.unwrap();
+        // No wait: the gossip mesh is still forming.
+        b.publish("live", &round).await.unwrap();
+        let m = within("first publish after join", sub.recv()).await.unwrap();
+        assert_eq!(m.decode::<i32>().unwrap(), round);
+        assert_eq!(m.channel, "live");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_publish_is_refused() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_message_size = 64;
+    let h = Host::new(cfg).await.unwrap();
+    assert!(matches!(
+        h.publish("x", &vec![0u8; 100]).await,
+        Err(Error::MessageTooLarge { .. })
+    ));
+}
