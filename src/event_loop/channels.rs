@@ -30,21 +30,28 @@ use crate::{
 /// How long to wait before redialling a subscriber host.
 const REDIAL: Duration = Duration::from_secs(1);
 
-/// What a channel publish carries on the wire.
+/// What a channel publish carries on the wire: one or more payloads
+/// published in this order on the same channel.
 #[derive(Debug, Serialize, Deserialize)]
 struct ChannelFrame {
-    /// Makes each publish's gossip message id unique.
+    /// Makes each frame's gossip message id unique.
     nonce: u64,
-    payload: Payload,
+    payloads: Vec<Payload>,
 }
 
-/// A publish waiting for the mesh or for queue room.
+/// A publish waiting for the mesh, for queue room, or to be batched.
 #[derive(Debug)]
 pub(crate) struct Parked {
-    frame: Vec<u8>,
-    reply: oneshot::Sender<Result<()>>,
+    payload: Payload,
+    /// Held while the queue is over [`PUBLISH_QUEUE`]: the caller waits.
+    reply: Option<oneshot::Sender<Result<()>>>,
     deadline: Instant,
 }
+
+/// Publishes queued per channel before callers have to wait.
+const PUBLISH_QUEUE: usize = 1024;
+/// Target size of one gossip frame of batched publishes.
+const BATCH_BYTES: usize = 64 * 1024;
 
 pub(super) fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("ch/{channel}"))
@@ -116,23 +123,21 @@ impl EventLoop {
             let _ = reply.send(Ok(()));
             return;
         }
-        let frame = match postcard::to_allocvec(&ChannelFrame {
-            nonce: rand::random(),
-            payload,
-        }) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = reply.send(Err(Error::Encode(e.to_string())));
-                return;
-            }
-        };
         let warmup = self.shared.with_config(|c| c.publish_warmup);
-        self.parked.entry(channel.clone()).or_default().push_back(Parked {
-            frame,
+        let queue = self.parked.entry(channel).or_default();
+        // Accepted into the bounded queue: the caller goes on. Past the
+        // bound it waits until the queue drains (backpressure).
+        let reply = if queue.len() < PUBLISH_QUEUE {
+            let _ = reply.send(Ok(()));
+            None
+        } else {
+            Some(reply)
+        };
+        queue.push_back(Parked {
+            payload,
             reply,
             deadline: Instant::now() + warmup,
         });
-        self.drain_parked(&channel);
     }
 
     /// Hosts other than this one that subscribe to `channel`.
@@ -175,11 +180,16 @@ impl EventLoop {
         ready
     }
 
-    /// Publishes the parked messages of `channel` that can go now, in order.
+    /// Publishes the parked messages of `channel` that can go now, in
+    /// order, batched into frames of up to [`BATCH_BYTES`].
     fn drain_parked(&mut self, channel: &str) {
-        let ready = self.mesh_ready(channel);
+        let ready = self.ready.contains(channel) || self.mesh_ready(channel);
+        if ready {
+            self.ready.insert(channel.to_string());
+        }
         let now = Instant::now();
         let topic = channel_topic(channel);
+        let max = self.shared.with_config(|c| c.max_message_size);
         loop {
             let Some(queue) = self.parked.get_mut(channel) else {
                 return;
@@ -191,21 +201,43 @@ impl EventLoop {
             if !ready && front.deadline > now {
                 return;
             }
-            let result = self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .publish(topic.clone(), front.frame.clone());
-            let outcome = match result {
-                Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
-                // Nobody reachable subscribes after the warm-up: the local
-                // subscribers had it; nothing else to do.
-                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
-                Err(gossipsub::PublishError::AllQueuesFull(_)) => return, // backpressure
-                Err(e) => Err(Error::Publish(e.to_string())),
+            let mut n = 0;
+            let mut bytes = 0;
+            for p in queue.iter() {
+                if n > 0 && (bytes + p.payload.len() > BATCH_BYTES.min(max) || n >= 4096) {
+                    break;
+                }
+                bytes += p.payload.len() + 8;
+                n += 1;
+            }
+            let frame = ChannelFrame {
+                nonce: rand::random(),
+                payloads: queue.iter().take(n).map(|p| p.payload.clone()).collect(),
             };
-            if let Some(p) = queue.pop_front() {
-                let _ = p.reply.send(outcome);
+            let outcome = match postcard::to_allocvec(&frame) {
+                Err(e) => Err(Error::Encode(e.to_string())),
+                Ok(bytes) => match self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes) {
+                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    // Nobody reachable subscribes after the warm-up: the
+                    // local subscribers had it; nothing else to do.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                    Err(gossipsub::PublishError::AllQueuesFull(_)) => return, // backpressure
+                    Err(e) => Err(Error::Publish(e.to_string())),
+                },
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(%channel, error = %e, "publish failed");
+            }
+            for p in queue.drain(..n) {
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(outcome.clone());
+                }
+            }
+            // Callers that waited past the bound go on once they are within it.
+            for p in queue.iter_mut().take(PUBLISH_QUEUE) {
+                if let Some(reply) = p.reply.take() {
+                    let _ = reply.send(Ok(()));
+                }
             }
         }
     }
@@ -223,7 +255,11 @@ impl EventLoop {
             return;
         };
         match crate::protocol::decode_frame::<ChannelFrame>(&message.data) {
-            Ok(frame) => self.deliver_local(&channel, &frame.payload),
+            Ok(frame) => {
+                for payload in &frame.payloads {
+                    self.deliver_local(&channel, payload);
+                }
+            }
             Err(e) => {
                 self.shared.wire.count_rejected();
                 tracing::warn!(%channel, error = %e, "malformed channel message");
@@ -234,7 +270,9 @@ impl EventLoop {
     pub(super) fn fail_all_publishes(&mut self) {
         for (_, q) in self.parked.drain() {
             for p in q {
-                let _ = p.reply.send(Err(Error::Closed));
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Err(Error::Closed));
+                }
             }
         }
     }

@@ -274,8 +274,14 @@ impl EventLoop {
 
     fn apply_verified(&mut self, v: Verified, via_gossip: bool) {
         let tombstone = self.shared.with_config(|c| c.lease) * 4;
-        let change = self.membership.apply(&v, Instant::now(), tombstone);
         let host = v.host;
+        let channels_before = self.membership.get(&host).map(|m| m.channels.clone());
+        let change = self.membership.apply(&v, Instant::now(), tombstone);
+        let channels_changed = self.membership.get(&host).map(|m| &m.channels) != channels_before.as_ref();
+        if channels_changed {
+            // Publishes wait until gossipsub reaches the new subscriber set.
+            self.ready.clear();
+        }
         match change {
             Change::None => return,
             Change::Joined | Change::Updated => {

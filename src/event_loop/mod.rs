@@ -43,6 +43,9 @@ use crate::{
 
 pub(crate) use messaging::PendingSend;
 
+/// Most commands handled in one turn of the loop before swarm events.
+const COMMAND_BATCH: usize = 256;
+
 /// What an outbound request was for.
 #[derive(Debug)]
 enum Pending {
@@ -88,6 +91,9 @@ pub(crate) struct EventLoop {
     // channels
     subs: HashMap<String, Vec<SubSink>>,
     parked: HashMap<String, VecDeque<channels::Parked>>,
+    /// Channels whose known subscriber hosts all reach us through gossipsub;
+    /// cleared when membership or connections change.
+    ready: std::collections::HashSet<String>,
     dialing: HashMap<PeerId, Instant>,
 }
 
@@ -128,6 +134,7 @@ impl EventLoop {
             closing: None,
             subs: HashMap::new(),
             parked: HashMap::new(),
+            ready: Default::default(),
             dialing: HashMap::new(),
             shared,
         };
@@ -150,12 +157,24 @@ impl EventLoop {
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd),
+                    Some(cmd) => {
+                        self.on_command(cmd);
+                        // Take what else is waiting, so bursts are batched.
+                        for _ in 0..COMMAND_BATCH {
+                            match self.commands.try_recv() {
+                                Ok(cmd) => self.on_command(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = self.shared.changes_ready.notified() => self.flush_directory(),
                 _ = tick.tick() => self.on_tick(),
+            }
+            if !self.parked.is_empty() {
+                self.retry_parked();
             }
             self.publish_gauges();
             if self.closing.as_ref().is_some_and(|c| c.done()) {
@@ -286,6 +305,7 @@ impl EventLoop {
             } => {
                 self.on_connection_closed(connection_id);
                 if num_established == 0 {
+                    self.ready.clear();
                     self.on_disconnected(peer_id);
                 }
             }
