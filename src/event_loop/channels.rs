@@ -50,6 +50,8 @@ pub(crate) struct Parked {
 
 /// Publishes queued per channel before callers have to wait.
 const PUBLISH_QUEUE: usize = 1024;
+/// After a frame, a small queue waits this long for more publishes.
+const GATHER: Duration = Duration::from_millis(2);
 /// Target size of one gossip frame of batched publishes.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -201,6 +203,16 @@ impl EventLoop {
             if !ready && front.deadline > now {
                 return;
             }
+            // Under load, let a few more publishes gather (Nagle-style):
+            // frames cost per message, not per byte.
+            let last = self.last_frame.get(channel).copied();
+            if queue.len() < 64 && last.is_some_and(|t| now.duration_since(t) < GATHER) {
+                return;
+            }
+            self.last_frame.insert(channel.to_string(), now);
+            let Some(queue) = self.parked.get_mut(channel) else {
+                return;
+            };
             let mut n = 0;
             let mut bytes = 0;
             for p in queue.iter() {

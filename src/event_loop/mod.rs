@@ -94,6 +94,8 @@ pub(crate) struct EventLoop {
     /// Channels whose known subscriber hosts all reach us through gossipsub;
     /// cleared when membership or connections change.
     ready: std::collections::HashSet<String>,
+    /// When each channel last sent a gossip frame.
+    last_frame: HashMap<String, Instant>,
     dialing: HashMap<PeerId, Instant>,
 }
 
@@ -135,6 +137,7 @@ impl EventLoop {
             subs: HashMap::new(),
             parked: HashMap::new(),
             ready: Default::default(),
+            last_frame: HashMap::new(),
             dialing: HashMap::new(),
             shared,
         };
