@@ -91,12 +91,7 @@ impl Peer {
         }
         // Same host: straight into the inbox, no event loop, no network.
         if let Some(slot) = shared.registry.get(to) {
-            let env = Envelope {
-                from: self.slot.id.clone(),
-                to: slot.id.clone(),
-                payload,
-            };
-            let r = push_local(&slot, &env);
+            let r = push_local(&slot, &self.slot.id, payload);
             match &r {
                 Ok(()) => bump(&shared.counters.sent_local),
                 Err(_) => bump(&shared.counters.failed),

@@ -244,7 +244,7 @@ mod tests {
         })
         .unwrap();
         match got {
-            Request::Deliver(v) => assert_eq!(v[0].to, "b"),
+            Request::Deliver(v) => assert_eq!(&*v[0].to, "b"),
             other => panic!("unexpected {other:?}"),
         }
     }

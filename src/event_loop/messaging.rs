@@ -16,7 +16,7 @@ use super::{EventLoop, Pending};
 use crate::{
     error::{Error, Result},
     inbox::PushError,
-    message::Message,
+    message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
     shared::bump,
 };
@@ -54,7 +54,7 @@ impl EventLoop {
     /// Sends one message: locally if the recipient lives here, else to its host.
     pub(super) fn send(&mut self, p: PendingSend) {
         if let Some(slot) = self.shared.registry.get(&p.env.to) {
-            let r = push_local(&slot, &p.env);
+            let r = push_local(&slot, &p.env.from, p.env.payload.clone());
             self.finish_send(p, r);
             return;
         }
@@ -228,14 +228,14 @@ impl EventLoop {
     }
 }
 
-/// Delivers an envelope to a local slot.
-pub(crate) fn push_local(slot: &crate::inbox::PeerSlot, env: &Envelope) -> Result<()> {
+/// Delivers a message from `from` to a local slot.
+pub(crate) fn push_local(slot: &crate::inbox::PeerSlot, from: &str, payload: Payload) -> Result<()> {
     slot.push(Message {
-        from: env.from.to_string(),
-        payload: env.payload.clone(),
+        from: from.to_string(),
+        payload,
     })
     .map_err(|e| match e {
-        PushError::Full => Error::InboxFull(env.to.to_string()),
-        PushError::Removed => Error::PeerNotFound(env.to.to_string()),
+        PushError::Full => Error::InboxFull(slot.id.to_string()),
+        PushError::Removed => Error::PeerNotFound(slot.id.to_string()),
     })
 }
