@@ -1,0 +1,230 @@
+//! Direct-message benchmarks (64-byte payloads):
+//! - same-host sends;
+//! - host to host over TCP loopback with 1 and with 1,024 sends in flight;
+//! - the round trip of one send (it resolves on the receiver's ack), next to
+//!   a raw libp2p request-response round trip measured in the same run.
+//!
+//! `cargo bench --bench messaging`
+
+use std::{io, sync::Arc, time::{Duration, Instant}};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use distribus::{Host, HostConfig, Payload, Peer};
+use futures::{stream, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    noise,
+    request_response::{self, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux, Multiaddr, StreamProtocol, Swarm, SwarmBuilder,
+};
+use tokio::runtime::Runtime;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn payload() -> Payload {
+    Payload::postcard(&[7u8; 63][..]).expect("encode")
+}
+
+/// Two TCP hosts, a sender on the first and a draining receiver on the second.
+async fn two_hosts() -> (Host, Host, Peer) {
+    let mut cfg = HostConfig::default();
+    cfg.inbox_capacity = 1 << 20;
+    let a = Host::new(cfg.clone()).await.expect("host");
+    let b = Host::new(cfg).await.expect("host");
+    a.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen");
+    let b_addr = b.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen").remove(0);
+    a.join(&b_addr.to_string()).await.expect("join");
+    let sender = a.create("sender").expect("create");
+    let receiver = b.create("receiver").expect("create");
+    tokio::spawn(async move { while receiver.recv().await.is_some() {} });
+    for _ in 0..200 {
+        if sender.send_payload("receiver", payload()).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (a, b, sender)
+}
+
+fn same_host(c: &mut Criterion) {
+    let rt = runtime();
+    let (host, a, b) = rt.block_on(async {
+        let mut cfg = HostConfig::default();
+        cfg.inbox_capacity = 1024;
+        let host = Host::new(cfg).await.expect("host");
+        let a = host.create("a").expect("create");
+        let b = host.create("b").expect("create");
+        (host, a, b)
+    });
+    let p = payload();
+    let mut g = c.benchmark_group("same_host");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("send_64B", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let (a, b, p) = (a.clone(), b.clone(), p.clone());
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    a.send_payload("b", p.clone()).await.expect("send");
+                    if i % 512 == 511 {
+                        while b.try_recv().is_some() {}
+                    }
+                }
+                while b.try_recv().is_some() {}
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    drop(host);
+}
+
+fn host_to_host(c: &mut Criterion) {
+    let rt = runtime();
+    let (_a, _b, sender) = rt.block_on(two_hosts());
+    let sender = Arc::new(sender);
+    let p = payload();
+    let mut g = c.benchmark_group("host_to_host");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("send_64B_1_in_flight", |bench| {
+        bench.to_async(&rt).iter(|| async {
+            sender.send_payload("receiver", p.clone()).await.expect("send");
+        })
+    });
+    g.bench_function("send_64B_1024_in_flight", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let sender = sender.clone();
+            let p = p.clone();
+            async move {
+                let start = Instant::now();
+                stream::iter(0..iters)
+                    .map(|_| sender.send_payload("receiver", p.clone()))
+                    .buffer_unordered(1024)
+                    .for_each(|r| async move { r.expect("send") })
+                    .await;
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Length-prefixed bytes, for the raw request-response baseline.
+#[derive(Clone, Default)]
+struct Bytes64;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let mut v = vec![0; u32::from_be_bytes(len) as usize];
+    io.read_exact(&mut v).await?;
+    Ok(v)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, v: &[u8]) -> io::Result<()> {
+    io.write_all(&(v.len() as u32).to_be_bytes()).await?;
+    io.write_all(v).await?;
+    io.close().await
+}
+
+impl request_response::Codec for Bytes64 {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, r: Vec<u8>) -> io::Result<()> {
+        write_frame(io, &r).await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, r: Vec<u8>) -> io::Result<()> {
+        write_frame(io, &r).await
+    }
+}
+
+fn raw_swarm() -> Swarm<request_response::Behaviour<Bytes64>> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::new(
+                [(StreamProtocol::new("/bench/raw/1"), ProtocolSupport::Full)],
+                request_response::Config::default().with_max_concurrent_streams(4096),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build()
+}
+
+fn raw_baseline(c: &mut Criterion) {
+    let rt = runtime();
+    let client = rt.block_on(async {
+        let mut server = raw_swarm();
+        server.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr")).expect("listen");
+        let addr: Multiaddr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let server_id = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                }) = server.select_next_some().await
+                {
+                    let _ = server.behaviour_mut().send_response(channel, request);
+                }
+            }
+        });
+        let mut client = raw_swarm();
+        client.add_peer_address(server_id, addr);
+        (client, server_id)
+    });
+    let (client, server_id) = (Arc::new(tokio::sync::Mutex::new(client.0)), client.1);
+    let mut g = c.benchmark_group("host_to_host");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("raw_request_response_64B_1_in_flight", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let client = client.clone();
+            async move {
+                let mut swarm = client.lock().await;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    swarm.behaviour_mut().send_request(&server_id, vec![7u8; 64]);
+                    loop {
+                        match swarm.select_next_some().await {
+                            SwarmEvent::Behaviour(request_response::Event::Message {
+                                message: request_response::Message::Response { .. },
+                                ..
+                            }) => break,
+                            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                                panic!("raw request failed: {error}")
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, same_host, host_to_host, raw_baseline);
+criterion_main!(benches);
