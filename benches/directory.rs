@@ -39,7 +39,12 @@ fn directory(c: &mut Criterion) {
         }
         hosts
     });
-    let entries = |hosts: &[Host]| hosts.iter().map(|h| h.stats().directory_entries).sum::<u64>();
+    let entries = |hosts: &[Host]| {
+        hosts
+            .iter()
+            .map(|h| h.stats().directory_entries)
+            .sum::<u64>()
+    };
     let mut next = 0u64;
     let mut g = c.benchmark_group("directory");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -70,6 +75,9 @@ fn directory(c: &mut Criterion) {
         })
     });
     g.finish();
+    let opened: u64 = hosts.iter().map(|h| h.stats().connections_opened).sum();
+    let connected: u64 = hosts.iter().map(|h| h.stats().connected_hosts).sum();
+    eprintln!("connections opened {opened}, open now {connected}");
 }
 
 criterion_group!(benches, directory);

@@ -6,7 +6,11 @@
 //!
 //! `cargo bench --bench messaging`
 
-use std::{io, sync::Arc, time::{Duration, Instant}};
+use std::{
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use distribus::{Host, HostConfig, Payload, Peer};
@@ -38,7 +42,11 @@ async fn two_hosts() -> (Host, Host, Peer) {
     let a = Host::new(cfg.clone()).await.expect("host");
     let b = Host::new(cfg).await.expect("host");
     a.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen");
-    let b_addr = b.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen").remove(0);
+    let b_addr = b
+        .listen("/ip4/127.0.0.1/tcp/0")
+        .await
+        .expect("listen")
+        .remove(0);
     a.join(&b_addr.to_string()).await.expect("join");
     let sender = a.create("sender").expect("create");
     let receiver = b.create("receiver").expect("create");
@@ -95,7 +103,10 @@ fn host_to_host(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.bench_function("send_64B_1_in_flight", |bench| {
         bench.to_async(&rt).iter(|| async {
-            sender.send_payload("receiver", p.clone()).await.expect("send");
+            sender
+                .send_payload("receiver", p.clone())
+                .await
+                .expect("send");
         })
     });
     g.bench_function("send_64B_1024_in_flight", |bench| {
@@ -138,16 +149,34 @@ impl request_response::Codec for Bytes64 {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
     type Response = Vec<u8>;
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         read_frame(io).await
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         read_frame(io).await
     }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, r: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
         write_frame(io, &r).await
     }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, r: Vec<u8>) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
         write_frame(io, &r).await
     }
 }
@@ -155,7 +184,11 @@ impl request_response::Codec for Bytes64 {
 fn raw_swarm() -> Swarm<request_response::Behaviour<Bytes64>> {
     SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .expect("tcp")
         .with_behaviour(|_| {
             request_response::Behaviour::new(
@@ -172,7 +205,9 @@ fn raw_baseline(c: &mut Criterion) {
     let rt = runtime();
     let client = rt.block_on(async {
         let mut server = raw_swarm();
-        server.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr")).expect("listen");
+        server
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+            .expect("listen");
         let addr: Multiaddr = loop {
             if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
                 break address;
@@ -182,7 +217,10 @@ fn raw_baseline(c: &mut Criterion) {
         tokio::spawn(async move {
             loop {
                 if let SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Request { request, channel, .. },
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
                     ..
                 }) = server.select_next_some().await
                 {
@@ -205,14 +243,19 @@ fn raw_baseline(c: &mut Criterion) {
                 let mut swarm = client.lock().await;
                 let start = Instant::now();
                 for _ in 0..iters {
-                    swarm.behaviour_mut().send_request(&server_id, vec![7u8; 64]);
+                    swarm
+                        .behaviour_mut()
+                        .send_request(&server_id, vec![7u8; 64]);
                     loop {
                         match swarm.select_next_some().await {
                             SwarmEvent::Behaviour(request_response::Event::Message {
                                 message: request_response::Message::Response { .. },
                                 ..
                             }) => break,
-                            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                            SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                                error,
+                                ..
+                            }) => {
                                 panic!("raw request failed: {error}")
                             }
                             _ => {}

@@ -20,7 +20,10 @@ async fn main() -> Result<(), Error> {
     println!("host beta  {} listening on {b_addr}", beta.id());
 
     beta.join(&a_addr.to_string()).await?;
-    println!("beta joined alpha; beta knows {} other host(s)", beta.members().await?.len());
+    println!(
+        "beta joined alpha; beta knows {} other host(s)",
+        beta.members().await?.len()
+    );
 
     let alice = alpha.create("alice")?;
     let bob = beta.create("bob")?;
@@ -55,7 +58,11 @@ async fn main() -> Result<(), Error> {
             .await
             .map_err(|_| Error::Timeout)?
             .ok_or(Error::Closed)?;
-        println!("{name} subscriber got on #{}: {}", m.channel, m.decode::<String>()?);
+        println!(
+            "{name} subscriber got on #{}: {}",
+            m.channel,
+            m.decode::<String>()?
+        );
     }
 
     match alice.send("nobody", "?").await {

@@ -134,12 +134,14 @@ pub(crate) async fn build_swarm(
             .build(),
         TransportKind::Memory => SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_other_transport(|k| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                Ok(MemoryTransport::default()
-                    .upgrade(upgrade::Version::V1)
-                    .authenticate(noise::Config::new(k)?)
-                    .multiplex(yamux::Config::default()))
-            })
+            .with_other_transport(
+                |k| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    Ok(MemoryTransport::default()
+                        .upgrade(upgrade::Version::V1)
+                        .authenticate(noise::Config::new(k)?)
+                        .multiplex(yamux::Config::default()))
+                },
+            )
             .map_err(|e| terr(&e))?
             .with_behaviour(|k| build_behaviour(k, cfg, stats))
             .map_err(|e| terr(&e))?

@@ -166,7 +166,8 @@ impl HostConfig {
             && self.max_directory_entries == new.max_directory_entries
             && self.gossip_heartbeat == new.gossip_heartbeat
             && self.idle_connection_timeout == new.idle_connection_timeout
-            && self.keypair.as_ref().map(|k| k.public()) == new.keypair.as_ref().map(|k| k.public());
+            && self.keypair.as_ref().map(|k| k.public())
+                == new.keypair.as_ref().map(|k| k.public());
         if !fixed {
             return Err(Error::Config(
                 "only run-time fields may change on a running host".into(),

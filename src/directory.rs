@@ -65,7 +65,7 @@ struct Holding {
 /// Entries this host holds for others (and for itself), bounded in count.
 #[derive(Debug)]
 pub(crate) struct DirectoryStore {
-    entries: HashMap<Box<str>, Holding>,
+    entries: HashMap<Box<str>, Holding, ahash::RandomState>,
     hosts: Vec<PeerId>,
     host_index: HashMap<PeerId, u32>,
     max_entries: usize,
@@ -75,7 +75,7 @@ pub(crate) struct DirectoryStore {
 impl DirectoryStore {
     pub fn new(max_entries: usize) -> Self {
         DirectoryStore {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             hosts: Vec::new(),
             host_index: HashMap::new(),
             max_entries,

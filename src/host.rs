@@ -303,7 +303,13 @@ impl Host {
                 sink,
             })
             .await?;
-        Ok(Subscription::new(self.clone(), channel.to_string(), id, rx, missed))
+        Ok(Subscription::new(
+            self.clone(),
+            channel.to_string(),
+            id,
+            rx,
+            missed,
+        ))
     }
 
     /// Ends every subscription of this host on `channel`.
@@ -327,11 +333,16 @@ impl Host {
     /// a join it waits (up to `publish_warmup`) for the mesh to reach the
     /// channel's subscribers; under load it waits for queue room.
     pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
-        self.publish_payload(channel, Payload::postcard(value)?).await
+        self.publish_payload(channel, Payload::postcard(value)?)
+            .await
     }
 
     /// Publishes a value encoded as JSON.
-    pub async fn publish_json<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
+    pub async fn publish_json<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        value: &T,
+    ) -> Result<()> {
         self.publish_payload(channel, Payload::json(value)?).await
     }
 
@@ -362,7 +373,8 @@ impl Host {
     /// The host this host's location cache holds for `id`, if any.
     pub async fn cached_location(&self, id: &str) -> Result<Option<PeerId>> {
         let id = id.to_string();
-        self.call(|reply| Command::CachedLocation { id, reply }).await
+        self.call(|reply| Command::CachedLocation { id, reply })
+            .await
     }
 
     /// Counters of this host.
@@ -374,16 +386,17 @@ impl Host {
     /// forget this host's peers; then the event loop stops. Afterwards every
     /// method returns [`Error::Closed`]. Closing twice is fine.
     pub async fn close(&self) -> Result<()> {
-        if self
-            .inner
-            .shared
-            .closed
-            .swap(true, Ordering::AcqRel)
-        {
+        if self.inner.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        if self.inner.commands.send(Command::Close { reply: tx }).await.is_ok() {
+        if self
+            .inner
+            .commands
+            .send(Command::Close { reply: tx })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         Ok(())

@@ -55,9 +55,19 @@ pub(crate) struct Verified {
 
 /// Checks a signed record; `None` if it does not decode or its signature is wrong.
 pub(crate) fn verify(signed: &SignedRecord) -> Option<Verified> {
+    verify_unless(signed, |_, _| false)
+}
+
+/// Like [`verify`], but first asks `known(host, record)` whether the record
+/// is already known (not newer than what we hold); then it is not checked
+/// (signature checks are the costly part of membership) and `None` returns.
+pub(crate) fn verify_unless(
+    signed: &SignedRecord,
+    known: impl FnOnce(&PeerId, &HostRecord) -> bool,
+) -> Option<Verified> {
     let record: HostRecord = postcard::from_bytes(&signed.record).ok()?;
     let key = PublicKey::try_decode_protobuf(&record.public_key).ok()?;
-    if !key.verify(&signed.record, &signed.signature) {
+    if known(&key.to_peer_id(), &record) || !key.verify(&signed.record, &signed.signature) {
         return None;
     }
     Some(Verified {
@@ -197,6 +207,21 @@ impl Membership {
         &self.keys
     }
 
+    /// Whether `record` of `host` is not newer than what this table holds.
+    pub fn knows(&self, host: &PeerId, record: &HostRecord) -> bool {
+        if *host == self.local {
+            return true;
+        }
+        if let Some(&(epoch, _)) = self.tombstones.get(host) {
+            if record.epoch <= epoch {
+                return true;
+            }
+        }
+        self.members
+            .get(host)
+            .is_some_and(|m| (record.epoch, record.seq) <= (m.epoch, m.seq))
+    }
+
     pub fn get(&self, host: &PeerId) -> Option<&Member> {
         self.members.get(host)
     }
@@ -281,8 +306,14 @@ mod tests {
         let k = Keypair::generate_ed25519();
         let now = Instant::now();
         m.apply(&record(&k, 1, 1, false), now, Duration::from_secs(1));
-        assert!(m.expire(now + Duration::from_secs(1), Duration::from_secs(2)).is_empty());
-        assert_eq!(m.expire(now + Duration::from_secs(3), Duration::from_secs(2)).len(), 1);
+        assert!(m
+            .expire(now + Duration::from_secs(1), Duration::from_secs(2))
+            .is_empty());
+        assert_eq!(
+            m.expire(now + Duration::from_secs(3), Duration::from_secs(2))
+                .len(),
+            1
+        );
         assert_eq!(m.len(), 1);
     }
 }

@@ -107,7 +107,12 @@ impl Peer {
         // Enqueue in this first poll when there is room, so sends started in
         // order are queued in order even when their futures run concurrently
         // (an async send may yield to the scheduler's budget first).
-        let queued = match self.host.inner.commands.try_send(Command::Send { env, reply: tx }) {
+        let queued = match self
+            .host
+            .inner
+            .commands
+            .try_send(Command::Send { env, reply: tx })
+        {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(cmd)) => Some(cmd),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Closed),

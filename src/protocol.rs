@@ -180,7 +180,8 @@ pub(crate) fn encode_frame<M: Serialize>(msg: &M) -> io::Result<Vec<u8>> {
 
 /// Decodes a frame body (without its length prefix).
 pub(crate) fn decode_frame<M: DeserializeOwned>(body: &[u8]) -> io::Result<M> {
-    postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    postcard::from_bytes(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 impl libp2p::request_response::Codec for Codec {
@@ -202,14 +203,24 @@ impl libp2p::request_response::Codec for Codec {
         self.read_frame(io).await
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         self.write_frame(io, &req).await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Response) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {

@@ -31,6 +31,8 @@ pub(crate) struct Counters {
     pub directory_entries: AtomicU64,
     pub directory_refused: AtomicU64,
     pub hosts: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connected: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -61,6 +63,10 @@ pub struct Stats {
     pub directory_refused: u64,
     /// Live hosts in the membership, this one included.
     pub hosts: u64,
+    /// Connections opened since the host started.
+    pub connections_opened: u64,
+    /// Hosts this host has an open connection to now.
+    pub connected_hosts: u64,
 }
 
 #[derive(Debug)]
@@ -90,7 +96,10 @@ impl Shared {
     }
 
     pub fn config(&self) -> HostConfig {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Reads one field of the configuration without cloning it all.
@@ -98,12 +107,16 @@ impl Shared {
         f(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Queues a directory change; wakes the loop only for the first one,
+    /// since a flush takes everything queued.
     pub fn push_change(&self, change: LocalChange) {
-        self.changes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(change);
-        self.changes_ready.notify_one();
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let first = changes.is_empty();
+        changes.push(change);
+        drop(changes);
+        if first {
+            self.changes_ready.notify_one();
+        }
     }
 
     pub fn take_changes(&self) -> Vec<LocalChange> {
@@ -130,6 +143,8 @@ impl Shared {
             directory_entries: r(&c.directory_entries),
             directory_refused: r(&c.directory_refused),
             hosts: r(&c.hosts),
+            connections_opened: r(&c.connections_opened),
+            connected_hosts: r(&c.connected),
         }
     }
 }

@@ -29,7 +29,7 @@ async fn publish_reaches_every_subscription_on_every_host_once() {
     b.join(&a_addr.to_string()).await.unwrap();
     c.join(&a_addr.to_string()).await.unwrap();
     wait_membership(&[&a, &b, &c], 3).await;
-    let mut subs = vec![
+    let mut subs = [
         a.subscribe("news").await.unwrap(),
         b.subscribe("news").await.unwrap(),
         b.subscribe("news").await.unwrap(),
@@ -49,14 +49,26 @@ async fn publish_reaches_every_subscription_on_every_host_once() {
     for s in subs.iter_mut() {
         let mut got = Vec::new();
         for _ in 0..3 {
-            got.push(within("news", s.recv()).await.unwrap().decode::<String>().unwrap());
+            got.push(
+                within("news", s.recv())
+                    .await
+                    .unwrap()
+                    .decode::<String>()
+                    .unwrap(),
+            );
         }
         got.sort();
         assert_eq!(got, ["from 0", "from 1", "from 2"]);
         // Exactly once: nothing more arrives.
-        assert!(tokio::time::timeout(Duration::from_millis(300), s.recv()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(300), s.recv())
+            .await
+            .is_err());
     }
-    assert!(tokio::time::timeout(Duration::from_millis(100), other.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), other.recv())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,16 +82,30 @@ async fn dropping_or_unsubscribing_ends_subscriptions() {
     wait_subscribed(&a, &b, "ch").await;
     drop(s1);
     a.publish("ch", &1u8).await.unwrap();
-    assert_eq!(within("s2", s2.recv()).await.unwrap().decode::<u8>().unwrap(), 1);
+    assert_eq!(
+        within("s2", s2.recv())
+            .await
+            .unwrap()
+            .decode::<u8>()
+            .unwrap(),
+        1
+    );
     b.unsubscribe("ch").await.unwrap();
     assert!(within("s2 ends", s2.recv()).await.is_none());
     // The other host learns that b no longer subscribes.
     let b_id = b.id();
     wait_for("unsubscribe spreads", || async {
-        a.members().await.unwrap().iter().any(|m| m.host == b_id && m.channels.is_empty())
+        a.members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.host == b_id && m.channels.is_empty())
     })
     .await;
-    assert!(matches!(a.subscribe("").await, Err(Error::InvalidChannel(_))));
+    assert!(matches!(
+        a.subscribe("").await,
+        Err(Error::InvalidChannel(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +118,9 @@ async fn publishing_right_after_join_is_not_lost() {
         b.join(&a_addr.to_string()).await.unwrap();
         // No wait: the gossip mesh is still forming.
         b.publish("live", &round).await.unwrap();
-        let m = within("first publish after join", sub.recv()).await.unwrap();
+        let m = within("first publish after join", sub.recv())
+            .await
+            .unwrap();
         assert_eq!(m.decode::<i32>().unwrap(), round);
         assert_eq!(m.channel, "live");
     }

@@ -17,7 +17,11 @@ async fn listen_on_tcp_and_websocket_returns_full_addresses() {
     assert!(tcp[0].to_string().ends_with(&p2p), "{}", tcp[0]);
     assert!(ws[0].to_string().contains("/ws/"), "{}", ws[0]);
     assert!(ws[0].to_string().ends_with(&p2p));
-    assert!(!tcp[0].to_string().contains("/tcp/0/"), "a real port: {}", tcp[0]);
+    assert!(
+        !tcp[0].to_string().contains("/tcp/0/"),
+        "a real port: {}",
+        tcp[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,8 +34,14 @@ async fn listening_on_a_busy_port_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Listen { .. }), "{err:?}");
-    assert!(err.to_string().contains(&port.to_string()) || err.to_string().contains("in use"), "{err}");
-    assert!(matches!(h.listen("/bogus").await, Err(Error::InvalidAddress { .. })));
+    assert!(
+        err.to_string().contains(&port.to_string()) || err.to_string().contains("in use"),
+        "{err}"
+    );
+    assert!(matches!(
+        h.listen("/bogus").await,
+        Err(Error::InvalidAddress { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,13 +50,33 @@ async fn join_over_websocket_url_like_the_original() {
     let a = Host::new(cfg.clone()).await.unwrap();
     let b = Host::new(cfg).await.unwrap();
     let ws = b.listen("/ip4/127.0.0.1/tcp/0/ws").await.unwrap().remove(0);
-    let port = ws.to_string().split("/tcp/").nth(1).unwrap().split('/').next().unwrap().to_string();
-    assert_eq!(a.join(&format!("ws://127.0.0.1:{port}")).await.unwrap(), b.id());
+    let port = ws
+        .to_string()
+        .split("/tcp/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        a.join(&format!("ws://127.0.0.1:{port}")).await.unwrap(),
+        b.id()
+    );
     let _alice = a.create("alice").unwrap();
     let bob = b.create("bob").unwrap();
     wait_found(&b, "alice", &a).await;
     bob.send("alice", "over websocket").await.unwrap();
-    assert_eq!(a.get("alice").unwrap().recv().await.unwrap().decode::<String>().unwrap(), "over websocket");
+    assert_eq!(
+        a.get("alice")
+            .unwrap()
+            .recv()
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "over websocket"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,9 +85,16 @@ async fn joining_a_dead_address_fails_in_bounded_time() {
     cfg.join_timeout = Duration::from_secs(3);
     let a = Host::new(cfg).await.unwrap();
     // A port nobody listens on: bind, learn the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let t = Instant::now();
-    let err = a.join(&format!("/ip4/127.0.0.1/tcp/{port}")).await.unwrap_err();
+    let err = a
+        .join(&format!("/ip4/127.0.0.1/tcp/{port}"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Join { .. }), "{err:?}");
     assert!(t.elapsed() < Duration::from_secs(5));
     // Memory transport: nothing listens on this port.
@@ -120,7 +157,10 @@ async fn close_makes_others_forget_its_peers_at_once() {
     // The closed host's API is closed.
     assert_eq!(b.create("x").unwrap_err(), Error::Closed);
     assert_eq!(b.find("carol").await.unwrap_err(), Error::Closed);
-    assert_eq!(b.join(&a_addr.to_string()).await.unwrap_err(), Error::Closed);
+    assert_eq!(
+        b.join(&a_addr.to_string()).await.unwrap_err(),
+        Error::Closed
+    );
     assert!(matches!(b.publish("ch", &1u8).await, Err(Error::Closed)));
     assert!(b.get("bob").is_none());
     b.close().await.unwrap();
@@ -138,7 +178,13 @@ async fn config_reads_and_runtime_fields_change() {
     assert_eq!(h.config().max_message_size, 100);
     let p = h.create("p").unwrap();
     let err = p.send("p", &vec![0u8; 200]).await.unwrap_err();
-    assert_eq!(err, Error::MessageTooLarge { size: 202, limit: 100 });
+    assert_eq!(
+        err,
+        Error::MessageTooLarge {
+            size: 202,
+            limit: 100
+        }
+    );
     cfg.network_id = "other".into();
     assert!(matches!(h.set_config(cfg), Err(Error::Config(_))));
     let mut bad = HostConfig::for_tests();

@@ -2,7 +2,10 @@
 
 mod common;
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use common::*;
 use distribus::{Host, HostConfig, Peer};
@@ -65,7 +68,10 @@ async fn fifty_hosts_sparse_random_peers_reach_each_other_and_channels_deliver()
             peers.push(h.create(&format!("p-{i}-{k}")).unwrap());
         }
     }
-    let by_id: HashMap<String, Peer> = peers.iter().map(|p| (p.id().to_string(), p.clone())).collect();
+    let by_id: HashMap<String, Peer> = peers
+        .iter()
+        .map(|p| (p.id().to_string(), p.clone()))
+        .collect();
     let mut expected: HashMap<String, Vec<u32>> = HashMap::new();
     for n in 0..300u32 {
         let from = &peers[rng.gen_range(0..peers.len())];
@@ -88,7 +94,13 @@ async fn fifty_hosts_sparse_random_peers_reach_each_other_and_channels_deliver()
         let p = &by_id[id];
         let mut got = Vec::new();
         for _ in 0..want.len() {
-            got.push(within("random message", p.recv()).await.unwrap().decode::<u32>().unwrap());
+            got.push(
+                within("random message", p.recv())
+                    .await
+                    .unwrap()
+                    .decode::<u32>()
+                    .unwrap(),
+            );
         }
         assert_eq!(&got, want, "messages to {id}");
     }
@@ -102,7 +114,9 @@ async fn fifty_hosts_sparse_random_peers_reach_each_other_and_channels_deliver()
     for h in &hosts {
         wait_for("subscribers known", || async {
             let m = h.members().await.unwrap();
-            sub_ids.iter().all(|s| *s == h.id() || m.iter().any(|x| x.host == *s && x.channels.len() == 1))
+            sub_ids
+                .iter()
+                .all(|s| *s == h.id() || m.iter().any(|x| x.host == *s && x.channels.len() == 1))
         })
         .await;
     }
@@ -114,10 +128,19 @@ async fn fifty_hosts_sparse_random_peers_reach_each_other_and_channels_deliver()
     for s in subs.iter_mut() {
         let mut got = Vec::new();
         for _ in 0..60 {
-            got.push(within("channel message", s.recv()).await.unwrap().decode::<(u32, u32)>().unwrap());
+            got.push(
+                within("channel message", s.recv())
+                    .await
+                    .unwrap()
+                    .decode::<(u32, u32)>()
+                    .unwrap(),
+            );
         }
         got.sort();
-        let mut want: Vec<(u32, u32)> = [3u32, 10, 47].iter().flat_map(|p| (0..20).map(move |n| (*p, n))).collect();
+        let mut want: Vec<(u32, u32)> = [3u32, 10, 47]
+            .iter()
+            .flat_map(|p| (0..20).map(move |n| (*p, n)))
+            .collect();
         want.sort();
         assert_eq!(got, want);
         assert_eq!(s.missed(), 0);
@@ -134,7 +157,13 @@ async fn burst_of_ten_thousand_publishes_reaches_all_fifty_subscribers() {
     }
     for h in &hosts {
         wait_for("all subscriptions known", || async {
-            h.members().await.unwrap().iter().filter(|m| m.channels.len() == 1).count() == HOSTS - 1
+            h.members()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|m| m.channels.len() == 1)
+                .count()
+                == HOSTS - 1
         })
         .await;
     }
@@ -145,7 +174,8 @@ async fn burst_of_ten_thousand_publishes_reaches_all_fifty_subscribers() {
                 let mut next = 0u32;
                 let mut out_of_order = 0;
                 while next < N {
-                    let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(60), s.recv()).await else {
+                    let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(60), s.recv()).await
+                    else {
                         break;
                     };
                     let v = m.decode::<u32>().unwrap();

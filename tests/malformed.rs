@@ -25,12 +25,20 @@ impl request_response::Codec for RawCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
         io.take(1 << 20).read_to_end(&mut v).await?;
         Ok(v)
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
         io.take(1 << 20).read_to_end(&mut v).await?;
         if v.is_empty() {
@@ -39,11 +47,21 @@ impl request_response::Codec for RawCodec {
         }
         Ok(v)
     }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&req).await?;
         io.close().await
     }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&res).await?;
         io.close().await
     }
@@ -72,7 +90,10 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
         .unwrap()
         .with_behaviour(|_| {
             request_response::Behaviour::<RawCodec>::new(
-                [(StreamProtocol::new("/distribus/distribus/rpc/1"), ProtocolSupport::Outbound)],
+                [(
+                    StreamProtocol::new("/distribus/distribus/rpc/1"),
+                    ProtocolSupport::Outbound,
+                )],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
             )
         })
@@ -94,7 +115,9 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
     within("attacker requests end", async {
         while failures < attacks.len() {
             match attacker.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => failures += 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                    failures += 1
+                }
                 SwarmEvent::Behaviour(request_response::Event::Message { .. }) => {
                     panic!("the victim answered a malformed request")
                 }
@@ -103,10 +126,20 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
         }
     })
     .await;
-    wait_for("rejections counted", || async { victim.stats().rejected_frames >= 2 }).await;
+    wait_for("rejections counted", || async {
+        victim.stats().rejected_frames >= 2
+    })
+    .await;
 
     // The victim still works.
     f_peer.send("v", "still alive").await.unwrap();
-    assert_eq!(within("delivery", v_peer.recv()).await.unwrap().decode::<String>().unwrap(), "still alive");
+    assert_eq!(
+        within("delivery", v_peer.recv())
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "still alive"
+    );
     v_peer.send("f", "yes").await.unwrap();
 }

@@ -38,9 +38,23 @@ async fn a_reaches_c_along_a_chain() {
     let carol = c.create("carol").unwrap();
     wait_found(&a, "carol", &c).await;
     alice.send("carol", &7u32).await.unwrap();
-    assert_eq!(within("carol", carol.recv()).await.unwrap().decode::<u32>().unwrap(), 7);
+    assert_eq!(
+        within("carol", carol.recv())
+            .await
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        7
+    );
     carol.send("alice", &8u32).await.unwrap();
-    assert_eq!(within("alice", alice.recv()).await.unwrap().decode::<u32>().unwrap(), 8);
+    assert_eq!(
+        within("alice", alice.recv())
+            .await
+            .unwrap()
+            .decode::<u32>()
+            .unwrap(),
+        8
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +101,11 @@ async fn dropped_joined_host_is_redialled_and_cache_lives_until_timeout() {
     let (a, _) = mem_host(cfg.clone()).await;
     let b = distribus::Host::new(b_cfg.clone()).await.unwrap();
     let port = 40_000 + (rand_port() % 10_000);
-    let b_addr = b.listen(&format!("/memory/{port}")).await.unwrap().remove(0);
+    let b_addr = b
+        .listen(&format!("/memory/{port}"))
+        .await
+        .unwrap()
+        .remove(0);
     a.join(&b_addr.to_string()).await.unwrap();
     let alice = a.create("alice").unwrap();
     let _bob = b.create("bob").unwrap();
@@ -100,7 +118,11 @@ async fn dropped_joined_host_is_redialled_and_cache_lives_until_timeout() {
     drop(_bob);
     drop(b);
     wait_for("a sees b disconnected", || async {
-        a.members().await.unwrap().iter().all(|m| m.host != b_id || !m.connected)
+        a.members()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.host != b_id || !m.connected)
     })
     .await;
     // Within the reconnect timeout the cached location stays.
@@ -120,11 +142,25 @@ async fn dropped_joined_host_is_redialled_and_cache_lives_until_timeout() {
     .await;
     let bob2 = b2.create("bob").unwrap();
     wait_for("a reconnects to b", || async {
-        a.members().await.unwrap().iter().any(|m| m.host == b_id && m.connected)
+        a.members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.host == b_id && m.connected)
     })
     .await;
-    wait_for("bob reachable again", || async { alice.send("bob", "two").await.is_ok() }).await;
-    assert_eq!(within("bob2", bob2.recv()).await.unwrap().decode::<String>().unwrap(), "two");
+    wait_for("bob reachable again", || async {
+        alice.send("bob", "two").await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        within("bob2", bob2.recv())
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "two"
+    );
 
     // Now b drops for longer than the reconnect timeout: the cache is forgotten.
     drop(bob2);
@@ -137,5 +173,8 @@ async fn dropped_joined_host_is_redialled_and_cache_lives_until_timeout() {
 
 fn rand_port() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
 }

@@ -23,7 +23,10 @@ async fn two_hosts_exchange_typed_and_json_messages() {
     wait_found(&a, "bob", &b).await;
     wait_found(&b, "alice", &a).await;
 
-    let g = Greeting { text: "hello".into(), n: 1 };
+    let g = Greeting {
+        text: "hello".into(),
+        n: 1,
+    };
     alice.send("bob", &g).await.unwrap();
     let m = within("bob receives", bob.recv()).await.unwrap();
     assert_eq!(m.from, "alice");
@@ -65,10 +68,12 @@ async fn messages_arrive_in_send_order_even_pipelined() {
     let bob = b.create("bob").unwrap();
     wait_found(&a, "bob", &b).await;
     const N: u32 = 1000;
-    let mut sends: FuturesOrdered<_> = (0..N).map(|i| {
-        let alice = alice.clone();
-        async move { alice.send("bob", &i).await }
-    }).collect();
+    let mut sends: FuturesOrdered<_> = (0..N)
+        .map(|i| {
+            let alice = alice.clone();
+            async move { alice.send("bob", &i).await }
+        })
+        .collect();
     let receiver = tokio::spawn(async move {
         let mut got = Vec::new();
         for _ in 0..N {
@@ -95,8 +100,14 @@ async fn unknown_removed_and_moved_peers() {
     c.join(&a_addr.to_string()).await.unwrap();
     wait_membership(&[&a, &b, &c], 3).await;
     let alice = a.create("alice").unwrap();
-    assert_eq!(alice.send("nobody", &1u8).await.unwrap_err(), Error::PeerNotFound("nobody".into()));
-    assert_eq!(a.find("nobody").await.unwrap_err(), Error::PeerNotFound("nobody".into()));
+    assert_eq!(
+        alice.send("nobody", &1u8).await.unwrap_err(),
+        Error::PeerNotFound("nobody".into())
+    );
+    assert_eq!(
+        a.find("nobody").await.unwrap_err(),
+        Error::PeerNotFound("nobody".into())
+    );
 
     let bob = b.create("bob").unwrap();
     wait_found(&a, "bob", &b).await;
@@ -104,23 +115,47 @@ async fn unknown_removed_and_moved_peers() {
     assert_eq!(a.cached_location("bob").await.unwrap(), Some(b.id()));
     // Removed: the stale cached location is dropped and the send fails.
     assert!(b.remove(&bob).unwrap());
-    assert!(bob.recv().await.unwrap().decode::<u8>().is_ok(), "queued message still readable");
+    assert!(
+        bob.recv().await.unwrap().decode::<u8>().is_ok(),
+        "queued message still readable"
+    );
     assert!(bob.recv().await.is_none(), "receiver ends after remove");
     wait_for("bob withdrawn", || async {
         matches!(alice.send("bob", &2u8).await, Err(Error::PeerNotFound(_)))
-    }).await;
+    })
+    .await;
     assert_eq!(a.cached_location("bob").await.unwrap(), None);
     // Re-created elsewhere: the send re-resolves and succeeds.
     let bob_on_c = c.create("bob").unwrap();
-    wait_for("bob found on c", || async { alice.send("bob", &3u8).await.is_ok() }).await;
-    assert_eq!(within("bob on c", bob_on_c.recv()).await.unwrap().decode::<u8>().unwrap(), 3);
+    wait_for("bob found on c", || async {
+        alice.send("bob", &3u8).await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        within("bob on c", bob_on_c.recv())
+            .await
+            .unwrap()
+            .decode::<u8>()
+            .unwrap(),
+        3
+    );
     // And moved with the old location still cached: one send re-resolves.
     let _ = a.find("bob").await.unwrap();
     c.remove("bob").unwrap();
     let bob_on_b = b.create("bob").unwrap();
     wait_found(&b, "bob", &b).await;
-    wait_for("moved bob reached", || async { alice.send("bob", &4u8).await.is_ok() }).await;
-    assert_eq!(within("bob on b", bob_on_b.recv()).await.unwrap().decode::<u8>().unwrap(), 4);
+    wait_for("moved bob reached", || async {
+        alice.send("bob", &4u8).await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        within("bob on b", bob_on_b.recv())
+            .await
+            .unwrap()
+            .decode::<u8>()
+            .unwrap(),
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,16 +172,25 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
 
     // Oversized.
     let err = alice.send("bob", &vec![1u8; 2000]).await.unwrap_err();
-    assert!(matches!(err, Error::MessageTooLarge { limit: 1000, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::MessageTooLarge { limit: 1000, .. }),
+        "{err:?}"
+    );
     // Full inbox, remote and local.
     alice.send("bob", &1u8).await.unwrap();
     alice.send("bob", &2u8).await.unwrap();
-    assert_eq!(alice.send("bob", &3u8).await.unwrap_err(), Error::InboxFull("bob".into()));
+    assert_eq!(
+        alice.send("bob", &3u8).await.unwrap_err(),
+        Error::InboxFull("bob".into())
+    );
     let _ = a.create("al2").unwrap();
     let al2 = a.get("al2").unwrap();
     alice.send("al2", &1u8).await.unwrap();
     alice.send("al2", &1u8).await.unwrap();
-    assert_eq!(alice.send("al2", &1u8).await.unwrap_err(), Error::InboxFull("al2".into()));
+    assert_eq!(
+        alice.send("al2", &1u8).await.unwrap_err(),
+        Error::InboxFull("al2".into())
+    );
     assert_eq!(al2.pending(), 2);
     // Nothing was lost: bob reads the first two in order.
     assert_eq!(bob.recv().await.unwrap().decode::<u8>().unwrap(), 1);
@@ -170,7 +214,9 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     // Unreachable: b stops without leaving; bob's location is still known.
     let b_id = b.id();
     drop((bob, carol, b));
-    let err = within("unreachable", alice.send("bob", &9u8)).await.unwrap_err();
+    let err = within("unreachable", alice.send("bob", &9u8))
+        .await
+        .unwrap_err();
     match err {
         Error::PeerUnreachable { id, host } => {
             assert_eq!(id, "bob");
@@ -187,7 +233,10 @@ async fn peers_ids_and_streams() {
     let p = h.create("p").unwrap();
     assert_eq!(h.create("p").unwrap_err(), Error::IdExists("p".into()));
     assert!(matches!(h.create(""), Err(Error::InvalidId(_))));
-    assert!(matches!(h.create(&"x".repeat(257)), Err(Error::InvalidId(_))));
+    assert!(matches!(
+        h.create(&"x".repeat(257)),
+        Err(Error::InvalidId(_))
+    ));
     h.create(&"x".repeat(256)).unwrap();
     assert!(h.get("nope").is_none());
     let mut again = h.get("p").unwrap();
@@ -198,5 +247,8 @@ async fn peers_ids_and_streams() {
     assert!(h.remove("p").unwrap());
     assert!(!h.remove("p").unwrap());
     assert!(again.next().await.is_none());
-    assert_eq!(p.send("p", &1u8).await.unwrap_err(), Error::PeerNotFound("p".into()));
+    assert_eq!(
+        p.send("p", &1u8).await.unwrap_err(),
+        Error::PeerNotFound("p".into())
+    );
 }

@@ -26,7 +26,10 @@ async fn a_host_holds_a_million_peers_and_others_reach_them() {
         a.stats().directory_entries == N as u64 && b.stats().directory_entries == N as u64
     })
     .await;
-    eprintln!("1M peers created and registered on 2 hosts in {:?}", started.elapsed());
+    eprintln!(
+        "1M peers created and registered on 2 hosts in {:?}",
+        started.elapsed()
+    );
     let sender = b.create("sender").unwrap();
     for p in &kept {
         assert_eq!(b.find(p.id()).await.unwrap().host, a.id());

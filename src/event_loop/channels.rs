@@ -118,7 +118,12 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn publish(&mut self, channel: String, payload: Payload, reply: oneshot::Sender<Result<()>>) {
+    pub(super) fn publish(
+        &mut self,
+        channel: String,
+        payload: Payload,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
         self.deliver_local(&channel, &payload);
         bump(&self.shared.counters.published);
         if self.remote_subscribers(&channel).is_empty() && !self.parked.contains_key(&channel) {
@@ -228,7 +233,12 @@ impl EventLoop {
             };
             let outcome = match postcard::to_allocvec(&frame) {
                 Err(e) => Err(Error::Encode(e.to_string())),
-                Ok(bytes) => match self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes) {
+                Ok(bytes) => match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic.clone(), bytes)
+                {
                     Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
                     // Nobody reachable subscribes after the warm-up: the
                     // local subscribers had it; nothing else to do.
@@ -263,7 +273,12 @@ impl EventLoop {
     }
 
     pub(super) fn on_channel_message(&mut self, message: gossipsub::Message) {
-        let Some(channel) = message.topic.as_str().strip_prefix("ch/").map(str::to_string) else {
+        let Some(channel) = message
+            .topic
+            .as_str()
+            .strip_prefix("ch/")
+            .map(str::to_string)
+        else {
             return;
         };
         match crate::protocol::decode_frame::<ChannelFrame>(&message.data) {

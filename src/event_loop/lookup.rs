@@ -21,6 +21,8 @@ use crate::{
 
 /// Most operations in one directory request.
 const MAX_DIR_BATCH: usize = 65_536;
+/// After a directory flush, changes gather this long before the next one.
+const DIR_GATHER: Duration = Duration::from_millis(10);
 /// Wait before resending directory operations that failed.
 const DIR_RETRY: Duration = Duration::from_millis(500);
 
@@ -48,8 +50,15 @@ pub(crate) struct LookupState {
 }
 
 impl EventLoop {
-    /// Sends the local creates and removes to their holders.
-    pub(super) fn flush_directory(&mut self) {
+    /// Sends the local creates and removes to their holders. Right after a
+    /// flush, new changes gather until the next tick, so a burst of creates
+    /// becomes a few large batches rather than many small requests.
+    pub(super) fn flush_directory(&mut self, from_tick: bool) {
+        let now = Instant::now();
+        if !from_tick && now.duration_since(self.last_dir_flush) < DIR_GATHER {
+            return;
+        }
+        self.last_dir_flush = now;
         let changes = self.shared.take_changes();
         if changes.is_empty() {
             return;
@@ -66,7 +75,11 @@ impl EventLoop {
                 if holder == self.local() {
                     local_ops.push(op.clone());
                 } else {
-                    self.dir_links.entry(holder).or_default().queue.push_back(op.clone());
+                    self.dir_links
+                        .entry(holder)
+                        .or_default()
+                        .queue
+                        .push_back(op.clone());
                     touched.push(holder);
                 }
             }
@@ -213,7 +226,11 @@ impl EventLoop {
             l.waiters.push(waiter);
             return;
         }
-        let candidates = closest(self.membership.keys(), key_of(id.as_bytes()), self.replication);
+        let candidates = closest(
+            self.membership.keys(),
+            key_of(id.as_bytes()),
+            self.replication,
+        );
         self.lookups.insert(
             id.clone(),
             LookupState {

@@ -15,7 +15,7 @@ use super::{EventLoop, Pending};
 use crate::{
     command::HostInfo,
     error::{Error, Result},
-    membership::{verify, Change, HostRecord, Verified},
+    membership::{verify, verify_unless, Change, HostRecord, Verified},
     protocol::{identify_version, Request, Response, SignedRecord},
 };
 
@@ -61,7 +61,12 @@ impl Closing {
 }
 
 impl EventLoop {
-    pub(super) fn join(&mut self, addr: Multiaddr, shown: String, reply: oneshot::Sender<Result<PeerId>>) {
+    pub(super) fn join(
+        &mut self,
+        addr: Multiaddr,
+        shown: String,
+        reply: oneshot::Sender<Result<PeerId>>,
+    ) {
         let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
         let conn = opts.connection_id();
         if let Err(e) = self.swarm.dial(opts) {
@@ -124,7 +129,12 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn on_dial_failed(&mut self, conn: ConnectionId, peer: Option<PeerId>, reason: String) {
+    pub(super) fn on_dial_failed(
+        &mut self,
+        conn: ConnectionId,
+        peer: Option<PeerId>,
+        reason: String,
+    ) {
         if let Some(peer) = peer {
             self.dialing.remove(&peer);
         }
@@ -266,9 +276,15 @@ impl EventLoop {
     }
 
     fn apply_signed(&mut self, r: &SignedRecord, via_gossip: bool) {
-        match verify(r) {
+        let mut known = false;
+        let membership = &self.membership;
+        match verify_unless(r, |h, rec| {
+            known = membership.knows(h, rec);
+            known
+        }) {
             Some(v) => self.apply_verified(v, via_gossip),
-            None => tracing::warn!("dropping a membership record with a bad signature"),
+            None if known => {}
+            None => tracing::warn!("dropping a malformed or badly signed membership record"),
         }
     }
 
@@ -277,7 +293,8 @@ impl EventLoop {
         let host = v.host;
         let channels_before = self.membership.get(&host).map(|m| m.channels.clone());
         let change = self.membership.apply(&v, Instant::now(), tombstone);
-        let channels_changed = self.membership.get(&host).map(|m| &m.channels) != channels_before.as_ref();
+        let channels_changed =
+            self.membership.get(&host).map(|m| &m.channels) != channels_before.as_ref();
         if channels_changed {
             // Publishes wait until gossipsub reaches the new subscriber set.
             self.ready.clear();

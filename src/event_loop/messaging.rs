@@ -71,9 +71,12 @@ impl EventLoop {
     }
 
     fn flush_link(&mut self, host: PeerId) {
-        let (max_msgs, max_bytes) = self
-            .shared
-            .with_config(|c| (c.max_batch_messages, c.max_frame_size.saturating_sub(FRAME_SLACK)));
+        let (max_msgs, max_bytes) = self.shared.with_config(|c| {
+            (
+                c.max_batch_messages,
+                c.max_frame_size.saturating_sub(FRAME_SLACK),
+            )
+        });
         let Some(link) = self.links.get_mut(&host) else {
             return;
         };
@@ -229,7 +232,11 @@ impl EventLoop {
 }
 
 /// Delivers a message from `from` to a local slot.
-pub(crate) fn push_local(slot: &crate::inbox::PeerSlot, from: &str, payload: Payload) -> Result<()> {
+pub(crate) fn push_local(
+    slot: &crate::inbox::PeerSlot,
+    from: &str,
+    payload: Payload,
+) -> Result<()> {
     slot.push(Message {
         from: from.to_string(),
         payload,

@@ -49,10 +49,20 @@ const COMMAND_BATCH: usize = 256;
 /// What an outbound request was for.
 #[derive(Debug)]
 enum Pending {
-    Deliver { host: PeerId, sends: Vec<PendingSend> },
-    Directory { host: PeerId, ops: Vec<DirOp> },
-    Lookup { id: String },
-    Join { host: PeerId },
+    Deliver {
+        host: PeerId,
+        sends: Vec<PendingSend>,
+    },
+    Directory {
+        host: PeerId,
+        ops: Vec<DirOp>,
+    },
+    Lookup {
+        id: String,
+    },
+    Join {
+        host: PeerId,
+    },
     Leave,
 }
 
@@ -80,6 +90,7 @@ pub(crate) struct EventLoop {
     lookups: HashMap<String, lookup::LookupState>,
     dir_links: HashMap<PeerId, lookup::DirLink>,
     rebalanced: Vec<(u64, PeerId)>,
+    last_dir_flush: Instant,
 
     // members
     membership: Membership,
@@ -129,6 +140,7 @@ impl EventLoop {
             lookups: HashMap::new(),
             dir_links: HashMap::new(),
             rebalanced: vec![],
+            last_dir_flush: Instant::now(),
             membership: Membership::new(local),
             joins: HashMap::new(),
             rejoin: HashMap::new(),
@@ -173,7 +185,7 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = self.shared.changes_ready.notified() => self.flush_directory(),
+                _ = self.shared.changes_ready.notified() => self.flush_directory(false),
                 _ = tick.tick() => self.on_tick(),
             }
             if !self.parked.is_empty() {
@@ -198,6 +210,8 @@ impl EventLoop {
         c.directory_entries.store(self.store.len() as u64, Relaxed);
         c.directory_refused.store(self.store.refused(), Relaxed);
         c.hosts.store(self.membership.len() as u64, Relaxed);
+        c.connected
+            .store(self.swarm.connected_peers().count() as u64, Relaxed);
     }
 
     fn local(&self) -> PeerId {
@@ -299,7 +313,10 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 ..
-            } => self.on_connected(peer_id, connection_id),
+            } => {
+                crate::shared::bump(&self.shared.counters.connections_opened);
+                self.on_connected(peer_id, connection_id)
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
@@ -321,7 +338,10 @@ impl EventLoop {
         }
     }
 
-    fn on_rpc(&mut self, ev: request_response::Event<crate::protocol::Request, crate::protocol::Response>) {
+    fn on_rpc(
+        &mut self,
+        ev: request_response::Event<crate::protocol::Request, crate::protocol::Response>,
+    ) {
         use request_response::{Event, Message};
         match ev {
             Event::Message {
@@ -428,6 +448,7 @@ impl EventLoop {
             self.expire_members(now);
         }
         self.redial(now);
+        self.flush_directory(true);
         self.rebalance();
         self.retry_directory();
         self.retry_parked();

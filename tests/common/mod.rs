@@ -68,7 +68,10 @@ where
 /// Waits until every host knows `n` hosts in all (itself included).
 pub async fn wait_membership(hosts: &[&Host], n: usize) {
     for h in hosts {
-        wait_for("full membership", || async { h.stats().hosts as usize == n }).await;
+        wait_for("full membership", || async {
+            h.stats().hosts as usize == n
+        })
+        .await;
     }
 }
 
