@@ -126,7 +126,10 @@ impl EventLoop {
     ) {
         self.deliver_local(&channel, &payload);
         bump(&self.shared.counters.published);
-        if self.remote_subscribers(&channel).is_empty() && !self.parked.contains_key(&channel) {
+        if self.remote_subscribers(&channel).is_empty()
+            && !self.gossip_has_subscribers(&channel)
+            && !self.parked.contains_key(&channel)
+        {
             let _ = reply.send(Ok(()));
             return;
         }
@@ -154,6 +157,17 @@ impl EventLoop {
             .filter(|(_, m)| m.channels.iter().any(|c| c == channel))
             .map(|(h, _)| *h)
             .collect()
+    }
+
+    /// Whether gossipsub already heard of a connected subscriber (its
+    /// SUBSCRIBE can arrive before the subscriber's membership record).
+    fn gossip_has_subscribers(&self, channel: &str) -> bool {
+        let hash = channel_topic(channel).hash();
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .any(|(_, topics)| topics.contains(&&hash))
     }
 
     /// Whether gossipsub can reach every subscriber host of `channel`;
