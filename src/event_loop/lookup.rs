@@ -300,7 +300,13 @@ impl EventLoop {
         }
         let id_arc: Arc<str> = Arc::from(id);
         if let Some(h) = host {
-            if h != self.local() {
+            // A holder may still point to a host that just said "unknown
+            // peer" (its withdrawal is on the way): do not cache that.
+            let refused = state
+                .waiters
+                .iter()
+                .any(|w| matches!(w, Waiter::Send(p) if p.refused_by == Some(h)));
+            if h != self.local() && !refused {
                 self.cache.put(id_arc.clone(), h);
             }
         }
