@@ -22,6 +22,7 @@ fn directory(c: &mut Criterion) {
         let mut cfg = HostConfig::for_tests();
         cfg.heartbeat_interval = Duration::from_secs(2);
         cfg.lease = Duration::from_secs(60);
+        cfg.gossip_heartbeat = Duration::from_secs(1);
         let mut hosts = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..HOSTS {
@@ -64,12 +65,19 @@ fn directory(c: &mut Criterion) {
                         .create(&format!("peer-{id}"))
                         .expect("create");
                 }
+                let created = start.elapsed();
                 let want = before + total * 3;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while entries(&hosts) < want && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 assert!(entries(&hosts) >= want, "registrations did not complete");
+                if std::env::var_os("DIRECTORY_BENCH_TRACE").is_some() {
+                    eprintln!(
+                        "created {total} in {created:?}, registered in {:?}",
+                        start.elapsed()
+                    );
+                }
                 start.elapsed()
             }
         })

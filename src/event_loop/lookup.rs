@@ -53,9 +53,9 @@ impl EventLoop {
     /// Sends the local creates and removes to their holders. Right after a
     /// flush, new changes gather until the next tick, so a burst of creates
     /// becomes a few large batches rather than many small requests.
-    pub(super) fn flush_directory(&mut self, from_tick: bool) {
+    pub(super) fn flush_directory(&mut self) {
         let now = Instant::now();
-        if !from_tick && now.duration_since(self.last_dir_flush) < DIR_GATHER {
+        if now.duration_since(self.last_dir_flush) < DIR_GATHER {
             return;
         }
         self.last_dir_flush = now;

@@ -185,7 +185,7 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = self.shared.changes_ready.notified() => self.flush_directory(false),
+                _ = self.shared.changes_ready.notified() => self.flush_directory(),
                 _ = tick.tick() => self.on_tick(),
             }
             if !self.parked.is_empty() {
@@ -448,7 +448,7 @@ impl EventLoop {
             self.expire_members(now);
         }
         self.redial(now);
-        self.flush_directory(true);
+        self.flush_directory();
         self.rebalance();
         self.retry_directory();
         self.retry_parked();
