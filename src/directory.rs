@@ -124,6 +124,11 @@ impl DirectoryStore {
         }
     }
 
+    /// Keeps only the entries for which `keep(id)` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|id, _| keep(id));
+    }
+
     /// The host an id lives on, if this store holds it.
     pub fn lookup(&self, id: &str) -> Option<PeerId> {
         let e = self.entries.get(id)?;

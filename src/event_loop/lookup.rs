@@ -171,11 +171,16 @@ impl EventLoop {
     }
 
     /// After the membership changed: register every local peer with the
-    /// holders that became responsible for it.
+    /// holders that became responsible for it, and schedule dropping the
+    /// entries this host is no longer responsible for.
     pub(super) fn rebalance(&mut self) {
         if self.rebalanced.as_slice() == self.membership.keys() {
             return;
         }
+        // Give the owners of entries time to register with their new holders
+        // (they learn of the change by the same gossip) before trimming.
+        let settle = self.shared.with_config(|c| c.heartbeat_interval) * 2;
+        self.trim_due = Some(Instant::now() + settle);
         let old = std::mem::replace(&mut self.rebalanced, self.membership.keys().to_vec());
         let new = &self.rebalanced;
         let r = self.replication;
@@ -200,6 +205,26 @@ impl EventLoop {
                 self.flush_dir_link(holder);
             }
         }
+    }
+
+    /// Drops held entries whose closest hosts no longer include this one,
+    /// once the membership has settled: entries move with the membership.
+    pub(super) fn trim_directory(&mut self, now: Instant) {
+        if self.trim_due.is_none_or(|t| t > now) {
+            return;
+        }
+        self.trim_due = None;
+        let (keys, r, local) = (self.membership.keys(), self.replication, self.shared.local);
+        if keys.len() <= r {
+            return; // every host holds everything
+        }
+        let before = self.store.len();
+        self.store
+            .retain(|id| closest(keys, key_of(id.as_bytes()), r).contains(&local));
+        tracing::debug!(
+            dropped = before - self.store.len(),
+            "trimmed directory after a membership change"
+        );
     }
 
     /// `find`: where does this peer live?

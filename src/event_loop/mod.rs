@@ -91,6 +91,7 @@ pub(crate) struct EventLoop {
     dir_links: HashMap<PeerId, lookup::DirLink>,
     rebalanced: Vec<(u64, PeerId)>,
     last_dir_flush: Instant,
+    trim_due: Option<Instant>,
 
     // members
     membership: Membership,
@@ -141,6 +142,7 @@ impl EventLoop {
             dir_links: HashMap::new(),
             rebalanced: vec![],
             last_dir_flush: Instant::now(),
+            trim_due: None,
             membership: Membership::new(local),
             joins: HashMap::new(),
             rejoin: HashMap::new(),
@@ -450,6 +452,7 @@ impl EventLoop {
         self.redial(now);
         self.flush_directory();
         self.rebalance();
+        self.trim_directory(now);
         self.retry_directory();
         self.retry_parked();
         self.expire_joins(now);

@@ -1,0 +1,59 @@
+//! Directory entries move to the hosts now closest when membership changes,
+//! and holders drop the entries of hosts that leave.
+
+mod common;
+
+use common::*;
+use distribus::HostConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_move_when_hosts_join_and_leave() {
+    const N: u64 = 2_000;
+    let mut cfg = HostConfig::for_tests();
+    cfg.replication = 1; // each entry on exactly one host
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg.clone()).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b], 2).await;
+    let peers: Vec<_> = (0..N)
+        .map(|i| a.create(&format!("peer-{i}")).unwrap())
+        .collect();
+    let total = |hosts: Vec<distribus::Host>| async move {
+        hosts
+            .iter()
+            .map(|h| h.stats().directory_entries)
+            .sum::<u64>()
+    };
+    wait_for("each entry held once by a or b", || {
+        let hs = vec![a.clone(), b.clone()];
+        async move { total(hs).await == N }
+    })
+    .await;
+    assert!(b.stats().directory_entries > 0, "b holds its share");
+
+    // c joins: its share moves to it, and the others drop that share.
+    let (c, _) = mem_host(cfg).await;
+    c.join(&a_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b, &c], 3).await;
+    wait_for("c holds its share and nothing is held twice", || {
+        let hs = vec![a.clone(), b.clone(), c.clone()];
+        let c = c.clone();
+        async move { c.stats().directory_entries > 0 && total(hs).await == N }
+    })
+    .await;
+    for p in peers.iter().step_by(97) {
+        assert_eq!(c.find(p.id()).await.unwrap().host, a.id());
+        assert_eq!(b.find(p.id()).await.unwrap().host, a.id());
+    }
+
+    // b leaves: its share moves back to a and c; nothing is lost.
+    b.close().await.unwrap();
+    wait_for("b's share re-registered", || {
+        let hs = vec![a.clone(), c.clone()];
+        async move { total(hs).await == N }
+    })
+    .await;
+    for p in peers.iter().step_by(89) {
+        assert_eq!(c.find(p.id()).await.unwrap().host, a.id());
+    }
+}
