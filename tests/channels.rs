@@ -23,12 +23,7 @@ async fn wait_subscribed(host: &Host, subscriber: &Host, channel: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_every_subscription_on_every_host_once() {
     let cfg = HostConfig::for_tests();
-    let (a, a_addr) = mem_host(cfg.clone()).await;
-    let (b, _) = mem_host(cfg.clone()).await;
-    let (c, _) = mem_host(cfg).await;
-    b.join(&a_addr.to_string()).await.unwrap();
-    c.join(&a_addr.to_string()).await.unwrap();
-    wait_membership(&[&a, &b, &c], 3).await;
+    let [a, b, c]: [Host; 3] = star(3, &cfg).await.try_into().unwrap();
     let mut subs = [
         a.subscribe("news").await.unwrap(),
         b.subscribe("news").await.unwrap(),

@@ -128,12 +128,7 @@ async fn close_makes_others_forget_its_peers_at_once() {
     let mut cfg = HostConfig::for_tests();
     // A long lease: forgetting must come from the leave, not from expiry.
     cfg.lease = Duration::from_secs(600);
-    let (a, a_addr) = mem_host(cfg.clone()).await;
-    let (b, _) = mem_host(cfg.clone()).await;
-    let (c, _) = mem_host(cfg).await;
-    b.join(&a_addr.to_string()).await.unwrap();
-    c.join(&a_addr.to_string()).await.unwrap();
-    wait_membership(&[&a, &b, &c], 3).await;
+    let [a, b, c]: [Host; 3] = star(3, &cfg).await.try_into().unwrap();
     let _bob = b.create("bob").unwrap();
     let carol = c.create("carol").unwrap();
     wait_found(&a, "bob", &b).await;
@@ -157,10 +152,7 @@ async fn close_makes_others_forget_its_peers_at_once() {
     // The closed host's API is closed.
     assert_eq!(b.create("x").unwrap_err(), Error::Closed);
     assert_eq!(b.find("carol").await.unwrap_err(), Error::Closed);
-    assert_eq!(
-        b.join(&a_addr.to_string()).await.unwrap_err(),
-        Error::Closed
-    );
+    assert_eq!(b.join("/memory/1").await.unwrap_err(), Error::Closed);
     assert!(matches!(b.publish("ch", &1u8).await, Err(Error::Closed)));
     assert!(b.get("bob").is_none());
     b.close().await.unwrap();

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use distribus::{Error, HostConfig};
+use distribus::{Error, Host, HostConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,12 +93,7 @@ async fn messages_arrive_in_send_order_even_pipelined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_removed_and_moved_peers() {
     let cfg = HostConfig::for_tests();
-    let (a, a_addr) = mem_host(cfg.clone()).await;
-    let (b, _) = mem_host(cfg.clone()).await;
-    let (c, _) = mem_host(cfg).await;
-    b.join(&a_addr.to_string()).await.unwrap();
-    c.join(&a_addr.to_string()).await.unwrap();
-    wait_membership(&[&a, &b, &c], 3).await;
+    let [a, b, c]: [Host; 3] = star(3, &cfg).await.try_into().unwrap();
     let alice = a.create("alice").unwrap();
     assert_eq!(
         alice.send("nobody", &1u8).await.unwrap_err(),

@@ -47,6 +47,18 @@ pub async fn mem_hosts(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
     v
 }
 
+/// `n` memory hosts where every host joined the first, with full membership.
+pub async fn star(n: usize, cfg: &HostConfig) -> Vec<Host> {
+    let nodes = mem_hosts(n, cfg).await;
+    let first = nodes[0].1.to_string();
+    for (h, _) in &nodes[1..] {
+        h.join(&first).await.expect("join");
+    }
+    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
+    wait_membership(&hosts.iter().collect::<Vec<_>>(), n).await;
+    hosts
+}
+
 /// Polls `check` every 25 ms until it returns true or `WAIT` passes.
 pub async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
