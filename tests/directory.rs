@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use distribus::HostConfig;
 
@@ -56,4 +58,33 @@ async fn entries_move_when_hosts_join_and_leave() {
     for p in peers.iter().step_by(89) {
         assert_eq!(c.find(p.id()).await.unwrap().host, a.id());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kademlia_finds_peers_when_the_membership_is_incomplete() {
+    // a, b and c heartbeat rarely; x holds leases of 1 s, so right after
+    // joining its membership lapses to itself alone while its connections
+    // and Kademlia routing table still know the others.
+    let mut slow = HostConfig::for_tests();
+    slow.heartbeat_interval = Duration::from_secs(60);
+    slow.lease = Duration::from_secs(300);
+    let nodes = star_with_addrs(3, &slow).await;
+    let hosts: Vec<_> = nodes.iter().map(|(h, _)| h.clone()).collect();
+    let p = hosts[2].create("far").unwrap();
+    wait_found(&hosts[0], "far", &hosts[2]).await;
+    wait_found(&hosts[1], "far", &hosts[2]).await;
+
+    let mut forgetful = HostConfig::for_tests();
+    forgetful.heartbeat_interval = Duration::from_millis(200);
+    forgetful.lease = Duration::from_secs(1);
+    let (x, _) = mem_host(forgetful).await;
+    x.join(&nodes[0].1.to_string()).await.unwrap();
+    wait_for("x's membership lapsed", || async {
+        x.members().await.unwrap().is_empty()
+    })
+    .await;
+    let loc = x.find("far").await.expect("found through kademlia");
+    assert_eq!(loc.host, hosts[2].id());
+    assert!(x.stats().lookups >= 1);
+    drop(p);
 }

@@ -47,6 +47,12 @@ pub(crate) struct LookupState {
     candidates: VecDeque<PeerId>,
     waiters: Vec<Waiter>,
     round_trips: u64,
+    /// Holders asked so far.
+    asked: Vec<PeerId>,
+    /// Kademlia fallback: 0 not used, 1 routing table asked, 2 query ran.
+    kad_stage: u8,
+    /// Addresses the answering holder gave for the host found.
+    found_addrs: Vec<libp2p::Multiaddr>,
 }
 
 impl EventLoop {
@@ -262,6 +268,9 @@ impl EventLoop {
                 candidates: candidates.into(),
                 waiters: vec![waiter],
                 round_trips: 0,
+                asked: Vec::new(),
+                kad_stage: 0,
+                found_addrs: Vec::new(),
             },
         );
         self.lookup_step(id);
@@ -274,9 +283,42 @@ impl EventLoop {
                 return;
             };
             let Some(holder) = state.candidates.pop_front() else {
+                // The membership's holders do not know the id. If Kademlia's
+                // routing table knows hosts the membership does not (it is
+                // incomplete), ask Kademlia for the closest hosts instead.
+                // The membership's holders do not know the id. If Kademlia's
+                // routing table knows hosts the membership does not (it is
+                // incomplete), ask those closest to the id, then run
+                // Kademlia's iterative closest-hosts query.
+                let stage = state.kad_stage;
+                if stage == 0 {
+                    let table = self.kad_table_by_distance(key_of(id.as_bytes()));
+                    if table.iter().any(|h| !self.membership.contains(h)) {
+                        if let Some(state) = self.lookups.get_mut(&id) {
+                            state.kad_stage = 1;
+                            state.candidates.extend(table);
+                        }
+                        continue;
+                    }
+                } else if stage == 1 {
+                    if let Some(state) = self.lookups.get_mut(&id) {
+                        state.kad_stage = 2;
+                    }
+                    let q = self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .get_closest_peers(id.as_bytes().to_vec());
+                    self.kad_lookups.insert(q, id);
+                    return;
+                }
                 self.complete_lookup(&id, None);
                 return;
             };
+            if state.asked.contains(&holder) {
+                continue;
+            }
+            state.asked.push(holder);
             if holder == self.shared.local {
                 if let Some(host) = self.store.lookup(&id) {
                     if self.membership.contains(&host) {
@@ -303,13 +345,55 @@ impl EventLoop {
         result: std::result::Result<Response, OutboundFailure>,
     ) {
         let found = match result {
-            Ok(Response::Location(Some(w))) => PeerId::from_bytes(&w.host).ok(),
+            Ok(Response::Location(Some(w))) => {
+                PeerId::from_bytes(&w.host).ok().map(|h| (h, w.addrs))
+            }
             _ => None,
         };
+        let via_kad = self.lookups.get(&id).is_some_and(|l| l.kad_stage > 0);
         match found {
-            Some(host) if self.membership.contains(&host) => self.complete_lookup(&id, Some(host)),
+            // A host outside our membership is trusted only on the Kademlia
+            // path, where the membership is known to be incomplete.
+            Some((host, addrs)) if via_kad || self.membership.contains(&host) => {
+                let addrs: Vec<libp2p::Multiaddr> = addrs
+                    .into_iter()
+                    .filter_map(|a| libp2p::Multiaddr::try_from(a).ok())
+                    .collect();
+                for a in &addrs {
+                    self.swarm.add_peer_address(host, a.clone());
+                }
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    l.found_addrs = addrs;
+                }
+                self.complete_lookup(&id, Some(host))
+            }
             _ => self.lookup_step(id),
         }
+    }
+
+    /// The hosts in Kademlia's routing table, closest to `key` first.
+    fn kad_table_by_distance(&mut self, key: u64) -> Vec<PeerId> {
+        let mut hosts: Vec<(u64, PeerId)> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for e in bucket.iter() {
+                let h = *e.node.key.preimage();
+                hosts.push((crate::directory::host_key(&h) ^ key, h));
+            }
+        }
+        hosts.sort_unstable_by_key(|(d, _)| *d);
+        hosts.into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Kademlia's closest hosts for a lookup's id: ask them in turn.
+    pub(super) fn on_kad_closest(&mut self, query: libp2p::kad::QueryId, peers: Vec<PeerId>) {
+        let Some(id) = self.kad_lookups.remove(&query) else {
+            return;
+        };
+        if let Some(state) = self.lookups.get_mut(&id) {
+            tracing::debug!(%id, hosts = peers.len(), "kademlia fallback lookup");
+            state.candidates.extend(peers);
+        }
+        self.lookup_step(id);
     }
 
     fn complete_lookup(&mut self, id: &str, host: Option<PeerId>) {
@@ -338,7 +422,11 @@ impl EventLoop {
         for w in state.waiters {
             match (w, host) {
                 (Waiter::Find(reply), Some(h)) => {
-                    let _ = reply.send(Ok(self.location_of(h)));
+                    let mut loc = self.location_of(h);
+                    if loc.addrs.is_empty() {
+                        loc.addrs = state.found_addrs.clone();
+                    }
+                    let _ = reply.send(Ok(loc));
                 }
                 (Waiter::Find(reply), None) => {
                     let _ = reply.send(Err(Error::PeerNotFound(id.to_string())));

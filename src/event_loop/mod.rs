@@ -88,6 +88,7 @@ pub(crate) struct EventLoop {
     store: DirectoryStore,
     cache: LruCache<Arc<str>, PeerId>,
     lookups: HashMap<String, lookup::LookupState>,
+    kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     dir_links: HashMap<PeerId, lookup::DirLink>,
     rebalanced: Vec<(u64, PeerId)>,
     last_dir_flush: Instant,
@@ -139,6 +140,7 @@ impl EventLoop {
             store: DirectoryStore::new(cfg.max_directory_entries),
             cache: LruCache::new(cache_cap),
             lookups: HashMap::new(),
+            kad_lookups: HashMap::new(),
             dir_links: HashMap::new(),
             rebalanced: vec![],
             last_dir_flush: Instant::now(),
@@ -276,6 +278,25 @@ impl EventLoop {
                 info,
                 connection_id,
             })) => self.on_identify(peer_id, connection_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(
+                libp2p::kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: libp2p::kad::QueryResult::GetClosestPeers(r),
+                    ..
+                },
+            )) => {
+                let peers = match r {
+                    Ok(ok) => ok.peers,
+                    Err(libp2p::kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let local = self.local();
+                let peers = peers
+                    .into_iter()
+                    .map(|p| p.peer_id)
+                    .filter(|p| *p != local)
+                    .collect();
+                self.on_kad_closest(id, peers);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::NewListenAddr {

@@ -49,14 +49,22 @@ pub async fn mem_hosts(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
 
 /// `n` memory hosts where every host joined the first, with full membership.
 pub async fn star(n: usize, cfg: &HostConfig) -> Vec<Host> {
+    star_with_addrs(n, cfg)
+        .await
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect()
+}
+
+/// Like [`star`], with each host's address.
+pub async fn star_with_addrs(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
     let nodes = mem_hosts(n, cfg).await;
     let first = nodes[0].1.to_string();
     for (h, _) in &nodes[1..] {
         h.join(&first).await.expect("join");
     }
-    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
-    wait_membership(&hosts.iter().collect::<Vec<_>>(), n).await;
-    hosts
+    wait_membership(&nodes.iter().map(|(h, _)| h).collect::<Vec<_>>(), n).await;
+    nodes
 }
 
 /// Polls `check` every 25 ms until it returns true or `WAIT` passes.
