@@ -143,7 +143,8 @@ impl EventLoop {
             kad_lookups: HashMap::new(),
             dir_links: HashMap::new(),
             rebalanced: vec![],
-            last_dir_flush: Instant::now(),
+            // The first changes go out at once; later ones gather.
+            last_dir_flush: Instant::now() - Duration::from_secs(1),
             trim_due: None,
             membership: Membership::new(local),
             joins: HashMap::new(),
