@@ -144,7 +144,9 @@ impl EventLoop {
             dir_links: HashMap::new(),
             rebalanced: vec![],
             // The first changes go out at once; later ones gather.
-            last_dir_flush: Instant::now() - Duration::from_secs(1),
+            last_dir_flush: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
             trim_due: None,
             membership: Membership::new(local),
             joins: HashMap::new(),
