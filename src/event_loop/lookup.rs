@@ -70,7 +70,8 @@ impl EventLoop {
             return;
         }
         let mut local_ops = Vec::new();
-        let mut touched = Vec::new();
+        // Holders with new operations: one entry each, not one per operation.
+        let mut touched = std::collections::HashSet::new();
         for c in changes {
             let op = if c.register {
                 DirOp::Register(c.id.to_string())
@@ -86,15 +87,13 @@ impl EventLoop {
                         .or_default()
                         .queue
                         .push_back(op.clone());
-                    touched.push(holder);
+                    touched.insert(holder);
                 }
             }
         }
         if !local_ops.is_empty() {
             self.store.apply(self.local(), self.epoch, local_ops);
         }
-        touched.sort_unstable();
-        touched.dedup();
         for h in touched {
             self.flush_dir_link(h);
         }
@@ -149,13 +148,11 @@ impl EventLoop {
                 }
             }
         }
-        if !still_member || link.queue.is_empty() {
-            if link.queue.is_empty() || !still_member {
-                self.dir_links.remove(&holder);
-            }
-            return;
+        if still_member && !link.queue.is_empty() {
+            self.flush_dir_link(holder);
+        } else {
+            self.dir_links.remove(&holder);
         }
-        self.flush_dir_link(holder);
     }
 
     /// Resends directory batches whose retry time has come.
