@@ -4,12 +4,13 @@
 use std::{num::NonZeroUsize, sync::Arc, time::Duration};
 
 use libp2p::{
+    connection_limits::{self, ConnectionLimits},
     core::{transport::MemoryTransport, upgrade},
     gossipsub, identify,
     identity::Keypair,
-    kad, noise,
+    kad, memory_connection_limits, noise,
     request_response::{self, ProtocolSupport},
-    swarm::NetworkBehaviour,
+    swarm::{behaviour::toggle::Toggle, NetworkBehaviour},
     tcp, yamux, StreamProtocol, Swarm, SwarmBuilder, Transport,
 };
 
@@ -22,6 +23,10 @@ use crate::{
 /// Everything a host speaks, in one behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Connection counts: total, per host, pending.
+    pub limits: connection_limits::Behaviour,
+    /// Refuses connections while process memory is over the limit.
+    pub memory: Toggle<memory_connection_limits::Behaviour>,
     /// Direct messages, directory operations, join and leave.
     pub rpc: request_response::Behaviour<Codec>,
     /// Channels and membership gossip.
@@ -98,7 +103,20 @@ fn build_behaviour(
         identify::Config::new(identify_version(net), key.public())
             .with_agent_version(format!("distribus/{}", env!("CARGO_PKG_VERSION"))),
     );
+    let limits = connection_limits::Behaviour::new(
+        ConnectionLimits::default()
+            .with_max_established(cfg.max_connections)
+            .with_max_established_per_peer(cfg.max_connections_per_host)
+            .with_max_pending_incoming(cfg.max_pending_connections)
+            .with_max_pending_outgoing(cfg.max_pending_connections),
+    );
+    let memory = Toggle::from(
+        cfg.max_memory_fraction
+            .map(memory_connection_limits::Behaviour::with_max_percentage),
+    );
     Ok(Behaviour {
+        limits,
+        memory,
         rpc,
         gossipsub,
         kad,

@@ -75,6 +75,18 @@ pub struct HostConfig {
     pub gossip_heartbeat: Duration,
     /// Connections with no traffic and no gossip streams close after this.
     pub idle_connection_timeout: Duration,
+    /// Most established connections in all (`None`: no limit).
+    pub max_connections: Option<u32>,
+    /// Most established connections to one host (`None`: no limit). Two
+    /// hosts dialling each other at once may briefly hold two.
+    pub max_connections_per_host: Option<u32>,
+    /// Most connections being set up at once, inbound and outbound each
+    /// (`None`: no limit).
+    pub max_pending_connections: Option<u32>,
+    /// Refuse new connections while the process uses more than this fraction
+    /// of the machine's physical memory (`None`: off). Meant for one host per
+    /// process (the node binary), not for many hosts sharing a process.
+    pub max_memory_fraction: Option<f64>,
 }
 
 impl Default for HostConfig {
@@ -101,6 +113,10 @@ impl Default for HostConfig {
             publish_warmup: Duration::from_secs(5),
             gossip_heartbeat: Duration::from_millis(700),
             idle_connection_timeout: Duration::from_secs(60),
+            max_connections: Some(1024),
+            max_connections_per_host: Some(4),
+            max_pending_connections: Some(128),
+            max_memory_fraction: None,
         }
     }
 }
@@ -150,6 +166,21 @@ impl HostConfig {
         if self.max_message_size + 1024 > self.max_frame_size {
             return bad("max_frame_size must exceed max_message_size by at least 1 KiB");
         }
+        if [
+            self.max_connections,
+            self.max_connections_per_host,
+            self.max_pending_connections,
+        ]
+        .contains(&Some(0))
+        {
+            return bad("connection limits must be at least 1 (or none)");
+        }
+        if self
+            .max_memory_fraction
+            .is_some_and(|f| !(f > 0.0 && f <= 1.0))
+        {
+            return bad("max_memory_fraction must be in (0, 1]");
+        }
         Ok(())
     }
 
@@ -166,6 +197,10 @@ impl HostConfig {
             && self.max_directory_entries == new.max_directory_entries
             && self.gossip_heartbeat == new.gossip_heartbeat
             && self.idle_connection_timeout == new.idle_connection_timeout
+            && self.max_connections == new.max_connections
+            && self.max_connections_per_host == new.max_connections_per_host
+            && self.max_pending_connections == new.max_pending_connections
+            && self.max_memory_fraction == new.max_memory_fraction
             && self.keypair.as_ref().map(|k| k.public())
                 == new.keypair.as_ref().map(|k| k.public());
         if !fixed {

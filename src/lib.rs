@@ -33,5 +33,5 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
 pub use peer::Peer;
 pub use protocol::PROTOCOL_VERSION;
-pub use shared::Stats;
+pub use shared::{Failures, LatencyHistogram, Stats};
 pub use subscription::Subscription;

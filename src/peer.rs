@@ -18,7 +18,7 @@ use crate::{
     inbox::PeerSlot,
     message::{Message, Payload},
     protocol::Envelope,
-    shared::bump,
+    shared::{bump, count_failure},
 };
 
 /// A peer living on a [`Host`].
@@ -94,7 +94,7 @@ impl Peer {
             let r = push_local(&slot, &self.slot.id, payload);
             match &r {
                 Ok(()) => bump(&shared.counters.sent_local),
-                Err(_) => bump(&shared.counters.failed),
+                Err(e) => count_failure(&shared.counters, e),
             }
             return r;
         }
@@ -126,7 +126,7 @@ impl Peer {
         match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
             Err(_) => {
-                bump(&shared.counters.failed);
+                count_failure(&shared.counters, &Error::Timeout);
                 Err(Error::Timeout)
             }
         }

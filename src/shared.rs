@@ -1,14 +1,17 @@
 //! State shared between the handles and the event loop.
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex, RwLock,
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::Duration,
 };
 
 use libp2p::PeerId;
 use tokio::sync::Notify;
 
-use crate::{config::HostConfig, inbox::Registry, protocol::WireStats};
+use crate::{config::HostConfig, error::Error, inbox::Registry, protocol::WireStats};
 
 /// A local directory change waiting to be sent to the holders.
 #[derive(Debug, Clone)]
@@ -25,9 +28,13 @@ pub(crate) struct Counters {
     pub sent_remote: AtomicU64,
     pub received_remote: AtomicU64,
     pub failed: AtomicU64,
+    pub failures: [AtomicU64; FailureReason::COUNT],
     pub published: AtomicU64,
+    pub channel_delivered: AtomicU64,
+    pub channel_missed: AtomicU64,
     pub lookups: AtomicU64,
     pub lookup_round_trips: AtomicU64,
+    pub lookup_latency: LatencyRecorder,
     pub directory_entries: AtomicU64,
     pub directory_refused: AtomicU64,
     pub hosts: AtomicU64,
@@ -47,12 +54,20 @@ pub struct Stats {
     pub received_remote: u64,
     /// Sends that failed (any reason).
     pub failed: u64,
+    /// Sends that failed, by reason.
+    pub failures: Failures,
     /// Channel publishes accepted.
     pub published: u64,
+    /// Channel messages put in a local subscription.
+    pub channel_delivered: u64,
+    /// Channel messages a local subscription missed because it was full.
+    pub channel_missed: u64,
     /// Directory lookups made over the network.
     pub lookups: u64,
     /// Network round trips those lookups took in all.
     pub lookup_round_trips: u64,
+    /// How long those lookups took.
+    pub lookup_latency: LatencyHistogram,
     /// Inbound frames rejected as oversized or malformed.
     pub rejected_frames: u64,
     /// Peers living on this host.
@@ -135,9 +150,13 @@ impl Shared {
             sent_remote: r(&c.sent_remote),
             received_remote: r(&c.received_remote),
             failed: r(&c.failed),
+            failures: Failures::from_counters(&c.failures),
             published: r(&c.published),
+            channel_delivered: r(&c.channel_delivered),
+            channel_missed: r(&c.channel_missed),
             lookups: r(&c.lookups),
             lookup_round_trips: r(&c.lookup_round_trips),
+            lookup_latency: c.lookup_latency.snapshot(),
             rejected_frames: self.wire.rejected_frames(),
             local_peers: self.registry.len() as u64,
             directory_entries: r(&c.directory_entries),
@@ -146,6 +165,155 @@ impl Shared {
             connections_opened: r(&c.connections_opened),
             connected_hosts: r(&c.connected),
         }
+    }
+}
+
+/// Why a send failed, for the per-reason counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureReason {
+    NotFound,
+    Unreachable,
+    Timeout,
+    TooLarge,
+    InboxFull,
+    Other,
+}
+
+impl FailureReason {
+    const COUNT: usize = 6;
+
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::PeerNotFound(_) => Self::NotFound,
+            Error::PeerUnreachable { .. } => Self::Unreachable,
+            Error::Timeout => Self::Timeout,
+            Error::MessageTooLarge { .. } => Self::TooLarge,
+            Error::InboxFull(_) => Self::InboxFull,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Failed sends by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Failures {
+    /// No host holds the recipient id (`PeerNotFound`).
+    pub not_found: u64,
+    /// The recipient's host could not be reached (`PeerUnreachable`).
+    pub unreachable: u64,
+    /// No acknowledgement within the request timeout (`Timeout`).
+    pub timeout: u64,
+    /// The payload was over the size limit (`MessageTooLarge`).
+    pub too_large: u64,
+    /// The recipient's inbox was full (`InboxFull`).
+    pub inbox_full: u64,
+    /// Any other error (for example the host closed).
+    pub other: u64,
+}
+
+impl Failures {
+    fn from_counters(c: &[AtomicU64; FailureReason::COUNT]) -> Self {
+        let r = |i: FailureReason| c[i as usize].load(Ordering::Relaxed);
+        Failures {
+            not_found: r(FailureReason::NotFound),
+            unreachable: r(FailureReason::Unreachable),
+            timeout: r(FailureReason::Timeout),
+            too_large: r(FailureReason::TooLarge),
+            inbox_full: r(FailureReason::InboxFull),
+            other: r(FailureReason::Other),
+        }
+    }
+
+    /// `(reason, count)` pairs, with the reason as a short snake_case label.
+    pub fn by_reason(&self) -> [(&'static str, u64); FailureReason::COUNT] {
+        [
+            ("not_found", self.not_found),
+            ("unreachable", self.unreachable),
+            ("timeout", self.timeout),
+            ("too_large", self.too_large),
+            ("inbox_full", self.inbox_full),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// Counts a failed send, in total and by reason.
+pub(crate) fn count_failure(c: &Counters, e: &Error) {
+    bump(&c.failed);
+    bump(&c.failures[FailureReason::of(e) as usize]);
+}
+
+/// Upper bounds of the lookup latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// A fixed-bucket latency histogram updated without locks.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyRecorder {
+    /// One counter per bound, plus one for slower observations.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyRecorder {
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> LatencyHistogram {
+        LatencyHistogram {
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A latency histogram snapshot with fixed buckets (100 µs to 5 s).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last bucket holds those
+    /// above the largest bound.
+    pub counts: Vec<u64>,
+    /// Sum of all observations, in microseconds.
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    /// Upper bounds of the buckets, in microseconds (the last bucket of
+    /// [`LatencyHistogram::counts`] has no bound).
+    pub fn bounds_us() -> &'static [u64] {
+        &LATENCY_BOUNDS_US
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Cumulative `(upper bound in seconds, count)` pairs in the Prometheus
+    /// convention, ending with `+Inf`.
+    pub fn cumulative_seconds(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c;
+            let bound = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or(f64::INFINITY, |us| *us as f64 / 1e6);
+            out.push((bound, total));
+        }
+        out
     }
 }
 

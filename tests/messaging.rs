@@ -38,6 +38,15 @@ async fn two_hosts_exchange_typed_and_json_messages() {
     assert_eq!(m.from, "bob");
     assert_eq!(m.decode::<serde_json::Value>().unwrap(), v);
     assert!(a.stats().sent_remote >= 1);
+    // a looked bob up over the network: the lookup's time is recorded.
+    let lookups = a.stats().lookup_latency;
+    assert!(lookups.count() >= 1, "{lookups:?}");
+    assert_eq!(
+        lookups.cumulative_seconds().last().map(|(_, n)| *n),
+        Some(lookups.count())
+    );
+    // bob replied without a lookup: alice's location came with her message.
+    assert_eq!(b.cached_location("alice").await.unwrap(), Some(a.id()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,6 +228,13 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
         }
         other => panic!("expected PeerUnreachable, got {other:?}"),
     }
+    // Every failure above is counted by its reason (the oversized send
+    // fails before counting: nothing was attempted).
+    let f = a.stats().failures;
+    assert_eq!(f.inbox_full, 2, "{f:?}");
+    assert_eq!(f.timeout, 1, "{f:?}");
+    assert_eq!(f.unreachable, 1, "{f:?}");
+    assert_eq!(a.stats().failed, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,15 +99,20 @@ impl EventLoop {
         let Some(sinks) = self.subs.get_mut(channel) else {
             return;
         };
+        let counters = &self.shared.counters;
         sinks.retain(|s| {
             let msg = ChannelMessage {
                 channel: channel.to_string(),
                 payload: payload.clone(),
             };
             match s.tx.try_send(msg) {
-                Ok(()) => true,
+                Ok(()) => {
+                    bump(&counters.channel_delivered);
+                    true
+                }
                 Err(TrySendError::Full(_)) => {
                     s.missed.fetch_add(1, Ordering::Relaxed);
+                    bump(&counters.channel_missed);
                     true
                 }
                 Err(TrySendError::Closed(_)) => false,

@@ -53,6 +53,7 @@ pub(crate) struct LookupState {
     kad_stage: u8,
     /// Addresses the answering holder gave for the host found.
     found_addrs: Vec<libp2p::Multiaddr>,
+    started: std::time::Instant,
 }
 
 impl EventLoop {
@@ -268,6 +269,7 @@ impl EventLoop {
                 asked: Vec::new(),
                 kad_stage: 0,
                 found_addrs: Vec::new(),
+                started: std::time::Instant::now(),
             },
         );
         self.lookup_step(id);
@@ -399,6 +401,10 @@ impl EventLoop {
         };
         if state.round_trips > 0 {
             bump(&self.shared.counters.lookups);
+            self.shared
+                .counters
+                .lookup_latency
+                .record(state.started.elapsed());
             self.shared
                 .counters
                 .lookup_round_trips

@@ -339,6 +339,11 @@ impl EventLoop {
         for host in self.membership.expire(now, lease) {
             tracing::info!(%host, "host lease lapsed");
             self.host_gone(host);
+            // A joined host is redialled and keeps its cached locations until
+            // the reconnect timeout; any other lapsed host is gone for good.
+            if !self.rejoin.contains_key(&host) {
+                self.forget_locations(host);
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use crate::{
     inbox::PushError,
     message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
-    shared::bump,
+    shared::{bump, count_failure},
 };
 
 /// Bytes kept free in a batch frame for the envelope framing itself.
@@ -194,15 +194,31 @@ impl EventLoop {
     pub(super) fn finish_send(&self, p: PendingSend, r: Result<()>) {
         match &r {
             Ok(()) => bump(&self.shared.counters.sent_local),
-            Err(_) => bump(&self.shared.counters.failed),
+            // A caller that gave up has counted its timeout already.
+            Err(e) if !p.reply.is_closed() => count_failure(&self.shared.counters, e),
+            Err(_) => {}
         }
         let _ = p.reply.send(r);
     }
 
     /// Puts every envelope of an inbound batch in its recipient's inbox.
-    pub(super) fn deliver_inbound(&mut self, envs: Vec<Envelope>) -> Response {
+    ///
+    /// The senders live on `host` (the authenticated connection says so):
+    /// their locations are cached, so a reply needs no lookup and works even
+    /// before a just-created sender's directory entry has spread. A stale
+    /// entry is corrected like any other (the host answers "unknown peer").
+    pub(super) fn deliver_inbound(&mut self, host: PeerId, envs: Vec<Envelope>) -> Response {
+        let mut last_from: Option<std::sync::Arc<str>> = None;
         let acks = envs
             .into_iter()
+            .inspect(|env| {
+                if last_from.as_deref() != Some(&*env.from) {
+                    if self.cache.peek(&env.from) != Some(&host) {
+                        self.cache.put(env.from.clone(), host);
+                    }
+                    last_from = Some(env.from.clone());
+                }
+            })
             .map(|env| match self.shared.registry.get(&env.to) {
                 None => Ack::UnknownPeer,
                 Some(slot) => match slot.push(Message {

@@ -422,7 +422,7 @@ impl EventLoop {
     ) -> crate::protocol::Response {
         use crate::protocol::{Request, Response};
         match request {
-            Request::Deliver(envs) => self.deliver_inbound(envs),
+            Request::Deliver(envs) => self.deliver_inbound(peer, envs),
             Request::Directory { epoch, ops } => {
                 self.store.apply(peer, epoch, ops);
                 Response::DirectoryOk

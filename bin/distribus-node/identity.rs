@@ -1,0 +1,82 @@
+//! The node's persistent identity key: loaded from a file, or created with
+//! mode 0600 when the file is missing.
+
+use std::{
+    fs::OpenOptions,
+    io::{ErrorKind, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use libp2p::identity::Keypair;
+
+/// Loads the key in `path`, or creates one there. Returns the key and
+/// whether it was created.
+pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "identity file {shown} is accessible by group or others (mode {mode:o}); \
+                     run `chmod 600 {shown}`"
+                ));
+            }
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read identity file {shown}: {e}"))?;
+            let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+                format!("identity file {shown} does not hold a distribus host key ({e})")
+            })?;
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| format!("cannot encode a new host key: {e}"))?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("cannot create identity file {shown}: {e}"))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write identity file {shown}: {e}"))?;
+            Ok((key, true))
+        }
+        Err(e) => Err(format!("cannot read identity file {shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let (a, created) = load_or_create(&path).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (b, created) = load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(a.public(), b.public());
+    }
+
+    #[test]
+    fn refuses_open_or_malformed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        std::fs::write(&path, b"not a key").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_or_create(&path).unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_or_create(&path)
+            .unwrap_err()
+            .contains("does not hold a distribus host key"));
+    }
+}

@@ -1,0 +1,138 @@
+//! `distribus-node`: runs one distribus host as a process: listens, joins a
+//! mesh, serves metrics, answers health probes through echo peers, and
+//! leaves gracefully on SIGINT/SIGTERM. A thin front end over the library.
+
+mod demo;
+mod echo;
+mod identity;
+mod logging;
+mod metrics;
+mod node;
+mod settings;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, Parser};
+use libp2p::identity::Keypair;
+
+use crate::{
+    node::Node,
+    settings::{Cli, Command, LogFormat, Settings},
+    signals::Signals,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or("invalid arguments");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    eprintln!("distribus-node: error: {first} (see --help)");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("distribus-node: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Runs `fut` as a task on a new runtime (not on the blocking main thread).
+fn block_on<F>(fut: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    runtime()?.block_on(async move {
+        tokio::spawn(fut)
+            .await
+            .map_err(|e| format!("node task failed: {e}"))?
+    })
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let chatty = cli.node.verbose > 0 || std::env::var_os("RUST_LOG").is_some();
+    let settings = Settings::resolve(cli.node)?;
+    match cli.command {
+        Some(Command::Config) => {
+            print!("{}", settings.to_toml()?);
+            Ok(())
+        }
+        Some(Command::Demo) => {
+            let filter = if chatty {
+                settings.log_filter.as_str()
+            } else {
+                "warn"
+            };
+            logging::init(LogFormat::Text, filter)?;
+            block_on(demo::run())
+        }
+        None => {
+            logging::init(settings.log_format, &settings.log_filter)?;
+            block_on(serve(settings))
+        }
+    }
+}
+
+/// The node's life: start, print how to join, wait for a signal, leave.
+async fn serve(settings: Settings) -> Result<(), String> {
+    let mut signals = Signals::register()?;
+    let key = match &settings.identity {
+        Some(path) => {
+            let (key, created) = identity::load_or_create(path)?;
+            if created {
+                tracing::info!(file = %path.display(), "created a new identity file");
+            }
+            key
+        }
+        None => Keypair::generate_ed25519(),
+    };
+    let node = Node::start(&settings, key).await?;
+    println!(
+        "distribus-node {} on network `{}`, host id {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.host.network_id,
+        node.host.id()
+    );
+    for a in &node.addrs {
+        println!("listening on {a}");
+    }
+    for id in &settings.echo_peers {
+        println!("echo peer `{id}` ready");
+    }
+    if let Some(m) = node.metrics {
+        println!("metrics on http://{m}/metrics");
+    }
+    if let Some(hint) = node.join_hint() {
+        println!("{hint}");
+    }
+    let name = signals.next().await;
+    tracing::info!(signal = name, "leaving the network");
+    signals.exit_on_next();
+    if let Err(e) = node.shutdown(settings.shutdown_timeout).await {
+        tracing::warn!(error = %e, "shutdown was not graceful");
+    }
+    println!("closed");
+    Ok(())
+}

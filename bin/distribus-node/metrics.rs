@@ -1,0 +1,197 @@
+//! Prometheus metrics at `/metrics`, read from the host's counters on each
+//! scrape.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use distribus::{Host, LatencyHistogram};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use tokio::task::JoinHandle;
+
+/// Reads a host's [`distribus::Stats`] when scraped.
+#[derive(Debug)]
+struct HostCollector(Host);
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// A counter with one label, one sample per `(label value, count)`.
+fn labelled(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        let labels = [(label, *value)];
+        ConstCounter::new(*count).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &LatencyHistogram,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    let buckets = h.cumulative_seconds();
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        h.sum_us as f64 / 1e6,
+        h.count(),
+        &buckets,
+        None,
+    )
+}
+
+impl Collector for HostCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.0.stats();
+        let e = &mut e;
+        gauge(
+            e,
+            "distribus_local_peers",
+            "Peers living on this host.",
+            s.local_peers,
+        )?;
+        gauge(
+            e,
+            "distribus_directory_entries",
+            "Directory entries (peer id -> host) this host holds, its own and others'.",
+            s.directory_entries,
+        )?;
+        gauge(
+            e,
+            "distribus_hosts",
+            "Live hosts in the membership, this one included.",
+            s.hosts,
+        )?;
+        gauge(
+            e,
+            "distribus_connected_hosts",
+            "Hosts with an open connection to this one.",
+            s.connected_hosts,
+        )?;
+        counter(
+            e,
+            "distribus_connections_opened",
+            "Connections opened since start.",
+            s.connections_opened,
+        )?;
+        labelled(
+            e,
+            "distribus_messages_sent",
+            "Direct messages delivered, by path (local: same host, remote: acknowledged by another host).",
+            "path",
+            &[("local", s.sent_local), ("remote", s.sent_remote)],
+        )?;
+        counter(
+            e,
+            "distribus_messages_received",
+            "Direct messages from other hosts put in a local inbox.",
+            s.received_remote,
+        )?;
+        labelled(
+            e,
+            "distribus_messages_failed",
+            "Direct sends that failed, by reason.",
+            "reason",
+            &s.failures.by_reason(),
+        )?;
+        counter(
+            e,
+            "distribus_publishes",
+            "Channel publishes accepted.",
+            s.published,
+        )?;
+        counter(
+            e,
+            "distribus_lookups",
+            "Directory lookups made over the network.",
+            s.lookups,
+        )?;
+        counter(
+            e,
+            "distribus_lookup_round_trips",
+            "Network round trips taken by those lookups.",
+            s.lookup_round_trips,
+        )?;
+        histogram(
+            e,
+            "distribus_lookup_duration_seconds",
+            "Time to resolve a peer id over the network.",
+            &s.lookup_latency,
+        )?;
+        counter(
+            e,
+            "distribus_frames_rejected",
+            "Inbound frames rejected as oversized or malformed.",
+            s.rejected_frames,
+        )?;
+        counter(
+            e,
+            "distribus_directory_refused",
+            "Directory registrations refused because the store was full.",
+            s.directory_refused,
+        )?;
+        Ok(())
+    }
+}
+
+/// Encodes every metric of `host` in the Prometheus/OpenMetrics text format.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    match render(&registry) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serves `host`'s metrics on `addr`; returns the bound address and the
+/// server task.
+pub async fn serve(host: Host, addr: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>), String> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(HostCollector(host)));
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Arc::new(registry));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((bound, task))
+}

@@ -1,0 +1,440 @@
+//! Command line, environment and config file, merged into one [`Settings`].
+//!
+//! Every node setting has a flag (`--lease`), an environment variable
+//! (`DISTRIBUS_LEASE`) and a config-file key (`lease`). Precedence: flag >
+//! environment > file > default. clap resolves flag over environment; this
+//! module then falls back to the file and to the defaults.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use distribus::HostConfig;
+use serde::{Deserialize, Serialize};
+
+/// Default TCP listen address (documented in the README).
+pub const DEFAULT_TCP: &str = "/ip4/127.0.0.1/tcp/7400";
+/// Default WebSocket listen address (documented in the README).
+pub const DEFAULT_WS: &str = "/ip4/127.0.0.1/tcp/7401/ws";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "distribus-node",
+    version,
+    about = "Runs a distribus host: a node of a peer-to-peer message bus.",
+    long_about = "Runs a distribus host: a node of a peer-to-peer message bus.\n\n\
+        With no arguments it listens on TCP 127.0.0.1:7400 and WebSocket \
+        127.0.0.1:7401 and prints the command another node runs to join it. \
+        Try `distribus-node demo` for a three-node network in one process.\n\n\
+        Every option can also be set with a DISTRIBUS_* environment variable \
+        or a key in the --config TOML file. Precedence: flag > environment > \
+        file > default. `distribus-node config` prints the merged settings \
+        as a config file."
+)]
+pub struct Cli {
+    /// What to run; without a subcommand the node runs until SIGINT/SIGTERM.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Node options.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a three-node network in this process, send messages across it,
+    /// publish on a channel, print what happens, and exit.
+    Demo,
+    /// Print the settings after merging flags, environment and config file,
+    /// in config-file form, and exit.
+    Config,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Node options (each with an environment variable and a file key).
+#[derive(Debug, Args, Default)]
+pub struct NodeArgs {
+    /// TOML config file; its keys are the long option names with `_` for `-`.
+    #[arg(long, global = true, env = "DISTRIBUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (repeatable, or comma-separated in the env var).
+    /// Default: /ip4/127.0.0.1/tcp/7400 and /ip4/127.0.0.1/tcp/7401/ws.
+    #[arg(
+        long,
+        env = "DISTRIBUS_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<String>,
+    /// Host to join at start: a multiaddr or a ws://host:port URL
+    /// (repeatable). Unreachable hosts are retried in the background.
+    #[arg(
+        long,
+        env = "DISTRIBUS_JOIN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub join: Vec<String>,
+    /// Network id; hosts of different networks refuse each other.
+    /// Default: distribus.
+    #[arg(long, global = true, env = "DISTRIBUS_NETWORK_ID", value_name = "ID")]
+    pub network_id: Option<String>,
+    /// File holding this node's key, so the host id survives restarts.
+    /// Created (mode 0600) when missing. Default: a new key every start.
+    #[arg(long, global = true, env = "DISTRIBUS_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
+    #[arg(long, global = true, env = "DISTRIBUS_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Create a peer with this id that sends every message back to its
+    /// sender: a health probe through directory, routing and delivery
+    /// (repeatable).
+    #[arg(
+        long,
+        env = "DISTRIBUS_ECHO_PEER",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub echo_peer: Vec<String>,
+    /// Subscribe to this channel and print every message on it to stdout,
+    /// one line each: `#channel payload` (repeatable).
+    #[arg(
+        long,
+        env = "DISTRIBUS_SUBSCRIBE",
+        value_name = "CHANNEL",
+        value_delimiter = ','
+    )]
+    pub subscribe: Vec<String>,
+    /// Log format. Default: text.
+    #[arg(long, global = true, env = "DISTRIBUS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level: error, warn, info, debug or trace. RUST_LOG, when set,
+    /// takes over unless this or -v/-q is given. Default: info.
+    #[arg(long, global = true, env = "DISTRIBUS_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// More log output (repeatable).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log output (repeatable).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+    /// How often the node re-announces itself. Default: 5s.
+    #[arg(long, global = true, env = "DISTRIBUS_HEARTBEAT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// A host not heard of for this long is dropped with its peers.
+    /// Default: 20s.
+    #[arg(long, global = true, env = "DISTRIBUS_LEASE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+    /// Deadline of a direct send and of a lookup. Default: 10s.
+    #[arg(long, global = true, env = "DISTRIBUS_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Longest graceful shutdown before the node exits anyway. Default: 10s.
+    #[arg(long, global = true, env = "DISTRIBUS_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Largest message or publish payload, in bytes. Default: 1048576.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_MAX_MESSAGE_SIZE",
+        value_name = "BYTES"
+    )]
+    pub max_message_size: Option<usize>,
+    /// Most established connections. Default: 1024.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
+    pub max_connections: Option<u32>,
+    /// Most established connections to one host. Default: 4.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_MAX_CONNECTIONS_PER_HOST",
+        value_name = "N"
+    )]
+    pub max_connections_per_host: Option<u32>,
+    /// Most connections being set up at once, inbound and outbound each.
+    /// Default: 128.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_MAX_PENDING_CONNECTIONS",
+        value_name = "N"
+    )]
+    pub max_pending_connections: Option<u32>,
+    /// Refuse new connections while the process uses more than this fraction
+    /// of physical memory. Default: 0.9.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_MAX_MEMORY_FRACTION",
+        value_name = "FRACTION"
+    )]
+    pub max_memory_fraction: Option<f64>,
+}
+
+/// The config file: the same settings, all optional.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    join: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    echo_peer: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscribe: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_message_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections_per_host: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pending_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_memory_fraction: Option<f64>,
+}
+
+impl FileConfig {
+    fn read(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            format!("config file {}: {msg}", path.display())
+        })
+    }
+}
+
+/// The merged settings a node runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// Hosts to join.
+    pub join: Vec<String>,
+    /// Identity key file.
+    pub identity: Option<PathBuf>,
+    /// Metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Echo peers to create.
+    pub echo_peers: Vec<String>,
+    /// Channels whose messages are printed.
+    pub subscribe: Vec<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter directives.
+    pub log_filter: String,
+    /// Longest graceful shutdown.
+    pub shutdown_timeout: Duration,
+    /// Host configuration (without the key).
+    pub host: HostConfig,
+}
+
+fn duration(key: &str, v: Option<String>) -> Result<Option<Duration>, String> {
+    v.map(|s| {
+        humantime::parse_duration(&s)
+            .map_err(|e| format!("config file key `{key}`: {e} (e.g. \"500ms\", \"20s\")"))
+    })
+    .transpose()
+}
+
+/// Turns the base level and -v/-q into filter directives. Other crates
+/// (libp2p) log warnings and errors only; RUST_LOG gives full control.
+fn log_filter(base: &str, verbose: u8, quiet: u8) -> Result<String, String> {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let base = base.trim().to_ascii_lowercase();
+    let i = LEVELS.iter().position(|l| *l == base).ok_or_else(|| {
+        format!("unknown log level `{base}` (use error, warn, info, debug or trace)")
+    })?;
+    let i = (i + usize::from(verbose))
+        .saturating_sub(usize::from(quiet))
+        .min(LEVELS.len() - 1);
+    let ours = LEVELS[i];
+    let others = LEVELS[i.min(1)];
+    // A lone node's Kademlia warns that it has nobody to bootstrap from.
+    let kad = LEVELS[0];
+    Ok(format!(
+        "{others},libp2p_kad={kad},distribus={ours},distribus_node={ours}"
+    ))
+}
+
+impl Settings {
+    /// Merges flags and environment (already in `args`), the config file and
+    /// the defaults.
+    pub fn resolve(args: NodeArgs) -> Result<Settings, String> {
+        let file = match &args.config {
+            Some(p) => FileConfig::read(p)?,
+            None => FileConfig::default(),
+        };
+        let list = |cli: Vec<String>, file: Option<Vec<String>>| {
+            if cli.is_empty() {
+                file.unwrap_or_default()
+            } else {
+                cli
+            }
+        };
+        let mut listen = list(args.listen, file.listen);
+        if listen.is_empty() {
+            listen = vec![DEFAULT_TCP.to_string(), DEFAULT_WS.to_string()];
+        }
+
+        // RUST_LOG applies unless a level is given on the command line or
+        // in the environment, file or -v/-q.
+        let explicit = args.log_level.or(file.log_level);
+        let log_filter = match (explicit, std::env::var("RUST_LOG").ok()) {
+            (None, Some(rust_log)) if args.verbose == 0 && args.quiet == 0 => rust_log,
+            (level, _) => log_filter(level.as_deref().unwrap_or("info"), args.verbose, args.quiet)?,
+        };
+
+        let mut host = HostConfig::default();
+        host.max_memory_fraction = Some(0.9);
+        if let Some(v) = args.network_id.or(file.network_id) {
+            host.network_id = v;
+        }
+        if let Some(v) = args.heartbeat.or(duration("heartbeat", file.heartbeat)?) {
+            host.heartbeat_interval = v;
+        }
+        if let Some(v) = args.lease.or(duration("lease", file.lease)?) {
+            host.lease = v;
+        }
+        if let Some(v) = args
+            .request_timeout
+            .or(duration("request_timeout", file.request_timeout)?)
+        {
+            host.request_timeout = v;
+        }
+        if let Some(v) = args.max_message_size.or(file.max_message_size) {
+            host.max_message_size = v;
+            host.max_frame_size = host.max_frame_size.max(v.saturating_add(64 * 1024));
+        }
+        if let Some(v) = args.max_connections.or(file.max_connections) {
+            host.max_connections = Some(v);
+        }
+        if let Some(v) = args
+            .max_connections_per_host
+            .or(file.max_connections_per_host)
+        {
+            host.max_connections_per_host = Some(v);
+        }
+        if let Some(v) = args
+            .max_pending_connections
+            .or(file.max_pending_connections)
+        {
+            host.max_pending_connections = Some(v);
+        }
+        if let Some(v) = args.max_memory_fraction.or(file.max_memory_fraction) {
+            host.max_memory_fraction = Some(v);
+        }
+        host.validate().map_err(|e| e.to_string())?;
+
+        Ok(Settings {
+            listen,
+            join: list(args.join, file.join),
+            identity: args.identity.or(file.identity),
+            metrics: args.metrics.or(file.metrics),
+            echo_peers: list(args.echo_peer, file.echo_peer),
+            subscribe: list(args.subscribe, file.subscribe),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_filter,
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(duration("shutdown_timeout", file.shutdown_timeout)?)
+                .unwrap_or(Duration::from_secs(10)),
+            host,
+        })
+    }
+
+    /// The settings in config-file form.
+    pub fn to_toml(&self) -> Result<String, String> {
+        let d = |d: Duration| Some(humantime::format_duration(d).to_string());
+        let file = FileConfig {
+            listen: Some(self.listen.clone()),
+            join: Some(self.join.clone()),
+            network_id: Some(self.host.network_id.clone()),
+            identity: self.identity.clone(),
+            metrics: self.metrics,
+            echo_peer: Some(self.echo_peers.clone()),
+            subscribe: Some(self.subscribe.clone()),
+            log_format: Some(self.log_format),
+            log_level: None,
+            heartbeat: d(self.host.heartbeat_interval),
+            lease: d(self.host.lease),
+            request_timeout: d(self.host.request_timeout),
+            shutdown_timeout: d(self.shutdown_timeout),
+            max_message_size: Some(self.host.max_message_size),
+            max_connections: self.host.max_connections,
+            max_connections_per_host: self.host.max_connections_per_host,
+            max_pending_connections: self.host.max_pending_connections,
+            max_memory_fraction: self.host.max_memory_fraction,
+        };
+        toml::to_string(&file).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_shift_with_verbosity() {
+        assert_eq!(
+            log_filter("info", 0, 0).as_deref(),
+            Ok("warn,libp2p_kad=error,distribus=info,distribus_node=info")
+        );
+        assert_eq!(
+            log_filter("info", 1, 0).as_deref(),
+            Ok("warn,libp2p_kad=error,distribus=debug,distribus_node=debug")
+        );
+        assert_eq!(
+            log_filter("info", 0, 2).as_deref(),
+            Ok("error,libp2p_kad=error,distribus=error,distribus_node=error")
+        );
+        assert!(log_filter("loud", 0, 0).is_err());
+    }
+
+    #[test]
+    fn file_keys_are_checked() {
+        assert!(toml::from_str::<FileConfig>("lisen = []").is_err());
+        let f: FileConfig = toml::from_str("lease = \"3s\"\nmax_connections = 7").unwrap();
+        assert_eq!(duration("lease", f.lease), Ok(Some(Duration::from_secs(3))));
+        assert_eq!(f.max_connections, Some(7));
+    }
+}

@@ -1,0 +1,39 @@
+//! SIGINT and SIGTERM: the first starts a graceful shutdown, the second
+//! exits at once.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// Both shutdown signals, registered at start so that an early signal is
+/// not handled by the default action.
+pub struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    /// Registers the handlers.
+    pub fn register() -> Result<Signals, String> {
+        let e = |e: std::io::Error| format!("cannot install signal handlers: {e}");
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(e)?,
+            term: signal(SignalKind::terminate()).map_err(e)?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM; returns its name.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+
+    /// After the first signal: a second one ends the process at once.
+    pub fn exit_on_next(mut self) {
+        tokio::spawn(async move {
+            let name = self.next().await;
+            eprintln!("distribus-node: second signal ({name}); exiting now");
+            std::process::exit(130);
+        });
+    }
+}

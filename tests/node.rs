@@ -1,0 +1,635 @@
+//! `distribus-node` as real processes on loopback, driven by a test-side
+//! host that joins their mesh through the library.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::fs::PermissionsExt,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use distribus::{Error, Host, HostConfig, Peer, PeerId};
+
+const BIN: &str = env!("CARGO_BIN_EXE_distribus-node");
+/// Upper bound of any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `distribus-node` child process, killed when dropped (also when a test
+/// fails).
+struct Node {
+    child: Child,
+    id: PeerId,
+    addrs: Vec<String>,
+    metrics: Option<String>,
+    stdout: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn base_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DISTRIBUS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Starts a node on an ephemeral loopback port with short membership
+/// timings; returns once it printed how to join it.
+fn start(extra: &[&str]) -> Node {
+    let mut args = vec![
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--heartbeat",
+        "250ms",
+        "--request-timeout",
+        "3s",
+    ];
+    if !extra.contains(&"--lease") {
+        args.extend(["--lease", "3s"]);
+    }
+    args.extend_from_slice(extra);
+    let mut cmd = base_command(&args);
+    // DISTRIBUS_TEST_NODE_LOG=debug shows the nodes' logs on stderr.
+    if let Ok(level) = std::env::var("DISTRIBUS_TEST_NODE_LOG") {
+        cmd.args(["--log-level", &level]).stderr(Stdio::inherit());
+    }
+    let mut child = cmd.spawn().expect("spawn distribus-node");
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    if let Some(err) = child.stderr.take() {
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    let mut node = Node {
+        child,
+        id: PeerId::random(),
+        addrs: Vec::new(),
+        metrics: None,
+        stdout: rx,
+        stderr,
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match node.stdout.recv_timeout(left) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "node did not start; stderr:\n{}",
+                node.stderr.lock().unwrap()
+            ),
+        };
+        if let Some(id) = line.split("host id ").nth(1) {
+            node.id = id.trim().parse().expect("host id");
+        } else if let Some(a) = line.strip_prefix("listening on ") {
+            node.addrs.push(a.to_string());
+        } else if let Some(m) = line.strip_prefix("metrics on http://") {
+            node.metrics = m.strip_suffix("/metrics").map(str::to_string);
+        } else if line.starts_with("join with: ") {
+            break;
+        }
+    }
+    node
+}
+
+impl Node {
+    fn addr(&self) -> &str {
+        &self.addrs[0]
+    }
+
+    /// Sends `sig` (e.g. "TERM") to the process.
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node did not exit within {WAIT:?}");
+    }
+
+    /// Waits (bounded) for a stdout line containing `text`.
+    fn wait_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(l) if l.contains(text) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no stdout line with {text:?}"),
+            }
+        }
+    }
+
+    /// GETs `/metrics` and returns the body.
+    fn scrape(&self) -> String {
+        let addr = self.metrics.as_ref().expect("metrics address");
+        let mut s = TcpStream::connect(addr).expect("connect to metrics");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read metrics");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+}
+
+/// The value of the first sample line starting with `series` (name plus
+/// labels).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
+}
+
+/// A test-side host on TCP loopback with the nodes' timings.
+async fn test_host(lease: Duration) -> Host {
+    let mut cfg = HostConfig::default();
+    cfg.heartbeat_interval = Duration::from_millis(250);
+    cfg.lease = lease;
+    cfg.request_timeout = Duration::from_secs(3);
+    cfg.join_timeout = Duration::from_secs(5);
+    let host = Host::new(cfg).await.unwrap();
+    host.listen("/ip4/127.0.0.1/tcp/0").await.unwrap();
+    host
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Sends a probe to an echo peer and expects it back.
+async fn echo_round_trip(probe: &Peer, echo: &str, text: &str) {
+    probe.send(echo, text).await.unwrap();
+    let m = tokio::time::timeout(WAIT, probe.recv())
+        .await
+        .expect("echo reply in time")
+        .expect("probe open");
+    assert_eq!(m.from, echo);
+    assert_eq!(m.decode::<String>().unwrap(), text);
+}
+
+async fn wait_members(host: &Host, n: usize) {
+    wait_for(&format!("{n} other hosts"), || async {
+        host.members().await.map(|m| m.len() >= n).unwrap_or(false)
+    })
+    .await;
+}
+
+async fn wait_found(host: &Host, id: &str) {
+    wait_for(&format!("{id} in the directory"), || async {
+        host.find(id).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_mesh_through_one_bootstrap() {
+    let a = start(&["--echo-peer", "echo-a", "--subscribe", "news"]);
+    let b = start(&[
+        "--join",
+        a.addr(),
+        "--echo-peer",
+        "echo-b",
+        "--subscribe",
+        "news",
+    ]);
+    let c = start(&[
+        "--join",
+        a.addr(),
+        "--echo-peer",
+        "echo-c",
+        "--subscribe",
+        "news",
+    ]);
+    let t = test_host(Duration::from_secs(3)).await;
+    t.join(a.addr()).await.unwrap();
+    wait_members(&t, 3).await;
+    let members = t.members().await.unwrap();
+    for n in [&a, &b, &c] {
+        assert!(members.iter().any(|m| m.host == n.id), "{} missing", n.id);
+    }
+
+    // Each node's peer answers across hosts; b and c were only ever
+    // introduced to a.
+    let probe = t.create("probe").unwrap();
+    for echo in ["echo-a", "echo-b", "echo-c"] {
+        wait_found(&t, echo).await;
+        echo_round_trip(&probe, echo, &format!("ping {echo}")).await;
+    }
+
+    // A publish from the test host reaches the subscribers on all three.
+    wait_for("subscriptions of the three nodes", || async {
+        t.members()
+            .await
+            .map(|m| {
+                m.iter()
+                    .filter(|h| h.channels.iter().any(|c| c == "news"))
+                    .count()
+                    == 3
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    t.publish_json("news", &serde_json::json!({"n": 1}))
+        .await
+        .unwrap();
+    for n in [&a, &b, &c] {
+        assert_eq!(n.wait_line("#news"), r#"#news {"n":1}"#);
+    }
+    t.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_the_same_identity_keeps_the_host_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("node.key");
+    let key_arg = key.to_str().unwrap();
+    let boot = start(&[]);
+    let mut a = start(&[
+        "--identity",
+        key_arg,
+        "--join",
+        boot.addr(),
+        "--echo-peer",
+        "echo-a",
+    ]);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first_id = a.id;
+    let t = test_host(Duration::from_secs(3)).await;
+    t.join(boot.addr()).await.unwrap();
+    let probe = t.create("probe").unwrap();
+    wait_found(&t, "echo-a").await;
+    echo_round_trip(&probe, "echo-a", "before").await;
+
+    a.signal("TERM");
+    assert!(a.wait_exit().success());
+    wait_for("echo-a withdrawn", || async {
+        matches!(t.find("echo-a").await, Err(Error::PeerNotFound(_)))
+    })
+    .await;
+
+    let a2 = start(&[
+        "--identity",
+        key_arg,
+        "--join",
+        boot.addr(),
+        "--echo-peer",
+        "echo-a",
+    ]);
+    assert_eq!(a2.id, first_id, "host id must survive a restart");
+    wait_for("restarted node back in the membership", || async {
+        t.members()
+            .await
+            .map(|m| m.iter().any(|h| h.host == first_id))
+            .unwrap_or(false)
+    })
+    .await;
+    wait_found(&t, "echo-a").await;
+    echo_round_trip(&probe, "echo-a", "after").await;
+    t.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_fails_fast_then_expires_then_recovers() {
+    let a = start(&["--echo-peer", "echo-a"]);
+    let b = start(&["--join", a.addr(), "--echo-peer", "echo-b"]);
+    let mut c = start(&["--join", a.addr(), "--echo-peer", "echo-c"]);
+    let t = test_host(Duration::from_secs(3)).await;
+    t.join(a.addr()).await.unwrap();
+    let probe = t.create("probe").unwrap();
+    for echo in ["echo-b", "echo-c"] {
+        wait_found(&t, echo).await;
+        echo_round_trip(&probe, echo, "warm").await;
+    }
+
+    // Messages flow to c while it is killed.
+    let sender = t.create("sender").unwrap();
+    let flow = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut outcome = None;
+        for i in 0..10_000u32 {
+            let sent = Instant::now();
+            match sender.send("echo-c", &format!("m{i}")).await {
+                Ok(()) => {}
+                Err(e) => {
+                    outcome = Some((e, sent.elapsed()));
+                    break;
+                }
+            }
+            while sender.try_recv().is_some() {}
+            if start.elapsed() > WAIT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        outcome
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.child.kill().unwrap();
+    let status = c.wait_exit();
+    assert!(!status.success());
+    let (err, took) = flow
+        .await
+        .unwrap()
+        .expect("a send to the killed node failed");
+    assert!(
+        matches!(err, Error::PeerUnreachable { .. } | Error::PeerNotFound(_)),
+        "got {err:?}"
+    );
+    assert!(took <= Duration::from_secs(4), "failed after {took:?}");
+
+    // The others keep working.
+    echo_round_trip(&probe, "echo-b", "still here").await;
+    echo_round_trip(&probe, "echo-a", "still here").await;
+
+    // After the lease, c's entries are gone from the directory.
+    wait_for("echo-c to expire", || async {
+        matches!(t.find("echo-c").await, Err(Error::PeerNotFound(_)))
+    })
+    .await;
+
+    // Restarted, its re-created peer is reachable again.
+    let _c2 = start(&["--join", a.addr(), "--echo-peer", "echo-c"]);
+    wait_found(&t, "echo-c").await;
+    echo_round_trip(&probe, "echo-c", "back").await;
+    drop(b);
+    t.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_and_others_forget_at_once() {
+    // A lease far longer than the test: forgetting must come from the leave.
+    let a = start(&["--lease", "60s"]);
+    let mut b = start(&[
+        "--lease",
+        "60s",
+        "--join",
+        a.addr(),
+        "--echo-peer",
+        "echo-b",
+    ]);
+    let t = test_host(Duration::from_secs(60)).await;
+    t.join(a.addr()).await.unwrap();
+    wait_found(&t, "echo-b").await;
+
+    let sent = Instant::now();
+    b.signal("TERM");
+    let status = b.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stderr: {}",
+        b.stderr.lock().unwrap()
+    );
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    wait_for("echo-b forgotten", || async {
+        matches!(t.find("echo-b").await, Err(Error::PeerNotFound(_)))
+    })
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert!(!t.members().await.unwrap().iter().any(|m| m.host == b.id));
+    t.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_and_move_with_traffic() {
+    let a = start(&["--metrics", "127.0.0.1:0", "--echo-peer", "echo-a"]);
+    let before = a.scrape();
+    assert_eq!(sample(&before, "distribus_local_peers"), 1.0);
+    assert!(before.contains("distribus_lookup_duration_seconds_bucket"));
+    assert!(before.contains("distribus_messages_failed_total{reason=\"timeout\"}"));
+    let received_before = sample(&before, "distribus_messages_received_total");
+
+    let t = test_host(Duration::from_secs(3)).await;
+    t.join(a.addr()).await.unwrap();
+    let probe = t.create("probe").unwrap();
+    wait_found(&t, "echo-a").await;
+    for i in 0..5 {
+        echo_round_trip(&probe, "echo-a", &format!("m{i}")).await;
+    }
+    // The node counts a reply once its ack is back, just after the probe
+    // got it: scrape until the counters caught up (bounded).
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let m = a.scrape();
+        let sent = sample(&m, "distribus_messages_sent_total{path=\"remote\"}");
+        if sent >= 5.0 || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(sample(&after, "distribus_messages_received_total") >= received_before + 5.0);
+    assert!(sample(&after, "distribus_messages_sent_total{path=\"remote\"}") >= 5.0);
+    assert!(sample(&after, "distribus_hosts") >= 2.0);
+    assert!(sample(&after, "distribus_connected_hosts") >= 1.0);
+    // The node answered from the location the probe's messages carried:
+    // no lookup was needed, and the histogram says so.
+    assert_eq!(
+        sample(&after, "distribus_lookup_duration_seconds_count"),
+        0.0
+    );
+    t.close().await.unwrap();
+}
+
+/// Runs the binary to completion (bounded) and returns exit code and stderr.
+fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = base_command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("distribus-node {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(code: Option<i32>, stderr: &str, needle: &str) {
+    assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("distribus-node: error: "), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr} lacks {needle:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_and_identity_files_fail_cleanly() {
+    let (code, _, err) = run_to_end(&["--no-such-flag"], &[]);
+    assert_one_line_error(code, &err, "--no-such-flag");
+    let (code, _, err) = run_to_end(&["--lease", "soon"], &[]);
+    assert_one_line_error(code, &err, "soon");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("open.key");
+    std::fs::write(&key, b"whatever").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let listen = ["--listen", "/ip4/127.0.0.1/tcp/0"];
+    let key_s = key.to_str().unwrap();
+    let (code, _, err) = run_to_end(&[listen[0], listen[1], "--identity", key_s], &[]);
+    assert_one_line_error(code, &err, "chmod 600");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = run_to_end(&[listen[0], listen[1], "--identity", key_s], &[]);
+    assert_one_line_error(code, &err, "does not hold a distribus host key");
+    let missing_dir = dir.path().join("no/such/dir/node.key");
+    let (code, _, err) = run_to_end(
+        &[
+            listen[0],
+            listen[1],
+            "--identity",
+            missing_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(code, &err, "cannot create identity file");
+
+    // A busy port is an unusable listen address.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let (code, _, err) = run_to_end(&["--listen", &addr], &[]);
+    assert_one_line_error(code, &err, "cannot listen on");
+
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "lisen = [\"/ip4/127.0.0.1/tcp/0\"]\n").unwrap();
+    let (code, _, err) = run_to_end(&["--config", bad_config.to_str().unwrap()], &[]);
+    assert_one_line_error(code, &err, "lisen");
+}
+
+#[test]
+fn precedence_is_flag_then_env_then_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "network_id = \"from-file\"\nlease = \"7s\"\nmax_connections = 11\n\
+         echo_peer = [\"file-echo\"]\nheartbeat = \"2s\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_to_end(
+        &[
+            "config",
+            "--config",
+            file.to_str().unwrap(),
+            "--lease",
+            "9s",
+        ],
+        &[
+            ("DISTRIBUS_LEASE", "8s"),
+            ("DISTRIBUS_NETWORK_ID", "from-env"),
+            ("DISTRIBUS_ECHO_PEER", "env-a,env-b"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{out}"))
+            .to_string()
+    };
+    assert_eq!(line("lease"), "lease = \"9s\""); // flag
+    assert_eq!(line("network_id"), "network_id = \"from-env\""); // env
+    assert_eq!(line("echo_peer"), "echo_peer = [\"env-a\", \"env-b\"]"); // env list
+    assert_eq!(line("max_connections"), "max_connections = 11"); // file
+    assert_eq!(line("heartbeat"), "heartbeat = \"2s\""); // file
+    assert_eq!(line("request_timeout"), "request_timeout = \"10s\""); // default
+    assert!(out.contains("/ip4/127.0.0.1/tcp/7400"), "{out}"); // default listen
+                                                               // The printed settings are a valid config file.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &out).unwrap();
+    let (code, out2, err) = run_to_end(&["config", "--config", again.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, out2);
+}
+
+#[test]
+fn demo_runs_a_three_node_network_and_exits_cleanly() {
+    let (code, out, err) = run_to_end(&["demo"], &[]);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for needle in [
+        "bob <- alice",
+        "carol <- bob",
+        "alice <- carol",
+        "came back from echo-gamma",
+        "#news on alpha",
+        "#news on gamma",
+        "was not found",
+        "demo done",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing in\n{out}");
+    }
+}
