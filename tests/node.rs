@@ -614,6 +614,15 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     let (code, out2, err) = run_to_end(&["config", "--config", again.to_str().unwrap()], &[]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, out2);
+
+    // The README's example config file is valid.
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bin/distribus-node/example.toml"
+    );
+    let (code, out, err) = run_to_end(&["config", "--config", example], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("network_id = \"production\""), "{out}");
 }
 
 #[test]
