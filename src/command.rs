@@ -13,11 +13,15 @@ use crate::{
 
 /// Where a peer lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Location {
     /// The host that holds the peer.
     pub host: PeerId,
     /// Addresses of that host.
     pub addrs: Vec<Multiaddr>,
+    /// Network round trips this answer took: 0 when it came from this
+    /// host's own peers, directory share or cache.
+    pub round_trips: u32,
 }
 
 /// A live host of the network, as this host knows it.

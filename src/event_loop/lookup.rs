@@ -429,6 +429,7 @@ impl EventLoop {
                     if loc.addrs.is_empty() {
                         loc.addrs = state.found_addrs.clone();
                     }
+                    loc.round_trips = u32::try_from(state.round_trips).unwrap_or(u32::MAX);
                     let _ = reply.send(Ok(loc));
                 }
                 (Waiter::Find(reply), None) => {
@@ -479,7 +480,11 @@ impl EventLoop {
                 .map(|m| m.addrs.clone())
                 .unwrap_or_default()
         };
-        Location { host, addrs }
+        Location {
+            host,
+            addrs,
+            round_trips: 0,
+        }
     }
 
     /// Forgets cached locations on `host`.

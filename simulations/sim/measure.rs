@@ -1,0 +1,79 @@
+//! Process figures (RSS, CPU) and percentiles.
+
+use std::time::Duration;
+
+/// Resident set size of this process, in bytes (from /proc).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU time (user + system) this process used so far, in seconds. Linux
+/// reports it in clock ticks of 1/100 s.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Sorted samples with percentile queries.
+#[derive(Debug, Default)]
+pub struct Samples(Vec<f64>);
+
+impl Samples {
+    /// Adds a duration, in milliseconds.
+    pub fn push_ms(&mut self, d: Duration) {
+        self.0.push(d.as_secs_f64() * 1e3);
+    }
+
+    /// Adds a value.
+    pub fn push(&mut self, v: f64) {
+        self.0.push(v);
+    }
+
+    /// The `p`-th percentile (0–100), nearest rank; 0 when empty.
+    pub fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_by(|a, b| a.total_cmp(b));
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+
+    /// Joins another set of samples.
+    pub fn extend(&mut self, other: Samples) {
+        self.0.extend(other.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut s = Samples::default();
+        for v in 1..=100 {
+            s.push(v as f64);
+        }
+        assert_eq!(s.pct(50.0), 50.0);
+        assert_eq!(s.pct(99.0), 99.0);
+        assert_eq!(s.pct(100.0), 100.0);
+        assert!(rss_bytes() > 0);
+    }
+}

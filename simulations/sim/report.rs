@@ -1,0 +1,163 @@
+//! The result of a run: JSON for machines, one screen of text for people.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a run measured. Ratios are 0 to 1; times in seconds or
+/// milliseconds as the names say.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Hosts started.
+    pub hosts: usize,
+    /// Peers registered.
+    pub peers: usize,
+    /// Seed of the random choices.
+    pub seed: u64,
+    /// Time until every host knew the full membership.
+    pub join_s: f64,
+    /// Time from the first `create` until every directory entry was held.
+    pub register_s: f64,
+    /// Peers registered per second.
+    pub registrations_per_s: f64,
+    /// Finds made.
+    pub finds: usize,
+    /// Finds that returned the right host.
+    pub find_success_ratio: f64,
+    /// Find latency, median.
+    pub find_p50_ms: f64,
+    /// Find latency, 99th percentile.
+    pub find_p99_ms: f64,
+    /// Network round trips of a find, 99th percentile (0 = answered locally).
+    pub find_round_trips_p99: f64,
+    /// Direct messages sent.
+    pub messages: usize,
+    /// Messages acknowledged as delivered (and found in the inboxes).
+    pub delivered_ratio: f64,
+    /// Messages per second over the message phase.
+    pub msgs_per_s: f64,
+    /// Send latency (until acknowledged), median.
+    pub latency_p50_ms: f64,
+    /// Send latency, 99th percentile.
+    pub latency_p99_ms: f64,
+    /// Failed sends by error.
+    pub send_errors: BTreeMap<String, usize>,
+    /// Publishes made.
+    pub publishes: usize,
+    /// Hosts subscribed.
+    pub subscribers: usize,
+    /// Share of (publish, subscriber) pairs delivered.
+    pub publish_delivered_ratio: f64,
+    /// Publish-to-subscriber latency, median.
+    pub publish_p50_ms: f64,
+    /// Publish-to-subscriber latency, 99th percentile.
+    pub publish_p99_ms: f64,
+    /// Hosts killed and added in the churn phase (0: no churn phase).
+    pub churn: usize,
+    /// Time until no surviving host found a killed host's peers.
+    pub churn_recovery_s: f64,
+    /// Time until the added hosts' peers were found.
+    pub churn_join_s: f64,
+    /// Messages sent during churn, and how those that failed failed.
+    pub churn_messages: usize,
+    /// Failed churn sends by error.
+    pub churn_errors: BTreeMap<String, usize>,
+    /// Process RSS at the end.
+    pub rss_bytes: u64,
+    /// RSS per host, measured after joining (before any peer).
+    pub rss_per_host_bytes: u64,
+    /// RSS growth per registered peer.
+    pub rss_per_peer_bytes: f64,
+    /// CPU seconds (user + system) of the whole run.
+    pub cpu_s: f64,
+    /// Wall-clock seconds of the whole run.
+    pub wall_s: f64,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+impl Report {
+    /// Whether every find and message succeeded and every publish arrived.
+    pub fn all_ok(&self) -> bool {
+        self.find_success_ratio == 1.0
+            && self.delivered_ratio == 1.0
+            && (self.publishes == 0 || self.publish_delivered_ratio == 1.0)
+    }
+
+    /// One screen of text.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let mut line = |t: String| {
+            s.push_str(&t);
+            s.push('\n');
+        };
+        line(format!(
+            "distribus-sim: {} hosts, {} peers, seed {}",
+            self.hosts, self.peers, self.seed
+        ));
+        line(format!(
+            "  join        every host knows all hosts after {:.2} s",
+            self.join_s
+        ));
+        line(format!(
+            "  register    {} peers in {:.2} s = {:.0} peers/s",
+            self.peers, self.register_s, self.registrations_per_s
+        ));
+        line(format!(
+            "  find        {} finds, success {:.4}, p50 {:.3} ms, p99 {:.3} ms, round trips p99 {}",
+            self.finds,
+            self.find_success_ratio,
+            self.find_p50_ms,
+            self.find_p99_ms,
+            self.find_round_trips_p99
+        ));
+        line(format!(
+            "  messages    {} sent, delivered {:.4}, {:.0} msgs/s, p50 {:.3} ms, p99 {:.3} ms{}",
+            self.messages,
+            self.delivered_ratio,
+            self.msgs_per_s,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            if self.send_errors.is_empty() {
+                String::new()
+            } else {
+                format!(", errors {:?}", self.send_errors)
+            }
+        ));
+        if self.publishes > 0 {
+            line(format!(
+                "  publish     {} publishes x {} subscriber hosts, delivered {:.4}, p50 {:.3} ms, p99 {:.3} ms",
+                self.publishes,
+                self.subscribers,
+                self.publish_delivered_ratio,
+                self.publish_p50_ms,
+                self.publish_p99_ms
+            ));
+        }
+        if self.churn > 0 {
+            line(format!(
+                "  churn       {} hosts killed and {} added: killed peers gone after {:.2} s, \
+                 new peers found after {:.2} s; {} sends during churn, failed {:?}",
+                self.churn,
+                self.churn,
+                self.churn_recovery_s,
+                self.churn_join_s,
+                self.churn_messages,
+                self.churn_errors
+            ));
+        }
+        line(format!(
+            "  memory      RSS {:.1} MiB in all, {:.2} MiB per host, {:.0} bytes per peer",
+            mib(self.rss_bytes),
+            mib(self.rss_per_host_bytes),
+            self.rss_per_peer_bytes
+        ));
+        line(format!(
+            "  cpu         {:.1} s CPU in {:.1} s wall",
+            self.cpu_s, self.wall_s
+        ));
+        s
+    }
+}

@@ -1,0 +1,508 @@
+//! The phases of a run, on real hosts of the library.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use distribus::{Error, Host, HostConfig, Peer, PeerId};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::{
+    measure::{cpu_seconds, rss_bytes, Samples},
+    report::Report,
+    scenario::Scenario,
+};
+
+/// The id of peer number `n`.
+fn peer_id(n: usize) -> String {
+    format!("p{n}")
+}
+
+/// Host settings for simulated networks. Membership gossip costs
+/// O(hosts²) per heartbeat, so big networks announce less often.
+fn host_config(s: &Scenario) -> HostConfig {
+    let mut c = HostConfig::for_tests();
+    c.replication = s.replication;
+    c.heartbeat_interval = if s.hosts > 64 {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(1)
+    };
+    c.lease = c.heartbeat_interval * 5;
+    c.gossip_heartbeat = Duration::from_secs(1);
+    c.request_timeout = Duration::from_secs(30);
+    c.join_timeout = Duration::from_secs(30);
+    c
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Polls `done` every 20 ms until true or `limit`; returns the time taken.
+async fn until<F, Fut>(what: &str, limit: Duration, mut done: F) -> Result<Duration, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done().await {
+            return Ok(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{what} did not happen within {limit:?}"))
+}
+
+fn error_name(e: &Error) -> String {
+    let s = format!("{e:?}");
+    s.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("Error")
+        .to_string()
+}
+
+/// Starts a host on the memory transport and returns it with its address.
+async fn start_host(cfg: &HostConfig) -> Result<(Host, String), String> {
+    let h = Host::new(cfg.clone()).await.map_err(|e| e.to_string())?;
+    let addr = h
+        .listen("/memory/0")
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("no listen address")?;
+    Ok((h, addr.to_string()))
+}
+
+/// The simulated network.
+struct Net {
+    hosts: Vec<Host>,
+    addrs: Vec<String>,
+    ids: Vec<PeerId>,
+    /// Peer `n` lives on host `n % hosts` (until churn kills it).
+    peers: Vec<Option<Peer>>,
+    alive: Vec<bool>,
+}
+
+/// Runs the scenario and returns its report.
+pub async fn run(s: &Scenario) -> Result<Report, String> {
+    let wall = Instant::now();
+    let cpu0 = cpu_seconds();
+    let rss0 = rss_bytes();
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let cfg = host_config(s);
+    let mut r = Report {
+        hosts: s.hosts,
+        peers: s.peers,
+        seed: s.seed,
+        churn: s.churn,
+        ..Report::default()
+    };
+
+    // 1. Join: host i joins a random earlier host (a random tree), so the
+    // membership has to spread; then wait until every host knows all.
+    let pb = bar(s.hosts as u64, "join");
+    let mut net = Net {
+        hosts: Vec::new(),
+        addrs: Vec::new(),
+        ids: Vec::new(),
+        peers: Vec::new(),
+        alive: Vec::new(),
+    };
+    let join_start = Instant::now();
+    for i in 0..s.hosts {
+        let (h, addr) = start_host(&cfg).await?;
+        if i > 0 {
+            let to = rng.gen_range(0..i);
+            h.join(&net.addrs[to])
+                .await
+                .map_err(|e| format!("join: {e}"))?;
+        }
+        net.ids.push(h.id());
+        net.hosts.push(h);
+        net.addrs.push(addr);
+        net.alive.push(true);
+        pb.inc(1);
+    }
+    let n = s.hosts as u64;
+    until("full membership", s.phase_timeout, || {
+        let hosts = net.hosts.clone();
+        async move { hosts.iter().all(|h| h.stats().hosts >= n) }
+    })
+    .await?;
+    r.join_s = join_start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let rss_joined = rss_bytes();
+    r.rss_per_host_bytes = rss_joined.saturating_sub(rss0) / n;
+
+    // 2. Register: create every peer, wait until every entry is held.
+    let want = (s.peers * s.replication.min(s.hosts)) as u64;
+    let pb = bar(want, "register");
+    let reg_start = Instant::now();
+    net.peers.reserve(s.peers);
+    for p in 0..s.peers {
+        let peer = net.hosts[p % s.hosts]
+            .create(&peer_id(p))
+            .map_err(|e| e.to_string())?;
+        net.peers.push(Some(peer));
+    }
+    until("registration", s.phase_timeout, || {
+        let total: u64 = net.hosts.iter().map(|h| h.stats().directory_entries).sum();
+        pb.set_position(total.min(want));
+        async move { total >= want }
+    })
+    .await?;
+    r.register_s = reg_start.elapsed().as_secs_f64();
+    r.registrations_per_s = s.peers as f64 / r.register_s.max(1e-9);
+    pb.finish_and_clear();
+    r.rss_per_peer_bytes = rss_bytes().saturating_sub(rss_joined) as f64 / (s.peers.max(1)) as f64;
+
+    // 3. Finds from random hosts for random ids.
+    find_phase(s, &net, &mut rng, &mut r).await;
+
+    // 4. Random direct messages.
+    message_phase(s, &net, &mut rng, &mut r).await?;
+
+    // 5. Publishes.
+    if s.publishes > 0 {
+        publish_phase(s, &net, &mut rng, &mut r).await?;
+    }
+
+    // 6. Churn.
+    if s.churn > 0 {
+        churn_phase(s, &mut net, &cfg, &mut rng, &mut r).await?;
+    }
+
+    r.rss_bytes = rss_bytes();
+    r.cpu_s = cpu_seconds() - cpu0;
+    r.wall_s = wall.elapsed().as_secs_f64();
+    for h in &net.hosts {
+        let _ = h.close().await;
+    }
+    Ok(r)
+}
+
+async fn find_phase(s: &Scenario, net: &Net, rng: &mut StdRng, r: &mut Report) {
+    let picks: Vec<(usize, usize)> = (0..s.finds)
+        .map(|_| (rng.gen_range(0..s.hosts), rng.gen_range(0..s.peers)))
+        .collect();
+    let pb = bar(s.finds as u64, "find");
+    let results: Vec<(bool, Duration, u32)> = futures::stream::iter(picks)
+        .map(|(h, p)| {
+            let host = net.hosts[h].clone();
+            let expect = net.ids[p % s.hosts];
+            let pb = pb.clone();
+            async move {
+                let t = Instant::now();
+                let got = host.find(&peer_id(p)).await;
+                pb.inc(1);
+                match got {
+                    Ok(loc) => (loc.host == expect, t.elapsed(), loc.round_trips),
+                    Err(_) => (false, t.elapsed(), 0),
+                }
+            }
+        })
+        .buffer_unordered(s.concurrency)
+        .collect()
+        .await;
+    pb.finish_and_clear();
+    let mut lat = Samples::default();
+    let mut trips = Samples::default();
+    let mut ok = 0;
+    for (good, d, rt) in &results {
+        ok += usize::from(*good);
+        lat.push_ms(*d);
+        trips.push(f64::from(*rt));
+    }
+    r.finds = s.finds;
+    r.find_success_ratio = ok as f64 / s.finds.max(1) as f64;
+    r.find_p50_ms = lat.pct(50.0);
+    r.find_p99_ms = lat.pct(99.0);
+    r.find_round_trips_p99 = trips.pct(99.0);
+}
+
+/// Sends `count` random messages among the living peers; returns the
+/// latencies, the failures by error, and how many were delivered.
+async fn send_random(
+    s: &Scenario,
+    net: &Net,
+    rng: &mut StdRng,
+    count: usize,
+    label: &str,
+) -> (Samples, BTreeMap<String, usize>, usize) {
+    let living: Vec<usize> = (0..s.peers).filter(|p| net.peers[*p].is_some()).collect();
+    let picks: Vec<(usize, usize)> = (0..count)
+        .map(|_| {
+            let from = living[rng.gen_range(0..living.len())];
+            let mut to = rng.gen_range(0..s.peers);
+            if to == from {
+                to = (to + 1) % s.peers;
+            }
+            (from, to)
+        })
+        .collect();
+    let pb = bar(count as u64, label);
+    let results: Vec<Result<Duration, Error>> = futures::stream::iter(picks)
+        .map(|(from, to)| {
+            let peer = net.peers[from].clone();
+            let pb = pb.clone();
+            async move {
+                let t = Instant::now();
+                let res = match peer {
+                    Some(p) => p.send(&peer_id(to), &[7u8; 48][..]).await,
+                    None => Err(Error::Closed),
+                };
+                pb.inc(1);
+                res.map(|()| t.elapsed())
+            }
+        })
+        .buffer_unordered(s.concurrency)
+        .collect()
+        .await;
+    pb.finish_and_clear();
+    let mut lat = Samples::default();
+    let mut errors = BTreeMap::new();
+    let mut ok = 0;
+    for res in results {
+        match res {
+            Ok(d) => {
+                ok += 1;
+                lat.push_ms(d);
+            }
+            Err(e) => *errors.entry(error_name(&e)).or_insert(0) += 1,
+        }
+    }
+    (lat, errors, ok)
+}
+
+async fn message_phase(
+    s: &Scenario,
+    net: &Net,
+    rng: &mut StdRng,
+    r: &mut Report,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let (mut lat, errors, ok) = send_random(s, net, rng, s.messages, "messages").await;
+    let took = start.elapsed().as_secs_f64();
+    // Acknowledged means in the inbox: count and empty the inboxes.
+    let mut in_inboxes = 0;
+    for p in net.peers.iter().flatten() {
+        while p.try_recv().is_some() {
+            in_inboxes += 1;
+        }
+    }
+    if in_inboxes != ok {
+        return Err(format!(
+            "{ok} sends were acknowledged but {in_inboxes} messages are in the inboxes"
+        ));
+    }
+    r.messages = s.messages;
+    r.delivered_ratio = ok as f64 / s.messages.max(1) as f64;
+    r.msgs_per_s = s.messages as f64 / took.max(1e-9);
+    r.latency_p50_ms = lat.pct(50.0);
+    r.latency_p99_ms = lat.pct(99.0);
+    r.send_errors = errors;
+    Ok(())
+}
+
+async fn publish_phase(
+    s: &Scenario,
+    net: &Net,
+    rng: &mut StdRng,
+    r: &mut Report,
+) -> Result<(), String> {
+    const CHANNEL: &str = "sim";
+    let publisher = rng.gen_range(0..s.hosts);
+    let mut chosen: Vec<usize> = (0..s.hosts).collect();
+    for i in 0..chosen.len() {
+        let j = rng.gen_range(i..chosen.len());
+        chosen.swap(i, j);
+    }
+    chosen.truncate(s.subscribers);
+    let epoch = Instant::now();
+    let mut tasks = Vec::new();
+    for &h in &chosen {
+        let mut sub = net.hosts[h]
+            .subscribe(CHANNEL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let want = s.publishes;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Samples::default();
+            let mut got = 0;
+            while got < want {
+                match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
+                    Ok(Some(m)) => {
+                        if let Ok(sent_ns) = m.decode::<u64>() {
+                            let now = epoch.elapsed().as_nanos() as f64;
+                            lat.push((now - sent_ns as f64) / 1e6);
+                        }
+                        got += 1;
+                    }
+                    _ => break,
+                }
+            }
+            (got, lat)
+        }));
+    }
+    // The publisher must have heard of every subscription first.
+    let others = chosen.iter().filter(|h| **h != publisher).count();
+    let pub_host = net.hosts[publisher].clone();
+    until("subscriptions to spread", s.phase_timeout, || {
+        let h = pub_host.clone();
+        async move {
+            h.members()
+                .await
+                .map(|m| {
+                    m.iter()
+                        .filter(|i| i.channels.iter().any(|c| c == CHANNEL))
+                        .count()
+                        >= others
+                })
+                .unwrap_or(false)
+        }
+    })
+    .await?;
+    let pb = bar(s.publishes as u64, "publish");
+    for _ in 0..s.publishes {
+        let now = epoch.elapsed().as_nanos() as u64;
+        pub_host
+            .publish(CHANNEL, &now)
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut total = 0;
+    let mut lat = Samples::default();
+    for t in tasks {
+        let (got, l) = t.await.map_err(|e| e.to_string())?;
+        total += got;
+        lat.extend(l);
+    }
+    r.publishes = s.publishes;
+    r.subscribers = chosen.len();
+    r.publish_delivered_ratio = total as f64 / (s.publishes * chosen.len()).max(1) as f64;
+    r.publish_p50_ms = lat.pct(50.0);
+    r.publish_p99_ms = lat.pct(99.0);
+    for &h in &chosen {
+        let _ = net.hosts[h].unsubscribe(CHANNEL).await;
+    }
+    Ok(())
+}
+
+async fn churn_phase(
+    s: &Scenario,
+    net: &mut Net,
+    cfg: &HostConfig,
+    rng: &mut StdRng,
+    r: &mut Report,
+) -> Result<(), String> {
+    // Kill `churn` random hosts other than host 0: drop every handle, so
+    // they stop without leaving, as a crash would.
+    let mut victims = Vec::new();
+    while victims.len() < s.churn {
+        let v = rng.gen_range(1..s.hosts);
+        if !victims.contains(&v) {
+            victims.push(v);
+        }
+    }
+    let mut dead_ids = Vec::new();
+    for &v in &victims {
+        net.alive[v] = false;
+        for p in (v..s.peers).step_by(s.hosts) {
+            net.peers[p] = None;
+            if dead_ids.len() < 100 {
+                dead_ids.push(peer_id(p));
+            }
+        }
+        let (placeholder, _) = start_host(cfg).await?;
+        let dead = std::mem::replace(&mut net.hosts[v], placeholder.clone());
+        drop(dead);
+        // The placeholder never joins; close it so it holds nothing.
+        let _ = placeholder.close().await;
+    }
+    let killed_at = Instant::now();
+    let living: Vec<Host> = (0..s.hosts)
+        .filter(|h| net.alive[*h])
+        .map(|h| net.hosts[h].clone())
+        .collect();
+
+    // Traffic while the network notices.
+    let count = (s.messages / 10).max(100);
+    let (_, errors, _) = send_random(s, net, rng, count, "churn").await;
+    r.churn_messages = count;
+    r.churn_errors = errors;
+
+    let dead = Arc::new(dead_ids);
+    let probe = living[0].clone();
+    let d = until("killed peers to be forgotten", s.phase_timeout, || {
+        let dead = dead.clone();
+        let probe = probe.clone();
+        async move {
+            for id in dead.iter() {
+                if !matches!(probe.find(id).await, Err(Error::PeerNotFound(_))) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await?;
+    r.churn_recovery_s = (killed_at.elapsed().max(d)).as_secs_f64();
+
+    // Add as many hosts, each with its share of new peers.
+    let per_host = (s.peers / s.hosts).max(1);
+    let join_start = Instant::now();
+    let mut fresh = Vec::new();
+    let mut new_peers = Vec::new();
+    for i in 0..s.churn {
+        let (h, _) = start_host(cfg).await?;
+        let alive: Vec<usize> = (0..s.hosts).filter(|h| net.alive[*h]).collect();
+        let addr = net.addrs[alive[rng.gen_range(0..alive.len())]].clone();
+        h.join(&addr)
+            .await
+            .map_err(|e| format!("churn join: {e}"))?;
+        for k in 0..per_host {
+            new_peers.push(h.create(&format!("c{i}-{k}")).map_err(|e| e.to_string())?);
+        }
+        fresh.push(h);
+    }
+    let sample: Vec<String> = new_peers
+        .iter()
+        .take(100)
+        .map(|p| p.id().to_string())
+        .collect();
+    until("new peers to be found", s.phase_timeout, || {
+        let probe = probe.clone();
+        let sample = sample.clone();
+        async move {
+            for id in &sample {
+                if probe.find(id).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await?;
+    r.churn_join_s = join_start.elapsed().as_secs_f64();
+    for h in fresh {
+        let _ = h.close().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! What a simulation run does: from flags, or a TOML file with the same keys.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Command line of `distribus-sim`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "distribus-sim",
+    version,
+    about = "Runs N real distribus hosts in one process on the in-memory transport \
+             and measures joining, registration, lookups, direct messages, channel \
+             publishes and churn."
+)]
+pub struct Cli {
+    /// Scenario file (TOML, keys as the long flags with `_`); flags given on
+    /// the command line override it.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Fail (exit 1) unless every find and every message succeeded and every
+    /// subscriber got every publish: the CI smoke check.
+    #[arg(long)]
+    pub check: bool,
+    /// Run a sweep over sizes instead of one scenario: each size runs as a
+    /// child process; results and charts go to --out.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Host counts of a sweep.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,512")]
+    pub sweep_hosts: Vec<usize>,
+    /// Peer counts of a sweep.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub sweep_peers: Vec<usize>,
+    /// Where a sweep writes `sweep.json` and the charts.
+    #[arg(long, default_value = "simulations/results")]
+    pub out: PathBuf,
+    /// The scenario.
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
+}
+
+/// Scenario values given as flags (all optional: file, then defaults).
+#[derive(Debug, clap::Args, Default)]
+pub struct ScenarioFlags {
+    /// Hosts to start. Default 32.
+    #[arg(long)]
+    pub hosts: Option<usize>,
+    /// Peers, spread evenly over the hosts. Default 10000.
+    #[arg(long)]
+    pub peers: Option<usize>,
+    /// Random direct messages. Default 10000.
+    #[arg(long)]
+    pub messages: Option<usize>,
+    /// Random finds from random hosts. Default 1000.
+    #[arg(long)]
+    pub finds: Option<usize>,
+    /// Channel publishes. Default 100.
+    #[arg(long)]
+    pub publishes: Option<usize>,
+    /// Hosts subscribing to the channel. Default 8 (at most all hosts).
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Hosts killed (without leaving) and as many new hosts added during
+    /// traffic. Default 0 (no churn phase).
+    #[arg(long)]
+    pub churn: Option<usize>,
+    /// Sends or finds in flight at once. Default 256.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Directory replication. Default 3.
+    #[arg(long)]
+    pub replication: Option<usize>,
+    /// Seed of every random choice. Default 1.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Longest wait of any phase. Default 300s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub phase_timeout: Option<Duration>,
+}
+
+/// The same values in a scenario file.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    hosts: Option<usize>,
+    peers: Option<usize>,
+    messages: Option<usize>,
+    finds: Option<usize>,
+    publishes: Option<usize>,
+    subscribers: Option<usize>,
+    churn: Option<usize>,
+    concurrency: Option<usize>,
+    replication: Option<usize>,
+    seed: Option<u64>,
+    phase_timeout: Option<String>,
+}
+
+/// A resolved scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    /// Hosts.
+    pub hosts: usize,
+    /// Peers.
+    pub peers: usize,
+    /// Direct messages.
+    pub messages: usize,
+    /// Finds.
+    pub finds: usize,
+    /// Publishes.
+    pub publishes: usize,
+    /// Subscribing hosts.
+    pub subscribers: usize,
+    /// Hosts killed and added.
+    pub churn: usize,
+    /// Operations in flight.
+    pub concurrency: usize,
+    /// Directory replication.
+    pub replication: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Longest phase wait.
+    #[serde(with = "humantime_serde_ms")]
+    pub phase_timeout: Duration,
+}
+
+/// Durations as milliseconds in JSON.
+mod humantime_serde_ms {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1e3)
+    }
+}
+
+fn dur(key: &str, v: Option<String>) -> Result<Option<Duration>, String> {
+    v.map(|s| humantime::parse_duration(&s).map_err(|e| format!("scenario key `{key}`: {e}")))
+        .transpose()
+}
+
+impl Scenario {
+    /// Flags over file over defaults.
+    pub fn resolve(
+        flags: ScenarioFlags,
+        file: Option<&std::path::Path>,
+    ) -> Result<Scenario, String> {
+        let f: ScenarioFile = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {}", p.display(), e.message()))?
+            }
+            None => ScenarioFile::default(),
+        };
+        let hosts = flags.hosts.or(f.hosts).unwrap_or(32);
+        let s = Scenario {
+            hosts,
+            peers: flags.peers.or(f.peers).unwrap_or(10_000),
+            messages: flags.messages.or(f.messages).unwrap_or(10_000),
+            finds: flags.finds.or(f.finds).unwrap_or(1_000),
+            publishes: flags.publishes.or(f.publishes).unwrap_or(100),
+            subscribers: flags.subscribers.or(f.subscribers).unwrap_or(8).min(hosts),
+            churn: flags.churn.or(f.churn).unwrap_or(0),
+            concurrency: flags.concurrency.or(f.concurrency).unwrap_or(256).max(1),
+            replication: flags.replication.or(f.replication).unwrap_or(3),
+            seed: flags.seed.or(f.seed).unwrap_or(1),
+            phase_timeout: flags
+                .phase_timeout
+                .or(dur("phase_timeout", f.phase_timeout)?)
+                .unwrap_or(Duration::from_secs(300)),
+        };
+        if s.hosts < 2 {
+            return Err("--hosts must be at least 2".into());
+        }
+        if s.churn >= s.hosts {
+            return Err("--churn must be less than --hosts".into());
+        }
+        Ok(s)
+    }
+}
