@@ -2,7 +2,8 @@
 //! - same-host sends;
 //! - host to host over TCP loopback with 1 and with 1,024 sends in flight;
 //! - the round trip of one send (it resolves on the receiver's ack), next to
-//!   a raw libp2p request-response round trip measured in the same run.
+//!   a raw libp2p request-response round trip measured in the same run;
+//! - two-host channel publish throughput.
 //!
 //! `cargo bench --bench messaging`
 
@@ -269,5 +270,68 @@ fn raw_baseline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, same_host, host_to_host, raw_baseline);
+/// Two-host publish throughput: the publisher on one TCP host, one
+/// subscriber on the other; the clock stops when the subscriber has all.
+fn publish(c: &mut Criterion) {
+    let rt = runtime();
+    let (a, b, sub) = rt.block_on(async {
+        let a = Host::new(HostConfig::default()).await.expect("host");
+        let b = Host::new(HostConfig::default()).await.expect("host");
+        let addr = b
+            .listen("/ip4/127.0.0.1/tcp/0")
+            .await
+            .expect("listen")
+            .remove(0);
+        a.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen");
+        a.join(&addr.to_string()).await.expect("join");
+        let sub = b.subscribe("bench").await.expect("subscribe");
+        for _ in 0..500 {
+            let known = a
+                .members()
+                .await
+                .expect("members")
+                .iter()
+                .any(|m| m.channels.iter().any(|c| c == "bench"));
+            if known {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (a, b, sub)
+    });
+    let sub = Arc::new(tokio::sync::Mutex::new(sub));
+    let p = payload();
+    let mut g = c.benchmark_group("publish");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("two_hosts_64B", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let (a, sub, p) = (a.clone(), sub.clone(), p.clone());
+            async move {
+                // Receive while publishing: a subscription holds 16,384
+                // messages before it starts missing them.
+                let start = Instant::now();
+                let receiver = tokio::spawn(async move {
+                    let mut sub = sub.lock().await;
+                    for _ in 0..iters {
+                        sub.recv().await.expect("subscription open");
+                    }
+                });
+                for _ in 0..iters {
+                    a.publish_payload("bench", p.clone())
+                        .await
+                        .expect("publish");
+                }
+                receiver.await.expect("receiver");
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    rt.block_on(async {
+        let _ = a.close().await;
+        let _ = b.close().await;
+    });
+}
+
+criterion_group!(benches, same_host, host_to_host, raw_baseline, publish);
 criterion_main!(benches);

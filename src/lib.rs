@@ -32,6 +32,8 @@ pub use host::{parse_address, Host, MAX_ID_LEN};
 pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
 pub use peer::Peer;
+#[doc(hidden)]
+pub use protocol::bench_support;
 pub use protocol::PROTOCOL_VERSION;
 pub use shared::{Failures, LatencyHistogram, Stats};
 pub use subscription::Subscription;

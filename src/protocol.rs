@@ -286,3 +286,36 @@ mod tests {
         assert_eq!(c.stats.rejected_frames(), 1);
     }
 }
+
+/// Wire internals exposed for the criterion benches; not part of the API
+/// and not covered by semver.
+#[doc(hidden)]
+pub mod bench_support {
+    use std::{io, sync::Arc};
+
+    use super::{decode_frame, encode_frame, Envelope, Request};
+    use crate::message::Payload;
+
+    /// A direct-message batch of `n` envelopes carrying `payload`, encoded
+    /// as one frame (length prefix included).
+    pub fn encode_batch(n: usize, payload: &Payload) -> io::Result<Vec<u8>> {
+        let from: Arc<str> = Arc::from("sender-peer");
+        let to: Arc<str> = Arc::from("receiver-peer");
+        let envs = (0..n)
+            .map(|_| Envelope {
+                from: from.clone(),
+                to: to.clone(),
+                payload: payload.clone(),
+            })
+            .collect();
+        encode_frame(&Request::Deliver(envs))
+    }
+
+    /// Decodes a frame made by [`encode_batch`]; returns its envelope count.
+    pub fn decode_batch(frame: &[u8]) -> io::Result<usize> {
+        match decode_frame::<Request>(frame.get(4..).unwrap_or_default())? {
+            Request::Deliver(envs) => Ok(envs.len()),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not a batch")),
+        }
+    }
+}

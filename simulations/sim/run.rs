@@ -40,7 +40,11 @@ fn host_config(s: &Scenario) -> HostConfig {
     c
 }
 
+/// A progress bar on a terminal; elsewhere (CI, logs) one line per phase.
 fn bar(len: u64, what: &str) -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("distribus-sim: {what} ({len})");
+    }
     let pb = ProgressBar::new(len);
     if let Ok(style) =
         ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")

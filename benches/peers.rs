@@ -1,0 +1,146 @@
+//! Peers and lookups:
+//! - `create` rate on one host (the directory registration that follows
+//!   runs in the background and is measured by `benches/directory.rs`);
+//! - bytes of RSS per idle peer (printed, not timed);
+//! - `find` answered from the location cache, and `find` that takes one
+//!   network round trip to the holder (cache of one entry, ids cycling).
+//!
+//! `cargo bench --bench peers`
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use distribus::{Host, HostConfig, Peer};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn creation(c: &mut Criterion) {
+    let rt = runtime();
+    let host = rt.block_on(async { Host::new(HostConfig::for_tests()).await.expect("host") });
+    let _guard = rt.enter();
+
+    // Bytes per idle peer: 200,000 peers with 12-byte ids, RSS before and
+    // after, handles kept (as an application would).
+    let before = rss_bytes();
+    let kept: Vec<Peer> = (0..200_000)
+        .map(|i| host.create(&format!("idle-{i:07}")).expect("create"))
+        .collect();
+    rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
+    let per_peer = rss_bytes().saturating_sub(before) as f64 / kept.len() as f64;
+    println!("peers/idle_peer_bytes: {per_peer:.0} bytes of RSS per idle peer (200,000 peers)");
+
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("peers");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("create", |b| {
+        b.iter_custom(|iters| {
+            let first = next;
+            next += iters;
+            let start = Instant::now();
+            for i in first..first + iters {
+                let _ = host.create(&format!("c{i}")).expect("create");
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+    drop(kept);
+    rt.block_on(async { host.close().await.expect("close") });
+}
+
+fn find(c: &mut Criterion) {
+    let rt = runtime();
+    const IDS: usize = 20_000;
+    let (a, b, remote_ids) = rt.block_on(async {
+        // Replication 1 on two hosts: half the entries live only on b, so a
+        // must ask b for them; a one-entry cache keeps cycling ids uncached.
+        let mut cfg = HostConfig::for_tests();
+        cfg.replication = 1;
+        cfg.location_cache_capacity = 1;
+        let a = Host::new(cfg.clone()).await.expect("host");
+        let b = Host::new(cfg).await.expect("host");
+        let addr = b.listen("/memory/0").await.expect("listen").remove(0);
+        a.join(&addr.to_string()).await.expect("join");
+        let peers: Vec<Peer> = (0..IDS)
+            .map(|i| b.create(&format!("f{i}")).expect("create"))
+            .collect();
+        let mut remote = Vec::new();
+        for p in &peers {
+            for _ in 0..500 {
+                match a.find(p.id()).await {
+                    Ok(loc) if loc.round_trips > 0 => {
+                        remote.push(p.id().to_string());
+                        break;
+                    }
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+        std::mem::forget(peers);
+        (a, b, remote)
+    });
+    assert!(
+        !remote_ids.is_empty(),
+        "no id lives only on the remote host"
+    );
+
+    let mut g = c.benchmark_group("find");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("cached", |bench| {
+        let id = remote_ids[0].clone();
+        bench.to_async(&rt).iter_custom(|iters| {
+            let (a, id) = (a.clone(), id.clone());
+            async move {
+                a.find(&id).await.expect("find");
+                let start = Instant::now();
+                for _ in 0..iters {
+                    a.find(&id).await.expect("find");
+                }
+                start.elapsed()
+            }
+        })
+    });
+    let mut turn = 0usize;
+    g.bench_function("uncached_one_round_trip", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let a = a.clone();
+            let ids: Vec<String> = (0..iters as usize)
+                .map(|i| remote_ids[(turn + i) % remote_ids.len()].clone())
+                .collect();
+            turn += iters as usize;
+            async move {
+                let start = Instant::now();
+                for id in &ids {
+                    a.find(id).await.expect("find");
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    rt.block_on(async {
+        let _ = a.close().await;
+        let _ = b.close().await;
+    });
+}
+
+criterion_group!(benches, creation, find);
+criterion_main!(benches);
