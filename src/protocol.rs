@@ -68,6 +68,9 @@ pub(crate) enum Request {
     Join(Vec<SignedRecord>),
     /// The sender leaves the network (its own signed leaving record).
     Leave(SignedRecord),
+    /// The sender had dropped the receiver after a lapsed lease and has
+    /// heard from it again: register again the entries it should hold.
+    Resync,
 }
 
 /// Per-message outcome of a delivery.

@@ -88,3 +88,40 @@ async fn kademlia_finds_peers_when_the_membership_is_incomplete() {
     assert!(x.stats().lookups >= 1);
     drop(p);
 }
+
+/// A holder that drops a host at a lapsed lease while the host is in fact
+/// alive (its heartbeats came late) gets the host's entries back once it
+/// hears from it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_come_back_after_a_false_lapse() {
+    const N: usize = 400;
+    // a's lease (1 s) is shorter than x's heartbeat (2 s): a drops x
+    // between heartbeats, again and again, while x considers a alive.
+    let mut a_cfg = HostConfig::for_tests();
+    a_cfg.replication = 1;
+    a_cfg.lease = Duration::from_secs(1);
+    let mut x_cfg = HostConfig::for_tests();
+    x_cfg.replication = 1;
+    x_cfg.heartbeat_interval = Duration::from_secs(2);
+    x_cfg.lease = Duration::from_secs(20);
+    let (a, a_addr) = mem_host(a_cfg).await;
+    let (x, _) = mem_host(x_cfg).await;
+    x.join(&a_addr.to_string()).await.unwrap();
+    let _peers: Vec<_> = (0..N)
+        .map(|i| x.create(&format!("x-{i}")).unwrap())
+        .collect();
+    // With replication 1, a holds the entries whose key is closer to it.
+    let held = || a.stats().directory_entries;
+    wait_for("a to hold some of x's entries", || async { held() > 0 }).await;
+    let before = held();
+    wait_for("a to drop x at the lapse", || async {
+        a.members().await.map(|m| m.is_empty()).unwrap_or(false) && held() == 0
+    })
+    .await;
+    // x's next heartbeat brings it back; a asks it to register again.
+    wait_for("a to hold x's entries again", || async {
+        a.members().await.map(|m| m.len() == 1).unwrap_or(false) && held() == before
+    })
+    .await;
+    assert_eq!(held(), before);
+}

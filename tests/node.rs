@@ -425,6 +425,10 @@ async fn sigterm_exits_0_and_others_forget_at_once() {
         a.addr(),
         "--echo-peer",
         "echo-b",
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
     ]);
     let t = test_host(Duration::from_secs(60)).await;
     t.join(a.addr()).await.unwrap();
@@ -440,6 +444,21 @@ async fn sigterm_exits_0_and_others_forget_at_once() {
         b.stderr.lock().unwrap()
     );
     assert!(sent.elapsed() < Duration::from_secs(10));
+    // Structured logs: every stderr line is a JSON object; one says why the
+    // node left.
+    std::thread::sleep(Duration::from_millis(100));
+    let logs = b.stderr.lock().unwrap().clone();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["message"] == "leaving the network"
+                && v["fields"]["signal"] == "SIGTERM"),
+        "{logs}"
+    );
     wait_for("echo-b forgotten", || async {
         matches!(t.find("echo-b").await, Err(Error::PeerNotFound(_)))
     })

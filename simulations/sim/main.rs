@@ -79,6 +79,7 @@ fn clone_flags(f: &scenario::ScenarioFlags) -> scenario::ScenarioFlags {
         concurrency: f.concurrency,
         replication: f.replication,
         seed: f.seed,
+        heartbeat: f.heartbeat,
         phase_timeout: f.phase_timeout,
     }
 }
@@ -112,6 +113,14 @@ fn sweep(cli: &Cli) -> Result<bool, String> {
             }
             if let Some(seed) = f.seed {
                 cmd.args(["--seed", &seed.to_string()]);
+            }
+            for (flag, v) in [
+                ("--heartbeat", f.heartbeat),
+                ("--phase-timeout", f.phase_timeout),
+            ] {
+                if let Some(d) = v {
+                    cmd.args([flag, &format!("{}ms", d.as_millis())]);
+                }
             }
             if let Some(p) = &cli.scenario {
                 cmd.arg("--scenario").arg(p);

@@ -28,11 +28,7 @@ fn peer_id(n: usize) -> String {
 fn host_config(s: &Scenario) -> HostConfig {
     let mut c = HostConfig::for_tests();
     c.replication = s.replication;
-    c.heartbeat_interval = if s.hosts > 64 {
-        Duration::from_secs(5)
-    } else {
-        Duration::from_secs(1)
-    };
+    c.heartbeat_interval = s.heartbeat;
     c.lease = c.heartbeat_interval * 5;
     c.gossip_heartbeat = Duration::from_secs(1);
     c.request_timeout = Duration::from_secs(30);

@@ -78,6 +78,10 @@ pub struct ScenarioFlags {
     /// Seed of every random choice. Default 1.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Membership heartbeat. Default 1s, 5s above 64 hosts (membership
+    /// gossip costs O(hosts²) per heartbeat).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
     /// Longest wait of any phase. Default 300s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub phase_timeout: Option<Duration>,
@@ -97,6 +101,7 @@ pub struct ScenarioFile {
     concurrency: Option<usize>,
     replication: Option<usize>,
     seed: Option<u64>,
+    heartbeat: Option<String>,
     phase_timeout: Option<String>,
 }
 
@@ -123,6 +128,9 @@ pub struct Scenario {
     pub replication: usize,
     /// Seed.
     pub seed: u64,
+    /// Membership heartbeat (the lease is five of them).
+    #[serde(with = "humantime_serde_ms")]
+    pub heartbeat: Duration,
     /// Longest phase wait.
     #[serde(with = "humantime_serde_ms")]
     pub phase_timeout: Duration,
@@ -169,6 +177,14 @@ impl Scenario {
             concurrency: flags.concurrency.or(f.concurrency).unwrap_or(256).max(1),
             replication: flags.replication.or(f.replication).unwrap_or(3),
             seed: flags.seed.or(f.seed).unwrap_or(1),
+            heartbeat: flags
+                .heartbeat
+                .or(dur("heartbeat", f.heartbeat)?)
+                .unwrap_or(if hosts > 64 {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(1)
+                }),
             phase_timeout: flags
                 .phase_timeout
                 .or(dur("phase_timeout", f.phase_timeout)?)

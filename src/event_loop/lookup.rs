@@ -211,6 +211,24 @@ impl EventLoop {
         }
     }
 
+    /// A holder dropped this host's entries at a false lapse: register with
+    /// it again every local peer it is among the closest hosts for.
+    pub(super) fn resync_holder(&mut self, holder: PeerId) {
+        if !self.membership.contains(&holder) {
+            return;
+        }
+        let (keys, r) = (self.membership.keys(), self.replication);
+        let mut ops = Vec::new();
+        self.shared.registry.for_each(|id, key| {
+            if closest(keys, key, r).contains(&holder) {
+                ops.push(DirOp::Register(id.to_string()));
+            }
+        });
+        tracing::info!(%holder, entries = ops.len(), "registering again with a holder that had dropped us");
+        self.dir_links.entry(holder).or_default().queue.extend(ops);
+        self.flush_dir_link(holder);
+    }
+
     /// Drops held entries whose closest hosts no longer include this one,
     /// once the membership has settled: entries move with the membership.
     pub(super) fn trim_directory(&mut self, now: Instant) {

@@ -21,6 +21,8 @@ use crate::{
 
 /// How long a leaving host waits for the others to acknowledge.
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
+/// Most lapsed hosts remembered for a resync.
+const MAX_LAPSED: usize = 65_536;
 
 /// The gossip topic every host joins for membership records.
 pub(super) fn topic() -> gossipsub::IdentTopic {
@@ -310,13 +312,26 @@ impl EventLoop {
                 }
                 if change == Change::Joined {
                     tracing::debug!(%host, "host joined the membership");
+                    if self.lapsed.remove(&host) {
+                        // It was alive after all (heartbeats late): the
+                        // entries dropped at its lapse must come back.
+                        tracing::info!(%host, "lapsed host is back; asking it to resync");
+                        let id = self
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_request(&host, Request::Resync);
+                        self.requests.insert(id, Pending::Resync);
+                    }
                 }
             }
             Change::Restarted { .. } => {
+                self.lapsed.remove(&host);
                 self.store.drop_host(&host, v.record.epoch);
             }
             Change::Left => {
                 tracing::debug!(%host, "host left");
+                self.lapsed.remove(&host);
                 self.host_gone(host);
                 self.rejoin.remove(&host);
                 self.forget_locations(host);
@@ -339,6 +354,9 @@ impl EventLoop {
         for host in self.membership.expire(now, lease) {
             tracing::info!(%host, "host lease lapsed");
             self.host_gone(host);
+            if self.lapsed.len() < MAX_LAPSED {
+                self.lapsed.insert(host);
+            }
             // A joined host is redialled and keeps its cached locations until
             // the reconnect timeout; any other lapsed host is gone for good.
             if !self.rejoin.contains_key(&host) {

@@ -64,6 +64,7 @@ enum Pending {
         host: PeerId,
     },
     Leave,
+    Resync,
 }
 
 /// The loop's state. Fields are grouped by the file that uses them.
@@ -98,6 +99,9 @@ pub(crate) struct EventLoop {
     membership: Membership,
     joins: HashMap<ConnectionId, members::JoinState>,
     rejoin: HashMap<PeerId, members::Rejoin>,
+    /// Hosts whose lease lapsed here (their entries were dropped); if one
+    /// turns out alive, it is asked to register its entries again.
+    lapsed: std::collections::HashSet<PeerId>,
     next_heartbeat: Instant,
     closing: Option<members::Closing>,
 
@@ -151,6 +155,7 @@ impl EventLoop {
             membership: Membership::new(local),
             joins: HashMap::new(),
             rejoin: HashMap::new(),
+            lapsed: std::collections::HashSet::new(),
             next_heartbeat: Instant::now(),
             closing: None,
             subs: HashMap::new(),
@@ -430,6 +435,10 @@ impl EventLoop {
             Request::Lookup(id) => self.answer_lookup(&id),
             Request::Join(records) => self.on_join_request(peer, records),
             Request::Leave(record) => self.on_leave_request(peer, record),
+            Request::Resync => {
+                self.resync_holder(peer);
+                Response::DirectoryOk
+            }
         }
     }
 
@@ -443,6 +452,7 @@ impl EventLoop {
             Pending::Directory { host, ops } => self.on_directory_result(host, ops, result),
             Pending::Lookup { id } => self.on_lookup_result(id, result),
             Pending::Join { host } => self.on_join_result(host, result),
+            Pending::Resync => {}
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
                     c.outstanding = c.outstanding.saturating_sub(1);
