@@ -661,3 +661,31 @@ fn demo_runs_a_three_node_network_and_exits_cleanly() {
         assert!(out.contains(needle), "{needle:?} missing in\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    // b's graceful leave waits for a's answer; a is stopped (SIGSTOP), so
+    // the leave hangs until the second signal ends b at once.
+    let a = start(&[]);
+    let mut b = start(&["--join", a.addr(), "--shutdown-timeout", "30s"]);
+    // Let the connections settle (a may dial b back right after the join).
+    std::thread::sleep(Duration::from_millis(500));
+    a.signal("STOP");
+    b.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(st) = b.child.try_wait().unwrap() {
+        panic!(
+            "b should still be leaving, exited {st:?}: {}",
+            b.stderr.lock().unwrap()
+        );
+    }
+    b.signal("INT");
+    let status = b.wait_exit();
+    a.signal("CONT");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "stderr: {}",
+        b.stderr.lock().unwrap()
+    );
+}
