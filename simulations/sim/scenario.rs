@@ -193,6 +193,9 @@ impl Scenario {
         if s.hosts < 2 {
             return Err("--hosts must be at least 2".into());
         }
+        if s.peers < 2 {
+            return Err("--peers must be at least 2".into());
+        }
         if s.churn >= s.hosts {
             return Err("--churn must be less than --hosts".into());
         }
