@@ -154,7 +154,18 @@ pub(crate) async fn build_swarm(
             .with_tokio()
             .with_other_transport(
                 |k| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    let (delay, loss) = (cfg.link_delay, cfg.link_loss);
                     Ok(MemoryTransport::default()
+                        .map(move |conn, _| {
+                            use futures::future::Either;
+                            if delay.is_zero() && loss == 0.0 {
+                                Either::Left(conn)
+                            } else {
+                                Either::Right(crate::link_delay::DelayedLink::new(
+                                    conn, delay, loss,
+                                ))
+                            }
+                        })
                         .upgrade(upgrade::Version::V1)
                         .authenticate(noise::Config::new(k)?)
                         .multiplex(yamux::Config::default()))

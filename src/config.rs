@@ -87,6 +87,12 @@ pub struct HostConfig {
     /// of the machine's physical memory (`None`: off). Meant for one host per
     /// process (the node binary), not for many hosts sharing a process.
     pub max_memory_fraction: Option<f64>,
+    /// Simulation only (memory transport): one-way delay added to every
+    /// chunk a connection carries. Zero (the default) adds nothing.
+    pub link_delay: Duration,
+    /// Simulation only (memory transport): share of chunks that arrive a
+    /// further 200 ms late, as a retransmitted segment would.
+    pub link_loss: f64,
 }
 
 impl Default for HostConfig {
@@ -117,6 +123,8 @@ impl Default for HostConfig {
             max_connections_per_host: Some(4),
             max_pending_connections: Some(128),
             max_memory_fraction: None,
+            link_delay: Duration::ZERO,
+            link_loss: 0.0,
         }
     }
 }
@@ -181,6 +189,9 @@ impl HostConfig {
         {
             return bad("max_memory_fraction must be in (0, 1]");
         }
+        if !(0.0..=1.0).contains(&self.link_loss) {
+            return bad("link_loss must be between 0 and 1");
+        }
         Ok(())
     }
 
@@ -201,6 +212,8 @@ impl HostConfig {
             && self.max_connections_per_host == new.max_connections_per_host
             && self.max_pending_connections == new.max_pending_connections
             && self.max_memory_fraction == new.max_memory_fraction
+            && self.link_delay == new.link_delay
+            && self.link_loss == new.link_loss
             && self.keypair.as_ref().map(|k| k.public())
                 == new.keypair.as_ref().map(|k| k.public());
         if !fixed {

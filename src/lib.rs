@@ -18,6 +18,7 @@ mod error;
 mod event_loop;
 mod host;
 mod inbox;
+mod link_delay;
 mod membership;
 mod message;
 mod peer;

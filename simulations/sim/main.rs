@@ -79,6 +79,8 @@ fn clone_flags(f: &scenario::ScenarioFlags) -> scenario::ScenarioFlags {
         concurrency: f.concurrency,
         replication: f.replication,
         seed: f.seed,
+        latency: f.latency,
+        loss: f.loss,
         heartbeat: f.heartbeat,
         phase_timeout: f.phase_timeout,
     }

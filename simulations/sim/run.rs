@@ -29,6 +29,8 @@ fn host_config(s: &Scenario) -> HostConfig {
     let mut c = HostConfig::for_tests();
     c.replication = s.replication;
     c.heartbeat_interval = s.heartbeat;
+    c.link_delay = s.latency;
+    c.link_loss = s.loss;
     c.lease = c.heartbeat_interval * 5;
     c.gossip_heartbeat = Duration::from_secs(1);
     c.request_timeout = Duration::from_secs(30);

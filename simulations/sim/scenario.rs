@@ -78,6 +78,13 @@ pub struct ScenarioFlags {
     /// Seed of every random choice. Default 1.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// One-way delay added to every link, e.g. "2ms". Default none.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub latency: Option<Duration>,
+    /// Share of link chunks that arrive a further 200 ms late (a lost and
+    /// retransmitted segment). Default 0.
+    #[arg(long)]
+    pub loss: Option<f64>,
     /// Membership heartbeat. Default 1s, 5s above 64 hosts (membership
     /// gossip costs O(hosts²) per heartbeat).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -101,6 +108,8 @@ pub struct ScenarioFile {
     concurrency: Option<usize>,
     replication: Option<usize>,
     seed: Option<u64>,
+    latency: Option<String>,
+    loss: Option<f64>,
     heartbeat: Option<String>,
     phase_timeout: Option<String>,
 }
@@ -128,6 +137,11 @@ pub struct Scenario {
     pub replication: usize,
     /// Seed.
     pub seed: u64,
+    /// One-way link delay.
+    #[serde(with = "humantime_serde_ms")]
+    pub latency: Duration,
+    /// Share of chunks delayed by a retransmission.
+    pub loss: f64,
     /// Membership heartbeat (the lease is five of them).
     #[serde(with = "humantime_serde_ms")]
     pub heartbeat: Duration,
@@ -177,6 +191,11 @@ impl Scenario {
             concurrency: flags.concurrency.or(f.concurrency).unwrap_or(256).max(1),
             replication: flags.replication.or(f.replication).unwrap_or(3),
             seed: flags.seed.or(f.seed).unwrap_or(1),
+            latency: flags
+                .latency
+                .or(dur("latency", f.latency)?)
+                .unwrap_or(Duration::ZERO),
+            loss: flags.loss.or(f.loss).unwrap_or(0.0),
             heartbeat: flags
                 .heartbeat
                 .or(dur("heartbeat", f.heartbeat)?)
@@ -192,6 +211,9 @@ impl Scenario {
         };
         if s.hosts < 2 {
             return Err("--hosts must be at least 2".into());
+        }
+        if !(0.0..=1.0).contains(&s.loss) {
+            return Err("--loss must be between 0 and 1".into());
         }
         if s.peers < 2 {
             return Err("--peers must be at least 2".into());
