@@ -153,7 +153,7 @@ impl Collector for HostCollector {
     }
 }
 
-/// Encodes every metric of `host` in the Prometheus/OpenMetrics text format.
+/// Encodes every metric in `registry` in the Prometheus/OpenMetrics text format.
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;

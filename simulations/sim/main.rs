@@ -45,7 +45,7 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String>
 
 /// One scenario in this process. Returns whether the check passed.
 fn single(cli: &Cli) -> Result<bool, String> {
-    let s = Scenario::resolve(clone_flags(&cli.flags), cli.scenario.as_deref())?;
+    let s = Scenario::resolve(cli.flags.clone(), cli.scenario.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,25 +65,6 @@ fn single(cli: &Cli) -> Result<bool, String> {
         return Ok(false);
     }
     Ok(true)
-}
-
-fn clone_flags(f: &scenario::ScenarioFlags) -> scenario::ScenarioFlags {
-    scenario::ScenarioFlags {
-        hosts: f.hosts,
-        peers: f.peers,
-        messages: f.messages,
-        finds: f.finds,
-        publishes: f.publishes,
-        subscribers: f.subscribers,
-        churn: f.churn,
-        concurrency: f.concurrency,
-        replication: f.replication,
-        seed: f.seed,
-        latency: f.latency,
-        loss: f.loss,
-        heartbeat: f.heartbeat,
-        phase_timeout: f.phase_timeout,
-    }
 }
 
 /// Every size of the sweep as a child process (so each starts with a clean

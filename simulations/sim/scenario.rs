@@ -45,7 +45,7 @@ pub struct Cli {
 }
 
 /// Scenario values given as flags (all optional: file, then defaults).
-#[derive(Debug, clap::Args, Default)]
+#[derive(Debug, Clone, clap::Args, Default)]
 pub struct ScenarioFlags {
     /// Hosts to start. Default 32.
     #[arg(long)]
