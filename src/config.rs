@@ -37,10 +37,12 @@ pub struct HostConfig {
     pub transport: TransportKind,
     /// How many hosts hold each directory entry (the closest by XOR distance).
     pub replication: usize,
-    /// How often a host re-announces itself to the membership.
+    /// How often a host raises its heartbeat counter and swaps membership
+    /// digests with a few other hosts. Counters reach every host in a few
+    /// rounds (O(log hosts)), so keep the lease at about ten of these.
     pub heartbeat_interval: Duration,
-    /// A host that has not been heard of for this long is dropped from the
-    /// membership, and its directory entries with it.
+    /// A host whose heartbeat counter has not risen for this long is dropped
+    /// from the membership, and its directory entries with it.
     pub lease: Duration,
     /// *Run time.* First delay before redialling a dropped joined host.
     pub reconnect_delay: Duration,
@@ -83,6 +85,12 @@ pub struct HostConfig {
     /// Most connections being set up at once, inbound and outbound each
     /// (`None`: no limit).
     pub max_pending_connections: Option<u32>,
+    /// *Run time.* Soft budget of links to other hosts (`None`: none). Above
+    /// it, links with no request in flight and unused for a few seconds are
+    /// closed, least recently used first; links to hosts this one joined
+    /// are kept. Gossipsub keeps every link open for good otherwise, so
+    /// without a budget a host ends up linked to every host it ever talked to.
+    pub link_budget: Option<usize>,
     /// Refuse new connections while the process uses more than this fraction
     /// of the machine's physical memory (`None`: off). Meant for one host per
     /// process (the node binary), not for many hosts sharing a process.
@@ -102,7 +110,7 @@ impl Default for HostConfig {
             keypair: None,
             transport: TransportKind::Tcp,
             replication: 3,
-            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(2),
             lease: Duration::from_secs(20),
             reconnect_delay: Duration::from_secs(1),
             reconnect_decay: 2.0,
@@ -122,6 +130,7 @@ impl Default for HostConfig {
             max_connections: Some(1024),
             max_connections_per_host: Some(4),
             max_pending_connections: Some(128),
+            link_budget: Some(256),
             max_memory_fraction: None,
             link_delay: Duration::ZERO,
             link_loss: 0.0,
@@ -178,6 +187,7 @@ impl HostConfig {
             self.max_connections,
             self.max_connections_per_host,
             self.max_pending_connections,
+            self.link_budget.map(|b| b as u32),
         ]
         .contains(&Some(0))
         {

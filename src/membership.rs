@@ -2,12 +2,16 @@
 //!
 //! Each host describes itself in a [`HostRecord`] that it signs with its host
 //! key: its addresses, its epoch (start time), a sequence number that grows
-//! with every heartbeat, the channels it subscribes to, and whether it is
-//! leaving. Records spread by gossip (a gossipsub topic every host joins) and
-//! by the snapshot two hosts swap when one joins the other. A record is only
-//! accepted if its signature matches the host it names, so no host can speak
-//! for another. A host not heard of for a lease is dropped; a leaving record
-//! drops it at once and leaves a tombstone so stale records cannot revive it.
+//! with every change, the channels it subscribes to, and whether it is
+//! leaving. Records spread by gossip (a gossipsub topic every host joins) when
+//! they change, by the snapshot two hosts swap when one joins the other, and
+//! by the heartbeat digests (anti-entropy). A record is only accepted if its
+//! signature matches the host it names, so no host can speak for another.
+//!
+//! Liveness is a heartbeat counter per host, raised by the host itself once
+//! per interval and spread in digests (see the event loop's `beats`). A host
+//! whose counter has not risen for a lease is dropped; a leaving record drops
+//! it at once and leaves a tombstone so stale records cannot revive it.
 
 use std::{
     collections::HashMap,
@@ -17,7 +21,10 @@ use std::{
 use libp2p::{identity::Keypair, identity::PublicKey, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::{directory::host_key, protocol::SignedRecord};
+use crate::{
+    directory::host_key,
+    protocol::{Beat, SignedRecord},
+};
 
 /// What a host says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +92,18 @@ pub(crate) struct Member {
     pub addrs: Vec<Multiaddr>,
     pub channels: Vec<String>,
     pub signed: SignedRecord,
+    /// Highest heartbeat counter heard for this incarnation.
+    pub beat: u64,
+    /// When `beat` last rose (or the record was first taken).
     pub last_heard: Instant,
+}
+
+/// A host dropped because its counter stopped rising.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lapsed {
+    pub host: PeerId,
+    pub epoch: u64,
+    pub beat: u64,
 }
 
 /// What applying a record changed.
@@ -112,6 +130,8 @@ pub(crate) struct Membership {
     tombstones: HashMap<PeerId, (u64, Instant)>,
     /// `(key, host)` of every live host including this one; rebuilt on change.
     keys: Vec<(u64, PeerId)>,
+    /// Host of each key (other live hosts only).
+    by_key: HashMap<u64, PeerId>,
 }
 
 impl Membership {
@@ -121,14 +141,26 @@ impl Membership {
             members: HashMap::new(),
             tombstones: HashMap::new(),
             keys: vec![(host_key(&local), local)],
+            by_key: HashMap::new(),
         }
     }
 
-    fn rebuild_keys(&mut self) {
-        self.keys = std::iter::once(self.local)
-            .chain(self.members.keys().copied())
-            .map(|h| (host_key(&h), h))
-            .collect();
+    /// Adds a host to the key indexes (O(1): joins of many hosts must not
+    /// rehash every member each time).
+    fn index(&mut self, host: PeerId) {
+        let key = host_key(&host);
+        self.keys.push((key, host));
+        self.by_key.insert(key, host);
+    }
+
+    /// Removes hosts from the key indexes.
+    fn unindex(&mut self, gone: &[PeerId]) {
+        if gone.is_empty() {
+            return;
+        }
+        self.keys
+            .retain(|(_, h)| *h == self.local || !gone.contains(h));
+        self.by_key.retain(|_, h| !gone.contains(h));
     }
 
     /// Applies a verified record of another host.
@@ -147,7 +179,7 @@ impl Membership {
             self.tombstones
                 .insert(v.host, (r.epoch, now + tombstone_for));
             if self.members.remove(&v.host).is_some() {
-                self.rebuild_keys();
+                self.unindex(&[v.host]);
                 return Change::Left;
             }
             return Change::None;
@@ -163,18 +195,20 @@ impl Membership {
             addrs,
             channels: r.channels.clone(),
             signed: v.signed.clone(),
+            beat: 0,
             last_heard: now,
         };
         match self.members.get_mut(&v.host) {
             None => {
                 self.members.insert(v.host, member);
-                self.rebuild_keys();
+                self.index(v.host);
                 Change::Joined
             }
             Some(m) if (r.epoch, r.seq) <= (m.epoch, m.seq) => Change::None,
             Some(m) => {
                 let old_epoch = m.epoch;
-                *m = member;
+                let beat = if r.epoch == old_epoch { m.beat } else { 0 };
+                *m = Member { beat, ..member };
                 if r.epoch > old_epoch {
                     Change::Restarted { old_epoch }
                 } else {
@@ -184,20 +218,42 @@ impl Membership {
         }
     }
 
+    /// Takes heartbeat counter `beat` of incarnation `epoch` of `host`; a
+    /// counter higher than the one held renews the host's lease. Returns
+    /// whether it did.
+    pub fn heard(&mut self, host: &PeerId, epoch: u64, beat: u64, now: Instant) -> bool {
+        match self.members.get_mut(host) {
+            Some(m) if m.epoch == epoch && beat > m.beat => {
+                m.beat = beat;
+                m.last_heard = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The live host whose key is `key` (not this one).
+    pub fn host_of_key(&self, key: u64) -> Option<PeerId> {
+        self.by_key.get(&key).copied()
+    }
+
     /// Removes hosts not heard of for `lease`; returns them.
-    pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<PeerId> {
-        let gone: Vec<PeerId> = self
+    pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<Lapsed> {
+        let gone: Vec<Lapsed> = self
             .members
             .iter()
             .filter(|(_, m)| now.duration_since(m.last_heard) > lease)
-            .map(|(h, _)| *h)
+            .map(|(h, m)| Lapsed {
+                host: *h,
+                epoch: m.epoch,
+                beat: m.beat,
+            })
             .collect();
-        for h in &gone {
-            self.members.remove(h);
+        for l in &gone {
+            self.members.remove(&l.host);
         }
-        if !gone.is_empty() {
-            self.rebuild_keys();
-        }
+        let hosts: Vec<PeerId> = gone.iter().map(|l| l.host).collect();
+        self.unindex(&hosts);
         self.tombstones.retain(|_, (_, until)| *until > now);
         gone
     }
@@ -243,6 +299,18 @@ impl Membership {
     /// Signed records of every other live host.
     pub fn records(&self) -> Vec<SignedRecord> {
         self.members.values().map(|m| m.signed.clone()).collect()
+    }
+
+    /// The liveness digest of every other live host.
+    pub fn digest(&self) -> impl Iterator<Item = Beat> + '_ {
+        self.keys[1..].iter().filter_map(|(key, h)| {
+            self.members.get(h).map(|m| Beat {
+                key: *key,
+                epoch: m.epoch,
+                seq: m.seq,
+                beat: m.beat,
+            })
+        })
     }
 }
 
@@ -298,6 +366,44 @@ mod tests {
             m.apply(&record(&k, 3, 1, false), now, t),
             Change::Restarted { old_epoch: 2 }
         );
+    }
+
+    #[test]
+    fn only_a_rising_counter_of_the_same_incarnation_renews_the_lease() {
+        let mut m = Membership::new(PeerId::random());
+        let k = Keypair::generate_ed25519();
+        let host = k.public().to_peer_id();
+        let t0 = Instant::now();
+        m.apply(&record(&k, 5, 1, false), t0, Duration::from_secs(1));
+        assert_eq!(m.host_of_key(host_key(&host)), Some(host));
+        let later = t0 + Duration::from_secs(2);
+        assert!(m.heard(&host, 5, 3, later));
+        assert!(!m.heard(&host, 5, 3, later), "same counter again");
+        assert!(!m.heard(&host, 5, 2, later), "older counter");
+        assert!(!m.heard(&host, 4, 9, later), "other incarnation");
+        let d: Vec<Beat> = m.digest().collect();
+        assert_eq!(
+            d,
+            vec![Beat {
+                key: host_key(&host),
+                epoch: 5,
+                seq: 1,
+                beat: 3
+            }]
+        );
+        // Renewed at `later`: live half a second after it, lapsed two after.
+        let gone = m.expire(later + Duration::from_millis(500), Duration::from_secs(1));
+        assert!(gone.is_empty());
+        let gone = m.expire(later + Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(
+            gone,
+            vec![Lapsed {
+                host,
+                epoch: 5,
+                beat: 3
+            }]
+        );
+        assert_eq!(m.host_of_key(host_key(&host)), None);
     }
 
     #[test]

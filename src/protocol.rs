@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -53,8 +53,11 @@ pub(crate) struct SignedRecord {
 /// Requests between hosts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// Put these envelopes in the recipients' inboxes.
-    Deliver(Vec<Envelope>),
+    /// Put these envelopes in the recipients' inboxes. `batch` identifies
+    /// the batch among the sender's: a batch sent again (its link closed
+    /// before the answer came) is answered from the receiver's memory of
+    /// the sender's last batch, not delivered twice.
+    Deliver { batch: u64, envs: Vec<Envelope> },
     /// Directory changes for entries that point to the sending host.
     Directory {
         /// The sender's epoch (start time); newer epochs supersede older ones.
@@ -71,6 +74,26 @@ pub(crate) enum Request {
     /// The sender had dropped the receiver after a lapsed lease and has
     /// heard from it again: register again the entries it should hold.
     Resync,
+    /// Liveness: the heartbeat counters of every host the sender knows,
+    /// its own included (see [`crate::event_loop`]'s `beats`).
+    Beats(Vec<Beat>),
+    /// Membership records the receiver was seen to lack, each with the
+    /// newest heartbeat counter the sender knows for it.
+    Records(Vec<(SignedRecord, u64)>),
+}
+
+/// One host's liveness as a digest entry: which record version is current
+/// and how far its heartbeat counter has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Beat {
+    /// The host's XOR-metric key ([`crate::directory::host_key`]).
+    pub key: u64,
+    /// The host's incarnation.
+    pub epoch: u64,
+    /// Its current membership record's sequence number.
+    pub seq: u64,
+    /// Its heartbeat counter, raised once per heartbeat interval.
+    pub beat: u64,
 }
 
 /// Per-message outcome of a delivery.
@@ -101,6 +124,14 @@ pub(crate) enum Response {
     Members(Vec<SignedRecord>),
     /// Acknowledges a leave.
     LeaveOk,
+    /// Answer to [`Request::Beats`]: the receiver's own digest, and the
+    /// records the sender was seen to lack.
+    Beats {
+        beats: Vec<Beat>,
+        records: Vec<(SignedRecord, u64)>,
+    },
+    /// Records taken.
+    RecordsOk,
     /// The request was refused.
     Refused(String),
 }
@@ -245,11 +276,14 @@ mod tests {
 
     #[test]
     fn frame_round_trip() {
-        let req = Request::Deliver(vec![Envelope {
-            from: "a".into(),
-            to: "b".into(),
-            payload: Payload::postcard(&42u64).unwrap(),
-        }]);
+        let req = Request::Deliver {
+            batch: 1,
+            envs: vec![Envelope {
+                from: "a".into(),
+                to: "b".into(),
+                payload: Payload::postcard(&42u64).unwrap(),
+            }],
+        };
         let frame = encode_frame(&req).unwrap();
         let c = codec(1 << 20);
         let got: Request = futures::executor::block_on(async {
@@ -258,7 +292,7 @@ mod tests {
         })
         .unwrap();
         match got {
-            Request::Deliver(v) => assert_eq!(&*v[0].to, "b"),
+            Request::Deliver { envs, .. } => assert_eq!(&*envs[0].to, "b"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -311,13 +345,13 @@ pub mod bench_support {
                 payload: payload.clone(),
             })
             .collect();
-        encode_frame(&Request::Deliver(envs))
+        encode_frame(&Request::Deliver { batch: 1, envs })
     }
 
     /// Decodes a frame made by [`encode_batch`]; returns its envelope count.
     pub fn decode_batch(frame: &[u8]) -> io::Result<usize> {
         match decode_frame::<Request>(frame.get(4..).unwrap_or_default())? {
-            Request::Deliver(envs) => Ok(envs.len()),
+            Request::Deliver { envs, .. } => Ok(envs.len()),
             _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not a batch")),
         }
     }

@@ -91,7 +91,11 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
         .with_behaviour(|_| {
             request_response::Behaviour::<RawCodec>::new(
                 [(
-                    StreamProtocol::new("/distribus/distribus/rpc/1"),
+                    StreamProtocol::try_from_owned(format!(
+                        "/distribus/distribus/rpc/{}",
+                        distribus::PROTOCOL_VERSION
+                    ))
+                    .unwrap(),
                     ProtocolSupport::Outbound,
                 )],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(5)),

@@ -133,7 +133,7 @@ pub struct NodeArgs {
     /// Less log output (repeatable).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub quiet: u8,
-    /// How often the node re-announces itself. Default: 5s.
+    /// How often the node raises its heartbeat counter and swaps membership digests. Default: 2s.
     #[arg(long, global = true, env = "DISTRIBUS_HEARTBEAT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
     /// A host not heard of for this long is dropped with its peers.

@@ -62,6 +62,15 @@ pub struct Report {
     pub churn_messages: usize,
     /// Failed churn sends by error.
     pub churn_errors: BTreeMap<String, usize>,
+    /// CPU cores kept busy by an idle network (no traffic), measured over
+    /// 3 s after the join phase: the cost of liveness and connections.
+    pub idle_cpu_cores: f64,
+    /// Host-to-host links (connected host pairs) once every host knew all.
+    pub links_after_join: u64,
+    /// Host-to-host links once every directory entry was held.
+    pub links_after_register: u64,
+    /// Host-to-host links at the end of the run.
+    pub links_at_end: u64,
     /// Process RSS at the end.
     pub rss_bytes: u64,
     /// RSS per host, measured after joining (before any peer).
@@ -148,6 +157,14 @@ impl Report {
                 self.churn_errors
             ));
         }
+        line(format!(
+            "  idle        {:.2} cores busy while nothing is sent",
+            self.idle_cpu_cores
+        ));
+        line(format!(
+            "  links       {} after join, {} after register, {} at the end",
+            self.links_after_join, self.links_after_register, self.links_at_end
+        ));
         line(format!(
             "  memory      RSS {:.1} MiB in all, {:.2} MiB per host, {:.0} bytes per peer",
             mib(self.rss_bytes),

@@ -18,20 +18,23 @@ use crate::{
     scenario::Scenario,
 };
 
+/// How long an idle network is watched for its CPU cost.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+
 /// The id of peer number `n`.
 fn peer_id(n: usize) -> String {
     format!("p{n}")
 }
 
-/// Host settings for simulated networks. Membership gossip costs
-/// O(hosts²) per heartbeat, so big networks announce less often.
+/// Host settings for simulated networks.
 fn host_config(s: &Scenario) -> HostConfig {
     let mut c = HostConfig::for_tests();
+    c.link_budget = (s.link_budget > 0).then_some(s.link_budget);
     c.replication = s.replication;
     c.heartbeat_interval = s.heartbeat;
     c.link_delay = s.latency;
     c.link_loss = s.loss;
-    c.lease = c.heartbeat_interval * 5;
+    c.lease = c.heartbeat_interval * 10;
     c.gossip_heartbeat = Duration::from_secs(1);
     c.request_timeout = Duration::from_secs(30);
     c.join_timeout = Duration::from_secs(30);
@@ -100,6 +103,18 @@ struct Net {
     alive: Vec<bool>,
 }
 
+/// Connected host pairs: each host counts its connected hosts; a link is
+/// counted from both ends.
+fn links(net: &Net) -> u64 {
+    net.hosts
+        .iter()
+        .zip(&net.alive)
+        .filter(|(_, alive)| **alive)
+        .map(|(h, _)| h.stats().connected_hosts)
+        .sum::<u64>()
+        / 2
+}
+
 /// Runs the scenario and returns its report.
 pub async fn run(s: &Scenario) -> Result<Report, String> {
     let wall = Instant::now();
@@ -147,6 +162,10 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     })
     .await?;
     r.join_s = join_start.elapsed().as_secs_f64();
+    r.links_after_join = links(&net);
+    let idle_cpu = cpu_seconds();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    r.idle_cpu_cores = (cpu_seconds() - idle_cpu) / IDLE_WINDOW.as_secs_f64();
     pb.finish_and_clear();
     let rss_joined = rss_bytes();
     r.rss_per_host_bytes = rss_joined.saturating_sub(rss0) / n;
@@ -170,6 +189,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     .await?;
     r.register_s = reg_start.elapsed().as_secs_f64();
     r.registrations_per_s = s.peers as f64 / r.register_s.max(1e-9);
+    r.links_after_register = links(&net);
     pb.finish_and_clear();
     r.rss_per_peer_bytes = rss_bytes().saturating_sub(rss_joined) as f64 / (s.peers.max(1)) as f64;
 
@@ -189,6 +209,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
         churn_phase(s, &mut net, &cfg, &mut rng, &mut r).await?;
     }
 
+    r.links_at_end = links(&net);
     r.rss_bytes = rss_bytes();
     r.cpu_s = cpu_seconds() - cpu0;
     r.wall_s = wall.elapsed().as_secs_f64();

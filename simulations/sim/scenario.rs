@@ -85,10 +85,14 @@ pub struct ScenarioFlags {
     /// retransmitted segment). Default 0.
     #[arg(long)]
     pub loss: Option<f64>,
-    /// Membership heartbeat. Default 1s, 5s above 64 hosts (membership
-    /// gossip costs O(hosts²) per heartbeat).
+    /// Membership heartbeat (digest exchange round). Default 1s, 2s above
+    /// 128 hosts.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
+    /// Links each host keeps before closing idle ones (0: no budget).
+    /// Default: the library's (`HostConfig::link_budget`, 256).
+    #[arg(long)]
+    pub link_budget: Option<usize>,
     /// Longest wait of any phase. Default 300s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub phase_timeout: Option<Duration>,
@@ -111,6 +115,7 @@ pub struct ScenarioFile {
     latency: Option<String>,
     loss: Option<f64>,
     heartbeat: Option<String>,
+    link_budget: Option<usize>,
     phase_timeout: Option<String>,
 }
 
@@ -145,6 +150,8 @@ pub struct Scenario {
     /// Membership heartbeat (the lease is five of them).
     #[serde(with = "humantime_serde_ms")]
     pub heartbeat: Duration,
+    /// Link budget per host (0: none).
+    pub link_budget: usize,
     /// Longest phase wait.
     #[serde(with = "humantime_serde_ms")]
     pub phase_timeout: Duration,
@@ -199,11 +206,16 @@ impl Scenario {
             heartbeat: flags
                 .heartbeat
                 .or(dur("heartbeat", f.heartbeat)?)
-                .unwrap_or(if hosts > 64 {
-                    Duration::from_secs(5)
+                .unwrap_or(if hosts > 128 {
+                    Duration::from_secs(2)
                 } else {
                     Duration::from_secs(1)
                 }),
+            link_budget: flags
+                .link_budget
+                .or(f.link_budget)
+                .or(distribus::HostConfig::default().link_budget)
+                .unwrap_or(0),
             phase_timeout: flags
                 .phase_timeout
                 .or(dur("phase_timeout", f.phase_timeout)?)

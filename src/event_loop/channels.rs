@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::{gossipsub, swarm::dial_opts::DialOpts, PeerId};
+use libp2p::{gossipsub, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
@@ -200,7 +200,7 @@ impl EventLoop {
             ready = false;
             if !self.swarm.is_connected(&h) && self.dialing.get(&h).is_none_or(|t| *t <= now) {
                 self.dialing.insert(h, now + REDIAL);
-                let _ = self.swarm.dial(DialOpts::peer_id(h).build());
+                self.dial_member(h);
             }
         }
         ready

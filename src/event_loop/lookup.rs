@@ -114,8 +114,8 @@ impl EventLoop {
         let ops: Vec<DirOp> = link.queue.drain(..n).collect();
         link.in_flight = true;
         link.retry_at = None;
-        let id = self.swarm.behaviour_mut().rpc.send_request(
-            &holder,
+        let id = self.request(
+            holder,
             Request::Directory {
                 epoch: self.epoch,
                 ops: ops.clone(),
@@ -346,12 +346,9 @@ impl EventLoop {
                 continue;
             }
             state.round_trips += 1;
-            let rid = self
-                .swarm
-                .behaviour_mut()
-                .rpc
-                .send_request(&holder, Request::Lookup(id.clone()));
-            self.requests.insert(rid, Pending::Lookup { id });
+            let rid = self.request(holder, Request::Lookup(id.clone()));
+            self.requests
+                .insert(rid, Pending::Lookup { id, host: holder });
             return;
         }
     }

@@ -1,5 +1,6 @@
-//! Membership in the event loop: join, announcements and heartbeats, leases,
-//! graceful leave, and redialling dropped joined hosts.
+//! Membership in the event loop: join, announcements of changed records,
+//! leases, graceful leave, and redialling dropped joined hosts. Heartbeats
+//! are in `beats`.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,18 @@ pub(crate) struct JoinState {
     reply: Option<oneshot::Sender<Result<PeerId>>>,
 }
 
+/// Where a membership record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Straight from a host (join snapshot, leave): spread it by gossip.
+    Direct,
+    /// From membership gossip: gossipsub spreads it on.
+    Gossip,
+    /// From a heartbeat digest exchange, with the newest counter the sender
+    /// knows for it.
+    Synced(u64),
+}
+
 /// A joined host that we redial when its connection drops.
 #[derive(Debug)]
 pub(crate) struct Rejoin {
@@ -54,6 +67,13 @@ pub(crate) struct Closing {
     pub replies: Vec<oneshot::Sender<()>>,
     pub outstanding: usize,
     pub deadline: Instant,
+}
+
+impl JoinState {
+    /// Whether this join goes through `host`.
+    pub fn is_with(&self, host: &PeerId) -> bool {
+        self.peer.as_ref() == Some(host)
+    }
 }
 
 impl Closing {
@@ -140,6 +160,7 @@ impl EventLoop {
         if let Some(peer) = peer {
             self.dialing.remove(&peer);
         }
+        tracing::debug!(?peer, %reason, "dial failed");
         if let Some(mut j) = self.joins.remove(&conn) {
             if let Some(reply) = j.reply.take() {
                 let _ = reply.send(Err(Error::Join {
@@ -187,14 +208,10 @@ impl EventLoop {
         let rejoined = self.rejoin.contains_key(&peer);
         if joining || rejoined {
             let mut records = self.membership.records();
-            if let Some(own) = self.own_record(false) {
+            if let Some(own) = self.own_signed() {
                 records.push(own);
             }
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .rpc
-                .send_request(&peer, Request::Join(records));
+            let id = self.request(peer, Request::Join(records));
             self.requests.insert(id, Pending::Join { host: peer });
         }
     }
@@ -207,7 +224,7 @@ impl EventLoop {
         let outcome = match result {
             Ok(Response::Members(records)) => {
                 for r in &records {
-                    self.apply_signed(r, false);
+                    self.apply_signed(r, Source::Direct);
                 }
                 Ok(host)
             }
@@ -250,11 +267,12 @@ impl EventLoop {
 
     pub(super) fn on_join_request(&mut self, peer: PeerId, records: Vec<SignedRecord>) -> Response {
         for r in &records {
-            self.apply_signed(r, false);
+            self.apply_signed(r, Source::Direct);
         }
         tracing::debug!(%peer, "host joined through us");
+        self.joiners.insert(peer);
         let mut ours = self.membership.records();
-        if let Some(own) = self.own_record(false) {
+        if let Some(own) = self.own_signed() {
             ours.push(own);
         }
         Response::Members(ours)
@@ -263,7 +281,7 @@ impl EventLoop {
     pub(super) fn on_leave_request(&mut self, peer: PeerId, record: SignedRecord) -> Response {
         match verify(&record) {
             Some(v) if v.host == peer && v.record.leaving => {
-                self.apply_verified(v, false);
+                self.apply_verified(v, Source::Direct);
                 Response::LeaveOk
             }
             _ => Response::Refused("not the sender's own leaving record".into()),
@@ -272,25 +290,39 @@ impl EventLoop {
 
     pub(super) fn on_member_gossip(&mut self, data: &[u8]) {
         match crate::protocol::decode_frame::<SignedRecord>(data) {
-            Ok(r) => self.apply_signed(&r, true),
+            Ok(r) => self.apply_signed(&r, Source::Gossip),
             Err(e) => tracing::debug!(error = %e, "malformed membership gossip"),
         }
     }
 
-    fn apply_signed(&mut self, r: &SignedRecord, via_gossip: bool) {
+    /// Checks and applies a record; records already known are not checked.
+    pub(super) fn apply_signed(&mut self, r: &SignedRecord, source: Source) {
         let mut known = false;
-        let membership = &self.membership;
+        let (membership, lapsed) = (&self.membership, &self.lapsed);
         match verify_unless(r, |h, rec| {
-            known = membership.knows(h, rec);
+            // A synced record of a host that lapsed here comes back only
+            // with a counter that rose since: else a host still trusting a
+            // dead one would revive it here again and again.
+            let stale = match (source, lapsed.get(h)) {
+                (Source::Synced(beat), Some(&(epoch, last))) => rec.epoch == epoch && beat <= last,
+                _ => false,
+            };
+            known = stale || membership.knows(h, rec);
             known
         }) {
-            Some(v) => self.apply_verified(v, via_gossip),
+            Some(v) => {
+                let (host, epoch) = (v.host, v.record.epoch);
+                self.apply_verified(v, source);
+                if let Source::Synced(beat) = source {
+                    self.membership.heard(&host, epoch, beat, Instant::now());
+                }
+            }
             None if known => {}
             None => tracing::warn!("dropping a malformed or badly signed membership record"),
         }
     }
 
-    fn apply_verified(&mut self, v: Verified, via_gossip: bool) {
+    fn apply_verified(&mut self, v: Verified, source: Source) {
         let tombstone = self.shared.with_config(|c| c.lease) * 4;
         let host = v.host;
         let channels_before = self.membership.get(&host).map(|m| m.channels.clone());
@@ -304,6 +336,9 @@ impl EventLoop {
         match change {
             Change::None => return,
             Change::Joined | Change::Updated => {
+                // Kademlia's table gets every member: fed only the hosts we
+                // are linked to, it stays under K entries and bootstraps
+                // (dialling hosts) again after every new link.
                 if let Some(m) = self.membership.get(&host) {
                     for a in m.addrs.clone() {
                         self.swarm.add_peer_address(host, a.clone());
@@ -312,15 +347,11 @@ impl EventLoop {
                 }
                 if change == Change::Joined {
                     tracing::debug!(%host, "host joined the membership");
-                    if self.lapsed.remove(&host) {
+                    if self.lapsed.remove(&host).is_some() {
                         // It was alive after all (heartbeats late): the
                         // entries dropped at its lapse must come back.
                         tracing::info!(%host, "lapsed host is back; asking it to resync");
-                        let id = self
-                            .swarm
-                            .behaviour_mut()
-                            .rpc
-                            .send_request(&host, Request::Resync);
+                        let id = self.request(host, Request::Resync);
                         self.requests.insert(id, Pending::Resync);
                     }
                 }
@@ -337,7 +368,7 @@ impl EventLoop {
                 self.forget_locations(host);
             }
         }
-        if !via_gossip {
+        if source == Source::Direct {
             // Spread what we learned directly, so the whole network hears it.
             self.gossip_record(v.signed);
         }
@@ -345,17 +376,19 @@ impl EventLoop {
 
     /// Drops what this host holds for a host that left or lapsed.
     fn host_gone(&mut self, host: PeerId) {
+        self.joiners.remove(&host);
         self.store.drop_host(&host, u64::MAX);
         self.dir_links.remove(&host);
     }
 
     pub(super) fn expire_members(&mut self, now: Instant) {
         let lease = self.shared.with_config(|c| c.lease);
-        for host in self.membership.expire(now, lease) {
+        for gone in self.membership.expire(now, lease) {
+            let host = gone.host;
             tracing::info!(%host, "host lease lapsed");
             self.host_gone(host);
             if self.lapsed.len() < MAX_LAPSED {
-                self.lapsed.insert(host);
+                self.lapsed.insert(host, (gone.epoch, gone.beat));
             }
             // A joined host is redialled and keeps its cached locations until
             // the reconnect timeout; any other lapsed host is gone for good.
@@ -363,6 +396,14 @@ impl EventLoop {
                 self.forget_locations(host);
             }
         }
+    }
+
+    /// This host's current record: the last one announced, or a new one.
+    pub(super) fn own_signed(&mut self) -> Option<SignedRecord> {
+        if self.own_signed.is_none() {
+            self.own_signed = self.own_record(false);
+        }
+        self.own_signed.clone()
     }
 
     /// This host's record, signed, with a fresh sequence number.
@@ -386,9 +427,11 @@ impl EventLoop {
         record.sign(&self.key)
     }
 
-    /// Publishes this host's record (heartbeat or change).
+    /// Publishes this host's record after a change (addresses, channels,
+    /// joined), and keeps it as the current one.
     pub(super) fn announce(&mut self) {
-        if let Some(r) = self.own_record(false) {
+        self.own_signed = self.own_record(false);
+        if let Some(r) = self.own_signed.clone() {
             self.gossip_record(r);
         }
     }
@@ -480,11 +523,7 @@ impl EventLoop {
             self.gossip_record(record.clone());
             let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
             for p in peers {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_request(&p, Request::Leave(record.clone()));
+                let id = self.request(p, Request::Leave(record.clone()));
                 self.requests.insert(id, Pending::Leave);
                 outstanding += 1;
             }

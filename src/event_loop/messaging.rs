@@ -6,6 +6,12 @@
 //! was travelling goes out together in the next one. The receiver answers a
 //! batch with one ack per envelope, given after the envelope is in the
 //! recipient's inbox (or refused).
+//!
+//! A link may close while a batch is travelling (the remote host closed it
+//! over its link budget, or the connection broke): the batch is then sent
+//! again, with the same batch id, over a new link. The receiver remembers
+//! the last batch of each sending host and its acks, so a batch it already
+//! delivered is answered from memory, not delivered twice.
 
 use std::collections::VecDeque;
 
@@ -23,6 +29,14 @@ use crate::{
 
 /// Bytes kept free in a batch frame for the envelope framing itself.
 const FRAME_SLACK: usize = 64 * 1024;
+/// Sends of one batch after the first when its link closes under it.
+const RESENDS: u8 = 2;
+/// Sending hosts whose last batch is remembered.
+pub(super) const REMEMBERED_SENDERS: std::num::NonZeroUsize =
+    match std::num::NonZeroUsize::new(4096) {
+        Some(n) => n,
+        None => unreachable!(),
+    };
 
 /// A send waiting for its outcome.
 #[derive(Debug)]
@@ -107,21 +121,39 @@ impl EventLoop {
             return;
         }
         link.in_flight = true;
+        let batch = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        self.send_batch(host, batch, 0, sends);
+    }
+
+    fn send_batch(&mut self, host: PeerId, batch: u64, attempt: u8, sends: Vec<PendingSend>) {
         let envs = sends.iter().map(|p| p.env.clone()).collect();
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_request(&host, Request::Deliver(envs));
-        self.requests.insert(id, Pending::Deliver { host, sends });
+        let id = self.request(host, Request::Deliver { batch, envs });
+        self.requests.insert(
+            id,
+            Pending::Deliver {
+                host,
+                batch,
+                attempt,
+                sends,
+            },
+        );
     }
 
     pub(super) fn on_deliver_result(
         &mut self,
         host: PeerId,
+        (batch, attempt): (u64, u8),
         sends: Vec<PendingSend>,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
+        if let Err(OutboundFailure::ConnectionClosed | OutboundFailure::Io(_)) = &result {
+            if attempt < RESENDS && self.closing.is_none() {
+                tracing::debug!(%host, batch, "link closed under a batch; sending it again");
+                self.send_batch(host, batch, attempt + 1, sends);
+                return;
+            }
+        }
         if let Some(link) = self.links.get_mut(&host) {
             link.in_flight = false;
         }
@@ -207,7 +239,17 @@ impl EventLoop {
     /// their locations are cached, so a reply needs no lookup and works even
     /// before a just-created sender's directory entry has spread. A stale
     /// entry is corrected like any other (the host answers "unknown peer").
-    pub(super) fn deliver_inbound(&mut self, host: PeerId, envs: Vec<Envelope>) -> Response {
+    pub(super) fn deliver_inbound(
+        &mut self,
+        host: PeerId,
+        batch: u64,
+        envs: Vec<Envelope>,
+    ) -> Response {
+        if let Some((last, acks)) = self.last_batches.get(&host) {
+            if *last == batch {
+                return Response::Delivered(acks.clone());
+            }
+        }
         let mut last_from: Option<std::sync::Arc<str>> = None;
         let acks = envs
             .into_iter()
@@ -233,7 +275,8 @@ impl EventLoop {
                     Err(PushError::Removed) => Ack::UnknownPeer,
                 },
             })
-            .collect();
+            .collect::<Vec<Ack>>();
+        self.last_batches.put(host, (batch, acks.clone()));
         Response::Delivered(acks)
     }
 

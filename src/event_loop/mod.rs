@@ -6,9 +6,13 @@
 //! this one; each adds methods to [`EventLoop`]:
 //! - `messaging`: direct messages, batched per destination host;
 //! - `lookup`: directory registration batches and one-hop lookups;
-//! - `members`: join, leave, heartbeats, leases and reconnects;
+//! - `members`: join, leave, record announcements, leases and reconnects;
+//! - `beats`: heartbeat digests (liveness and membership anti-entropy);
+//! - `budget`: the link budget (idle links closed, least recently used first);
 //! - `channels`: subscriptions and publishes over gossipsub.
 
+mod beats;
+mod budget;
 mod channels;
 mod lookup;
 mod members;
@@ -51,6 +55,8 @@ const COMMAND_BATCH: usize = 256;
 enum Pending {
     Deliver {
         host: PeerId,
+        batch: u64,
+        attempt: u8,
         sends: Vec<PendingSend>,
     },
     Directory {
@@ -59,12 +65,17 @@ enum Pending {
     },
     Lookup {
         id: String,
+        host: PeerId,
     },
     Join {
         host: PeerId,
     },
     Leave,
     Resync,
+    Beats {
+        host: PeerId,
+    },
+    Records,
 }
 
 /// The loop's state. Fields are grouped by the file that uses them.
@@ -84,6 +95,11 @@ pub(crate) struct EventLoop {
 
     // messaging
     links: HashMap<PeerId, messaging::Link>,
+    /// Id of the next outbound delivery batch (random start, so a restarted
+    /// host's ids do not meet its old ones).
+    next_batch: u64,
+    /// The last batch each sending host delivered here, with its acks.
+    last_batches: LruCache<PeerId, (u64, Vec<crate::protocol::Ack>)>,
 
     // lookup
     store: DirectoryStore,
@@ -101,7 +117,13 @@ pub(crate) struct EventLoop {
     rejoin: HashMap<PeerId, members::Rejoin>,
     /// Hosts whose lease lapsed here (their entries were dropped); if one
     /// turns out alive, it is asked to register its entries again.
-    lapsed: std::collections::HashSet<PeerId>,
+    /// The incarnation and last counter each was dropped with.
+    lapsed: HashMap<PeerId, (u64, u64)>,
+    /// This host's heartbeat counter.
+    beat: u64,
+    /// This host's key, and its record as last announced.
+    own_key: u64,
+    own_signed: Option<crate::protocol::SignedRecord>,
     next_heartbeat: Instant,
     closing: Option<members::Closing>,
 
@@ -114,6 +136,14 @@ pub(crate) struct EventLoop {
     /// When each channel last sent a gossip frame.
     last_frame: HashMap<String, Instant>,
     dialing: HashMap<PeerId, Instant>,
+
+    // budget
+    /// When each connected host was last sent or asked something.
+    last_used: HashMap<PeerId, Instant>,
+    /// Hosts that joined the network through this one: their links stay,
+    /// as the links to the hosts this one joined do.
+    joiners: std::collections::HashSet<PeerId>,
+    next_trim: Instant,
 }
 
 impl EventLoop {
@@ -141,6 +171,8 @@ impl EventLoop {
             listens: HashMap::new(),
             listener_ids: Vec::new(),
             links: HashMap::new(),
+            next_batch: rand::random(),
+            last_batches: LruCache::new(messaging::REMEMBERED_SENDERS),
             store: DirectoryStore::new(cfg.max_directory_entries),
             cache: LruCache::new(cache_cap),
             lookups: HashMap::new(),
@@ -155,7 +187,10 @@ impl EventLoop {
             membership: Membership::new(local),
             joins: HashMap::new(),
             rejoin: HashMap::new(),
-            lapsed: std::collections::HashSet::new(),
+            lapsed: HashMap::new(),
+            beat: 0,
+            own_key: crate::directory::host_key(&local),
+            own_signed: None,
             next_heartbeat: Instant::now(),
             closing: None,
             subs: HashMap::new(),
@@ -163,6 +198,9 @@ impl EventLoop {
             ready: Default::default(),
             last_frame: HashMap::new(),
             dialing: HashMap::new(),
+            last_used: HashMap::new(),
+            joiners: Default::default(),
+            next_trim: Instant::now(),
             shared,
         };
         this.rebalanced = this.membership.keys().to_vec();
@@ -228,6 +266,36 @@ impl EventLoop {
 
     fn local(&self) -> PeerId {
         self.shared.local
+    }
+
+    /// Sends a request to `host`, first dialling it at the addresses of its
+    /// membership record if not connected (the swarm's own address sources,
+    /// kad's buckets and identify's cache, do not hold every member).
+    fn request(&mut self, host: PeerId, req: crate::protocol::Request) -> OutboundRequestId {
+        self.touch(host);
+        self.dial_member(host);
+        self.swarm.behaviour_mut().rpc.send_request(&host, req)
+    }
+
+    /// Dials a member at its record's addresses unless connected or dialling.
+    /// A failed dial fails the requests waiting for it, which say why.
+    fn dial_member(&mut self, host: PeerId) {
+        if self.swarm.is_connected(&host) {
+            return;
+        }
+        let addrs = self
+            .membership
+            .get(&host)
+            .map(|m| m.addrs.clone())
+            .unwrap_or_default();
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(host)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::trace!(%host, error = %e, "not dialled");
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -346,6 +414,8 @@ impl EventLoop {
                 ..
             } => {
                 crate::shared::bump(&self.shared.counters.connections_opened);
+                // A new link gets the idle grace before the budget may close it.
+                self.touch(peer_id);
                 self.on_connected(peer_id, connection_id)
             }
             SwarmEvent::ConnectionClosed {
@@ -383,6 +453,7 @@ impl EventLoop {
                     },
                 ..
             } => {
+                self.touch(peer);
                 let response = self.on_request(peer, request);
                 if self
                     .swarm
@@ -427,7 +498,7 @@ impl EventLoop {
     ) -> crate::protocol::Response {
         use crate::protocol::{Request, Response};
         match request {
-            Request::Deliver(envs) => self.deliver_inbound(peer, envs),
+            Request::Deliver { batch, envs } => self.deliver_inbound(peer, batch, envs),
             Request::Directory { epoch, ops } => {
                 self.store.apply(peer, epoch, ops);
                 Response::DirectoryOk
@@ -439,6 +510,11 @@ impl EventLoop {
                 self.resync_holder(peer);
                 Response::DirectoryOk
             }
+            Request::Beats(beats) => self.on_beats(peer, beats),
+            Request::Records(records) => {
+                self.take_records(records);
+                Response::RecordsOk
+            }
         }
     }
 
@@ -448,11 +524,17 @@ impl EventLoop {
         result: std::result::Result<crate::protocol::Response, request_response::OutboundFailure>,
     ) {
         match pending {
-            Pending::Deliver { host, sends } => self.on_deliver_result(host, sends, result),
+            Pending::Deliver {
+                host,
+                batch,
+                attempt,
+                sends,
+            } => self.on_deliver_result(host, (batch, attempt), sends, result),
             Pending::Directory { host, ops } => self.on_directory_result(host, ops, result),
-            Pending::Lookup { id } => self.on_lookup_result(id, result),
+            Pending::Lookup { id, .. } => self.on_lookup_result(id, result),
             Pending::Join { host } => self.on_join_result(host, result),
-            Pending::Resync => {}
+            Pending::Resync | Pending::Records => {}
+            Pending::Beats { host } => self.on_beats_result(host, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
                     c.outstanding = c.outstanding.saturating_sub(1);
@@ -480,10 +562,11 @@ impl EventLoop {
         if now >= self.next_heartbeat {
             let interval = self.shared.with_config(|c| c.heartbeat_interval);
             self.next_heartbeat = now + interval;
-            self.announce();
+            self.heartbeat();
             self.expire_members(now);
         }
         self.redial(now);
+        self.trim_links(now);
         self.flush_directory();
         self.rebalance();
         self.trim_directory(now);

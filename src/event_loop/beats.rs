@@ -1,0 +1,169 @@
+//! Liveness by heartbeat digests: push-pull anti-entropy.
+//!
+//! Once per heartbeat interval a host raises its own counter and swaps
+//! digests with [`FANOUT`] other hosts: for every host it knows, the record
+//! version (epoch, seq) and the highest counter heard. Each side renews the
+//! lease of every host whose counter rose, and sends the signed records the
+//! other side was seen to lack (unknown, or an older version). Counters
+//! spread epidemically, in O(log hosts) rounds, for O(hosts × fanout)
+//! requests per round in the whole network; a digest entry is 4 integers.
+//! (Before, every host gossiped a signed record per heartbeat that every
+//! other host had to check: O(hosts²) messages and signature checks.)
+//!
+//! Digests go to connected hosts, so liveness costs no new connections; every
+//! [`MIX_EVERY`] rounds, or when fewer than [`FANOUT`] hosts are connected,
+//! one goes to a random member, so the exchange crosses the whole network
+//! even where links form separate clusters.
+//!
+//! Trust: records still carry their host's signature and cannot be forged.
+//! Counters are taken from any member over its authenticated link: a member
+//! could keep a dead host looking alive, but never add, change or remove
+//! another host's record.
+
+use std::{collections::HashSet, time::Instant};
+
+use libp2p::{request_response::OutboundFailure, PeerId};
+use rand::seq::SliceRandom;
+
+use super::{members::Source, EventLoop, Pending};
+use crate::protocol::{Beat, Request, Response, SignedRecord};
+
+/// Hosts each digest exchange round talks to.
+pub(super) const FANOUT: usize = 3;
+/// Every this many rounds one exchange goes to a random member.
+const MIX_EVERY: u64 = 4;
+/// Most digest entries read from one digest.
+const MAX_DIGEST: usize = 1 << 20;
+/// Most records sent in one answer or push; the rest follow next round.
+const MAX_RECORDS: usize = 1024;
+
+impl EventLoop {
+    /// One heartbeat: raise the counter and exchange digests.
+    pub(super) fn heartbeat(&mut self) {
+        self.beat += 1;
+        let targets = self.beat_targets();
+        if targets.is_empty() {
+            return;
+        }
+        let digest = self.digest();
+        for host in targets {
+            let id = self.request(host, Request::Beats(digest.clone()));
+            self.requests.insert(id, Pending::Beats { host });
+        }
+    }
+
+    /// Up to [`FANOUT`] members: connected ones, plus a random one every
+    /// [`MIX_EVERY`] rounds or when too few are connected.
+    fn beat_targets(&self) -> Vec<PeerId> {
+        let mut rng = rand::thread_rng();
+        let (connected, other): (Vec<PeerId>, Vec<PeerId>) = self
+            .membership
+            .iter()
+            .map(|(h, _)| *h)
+            .partition(|h| self.swarm.is_connected(h));
+        let mix = usize::from(self.beat % MIX_EVERY == 0 && !other.is_empty());
+        let take = FANOUT.saturating_sub(mix).min(connected.len());
+        let mut out: Vec<PeerId> = connected.choose_multiple(&mut rng, take).copied().collect();
+        let rest = FANOUT - out.len();
+        out.extend(other.choose_multiple(&mut rng, rest).copied());
+        out
+    }
+
+    /// This host's digest: itself first, then every member.
+    fn digest(&mut self) -> Vec<Beat> {
+        // Make sure a current record exists, so its seq is the one sent.
+        let _ = self.own_signed();
+        let own = Beat {
+            key: self.own_key,
+            epoch: self.epoch,
+            seq: self.seq,
+            beat: self.beat,
+        };
+        std::iter::once(own)
+            .chain(self.membership.digest())
+            .collect()
+    }
+
+    /// Takes a digest from `from`: renews leases whose counters rose and
+    /// returns the records `from` lacks.
+    fn merge_digest(&mut self, from: PeerId, beats: &[Beat]) -> Vec<(SignedRecord, u64)> {
+        let now = Instant::now();
+        let mut listed: HashSet<u64> = HashSet::with_capacity(beats.len().min(MAX_DIGEST));
+        let mut lacks = Vec::new();
+        for b in beats.iter().take(MAX_DIGEST) {
+            listed.insert(b.key);
+            if b.key == self.own_key {
+                if (b.epoch, b.seq) < (self.epoch, self.seq) {
+                    if let Some(own) = self.own_signed() {
+                        lacks.push((own, self.beat));
+                    }
+                }
+                continue;
+            }
+            let Some(host) = self.membership.host_of_key(b.key) else {
+                // Unknown here: `from` sends the record when it reads our
+                // digest, which does not list it.
+                continue;
+            };
+            let Some(m) = self.membership.get(&host) else {
+                continue;
+            };
+            if (b.epoch, b.seq) < (m.epoch, m.seq) {
+                lacks.push((m.signed.clone(), m.beat));
+            } else if b.epoch == m.epoch {
+                self.membership.heard(&host, b.epoch, b.beat, now);
+            }
+        }
+        for (key, h) in self.membership.keys().iter().skip(1) {
+            if lacks.len() >= MAX_RECORDS {
+                break;
+            }
+            if *h == from || listed.contains(key) {
+                continue;
+            }
+            if let Some(m) = self.membership.get(h) {
+                lacks.push((m.signed.clone(), m.beat));
+            }
+        }
+        if !listed.contains(&self.own_key) {
+            if let Some(own) = self.own_signed() {
+                lacks.push((own, self.beat));
+            }
+        }
+        lacks.truncate(MAX_RECORDS);
+        lacks
+    }
+
+    /// Answers a digest with ours and the records the sender lacks.
+    pub(super) fn on_beats(&mut self, peer: PeerId, beats: Vec<Beat>) -> Response {
+        let records = self.merge_digest(peer, &beats);
+        Response::Beats {
+            beats: self.digest(),
+            records,
+        }
+    }
+
+    /// Our digest was answered: take its records and push what it lacks.
+    pub(super) fn on_beats_result(
+        &mut self,
+        host: PeerId,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        let Ok(Response::Beats { beats, records }) = result else {
+            return;
+        };
+        self.take_records(records);
+        let lacks = self.merge_digest(host, &beats);
+        if !lacks.is_empty() {
+            let id = self.request(host, Request::Records(lacks));
+            self.requests.insert(id, Pending::Records);
+        }
+    }
+
+    /// Applies records pushed by a digest exchange.
+    pub(super) fn take_records(&mut self, records: Vec<(SignedRecord, u64)>) {
+        for (r, beat) in records.iter().take(MAX_RECORDS) {
+            self.apply_signed(r, Source::Synced(*beat));
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The link budget.
+//!
+//! Gossipsub keeps a long-lived stream on every link to a host that speaks
+//! it, so libp2p's idle timeout never closes such a link: a host would end
+//! up linked to every host it ever sent a message, a registration or a
+//! digest to (all of them, in a big network). Links cost memory (buffers of
+//! the muxer, the security layer and each protocol) and the CPU of keeping
+//! them, so above [`HostConfig::link_budget`](crate::HostConfig::link_budget)
+//! links the loop closes the least recently used ones that are idle: no
+//! request of ours in flight on it, nothing sent or asked over it for
+//! [`IDLE`]. Links to hosts this one joined, and to hosts that joined
+//! through it, stay (they hold the network together); a closed link is
+//! dialled again when needed, and a delivery batch caught by a closing link
+//! is sent again without being delivered twice (see `messaging`).
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use libp2p::PeerId;
+
+use super::{EventLoop, Pending};
+
+/// A link unused for this long may be closed when over budget.
+const IDLE: Duration = Duration::from_secs(5);
+/// How often the budget is checked.
+const EVERY: Duration = Duration::from_millis(500);
+
+impl EventLoop {
+    /// Notes that `host` was just used.
+    pub(super) fn touch(&mut self, host: PeerId) {
+        self.last_used.insert(host, Instant::now());
+    }
+
+    /// Hosts with one of our requests in flight.
+    fn busy_hosts(&self) -> HashSet<PeerId> {
+        self.requests
+            .values()
+            .filter_map(|p| match p {
+                Pending::Deliver { host, .. }
+                | Pending::Directory { host, .. }
+                | Pending::Lookup { host, .. }
+                | Pending::Join { host }
+                | Pending::Beats { host } => Some(*host),
+                Pending::Leave | Pending::Resync | Pending::Records => None,
+            })
+            .collect()
+    }
+
+    /// Closes idle links above the budget, least recently used first.
+    pub(super) fn trim_links(&mut self, now: Instant) {
+        if now < self.next_trim {
+            return;
+        }
+        self.next_trim = now + EVERY;
+        self.last_used.retain(|h, _| self.swarm.is_connected(h));
+        let Some(budget) = self.shared.with_config(|c| c.link_budget) else {
+            return;
+        };
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if connected.len() <= budget {
+            return;
+        }
+        let busy = self.busy_hosts();
+        let mut idle: Vec<(Option<Instant>, PeerId)> = connected
+            .into_iter()
+            .filter(|h| {
+                !busy.contains(h)
+                    && !self.rejoin.contains_key(h)
+                    && !self.joiners.contains(h)
+                    && !self.joining(h)
+            })
+            .map(|h| (self.last_used.get(&h).copied(), h))
+            .filter(|(used, _)| used.is_none_or(|t| now.duration_since(t) >= IDLE))
+            .collect();
+        // Never used first, then oldest use first.
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        let over = self.swarm.connected_peers().count() - budget;
+        for (_, host) in idle.into_iter().take(over) {
+            tracing::trace!(%host, "closing an idle link over the budget");
+            if self.swarm.disconnect_peer_id(host).is_ok() {
+                self.last_used.remove(&host);
+            }
+        }
+    }
+
+    /// Whether a join through `host` is still under way.
+    fn joining(&self, host: &PeerId) -> bool {
+        self.joins.values().any(|j| j.is_with(host))
+    }
+}
