@@ -82,6 +82,14 @@ pub(crate) enum Request {
     Records(Vec<(SignedRecord, u64)>),
 }
 
+impl Request {
+    /// Heartbeat digests and the records they carry: they do not count as
+    /// use of a link for the link budget (else every link would look busy).
+    pub(crate) fn is_liveness(&self) -> bool {
+        matches!(self, Request::Beats(_) | Request::Records(_))
+    }
+}
+
 /// One host's liveness as a digest entry: which record version is current
 /// and how far its heartbeat counter has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,10 +10,11 @@
 //! (Before, every host gossiped a signed record per heartbeat that every
 //! other host had to check: O(hosts²) messages and signature checks.)
 //!
-//! Digests go to connected hosts, so liveness costs no new connections; every
-//! [`MIX_EVERY`] rounds, or when fewer than [`FANOUT`] hosts are connected,
-//! one goes to a random member, so the exchange crosses the whole network
-//! even where links form separate clusters.
+//! Digests go to connected hosts, so liveness costs few new connections;
+//! every [`MIX_EVERY`] rounds (or when no host is connected) one more goes to
+//! a random unconnected member, so the exchange crosses the whole network
+//! even where links form separate clusters. Digests do not count as use of
+//! a link for the link budget.
 //!
 //! Trust: records still carry their host's signature and cannot be forged.
 //! Counters are taken from any member over its authenticated link: a member
@@ -52,8 +53,8 @@ impl EventLoop {
         }
     }
 
-    /// Up to [`FANOUT`] members: connected ones, plus a random one every
-    /// [`MIX_EVERY`] rounds or when too few are connected.
+    /// Up to [`FANOUT`] connected members, plus a random unconnected one
+    /// every [`MIX_EVERY`] rounds or when none is connected.
     fn beat_targets(&self) -> Vec<PeerId> {
         let mut rng = rand::thread_rng();
         let (connected, other): (Vec<PeerId>, Vec<PeerId>) = self
@@ -61,11 +62,13 @@ impl EventLoop {
             .iter()
             .map(|(h, _)| *h)
             .partition(|h| self.swarm.is_connected(h));
-        let mix = usize::from(self.beat % MIX_EVERY == 0 && !other.is_empty());
-        let take = FANOUT.saturating_sub(mix).min(connected.len());
-        let mut out: Vec<PeerId> = connected.choose_multiple(&mut rng, take).copied().collect();
-        let rest = FANOUT - out.len();
-        out.extend(other.choose_multiple(&mut rng, rest).copied());
+        let mut out: Vec<PeerId> = connected
+            .choose_multiple(&mut rng, FANOUT)
+            .copied()
+            .collect();
+        if self.beat % MIX_EVERY == 0 || out.is_empty() {
+            out.extend(other.choose(&mut rng).copied());
+        }
         out
     }
 

@@ -22,8 +22,12 @@ use libp2p::PeerId;
 
 use super::{EventLoop, Pending};
 
-/// A link unused for this long may be closed when over budget.
+/// A link unused for this long may be closed when over budget. Heartbeat
+/// digests do not count as use.
 const IDLE: Duration = Duration::from_secs(5);
+/// A new link is kept at least this long (a join or a first request is
+/// under way on it).
+const GRACE: Duration = Duration::from_secs(1);
 /// How often the budget is checked.
 const EVERY: Duration = Duration::from_millis(500);
 
@@ -31,6 +35,14 @@ impl EventLoop {
     /// Notes that `host` was just used.
     pub(super) fn touch(&mut self, host: PeerId) {
         self.last_used.insert(host, Instant::now());
+    }
+
+    /// Notes a new link to `host`: kept for [`GRACE`] if not used.
+    pub(super) fn touch_new(&mut self, host: PeerId) {
+        let now = Instant::now();
+        let as_if = now.checked_sub(IDLE - GRACE).unwrap_or(now);
+        let used = self.last_used.entry(host).or_insert(as_if);
+        *used = (*used).max(as_if);
     }
 
     /// Hosts with one of our requests in flight.

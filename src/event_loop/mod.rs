@@ -272,7 +272,9 @@ impl EventLoop {
     /// membership record if not connected (the swarm's own address sources,
     /// kad's buckets and identify's cache, do not hold every member).
     fn request(&mut self, host: PeerId, req: crate::protocol::Request) -> OutboundRequestId {
-        self.touch(host);
+        if !req.is_liveness() {
+            self.touch(host);
+        }
         self.dial_member(host);
         self.swarm.behaviour_mut().rpc.send_request(&host, req)
     }
@@ -414,8 +416,8 @@ impl EventLoop {
                 ..
             } => {
                 crate::shared::bump(&self.shared.counters.connections_opened);
-                // A new link gets the idle grace before the budget may close it.
-                self.touch(peer_id);
+                // A new link gets a grace before the budget may close it.
+                self.touch_new(peer_id);
                 self.on_connected(peer_id, connection_id)
             }
             SwarmEvent::ConnectionClosed {
@@ -453,7 +455,9 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.touch(peer);
+                if !request.is_liveness() {
+                    self.touch(peer);
+                }
                 let response = self.on_request(peer, request);
                 if self
                     .swarm
