@@ -332,13 +332,40 @@ mod tests {
     }
 }
 
-/// Wire internals exposed for the criterion benches; not part of the API
-/// and not covered by semver.
+/// Wire internals exposed for the criterion benches and the wire tests; not
+/// part of the API and not covered by semver.
 #[doc(hidden)]
 pub mod bench_support {
     use std::{io, sync::Arc};
 
-    use super::{decode_frame, encode_frame, Envelope, Request};
+    use super::{decode_frame, encode_frame, Ack, Envelope, Request, Response};
+
+    /// Delivery batch number `batch` holding one envelope, as a frame.
+    pub fn encode_delivery(
+        batch: u64,
+        from: &str,
+        to: &str,
+        payload: &Payload,
+    ) -> io::Result<Vec<u8>> {
+        let envs = vec![Envelope {
+            from: Arc::from(from),
+            to: Arc::from(to),
+            payload: payload.clone(),
+        }];
+        encode_frame(&Request::Deliver { batch, envs })
+    }
+
+    /// The acks of an answer frame to a delivery: `true` per envelope put
+    /// in its recipient's inbox.
+    pub fn decode_delivered(frame: &[u8]) -> io::Result<Vec<bool>> {
+        match decode_frame::<Response>(frame.get(4..).unwrap_or_default())? {
+            Response::Delivered(acks) => Ok(acks.iter().map(|a| *a == Ack::Delivered).collect()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a delivery answer",
+            )),
+        }
+    }
     use crate::message::Payload;
 
     /// A direct-message batch of `n` envelopes carrying `payload`, encoded

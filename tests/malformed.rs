@@ -67,19 +67,10 @@ impl request_response::Codec for RawCodec {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_frames_are_rejected_and_counted() {
-    let mut cfg = HostConfig::for_tests();
-    cfg.max_frame_size = 64 * 1024;
-    cfg.max_message_size = 32 * 1024;
-    let (victim, victim_addr) = mem_host(cfg.clone()).await;
-    let (friend, _) = mem_host(cfg).await;
-    friend.join(&victim_addr.to_string()).await.unwrap();
-    let v_peer = victim.create("v").unwrap();
-    let f_peer = friend.create("f").unwrap();
-    wait_found(&friend, "v", &victim).await;
-
-    let mut attacker = SwarmBuilder::with_new_identity()
+/// A bare libp2p swarm speaking the distribus request protocol with
+/// [`RawCodec`]: it sends whatever bytes a test gives it.
+fn raw_client() -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
+    SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             Ok(MemoryTransport::default()
@@ -102,7 +93,22 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
             )
         })
         .unwrap()
-        .build();
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_are_rejected_and_counted() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_frame_size = 64 * 1024;
+    cfg.max_message_size = 32 * 1024;
+    let (victim, victim_addr) = mem_host(cfg.clone()).await;
+    let (friend, _) = mem_host(cfg).await;
+    friend.join(&victim_addr.to_string()).await.unwrap();
+    let v_peer = victim.create("v").unwrap();
+    let f_peer = friend.create("f").unwrap();
+    wait_found(&friend, "v", &victim).await;
+
+    let mut attacker = raw_client();
     let victim_id = victim.id();
     attacker.add_peer_address(victim_id, victim_addr.clone());
 
@@ -146,4 +152,45 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
         "still alive"
     );
     v_peer.send("f", "yes").await.unwrap();
+}
+
+/// A delivery batch sent again with the same batch id (as a sender does when
+/// the link closed before the answer came) is answered "delivered" again but
+/// not put in the inbox twice; the next batch id is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_is_not_delivered_twice() {
+    use distribus::bench_support::{decode_delivered, encode_delivery};
+    let (host, addr) = mem_host(HostConfig::for_tests()).await;
+    let v = host.create("v").unwrap();
+    let mut client = raw_client();
+    client.add_peer_address(host.id(), addr);
+    let payload = distribus::Payload::postcard(&1u32).unwrap();
+    let again = encode_delivery(7, "x", "v", &payload).unwrap();
+    let next = encode_delivery(8, "x", "v", &payload).unwrap();
+    for frame in [&again, &again, &next] {
+        client
+            .behaviour_mut()
+            .send_request(&host.id(), frame.clone());
+        let answer = within("answer", async {
+            loop {
+                match client.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    }) => break response,
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        error,
+                        ..
+                    }) => panic!("request failed: {error}"),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(decode_delivered(&answer).unwrap(), vec![true]);
+    }
+    for _ in 0..2 {
+        assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
+    }
+    assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
 }

@@ -179,6 +179,10 @@ pub struct NodeArgs {
         value_name = "N"
     )]
     pub max_pending_connections: Option<u32>,
+    /// Links to other hosts kept before idle ones are closed, least
+    /// recently used first (links to joined hosts stay). Default: 256.
+    #[arg(long, global = true, env = "DISTRIBUS_LINK_BUDGET", value_name = "N")]
+    pub link_budget: Option<usize>,
     /// Refuse new connections while the process uses more than this fraction
     /// of physical memory. Default: 0.9.
     #[arg(
@@ -228,6 +232,8 @@ pub struct FileConfig {
     max_connections_per_host: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_pending_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_budget: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_memory_fraction: Option<f64>,
 }
@@ -360,6 +366,9 @@ impl Settings {
         {
             host.max_pending_connections = Some(v);
         }
+        if let Some(v) = args.link_budget.or(file.link_budget) {
+            host.link_budget = Some(v);
+        }
         if let Some(v) = args.max_memory_fraction.or(file.max_memory_fraction) {
             host.max_memory_fraction = Some(v);
         }
@@ -403,6 +412,7 @@ impl Settings {
             max_connections: self.host.max_connections,
             max_connections_per_host: self.host.max_connections_per_host,
             max_pending_connections: self.host.max_pending_connections,
+            link_budget: self.host.link_budget,
             max_memory_fraction: self.host.max_memory_fraction,
         };
         toml::to_string(&file).map_err(|e| e.to_string())
