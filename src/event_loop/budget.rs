@@ -67,6 +67,9 @@ impl EventLoop {
         }
         self.next_trim = now + EVERY;
         self.last_used.retain(|h, _| self.swarm.is_connected(h));
+        // Bounded: a joiner that is not (or no longer) a member is forgotten.
+        let membership = &self.membership;
+        self.joiners.retain(|h| membership.contains(h));
         let Some(budget) = self.shared.with_config(|c| c.link_budget) else {
             return;
         };
