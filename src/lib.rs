@@ -11,6 +11,8 @@
 //! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
 
 mod behaviour;
+#[doc(hidden)]
+pub mod bench_support;
 mod command;
 mod config;
 mod directory;
@@ -34,7 +36,6 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
 pub use peer::Peer;
 #[doc(hidden)]
-pub use protocol::bench_support;
 pub use protocol::PROTOCOL_VERSION;
 pub use shared::{Failures, LatencyHistogram, Stats};
 pub use subscription::Subscription;

@@ -2,17 +2,7 @@
 
 use std::time::Duration;
 
-/// Resident set size of this process, in bytes (from /proc).
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
+pub use distribus::bench_support::rss_bytes;
 
 /// CPU time (user + system) this process used so far, in seconds. Linux
 /// reports it in clock ticks of 1/100 s.

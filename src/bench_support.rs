@@ -1,0 +1,66 @@
+//! Internals exposed for the criterion benches, the simulator and the wire
+//! tests: frame encoding and decoding, and the process's resident memory.
+//! Not part of the API and not covered by semver.
+
+use std::{io, sync::Arc};
+
+use crate::protocol::{decode_frame, encode_frame, Ack, Envelope, Request, Response};
+
+/// Delivery batch number `batch` holding one envelope, as a frame.
+pub fn encode_delivery(batch: u64, from: &str, to: &str, payload: &Payload) -> io::Result<Vec<u8>> {
+    let envs = vec![Envelope {
+        from: Arc::from(from),
+        to: Arc::from(to),
+        payload: payload.clone(),
+    }];
+    encode_frame(&Request::Deliver { batch, envs })
+}
+
+/// The acks of an answer frame to a delivery: `true` per envelope put
+/// in its recipient's inbox.
+pub fn decode_delivered(frame: &[u8]) -> io::Result<Vec<bool>> {
+    match decode_frame::<Response>(frame.get(4..).unwrap_or_default())? {
+        Response::Delivered(acks) => Ok(acks.iter().map(|a| *a == Ack::Delivered).collect()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a delivery answer",
+        )),
+    }
+}
+use crate::message::Payload;
+
+/// A direct-message batch of `n` envelopes carrying `payload`, encoded
+/// as one frame (length prefix included).
+pub fn encode_batch(n: usize, payload: &Payload) -> io::Result<Vec<u8>> {
+    let from: Arc<str> = Arc::from("sender-peer");
+    let to: Arc<str> = Arc::from("receiver-peer");
+    let envs = (0..n)
+        .map(|_| Envelope {
+            from: from.clone(),
+            to: to.clone(),
+            payload: payload.clone(),
+        })
+        .collect();
+    encode_frame(&Request::Deliver { batch: 1, envs })
+}
+
+/// Decodes a frame made by [`encode_batch`]; returns its envelope count.
+pub fn decode_batch(frame: &[u8]) -> io::Result<usize> {
+    match decode_frame::<Request>(frame.get(4..).unwrap_or_default())? {
+        Request::Deliver { envs, .. } => Ok(envs.len()),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not a batch")),
+    }
+}
+
+/// Resident set size of this process, in bytes (from `/proc`; 0 where
+/// there is none).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
