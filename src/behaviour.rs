@@ -35,6 +35,9 @@ pub(crate) struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Listen addresses and the network id of connected hosts.
     pub identify: identify::Behaviour,
+    /// In a relaying network, denies dials to hosts that are not overlay
+    /// links (Kademlia's own).
+    pub gate: crate::dial_gate::Behaviour,
 }
 
 /// Gossipsub message id: a hash of the data. Every published frame carries
@@ -121,6 +124,7 @@ fn build_behaviour(
         gossipsub,
         kad,
         identify,
+        gate: Default::default(),
     })
 }
 

@@ -91,6 +91,12 @@ pub struct HostConfig {
     /// are kept. Gossipsub keeps every link open for good otherwise, so
     /// without a budget a host ends up linked to every host it ever talked to.
     pub link_budget: Option<usize>,
+    /// In a network of more hosts than this, a host keeps links to about
+    /// √(2·hosts) *neighbours* and reaches the others in two hops through
+    /// them (registrations, lookups, messages, digests); links to other
+    /// hosts are closed once idle. At or below it, hosts talk directly.
+    /// See the README's "Relay overlay".
+    pub relay_above: usize,
     /// Refuse new connections while the process uses more than this fraction
     /// of the machine's physical memory (`None`: off). Meant for one host per
     /// process (the node binary), not for many hosts sharing a process.
@@ -131,6 +137,7 @@ impl Default for HostConfig {
             max_connections_per_host: Some(4),
             max_pending_connections: Some(128),
             link_budget: Some(256),
+            relay_above: 128,
             max_memory_fraction: None,
             link_delay: Duration::ZERO,
             link_loss: 0.0,
@@ -222,6 +229,7 @@ impl HostConfig {
             && self.max_connections_per_host == new.max_connections_per_host
             && self.max_pending_connections == new.max_pending_connections
             && self.max_memory_fraction == new.max_memory_fraction
+            && self.relay_above == new.relay_above
             && self.link_delay == new.link_delay
             && self.link_loss == new.link_loss
             && self.keypair.as_ref().map(|k| k.public())

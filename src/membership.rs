@@ -58,6 +58,8 @@ pub(crate) struct Verified {
     pub host: PeerId,
     pub record: HostRecord,
     pub signed: SignedRecord,
+    /// The host's public key (from the record).
+    pub key: PublicKey,
 }
 
 /// Checks a signed record; `None` if it does not decode or its signature is wrong.
@@ -81,6 +83,7 @@ pub(crate) fn verify_unless(
         host: key.to_peer_id(),
         record,
         signed: signed.clone(),
+        key,
     })
 }
 
@@ -92,6 +95,8 @@ pub(crate) struct Member {
     pub addrs: Vec<Multiaddr>,
     pub channels: Vec<String>,
     pub signed: SignedRecord,
+    /// The host's public key: checks what it signs (relayed requests).
+    pub key: PublicKey,
     /// Highest heartbeat counter heard for this incarnation.
     pub beat: u64,
     /// When `beat` last rose (or the record was first taken).
@@ -132,6 +137,8 @@ pub(crate) struct Membership {
     keys: Vec<(u64, PeerId)>,
     /// Host of each key (other live hosts only).
     by_key: HashMap<u64, PeerId>,
+    /// Raised whenever a host joins or leaves the key indexes.
+    version: u64,
 }
 
 impl Membership {
@@ -142,6 +149,7 @@ impl Membership {
             tombstones: HashMap::new(),
             keys: vec![(host_key(&local), local)],
             by_key: HashMap::new(),
+            version: 0,
         }
     }
 
@@ -151,6 +159,7 @@ impl Membership {
         let key = host_key(&host);
         self.keys.push((key, host));
         self.by_key.insert(key, host);
+        self.version += 1;
     }
 
     /// Removes hosts from the key indexes.
@@ -161,6 +170,12 @@ impl Membership {
         self.keys
             .retain(|(_, h)| *h == self.local || !gone.contains(h));
         self.by_key.retain(|_, h| !gone.contains(h));
+        self.version += 1;
+    }
+
+    /// Changes whenever the set of live hosts changes.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Applies a verified record of another host.
@@ -195,6 +210,7 @@ impl Membership {
             addrs,
             channels: r.channels.clone(),
             signed: v.signed.clone(),
+            key: v.key.clone(),
             beat: 0,
             last_heard: now,
         };

@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -80,9 +80,46 @@ pub(crate) enum Request {
     /// Membership records the receiver was seen to lack, each with the
     /// newest heartbeat counter the sender knows for it.
     Records(Vec<(SignedRecord, u64)>),
+    /// A request of another host carried through this one (see
+    /// [`crate::overlay`]): forwarded if it is for another host, handled
+    /// as the origin's own if it is for this one.
+    Relay(Relayed),
+}
+
+/// A request carried through a relay host, signed by the host that made it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Relayed {
+    /// Peer id bytes of the host that made the request.
+    pub origin: Vec<u8>,
+    /// Peer id bytes of the host it is for.
+    pub to: Vec<u8>,
+    /// postcard bytes of the request.
+    pub inner: Vec<u8>,
+    /// The origin's signature of [`Relayed::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl Relayed {
+    /// What the origin signs: a domain tag, the destination and the request,
+    /// so a relay can neither alter the request nor send it elsewhere.
+    pub(crate) fn signed_bytes(to: &[u8], inner: &[u8]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(24 + to.len() + inner.len());
+        b.extend_from_slice(b"distribus/relay/1");
+        b.extend_from_slice(&(to.len() as u32).to_be_bytes());
+        b.extend_from_slice(to);
+        b.extend_from_slice(inner);
+        b
+    }
 }
 
 impl Request {
+    /// Whether the request may travel through a relay: joins are made over
+    /// a direct link (the other side does not know the joiner yet), and
+    /// relayed requests are not relayed again.
+    pub(crate) fn is_relayable(&self) -> bool {
+        !matches!(self, Request::Join(_) | Request::Relay(_))
+    }
+
     /// Heartbeat digests and the records they carry: they do not count as
     /// use of a link for the link budget (else every link would look busy).
     pub(crate) fn is_liveness(&self) -> bool {
@@ -142,6 +179,9 @@ pub(crate) enum Response {
     RecordsOk,
     /// The request was refused.
     Refused(String),
+    /// A relay could not forward the request, or its destination refused
+    /// it as relayed: the reason.
+    RelayFailed(String),
 }
 
 /// Counters of rejected inbound frames, shared by all codec instances of a host.

@@ -40,6 +40,7 @@ pub(crate) struct Counters {
     pub hosts: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connected: AtomicU64,
+    pub relayed: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -82,6 +83,8 @@ pub struct Stats {
     pub connections_opened: u64,
     /// Hosts this host has an open connection to now.
     pub connected_hosts: u64,
+    /// Requests of other hosts this host forwarded as a relay.
+    pub relayed: u64,
 }
 
 #[derive(Debug)]
@@ -164,6 +167,7 @@ impl Shared {
             hosts: r(&c.hosts),
             connections_opened: r(&c.connections_opened),
             connected_hosts: r(&c.connected),
+            relayed: r(&c.relayed),
         }
     }
 }

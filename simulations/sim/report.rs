@@ -71,6 +71,9 @@ pub struct Report {
     pub links_after_register: u64,
     /// Host-to-host links at the end of the run.
     pub links_at_end: u64,
+    /// Requests hosts forwarded for others as relays (see the library's
+    /// relay overlay), in the whole run.
+    pub relayed_requests: u64,
     /// Process RSS at the end.
     pub rss_bytes: u64,
     /// RSS per host, measured after joining (before any peer).
@@ -162,8 +165,11 @@ impl Report {
             self.idle_cpu_cores
         ));
         line(format!(
-            "  links       {} after join, {} after register, {} at the end",
-            self.links_after_join, self.links_after_register, self.links_at_end
+            "  links       {} after join, {} after register, {} at the end; {} requests relayed",
+            self.links_after_join,
+            self.links_after_register,
+            self.links_at_end,
+            self.relayed_requests
         ));
         line(format!(
             "  memory      RSS {:.1} MiB in all, {:.2} MiB per host, {:.0} bytes per peer",

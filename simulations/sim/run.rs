@@ -30,6 +30,7 @@ fn peer_id(n: usize) -> String {
 fn host_config(s: &Scenario) -> HostConfig {
     let mut c = HostConfig::for_tests();
     c.link_budget = (s.link_budget > 0).then_some(s.link_budget);
+    c.relay_above = s.relay_above;
     c.replication = s.replication;
     c.heartbeat_interval = s.heartbeat;
     c.link_delay = s.latency;
@@ -210,6 +211,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     }
 
     r.links_at_end = links(&net);
+    r.relayed_requests = net.hosts.iter().map(|h| h.stats().relayed).sum();
     r.rss_bytes = rss_bytes();
     r.cpu_s = cpu_seconds() - cpu0;
     r.wall_s = wall.elapsed().as_secs_f64();

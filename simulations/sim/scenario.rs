@@ -93,6 +93,10 @@ pub struct ScenarioFlags {
     /// Default: the library's (`HostConfig::link_budget`, 256).
     #[arg(long)]
     pub link_budget: Option<usize>,
+    /// Networks of more hosts than this relay through the overlay.
+    /// Default: the library's (`HostConfig::relay_above`, 128).
+    #[arg(long)]
+    pub relay_above: Option<usize>,
     /// Longest wait of any phase. Default 300s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub phase_timeout: Option<Duration>,
@@ -116,6 +120,7 @@ pub struct ScenarioFile {
     loss: Option<f64>,
     heartbeat: Option<String>,
     link_budget: Option<usize>,
+    relay_above: Option<usize>,
     phase_timeout: Option<String>,
 }
 
@@ -152,6 +157,8 @@ pub struct Scenario {
     pub heartbeat: Duration,
     /// Link budget per host (0: none).
     pub link_budget: usize,
+    /// Networks of more hosts than this relay.
+    pub relay_above: usize,
     /// Longest phase wait.
     #[serde(with = "humantime_serde_ms")]
     pub phase_timeout: Duration,
@@ -216,6 +223,10 @@ impl Scenario {
                 .or(f.link_budget)
                 .or(distribus::HostConfig::default().link_budget)
                 .unwrap_or(0),
+            relay_above: flags
+                .relay_above
+                .or(f.relay_above)
+                .unwrap_or(distribus::HostConfig::default().relay_above),
             phase_timeout: flags
                 .phase_timeout
                 .or(dur("phase_timeout", f.phase_timeout)?)

@@ -54,7 +54,8 @@ impl EventLoop {
                 | Pending::Directory { host, .. }
                 | Pending::Lookup { host, .. }
                 | Pending::Join { host }
-                | Pending::Beats { host } => Some(*host),
+                | Pending::Beats { host }
+                | Pending::Relay { to: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records => None,
             })
             .collect()
@@ -70,14 +71,22 @@ impl EventLoop {
         // Bounded: a joiner that is not (or no longer) a member is forgotten.
         let membership = &self.membership;
         self.joiners.retain(|h| membership.contains(h));
-        let Some(budget) = self.shared.with_config(|c| c.link_budget) else {
+        let Some(mut budget) = self.shared.with_config(|c| c.link_budget) else {
             return;
         };
+        // In a relaying network the overlay's neighbours are the links to
+        // keep; any other closes once idle.
+        if let Some(o) = self.overlay() {
+            budget = budget.min(o.neighbours().count());
+        }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         if connected.len() <= budget {
             return;
         }
         let busy = self.busy_hosts();
+        // A link from a host that is not a member yet carries a join that
+        // may take a while on a busy host: it gets the join's deadline.
+        let join_timeout = self.shared.with_config(|c| c.join_timeout);
         let mut idle: Vec<(Option<Instant>, PeerId)> = connected
             .into_iter()
             .filter(|h| {
@@ -85,9 +94,17 @@ impl EventLoop {
                     && !self.rejoin.contains_key(h)
                     && !self.joiners.contains(h)
                     && !self.joining(h)
+                    && !self.is_neighbour(h)
             })
             .map(|h| (self.last_used.get(&h).copied(), h))
-            .filter(|(used, _)| used.is_none_or(|t| now.duration_since(t) >= IDLE))
+            .filter(|(used, h)| {
+                let idle = if self.membership.contains(h) {
+                    IDLE
+                } else {
+                    join_timeout.max(IDLE)
+                };
+                used.is_none_or(|t| now.duration_since(t) >= idle)
+            })
             .collect();
         // Never used first, then oldest use first.
         idle.sort_unstable_by_key(|(used, _)| *used);

@@ -91,7 +91,7 @@ impl EventLoop {
     ) {
         let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
         let conn = opts.connection_id();
-        if let Err(e) = self.swarm.dial(opts) {
+        if let Err(e) = self.dial(opts) {
             let _ = reply.send(Err(Error::Join {
                 addr: shown,
                 reason: e.to_string(),
@@ -471,7 +471,7 @@ impl EventLoop {
         for (peer, addr) in dial {
             tracing::debug!(%peer, %addr, "redialling joined host");
             let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
-            if let Err(e) = self.swarm.dial(opts) {
+            if let Err(e) = self.dial(opts) {
                 tracing::debug!(%peer, error = %e, "redial failed");
             }
         }

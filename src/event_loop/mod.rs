@@ -9,6 +9,7 @@
 //! - `members`: join, leave, record announcements, leases and reconnects;
 //! - `beats`: heartbeat digests (liveness and membership anti-entropy);
 //! - `budget`: the link budget (idle links closed, least recently used first);
+//! - `relay`: requests through the relay overlay of big networks;
 //! - `channels`: subscriptions and publishes over gossipsub.
 
 mod beats;
@@ -17,6 +18,7 @@ mod channels;
 mod lookup;
 mod members;
 pub(crate) mod messaging;
+mod relay;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -76,6 +78,12 @@ enum Pending {
         host: PeerId,
     },
     Records,
+    /// A request this host forwards as a relay: the answer goes back on
+    /// `channel`.
+    Relay {
+        to: PeerId,
+        channel: request_response::ResponseChannel<crate::protocol::Response>,
+    },
 }
 
 /// The loop's state. Fields are grouped by the file that uses them.
@@ -144,6 +152,9 @@ pub(crate) struct EventLoop {
     /// as the links to the hosts this one joined do.
     joiners: std::collections::HashSet<PeerId>,
     next_trim: Instant,
+
+    // relay
+    overlay: relay::OverlayState,
 }
 
 impl EventLoop {
@@ -201,6 +212,7 @@ impl EventLoop {
             last_used: HashMap::new(),
             joiners: Default::default(),
             next_trim: Instant::now(),
+            overlay: Default::default(),
             shared,
         };
         this.rebalanced = this.membership.keys().to_vec();
@@ -271,12 +283,15 @@ impl EventLoop {
     /// Sends a request to `host`, first dialling it at the addresses of its
     /// membership record if not connected (the swarm's own address sources,
     /// kad's buckets and identify's cache, do not hold every member).
+    /// In a big network it may go through a relay (see `relay`).
     fn request(&mut self, host: PeerId, req: crate::protocol::Request) -> OutboundRequestId {
-        if !req.is_liveness() {
-            self.touch(host);
+        let liveness = req.is_liveness();
+        let (via, req) = self.route(host, req);
+        if !liveness {
+            self.touch(via);
         }
-        self.dial_member(host);
-        self.swarm.behaviour_mut().rpc.send_request(&host, req)
+        self.dial_member(via);
+        self.swarm.behaviour_mut().rpc.send_request(&via, req)
     }
 
     /// Dials a member at its record's addresses unless connected or dialling.
@@ -295,9 +310,25 @@ impl EventLoop {
             .addresses(addrs)
             .extend_addresses_through_behaviour()
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::trace!(%host, error = %e, "not dialled");
+        match self.dial(opts) {
+            Ok(()) => tracing::trace!(%host, "dialling a member"),
+            Err(e) => tracing::trace!(%host, error = %e, "not dialled"),
         }
+    }
+
+    /// Dials, letting the dial through the gate of a relaying network (see
+    /// `dial_gate`): every dial of the loop's own goes through here.
+    fn dial(
+        &mut self,
+        opts: libp2p::swarm::dial_opts::DialOpts,
+    ) -> std::result::Result<(), libp2p::swarm::DialError> {
+        let id = opts.connection_id();
+        self.swarm.behaviour_mut().gate.allow(id);
+        let r = self.swarm.dial(opts);
+        if r.is_err() {
+            self.swarm.behaviour_mut().gate.forget(id);
+        }
+        r
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -458,16 +489,12 @@ impl EventLoop {
                 if !request.is_liveness() {
                     self.touch(peer);
                 }
-                let response = self.on_request(peer, request);
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!(%peer, "response channel closed before answering");
+                if let crate::protocol::Request::Relay(r) = request {
+                    self.on_relay(peer, r, channel);
+                    return;
                 }
+                let response = self.on_request(peer, request);
+                self.answer(peer, channel, response);
             }
             Event::Message {
                 message:
@@ -478,7 +505,19 @@ impl EventLoop {
                 ..
             } => {
                 if let Some(p) = self.requests.remove(&request_id) {
-                    self.on_response(p, Ok(response));
+                    // A relay that could not pass the request on fails it
+                    // as a broken link would (those are retried).
+                    let result = match response {
+                        crate::protocol::Response::RelayFailed(why)
+                            if !matches!(p, Pending::Relay { .. }) =>
+                        {
+                            Err(request_response::OutboundFailure::Io(
+                                std::io::Error::other(format!("relay: {why}")),
+                            ))
+                        }
+                        other => Ok(other),
+                    };
+                    self.on_response(p, result);
                 }
             }
             Event::OutboundFailure {
@@ -519,6 +558,7 @@ impl EventLoop {
                 self.take_records(records);
                 Response::RecordsOk
             }
+            Request::Relay(_) => Response::RelayFailed("relayed twice".into()),
         }
     }
 
@@ -538,6 +578,7 @@ impl EventLoop {
             Pending::Lookup { id, .. } => self.on_lookup_result(id, result),
             Pending::Join { host } => self.on_join_result(host, result),
             Pending::Resync | Pending::Records => {}
+            Pending::Relay { to, channel } => self.on_relay_result(to, channel, result),
             Pending::Beats { host } => self.on_beats_result(host, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
@@ -568,7 +609,9 @@ impl EventLoop {
             self.next_heartbeat = now + interval;
             self.heartbeat();
             self.expire_members(now);
+            self.keep_neighbours();
         }
+        self.refresh_overlay(now);
         self.redial(now);
         self.trim_links(now);
         self.flush_directory();

@@ -1,0 +1,206 @@
+//! The relay overlay: two hops to any host over O(√hosts) links.
+//!
+//! Registrations, lookups and messages go to the host that holds an entry
+//! or a peer, which in a big network is any host at all: sent directly,
+//! every host ends up linked to nearly every other (hosts² links; at 256
+//! hosts in one process that was 32,640 links and 7.4 GB). Above
+//! [`HostConfig::relay_above`](crate::HostConfig::relay_above) hosts, a host
+//! instead keeps links to its *neighbours* only and reaches the rest through
+//! one of them:
+//!
+//! - Hosts fall into `2^bits` **groups** by the top bits of their XOR key
+//!   ([`crate::directory::host_key`]), with `bits` the smallest for which
+//!   `2 · 4^bits ≥ hosts` (about √(hosts/2) groups of about √(2·hosts)).
+//! - In every other group a host has one **contact**: the group's host whose
+//!   key is XOR-closest to its own (so contacts spread over the group).
+//! - Its neighbours are the hosts of its own group, its contacts, and the
+//!   hosts whose contact it is. At 512 hosts that is about 60 links.
+//! - A request to a host of its own group, or to a host it is linked to
+//!   anyway, goes directly; any other goes to its contact in the
+//!   destination's group, which is in the destination's group and so a
+//!   neighbour of the destination: it forwards the request over that link.
+//!
+//! Every host computes the same groups from the same membership; while
+//! views differ (a join spreading) a contact may not yet be linked to the
+//! destination, and simply dials it. The relayed request is signed by its
+//! origin, so the destination checks who sent it (see `event_loop::relay`).
+
+use std::collections::HashSet;
+
+use libp2p::PeerId;
+
+use crate::directory::host_key;
+
+/// The overlay of one host, computed from a membership.
+#[derive(Debug, Clone)]
+pub(crate) struct Overlay {
+    bits: u32,
+    local: (u64, PeerId),
+    /// Every live host (this one included), by key.
+    sorted: Vec<(u64, PeerId)>,
+    neighbours: HashSet<PeerId>,
+}
+
+/// Group bits for `hosts` hosts: the smallest `b` with `2 · 4^b ≥ hosts`.
+pub(crate) fn group_bits(hosts: usize) -> u32 {
+    let mut b = 0;
+    while b < 31 && 2usize.saturating_mul(1usize << (2 * b)) < hosts {
+        b += 1;
+    }
+    b
+}
+
+impl Overlay {
+    /// The overlay of `local` among `members` (`(key, host)` of every live
+    /// host, this one included, in any order).
+    pub(crate) fn new(members: &[(u64, PeerId)], local: PeerId) -> Self {
+        let mut sorted = members.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut o = Overlay {
+            bits: group_bits(sorted.len()),
+            local: (host_key(&local), local),
+            sorted,
+            neighbours: HashSet::new(),
+        };
+        o.neighbours = o.compute_neighbours();
+        o
+    }
+
+    fn group_of(&self, key: u64) -> u64 {
+        if self.bits == 0 {
+            0
+        } else {
+            key >> (64 - self.bits)
+        }
+    }
+
+    /// The hosts of group `g`, by key.
+    fn group(&self, g: u64) -> &[(u64, PeerId)] {
+        if self.bits == 0 {
+            return &self.sorted;
+        }
+        let shift = 64 - self.bits;
+        let start = self.sorted.partition_point(|&(k, _)| (k >> shift) < g);
+        let end = self.sorted.partition_point(|&(k, _)| (k >> shift) <= g);
+        &self.sorted[start..end]
+    }
+
+    /// The contact in group `g` of the host with key `from`: the group's
+    /// host XOR-closest to it.
+    fn contact(&self, from: u64, g: u64) -> Option<PeerId> {
+        self.group(g)
+            .iter()
+            .min_by_key(|&&(k, _)| k ^ from)
+            .map(|&(_, h)| h)
+    }
+
+    fn compute_neighbours(&self) -> HashSet<PeerId> {
+        let (lk, local) = self.local;
+        let own = self.group_of(lk);
+        let mut n: HashSet<PeerId> = self.group(own).iter().map(|&(_, h)| h).collect();
+        let groups = if self.bits == 0 {
+            1u64
+        } else {
+            1u64 << self.bits
+        };
+        for g in (0..groups).filter(|&g| g != own) {
+            n.extend(self.contact(lk, g));
+        }
+        for &(k, h) in &self.sorted {
+            if self.group_of(k) != own && self.contact(k, own) == Some(local) {
+                n.insert(h);
+            }
+        }
+        n.remove(&local);
+        n
+    }
+
+    /// The host to send a request for `dest` to: `dest` itself if it is a
+    /// neighbour (or unknown here), else the contact in its group.
+    pub(crate) fn next_hop(&self, dest: PeerId) -> PeerId {
+        if self.neighbours.contains(&dest) {
+            return dest;
+        }
+        let key = host_key(&dest);
+        if self.sorted.binary_search(&(key, dest)).is_err() {
+            return dest;
+        }
+        self.contact(self.local.0, self.group_of(key))
+            .filter(|&c| c != self.local.1)
+            .unwrap_or(dest)
+    }
+
+    /// Whether `host` is one of this host's neighbours.
+    pub(crate) fn is_neighbour(&self, host: &PeerId) -> bool {
+        self.neighbours.contains(host)
+    }
+
+    /// This host's neighbours.
+    pub(crate) fn neighbours(&self) -> impl Iterator<Item = &PeerId> {
+        self.neighbours.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(n: usize) -> Vec<(u64, PeerId)> {
+        (0..n)
+            .map(|_| {
+                let h = PeerId::random();
+                (host_key(&h), h)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn group_bits_grow_with_the_square_root() {
+        assert_eq!(group_bits(1), 0);
+        assert_eq!(group_bits(2), 0);
+        assert_eq!(group_bits(8), 1);
+        assert_eq!(group_bits(128), 3);
+        assert_eq!(group_bits(129), 4);
+        assert_eq!(group_bits(512), 4);
+    }
+
+    #[test]
+    fn every_host_reaches_every_other_in_two_hops_over_few_links() {
+        let n = 512;
+        let members = hosts(n);
+        let overlays: std::collections::HashMap<PeerId, Overlay> = members
+            .iter()
+            .map(|&(_, h)| (h, Overlay::new(&members, h)))
+            .collect();
+        let max_links = overlays.values().map(|o| o.neighbours.len()).max().unwrap();
+        assert!(max_links < 160, "at most {max_links} links per host");
+        for (&a, oa) in &overlays {
+            for &(_, b) in members.iter().take(64) {
+                if a == b {
+                    continue;
+                }
+                let hop = oa.next_hop(b);
+                assert!(oa.is_neighbour(&hop), "first hop is a neighbour");
+                if hop != b {
+                    assert!(overlays[&hop].is_neighbour(&b), "second hop is a link");
+                }
+            }
+        }
+        // Neighbourhood is symmetric: both ends keep the link.
+        for (&a, oa) in &overlays {
+            for b in oa.neighbours() {
+                assert!(overlays[b].is_neighbour(&a));
+            }
+        }
+    }
+
+    #[test]
+    fn small_networks_are_direct() {
+        let members = hosts(2);
+        let o = Overlay::new(&members, members[0].1);
+        assert_eq!(o.next_hop(members[1].1), members[1].1);
+        let stranger = PeerId::random();
+        assert_eq!(o.next_hop(stranger), stranger);
+    }
+}

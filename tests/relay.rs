@@ -1,0 +1,106 @@
+//! The relay overlay of big networks: two hops over few links.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::*;
+use distribus::{Host, HostConfig};
+
+/// 32 hosts joined as a tree, relaying above 4 hosts (so every host keeps
+/// about 13 neighbours instead of 31 links): every peer sends to every
+/// other, finds succeed from every host, many requests go through relays,
+/// yet every message arrives exactly once and in order, a channel reaches
+/// every subscriber once, and the hosts hold far fewer links than a full
+/// mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaying_network_delivers_everything_once_over_few_links() {
+    const N: usize = 32;
+    const EACH: u32 = 4;
+    let mut cfg = HostConfig::for_tests();
+    cfg.relay_above = 4;
+    let nodes = mem_hosts(N, &cfg).await;
+    for i in 1..N {
+        let to = nodes[(i - 1) / 2].1.to_string();
+        nodes[i].0.join(&to).await.unwrap();
+    }
+    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
+    wait_membership(&hosts.iter().collect::<Vec<_>>(), N).await;
+
+    let peers: Vec<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.create(&format!("p{i}")).unwrap())
+        .collect();
+    for (i, h) in hosts.iter().enumerate() {
+        for (j, owner) in hosts.iter().enumerate() {
+            if i != j {
+                wait_found(h, &format!("p{j}"), owner).await;
+            }
+        }
+    }
+    let mut sends = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let p = p.clone();
+        sends.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                for j in 0..N {
+                    if j != i {
+                        p.send(&format!("p{j}"), &n).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for s in sends {
+        within("sends", s).await.unwrap();
+    }
+    for (j, p) in peers.iter().enumerate() {
+        let mut next = [0u32; N];
+        for _ in 0..(N - 1) * EACH as usize {
+            let m = within("message", p.recv()).await.unwrap();
+            let from: usize = m.from[1..].parse().unwrap();
+            assert_eq!(m.decode::<u32>().unwrap(), next[from], "p{from} -> p{j}");
+            next[from] += 1;
+        }
+        assert!(p.try_recv().is_none(), "p{j} got a message twice");
+    }
+    let relayed: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
+    assert!(relayed > 0, "nothing went through a relay");
+
+    // A channel with five subscribing hosts, published from a sixth.
+    let mut subscribers = Vec::new();
+    for i in [3, 9, 14, 22, 30] {
+        subscribers.push(hosts[i].subscribe("news").await.unwrap());
+    }
+    let publisher = &hosts[17];
+    wait_for("publisher knows the subscribers", || async {
+        let members = publisher.members().await.unwrap();
+        let subscribed: HashSet<_> = members
+            .iter()
+            .filter(|m| m.channels.iter().any(|c| c == "news"))
+            .map(|m| m.host)
+            .collect();
+        subscribed.len() == subscribers.len()
+    })
+    .await;
+    for n in 0..50u32 {
+        publisher.publish("news", &n).await.unwrap();
+    }
+    for mut s in subscribers {
+        for n in 0..50u32 {
+            let m = within("publish", s.recv()).await.unwrap();
+            assert_eq!(m.decode::<u32>().unwrap(), n);
+        }
+        let again = tokio::time::timeout(Duration::from_millis(300), s.recv()).await;
+        assert!(again.is_err(), "a publish arrived twice");
+    }
+
+    // A full mesh would be 496 links; the overlay keeps about 13 per host
+    // plus the join tree's.
+    wait_for("links shrink to the overlay", || async {
+        let links: u64 = hosts.iter().map(|h| h.stats().connected_hosts).sum::<u64>() / 2;
+        links <= 300
+    })
+    .await;
+}
