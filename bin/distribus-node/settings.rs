@@ -183,6 +183,11 @@ pub struct NodeArgs {
     /// recently used first (links to joined hosts stay). Default: 256.
     #[arg(long, global = true, env = "DISTRIBUS_LINK_BUDGET", value_name = "N")]
     pub link_budget: Option<usize>,
+    /// In a network of more hosts than this, keep links to about
+    /// sqrt(2 x hosts) neighbours and reach the others through them.
+    /// Default: 128.
+    #[arg(long, global = true, env = "DISTRIBUS_RELAY_ABOVE", value_name = "N")]
+    pub relay_above: Option<usize>,
     /// Refuse new connections while the process uses more than this fraction
     /// of physical memory. Default: 0.9.
     #[arg(
@@ -234,6 +239,8 @@ pub struct FileConfig {
     max_pending_connections: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     link_budget: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_above: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_memory_fraction: Option<f64>,
 }
@@ -369,6 +376,9 @@ impl Settings {
         if let Some(v) = args.link_budget.or(file.link_budget) {
             host.link_budget = Some(v);
         }
+        if let Some(v) = args.relay_above.or(file.relay_above) {
+            host.relay_above = v;
+        }
         if let Some(v) = args.max_memory_fraction.or(file.max_memory_fraction) {
             host.max_memory_fraction = Some(v);
         }
@@ -413,6 +423,7 @@ impl Settings {
             max_connections_per_host: self.host.max_connections_per_host,
             max_pending_connections: self.host.max_pending_connections,
             link_budget: self.host.link_budget,
+            relay_above: Some(self.host.relay_above),
             max_memory_fraction: self.host.max_memory_fraction,
         };
         toml::to_string(&file).map_err(|e| e.to_string())

@@ -155,6 +155,16 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
         net.addrs.push(addr);
         net.alive.push(true);
         pb.inc(1);
+        if (i + 1) % 64 == 0 {
+            pb.suspend(|| {
+                eprintln!(
+                    "distribus-sim:   {} hosts joined after {:.1} s, {} links",
+                    i + 1,
+                    join_start.elapsed().as_secs_f64(),
+                    links(&net)
+                )
+            });
+        }
     }
     let n = s.hosts as u64;
     until("full membership", s.phase_timeout, || {

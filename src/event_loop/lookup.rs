@@ -273,11 +273,13 @@ impl EventLoop {
             l.waiters.push(waiter);
             return;
         }
-        let candidates = closest(
+        let mut candidates = closest(
             self.membership.keys(),
             key_of(id.as_bytes()),
             self.replication,
         );
+        // Every holder has the entry: ask first those reachable in one hop.
+        candidates.sort_by_key(|h| self.next_hop(*h) != *h);
         self.lookups.insert(
             id.clone(),
             LookupState {
@@ -345,7 +347,15 @@ impl EventLoop {
                 }
                 continue;
             }
-            state.round_trips += 1;
+            // A relayed lookup is two network round trips.
+            let trips = if self.next_hop(holder) == holder {
+                1
+            } else {
+                2
+            };
+            if let Some(state) = self.lookups.get_mut(&id) {
+                state.round_trips += trips;
+            }
             let rid = self.request(holder, Request::Lookup(id.clone()));
             self.requests
                 .insert(rid, Pending::Lookup { id, host: holder });

@@ -127,14 +127,21 @@ impl EventLoop {
         self.overlay().is_some_and(|o| o.is_neighbour(host))
     }
 
+    /// The first hop of a relayable request for `host`: itself if linked
+    /// or a neighbour (or the network is small), else its relay.
+    pub(super) fn next_hop(&self, host: PeerId) -> PeerId {
+        if self.swarm.is_connected(&host) {
+            return host;
+        }
+        self.overlay().map_or(host, |o| o.next_hop(host))
+    }
+
     /// Where a request for `host` goes: itself, or through a relay.
     pub(super) fn route(&self, host: PeerId, req: Request) -> (PeerId, Request) {
-        if !req.is_relayable() || self.swarm.is_connected(&host) {
+        if !req.is_relayable() {
             return (host, req);
         }
-        let Some(via) = self.overlay().map(|o| o.next_hop(host)) else {
-            return (host, req);
-        };
+        let via = self.next_hop(host);
         if via == host {
             return (host, req);
         }
