@@ -254,6 +254,15 @@ impl Membership {
     }
 
     /// Removes hosts not heard of for `lease`; returns them.
+    /// Hosts whose counter has not risen for `after`.
+    pub fn silent(&self, now: Instant, after: Duration) -> Vec<PeerId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| now.duration_since(m.last_heard) > after)
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
     pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<Lapsed> {
         let gone: Vec<Lapsed> = self
             .members

@@ -178,6 +178,11 @@ impl EventLoop {
     /// holders that became responsible for it, and schedule dropping the
     /// entries this host is no longer responsible for.
     pub(super) fn rebalance(&mut self) {
+        // Checked every tick: compare versions, not the key lists (O(hosts)).
+        if self.rebalanced_version == self.membership.version() {
+            return;
+        }
+        self.rebalanced_version = self.membership.version();
         if self.rebalanced.as_slice() == self.membership.keys() {
             return;
         }

@@ -383,6 +383,7 @@ impl EventLoop {
 
     pub(super) fn expire_members(&mut self, now: Instant) {
         let lease = self.shared.with_config(|c| c.lease);
+        self.probe_silent(now, lease);
         for gone in self.membership.expire(now, lease) {
             let host = gone.host;
             tracing::info!(%host, "host lease lapsed");
@@ -437,6 +438,11 @@ impl EventLoop {
     }
 
     fn gossip_record(&mut self, r: SignedRecord) {
+        // A relaying network spreads records by digest anti-entropy only
+        // (see `relay`): a gossipsub mesh of every host costs too much.
+        if self.overlay().is_some() {
+            return;
+        }
         let Ok(frame) = postcard::to_allocvec(&r) else {
             return;
         };

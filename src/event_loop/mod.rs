@@ -116,6 +116,8 @@ pub(crate) struct EventLoop {
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     dir_links: HashMap<PeerId, lookup::DirLink>,
     rebalanced: Vec<(u64, PeerId)>,
+    /// The membership version `rebalanced` was last checked against.
+    rebalanced_version: u64,
     last_dir_flush: Instant,
     trim_due: Option<Instant>,
 
@@ -133,6 +135,8 @@ pub(crate) struct EventLoop {
     own_key: u64,
     own_signed: Option<crate::protocol::SignedRecord>,
     next_heartbeat: Instant,
+    /// Silent hosts probed directly before their lease lapses, and when.
+    probed: HashMap<PeerId, Instant>,
     closing: Option<members::Closing>,
 
     // channels
@@ -190,6 +194,7 @@ impl EventLoop {
             kad_lookups: HashMap::new(),
             dir_links: HashMap::new(),
             rebalanced: vec![],
+            rebalanced_version: 0,
             // The first changes go out at once; later ones gather.
             last_dir_flush: Instant::now()
                 .checked_sub(Duration::from_secs(1))
@@ -203,6 +208,7 @@ impl EventLoop {
             own_key: crate::directory::host_key(&local),
             own_signed: None,
             next_heartbeat: Instant::now(),
+            probed: HashMap::new(),
             closing: None,
             subs: HashMap::new(),
             parked: HashMap::new(),

@@ -90,10 +90,25 @@ impl EventLoop {
             return;
         }
         let above = self.shared.with_config(|c| c.relay_above);
+        let was_relaying = self.overlay.current.is_some();
         if self.membership.len() <= above {
             self.overlay.current = None;
         } else {
             self.overlay.current = Some(Overlay::new(self.membership.keys(), self.local()));
+        }
+        // Membership records travel on a gossipsub topic of every host in a
+        // small network; a relaying one leaves it (each host in one mesh
+        // of all costs heartbeats and IHAVE gossip on every link) and
+        // spreads records by digest anti-entropy alone.
+        let relaying = self.overlay.current.is_some();
+        if relaying != was_relaying {
+            let gs = &mut self.swarm.behaviour_mut().gossipsub;
+            let topic = super::members::topic();
+            if relaying {
+                gs.unsubscribe(&topic);
+            } else if let Err(e) = gs.subscribe(&topic) {
+                tracing::warn!(error = %e, "cannot subscribe to the membership topic");
+            }
         }
         let neighbours = self
             .overlay
