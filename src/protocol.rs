@@ -80,10 +80,11 @@ pub(crate) enum Request {
     /// Membership records the receiver was seen to lack, each with the
     /// newest heartbeat counter the sender knows for it.
     Records(Vec<(SignedRecord, u64)>),
-    /// A request of another host carried through this one (see
-    /// [`crate::overlay`]): forwarded if it is for another host, handled
-    /// as the origin's own if it is for this one.
-    Relay(Relayed),
+    /// Requests of other hosts carried through this one (see
+    /// [`crate::overlay`]): each is forwarded if it is for another host
+    /// (those for one host go on together), handled as its origin's own if
+    /// it is for this one. Answered by [`Response::Relayed`], in order.
+    Relay(Vec<Relayed>),
 }
 
 /// A request carried through a relay host, signed by the host that made it.
@@ -182,6 +183,8 @@ pub(crate) enum Response {
     /// A relay could not forward the request, or its destination refused
     /// it as relayed: the reason.
     RelayFailed(String),
+    /// The answers to a [`Request::Relay`], one per request, in order.
+    Relayed(Vec<Response>),
 }
 
 /// Counters of rejected inbound frames, shared by all codec instances of a host.

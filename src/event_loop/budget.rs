@@ -55,7 +55,7 @@ impl EventLoop {
                 | Pending::Lookup { host, .. }
                 | Pending::Join { host }
                 | Pending::Beats { host }
-                | Pending::Relay { to: host, .. } => Some(*host),
+                | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records => None,
             })
             .collect()

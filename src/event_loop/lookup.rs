@@ -25,6 +25,11 @@ const MAX_DIR_BATCH: usize = 65_536;
 const DIR_GATHER: Duration = Duration::from_millis(10);
 /// Wait before resending directory operations that failed.
 const DIR_RETRY: Duration = Duration::from_millis(500);
+/// Most directory requests in flight from one host, over all holders. In a
+/// network of hundreds of hosts a burst of creates would otherwise put a
+/// request to every holder on the wire at once, every flush; the queues
+/// behind keep gathering, so later batches are larger.
+const MAX_DIR_IN_FLIGHT: usize = 64;
 
 /// Directory operations waiting for one holder.
 #[derive(Debug, Default)]
@@ -110,6 +115,11 @@ impl EventLoop {
         if link.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        if self.dir_in_flight >= MAX_DIR_IN_FLIGHT {
+            self.dir_waiting = true;
+            return;
+        }
+        self.dir_in_flight += 1;
         let n = link.queue.len().min(MAX_DIR_BATCH);
         let ops: Vec<DirOp> = link.queue.drain(..n).collect();
         link.in_flight = true;
@@ -131,6 +141,10 @@ impl EventLoop {
         ops: Vec<DirOp>,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
+        self.dir_in_flight = self.dir_in_flight.saturating_sub(1);
+        if std::mem::take(&mut self.dir_waiting) {
+            self.flush_waiting_dir_links(holder);
+        }
         let still_member = self.membership.contains(&holder);
         let Some(link) = self.dir_links.get_mut(&holder) else {
             return;
@@ -153,6 +167,26 @@ impl EventLoop {
             self.flush_dir_link(holder);
         } else {
             self.dir_links.remove(&holder);
+        }
+    }
+
+    /// Sends the batches that waited for a free slot (not `except`'s, which
+    /// its caller handles).
+    fn flush_waiting_dir_links(&mut self, except: PeerId) {
+        let now = Instant::now();
+        let waiting: Vec<PeerId> = self
+            .dir_links
+            .iter()
+            .filter(|(h, l)| {
+                **h != except
+                    && !l.in_flight
+                    && !l.queue.is_empty()
+                    && l.retry_at.is_none_or(|t| t <= now)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for h in waiting {
+            self.flush_dir_link(h);
         }
     }
 

@@ -52,6 +52,14 @@ pub(crate) use messaging::PendingSend;
 /// Most commands handled in one turn of the loop before swarm events.
 const COMMAND_BATCH: usize = 256;
 
+/// Key of an outbound request: a request-response request of ours, or one
+/// carried in a relay bundle (see `relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ReqKey {
+    Rr(OutboundRequestId),
+    Relayed(u64),
+}
+
 /// What an outbound request was for.
 #[derive(Debug)]
 enum Pending {
@@ -78,11 +86,11 @@ enum Pending {
         host: PeerId,
     },
     Records,
-    /// A request this host forwards as a relay: the answer goes back on
-    /// `channel`.
-    Relay {
-        to: PeerId,
-        channel: request_response::ResponseChannel<crate::protocol::Response>,
+    /// A bundle of relayed requests sent to `via` (ours, or others' this
+    /// host forwards): one slot per request.
+    RelayBundle {
+        via: PeerId,
+        slots: Vec<relay::Slot>,
     },
 }
 
@@ -95,7 +103,7 @@ pub(crate) struct EventLoop {
     epoch: u64,
     seq: u64,
     replication: usize,
-    requests: HashMap<OutboundRequestId, Pending>,
+    requests: HashMap<ReqKey, Pending>,
     listens: HashMap<libp2p::core::transport::ListenerId, oneshot::Sender<Result<Vec<Multiaddr>>>>,
     /// Every listener opened, removed when the loop ends (the memory
     /// transport frees its port only on removal).
@@ -115,6 +123,10 @@ pub(crate) struct EventLoop {
     lookups: HashMap<String, lookup::LookupState>,
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     dir_links: HashMap<PeerId, lookup::DirLink>,
+    /// Directory requests in flight, over all holders.
+    dir_in_flight: usize,
+    /// A batch waits for one of them to finish.
+    dir_waiting: bool,
     rebalanced: Vec<(u64, PeerId)>,
     /// The membership version `rebalanced` was last checked against.
     rebalanced_version: u64,
@@ -159,6 +171,7 @@ pub(crate) struct EventLoop {
 
     // relay
     overlay: relay::OverlayState,
+    relays: relay::RelayQueues,
 }
 
 impl EventLoop {
@@ -193,6 +206,8 @@ impl EventLoop {
             lookups: HashMap::new(),
             kad_lookups: HashMap::new(),
             dir_links: HashMap::new(),
+            dir_in_flight: 0,
+            dir_waiting: false,
             rebalanced: vec![],
             rebalanced_version: 0,
             // The first changes go out at once; later ones gather.
@@ -219,6 +234,7 @@ impl EventLoop {
             joiners: Default::default(),
             next_trim: Instant::now(),
             overlay: Default::default(),
+            relays: Default::default(),
             shared,
         };
         this.rebalanced = this.membership.keys().to_vec();
@@ -290,14 +306,23 @@ impl EventLoop {
     /// membership record if not connected (the swarm's own address sources,
     /// kad's buckets and identify's cache, do not hold every member).
     /// In a big network it may go through a relay (see `relay`).
-    fn request(&mut self, host: PeerId, req: crate::protocol::Request) -> OutboundRequestId {
+    fn request(&mut self, host: PeerId, req: crate::protocol::Request) -> ReqKey {
         let liveness = req.is_liveness();
-        let (via, req) = self.route(host, req);
         if !liveness {
-            self.touch(via);
+            self.touch(host);
         }
-        self.dial_member(via);
-        self.swarm.behaviour_mut().rpc.send_request(&via, req)
+        let via = if req.is_relayable() {
+            self.next_hop(host)
+        } else {
+            host
+        };
+        if via != host {
+            if let Some(key) = self.relay_own(via, host, &req) {
+                return key;
+            }
+        }
+        self.dial_member(host);
+        ReqKey::Rr(self.swarm.behaviour_mut().rpc.send_request(&host, req))
     }
 
     /// Dials a member at its record's addresses unless connected or dialling.
@@ -495,8 +520,8 @@ impl EventLoop {
                 if !request.is_liveness() {
                     self.touch(peer);
                 }
-                if let crate::protocol::Request::Relay(r) = request {
-                    self.on_relay(peer, r, channel);
+                if let crate::protocol::Request::Relay(items) = request {
+                    self.on_relay(peer, items, channel);
                     return;
                 }
                 let response = self.on_request(peer, request);
@@ -510,26 +535,14 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(p) = self.requests.remove(&request_id) {
-                    // A relay that could not pass the request on fails it
-                    // as a broken link would (those are retried).
-                    let result = match response {
-                        crate::protocol::Response::RelayFailed(why)
-                            if !matches!(p, Pending::Relay { .. }) =>
-                        {
-                            Err(request_response::OutboundFailure::Io(
-                                std::io::Error::other(format!("relay: {why}")),
-                            ))
-                        }
-                        other => Ok(other),
-                    };
-                    self.on_response(p, result);
+                if let Some(p) = self.requests.remove(&ReqKey::Rr(request_id)) {
+                    self.on_response(p, Ok(response));
                 }
             }
             Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(p) = self.requests.remove(&request_id) {
+                if let Some(p) = self.requests.remove(&ReqKey::Rr(request_id)) {
                     self.on_response(p, Err(error));
                 }
             }
@@ -584,7 +597,7 @@ impl EventLoop {
             Pending::Lookup { id, .. } => self.on_lookup_result(id, result),
             Pending::Join { host } => self.on_join_result(host, result),
             Pending::Resync | Pending::Records => {}
-            Pending::Relay { to, channel } => self.on_relay_result(to, channel, result),
+            Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
             Pending::Beats { host } => self.on_beats_result(host, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {

@@ -20,11 +20,17 @@
 //! batch, but an older batch replayed would be delivered again (no
 //! per-origin replay window yet).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
-use libp2p::{request_response::ResponseChannel, PeerId};
+use libp2p::{
+    request_response::{OutboundFailure, ResponseChannel},
+    PeerId,
+};
 
-use super::{EventLoop, Pending};
+use super::{EventLoop, Pending, ReqKey};
 use crate::{
     membership::Membership,
     overlay::Overlay,
@@ -35,6 +41,12 @@ use crate::{
 const RECOMPUTE_EVERY: Duration = Duration::from_millis(500);
 /// Most neighbours dialled per heartbeat.
 const DIALS_PER_ROUND: usize = 32;
+/// Most requests in one bundle.
+const MAX_BUNDLE: usize = 4096;
+/// Bytes per bundled request besides its own (ids, signature, framing).
+const ITEM_OVERHEAD: usize = 160;
+/// Bytes of a frame kept free beyond the bundled requests.
+const BUNDLE_SLACK: usize = 64 * 1024;
 
 /// Checks a relayed request that arrived for this host through `relay`: a
 /// member relay, a member origin whose key signed it, and a request that
@@ -58,6 +70,39 @@ fn open(membership: &Membership, relay: PeerId, r: &Relayed) -> Result<(PeerId, 
         return Err("this request cannot be relayed".into());
     }
     Ok((origin, req))
+}
+
+/// Where the answer to one relayed request goes.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    /// One of ours, under `ReqKey::Relayed(id)` in the loop's requests.
+    Own(u64),
+    /// Another host's, at `index` of the inbound bundle `bundle`.
+    Forward { bundle: u64, index: usize },
+}
+
+/// Relayed requests waiting for one next hop.
+#[derive(Debug, Default)]
+struct RelayLink {
+    queue: VecDeque<(Relayed, Slot)>,
+    in_flight: bool,
+}
+
+/// A bundle another host sent through this one, waiting for answers.
+#[derive(Debug)]
+struct InBundle {
+    peer: PeerId,
+    channel: ResponseChannel<Response>,
+    responses: Vec<Option<Response>>,
+    remaining: usize,
+}
+
+/// Bundles out and in.
+#[derive(Debug, Default)]
+pub(crate) struct RelayQueues {
+    links: HashMap<PeerId, RelayLink>,
+    inbound: HashMap<u64, InBundle>,
+    next_id: u64,
 }
 
 /// The overlay as last computed, and for which membership.
@@ -151,21 +196,6 @@ impl EventLoop {
         self.overlay().map_or(host, |o| o.next_hop(host))
     }
 
-    /// Where a request for `host` goes: itself, or through a relay.
-    pub(super) fn route(&self, host: PeerId, req: Request) -> (PeerId, Request) {
-        if !req.is_relayable() {
-            return (host, req);
-        }
-        let via = self.next_hop(host);
-        if via == host {
-            return (host, req);
-        }
-        match self.wrap(host, &req) {
-            Some(r) => (via, Request::Relay(r)),
-            None => (host, req),
-        }
-    }
-
     /// Signs a request for relaying to `to`.
     fn wrap(&self, to: PeerId, req: &Request) -> Option<Relayed> {
         let inner = postcard::to_allocvec(req).ok()?;
@@ -183,63 +213,200 @@ impl EventLoop {
         })
     }
 
-    /// An inbound relayed request from `peer`: handled here if it is for
-    /// this host, else forwarded (first hop only) and answered when the
-    /// destination answers.
+    /// Queues one of our requests for `host` on the bundle to `via`; its
+    /// answer comes back under the returned key. `None` if it could not be
+    /// signed (the caller sends it directly).
+    pub(super) fn relay_own(&mut self, via: PeerId, host: PeerId, req: &Request) -> Option<ReqKey> {
+        let r = self.wrap(host, req)?;
+        let id = self.relays.next_id;
+        self.relays.next_id += 1;
+        self.enqueue_relay(via, r, Slot::Own(id));
+        Some(ReqKey::Relayed(id))
+    }
+
+    fn enqueue_relay(&mut self, via: PeerId, r: Relayed, slot: Slot) {
+        self.relays
+            .links
+            .entry(via)
+            .or_default()
+            .queue
+            .push_back((r, slot));
+        self.flush_relay(via);
+    }
+
+    /// Sends what waits for `via` as one bundle, unless one is in flight
+    /// (then it goes when that one is answered, with whatever gathered).
+    fn flush_relay(&mut self, via: PeerId) {
+        let max_bytes = self
+            .shared
+            .with_config(|c| c.max_frame_size.saturating_sub(BUNDLE_SLACK));
+        let Some(link) = self.relays.links.get_mut(&via) else {
+            return;
+        };
+        if link.in_flight || link.queue.is_empty() {
+            return;
+        }
+        let (mut items, mut slots, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        while let Some((r, _)) = link.queue.front() {
+            let size = r.inner.len() + ITEM_OVERHEAD;
+            if !items.is_empty() && (bytes + size > max_bytes || items.len() >= MAX_BUNDLE) {
+                break;
+            }
+            bytes += size;
+            if let Some((r, slot)) = link.queue.pop_front() {
+                items.push(r);
+                slots.push(slot);
+            }
+        }
+        link.in_flight = true;
+        self.touch(via);
+        self.dial_member(via);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&via, Request::Relay(items));
+        self.requests
+            .insert(ReqKey::Rr(id), Pending::RelayBundle { via, slots });
+    }
+
+    /// Inbound relayed requests from `peer`: those for this host are
+    /// handled at once; the others are forwarded (first hop only), bundled
+    /// per destination. The answer goes back when every request has one.
     pub(super) fn on_relay(
         &mut self,
         peer: PeerId,
-        r: Relayed,
+        items: Vec<Relayed>,
         channel: ResponseChannel<Response>,
     ) {
-        let to = PeerId::from_bytes(&r.to).ok();
-        if to == Some(self.local()) {
-            let response = match open(&self.membership, peer, &r) {
-                Ok((origin, req)) => self.on_request(origin, req),
-                Err(why) => {
-                    tracing::debug!(%peer, %why, "relayed request refused");
-                    Response::RelayFailed(why)
-                }
+        let local = self.local();
+        let bundle = self.relays.next_id;
+        self.relays.next_id += 1;
+        let mut responses = vec![None; items.len()];
+        let mut forward = Vec::new();
+        for (index, r) in items.into_iter().enumerate() {
+            let to = PeerId::from_bytes(&r.to).ok();
+            if to == Some(local) {
+                let response = match open(&self.membership, peer, &r) {
+                    Ok((origin, req)) => self.on_request(origin, req),
+                    Err(why) => {
+                        tracing::debug!(%peer, %why, "relayed request refused");
+                        Response::RelayFailed(why)
+                    }
+                };
+                responses[index] = Some(response);
+                continue;
+            }
+            let refused = match to {
+                None => Some("bad destination id"),
+                Some(_) if r.origin != peer.to_bytes() => Some("relayed requests are relayed once"),
+                Some(to) if !self.membership.contains(&to) => Some("destination is not a member"),
+                Some(_) if !self.membership.contains(&peer) => Some("origin is not a member"),
+                Some(_) => None,
             };
-            self.answer(peer, channel, response);
+            match (refused, to) {
+                (None, Some(to)) => forward.push((to, r, index)),
+                (why, _) => {
+                    let why = why.unwrap_or("refused").to_string();
+                    responses[index] = Some(Response::RelayFailed(why));
+                }
+            }
+        }
+        if forward.is_empty() {
+            let all = responses
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Response::RelayFailed("no answer".into())))
+                .collect();
+            self.answer(peer, channel, Response::Relayed(all));
             return;
         }
-        let refused = match to {
-            None => Some("bad destination id"),
-            Some(_) if r.origin != peer.to_bytes() => Some("relayed requests are relayed once"),
-            Some(to) if !self.membership.contains(&to) => Some("destination is not a member"),
-            Some(_) if !self.membership.contains(&peer) => Some("origin is not a member"),
-            Some(_) => None,
-        };
-        match (refused, to) {
-            (None, Some(to)) => {
-                crate::shared::bump(&self.shared.counters.relayed);
-                self.touch(to);
-                self.dial_member(to);
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_request(&to, Request::Relay(r));
-                self.requests.insert(id, Pending::Relay { to, channel });
-            }
-            (why, _) => {
-                let why = why.unwrap_or("refused").to_string();
-                self.answer(peer, channel, Response::RelayFailed(why));
-            }
+        self.relays.inbound.insert(
+            bundle,
+            InBundle {
+                peer,
+                channel,
+                remaining: forward.len(),
+                responses,
+            },
+        );
+        for (to, r, index) in forward {
+            crate::shared::bump(&self.shared.counters.relayed);
+            self.touch(to);
+            self.enqueue_relay(to, r, Slot::Forward { bundle, index });
         }
     }
 
-    /// The destination's answer (or the failure to reach it) goes back to
-    /// the origin of a forwarded request.
-    pub(super) fn on_relay_result(
+    /// A bundle sent to `via` was answered (or failed): each request's
+    /// answer goes to whoever waits for it.
+    pub(super) fn on_bundle_result(
         &mut self,
-        to: PeerId,
-        channel: ResponseChannel<Response>,
-        result: std::result::Result<Response, libp2p::request_response::OutboundFailure>,
+        via: PeerId,
+        slots: Vec<Slot>,
+        result: std::result::Result<Response, OutboundFailure>,
     ) {
-        let response = result.unwrap_or_else(|e| Response::RelayFailed(format!("{to}: {e}")));
-        self.answer(to, channel, response);
+        if let Some(link) = self.relays.links.get_mut(&via) {
+            link.in_flight = false;
+        }
+        let answers: Vec<std::result::Result<Response, String>> = match result {
+            Ok(Response::Relayed(rs)) if rs.len() == slots.len() => rs.into_iter().map(Ok).collect(),
+            Ok(other) => {
+                let why = format!("{via}: unexpected answer {}", answer_name(&other));
+                vec![Err(why); slots.len()]
+            }
+            Err(e) => vec![Err(format!("{via}: {e}")); slots.len()],
+        };
+        for (slot, answer) in slots.into_iter().zip(answers) {
+            self.settle(slot, answer);
+        }
+        if self
+            .relays
+            .links
+            .get(&via)
+            .is_some_and(|l| l.queue.is_empty() && !l.in_flight)
+        {
+            self.relays.links.remove(&via);
+        } else {
+            self.flush_relay(via);
+        }
+    }
+
+    /// Gives one relayed request its answer.
+    fn settle(&mut self, slot: Slot, answer: std::result::Result<Response, String>) {
+        match slot {
+            Slot::Own(id) => {
+                let Some(p) = self.requests.remove(&ReqKey::Relayed(id)) else {
+                    return;
+                };
+                // A relay that could not pass the request on fails it as a
+                // broken link would (those are retried).
+                let result = match answer {
+                    Ok(Response::RelayFailed(why)) | Err(why) => Err(OutboundFailure::Io(
+                        std::io::Error::other(format!("relay: {why}")),
+                    )),
+                    Ok(r) => Ok(r),
+                };
+                self.on_response(p, result);
+            }
+            Slot::Forward { bundle, index } => {
+                let Some(b) = self.relays.inbound.get_mut(&bundle) else {
+                    return;
+                };
+                if let Some(r) = b.responses.get_mut(index) {
+                    *r = Some(answer.unwrap_or_else(Response::RelayFailed));
+                }
+                b.remaining = b.remaining.saturating_sub(1);
+                if b.remaining == 0 {
+                    if let Some(b) = self.relays.inbound.remove(&bundle) {
+                        let all = b
+                            .responses
+                            .into_iter()
+                            .map(|r| r.unwrap_or_else(|| Response::RelayFailed("no answer".into())))
+                            .collect();
+                        self.answer(b.peer, b.channel, Response::Relayed(all));
+                    }
+                }
+            }
+        }
     }
 
     /// Sends `response` on `channel`.
@@ -258,6 +425,15 @@ impl EventLoop {
         {
             tracing::debug!(%peer, "response channel closed before answering");
         }
+    }
+}
+
+/// A short name of an answer, for errors.
+fn answer_name(r: &Response) -> &'static str {
+    match r {
+        Response::RelayFailed(_) => "relay failed",
+        Response::Refused(_) => "refused",
+        _ => "of another kind",
     }
 }
 
