@@ -348,7 +348,9 @@ impl EventLoop {
             link.in_flight = false;
         }
         let answers: Vec<std::result::Result<Response, String>> = match result {
-            Ok(Response::Relayed(rs)) if rs.len() == slots.len() => rs.into_iter().map(Ok).collect(),
+            Ok(Response::Relayed(rs)) if rs.len() == slots.len() => {
+                rs.into_iter().map(Ok).collect()
+            }
             Ok(other) => {
                 let why = format!("{via}: unexpected answer {}", answer_name(&other));
                 vec![Err(why); slots.len()]
