@@ -21,7 +21,7 @@
 //! could keep a dead host looking alive, but never add, change or remove
 //! another host's record.
 
-use std::{collections::HashSet, time::Instant};
+use std::time::Instant;
 
 use libp2p::{request_response::OutboundFailure, PeerId};
 use rand::seq::SliceRandom;
@@ -95,7 +95,10 @@ impl EventLoop {
     /// returns the records `from` lacks.
     fn merge_digest(&mut self, from: PeerId, beats: &[Beat]) -> Vec<(SignedRecord, u64)> {
         let now = Instant::now();
-        let mut listed: HashSet<u64> = HashSet::with_capacity(beats.len().min(MAX_DIGEST));
+        let mut listed: foldhash::HashSet<u64> = foldhash::HashSet::with_capacity_and_hasher(
+            beats.len().min(MAX_DIGEST),
+            Default::default(),
+        );
         let mut lacks = Vec::new();
         for b in beats.iter().take(MAX_DIGEST) {
             listed.insert(b.key);
