@@ -41,6 +41,8 @@ use crate::{
 const RECOMPUTE_EVERY: Duration = Duration::from_millis(500);
 /// Most neighbours dialled per heartbeat.
 const DIALS_PER_ROUND: usize = 32;
+/// Most relays remembered as unreachable.
+const MAX_AVOIDED: usize = 1024;
 /// Most requests in one bundle.
 const MAX_BUNDLE: usize = 4096;
 /// Bytes per bundled request besides its own (ids, signature, framing).
@@ -103,6 +105,10 @@ pub(crate) struct RelayQueues {
     links: HashMap<PeerId, RelayLink>,
     inbound: HashMap<u64, InBundle>,
     next_id: u64,
+    /// Relays a bundle could not reach lately, and until when requests go
+    /// around them (directly to their destination): a crashed contact
+    /// stays in the membership until its lease lapses.
+    avoid: HashMap<PeerId, Instant>,
 }
 
 /// The overlay as last computed, and for which membership.
@@ -193,7 +199,17 @@ impl EventLoop {
         if self.swarm.is_connected(&host) {
             return host;
         }
-        self.overlay().map_or(host, |o| o.next_hop(host))
+        let via = self.overlay().map_or(host, |o| o.next_hop(host));
+        if via != host
+            && self
+                .relays
+                .avoid
+                .get(&via)
+                .is_some_and(|until| *until > Instant::now())
+        {
+            return host;
+        }
+        via
     }
 
     /// Signs a request for relaying to `to`.
@@ -355,7 +371,20 @@ impl EventLoop {
                 let why = format!("{via}: unexpected answer {}", answer_name(&other));
                 vec![Err(why); slots.len()]
             }
-            Err(e) => vec![Err(format!("{via}: {e}")); slots.len()],
+            Err(e) => {
+                // The relay itself is unreachable: go around it until its
+                // lease would have lapsed.
+                let now = Instant::now();
+                let lease = self.shared.with_config(|c| c.lease);
+                let avoid = &mut self.relays.avoid;
+                if avoid.len() >= MAX_AVOIDED {
+                    avoid.retain(|_, until| *until > now);
+                }
+                if avoid.len() < MAX_AVOIDED {
+                    avoid.insert(via, now + lease);
+                }
+                vec![Err(format!("{via}: {e}")); slots.len()]
+            }
         };
         for (slot, answer) in slots.into_iter().zip(answers) {
             self.settle(slot, answer);
