@@ -11,6 +11,11 @@
 //! entries still point only to the host that signed them, batch dedup is
 //! per origin.
 //!
+//! A relay that cannot be reached (a crashed contact is a member until its
+//! lease lapses) fails the bundle in flight; its requests are resent (or
+//! retried) and, until the lease would have lapsed, go directly to their
+//! destinations instead.
+//!
 //! What a relay can do: delay or drop a request, or answer it falsely
 //! (answers are not signed: a relay is a member, trusted as far as any
 //! member's answer to a lookup is). What it cannot do: forge, alter or
