@@ -11,6 +11,11 @@
 //! entries still point only to the host that signed them, batch dedup is
 //! per origin.
 //!
+//! Requests for one next hop travel together: while a bundle to it is in
+//! flight, the next ones queue behind and go as one [`Request::Relay`]
+//! when it is answered (on the origin, per contact; on the contact, per
+//! destination). Answers come back in order, one per request.
+//!
 //! A relay that cannot be reached (a crashed contact is a member until its
 //! lease lapses) fails the bundle in flight; its requests are resent (or
 //! retried) and, until the lease would have lapsed, go directly to their
