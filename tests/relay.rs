@@ -27,44 +27,7 @@ async fn a_relaying_network_delivers_everything_once_over_few_links() {
     let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
     wait_membership(&hosts.iter().collect::<Vec<_>>(), N).await;
 
-    let peers: Vec<_> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| h.create(&format!("p{i}")).unwrap())
-        .collect();
-    for (i, h) in hosts.iter().enumerate() {
-        for (j, owner) in hosts.iter().enumerate() {
-            if i != j {
-                wait_found(h, &format!("p{j}"), owner).await;
-            }
-        }
-    }
-    let mut sends = Vec::new();
-    for (i, p) in peers.iter().enumerate() {
-        let p = p.clone();
-        sends.push(tokio::spawn(async move {
-            for n in 0..EACH {
-                for j in 0..N {
-                    if j != i {
-                        p.send(&format!("p{j}"), &n).await.unwrap();
-                    }
-                }
-            }
-        }));
-    }
-    for s in sends {
-        within("sends", s).await.unwrap();
-    }
-    for (j, p) in peers.iter().enumerate() {
-        let mut next = [0u32; N];
-        for _ in 0..(N - 1) * EACH as usize {
-            let m = within("message", p.recv()).await.unwrap();
-            let from: usize = m.from[1..].parse().unwrap();
-            assert_eq!(m.decode::<u32>().unwrap(), next[from], "p{from} -> p{j}");
-            next[from] += 1;
-        }
-        assert!(p.try_recv().is_none(), "p{j} got a message twice");
-    }
+    all_to_all_exactly_once(&hosts, EACH).await;
     let relayed: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
     assert!(relayed > 0, "nothing went through a relay");
 

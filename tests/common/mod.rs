@@ -4,7 +4,7 @@
 
 use std::{future::Future, time::Duration};
 
-use distribus::{Host, HostConfig, Multiaddr, TransportKind};
+use distribus::{Host, HostConfig, Multiaddr, Peer, TransportKind};
 
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -109,4 +109,53 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Creates peer `p{i}` on every host, waits until every host finds every
+/// other's, sends `each` numbered messages from every peer to every other
+/// (all peers at once), and checks that each arrives exactly once and in
+/// order. Returns the peers.
+pub async fn all_to_all_exactly_once(hosts: &[Host], each: u32) -> Vec<Peer> {
+    let n = hosts.len();
+    let peers: Vec<Peer> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.create(&format!("p{i}")).expect("create"))
+        .collect();
+    for (i, h) in hosts.iter().enumerate() {
+        for (j, owner) in hosts.iter().enumerate() {
+            if i != j {
+                wait_found(h, &format!("p{j}"), owner).await;
+            }
+        }
+    }
+    let mut sends = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let p = p.clone();
+        sends.push(tokio::spawn(async move {
+            for k in 0..each {
+                for j in (0..n).filter(|j| *j != i) {
+                    p.send(&format!("p{j}"), &k).await.expect("send");
+                }
+            }
+        }));
+    }
+    for s in sends {
+        within("sends", s).await.expect("send task");
+    }
+    for (j, p) in peers.iter().enumerate() {
+        let mut next = vec![0u32; n];
+        for _ in 0..(n - 1) * each as usize {
+            let m = within("message", p.recv()).await.expect("inbox open");
+            let from: usize = m.from[1..].parse().expect("p<index>");
+            assert_eq!(
+                m.decode::<u32>().expect("u32"),
+                next[from],
+                "p{from} -> p{j}"
+            );
+            next[from] += 1;
+        }
+        assert!(p.try_recv().is_none(), "p{j} got a message twice");
+    }
+    peers
 }
