@@ -339,10 +339,11 @@ impl Membership {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(key: &Keypair, epoch: u64, seq: u64, leaving: bool) -> Verified {
+    /// A verified record of `key`'s host (also used by the relay tests).
+    pub(crate) fn record(key: &Keypair, epoch: u64, seq: u64, leaving: bool) -> Verified {
         let r = HostRecord {
             public_key: key.public().encode_protobuf(),
             epoch,

@@ -485,21 +485,12 @@ mod tests {
     use libp2p::identity::Keypair;
 
     use super::*;
-    use crate::membership::{verify, HostRecord};
 
     /// A membership of `local` that knows the hosts of `keys`.
     fn membership_with(local: PeerId, keys: &[&Keypair]) -> Membership {
         let mut m = Membership::new(local);
         for k in keys {
-            let r = HostRecord {
-                public_key: k.public().encode_protobuf(),
-                epoch: 1,
-                seq: 1,
-                addrs: vec![],
-                channels: vec![],
-                leaving: false,
-            };
-            let v = verify(&r.sign(k).unwrap()).unwrap();
+            let v = crate::membership::tests::record(k, 1, 1, false);
             m.apply(&v, Instant::now(), Duration::from_secs(1));
         }
         m
