@@ -14,7 +14,7 @@
 //! registering host's epoch (its start time); entries of an older epoch of
 //! the same host are stale and are dropped when a newer epoch appears.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
@@ -34,26 +34,65 @@ pub(crate) fn host_key(host: &PeerId) -> u64 {
 
 /// The `n` hosts of `members` closest to `key`, closest first.
 pub(crate) fn closest(members: &[(u64, PeerId)], key: u64, n: usize) -> Vec<PeerId> {
-    let mut best: Vec<(u64, PeerId)> = Vec::with_capacity(n + 1);
-    for &(k, host) in members {
-        let d = k ^ key;
-        if best.len() == n && best.last().is_some_and(|&(bd, _)| d >= bd) {
-            continue;
-        }
-        let pos = best.partition_point(|&(bd, _)| bd <= d);
-        best.insert(pos, (d, host));
-        best.truncate(n);
-    }
-    best.into_iter().map(|(_, h)| h).collect()
+    let mut best = Vec::with_capacity(n + 1);
+    closest_indices(members, key, n, &mut best);
+    best.iter().map(|&(_, i)| members[i as usize].1).collect()
 }
 
-/// A directory operation, in the order the registering host made it.
+/// Like [`closest`], but as `(distance, index into members)` pairs written
+/// to `best` (cleared first): no allocation once `best` has room for `n`,
+/// and no host ids copied, for the per-peer paths (every create, every
+/// held entry at a trim).
+pub(crate) fn closest_indices(
+    members: &[(u64, PeerId)],
+    key: u64,
+    n: usize,
+    best: &mut Vec<(u64, u32)>,
+) {
+    best.clear();
+    if n == 0 {
+        return;
+    }
+    for (i, &(k, _)) in members.iter().enumerate() {
+        let d = k ^ key;
+        if best.len() == n {
+            if best.last().is_some_and(|&(bd, _)| d >= bd) {
+                continue;
+            }
+            best.pop();
+        }
+        let pos = best.partition_point(|&(bd, _)| bd <= d);
+        best.insert(pos, (d, i as u32));
+    }
+}
+
+/// A directory operation, in the order the registering host made it. The
+/// id is shared (`Arc`) between the host's registry, the queues to its
+/// holders and the requests kept for a resend, so an operation for three
+/// holders allocates nothing; a holder decodes it with one allocation and
+/// keeps it as is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum DirOp {
     /// The peer id now lives on the sending host.
-    Register(String),
+    Register(#[serde(deserialize_with = "arc_str")] Arc<str>),
     /// The peer id no longer lives on the sending host.
-    Withdraw(String),
+    Withdraw(#[serde(deserialize_with = "arc_str")] Arc<str>),
+}
+
+/// Decodes a string straight into an `Arc<str>` (serde's own impl goes
+/// through a `Box<str>`: two allocations and a copy).
+fn arc_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Arc<str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Arc<str>, E> {
+            Ok(Arc::from(v))
+        }
+    }
+    d.deserialize_str(V)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +104,7 @@ struct Holding {
 /// Entries this host holds for others (and for itself), bounded in count.
 #[derive(Debug)]
 pub(crate) struct DirectoryStore {
-    entries: HashMap<Box<str>, Holding, ahash::RandomState>,
+    entries: HashMap<Arc<str>, Holding, ahash::RandomState>,
     hosts: Vec<PeerId>,
     host_index: HashMap<PeerId, u32>,
     max_entries: usize,
@@ -99,14 +138,13 @@ impl DirectoryStore {
         for op in ops {
             match op {
                 DirOp::Register(id) => {
-                    if let Some(e) = self.entries.get_mut(id.as_str()) {
+                    if let Some(e) = self.entries.get_mut(&*id) {
                         if e.host == h && e.epoch > epoch {
                             continue; // a late packet of an older epoch
                         }
                         *e = Holding { host: h, epoch };
                     } else if self.entries.len() < self.max_entries {
-                        self.entries
-                            .insert(id.into_boxed_str(), Holding { host: h, epoch });
+                        self.entries.insert(id, Holding { host: h, epoch });
                     } else {
                         self.refused += 1;
                     }
@@ -114,10 +152,10 @@ impl DirectoryStore {
                 DirOp::Withdraw(id) => {
                     if self
                         .entries
-                        .get(id.as_str())
+                        .get(&*id)
                         .is_some_and(|e| e.host == h && e.epoch <= epoch)
                     {
-                        self.entries.remove(id.as_str());
+                        self.entries.remove(&*id);
                     }
                 }
             }

@@ -257,8 +257,15 @@ impl Codec {
 /// Encodes a message as a length-prefixed frame.
 pub(crate) fn encode_frame<M: Serialize>(msg: &M) -> io::Result<Vec<u8>> {
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-    let mut buf = postcard::to_extend(msg, vec![0u8; 4]).map_err(|e| invalid(e.to_string()))?;
-    let len = u32::try_from(buf.len() - 4).map_err(|e| invalid(e.to_string()))?;
+    // Sized first, then written into one exact buffer: postcard's `Vec`
+    // flavours push byte by byte, which cost more than the sizing pass.
+    let size = postcard::experimental::serialized_size(msg).map_err(|e| invalid(e.to_string()))?;
+    let mut buf = vec![0u8; 4 + size];
+    let written = postcard::to_slice(msg, &mut buf[4..])
+        .map_err(|e| invalid(e.to_string()))?
+        .len();
+    buf.truncate(4 + written);
+    let len = u32::try_from(written).map_err(|e| invalid(e.to_string()))?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf)
 }

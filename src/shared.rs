@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub connections_opened: AtomicU64,
     pub connected: AtomicU64,
     pub relayed: AtomicU64,
+    pub directory_batches: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -85,6 +86,9 @@ pub struct Stats {
     pub connected_hosts: u64,
     /// Requests of other hosts this host forwarded as a relay.
     pub relayed: u64,
+    /// Directory batches (registrations and withdrawals) this host sent
+    /// to holders.
+    pub directory_batches: u64,
 }
 
 #[derive(Debug)]
@@ -168,6 +172,7 @@ impl Shared {
             connections_opened: r(&c.connections_opened),
             connected_hosts: r(&c.connected),
             relayed: r(&c.relayed),
+            directory_batches: r(&c.directory_batches),
         }
     }
 }

@@ -2,23 +2,7 @@
 
 use std::time::Duration;
 
-pub use distribus::bench_support::rss_bytes;
-
-/// CPU time (user + system) this process used so far, in seconds. Linux
-/// reports it in clock ticks of 1/100 s.
-pub fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0)
-}
+pub use distribus::bench_support::{cpu_seconds, rss_bytes};
 
 /// Sorted samples with percentile queries.
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::{messaging::PendingSend, EventLoop, Pending};
 use crate::{
     command::Location,
-    directory::{closest, key_of, DirOp},
+    directory::{closest, closest_indices, key_of, DirOp},
     error::{Error, Result},
     protocol::{Request, Response, WireLocation},
     shared::bump,
@@ -22,7 +22,7 @@ use crate::{
 /// Most operations in one directory request.
 const MAX_DIR_BATCH: usize = 65_536;
 /// After a directory flush, changes gather this long before the next one.
-const DIR_GATHER: Duration = Duration::from_millis(10);
+const DIR_GATHER: Duration = Duration::from_millis(100);
 /// Wait before resending directory operations that failed.
 const DIR_RETRY: Duration = Duration::from_millis(500);
 /// Most directory requests in flight from one host, over all holders. In a
@@ -75,33 +75,36 @@ impl EventLoop {
         if changes.is_empty() {
             return;
         }
-        let mut local_ops = Vec::new();
-        // Holders with new operations: one entry each, not one per operation.
-        let mut touched = std::collections::HashSet::new();
+        let local = self.local();
+        let keys = self.membership.keys();
+        // Operations per holder (by index into `keys`), then one queue
+        // append per holder: no host id is hashed or copied per operation.
+        let mut per_holder: Vec<Vec<DirOp>> = vec![Vec::new(); keys.len()];
+        let mut best = Vec::with_capacity(self.replication + 1);
         for c in changes {
+            closest_indices(keys, c.key, self.replication, &mut best);
             let op = if c.register {
-                DirOp::Register(c.id.to_string())
+                DirOp::Register(c.id)
             } else {
-                DirOp::Withdraw(c.id.to_string())
+                DirOp::Withdraw(c.id)
             };
-            for holder in closest(self.membership.keys(), c.key, self.replication) {
-                if holder == self.local() {
-                    local_ops.push(op.clone());
-                } else {
-                    self.dir_links
-                        .entry(holder)
-                        .or_default()
-                        .queue
-                        .push_back(op.clone());
-                    touched.insert(holder);
-                }
+            for &(_, i) in &best {
+                per_holder[i as usize].push(op.clone());
             }
         }
-        if !local_ops.is_empty() {
-            self.store.apply(self.local(), self.epoch, local_ops);
-        }
-        for h in touched {
-            self.flush_dir_link(h);
+        let batches: Vec<(PeerId, Vec<DirOp>)> = per_holder
+            .into_iter()
+            .enumerate()
+            .filter(|(_, ops)| !ops.is_empty())
+            .map(|(i, ops)| (keys[i].1, ops))
+            .collect();
+        for (holder, ops) in batches {
+            if holder == local {
+                self.store.apply(local, self.epoch, ops);
+            } else {
+                self.dir_links.entry(holder).or_default().queue.extend(ops);
+                self.flush_dir_link(holder);
+            }
         }
     }
 
@@ -120,6 +123,7 @@ impl EventLoop {
             return;
         }
         self.dir_in_flight += 1;
+        crate::shared::bump(&self.shared.counters.directory_batches);
         let n = link.queue.len().min(MAX_DIR_BATCH);
         let ops: Vec<DirOp> = link.queue.drain(..n).collect();
         link.in_flight = true;
@@ -236,7 +240,7 @@ impl EventLoop {
                     moves
                         .entry(h)
                         .or_default()
-                        .push(DirOp::Register(id.to_string()));
+                        .push(DirOp::Register(id.clone()));
                 }
             }
         });
@@ -257,10 +261,15 @@ impl EventLoop {
             return;
         }
         let (keys, r) = (self.membership.keys(), self.replication);
+        let Some(target) = keys.iter().position(|(_, h)| *h == holder) else {
+            return;
+        };
         let mut ops = Vec::new();
+        let mut best = Vec::with_capacity(r + 1);
         self.shared.registry.for_each(|id, key| {
-            if closest(keys, key, r).contains(&holder) {
-                ops.push(DirOp::Register(id.to_string()));
+            closest_indices(keys, key, r, &mut best);
+            if best.iter().any(|&(_, i)| i as usize == target) {
+                ops.push(DirOp::Register(id.clone()));
             }
         });
         tracing::info!(%holder, entries = ops.len(), "registering again with a holder that had dropped us");
@@ -279,9 +288,15 @@ impl EventLoop {
         if keys.len() <= r {
             return; // every host holds everything
         }
+        let Some(me) = keys.iter().position(|(_, h)| *h == local) else {
+            return;
+        };
         let before = self.store.len();
-        self.store
-            .retain(|id| closest(keys, key_of(id.as_bytes()), r).contains(&local));
+        let mut best = Vec::with_capacity(r + 1);
+        self.store.retain(|id| {
+            closest_indices(keys, key_of(id.as_bytes()), r, &mut best);
+            best.iter().any(|&(_, i)| i as usize == me)
+        });
         tracing::debug!(
             dropped = before - self.store.len(),
             "trimmed directory after a membership change"
