@@ -247,7 +247,25 @@ impl Membership {
         }
     }
 
+    /// Merges one entry of another host's digest (not this host's own): if
+    /// that side's record of the host is older than ours, returns ours (and
+    /// our counter) for it; else renews the lease if the counter rose. One
+    /// key lookup and one member lookup per entry: digests list every host.
+    pub fn merge_beat(&mut self, b: &Beat, now: Instant) -> Option<(SignedRecord, u64)> {
+        let host = self.by_key.get(&b.key)?;
+        let m = self.members.get_mut(host)?;
+        if (b.epoch, b.seq) < (m.epoch, m.seq) {
+            return Some((m.signed.clone(), m.beat));
+        }
+        if b.epoch == m.epoch && b.beat > m.beat {
+            m.beat = b.beat;
+            m.last_heard = now;
+        }
+        None
+    }
+
     /// The live host whose key is `key` (not this one).
+    #[cfg(test)]
     pub fn host_of_key(&self, key: u64) -> Option<PeerId> {
         self.by_key.get(&key).copied()
     }
@@ -429,6 +447,42 @@ pub(crate) mod tests {
             }]
         );
         assert_eq!(m.host_of_key(host_key(&host)), None);
+    }
+
+    #[test]
+    fn a_digest_entry_renews_the_lease_or_gets_our_newer_record() {
+        let mut m = Membership::new(PeerId::random());
+        let k = Keypair::generate_ed25519();
+        let host = k.public().to_peer_id();
+        let t0 = Instant::now();
+        m.apply(&record(&k, 5, 2, false), t0, Duration::from_secs(1));
+        let later = t0 + Duration::from_secs(2);
+        let beat = |epoch, seq, beat| Beat {
+            key: host_key(&host),
+            epoch,
+            seq,
+            beat,
+        };
+        // Same record, higher counter: renewed, nothing to send.
+        assert_eq!(m.merge_beat(&beat(5, 2, 7), later), None);
+        assert_eq!(
+            m.get(&host).map(|h| (h.beat, h.last_heard)),
+            Some((7, later))
+        );
+        // An older record there: ours goes back, with our counter.
+        let (rec, b) = m.merge_beat(&beat(5, 1, 9), later).expect("ours is newer");
+        assert_eq!(
+            (rec, b),
+            (m.get(&host).map(|h| h.signed.clone()).expect("member"), 7)
+        );
+        // Another incarnation's counter does not renew; unknown keys are skipped.
+        assert_eq!(m.merge_beat(&beat(6, 1, 99), later), None);
+        assert_eq!(m.get(&host).map(|h| h.beat), Some(7));
+        let stranger = Beat {
+            key: 42,
+            ..beat(5, 2, 8)
+        };
+        assert_eq!(m.merge_beat(&stranger, later), None);
     }
 
     #[test]

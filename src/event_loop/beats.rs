@@ -33,6 +33,8 @@ use crate::protocol::{Beat, Request, Response, SignedRecord};
 pub(super) const FANOUT: usize = 3;
 /// Every this many rounds one exchange goes to a random member.
 const MIX_EVERY: u64 = 4;
+/// Random draws looking for an unconnected member to mix with.
+const MIX_DRAWS: usize = 8;
 /// Most digest entries read from one digest.
 const MAX_DIGEST: usize = 1 << 20;
 /// Most records sent in one answer or push; the rest follow next round.
@@ -61,17 +63,25 @@ impl EventLoop {
     /// every [`MIX_EVERY`] rounds or when none is connected.
     fn beat_targets(&self) -> Vec<PeerId> {
         let mut rng = rand::thread_rng();
-        let (connected, other): (Vec<PeerId>, Vec<PeerId>) = self
-            .membership
-            .iter()
-            .map(|(h, _)| *h)
-            .partition(|h| self.swarm.is_connected(h));
+        // From the links (a few dozen), not the membership (hundreds).
+        let connected: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|h| self.membership.contains(h) && **h != self.local())
+            .copied()
+            .collect();
         let mut out: Vec<PeerId> = connected
             .choose_multiple(&mut rng, FANOUT)
             .copied()
             .collect();
         if self.beat % MIX_EVERY == 0 || out.is_empty() {
-            out.extend(other.choose(&mut rng).copied());
+            // A random unconnected member: a few random draws, not a scan.
+            let others = &self.membership.keys()[1..];
+            let pick = (0..MIX_DRAWS)
+                .filter_map(|_| others.choose(&mut rng))
+                .map(|(_, h)| *h)
+                .find(|h| !self.swarm.is_connected(h));
+            out.extend(pick);
         }
         out
     }
@@ -86,9 +96,10 @@ impl EventLoop {
             seq: self.seq,
             beat: self.beat,
         };
-        std::iter::once(own)
-            .chain(self.membership.digest())
-            .collect()
+        let mut out = Vec::with_capacity(self.membership.len());
+        out.push(own);
+        out.extend(self.membership.digest());
+        out
     }
 
     /// Takes a digest from `from`: renews leases whose counters rose and
@@ -110,19 +121,9 @@ impl EventLoop {
                 }
                 continue;
             }
-            let Some(host) = self.membership.host_of_key(b.key) else {
-                // Unknown here: `from` sends the record when it reads our
-                // digest, which does not list it.
-                continue;
-            };
-            let Some(m) = self.membership.get(&host) else {
-                continue;
-            };
-            if (b.epoch, b.seq) < (m.epoch, m.seq) {
-                lacks.push((m.signed.clone(), m.beat));
-            } else if b.epoch == m.epoch {
-                self.membership.heard(&host, b.epoch, b.beat, now);
-            }
+            // A host unknown here is skipped: `from` sends its record when
+            // it reads our digest, which does not list it.
+            lacks.extend(self.membership.merge_beat(b, now));
         }
         for (key, h) in self.membership.keys().iter().skip(1) {
             if lacks.len() >= MAX_RECORDS {
