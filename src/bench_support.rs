@@ -13,7 +13,11 @@ pub fn encode_delivery(batch: u64, from: &str, to: &str, payload: &Payload) -> i
         to: Arc::from(to),
         payload: payload.clone(),
     }];
-    encode_frame(&Request::Deliver { batch, envs })
+    encode_frame(&Request::Deliver {
+        epoch: 1,
+        batch,
+        envs,
+    })
 }
 
 /// The acks of an answer frame to a delivery: `true` per envelope put
@@ -41,7 +45,11 @@ pub fn encode_batch(n: usize, payload: &Payload) -> io::Result<Vec<u8>> {
             payload: payload.clone(),
         })
         .collect();
-    encode_frame(&Request::Deliver { batch: 1, envs })
+    encode_frame(&Request::Deliver {
+        epoch: 1,
+        batch: 1,
+        envs,
+    })
 }
 
 /// Decodes a frame made by [`encode_batch`]; returns its envelope count.

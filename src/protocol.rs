@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -53,11 +53,17 @@ pub(crate) struct SignedRecord {
 /// Requests between hosts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// Put these envelopes in the recipients' inboxes. `batch` identifies
-    /// the batch among the sender's: a batch sent again (its link closed
-    /// before the answer came) is answered from the receiver's memory of
-    /// the sender's last batch, not delivered twice.
-    Deliver { batch: u64, envs: Vec<Envelope> },
+    /// Put these envelopes in the recipients' inboxes. `(epoch, batch)`
+    /// identifies the batch among the sender's and rises with every new
+    /// one: a batch sent again (its link closed before the answer came) is
+    /// answered from the receiver's memory of the sender's last batch, not
+    /// delivered twice, and an older one (a relay replaying a batch it
+    /// carried) is refused.
+    Deliver {
+        epoch: u64,
+        batch: u64,
+        envs: Vec<Envelope>,
+    },
     /// Directory changes for entries that point to the sending host.
     Directory {
         /// The sender's epoch (start time); newer epochs supersede older ones.
@@ -335,6 +341,7 @@ mod tests {
     #[test]
     fn frame_round_trip() {
         let req = Request::Deliver {
+            epoch: 1,
             batch: 1,
             envs: vec![Envelope {
                 from: "a".into(),

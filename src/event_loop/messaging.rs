@@ -11,7 +11,9 @@
 //! over its link budget, or the connection broke): the batch is then sent
 //! again, with the same batch id, over a new link. The receiver remembers
 //! the last batch of each sending host and its acks, so a batch it already
-//! delivered is answered from memory, not delivered twice.
+//! delivered is answered from memory, not delivered twice. Batch ids rise
+//! per sender and epoch, so an older batch (only a relay replaying one it
+//! carried sends that) is refused.
 
 use std::collections::VecDeque;
 
@@ -62,6 +64,51 @@ impl PendingSend {
 pub(crate) struct Link {
     queue: VecDeque<PendingSend>,
     in_flight: bool,
+}
+
+/// What a receiver knows of a sending host's delivery batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Newer than any from that host: deliver it.
+    New,
+    /// The last one again (a resend): its acks, to answer from memory.
+    Again(Vec<Ack>),
+    /// Older than the last one: only a relay replaying what it carried
+    /// sends that (a host sends its batches to one destination one at a
+    /// time, in rising order).
+    Stale,
+}
+
+/// The last delivery batch of each sending host, by `(epoch, batch)`, with
+/// its acks; bounded (least recently heard senders are forgotten, and a
+/// forgotten sender's next batch counts as new).
+#[derive(Debug)]
+pub(crate) struct BatchMemory {
+    last: lru::LruCache<PeerId, ((u64, u64), Vec<Ack>)>,
+}
+
+impl Default for BatchMemory {
+    fn default() -> Self {
+        BatchMemory {
+            last: lru::LruCache::new(REMEMBERED_SENDERS),
+        }
+    }
+}
+
+impl BatchMemory {
+    /// Whether batch `id` of `host` is new, a resend or stale.
+    pub fn check(&mut self, host: PeerId, id: (u64, u64)) -> Seen {
+        match self.last.get(&host) {
+            Some((last, acks)) if *last == id => Seen::Again(acks.clone()),
+            Some((last, _)) if *last > id => Seen::Stale,
+            _ => Seen::New,
+        }
+    }
+
+    /// Remembers batch `id` of `host` as delivered with `acks`.
+    pub fn record(&mut self, host: PeerId, id: (u64, u64), acks: Vec<Ack>) {
+        self.last.put(host, (id, acks));
+    }
 }
 
 impl EventLoop {
@@ -122,13 +169,14 @@ impl EventLoop {
         }
         link.in_flight = true;
         let batch = self.next_batch;
-        self.next_batch = self.next_batch.wrapping_add(1);
+        self.next_batch += 1;
         self.send_batch(host, batch, 0, sends);
     }
 
     fn send_batch(&mut self, host: PeerId, batch: u64, attempt: u8, sends: Vec<PendingSend>) {
         let envs = sends.iter().map(|p| p.env.clone()).collect();
-        let id = self.request(host, Request::Deliver { batch, envs });
+        let epoch = self.epoch;
+        let id = self.request(host, Request::Deliver { epoch, batch, envs });
         self.requests.insert(
             id,
             Pending::Deliver {
@@ -242,12 +290,17 @@ impl EventLoop {
     pub(super) fn deliver_inbound(
         &mut self,
         host: PeerId,
-        batch: u64,
+        batch: (u64, u64),
         envs: Vec<Envelope>,
     ) -> Response {
-        if let Some((last, acks)) = self.last_batches.get(&host) {
-            if *last == batch {
-                return Response::Delivered(acks.clone());
+        match self.last_batches.check(host, batch) {
+            Seen::New => {}
+            Seen::Again(acks) => return Response::Delivered(acks),
+            Seen::Stale => {
+                tracing::warn!(%host, ?batch, "refused a delivery batch older than the last one");
+                return Response::Refused(
+                    "delivery batch older than the last one (replayed)".into(),
+                );
             }
         }
         let mut last_from: Option<std::sync::Arc<str>> = None;
@@ -276,7 +329,7 @@ impl EventLoop {
                 },
             })
             .collect::<Vec<Ack>>();
-        self.last_batches.put(host, (batch, acks.clone()));
+        self.last_batches.record(host, batch, acks.clone());
         Response::Delivered(acks)
     }
 
@@ -304,4 +357,27 @@ pub(crate) fn push_local(
         PushError::Full => Error::InboxFull(slot.id.to_string()),
         PushError::Removed => Error::PeerNotFound(slot.id.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resent_batch_is_answered_from_memory_and_an_older_one_refused() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut m = BatchMemory::default();
+        assert_eq!(m.check(a, (5, 0)), Seen::New);
+        m.record(a, (5, 0), vec![Ack::Delivered]);
+        assert_eq!(m.check(a, (5, 0)), Seen::Again(vec![Ack::Delivered]));
+        assert_eq!(m.check(a, (5, 1)), Seen::New);
+        m.record(a, (5, 1), vec![Ack::InboxFull]);
+        // A relay replaying batch 0, or one of an earlier incarnation.
+        assert_eq!(m.check(a, (5, 0)), Seen::Stale);
+        assert_eq!(m.check(a, (4, 9)), Seen::Stale);
+        // A restart (higher epoch) starts its count again; other senders
+        // are apart.
+        assert_eq!(m.check(a, (6, 0)), Seen::New);
+        assert_eq!(m.check(b, (1, 0)), Seen::New);
+    }
 }

@@ -111,11 +111,10 @@ pub(crate) struct EventLoop {
 
     // messaging
     links: HashMap<PeerId, messaging::Link>,
-    /// Id of the next outbound delivery batch (random start, so a restarted
-    /// host's ids do not meet its old ones).
+    /// Id of the next outbound delivery batch in this epoch.
     next_batch: u64,
     /// The last batch each sending host delivered here, with its acks.
-    last_batches: LruCache<PeerId, (u64, Vec<crate::protocol::Ack>)>,
+    last_batches: messaging::BatchMemory,
 
     // lookup
     store: DirectoryStore,
@@ -199,8 +198,8 @@ impl EventLoop {
             listens: HashMap::new(),
             listener_ids: Vec::new(),
             links: HashMap::new(),
-            next_batch: rand::random(),
-            last_batches: LruCache::new(messaging::REMEMBERED_SENDERS),
+            next_batch: 0,
+            last_batches: messaging::BatchMemory::default(),
             store: DirectoryStore::new(cfg.max_directory_entries),
             cache: LruCache::new(cache_cap),
             lookups: HashMap::new(),
@@ -560,7 +559,9 @@ impl EventLoop {
     ) -> crate::protocol::Response {
         use crate::protocol::{Request, Response};
         match request {
-            Request::Deliver { batch, envs } => self.deliver_inbound(peer, batch, envs),
+            Request::Deliver { epoch, batch, envs } => {
+                self.deliver_inbound(peer, (epoch, batch), envs)
+            }
             Request::Directory { epoch, ops } => {
                 self.store.apply(peer, epoch, ops);
                 Response::DirectoryOk

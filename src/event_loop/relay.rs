@@ -24,11 +24,13 @@
 //! What a relay can do: delay or drop a request, or answer it falsely
 //! (answers are not signed: a relay is a member, trusted as far as any
 //! member's answer to a lookup is). What it cannot do: forge, alter or
-//! redirect a request. A member relay could replay a request it carried;
-//! directory operations carry the origin's epoch and a replayed delivery
-//! batch is answered from the destination's memory of the origin's last
-//! batch, but an older batch replayed would be delivered again (no
-//! per-origin replay window yet).
+//! redirect a request. A member relay could replay a request it carried:
+//! a replayed delivery batch is answered from the destination's memory of
+//! the origin's last batch, and an older one is refused (batch ids rise
+//! per origin and epoch; see `messaging::BatchMemory`); a replayed
+//! directory operation of the origin's current epoch is applied again (a
+//! withdrawn id could come back until the origin answers "unknown peer"
+//! to a send for it, which drops the stale location).
 
 use std::{
     collections::{HashMap, VecDeque},
