@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub connections_opened: AtomicU64,
     pub connected: AtomicU64,
     pub relayed: AtomicU64,
+    pub relay_refused: AtomicU64,
     pub directory_batches: AtomicU64,
 }
 
@@ -86,6 +87,9 @@ pub struct Stats {
     pub connected_hosts: u64,
     /// Requests of other hosts this host forwarded as a relay.
     pub relayed: u64,
+    /// Requests of other hosts this host refused to forward because its
+    /// queue to their next hop was full.
+    pub relay_refused: u64,
     /// Directory batches (registrations and withdrawals) this host sent
     /// to holders.
     pub directory_batches: u64,
@@ -172,6 +176,7 @@ impl Shared {
             connections_opened: r(&c.connections_opened),
             connected_hosts: r(&c.connected),
             relayed: r(&c.relayed),
+            relay_refused: r(&c.relay_refused),
             directory_batches: r(&c.directory_batches),
         }
     }

@@ -61,6 +61,11 @@ const MAX_BUNDLE: usize = 4096;
 const ITEM_OVERHEAD: usize = 160;
 /// Bytes of a frame kept free beyond the bundled requests.
 const BUNDLE_SLACK: usize = 64 * 1024;
+/// What a relay queues for one next hop, in frames (`max_frame_size`):
+/// beyond, it refuses other hosts' requests for that hop (`RelayFailed`,
+/// which their origin retries like a broken link), so the origins cannot
+/// make a relay hold more than this per neighbour.
+const QUEUED_FRAMES_PER_HOP: usize = 4;
 
 /// Checks a relayed request that arrived for this host through `relay`: a
 /// member relay, a member origin whose key signed it, and a request that
@@ -99,7 +104,14 @@ pub(crate) enum Slot {
 #[derive(Debug, Default)]
 struct RelayLink {
     queue: VecDeque<(Relayed, Slot)>,
+    /// Bytes of the requests in `queue` (with [`ITEM_OVERHEAD`] each).
+    bytes: usize,
     in_flight: bool,
+}
+
+/// Bytes a relayed request counts for in queues and bundles.
+fn item_size(r: &Relayed) -> usize {
+    r.inner.len() + ITEM_OVERHEAD
 }
 
 /// A bundle another host sent through this one, waiting for answers.
@@ -121,6 +133,48 @@ pub(crate) struct RelayQueues {
     /// around them (directly to their destination): a crashed contact
     /// stays in the membership until its lease lapses.
     avoid: HashMap<PeerId, Instant>,
+}
+
+impl RelayQueues {
+    /// Queues a request for `via`.
+    fn push(&mut self, via: PeerId, r: Relayed, slot: Slot) {
+        let link = self.links.entry(via).or_default();
+        link.bytes += item_size(&r);
+        link.queue.push_back((r, slot));
+    }
+
+    /// The next bundle for `via` (up to `max_bytes` and [`MAX_BUNDLE`]
+    /// requests; at least one), unless one is in flight or none waits; the
+    /// link counts as in flight until its answer.
+    fn take_bundle(&mut self, via: &PeerId, max_bytes: usize) -> Option<(Vec<Relayed>, Vec<Slot>)> {
+        let link = self.links.get_mut(via)?;
+        if link.in_flight || link.queue.is_empty() {
+            return None;
+        }
+        let (mut items, mut slots, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        while let Some((r, _)) = link.queue.front() {
+            let size = item_size(r);
+            if !items.is_empty() && (bytes + size > max_bytes || items.len() >= MAX_BUNDLE) {
+                break;
+            }
+            bytes += size;
+            if let Some((r, slot)) = link.queue.pop_front() {
+                items.push(r);
+                slots.push(slot);
+            }
+        }
+        link.bytes = link.bytes.saturating_sub(bytes);
+        link.in_flight = true;
+        Some((items, slots))
+    }
+
+    /// Whether another host's request of `size` bytes fits in the queue to
+    /// `via` under `cap` bytes (an empty queue takes any one request).
+    fn admits(&self, via: &PeerId, size: usize, cap: usize) -> bool {
+        self.links
+            .get(via)
+            .is_none_or(|l| l.queue.is_empty() || l.bytes + size <= cap)
+    }
 }
 
 /// The overlay as last computed, and for which membership.
@@ -253,12 +307,7 @@ impl EventLoop {
     }
 
     fn enqueue_relay(&mut self, via: PeerId, r: Relayed, slot: Slot) {
-        self.relays
-            .links
-            .entry(via)
-            .or_default()
-            .queue
-            .push_back((r, slot));
+        self.relays.push(via, r, slot);
         self.flush_relay(via);
     }
 
@@ -268,25 +317,9 @@ impl EventLoop {
         let max_bytes = self
             .shared
             .with_config(|c| c.max_frame_size.saturating_sub(BUNDLE_SLACK));
-        let Some(link) = self.relays.links.get_mut(&via) else {
+        let Some((items, slots)) = self.relays.take_bundle(&via, max_bytes) else {
             return;
         };
-        if link.in_flight || link.queue.is_empty() {
-            return;
-        }
-        let (mut items, mut slots, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        while let Some((r, _)) = link.queue.front() {
-            let size = r.inner.len() + ITEM_OVERHEAD;
-            if !items.is_empty() && (bytes + size > max_bytes || items.len() >= MAX_BUNDLE) {
-                break;
-            }
-            bytes += size;
-            if let Some((r, slot)) = link.queue.pop_front() {
-                items.push(r);
-                slots.push(slot);
-            }
-        }
-        link.in_flight = true;
         self.touch(via);
         self.dial_member(via);
         let id = self
@@ -357,10 +390,20 @@ impl EventLoop {
                 responses,
             },
         );
+        let cap = self
+            .shared
+            .with_config(|c| c.max_frame_size.saturating_mul(QUEUED_FRAMES_PER_HOP));
         for (to, r, index) in forward {
+            let slot = Slot::Forward { bundle, index };
+            if !self.relays.admits(&to, item_size(&r), cap) {
+                crate::shared::bump(&self.shared.counters.relay_refused);
+                tracing::debug!(%peer, %to, "relay queue full; refusing a request");
+                self.settle(slot, Err(format!("relay queue to {to} is full")));
+                continue;
+            }
             crate::shared::bump(&self.shared.counters.relayed);
             self.touch(to);
-            self.enqueue_relay(to, r, Slot::Forward { bundle, index });
+            self.enqueue_relay(to, r, slot);
         }
     }
 
@@ -487,6 +530,39 @@ mod tests {
     use libp2p::identity::Keypair;
 
     use super::*;
+
+    #[test]
+    fn a_relay_queue_takes_other_hosts_requests_up_to_its_cap() {
+        let mut q = RelayQueues::default();
+        let via = PeerId::random();
+        let item = |n: usize| Relayed {
+            origin: vec![],
+            to: vec![],
+            inner: vec![0; n],
+            signature: vec![],
+        };
+        assert!(
+            q.admits(&via, 1 << 30, 1000),
+            "an empty queue takes one of any size"
+        );
+        // 3 × (40 + 160) = 600 bytes queued under a cap of 1,000.
+        for i in 0..3 {
+            q.push(via, item(40), Slot::Own(i));
+        }
+        assert!(q.admits(&via, 400, 1000));
+        assert!(!q.admits(&via, 401, 1000), "over the cap");
+        // A bundle goes out (all three fit in 10 kB): the queue is free again.
+        let (items, slots) = q.take_bundle(&via, 10_000).expect("a bundle");
+        assert_eq!((items.len(), slots.len()), (3, 3));
+        assert!(q.admits(&via, 1000, 1000));
+        // While it is in flight, what queues waits and counts.
+        q.push(via, item(840), Slot::Own(3));
+        assert!(
+            q.take_bundle(&via, 10_000).is_none(),
+            "one bundle in flight"
+        );
+        assert!(!q.admits(&via, 1, 1000));
+    }
 
     /// A membership of `local` that knows the hosts of `keys`.
     fn membership_with(local: PeerId, keys: &[&Keypair]) -> Membership {
