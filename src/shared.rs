@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     pub connected: AtomicU64,
     pub relayed: AtomicU64,
     pub relay_refused: AtomicU64,
+    pub liveness_probes: AtomicU64,
     pub directory_batches: AtomicU64,
 }
 
@@ -90,6 +91,9 @@ pub struct Stats {
     /// Requests of other hosts this host refused to forward because its
     /// queue to their next hop was full.
     pub relay_refused: u64,
+    /// Silent hosts this host asked directly whether they are alive
+    /// (before letting their lease lapse).
+    pub liveness_probes: u64,
     /// Directory batches (registrations and withdrawals) this host sent
     /// to holders.
     pub directory_batches: u64,
@@ -177,6 +181,7 @@ impl Shared {
             connected_hosts: r(&c.connected),
             relayed: r(&c.relayed),
             relay_refused: r(&c.relay_refused),
+            liveness_probes: r(&c.liveness_probes),
             directory_batches: r(&c.directory_batches),
         }
     }

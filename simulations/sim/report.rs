@@ -74,6 +74,10 @@ pub struct Report {
     /// Requests hosts forwarded for others as relays (see the library's
     /// relay overlay), in the whole run.
     pub relayed_requests: u64,
+    /// Silent hosts probed directly before a lapse, in the whole run, and
+    /// in the idle window after joining.
+    pub liveness_probes: u64,
+    pub idle_liveness_probes: u64,
     /// Process RSS at the end.
     pub rss_bytes: u64,
     /// RSS per host, measured after joining (before any peer).
@@ -161,8 +165,8 @@ impl Report {
             ));
         }
         line(format!(
-            "  idle        {:.2} cores busy while nothing is sent",
-            self.idle_cpu_cores
+            "  idle        {:.2} cores busy while nothing is sent ({} liveness probes then, {} in the run)",
+            self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes
         ));
         line(format!(
             "  links       {} after join, {} after register, {} at the end; {} requests relayed",

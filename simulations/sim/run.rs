@@ -174,9 +174,11 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     .await?;
     r.join_s = join_start.elapsed().as_secs_f64();
     r.links_after_join = links(&net);
-    let idle_cpu = cpu_seconds();
+    let probes = |net: &Net| -> u64 { net.hosts.iter().map(|h| h.stats().liveness_probes).sum() };
+    let (idle_cpu, idle_probes) = (cpu_seconds(), probes(&net));
     tokio::time::sleep(IDLE_WINDOW).await;
     r.idle_cpu_cores = (cpu_seconds() - idle_cpu) / IDLE_WINDOW.as_secs_f64();
+    r.idle_liveness_probes = probes(&net) - idle_probes;
     pb.finish_and_clear();
     let rss_joined = rss_bytes();
     r.rss_per_host_bytes = rss_joined.saturating_sub(rss0) / n;
@@ -222,6 +224,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
 
     r.links_at_end = links(&net);
     r.relayed_requests = net.hosts.iter().map(|h| h.stats().relayed).sum();
+    r.liveness_probes = probes(&net);
     r.rss_bytes = rss_bytes();
     r.cpu_s = cpu_seconds() - cpu0;
     r.wall_s = wall.elapsed().as_secs_f64();

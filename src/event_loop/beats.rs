@@ -194,6 +194,7 @@ impl EventLoop {
         }
         let digest = self.digest();
         for host in suspects {
+            crate::shared::bump(&self.shared.counters.liveness_probes);
             self.probed.insert(host, now);
             let id = self.request(host, Request::Beats(digest.clone()));
             self.requests.insert(id, Pending::Beats { host });
