@@ -63,7 +63,8 @@ pub struct Report {
     /// Failed churn sends by error.
     pub churn_errors: BTreeMap<String, usize>,
     /// CPU cores kept busy by an idle network (no traffic), measured over
-    /// 3 s after the join phase: the cost of liveness and connections.
+    /// 3 s starting 5 s after the join phase (once the join wave's
+    /// Kademlia bootstraps are over): the cost of liveness and connections.
     pub idle_cpu_cores: f64,
     /// Host-to-host links (connected host pairs) once every host knew all.
     pub links_after_join: u64,
@@ -165,7 +166,7 @@ impl Report {
             ));
         }
         line(format!(
-            "  idle        {:.2} cores busy while nothing is sent ({} liveness probes then, {} in the run)",
+            "  idle        {:.2} cores busy while nothing is sent, 5 s after joining ({} liveness probes then, {} in the run)",
             self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes
         ));
         line(format!(
