@@ -78,7 +78,6 @@ impl EventLoop {
         if changes.is_empty() {
             return;
         }
-        let local = self.local();
         let keys = self.membership.keys();
         // Operations per holder (by index into `keys`), then one queue
         // append per holder: no host id is hashed or copied per operation.
@@ -102,12 +101,18 @@ impl EventLoop {
             .map(|(i, ops)| (keys[i].1, ops))
             .collect();
         for (holder, ops) in batches {
-            if holder == local {
-                self.store.apply(local, self.epoch, ops);
-            } else {
-                self.dir_links.entry(holder).or_default().queue.extend(ops);
-                self.flush_dir_link(holder);
-            }
+            self.send_dir_ops(holder, ops);
+        }
+    }
+
+    /// Gives `holder` these operations: applied at once if it is this
+    /// host, else queued behind what waits for it and sent when it can.
+    fn send_dir_ops(&mut self, holder: PeerId, ops: Vec<DirOp>) {
+        if holder == self.local() {
+            self.store.apply(holder, self.epoch, ops);
+        } else {
+            self.dir_links.entry(holder).or_default().queue.extend(ops);
+            self.flush_dir_link(holder);
         }
     }
 
@@ -234,7 +239,6 @@ impl EventLoop {
         let old = std::mem::replace(&mut self.rebalanced, self.membership.keys().to_vec());
         let new = &self.rebalanced;
         let r = self.replication;
-        let local = self.shared.local;
         let mut moves: HashMap<PeerId, Vec<DirOp>> = HashMap::new();
         self.shared.registry.for_each(|id, key| {
             let before = closest(&old, key, r);
@@ -248,12 +252,7 @@ impl EventLoop {
             }
         });
         for (holder, ops) in moves {
-            if holder == local {
-                self.store.apply(local, self.epoch, ops);
-            } else {
-                self.dir_links.entry(holder).or_default().queue.extend(ops);
-                self.flush_dir_link(holder);
-            }
+            self.send_dir_ops(holder, ops);
         }
     }
 
@@ -276,8 +275,7 @@ impl EventLoop {
             }
         });
         tracing::info!(%holder, entries = ops.len(), "registering again with a holder that had dropped us");
-        self.dir_links.entry(holder).or_default().queue.extend(ops);
-        self.flush_dir_link(holder);
+        self.send_dir_ops(holder, ops);
     }
 
     /// Drops held entries whose closest hosts no longer include this one,
