@@ -411,13 +411,19 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn only_a_rising_counter_of_the_same_incarnation_renews_the_lease() {
+    /// A membership that knows one other host (record `epoch`, `seq`,
+    /// taken now): the membership, that host and when.
+    fn one_member(epoch: u64, seq: u64) -> (Membership, PeerId, Instant) {
         let mut m = Membership::new(PeerId::random());
         let k = Keypair::generate_ed25519();
-        let host = k.public().to_peer_id();
         let t0 = Instant::now();
-        m.apply(&record(&k, 5, 1, false), t0, Duration::from_secs(1));
+        m.apply(&record(&k, epoch, seq, false), t0, Duration::from_secs(1));
+        (m, k.public().to_peer_id(), t0)
+    }
+
+    #[test]
+    fn only_a_rising_counter_of_the_same_incarnation_renews_the_lease() {
+        let (mut m, host, t0) = one_member(5, 1);
         assert_eq!(m.host_of_key(host_key(&host)), Some(host));
         let later = t0 + Duration::from_secs(2);
         assert!(m.heard(&host, 5, 3, later));
@@ -451,11 +457,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_digest_entry_renews_the_lease_or_gets_our_newer_record() {
-        let mut m = Membership::new(PeerId::random());
-        let k = Keypair::generate_ed25519();
-        let host = k.public().to_peer_id();
-        let t0 = Instant::now();
-        m.apply(&record(&k, 5, 2, false), t0, Duration::from_secs(1));
+        let (mut m, host, t0) = one_member(5, 2);
         let later = t0 + Duration::from_secs(2);
         let beat = |epoch, seq, beat| Beat {
             key: host_key(&host),
