@@ -27,8 +27,11 @@ pub(crate) struct Behaviour {
     pub limits: connection_limits::Behaviour,
     /// Refuses connections while process memory is over the limit.
     pub memory: Toggle<memory_connection_limits::Behaviour>,
-    /// Direct messages, directory operations, join and leave.
+    /// Directory operations, lookups, join and leave, and direct messages
+    /// between hosts that are not linked (or through a relay).
     pub rpc: request_response::Behaviour<Codec>,
+    /// Delivery streams: direct messages between linked hosts.
+    pub stream: libp2p_stream::Behaviour,
     /// Channels and membership gossip.
     pub gossipsub: gossipsub::Behaviour,
     /// Routing table, bootstrap and closest-host lookups.
@@ -121,6 +124,7 @@ fn build_behaviour(
         limits,
         memory,
         rpc,
+        stream: libp2p_stream::Behaviour::new(),
         gossipsub,
         kad,
         identify,

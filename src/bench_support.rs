@@ -4,7 +4,9 @@
 
 use std::{io, sync::Arc};
 
-use crate::protocol::{decode_frame, encode_frame, Ack, Envelope, Request, Response};
+use crate::protocol::{
+    decode_frame, encode_frame, Ack, Envelope, Request, Response, StreamAcks, StreamBatch,
+};
 
 /// Delivery batch number `batch` holding one envelope, as a frame.
 pub fn encode_delivery(batch: u64, from: &str, to: &str, payload: &Payload) -> io::Result<Vec<u8>> {
@@ -32,6 +34,36 @@ pub fn decode_delivered(frame: &[u8]) -> io::Result<Vec<bool>> {
     }
 }
 use crate::message::Payload;
+
+/// Delivery-stream batch number `batch` (epoch 1) holding one envelope, as
+/// a frame.
+pub fn encode_stream_delivery(
+    batch: u64,
+    from: &str,
+    to: &str,
+    payload: &Payload,
+) -> io::Result<Vec<u8>> {
+    encode_frame(&StreamBatch {
+        epoch: 1,
+        batch,
+        envs: vec![Envelope {
+            from: Arc::from(from),
+            to: Arc::from(to),
+            payload: payload.clone(),
+        }],
+    })
+}
+
+/// A delivery stream's answer frame body (without its length prefix): the
+/// batch id, and `true` per envelope put in its recipient's inbox, or why
+/// the batch was refused.
+pub fn decode_stream_acks(body: &[u8]) -> io::Result<(u64, Result<Vec<bool>, String>)> {
+    let a: StreamAcks = decode_frame(body)?;
+    let acks = a
+        .acks
+        .map(|acks| acks.iter().map(|a| *a == Ack::Delivered).collect());
+    Ok((a.batch, acks))
+}
 
 /// A direct-message batch of `n` envelopes carrying `payload`, encoded
 /// as one frame (length prefix included).

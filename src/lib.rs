@@ -5,6 +5,8 @@
 //! # Module map
 //! - [`Host`] (`host.rs`): the handle; [`Peer`] (`peer.rs`); [`Subscription`].
 //! - `event_loop/`: the task that owns the libp2p swarm.
+//! - `delivery/`: direct messages between linked hosts over long-lived
+//!   streams (a link task per destination, a reader per inbound stream).
 //! - `directory.rs`: placement by XOR distance and the holder-side store.
 //! - `membership.rs`: signed host records, leases, tombstones.
 //! - `protocol.rs`: wire types and the size-limited codec.
@@ -15,6 +17,7 @@ mod behaviour;
 pub mod bench_support;
 mod command;
 mod config;
+mod delivery;
 mod dial_gate;
 mod directory;
 mod error;

@@ -21,11 +21,18 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
     StreamProtocol::try_from_owned(format!("/distribus/{network}/rpc/{PROTOCOL_VERSION}")).ok()
+}
+
+/// The delivery stream protocol name for a network id: one long-lived
+/// stream per pair of linked hosts carries direct-message batches one way
+/// and their acks the other (see [`crate::stream_link`]).
+pub(crate) fn deliver_protocol(network: &str) -> Option<StreamProtocol> {
+    StreamProtocol::try_from_owned(format!("/distribus/{network}/deliver/{PROTOCOL_VERSION}")).ok()
 }
 
 /// The identify protocol version string for a network id.
@@ -39,6 +46,48 @@ pub(crate) struct Envelope {
     pub from: Arc<str>,
     pub to: Arc<str>,
     pub payload: Payload,
+}
+
+/// A delivery batch on a delivery stream (sender to receiver). `(epoch,
+/// batch)` rises with every batch a host sends over its streams; a batch
+/// sent again over a new stream (the old one broke before its acks came)
+/// is answered from the receiver's memory, not delivered twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StreamBatch {
+    pub epoch: u64,
+    pub batch: u64,
+    pub envs: Vec<Envelope>,
+}
+
+/// The sending side's view of a [`StreamBatch`]: the envelopes are
+/// serialized in place from the sends waiting for their acks, not copied.
+/// Encodes exactly as a [`StreamBatch`] does.
+#[derive(Serialize)]
+#[serde(bound = "")]
+pub(crate) struct StreamBatchRef<'a, E> {
+    pub epoch: u64,
+    pub batch: u64,
+    pub envs: SerializeIter<'a, E>,
+}
+
+/// Serializes a slice of items as a sequence of what `get` picks from each.
+pub(crate) struct SerializeIter<'a, E> {
+    pub items: &'a [E],
+    pub get: fn(&E) -> &Envelope,
+}
+
+impl<E> Serialize for SerializeIter<'_, E> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.items.iter().map(self.get))
+    }
+}
+
+/// The receiver's answer to a [`StreamBatch`]: its batch id and one ack per
+/// envelope, in order, or why it was refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StreamAcks {
+    pub batch: u64,
+    pub acks: Result<Vec<Ack>, String>,
 }
 
 /// A membership record signed by the host it describes.
@@ -223,23 +272,7 @@ impl Codec {
         T: AsyncRead + Unpin + Send,
         M: DeserializeOwned,
     {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > self.max_frame {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(len, max = self.max_frame, "rejected oversized frame");
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes exceeds limit of {}", self.max_frame),
-            ));
-        }
-        let mut buf = vec![0u8; len];
-        io.read_exact(&mut buf).await?;
-        decode_frame(&buf).inspect_err(|e| {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "rejected malformed frame");
-        })
+        read_frame(io, self.max_frame, &self.stats).await
     }
 
     async fn write_frame<T, M>(&self, io: &mut T, msg: &M) -> io::Result<()>
@@ -247,17 +280,58 @@ impl Codec {
         T: AsyncWrite + Unpin + Send,
         M: Serialize,
     {
-        let buf = encode_frame(msg)?;
-        if buf.len() - 4 > self.max_frame {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "frame exceeds limit",
-            ));
-        }
-        io.write_all(&buf).await?;
-        io.flush().await?;
+        write_frame(io, msg, self.max_frame).await?;
         io.close().await
     }
+}
+
+/// Reads one length-prefixed frame of at most `max_frame` bytes and decodes
+/// it; an oversized or malformed frame is an `InvalidData` error, counted in
+/// `stats`.
+pub(crate) async fn read_frame<T, M>(
+    io: &mut T,
+    max_frame: usize,
+    stats: &WireStats,
+) -> io::Result<M>
+where
+    T: AsyncRead + Unpin + Send,
+    M: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_frame {
+        stats.count_rejected();
+        tracing::warn!(len, max = max_frame, "rejected oversized frame");
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds limit of {max_frame}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    decode_frame(&buf).inspect_err(|e| {
+        stats.count_rejected();
+        tracing::warn!(error = %e, "rejected malformed frame");
+    })
+}
+
+/// Encodes `msg` as one frame, writes and flushes it (the stream stays
+/// open). A frame over `max_frame` bytes is an `InvalidInput` error.
+pub(crate) async fn write_frame<T, M>(io: &mut T, msg: &M, max_frame: usize) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+    M: Serialize,
+{
+    let buf = encode_frame(msg)?;
+    if buf.len() - 4 > max_frame {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame exceeds limit",
+        ));
+    }
+    io.write_all(&buf).await?;
+    io.flush().await
 }
 
 /// Encodes a message as a length-prefixed frame.

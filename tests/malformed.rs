@@ -194,3 +194,138 @@ async fn a_batch_sent_again_is_not_delivered_twice() {
     }
     assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
 }
+
+/// A bare swarm that opens delivery streams to `host` at `addr` and writes
+/// whatever a test gives it.
+async fn raw_stream_client(
+    host: libp2p::PeerId,
+    addr: libp2p::Multiaddr,
+) -> libp2p_stream::Control {
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(MemoryTransport::default()
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise::Config::new(k)?)
+                .multiplex(yamux::Config::default()))
+        })
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    swarm.dial(addr).unwrap();
+    within("raw client connects", async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                swarm.select_next_some().await
+            {
+                assert_eq!(peer_id, host);
+                break;
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control
+}
+
+fn deliver_protocol() -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!(
+        "/distribus/distribus/deliver/{}",
+        distribus::PROTOCOL_VERSION
+    ))
+    .unwrap()
+}
+
+/// Reads one length-prefixed frame body.
+async fn read_body(s: &mut libp2p::Stream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Garbage on a delivery stream ends that stream (counted as a rejected
+/// frame), and the host goes on delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_on_a_delivery_stream_end_that_stream_only() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_frame_size = 64 * 1024;
+    cfg.max_message_size = 32 * 1024;
+    let (victim, victim_addr) = mem_host(cfg.clone()).await;
+    let (friend, _) = mem_host(cfg).await;
+    friend.join(&victim_addr.to_string()).await.unwrap();
+    let v_peer = victim.create("v").unwrap();
+    let f_peer = friend.create("f").unwrap();
+    wait_found(&friend, "v", &victim).await;
+
+    let mut attacker = raw_stream_client(victim.id(), victim_addr).await;
+    let mut oversized = u32::MAX.to_be_bytes().to_vec();
+    oversized.extend([0u8; 16]);
+    let mut garbage = 12u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 12]);
+    for attack in [oversized, garbage] {
+        let mut s = attacker
+            .open_stream(victim.id(), deliver_protocol())
+            .await
+            .unwrap();
+        s.write_all(&attack).await.unwrap();
+        s.flush().await.unwrap();
+        let answer = within("the victim ends the stream", read_body(&mut s)).await;
+        assert!(answer.is_err(), "the victim answered a malformed batch");
+    }
+    assert_eq!(victim.stats().rejected_frames, 2);
+
+    f_peer.send("v", "still alive").await.unwrap();
+    let m = within("delivery", v_peer.recv()).await.unwrap();
+    assert_eq!(m.decode::<String>().unwrap(), "still alive");
+    v_peer.send("f", "yes").await.unwrap();
+}
+
+/// A batch sent again on a new delivery stream (as a link task does when
+/// its stream broke before the acks came) is acked again from memory, not
+/// delivered twice; a batch older than those remembered is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_on_a_new_stream_is_not_delivered_twice() {
+    use distribus::bench_support::{decode_stream_acks, encode_stream_delivery};
+    let (host, addr) = mem_host(HostConfig::for_tests()).await;
+    let v = host.create("v").unwrap();
+    let mut client = raw_stream_client(host.id(), addr).await;
+    let payload = distribus::Payload::postcard(&1u32).unwrap();
+    let frame = |batch| encode_stream_delivery(batch, "x", "v", &payload).unwrap();
+    let exchange = async |s: &mut libp2p::Stream, batch: u64| {
+        s.write_all(&frame(batch)).await.unwrap();
+        s.flush().await.unwrap();
+        let body = within("acks", read_body(s)).await.unwrap();
+        let (acked, acks) = decode_stream_acks(&body).unwrap();
+        assert_eq!(acked, batch);
+        acks
+    };
+    let mut first = client
+        .open_stream(host.id(), deliver_protocol())
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut first, 7).await, Ok(vec![true]));
+    drop(first);
+    let mut second = client
+        .open_stream(host.id(), deliver_protocol())
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut second, 7).await, Ok(vec![true]));
+    assert_eq!(exchange(&mut second, 8).await, Ok(vec![true]));
+    assert!(
+        exchange(&mut second, 1).await.is_err(),
+        "a stale batch was taken"
+    );
+    for _ in 0..2 {
+        assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
+    }
+    assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
+}

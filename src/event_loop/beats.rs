@@ -74,7 +74,7 @@ impl EventLoop {
             .choose_multiple(&mut rng, FANOUT)
             .copied()
             .collect();
-        if self.beat % MIX_EVERY == 0 || out.is_empty() {
+        if self.beat.is_multiple_of(MIX_EVERY) || out.is_empty() {
             // A random unconnected member: a few random draws, not a scan.
             let others = &self.membership.keys()[1..];
             let pick = (0..MIX_DRAWS)

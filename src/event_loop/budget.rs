@@ -45,8 +45,13 @@ impl EventLoop {
         *used = (*used).max(as_if);
     }
 
-    /// Hosts with one of our requests in flight.
+    /// Hosts with one of our requests or delivery batches in flight.
     fn busy_hosts(&self) -> HashSet<PeerId> {
+        let streaming = self
+            .stream_links
+            .iter()
+            .filter(|(_, l)| l.outstanding() > 0)
+            .map(|(h, _)| *h);
         self.requests
             .values()
             .filter_map(|p| match p {
@@ -58,6 +63,7 @@ impl EventLoop {
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records => None,
             })
+            .chain(streaming)
             .collect()
     }
 

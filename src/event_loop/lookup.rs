@@ -497,7 +497,7 @@ impl EventLoop {
             let refused = state
                 .waiters
                 .iter()
-                .any(|w| matches!(w, Waiter::Send(p) if p.refused_by == Some(h)));
+                .any(|w| matches!(w, Waiter::Send(p) if p.refused_by.as_deref() == Some(&h)));
             if h != self.local() && !refused {
                 self.cache.put(id_arc.clone(), h);
             }
@@ -515,7 +515,7 @@ impl EventLoop {
                 (Waiter::Find(reply), None) => {
                     let _ = reply.send(Err(Error::PeerNotFound(id.to_string())));
                 }
-                (Waiter::Send(p), Some(h)) if p.refused_by != Some(h) => {
+                (Waiter::Send(p), Some(h)) if p.refused_by.as_deref() != Some(&h) => {
                     if h == self.local() {
                         // Created here while the lookup ran.
                         self.send(p);

@@ -1,40 +1,55 @@
-//! Direct messages between hosts.
+//! Direct messages between hosts: routing, and the request path.
 //!
-//! Sends to one destination host wait in that host's [`Link`] queue. At most
-//! one batch per destination is in flight, so messages from one peer to
-//! another arrive in send order, and everything that queued up while a batch
-//! was travelling goes out together in the next one. The receiver answers a
-//! batch with one ack per envelope, given after the envelope is in the
-//! recipient's inbox (or refused).
+//! Sends to one destination host wait in that host's [`Link`] queue, the one
+//! place that orders them. While the hosts are linked, the queue goes
+//! straight to the destination's link task, which batches and pipelines
+//! over a delivery stream (see [`crate::delivery`]). Otherwise (not linked
+//! yet, or the network relays) a batch goes as a request, possibly through
+//! a relay, at most one per destination in flight, so messages from one
+//! peer to another arrive in send order; a switch between the two waits
+//! until the other has nothing in flight. The receiver answers a batch with
+//! one ack per envelope, given after the envelope is in the recipient's
+//! inbox (or refused).
 //!
 //! A link may close while a batch is travelling (the remote host closed it
 //! over its link budget, or the connection broke): the batch is then sent
 //! again, with the same batch id, over a new link. The receiver remembers
-//! the last batch of each sending host and its acks, so a batch it already
-//! delivered is answered from memory, not delivered twice. Batch ids rise
-//! per sender and epoch, so an older batch (only a relay replaying one it
-//! carried sends that) is refused.
+//! the last batches of each sending host and their acks, so a batch it
+//! already delivered is answered from memory, not delivered twice. Batch
+//! ids rise per sender and epoch, so an older batch (only a relay replaying
+//! one it carried sends that) is refused.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use libp2p::{request_response::OutboundFailure, PeerId};
 use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
 use crate::{
+    delivery::{
+        outbound::{LinkHandle, Refused},
+        TaskEvent,
+    },
     error::{Error, Result},
     inbox::PushError,
     message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
-    shared::{bump, count_failure},
+    shared::{bump, count_failure, Shared},
 };
 
 /// Bytes kept free in a batch frame for the envelope framing itself.
 const FRAME_SLACK: usize = 64 * 1024;
 /// Sends of one batch after the first when its link closes under it.
 const RESENDS: u8 = 2;
-/// Sending hosts whose last batch is remembered.
-pub(super) const REMEMBERED_SENDERS: std::num::NonZeroUsize =
+/// After a link task gave up, sends to that host go as requests this long.
+const STREAM_BACKOFF: Duration = Duration::from_secs(1);
+/// Times a send may come back from link tasks before it fails.
+const HANDED_BACK: u8 = 4;
+/// Sending hosts whose last batches are remembered.
+pub(crate) const REMEMBERED_SENDERS: std::num::NonZeroUsize =
     match std::num::NonZeroUsize::new(4096) {
         Some(n) => n,
         None => unreachable!(),
@@ -45,8 +60,11 @@ pub(super) const REMEMBERED_SENDERS: std::num::NonZeroUsize =
 pub(crate) struct PendingSend {
     pub env: Envelope,
     pub reply: oneshot::Sender<Result<()>>,
-    /// The host that answered "unknown peer" for this send already.
-    pub refused_by: Option<PeerId>,
+    /// The host that answered "unknown peer" for this send already (boxed:
+    /// sends are moved between queues often, and a host id is 80 bytes).
+    pub refused_by: Option<Box<PeerId>>,
+    /// Times a link task handed this send back undelivered.
+    pub handed_back: u8,
 }
 
 impl PendingSend {
@@ -55,7 +73,13 @@ impl PendingSend {
             env,
             reply,
             refused_by: None,
+            handed_back: 0,
         }
+    }
+
+    /// About the bytes the envelope takes in a batch frame.
+    pub fn wire_size(&self) -> usize {
+        self.env.payload.len() + self.env.from.len() + self.env.to.len() + 16
     }
 }
 
@@ -79,36 +103,82 @@ pub(crate) enum Seen {
     Stale,
 }
 
-/// The last delivery batch of each sending host, by `(epoch, batch)`, with
-/// its acks; bounded (least recently heard senders are forgotten, and a
-/// forgotten sender's next batch counts as new).
+/// The last `window` delivery batches of each sending host, by `(epoch,
+/// batch)`, with their acks; bounded (least recently heard senders are
+/// forgotten, and a forgotten sender's next batch counts as new). The
+/// window is how many batches a sender may have in flight at once: after a
+/// broken link, any of them may come again.
 #[derive(Debug)]
 pub(crate) struct BatchMemory {
-    last: lru::LruCache<PeerId, ((u64, u64), Vec<Ack>)>,
+    window: usize,
+    last: lru::LruCache<PeerId, VecDeque<Remembered>>,
 }
 
-impl Default for BatchMemory {
-    fn default() -> Self {
-        BatchMemory {
-            last: lru::LruCache::new(REMEMBERED_SENDERS),
-        }
-    }
-}
+/// A delivered batch's id and acks.
+type Remembered = ((u64, u64), Vec<Ack>);
 
 impl BatchMemory {
+    /// Remembers `window` batches for each of `senders` hosts.
+    pub fn new(window: usize, senders: std::num::NonZeroUsize) -> Self {
+        BatchMemory {
+            window: window.max(1),
+            last: lru::LruCache::new(senders),
+        }
+    }
+
     /// Whether batch `id` of `host` is new, a resend or stale.
     pub fn check(&mut self, host: PeerId, id: (u64, u64)) -> Seen {
-        match self.last.get(&host) {
-            Some((last, acks)) if *last == id => Seen::Again(acks.clone()),
-            Some((last, _)) if *last > id => Seen::Stale,
+        let Some(last) = self.last.get(&host) else {
+            return Seen::New;
+        };
+        if let Some((_, acks)) = last.iter().find(|(b, _)| *b == id) {
+            return Seen::Again(acks.clone());
+        }
+        match last.back() {
+            Some((newest, _)) if *newest > id => Seen::Stale,
             _ => Seen::New,
         }
     }
 
     /// Remembers batch `id` of `host` as delivered with `acks`.
     pub fn record(&mut self, host: PeerId, id: (u64, u64), acks: Vec<Ack>) {
-        self.last.put(host, (id, acks));
+        let last = self.last.get_or_insert_mut(host, VecDeque::new);
+        if last.len() >= self.window {
+            last.pop_front();
+        }
+        last.push_back((id, acks));
     }
+}
+
+/// Puts each envelope in its recipient's inbox; one ack per envelope.
+pub(crate) fn deliver_envs(shared: &Shared, envs: Vec<Envelope>) -> Vec<Ack> {
+    envs.into_iter()
+        .map(|env| match shared.registry.get(&env.to) {
+            None => Ack::UnknownPeer,
+            Some(slot) => match slot.push(Message {
+                from: env.from.to_string(),
+                payload: env.payload,
+            }) {
+                Ok(()) => {
+                    bump(&shared.counters.received_remote);
+                    Ack::Delivered
+                }
+                Err(PushError::Full) => Ack::InboxFull,
+                Err(PushError::Removed) => Ack::UnknownPeer,
+            },
+        })
+        .collect()
+}
+
+/// Answers a send and counts its outcome.
+pub(crate) fn finish(shared: &Shared, p: PendingSend, r: Result<()>) {
+    match &r {
+        Ok(()) => bump(&shared.counters.sent_local),
+        // A caller that gave up has counted its timeout already.
+        Err(e) if !p.reply.is_closed() => count_failure(&shared.counters, e),
+        Err(_) => {}
+    }
+    let _ = p.reply.send(r);
 }
 
 impl EventLoop {
@@ -119,16 +189,34 @@ impl EventLoop {
             self.finish_send(p, r);
             return;
         }
-        match self.cache.get(&p.env.to).copied() {
+        let mut cached = self.cache.get(&p.env.to).copied();
+        if cached.is_none() {
+            // A reply to a message that just came over a delivery stream:
+            // its reader reported the sender's host before delivering.
+            self.take_task_events();
+            cached = self.cache.get(&p.env.to).copied();
+        }
+        match cached {
             Some(host) if host != self.local() => self.enqueue(host, p),
             _ => self.resolve_for_send(p),
         }
     }
 
-    /// Queues a send for `host` and flushes the link if it is idle.
+    /// Queues a send for `host`; the link is flushed at the end of the
+    /// loop's turn, so a burst of commands goes out together.
     pub(super) fn enqueue(&mut self, host: PeerId, p: PendingSend) {
-        self.links.entry(host).or_default().queue.push_back(p);
-        self.flush_link(host);
+        let queue = &mut self.links.entry(host).or_default().queue;
+        queue.push_back(p);
+        if queue.len() == 1 {
+            self.dirty_links.push(host);
+        }
+    }
+
+    /// Flushes the links that got sends in this turn of the loop.
+    pub(super) fn flush_dirty_links(&mut self) {
+        for host in std::mem::take(&mut self.dirty_links) {
+            self.flush_link(host);
+        }
     }
 
     fn flush_link(&mut self, host: PeerId) {
@@ -144,10 +232,30 @@ impl EventLoop {
         if link.in_flight {
             return;
         }
+        let backoff = self
+            .stream_backoff
+            .get(&host)
+            .is_some_and(|t| *t > Instant::now());
+        if self.swarm.is_connected(&host) && !backoff {
+            self.hand_to_link_task(host);
+            return;
+        }
+        if self
+            .stream_links
+            .get(&host)
+            .is_some_and(|l| l.outstanding() > 0)
+        {
+            // The link task's sends finish or come back first (order);
+            // the tick tries again.
+            return;
+        }
+        let Some(link) = self.links.get_mut(&host) else {
+            return;
+        };
         let mut sends = Vec::new();
         let mut bytes = 0;
         while let Some(p) = link.queue.front() {
-            let size = p.env.payload.len() + p.env.from.len() + p.env.to.len() + 16;
+            let size = p.wire_size();
             if !sends.is_empty() && (sends.len() >= max_msgs || bytes + size > max_bytes) {
                 break;
             }
@@ -171,6 +279,109 @@ impl EventLoop {
         let batch = self.next_batch;
         self.next_batch += 1;
         self.send_batch(host, batch, 0, sends);
+    }
+
+    /// Hands the queue of `host` to its link task (started if there is
+    /// none, or it ended).
+    fn hand_to_link_task(&mut self, host: PeerId) {
+        let Some(mut link) = self.links.remove(&host) else {
+            return;
+        };
+        if link.queue.is_empty() {
+            return;
+        }
+        self.touch(host);
+        let mut started = false;
+        while let Some(p) = link.queue.pop_front() {
+            let task = match self.stream_links.entry(host) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    started = true;
+                    e.insert(LinkHandle::spawn(host, self.delivery.clone()))
+                }
+            };
+            match task.forward(p) {
+                Ok(()) => {}
+                Err(Refused::Full(p)) => {
+                    // The tick hands over the rest.
+                    link.queue.push_front(p);
+                    self.links.insert(host, link);
+                    return;
+                }
+                Err(Refused::Ended(p)) => {
+                    link.queue.push_front(p);
+                    self.stream_links.remove(&host);
+                    if started {
+                        // A task that ended at once: keep the queue for the tick.
+                        self.links.insert(host, link);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries the queues that waited (for a link task to drain), and
+    /// forgets link tasks that ended.
+    pub(super) fn retry_links(&mut self) {
+        self.stream_links.retain(|_, l| !l.ended());
+        let now = Instant::now();
+        self.stream_backoff.retain(|_, t| *t > now);
+        let waiting: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.in_flight && !l.queue.is_empty())
+            .map(|(h, _)| *h)
+            .collect();
+        for host in waiting {
+            self.flush_link(host);
+        }
+    }
+
+    /// Handles what the delivery tasks report.
+    pub(super) fn on_task_event(&mut self, ev: TaskEvent) {
+        match ev {
+            TaskEvent::Unresolved { host, send } => self.on_unknown_peer(host, send),
+            TaskEvent::Unsent { host, sends } => {
+                // The link (often one that is closing) took no stream: the
+                // next sends go as requests, which dial or relay.
+                self.stream_backoff
+                    .insert(host, Instant::now() + STREAM_BACKOFF);
+                let mut failed = Vec::new();
+                let link = self.links.entry(host).or_default();
+                for mut p in sends.into_iter().rev() {
+                    p.handed_back += 1;
+                    if p.handed_back > HANDED_BACK {
+                        failed.push(p);
+                    } else {
+                        link.queue.push_front(p);
+                    }
+                }
+                for p in failed.into_iter().rev() {
+                    let id = p.env.to.to_string();
+                    self.finish_send(p, Err(Error::PeerUnreachable { id, host }));
+                }
+                self.flush_link(host);
+            }
+            TaskEvent::Inbound { host, froms } => {
+                self.touch(host);
+                for from in froms {
+                    if self.cache.peek(&from) != Some(&host) {
+                        self.cache.put(from, host);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles the delivery tasks' reports that are waiting (bounded).
+    pub(super) fn take_task_events(&mut self) {
+        for _ in 0..super::COMMAND_BATCH {
+            match self.task_events.try_recv() {
+                Ok(ev) => self.on_task_event(ev),
+                Err(_) => break,
+            }
+        }
     }
 
     fn send_batch(&mut self, host: PeerId, batch: u64, attempt: u8, sends: Vec<PendingSend>) {
@@ -267,18 +478,12 @@ impl EventLoop {
             self.finish_send(p, Err(e));
             return;
         }
-        p.refused_by = Some(host);
+        p.refused_by = Some(Box::new(host));
         self.resolve_for_send(p);
     }
 
     pub(super) fn finish_send(&self, p: PendingSend, r: Result<()>) {
-        match &r {
-            Ok(()) => bump(&self.shared.counters.sent_local),
-            // A caller that gave up has counted its timeout already.
-            Err(e) if !p.reply.is_closed() => count_failure(&self.shared.counters, e),
-            Err(_) => {}
-        }
-        let _ = p.reply.send(r);
+        finish(&self.shared, p, r);
     }
 
     /// Puts every envelope of an inbound batch in its recipient's inbox.
@@ -303,32 +508,16 @@ impl EventLoop {
                 );
             }
         }
-        let mut last_from: Option<std::sync::Arc<str>> = None;
-        let acks = envs
-            .into_iter()
-            .inspect(|env| {
-                if last_from.as_deref() != Some(&*env.from) {
-                    if self.cache.peek(&env.from) != Some(&host) {
-                        self.cache.put(env.from.clone(), host);
-                    }
-                    last_from = Some(env.from.clone());
+        let mut last_from: Option<&str> = None;
+        for env in &envs {
+            if last_from != Some(&*env.from) {
+                if self.cache.peek(&env.from) != Some(&host) {
+                    self.cache.put(env.from.clone(), host);
                 }
-            })
-            .map(|env| match self.shared.registry.get(&env.to) {
-                None => Ack::UnknownPeer,
-                Some(slot) => match slot.push(Message {
-                    from: env.from.to_string(),
-                    payload: env.payload,
-                }) {
-                    Ok(()) => {
-                        bump(&self.shared.counters.received_remote);
-                        Ack::Delivered
-                    }
-                    Err(PushError::Full) => Ack::InboxFull,
-                    Err(PushError::Removed) => Ack::UnknownPeer,
-                },
-            })
-            .collect::<Vec<Ack>>();
+                last_from = Some(&env.from);
+            }
+        }
+        let acks = deliver_envs(&self.shared, envs);
         self.last_batches.record(host, batch, acks.clone());
         Response::Delivered(acks)
     }
@@ -366,7 +555,7 @@ mod tests {
     #[test]
     fn a_resent_batch_is_answered_from_memory_and_an_older_one_refused() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        let mut m = BatchMemory::default();
+        let mut m = BatchMemory::new(1, REMEMBERED_SENDERS);
         assert_eq!(m.check(a, (5, 0)), Seen::New);
         m.record(a, (5, 0), vec![Ack::Delivered]);
         assert_eq!(m.check(a, (5, 0)), Seen::Again(vec![Ack::Delivered]));

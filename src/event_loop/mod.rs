@@ -23,7 +23,7 @@ mod relay;
 use std::{
     collections::{HashMap, VecDeque},
     num::NonZeroUsize,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -51,6 +51,9 @@ pub(crate) use messaging::PendingSend;
 
 /// Most commands handled in one turn of the loop before swarm events.
 const COMMAND_BATCH: usize = 256;
+/// Reports of the delivery tasks waiting for the loop, at most (readers
+/// drop theirs when full; link tasks wait).
+const TASK_EVENTS: usize = 1024;
 
 /// Key of an outbound request: a request-response request of ours, or one
 /// carried in a relay bundle (see `relay`).
@@ -109,12 +112,27 @@ pub(crate) struct EventLoop {
     /// transport frees its port only on removal).
     listener_ids: Vec<libp2p::core::transport::ListenerId>,
 
-    // messaging
-    links: HashMap<PeerId, messaging::Link>,
+    // messaging (host-keyed maps on the send path use foldhash, seeded per
+    // map: SipHash over an 80-byte host id per send showed in profiles)
+    links: foldhash::HashMap<PeerId, messaging::Link>,
     /// Id of the next outbound delivery batch in this epoch.
     next_batch: u64,
-    /// The last batch each sending host delivered here, with its acks.
+    /// The last batch each sending host delivered here by request, with
+    /// its acks.
     last_batches: messaging::BatchMemory,
+    /// Hosts whose queue got its first send in this turn of the loop.
+    dirty_links: Vec<PeerId>,
+    /// Link tasks of the delivery streams, by destination host.
+    stream_links: foldhash::HashMap<PeerId, crate::delivery::outbound::LinkHandle>,
+    /// Hosts whose link task gave up lately, and until when their sends
+    /// go as requests.
+    stream_backoff: foldhash::HashMap<PeerId, Instant>,
+    /// What the delivery tasks share.
+    delivery: crate::delivery::TaskContext,
+    /// Reports of the delivery tasks.
+    task_events: mpsc::Receiver<crate::delivery::TaskEvent>,
+    /// The task accepting delivery streams (it owns their readers).
+    acceptor: Option<tokio::task::JoinHandle<()>>,
 
     // lookup
     store: DirectoryStore,
@@ -162,7 +180,7 @@ pub(crate) struct EventLoop {
 
     // budget
     /// When each connected host was last sent or asked something.
-    last_used: HashMap<PeerId, Instant>,
+    last_used: foldhash::HashMap<PeerId, Instant>,
     /// Hosts that joined the network through this one: their links stay,
     /// as the links to the hosts this one joined do.
     joiners: std::collections::HashSet<PeerId>,
@@ -187,6 +205,22 @@ impl EventLoop {
             .unwrap_or(1);
         let local = shared.local;
         let cache_cap = NonZeroUsize::new(cfg.location_cache_capacity).unwrap_or(NonZeroUsize::MIN);
+        let (events_tx, task_events) = mpsc::channel(TASK_EVENTS);
+        let delivery = crate::delivery::TaskContext {
+            control: swarm.behaviour().stream.new_control(),
+            protocol: crate::protocol::deliver_protocol(&cfg.network_id)
+                .unwrap_or_else(|| libp2p::StreamProtocol::new("/distribus/deliver")),
+            shared: shared.clone(),
+            events: events_tx,
+            epoch,
+            next_batch: Default::default(),
+        };
+        let memory =
+            messaging::BatchMemory::new(crate::delivery::WINDOW, messaging::REMEMBERED_SENDERS);
+        let acceptor = crate::delivery::inbound::spawn_acceptor(
+            delivery.clone(),
+            Arc::new(Mutex::new(memory)),
+        );
         let mut this = EventLoop {
             swarm,
             commands,
@@ -197,9 +231,15 @@ impl EventLoop {
             requests: HashMap::new(),
             listens: HashMap::new(),
             listener_ids: Vec::new(),
-            links: HashMap::new(),
+            links: Default::default(),
             next_batch: 0,
-            last_batches: messaging::BatchMemory::default(),
+            last_batches: messaging::BatchMemory::new(1, messaging::REMEMBERED_SENDERS),
+            dirty_links: Vec::new(),
+            stream_links: Default::default(),
+            stream_backoff: Default::default(),
+            delivery,
+            task_events,
+            acceptor,
             store: DirectoryStore::new(cfg.max_directory_entries),
             cache: LruCache::new(cache_cap),
             lookups: HashMap::new(),
@@ -229,7 +269,7 @@ impl EventLoop {
             ready: Default::default(),
             last_frame: HashMap::new(),
             dialing: HashMap::new(),
-            last_used: HashMap::new(),
+            last_used: Default::default(),
             joiners: Default::default(),
             next_trim: Instant::now(),
             overlay: Default::default(),
@@ -268,9 +308,14 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(ev) = self.task_events.recv() => {
+                    self.on_task_event(ev);
+                    self.take_task_events();
+                }
                 _ = self.shared.changes_ready.notified() => self.flush_directory(),
                 _ = tick.tick() => self.on_tick(),
             }
+            self.flush_dirty_links();
             if !self.parked.is_empty() {
                 self.retry_parked();
             }
@@ -280,6 +325,9 @@ impl EventLoop {
             }
         }
         self.finish_close();
+        if let Some(a) = self.acceptor.take() {
+            a.abort();
+        }
         for id in std::mem::take(&mut self.listener_ids) {
             self.swarm.remove_listener(id);
         }
@@ -634,6 +682,7 @@ impl EventLoop {
         self.refresh_overlay(now);
         self.redial(now);
         self.trim_links(now);
+        self.retry_links();
         self.flush_directory();
         self.rebalance();
         self.trim_directory(now);

@@ -1,0 +1,147 @@
+//! The receiving side of delivery streams: an acceptor task takes the
+//! streams other hosts open, and one reader per stream delivers each batch
+//! into the local inboxes and writes its acks.
+//!
+//! A host may hold at most [`STREAMS_PER_HOST`] delivery streams from one
+//! remote host (more are dropped as they arrive): a remote party cannot
+//! grow the number of readers. A frame over the size limit, or bytes that do
+//! not decode, end that stream (counted in the host's rejected frames); the
+//! sender opens a new one and the host goes on.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::{TaskContext, TaskEvent};
+use crate::{
+    event_loop::messaging::{deliver_envs, BatchMemory, Seen},
+    protocol::{read_frame, write_frame, StreamAcks, StreamBatch},
+};
+
+/// Delivery streams one remote host may hold open to this one at a time.
+pub(crate) const STREAMS_PER_HOST: usize = 4;
+/// Senders a reader remembers having reported to the loop (then it starts
+/// over).
+const REPORTED: usize = 4096;
+/// A reader reports its link as used at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the acceptor; the returned task owns the readers (aborting it
+/// ends them).
+pub(crate) fn spawn_acceptor(
+    mut ctx: TaskContext,
+    memory: Arc<Mutex<BatchMemory>>,
+) -> Option<JoinHandle<()>> {
+    let incoming = match ctx.control.accept(ctx.protocol.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot accept delivery streams");
+            return None;
+        }
+    };
+    Some(tokio::spawn(accept(incoming, ctx, memory)))
+}
+
+async fn accept(
+    mut incoming: libp2p_stream::IncomingStreams,
+    ctx: TaskContext,
+    memory: Arc<Mutex<BatchMemory>>,
+) {
+    let mut readers = JoinSet::new();
+    let mut open: HashMap<PeerId, usize> = HashMap::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((host, stream)) = next else { break };
+                let n = open.entry(host).or_default();
+                if *n >= STREAMS_PER_HOST {
+                    tracing::debug!(%host, "too many delivery streams; dropped one");
+                    continue;
+                }
+                *n += 1;
+                readers.spawn(serve(host, stream, ctx.clone(), memory.clone()));
+            }
+            Some(done) = readers.join_next() => {
+                if let Ok(host) = done {
+                    if let Some(n) = open.get_mut(&host) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            open.remove(&host);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads batches from `host` until the stream ends; returns `host`.
+async fn serve(
+    host: PeerId,
+    stream: Stream,
+    ctx: TaskContext,
+    memory: Arc<Mutex<BatchMemory>>,
+) -> PeerId {
+    let (mut reader, mut writer) = stream.split();
+    let shared = &ctx.shared;
+    let mut reported: HashSet<Arc<str>> = HashSet::new();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let max_frame = shared.with_config(|c| c.max_frame_size);
+        let b: StreamBatch = match read_frame(&mut reader, max_frame, &shared.wire).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::trace!(%host, error = %e, "delivery stream ended");
+                return host;
+            }
+        };
+        let mut froms = Vec::new();
+        let acks = {
+            let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+            match memory.check(host, (b.epoch, b.batch)) {
+                Seen::New => {
+                    if reported.len() >= REPORTED {
+                        reported.clear();
+                    }
+                    let mut last: Option<&str> = None;
+                    for env in &b.envs {
+                        if last != Some(&*env.from) && !reported.contains(&env.from) {
+                            reported.insert(env.from.clone());
+                            froms.push(env.from.clone());
+                        }
+                        last = Some(&env.from);
+                    }
+                    let acks = deliver_envs(shared, b.envs);
+                    memory.record(host, (b.epoch, b.batch), acks.clone());
+                    Ok(acks)
+                }
+                Seen::Again(acks) => Ok(acks),
+                Seen::Stale => {
+                    tracing::warn!(%host, batch = b.batch, "refused a stale delivery batch");
+                    Err("delivery batch older than the last ones".to_string())
+                }
+            }
+        };
+        let due = last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
+        if !froms.is_empty() || due {
+            last_report = Some(Instant::now());
+            // The location cache and the link budget are hints: when the
+            // loop is behind, a report is dropped rather than queued.
+            let _ = ctx.events.try_send(TaskEvent::Inbound { host, froms });
+        }
+        let answer = StreamAcks {
+            batch: b.batch,
+            acks,
+        };
+        if let Err(e) = write_frame(&mut writer, &answer, max_frame).await {
+            tracing::trace!(%host, error = %e, "delivery stream ended");
+            return host;
+        }
+    }
+}
