@@ -31,7 +31,7 @@ pub(crate) struct Behaviour {
     /// between hosts that are not linked (or through a relay).
     pub rpc: request_response::Behaviour<Codec>,
     /// Delivery streams: direct messages between linked hosts.
-    pub stream: libp2p_stream::Behaviour,
+    pub streams: crate::delivery::streams::Behaviour,
     /// Channels and membership gossip.
     pub gossipsub: gossipsub::Behaviour,
     /// Routing table, bootstrap and closest-host lookups.
@@ -57,6 +57,7 @@ fn build_behaviour(
     key: &Keypair,
     cfg: &HostConfig,
     stats: Arc<WireStats>,
+    streams: crate::delivery::streams::Behaviour,
 ) -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let net = &cfg.network_id;
     let rpc_proto = rpc_protocol(net).ok_or("invalid network id")?;
@@ -124,7 +125,7 @@ fn build_behaviour(
         limits,
         memory,
         rpc,
-        stream: libp2p_stream::Behaviour::new(),
+        streams,
         gossipsub,
         kad,
         identify,
@@ -132,13 +133,24 @@ fn build_behaviour(
     })
 }
 
+/// The swarm, the handle that opens delivery streams, and the inbound
+/// delivery streams.
+pub(crate) type Built = (
+    Swarm<Behaviour>,
+    crate::delivery::streams::Opener,
+    tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+);
+
 /// Builds the swarm for `cfg` with identity `key`.
 pub(crate) async fn build_swarm(
     key: Keypair,
     cfg: &HostConfig,
     stats: Arc<WireStats>,
-) -> Result<Swarm<Behaviour>> {
+) -> Result<Built> {
     let terr = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
+    let protocol = crate::protocol::deliver_protocol(&cfg.network_id)
+        .ok_or_else(|| Error::Transport("invalid network id".into()))?;
+    let (streams, opener, inbound) = crate::delivery::streams::Behaviour::new(protocol);
     let idle = cfg.idle_connection_timeout;
     let swarm = match cfg.transport {
         TransportKind::Tcp => SwarmBuilder::with_existing_identity(key)
@@ -154,7 +166,7 @@ pub(crate) async fn build_swarm(
             .with_websocket(noise::Config::new, yamux::Config::default)
             .await
             .map_err(|e| terr(&e))?
-            .with_behaviour(|k| build_behaviour(k, cfg, stats))
+            .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
             .map_err(|e| terr(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
@@ -180,10 +192,10 @@ pub(crate) async fn build_swarm(
                 },
             )
             .map_err(|e| terr(&e))?
-            .with_behaviour(|k| build_behaviour(k, cfg, stats))
+            .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
             .map_err(|e| terr(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
     };
-    Ok(swarm)
+    Ok((swarm, opener, inbound))
 }

@@ -59,6 +59,26 @@ pub(crate) struct StreamBatch {
     pub envs: Vec<Envelope>,
 }
 
+/// The receiving side's view of a [`StreamBatch`]: ids and payload bytes
+/// borrowed from the frame, so delivering copies each payload once and
+/// allocates nothing for the ids but the sender's in the inbox message.
+#[derive(Debug, Deserialize)]
+pub(crate) struct StreamBatchIn<'a> {
+    pub epoch: u64,
+    pub batch: u64,
+    #[serde(borrow)]
+    pub envs: Vec<EnvelopeIn<'a>>,
+}
+
+/// An [`Envelope`] borrowed from a frame.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EnvelopeIn<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub encoding: crate::message::Encoding,
+    pub bytes: &'a [u8],
+}
+
 /// The sending side's view of a [`StreamBatch`]: the envelopes are
 /// serialized in place from the sends waiting for their acks, not copied.
 /// Encodes exactly as a [`StreamBatch`] does.
@@ -297,6 +317,34 @@ where
     T: AsyncRead + Unpin + Send,
     M: DeserializeOwned,
 {
+    let body = read_frame_body(io, max_frame, stats).await?;
+    decode_counted(&body, stats)
+}
+
+/// Decodes a frame body; a malformed one is an `InvalidData` error, counted
+/// in `stats`.
+pub(crate) fn decode_counted<'a, M: Deserialize<'a>>(
+    body: &'a [u8],
+    stats: &WireStats,
+) -> io::Result<M> {
+    postcard::from_bytes(body).map_err(|e| {
+        stats.count_rejected();
+        tracing::warn!(error = %e, "rejected malformed frame");
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+    })
+}
+
+/// Reads one length-prefixed frame of at most `max_frame` bytes; returns
+/// its body. An oversized frame is an `InvalidData` error, counted in
+/// `stats`.
+pub(crate) async fn read_frame_body<T>(
+    io: &mut T,
+    max_frame: usize,
+    stats: &WireStats,
+) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -310,10 +358,7 @@ where
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
-    decode_frame(&buf).inspect_err(|e| {
-        stats.count_rejected();
-        tracing::warn!(error = %e, "rejected malformed frame");
-    })
+    Ok(buf)
 }
 
 /// Encodes `msg` as one frame, writes and flushes it (the stream stays

@@ -14,14 +14,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{AsyncReadExt, StreamExt};
+use futures::AsyncReadExt;
 use libp2p::{PeerId, Stream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::{
+    sync::mpsc,
+    task::{JoinHandle, JoinSet},
+};
 
 use super::{TaskContext, TaskEvent};
 use crate::{
     event_loop::messaging::{deliver_envs, BatchMemory, Seen},
-    protocol::{read_frame, write_frame, StreamAcks, StreamBatch},
+    message::Payload,
+    protocol::{decode_counted, read_frame_body, write_frame, StreamAcks, StreamBatchIn},
 };
 
 /// Delivery streams one remote host may hold open to this one at a time.
@@ -32,24 +36,18 @@ const REPORTED: usize = 4096;
 /// A reader reports its link as used at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the acceptor; the returned task owns the readers (aborting it
-/// ends them).
+/// Starts the acceptor of the streams in `incoming`; the returned task
+/// owns the readers (aborting it ends them).
 pub(crate) fn spawn_acceptor(
-    mut ctx: TaskContext,
+    incoming: mpsc::Receiver<(PeerId, Stream)>,
+    ctx: TaskContext,
     memory: Arc<Mutex<BatchMemory>>,
-) -> Option<JoinHandle<()>> {
-    let incoming = match ctx.control.accept(ctx.protocol.clone()) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot accept delivery streams");
-            return None;
-        }
-    };
-    Some(tokio::spawn(accept(incoming, ctx, memory)))
+) -> JoinHandle<()> {
+    tokio::spawn(accept(incoming, ctx, memory))
 }
 
 async fn accept(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: mpsc::Receiver<(PeerId, Stream)>,
     ctx: TaskContext,
     memory: Arc<Mutex<BatchMemory>>,
 ) {
@@ -57,7 +55,7 @@ async fn accept(
     let mut open: HashMap<PeerId, usize> = HashMap::new();
     loop {
         tokio::select! {
-            next = incoming.next() => {
+            next = incoming.recv() => {
                 let Some((host, stream)) = next else { break };
                 let n = open.entry(host).or_default();
                 if *n >= STREAMS_PER_HOST {
@@ -94,10 +92,17 @@ async fn serve(
     let mut last_report: Option<Instant> = None;
     loop {
         let max_frame = shared.with_config(|c| c.max_frame_size);
-        let b: StreamBatch = match read_frame(&mut reader, max_frame, &shared.wire).await {
-            Ok(b) => b,
+        let body = match read_frame_body(&mut reader, max_frame, &shared.wire).await {
+            Ok(body) => body,
             Err(e) => {
                 tracing::trace!(%host, error = %e, "delivery stream ended");
+                return host;
+            }
+        };
+        let b: StreamBatchIn = match decode_counted(&body, &shared.wire) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(%host, error = %e, "malformed delivery batch; stream ended");
                 return host;
             }
         };
@@ -111,13 +116,21 @@ async fn serve(
                     }
                     let mut last: Option<&str> = None;
                     for env in &b.envs {
-                        if last != Some(&*env.from) && !reported.contains(&env.from) {
-                            reported.insert(env.from.clone());
-                            froms.push(env.from.clone());
+                        if last != Some(env.from) && !reported.contains(env.from) {
+                            let from: Arc<str> = Arc::from(env.from);
+                            reported.insert(from.clone());
+                            froms.push(from);
                         }
-                        last = Some(&env.from);
+                        last = Some(env.from);
                     }
-                    let acks = deliver_envs(shared, b.envs);
+                    let msgs = b.envs.iter().map(|e| {
+                        let payload = Payload {
+                            encoding: e.encoding,
+                            bytes: bytes::Bytes::copy_from_slice(e.bytes),
+                        };
+                        (e.from, e.to, payload)
+                    });
+                    let acks = deliver_envs(shared, msgs);
                     memory.record(host, (b.epoch, b.batch), acks.clone());
                     Ok(acks)
                 }

@@ -18,10 +18,11 @@
 
 pub(crate) mod inbound;
 pub(crate) mod outbound;
+pub(crate) mod streams;
 
 use std::sync::{atomic::AtomicU64, Arc};
 
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use crate::{event_loop::PendingSend, shared::Shared};
@@ -49,8 +50,7 @@ pub(crate) enum TaskEvent {
 /// What every delivery task of a host shares.
 #[derive(Clone)]
 pub(crate) struct TaskContext {
-    pub control: libp2p_stream::Control,
-    pub protocol: StreamProtocol,
+    pub opener: streams::Opener,
     pub shared: Arc<Shared>,
     pub events: mpsc::Sender<TaskEvent>,
     /// This host's epoch: with `next_batch`, what identifies a batch.

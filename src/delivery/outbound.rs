@@ -224,10 +224,7 @@ impl LinkTask {
     /// Opens a stream to the host; false if none opens within the timeout.
     async fn open(&mut self) -> bool {
         let timeout = self.ctx.shared.with_config(|c| c.request_timeout);
-        let opening = self
-            .ctx
-            .control
-            .open_stream(self.host, self.ctx.protocol.clone());
+        let opening = self.ctx.opener.open(self.host);
         let stream = match tokio::time::timeout(timeout, opening).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

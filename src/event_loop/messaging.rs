@@ -21,6 +21,7 @@
 
 use std::{
     collections::VecDeque,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,7 +35,7 @@ use crate::{
         TaskEvent,
     },
     error::{Error, Result},
-    inbox::PushError,
+    inbox::{PeerSlot, PushError},
     message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
     shared::{bump, count_failure, Shared},
@@ -150,14 +151,29 @@ impl BatchMemory {
     }
 }
 
-/// Puts each envelope in its recipient's inbox; one ack per envelope.
-pub(crate) fn deliver_envs(shared: &Shared, envs: Vec<Envelope>) -> Vec<Ack> {
-    envs.into_iter()
-        .map(|env| match shared.registry.get(&env.to) {
-            None => Ack::UnknownPeer,
-            Some(slot) => match slot.push(Message {
-                from: env.from.to_string(),
-                payload: env.payload,
+/// Puts each message `(from, to, payload)` in its recipient's inbox; one
+/// ack per message. Runs of messages for one recipient look it up once.
+pub(crate) fn deliver_envs<'a>(
+    shared: &Shared,
+    msgs: impl IntoIterator<Item = (&'a str, &'a str, Payload)>,
+) -> Vec<Ack> {
+    let mut last: Option<(&str, Option<Arc<PeerSlot>>)> = None;
+    msgs.into_iter()
+        .map(|(from, to, payload)| {
+            let slot = match &last {
+                Some((id, slot)) if *id == to => slot.clone(),
+                _ => {
+                    let slot = shared.registry.get(to);
+                    last = Some((to, slot.clone()));
+                    slot
+                }
+            };
+            let Some(slot) = slot else {
+                return Ack::UnknownPeer;
+            };
+            match slot.push(Message {
+                from: from.to_string(),
+                payload,
             }) {
                 Ok(()) => {
                     bump(&shared.counters.received_remote);
@@ -165,7 +181,7 @@ pub(crate) fn deliver_envs(shared: &Shared, envs: Vec<Envelope>) -> Vec<Ack> {
                 }
                 Err(PushError::Full) => Ack::InboxFull,
                 Err(PushError::Removed) => Ack::UnknownPeer,
-            },
+            }
         })
         .collect()
 }
@@ -517,7 +533,10 @@ impl EventLoop {
                 last_from = Some(&env.from);
             }
         }
-        let acks = deliver_envs(&self.shared, envs);
+        let acks = deliver_envs(
+            &self.shared,
+            envs.iter().map(|e| (&*e.from, &*e.to, e.payload.clone())),
+        );
         self.last_batches.record(host, batch, acks.clone());
         Response::Delivered(acks)
     }

@@ -197,6 +197,10 @@ impl EventLoop {
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
         key: Keypair,
+        (opener, inbound): (
+            crate::delivery::streams::Opener,
+            mpsc::Receiver<(PeerId, libp2p::Stream)>,
+        ),
     ) -> Self {
         let cfg = shared.config();
         let epoch = std::time::SystemTime::now()
@@ -207,9 +211,7 @@ impl EventLoop {
         let cache_cap = NonZeroUsize::new(cfg.location_cache_capacity).unwrap_or(NonZeroUsize::MIN);
         let (events_tx, task_events) = mpsc::channel(TASK_EVENTS);
         let delivery = crate::delivery::TaskContext {
-            control: swarm.behaviour().stream.new_control(),
-            protocol: crate::protocol::deliver_protocol(&cfg.network_id)
-                .unwrap_or_else(|| libp2p::StreamProtocol::new("/distribus/deliver")),
+            opener,
             shared: shared.clone(),
             events: events_tx,
             epoch,
@@ -217,10 +219,11 @@ impl EventLoop {
         };
         let memory =
             messaging::BatchMemory::new(crate::delivery::WINDOW, messaging::REMEMBERED_SENDERS);
-        let acceptor = crate::delivery::inbound::spawn_acceptor(
+        let acceptor = Some(crate::delivery::inbound::spawn_acceptor(
+            inbound,
             delivery.clone(),
             Arc::new(Mutex::new(memory)),
-        );
+        ));
         let mut this = EventLoop {
             swarm,
             commands,

@@ -1,0 +1,245 @@
+//! The network behaviour of delivery streams: it opens outbound streams on
+//! an existing connection when a link task asks ([`Opener`]) and hands
+//! inbound ones to the acceptor.
+//!
+//! Written for this one protocol rather than taken from `libp2p-stream`:
+//! that crate's handler builds its protocol list under a lock shared by all
+//! connections every time a connection is polled, which cost a 256-host
+//! simulation a fifth of its registration rate. Here the listen protocol is
+//! a fixed name. Streams are opened only on a connection that exists (the
+//! event loop decides when hosts are linked; it dials, this never does).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    io,
+    task::{Context, Poll},
+};
+
+use libp2p::{
+    core::{transport::PortUse, upgrade::ReadyUpgrade, Endpoint},
+    swarm::{
+        handler::{
+            ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+        },
+        ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+        NetworkBehaviour, NotifyHandler, SubstreamProtocol, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm,
+    },
+    Multiaddr, PeerId, Stream, StreamProtocol,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Stream requests waiting for the swarm, at most.
+const OPEN_QUEUE: usize = 256;
+/// Inbound streams waiting for the acceptor, at most (more are dropped; the
+/// sender opens another).
+const INBOUND_QUEUE: usize = 256;
+
+/// Where an opened stream (or why none opened) goes.
+type Reply = oneshot::Sender<io::Result<Stream>>;
+
+/// Asks the behaviour for outbound delivery streams.
+#[derive(Debug, Clone)]
+pub(crate) struct Opener {
+    tx: mpsc::Sender<(PeerId, Reply)>,
+}
+
+impl Opener {
+    /// Opens a delivery stream to `host` on a connection to it.
+    pub(crate) async fn open(&self, host: PeerId) -> io::Result<Stream> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || io::Error::new(io::ErrorKind::ConnectionReset, "host closed");
+        self.tx.send((host, reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// The delivery stream behaviour.
+pub(crate) struct Behaviour {
+    protocol: StreamProtocol,
+    opens: mpsc::Receiver<(PeerId, Reply)>,
+    inbound: mpsc::Sender<(PeerId, Stream)>,
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+}
+
+impl Behaviour {
+    /// The behaviour, the handle that opens streams and the receiver of
+    /// inbound streams.
+    pub(crate) fn new(
+        protocol: StreamProtocol,
+    ) -> (Self, Opener, mpsc::Receiver<(PeerId, Stream)>) {
+        let (tx, opens) = mpsc::channel(OPEN_QUEUE);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let b = Behaviour {
+            protocol,
+            opens,
+            inbound,
+            connections: HashMap::new(),
+        };
+        (b, Opener { tx }, inbound_rx)
+    }
+
+    fn handler(&self, peer: PeerId) -> Handler {
+        Handler {
+            peer,
+            protocol: self.protocol.clone(),
+            inbound: self.inbound.clone(),
+            requested: VecDeque::new(),
+            negotiating: VecDeque::new(),
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.connections
+                    .entry(e.peer_id)
+                    .or_default()
+                    .push(e.connection_id);
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(conns) = self.connections.get_mut(&e.peer_id) {
+                    conns.retain(|c| *c != e.connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&e.peer_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        ev: THandlerOutEvent<Self>,
+    ) {
+        match ev {}
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+        while let Poll::Ready(Some((peer, reply))) = self.opens.poll_recv(cx) {
+            // The newest connection: an older one may be closing.
+            match self.connections.get(&peer).and_then(|c| c.last()) {
+                Some(conn) => {
+                    return Poll::Ready(ToSwarm::NotifyHandler {
+                        peer_id: peer,
+                        handler: NotifyHandler::One(*conn),
+                        event: reply,
+                    })
+                }
+                None => {
+                    let _ = reply.send(Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "not linked to that host",
+                    )));
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The per-connection side: opens what it is asked to, passes on what
+/// comes in.
+pub(crate) struct Handler {
+    peer: PeerId,
+    protocol: StreamProtocol,
+    inbound: mpsc::Sender<(PeerId, Stream)>,
+    /// Requests not yet turned into stream requests.
+    requested: VecDeque<Reply>,
+    /// Requests whose stream is being negotiated (any stream answers any
+    /// of them).
+    negotiating: VecDeque<Reply>,
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Reply;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ())
+    }
+
+    fn poll(
+        &mut self,
+        _: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Infallible>> {
+        match self.requested.pop_front() {
+            Some(reply) => {
+                self.negotiating.push_back(reply);
+                Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                    protocol: SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ()),
+                })
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn on_behaviour_event(&mut self, reply: Reply) {
+        self.requested.push_back(reply);
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: stream,
+                ..
+            }) => {
+                let peer = self.peer;
+                let _ = self.inbound.try_send((peer, stream)).inspect_err(
+                    |_| tracing::debug!(host = %peer, "delivery streams queue full; dropped one"),
+                );
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                ..
+            }) => {
+                if let Some(reply) = self.negotiating.pop_front() {
+                    let _ = reply.send(Ok(stream));
+                }
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
+                if let Some(reply) = self.negotiating.pop_front() {
+                    let _ = reply.send(Err(io::Error::other(error.to_string())));
+                }
+            }
+            _ => {}
+        }
+    }
+}
