@@ -106,7 +106,6 @@ async fn serve(
                 return host;
             }
         };
-        let mut froms = Vec::new();
         let acks = {
             let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
             match memory.check(host, (b.epoch, b.batch)) {
@@ -114,6 +113,7 @@ async fn serve(
                     if reported.len() >= REPORTED {
                         reported.clear();
                     }
+                    let mut froms = Vec::new();
                     let mut last: Option<&str> = None;
                     for env in &b.envs {
                         if last != Some(env.from) && !reported.contains(env.from) {
@@ -122,6 +122,17 @@ async fn serve(
                             froms.push(from);
                         }
                         last = Some(env.from);
+                    }
+                    // Reported before delivering: a recipient that replies
+                    // at once finds its sender's host in the loop's cache.
+                    let due = last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
+                    if !froms.is_empty() || due {
+                        last_report = Some(Instant::now());
+                        // The location cache and the link budget are hints:
+                        // when the loop is behind, a report is dropped
+                        // rather than queued.
+                        let froms = std::mem::take(&mut froms);
+                        let _ = ctx.events.try_send(TaskEvent::Inbound { host, froms });
                     }
                     let msgs = b.envs.iter().map(|e| {
                         let payload = Payload {
@@ -141,13 +152,6 @@ async fn serve(
                 }
             }
         };
-        let due = last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
-        if !froms.is_empty() || due {
-            last_report = Some(Instant::now());
-            // The location cache and the link budget are hints: when the
-            // loop is behind, a report is dropped rather than queued.
-            let _ = ctx.events.try_send(TaskEvent::Inbound { host, froms });
-        }
         let answer = StreamAcks {
             batch: b.batch,
             acks,

@@ -200,6 +200,15 @@ pub(crate) fn finish(shared: &Shared, p: PendingSend, r: Result<()>) {
 impl EventLoop {
     /// Sends one message: locally if the recipient lives here, else to its host.
     pub(super) fn send(&mut self, p: PendingSend) {
+        // A location cached on another host goes there without a registry
+        // look-up (the sender's handle looked already): a peer that moved
+        // here since is reached after that host answers "unknown peer".
+        if let Some(host) = self.cache.get(&p.env.to).copied() {
+            if host != self.local() {
+                self.enqueue(host, p);
+                return;
+            }
+        }
         if let Some(slot) = self.shared.registry.get(&p.env.to) {
             let r = push_local(&slot, &p.env.from, p.env.payload.clone());
             self.finish_send(p, r);
