@@ -329,3 +329,76 @@ async fn a_batch_sent_again_on_a_new_stream_is_not_delivered_twice() {
     }
     assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
 }
+
+/// Sends one batch from `from` to `to` over a new delivery stream and waits
+/// for its ack: the receiving host then knows that `from` lives on the
+/// client's host.
+async fn introduce(
+    client: &mut libp2p_stream::Control,
+    host: libp2p::PeerId,
+    from: &str,
+    to: &str,
+) {
+    use distribus::bench_support::{decode_stream_acks, encode_stream_delivery};
+    let payload = distribus::Payload::postcard(&0u32).unwrap();
+    let mut s = client.open_stream(host, deliver_protocol()).await.unwrap();
+    s.write_all(&encode_stream_delivery(1, from, to, &payload).unwrap())
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let body = within("acks", read_body(&mut s)).await.unwrap();
+    assert_eq!(decode_stream_acks(&body).unwrap().1, Ok(vec![true]));
+}
+
+/// A linked host that takes delivery batches and never acks them: the
+/// sends fail with `Timeout`, and the link task drops the stuck stream (the
+/// next batch goes on a new one) instead of queueing behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_acks_times_out_and_its_stream_is_dropped() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.request_timeout = Duration::from_millis(800);
+    let (host, addr) = mem_host(cfg).await;
+    let v = host.create("v").unwrap();
+    let mut client = raw_stream_client(host.id(), addr).await;
+    let mut incoming = client.accept(deliver_protocol()).unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((_, stream)) = incoming.next().await {
+            held.push(stream);
+            let _ = seen_tx.send(()).await;
+        }
+    });
+    introduce(&mut client, host.id(), "x", "v").await;
+    assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
+
+    let first = within("first send ends", v.send("x", &1u32)).await;
+    assert!(matches!(first, Err(distribus::Error::Timeout)), "{first:?}");
+    within("a first stream", seen.recv()).await.unwrap();
+    let second = within("second send ends", v.send("x", &2u32)).await;
+    assert!(
+        matches!(second, Err(distribus::Error::Timeout)),
+        "{second:?}"
+    );
+    within("a second stream: the stuck one was dropped", seen.recv())
+        .await
+        .unwrap();
+}
+
+/// A linked host that takes no delivery streams (and speaks no requests):
+/// the link task gives its sends back, they go as requests, and fail with
+/// `PeerUnreachable` at once rather than waiting for a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_delivery_streams_is_unreachable_not_a_hang() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.request_timeout = Duration::from_secs(30);
+    let (host, addr) = mem_host(cfg).await;
+    let v = host.create("v").unwrap();
+    let mut client = raw_stream_client(host.id(), addr).await;
+    introduce(&mut client, host.id(), "x", "v").await;
+    let r = within("the send ends well before the timeout", v.send("x", &1u32)).await;
+    assert!(
+        matches!(r, Err(distribus::Error::PeerUnreachable { .. })),
+        "{r:?}"
+    );
+}
