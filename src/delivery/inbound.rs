@@ -156,7 +156,14 @@ async fn serve(
             batch: b.batch,
             acks,
         };
-        if let Err(e) = write_frame(&mut writer, &answer, max_frame).await {
+        // A sender that stops reading its acks loses the stream rather
+        // than holding this reader.
+        let timeout = shared.with_config(|c| c.request_timeout);
+        let written = tokio::time::timeout(timeout, write_frame(&mut writer, &answer, max_frame));
+        if let Err(e) = written
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
             tracing::trace!(%host, error = %e, "delivery stream ended");
             return host;
         }

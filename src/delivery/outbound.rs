@@ -218,7 +218,8 @@ impl LinkTask {
         let (Some(open), Some(b)) = (self.stream.as_mut(), self.in_flight.back()) else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        write_batch(open, self.ctx.epoch, b, max_frame).await
+        let timeout = self.ctx.shared.with_config(|c| c.request_timeout);
+        write_batch(open, self.ctx.epoch, b, (max_frame, timeout)).await
     }
 
     /// Opens a stream to the host; false if none opens within the timeout.
@@ -332,13 +333,16 @@ impl LinkTask {
             self.give_up().await;
             return;
         }
-        let max_frame = self.ctx.shared.with_config(|c| c.max_frame_size);
+        let limits = self
+            .ctx
+            .shared
+            .with_config(|c| (c.max_frame_size, c.request_timeout));
         let epoch = self.ctx.epoch;
         let Some(open) = self.stream.as_mut() else {
             return;
         };
         for b in &self.in_flight {
-            if let Err(e) = write_batch(open, epoch, b, max_frame).await {
+            if let Err(e) = write_batch(open, epoch, b, limits).await {
                 // A stream that breaks again at once: the sends go back to
                 // the loop rather than round this loop again.
                 tracing::debug!(%host, error = %e, "new delivery stream broke too");
@@ -401,11 +405,14 @@ async fn next_ack(stream: &mut Option<Open>) -> Option<io::Result<StreamAcks>> {
     }
 }
 
+/// Writes a batch; one that cannot be written within `timeout` (the other
+/// host stopped reading) is an error, so the stream is dropped rather than
+/// the task stuck behind it.
 async fn write_batch(
     open: &mut Open,
     epoch: u64,
     b: &InFlight,
-    max_frame: usize,
+    (max_frame, timeout): (usize, Duration),
 ) -> io::Result<()> {
     let frame = StreamBatchRef {
         epoch,
@@ -415,5 +422,7 @@ async fn write_batch(
             get: |p: &PendingSend| &p.env,
         },
     };
-    write_frame(&mut open.writer, &frame, max_frame).await
+    tokio::time::timeout(timeout, write_frame(&mut open.writer, &frame, max_frame))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
