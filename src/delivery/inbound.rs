@@ -21,7 +21,7 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use super::{TaskContext, TaskEvent};
+use super::{outbound::bounded, TaskContext, TaskEvent};
 use crate::{
     event_loop::messaging::{deliver_envs, BatchMemory, Seen},
     message::Payload,
@@ -159,11 +159,8 @@ async fn serve(
         // A sender that stops reading its acks loses the stream rather
         // than holding this reader.
         let timeout = shared.with_config(|c| c.request_timeout);
-        let written = tokio::time::timeout(timeout, write_frame(&mut writer, &answer, max_frame));
-        if let Err(e) = written
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-        {
+        let written = bounded(timeout, write_frame(&mut writer, &answer, max_frame));
+        if let Err(e) = written.await {
             tracing::trace!(%host, error = %e, "delivery stream ended");
             return host;
         }
