@@ -402,3 +402,41 @@ async fn a_host_without_delivery_streams_is_unreachable_not_a_hang() {
         "{r:?}"
     );
 }
+
+/// A linked host that takes a delivery stream but never reads from it: a
+/// batch larger than the stream's window cannot be written, and the link
+/// task gives the write up after the request timeout and opens a new
+/// stream, instead of staying stuck behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_reads_does_not_hold_the_link_task() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.request_timeout = Duration::from_millis(800);
+    cfg.max_message_size = 4 << 20;
+    cfg.max_frame_size = 8 << 20;
+    let (host, addr) = mem_host(cfg).await;
+    let v = host.create("v").unwrap();
+    let mut client = raw_stream_client(host.id(), addr).await;
+    let mut incoming = client.accept(deliver_protocol()).unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((_, stream)) = incoming.next().await {
+            held.push(stream);
+            let _ = seen_tx.send(()).await;
+        }
+    });
+    introduce(&mut client, host.id(), "x", "v").await;
+    assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
+
+    let big = vec![7u8; 3 << 20];
+    let r = within(
+        "the send ends",
+        v.send_payload("x", distribus::Payload::postcard(&big).unwrap()),
+    )
+    .await;
+    assert!(r.is_err(), "an unread stream took 3 MiB: {r:?}");
+    within("a first stream", seen.recv()).await.unwrap();
+    within("a second stream: the stuck write was given up", seen.recv())
+        .await
+        .unwrap();
+}
