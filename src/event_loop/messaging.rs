@@ -200,20 +200,7 @@ pub(crate) fn finish(shared: &Shared, p: PendingSend, r: Result<()>) {
 impl EventLoop {
     /// Sends one message: locally if the recipient lives here, else to its host.
     pub(super) fn send(&mut self, p: PendingSend) {
-        // A location cached on another host goes there without a registry
-        // look-up (the sender's handle looked already): a peer that moved
-        // here since is reached after that host answers "unknown peer".
-        if let Some(host) = self.cache.get(&p.env.to).copied() {
-            if host != self.local() {
-                self.enqueue(host, p);
-                return;
-            }
-        }
-        if let Some(slot) = self.shared.registry.get(&p.env.to) {
-            let r = push_local(&slot, &p.env.from, p.env.payload.clone());
-            self.finish_send(p, r);
-            return;
-        }
+        let local = self.local();
         let mut cached = self.cache.get(&p.env.to).copied();
         if cached.is_none() {
             // A reply to a message that just came over a delivery stream:
@@ -221,10 +208,19 @@ impl EventLoop {
             self.take_task_events();
             cached = self.cache.get(&p.env.to).copied();
         }
-        match cached {
-            Some(host) if host != self.local() => self.enqueue(host, p),
-            _ => self.resolve_for_send(p),
+        // A location cached on another host goes there without a registry
+        // look-up (the sender's handle looked already): a peer that moved
+        // here since is reached after that host answers "unknown peer".
+        if let Some(host) = cached.filter(|h| *h != local) {
+            self.enqueue(host, p);
+            return;
         }
+        if let Some(slot) = self.shared.registry.get(&p.env.to) {
+            let r = push_local(&slot, &p.env.from, p.env.payload.clone());
+            self.finish_send(p, r);
+            return;
+        }
+        self.resolve_for_send(p);
     }
 
     /// Queues a send for `host`; the link is flushed at the end of the
