@@ -138,6 +138,14 @@ pub(crate) struct Membership {
     by_key: foldhash::HashMap<u64, PeerId>,
     /// Raised whenever a host joins or leaves the key indexes.
     version: u64,
+    /// Raised whenever the live hosts or their record versions change.
+    records_version: u64,
+    /// Every live host by key, for compact digests, and the `version` it
+    /// was sorted for.
+    sorted: (u64, Vec<(u64, PeerId)>),
+    /// The last view fingerprint: for which `records_version` and own
+    /// record version, and its value.
+    view: Option<(u64, u64, u64, u64)>,
 }
 
 impl Membership {
@@ -149,6 +157,9 @@ impl Membership {
             keys: vec![(host_key(&local), local)],
             by_key: Default::default(),
             version: 0,
+            records_version: 0,
+            sorted: (u64::MAX, Vec::new()),
+            view: None,
         }
     }
 
@@ -159,6 +170,7 @@ impl Membership {
         self.keys.push((key, host));
         self.by_key.insert(key, host);
         self.version += 1;
+        self.records_version += 1;
     }
 
     /// Removes hosts from the key indexes.
@@ -170,6 +182,7 @@ impl Membership {
             .retain(|(_, h)| *h == self.local || !gone.contains(h));
         self.by_key.retain(|_, h| !gone.contains(h));
         self.version += 1;
+        self.records_version += 1;
     }
 
     /// Changes whenever the set of live hosts changes.
@@ -224,6 +237,7 @@ impl Membership {
                 let old_epoch = m.epoch;
                 let beat = if r.epoch == old_epoch { m.beat } else { 0 };
                 *m = Member { beat, ..member };
+                self.records_version += 1;
                 if r.epoch > old_epoch {
                     Change::Restarted { old_epoch }
                 } else {
@@ -262,6 +276,92 @@ impl Membership {
             m.last_heard = now;
         }
         None
+    }
+
+    /// Every live host (this one included) by key.
+    fn sorted(&mut self) -> &[(u64, PeerId)] {
+        if self.sorted.0 != self.version {
+            let mut v = self.keys.clone();
+            v.sort_unstable();
+            self.sorted = (self.version, v);
+        }
+        &self.sorted.1
+    }
+
+    /// The fingerprint of this host's view: every live host's key and
+    /// record version (this host's own is `own_epoch`, `own_seq`). Two
+    /// hosts with the same view can swap compact digests: counters only,
+    /// in key order. Recomputed only after a change.
+    pub fn view(&mut self, own_epoch: u64, own_seq: u64) -> u64 {
+        if let Some((rv, e, s, fp)) = self.view {
+            if (rv, e, s) == (self.records_version, own_epoch, own_seq) {
+                return fp;
+            }
+        }
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        let local = self.local;
+        self.sorted();
+        for (key, host) in &self.sorted.1 {
+            let (epoch, seq) = if *host == local {
+                (own_epoch, own_seq)
+            } else {
+                match self.members.get(host) {
+                    Some(m) => (m.epoch, m.seq),
+                    None => continue,
+                }
+            };
+            h.update(key.to_be_bytes());
+            h.update(epoch.to_be_bytes());
+            h.update(seq.to_be_bytes());
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d[..8]);
+        let fp = u64::from_be_bytes(first);
+        self.view = Some((self.records_version, own_epoch, own_seq, fp));
+        fp
+    }
+
+    /// The heartbeat counters of every live host in key order (this host's
+    /// own is `own_beat`): the body of a compact digest.
+    pub fn counters(&mut self, own_beat: u64) -> Vec<u64> {
+        let local = self.local;
+        self.sorted();
+        self.sorted
+            .1
+            .iter()
+            .map(|(_, h)| {
+                if *h == local {
+                    own_beat
+                } else {
+                    self.members.get(h).map_or(0, |m| m.beat)
+                }
+            })
+            .collect()
+    }
+
+    /// Merges a compact digest of a host with the same view: renews the
+    /// lease of every host whose counter rose. `false` (nothing taken) if
+    /// it does not list every live host.
+    pub fn merge_counters(&mut self, counters: &[u64], now: Instant) -> bool {
+        let local = self.local;
+        self.sorted();
+        if counters.len() != self.sorted.1.len() {
+            return false;
+        }
+        for ((_, h), &beat) in self.sorted.1.iter().zip(counters) {
+            if *h == local {
+                continue;
+            }
+            if let Some(m) = self.members.get_mut(h) {
+                if beat > m.beat {
+                    m.beat = beat;
+                    m.last_heard = now;
+                }
+            }
+        }
+        true
     }
 
     /// The live host whose key is `key` (not this one).
@@ -485,6 +585,54 @@ pub(crate) mod tests {
             ..beat(5, 2, 8)
         };
         assert_eq!(m.merge_beat(&stranger, later), None);
+    }
+
+    #[test]
+    fn hosts_with_the_same_view_swap_counters_in_key_order() {
+        // Two hosts a and b that both know c: the same view, whichever
+        // order they learnt the records in.
+        let (ka, kb, kc) = (
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+        );
+        let (a, b, c) = (
+            ka.public().to_peer_id(),
+            kb.public().to_peer_id(),
+            kc.public().to_peer_id(),
+        );
+        let (t0, lease) = (Instant::now(), Duration::from_secs(1));
+        let mut ma = Membership::new(a);
+        ma.apply(&record(&kc, 3, 1, false), t0, lease);
+        ma.apply(&record(&kb, 2, 1, false), t0, lease);
+        let mut mb = Membership::new(b);
+        mb.apply(&record(&ka, 1, 1, false), t0, lease);
+        mb.apply(&record(&kc, 3, 1, false), t0, lease);
+        assert_eq!(ma.view(1, 1), mb.view(2, 1));
+        // Another own record version, or a newer record of c: another view.
+        assert_ne!(ma.view(1, 2), mb.view(2, 1));
+        let v = ma.view(1, 1);
+        mb.apply(&record(&kc, 3, 2, false), t0, lease);
+        assert_ne!(mb.view(2, 1), v, "c's newer record changes b's view");
+        ma.apply(&record(&kc, 3, 2, false), t0, lease);
+        assert_eq!(ma.view(1, 1), mb.view(2, 1));
+
+        // a's counters (its own is 7, c's 4) renew b's leases of a and c.
+        ma.heard(&c, 3, 4, t0);
+        let counters = ma.counters(7);
+        assert_eq!(counters.len(), 3);
+        let later = t0 + Duration::from_millis(800);
+        assert!(mb.merge_counters(&counters, later));
+        assert_eq!(mb.get(&a).map(|m| (m.beat, m.last_heard)), Some((7, later)));
+        assert_eq!(mb.get(&c).map(|m| (m.beat, m.last_heard)), Some((4, later)));
+        // Lower counters renew nothing; a list of the wrong length is refused.
+        assert!(mb.merge_counters(&[0, 0, 0], later + lease));
+        assert_eq!(mb.get(&a).map(|m| m.last_heard), Some(later));
+        assert!(!mb.merge_counters(&counters[..2], later));
+        // c lapses at b: b's view changes.
+        let before = mb.view(2, 1);
+        assert_eq!(mb.expire(later + lease + lease, lease).len(), 2);
+        assert_ne!(mb.view(2, 1), before);
     }
 
     #[test]

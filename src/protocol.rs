@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -151,7 +151,7 @@ pub(crate) enum Request {
     Resync,
     /// Liveness: the heartbeat counters of every host the sender knows,
     /// its own included (see [`crate::event_loop`]'s `beats`).
-    Beats(Vec<Beat>),
+    Beats(Digest),
     /// Membership records the receiver was seen to lack, each with the
     /// newest heartbeat counter the sender knows for it.
     Records(Vec<(SignedRecord, u64)>),
@@ -217,6 +217,28 @@ pub(crate) struct Beat {
     pub beat: u64,
 }
 
+/// A liveness digest: the sender's view fingerprint
+/// ([`crate::membership::Membership::view`]) and its entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Digest {
+    /// Fingerprint of every live host's key and record version, as the
+    /// sender knows them.
+    pub view: u64,
+    /// The entries.
+    pub body: DigestBody,
+}
+
+/// The entries of a [`Digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum DigestBody {
+    /// Every host the sender knows with its key and record version, the
+    /// sender first.
+    Full(Vec<Beat>),
+    /// Counters only, one per live host in key order, for a receiver with
+    /// the same view (a tenth of the bytes, and no key look-ups).
+    Counters(Vec<u64>),
+}
+
 /// Per-message outcome of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Ack {
@@ -248,7 +270,7 @@ pub(crate) enum Response {
     /// Answer to [`Request::Beats`]: the receiver's own digest, and the
     /// records the sender was seen to lack.
     Beats {
-        beats: Vec<Beat>,
+        beats: Digest,
         records: Vec<(SignedRecord, u64)>,
     },
     /// Records taken.

@@ -44,6 +44,8 @@ pub(crate) struct Counters {
     pub relay_refused: AtomicU64,
     pub liveness_probes: AtomicU64,
     pub directory_batches: AtomicU64,
+    pub requests_sent: AtomicU64,
+    pub relay_bundles: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -97,6 +99,13 @@ pub struct Stats {
     /// Directory batches (registrations and withdrawals) this host sent
     /// to holders.
     pub directory_batches: u64,
+    /// Requests this host put on the wire as libp2p request-response
+    /// exchanges (each a new stream): directory batches, digests, lookups,
+    /// relay bundles, and messages that did not travel on a delivery stream.
+    pub requests_sent: u64,
+    /// Relay bundles among them (its own relayed requests, or other hosts'
+    /// that it forwards).
+    pub relay_bundles: u64,
 }
 
 #[derive(Debug)]
@@ -183,6 +192,8 @@ impl Shared {
             relay_refused: r(&c.relay_refused),
             liveness_probes: r(&c.liveness_probes),
             directory_batches: r(&c.directory_batches),
+            requests_sent: r(&c.requests_sent),
+            relay_bundles: r(&c.relay_bundles),
         }
     }
 }

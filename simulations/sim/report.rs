@@ -66,6 +66,15 @@ pub struct Report {
     /// 3 s starting 5 s after the join phase (once the join wave's
     /// Kademlia bootstraps are over): the cost of liveness and connections.
     pub idle_cpu_cores: f64,
+    /// Request-response exchanges per second in that idle window (all
+    /// hosts): digests, probes and the relay bundles carrying them.
+    pub idle_requests_per_s: f64,
+    /// Request-response exchanges during registration (all hosts), the
+    /// relay bundles among them, and the directory batches (direct or
+    /// relayed) hosts sent to holders.
+    pub register_requests: u64,
+    pub register_relay_bundles: u64,
+    pub register_directory_batches: u64,
     /// Host-to-host links (connected host pairs) once every host knew all.
     pub links_after_join: u64,
     /// Host-to-host links once every directory entry was held.
@@ -168,6 +177,13 @@ impl Report {
         line(format!(
             "  idle        {:.2} cores busy while nothing is sent, 5 s after joining ({} liveness probes then, {} in the run)",
             self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes
+        ));
+        line(format!(
+            "  requests    {:.0}/s idle; {} while registering ({} relay bundles, {} directory batches)",
+            self.idle_requests_per_s,
+            self.register_requests,
+            self.register_relay_bundles,
+            self.register_directory_batches
         ));
         line(format!(
             "  links       {} after join, {} after register, {} at the end; {} requests relayed",

@@ -121,6 +121,29 @@ fn links(net: &Net) -> u64 {
         / 2
 }
 
+/// Request counts summed over the live hosts.
+#[derive(Clone, Copy)]
+struct Wire {
+    requests: u64,
+    relay_bundles: u64,
+    directory_batches: u64,
+}
+
+fn wire(net: &Net) -> Wire {
+    let mut w = Wire {
+        requests: 0,
+        relay_bundles: 0,
+        directory_batches: 0,
+    };
+    for (h, _) in net.hosts.iter().zip(&net.alive).filter(|(_, a)| **a) {
+        let s = h.stats();
+        w.requests += s.requests_sent;
+        w.relay_bundles += s.relay_bundles;
+        w.directory_batches += s.directory_batches;
+    }
+    w
+}
+
 /// Runs the scenario and returns its report.
 pub async fn run(s: &Scenario) -> Result<Report, String> {
     let wall = Instant::now();
@@ -181,9 +204,11 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     r.links_after_join = links(&net);
     let probes = |net: &Net| -> u64 { net.hosts.iter().map(|h| h.stats().liveness_probes).sum() };
     tokio::time::sleep(SETTLE).await;
-    let (idle_cpu, idle_probes) = (cpu_seconds(), probes(&net));
+    let (idle_cpu, idle_probes, idle_wire) = (cpu_seconds(), probes(&net), wire(&net));
     tokio::time::sleep(IDLE_WINDOW).await;
     r.idle_cpu_cores = (cpu_seconds() - idle_cpu) / IDLE_WINDOW.as_secs_f64();
+    r.idle_requests_per_s =
+        (wire(&net).requests - idle_wire.requests) as f64 / IDLE_WINDOW.as_secs_f64();
     r.idle_liveness_probes = probes(&net) - idle_probes;
     pb.finish_and_clear();
     let rss_joined = rss_bytes();
@@ -193,6 +218,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     let want = (s.peers * s.replication.min(s.hosts)) as u64;
     let pb = bar(want, "register");
     let reg_start = Instant::now();
+    let reg_wire = wire(&net);
     net.peers.reserve(s.peers);
     for p in 0..s.peers {
         let peer = net.hosts[p % s.hosts]
@@ -207,6 +233,10 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     })
     .await?;
     r.register_s = reg_start.elapsed().as_secs_f64();
+    let w = wire(&net);
+    r.register_requests = w.requests - reg_wire.requests;
+    r.register_relay_bundles = w.relay_bundles - reg_wire.relay_bundles;
+    r.register_directory_batches = w.directory_batches - reg_wire.directory_batches;
     r.registrations_per_s = s.peers as f64 / r.register_s.max(1e-9);
     r.links_after_register = links(&net);
     pb.finish_and_clear();

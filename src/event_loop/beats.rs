@@ -27,7 +27,7 @@ use libp2p::{request_response::OutboundFailure, PeerId};
 use rand::seq::SliceRandom;
 
 use super::{members::Source, EventLoop, Pending};
-use crate::protocol::{Beat, Request, Response, SignedRecord};
+use crate::protocol::{Beat, Digest, DigestBody, Request, Response, SignedRecord};
 
 /// Hosts each digest exchange round talks to.
 pub(super) const FANOUT: usize = 3;
@@ -43,6 +43,8 @@ const MAX_RECORDS: usize = 1024;
 const SUSPECT_AFTER: f64 = 0.6;
 /// Most hosts probed per heartbeat.
 const MAX_PROBES: usize = 64;
+/// Most other hosts' views remembered (to choose the digest form).
+const MAX_PEER_VIEWS: usize = 4096;
 
 impl EventLoop {
     /// One heartbeat: raise the counter and exchange digests.
@@ -52,10 +54,53 @@ impl EventLoop {
         if targets.is_empty() {
             return;
         }
-        let digest = self.digest();
+        self.send_digests(targets);
+    }
+
+    /// Sends our digest to each of `targets`: compact to a host last seen
+    /// with our view, full to any other (each form built once).
+    fn send_digests(&mut self, targets: Vec<PeerId>) {
+        let view = self.own_view();
+        let (mut full, mut compact) = (None, None);
         for host in targets {
-            let id = self.request(host, Request::Beats(digest.clone()));
+            let d = if self.peer_views.get(&host) == Some(&view) {
+                compact
+                    .get_or_insert_with(|| self.compact_digest(view))
+                    .clone()
+            } else {
+                full.get_or_insert_with(|| self.full_digest(view)).clone()
+            };
+            let id = self.request(host, Request::Beats(d));
             self.requests.insert(id, Pending::Beats { host });
+        }
+    }
+
+    /// Our view fingerprint, with our own record current.
+    fn own_view(&mut self) -> u64 {
+        // Make sure a current record exists, so its seq is the one counted.
+        let _ = self.own_signed();
+        self.membership.view(self.epoch, self.seq)
+    }
+
+    /// Remembers the view `host` last showed.
+    fn note_view(&mut self, host: PeerId, view: u64) {
+        if self.peer_views.len() >= MAX_PEER_VIEWS && !self.peer_views.contains_key(&host) {
+            self.peer_views.clear();
+        }
+        self.peer_views.insert(host, view);
+    }
+
+    fn full_digest(&mut self, view: u64) -> Digest {
+        Digest {
+            view,
+            body: DigestBody::Full(self.digest()),
+        }
+    }
+
+    fn compact_digest(&mut self, view: u64) -> Digest {
+        Digest {
+            view,
+            body: DigestBody::Counters(self.membership.counters(self.beat)),
         }
     }
 
@@ -146,12 +191,32 @@ impl EventLoop {
     }
 
     /// Answers a digest with ours and the records the sender lacks.
-    pub(super) fn on_beats(&mut self, peer: PeerId, beats: Vec<Beat>) -> Response {
-        let records = self.merge_digest(peer, &beats);
-        Response::Beats {
-            beats: self.digest(),
-            records,
-        }
+    pub(super) fn on_beats(&mut self, peer: PeerId, digest: Digest) -> Response {
+        let view = self.own_view();
+        self.note_view(peer, digest.view);
+        let records = match digest.body {
+            DigestBody::Counters(c)
+                if digest.view == view && self.membership.merge_counters(&c, Instant::now()) =>
+            {
+                Vec::new()
+            }
+            DigestBody::Counters(_) => {
+                // Another view: our full digest shows the sender what we
+                // lack (it pushes those records), and it sends its full
+                // digest next time, which shows what it lacks.
+                return Response::Beats {
+                    beats: self.full_digest(view),
+                    records: Vec::new(),
+                };
+            }
+            DigestBody::Full(beats) => self.merge_digest(peer, &beats),
+        };
+        let beats = if digest.view == view {
+            self.compact_digest(view)
+        } else {
+            self.full_digest(view)
+        };
+        Response::Beats { beats, records }
     }
 
     /// Our digest was answered: take its records and push what it lacks.
@@ -164,10 +229,20 @@ impl EventLoop {
             return;
         };
         self.take_records(records);
-        let lacks = self.merge_digest(host, &beats);
-        if !lacks.is_empty() {
-            let id = self.request(host, Request::Records(lacks));
-            self.requests.insert(id, Pending::Records);
+        self.note_view(host, beats.view);
+        match beats.body {
+            DigestBody::Full(entries) => {
+                let lacks = self.merge_digest(host, &entries);
+                if !lacks.is_empty() {
+                    let id = self.request(host, Request::Records(lacks));
+                    self.requests.insert(id, Pending::Records);
+                }
+            }
+            DigestBody::Counters(c) => {
+                if beats.view == self.own_view() {
+                    self.membership.merge_counters(&c, Instant::now());
+                }
+            }
         }
     }
 
@@ -192,13 +267,11 @@ impl EventLoop {
         if suspects.is_empty() {
             return;
         }
-        let digest = self.digest();
-        for host in suspects {
+        for host in &suspects {
             crate::shared::bump(&self.shared.counters.liveness_probes);
-            self.probed.insert(host, now);
-            let id = self.request(host, Request::Beats(digest.clone()));
-            self.requests.insert(id, Pending::Beats { host });
+            self.probed.insert(*host, now);
         }
+        self.send_digests(suspects);
     }
 
     /// Applies records pushed by a digest exchange.

@@ -71,6 +71,8 @@ impl EventLoop {
     pub(super) fn flush_directory(&mut self) {
         let now = Instant::now();
         if now.duration_since(self.last_dir_flush) < DIR_GATHER {
+            // The changes gather until a tick soon.
+            self.wake_soon = true;
             return;
         }
         self.last_dir_flush = now;

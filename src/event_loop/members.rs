@@ -463,6 +463,8 @@ impl EventLoop {
         let mut dial = Vec::new();
         for (peer, r) in self.rejoin.iter_mut() {
             let Some(since) = r.down_since else { continue };
+            // Redials keep to their delays, however short.
+            self.wake_soon = true;
             if now.duration_since(since) > timeout {
                 give_up.push(*peer);
                 continue;

@@ -268,6 +268,7 @@ impl EventLoop {
         {
             // The link task's sends finish or come back first (order);
             // the tick tries again.
+            self.wake_soon = true;
             return;
         }
         let Some(link) = self.links.get_mut(&host) else {
@@ -327,6 +328,7 @@ impl EventLoop {
                     // The tick hands over the rest.
                     link.queue.push_front(p);
                     self.links.insert(host, link);
+                    self.wake_soon = true;
                     return;
                 }
                 Err(Refused::Ended(p)) => {
@@ -335,6 +337,7 @@ impl EventLoop {
                     if started {
                         // A task that ended at once: keep the queue for the tick.
                         self.links.insert(host, link);
+                        self.wake_soon = true;
                         return;
                     }
                 }

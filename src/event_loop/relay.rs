@@ -322,6 +322,8 @@ impl EventLoop {
         };
         self.touch(via);
         self.dial_member(via);
+        crate::shared::bump(&self.shared.counters.requests_sent);
+        crate::shared::bump(&self.shared.counters.relay_bundles);
         let id = self
             .swarm
             .behaviour_mut()
