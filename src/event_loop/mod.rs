@@ -338,6 +338,7 @@ impl EventLoop {
                 }
             }
             self.flush_dirty_links();
+            self.flush_dirty_relays();
             if !self.parked.is_empty() {
                 self.retry_parked();
             }

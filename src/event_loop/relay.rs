@@ -127,6 +127,10 @@ struct InBundle {
 #[derive(Debug, Default)]
 pub(crate) struct RelayQueues {
     links: HashMap<PeerId, RelayLink>,
+    /// Next hops with requests queued in this loop turn: their bundles go
+    /// at its end, so a burst (a directory flush, an inbound bundle) fills
+    /// one bundle per next hop instead of sending its first request alone.
+    dirty: Vec<PeerId>,
     inbound: HashMap<u64, InBundle>,
     next_id: u64,
     /// Relays a bundle could not reach lately, and until when requests go
@@ -308,7 +312,16 @@ impl EventLoop {
 
     fn enqueue_relay(&mut self, via: PeerId, r: Relayed, slot: Slot) {
         self.relays.push(via, r, slot);
-        self.flush_relay(via);
+        if !self.relays.dirty.contains(&via) {
+            self.relays.dirty.push(via);
+        }
+    }
+
+    /// Sends the bundles of the requests queued in this loop turn.
+    pub(super) fn flush_dirty_relays(&mut self) {
+        for via in std::mem::take(&mut self.relays.dirty) {
+            self.flush_relay(via);
+        }
     }
 
     /// Sends what waits for `via` as one bundle, unless one is in flight
