@@ -30,6 +30,7 @@ mod message;
 mod overlay;
 mod peer;
 mod protocol;
+mod relay_proof;
 mod shared;
 mod subscription;
 

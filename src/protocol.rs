@@ -162,7 +162,10 @@ pub(crate) enum Request {
     Relay(Vec<Relayed>),
 }
 
-/// A request carried through a relay host, signed by the host that made it.
+/// A request carried through a relay host, signed by the host that made it
+/// (together with the other requests of its bundle: see
+/// [`crate::relay_proof`]), so a relay can neither alter the request nor
+/// send it elsewhere.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Relayed {
     /// Peer id bytes of the host that made the request.
@@ -171,21 +174,9 @@ pub(crate) struct Relayed {
     pub to: Vec<u8>,
     /// postcard bytes of the request.
     pub inner: Vec<u8>,
-    /// The origin's signature of [`Relayed::signed_bytes`].
-    pub signature: Vec<u8>,
-}
-
-impl Relayed {
-    /// What the origin signs: a domain tag, the destination and the request,
-    /// so a relay can neither alter the request nor send it elsewhere.
-    pub(crate) fn signed_bytes(to: &[u8], inner: &[u8]) -> Vec<u8> {
-        let mut b = Vec::with_capacity(24 + to.len() + inner.len());
-        b.extend_from_slice(b"distribus/relay/1");
-        b.extend_from_slice(&(to.len() as u32).to_be_bytes());
-        b.extend_from_slice(to);
-        b.extend_from_slice(inner);
-        b
-    }
+    /// The origin's proof; `None` only while queued on the origin (it
+    /// signs when the bundle goes).
+    pub proof: Option<crate::relay_proof::Proof>,
 }
 
 impl Request {

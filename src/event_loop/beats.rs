@@ -63,7 +63,8 @@ impl EventLoop {
         let view = self.own_view();
         let (mut full, mut compact) = (None, None);
         for host in targets {
-            let d = if self.peer_views.get(&host) == Some(&view) {
+            let same = self.peer_views.get(&host) == Some(&view);
+            let d = if same {
                 compact
                     .get_or_insert_with(|| self.compact_digest(view))
                     .clone()
@@ -71,7 +72,13 @@ impl EventLoop {
                 full.get_or_insert_with(|| self.full_digest(view)).clone()
             };
             let id = self.request(host, Request::Beats(d));
-            self.requests.insert(id, Pending::Beats { host });
+            self.requests.insert(
+                id,
+                Pending::Beats {
+                    host,
+                    compact: same,
+                },
+            );
         }
     }
 
@@ -223,6 +230,7 @@ impl EventLoop {
     pub(super) fn on_beats_result(
         &mut self,
         host: PeerId,
+        sent_compact: bool,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
         let Ok(Response::Beats { beats, records }) = result else {
@@ -236,6 +244,12 @@ impl EventLoop {
                 if !lacks.is_empty() {
                     let id = self.request(host, Request::Records(lacks));
                     self.requests.insert(id, Pending::Records);
+                }
+                if sent_compact {
+                    // Its view had changed, so it could not read our
+                    // counters: they follow in full (while views change,
+                    // as in a wave of lapses, no renewal may be lost).
+                    self.send_digests(vec![host]);
                 }
             }
             DigestBody::Counters(c) => {

@@ -59,7 +59,7 @@ impl EventLoop {
                 | Pending::Directory { host, .. }
                 | Pending::Lookup { host, .. }
                 | Pending::Join { host }
-                | Pending::Beats { host }
+                | Pending::Beats { host, .. }
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records => None,
             })

@@ -94,6 +94,8 @@ enum Pending {
     Resync,
     Beats {
         host: PeerId,
+        /// The digest sent was compact.
+        compact: bool,
     },
     Records,
     /// A bundle of relayed requests sent to `via` (ours, or others' this
@@ -677,7 +679,7 @@ impl EventLoop {
             Pending::Join { host } => self.on_join_result(host, result),
             Pending::Resync | Pending::Records => {}
             Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
-            Pending::Beats { host } => self.on_beats_result(host, result),
+            Pending::Beats { host, compact } => self.on_beats_result(host, compact, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
                     c.outstanding = c.outstanding.saturating_sub(1);

@@ -78,10 +78,14 @@ fn open(membership: &Membership, relay: PeerId, r: &Relayed) -> Result<(PeerId, 
     let member = membership
         .get(&origin)
         .ok_or_else(|| format!("origin {origin} is not a member"))?;
-    if !member
-        .key
-        .verify(&Relayed::signed_bytes(&r.to, &r.inner), &r.signature)
-    {
+    let signed = r.proof.as_ref().is_some_and(|proof| {
+        crate::relay_proof::verify(
+            &member.key,
+            crate::relay_proof::leaf(&r.to, &r.inner),
+            proof,
+        )
+    });
+    if !signed {
         return Err(format!("signature of origin {origin} does not verify"));
     }
     let req: Request = crate::protocol::decode_frame(&r.inner).map_err(|e| e.to_string())?;
@@ -282,26 +286,20 @@ impl EventLoop {
         via
     }
 
-    /// Signs a request for relaying to `to`.
+    /// Wraps a request for relaying to `to` (signed when its bundle goes).
     fn wrap(&self, to: PeerId, req: &Request) -> Option<Relayed> {
         let inner = postcard::to_allocvec(req).ok()?;
-        let to = to.to_bytes();
-        let signature = self
-            .key
-            .sign(&Relayed::signed_bytes(&to, &inner))
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot sign a relayed request"))
-            .ok()?;
         Some(Relayed {
             origin: self.local().to_bytes(),
-            to,
+            to: to.to_bytes(),
             inner,
-            signature,
+            proof: None,
         })
     }
 
     /// Queues one of our requests for `host` on the bundle to `via`; its
     /// answer comes back under the returned key. `None` if it could not be
-    /// signed (the caller sends it directly).
+    /// encoded (the caller sends it directly).
     pub(super) fn relay_own(&mut self, via: PeerId, host: PeerId, req: &Request) -> Option<ReqKey> {
         let r = self.wrap(host, req)?;
         let id = self.relays.next_id;
@@ -330,9 +328,27 @@ impl EventLoop {
         let max_bytes = self
             .shared
             .with_config(|c| c.max_frame_size.saturating_sub(BUNDLE_SLACK));
-        let Some((items, slots)) = self.relays.take_bundle(&via, max_bytes) else {
+        let Some((mut items, slots)) = self.relays.take_bundle(&via, max_bytes) else {
             return;
         };
+        // Our own requests in the bundle are signed together, once.
+        let own: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].proof.is_none())
+            .collect();
+        if !own.is_empty() {
+            let leaves: Vec<_> = own
+                .iter()
+                .map(|&i| crate::relay_proof::leaf(&items[i].to, &items[i].inner))
+                .collect();
+            match crate::relay_proof::sign(&self.key, &leaves) {
+                Some(proofs) => {
+                    for (&i, proof) in own.iter().zip(proofs) {
+                        items[i].proof = Some(proof);
+                    }
+                }
+                None => tracing::warn!("cannot sign relayed requests; their relay refuses them"),
+            }
+        }
         self.touch(via);
         self.dial_member(via);
         crate::shared::bump(&self.shared.counters.requests_sent);
@@ -376,6 +392,7 @@ impl EventLoop {
             let refused = match to {
                 None => Some("bad destination id"),
                 Some(_) if r.origin != peer.to_bytes() => Some("relayed requests are relayed once"),
+                Some(_) if r.proof.is_none() => Some("unsigned"),
                 Some(to) if !self.membership.contains(&to) => Some("destination is not a member"),
                 Some(_) if !self.membership.contains(&peer) => Some("origin is not a member"),
                 Some(_) => None,
@@ -554,7 +571,7 @@ mod tests {
             origin: vec![],
             to: vec![],
             inner: vec![0; n],
-            signature: vec![],
+            proof: None,
         };
         assert!(
             q.admits(&via, 1 << 30, 1000),
@@ -589,15 +606,24 @@ mod tests {
         m
     }
 
+    /// `req` for `to` signed by `signer` in a bundle of three (the other
+    /// two are for other hosts).
     fn relayed(signer: &Keypair, origin: PeerId, to: PeerId, req: &Request) -> Relayed {
         let inner = postcard::to_allocvec(req).unwrap();
         let to = to.to_bytes();
-        let signature = signer.sign(&Relayed::signed_bytes(&to, &inner)).unwrap();
+        let leaves = [
+            crate::relay_proof::leaf(b"other", b"one"),
+            crate::relay_proof::leaf(&to, &inner),
+            crate::relay_proof::leaf(b"other", b"two"),
+        ];
+        let proof = crate::relay_proof::sign(signer, &leaves)
+            .unwrap()
+            .swap_remove(1);
         Relayed {
             origin: origin.to_bytes(),
             to,
             inner,
-            signature,
+            proof: Some(proof),
         }
     }
 
@@ -647,6 +673,23 @@ mod tests {
             .unwrap_err()
             .contains("not a member"));
         assert!(open(&m, s_id, &good).unwrap_err().contains("not a member"));
+
+        // Unsigned (as queued on its origin), or with the proof of
+        // another request of the bundle.
+        let unsigned = Relayed {
+            proof: None,
+            ..good.clone()
+        };
+        assert!(open(&m, relay_id, &unsigned)
+            .unwrap_err()
+            .contains("signature"));
+        let mut misplaced = good.clone();
+        if let Some(p) = misplaced.proof.as_mut() {
+            p.index = 0;
+        }
+        assert!(open(&m, relay_id, &misplaced)
+            .unwrap_err()
+            .contains("signature"));
 
         // Joins are never taken relayed.
         let join = relayed(&a, a_id, dest_id, &Request::Join(vec![]));
