@@ -46,6 +46,7 @@ pub(crate) struct Counters {
     pub directory_batches: AtomicU64,
     pub requests_sent: AtomicU64,
     pub relay_bundles: AtomicU64,
+    pub leases_lapsed: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -106,6 +107,8 @@ pub struct Stats {
     /// Relay bundles among them (its own relayed requests, or other hosts'
     /// that it forwards).
     pub relay_bundles: u64,
+    /// Hosts this host dropped because their lease lapsed.
+    pub leases_lapsed: u64,
 }
 
 #[derive(Debug)]
@@ -194,6 +197,7 @@ impl Shared {
             directory_batches: r(&c.directory_batches),
             requests_sent: r(&c.requests_sent),
             relay_bundles: r(&c.relay_bundles),
+            leases_lapsed: r(&c.leases_lapsed),
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct Report {
     pub register_requests: u64,
     pub register_relay_bundles: u64,
     pub register_directory_batches: u64,
+    /// Leases that lapsed (counted on every host) during registration and
+    /// in the whole run: live hosts dropped by a loaded network.
+    pub register_lapses: u64,
+    pub lapses: u64,
     /// Host-to-host links (connected host pairs) once every host knew all.
     pub links_after_join: u64,
     /// Host-to-host links once every directory entry was held.
@@ -184,6 +188,10 @@ impl Report {
             self.register_requests,
             self.register_relay_bundles,
             self.register_directory_batches
+        ));
+        line(format!(
+            "  lapses      {} leases lapsed while registering, {} in the run",
+            self.register_lapses, self.lapses
         ));
         line(format!(
             "  links       {} after join, {} after register, {} at the end; {} requests relayed",

@@ -127,6 +127,7 @@ struct Wire {
     requests: u64,
     relay_bundles: u64,
     directory_batches: u64,
+    lapses: u64,
 }
 
 fn wire(net: &Net) -> Wire {
@@ -134,12 +135,14 @@ fn wire(net: &Net) -> Wire {
         requests: 0,
         relay_bundles: 0,
         directory_batches: 0,
+        lapses: 0,
     };
     for (h, _) in net.hosts.iter().zip(&net.alive).filter(|(_, a)| **a) {
         let s = h.stats();
         w.requests += s.requests_sent;
         w.relay_bundles += s.relay_bundles;
         w.directory_batches += s.directory_batches;
+        w.lapses += s.leases_lapsed;
     }
     w
 }
@@ -237,6 +240,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     r.register_requests = w.requests - reg_wire.requests;
     r.register_relay_bundles = w.relay_bundles - reg_wire.relay_bundles;
     r.register_directory_batches = w.directory_batches - reg_wire.directory_batches;
+    r.register_lapses = w.lapses - reg_wire.lapses;
     r.registrations_per_s = s.peers as f64 / r.register_s.max(1e-9);
     r.links_after_register = links(&net);
     pb.finish_and_clear();
@@ -260,6 +264,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
 
     r.links_at_end = links(&net);
     r.relayed_requests = net.hosts.iter().map(|h| h.stats().relayed).sum();
+    r.lapses = wire(&net).lapses;
     r.liveness_probes = probes(&net);
     r.rss_bytes = rss_bytes();
     r.cpu_s = cpu_seconds() - cpu0;

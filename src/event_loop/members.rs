@@ -387,6 +387,7 @@ impl EventLoop {
         for gone in self.membership.expire(now, lease) {
             let host = gone.host;
             tracing::info!(%host, "host lease lapsed");
+            crate::shared::bump(&self.shared.counters.leases_lapsed);
             self.host_gone(host);
             if self.lapsed.len() < MAX_LAPSED {
                 self.lapsed.insert(host, (gone.epoch, gone.beat));

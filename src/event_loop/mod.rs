@@ -705,6 +705,13 @@ impl EventLoop {
     fn on_tick(&mut self) {
         let now = Instant::now();
         if now >= self.next_heartbeat {
+            // Late beyond the tick's own granularity: this loop was held up.
+            let late = now
+                .saturating_duration_since(self.next_heartbeat)
+                .saturating_sub(SLOW_TICK);
+            if !late.is_zero() {
+                self.membership.excuse(late, now);
+            }
             let interval = self.shared.with_config(|c| c.heartbeat_interval);
             self.next_heartbeat = now + interval;
             self.heartbeat();
