@@ -10,6 +10,16 @@
 //! (Before, every host gossiped a signed record per heartbeat that every
 //! other host had to check: O(hosts²) messages and signature checks.)
 //!
+//! Compact digests: every digest carries the sender's *view*, a fingerprint
+//! of every live host's key and record version
+//! ([`crate::membership::Membership::view`]). To a host whose last digest
+//! showed the same view, a host sends only the counters, in key order (a
+//! tenth of the bytes, no key look-ups); the answer is compact too. A host
+//! whose view has changed since answers a compact digest in full, and the
+//! sender then follows up with its own full digest, so no counter is lost
+//! while views differ (a join, a lapse). At 512 hosts this took the idle
+//! cost from 0.8–0.95 to about 0.5 of a core.
+//!
 //! Digests go to connected hosts, so liveness costs few new connections;
 //! every [`MIX_EVERY`] rounds (or when no host is connected) one more goes to
 //! a random unconnected member, so the exchange crosses the whole network

@@ -4,7 +4,8 @@
 //! a request for a host that is neither a neighbour nor linked already goes
 //! to the contact in the destination's group, wrapped in a
 //! [`Relayed`] that the origin signs with its host key (over the
-//! destination and the request bytes). The contact forwards it unchanged
+//! destination and the request bytes; once for all its requests in a
+//! bundle, see [`crate::relay_proof`]). The contact forwards it unchanged
 //! over its own link, and passes the answer back. The destination checks
 //! the signature against the origin's membership record and then handles
 //! the request exactly as if the origin had sent it directly: directory
