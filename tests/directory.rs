@@ -110,9 +110,15 @@ async fn entries_come_back_after_a_false_lapse() {
     let _peers: Vec<_> = (0..N)
         .map(|i| x.create(&format!("x-{i}")).unwrap())
         .collect();
-    // With replication 1, a holds the entries whose key is closer to it.
+    // With replication 1, a holds the entries whose key is closer to it,
+    // x the others: every entry is on one of them. (Registration may reach
+    // a in more than one batch, so a's first count is not its share.)
     let held = || a.stats().directory_entries;
-    wait_for("a to hold some of x's entries", || async { held() > 0 }).await;
+    let share = || N as u64 - x.stats().directory_entries;
+    wait_for("a to hold its share of x's entries", || async {
+        held() > 0 && held() == share()
+    })
+    .await;
     let before = held();
     wait_for("a to drop x at the lapse", || async {
         a.members().await.map(|m| m.is_empty()).unwrap_or(false) && held() == 0
