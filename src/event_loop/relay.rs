@@ -58,8 +58,10 @@ const DIALS_PER_ROUND: usize = 32;
 const MAX_AVOIDED: usize = 1024;
 /// Most requests in one bundle.
 const MAX_BUNDLE: usize = 4096;
-/// Bytes per bundled request besides its own (ids, signature, framing).
-const ITEM_OVERHEAD: usize = 160;
+/// Bytes per bundled request besides its own: ids, framing and its proof
+/// (a 64-byte signature and up to 12 sibling hashes, for the
+/// [`MAX_BUNDLE`] requests one signature covers).
+const ITEM_OVERHEAD: usize = 560;
 /// Bytes of a frame kept free beyond the bundled requests.
 const BUNDLE_SLACK: usize = 64 * 1024;
 /// What a relay queues for one next hop, in frames (`max_frame_size`):
@@ -575,26 +577,26 @@ mod tests {
             proof: None,
         };
         assert!(
-            q.admits(&via, 1 << 30, 1000),
+            q.admits(&via, 1 << 30, 3000),
             "an empty queue takes one of any size"
         );
-        // 3 × (40 + 160) = 600 bytes queued under a cap of 1,000.
+        // 3 × (40 + 560) = 1,800 bytes queued under a cap of 3,000.
         for i in 0..3 {
             q.push(via, item(40), Slot::Own(i));
         }
-        assert!(q.admits(&via, 400, 1000));
-        assert!(!q.admits(&via, 401, 1000), "over the cap");
+        assert!(q.admits(&via, 1200, 3000));
+        assert!(!q.admits(&via, 1201, 3000), "over the cap");
         // A bundle goes out (all three fit in 10 kB): the queue is free again.
         let (items, slots) = q.take_bundle(&via, 10_000).expect("a bundle");
         assert_eq!((items.len(), slots.len()), (3, 3));
-        assert!(q.admits(&via, 1000, 1000));
+        assert!(q.admits(&via, 3000, 3000));
         // While it is in flight, what queues waits and counts.
-        q.push(via, item(840), Slot::Own(3));
+        q.push(via, item(2440), Slot::Own(3));
         assert!(
             q.take_bundle(&via, 10_000).is_none(),
             "one bundle in flight"
         );
-        assert!(!q.admits(&via, 1, 1000));
+        assert!(!q.admits(&via, 1, 3000));
     }
 
     /// A membership of `local` that knows the hosts of `keys`.
