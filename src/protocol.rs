@@ -155,8 +155,6 @@ pub(crate) enum Request {
     /// Membership records the receiver was seen to lack, each with the
     /// newest heartbeat counter the sender knows for it.
     Records(Vec<(SignedRecord, u64)>),
-    /// Liveness probe of a host silent for a while: what is your counter?
-    Alive,
     /// Requests of other hosts carried through this one (see
     /// [`crate::overlay`]): each is forwarded if it is for another host
     /// (those for one host go on together), handled as its origin's own if
@@ -192,10 +190,7 @@ impl Request {
     /// Heartbeat digests and the records they carry: they do not count as
     /// use of a link for the link budget (else every link would look busy).
     pub(crate) fn is_liveness(&self) -> bool {
-        matches!(
-            self,
-            Request::Beats(_) | Request::Records(_) | Request::Alive
-        )
+        matches!(self, Request::Beats(_) | Request::Records(_))
     }
 }
 
@@ -271,9 +266,6 @@ pub(crate) enum Response {
     },
     /// Records taken.
     RecordsOk,
-    /// Answer to [`Request::Alive`]: the receiver's incarnation and its
-    /// heartbeat counter.
-    Alive { epoch: u64, beat: u64 },
     /// The request was refused.
     Refused(String),
     /// A relay could not forward the request, or its destination refused

@@ -271,11 +271,9 @@ impl EventLoop {
     }
 
     /// Suspicion before a lapse: a host silent for [`SUSPECT_AFTER`] of the
-    /// lease is asked directly (through a relay if need be) for its own
-    /// counter ([`Request::Alive`], a few bytes each way; it used to be a
-    /// full digest both ways, and a loaded 512-host network sends 10–28 k
-    /// probes while registering a million peers); if it answers, its lease
-    /// is renewed. Counters spread in O(log hosts) rounds, and on a loaded
+    /// lease is asked directly (through a relay if need be) for its digest,
+    /// which carries its own counter first; if it answers, its lease is
+    /// renewed. Counters spread in O(log hosts) rounds, and on a loaded
     /// host (hundreds of hosts sharing two cores) rounds stretch: without
     /// the probe, live hosts lapsed by the thousand at 512 hosts, and every
     /// lapse and return moves directory entries. A crashed host does not
@@ -293,23 +291,11 @@ impl EventLoop {
         if suspects.is_empty() {
             return;
         }
-        for host in suspects {
+        for host in &suspects {
             crate::shared::bump(&self.shared.counters.liveness_probes);
-            self.probed.insert(host, now);
-            let id = self.request(host, Request::Alive);
-            self.requests.insert(id, Pending::Alive { host });
+            self.probed.insert(*host, now);
         }
-    }
-
-    /// A probed host answered: its counter renews its lease if it rose.
-    pub(super) fn on_alive(
-        &mut self,
-        host: PeerId,
-        result: std::result::Result<Response, OutboundFailure>,
-    ) {
-        if let Ok(Response::Alive { epoch, beat }) = result {
-            self.membership.heard(&host, epoch, beat, Instant::now());
-        }
+        self.send_digests(suspects);
     }
 
     /// Applies records pushed by a digest exchange.

@@ -60,7 +60,6 @@ impl EventLoop {
                 | Pending::Lookup { host, .. }
                 | Pending::Join { host }
                 | Pending::Beats { host, .. }
-                | Pending::Alive { host }
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records => None,
             })

@@ -97,10 +97,6 @@ enum Pending {
         /// The digest sent was compact.
         compact: bool,
     },
-    /// A liveness probe of a silent host.
-    Alive {
-        host: PeerId,
-    },
     Records,
     /// A bundle of relayed requests sent to `via` (ours, or others' this
     /// host forwards): one slot per request.
@@ -662,10 +658,6 @@ impl EventLoop {
                 self.take_records(records);
                 Response::RecordsOk
             }
-            Request::Alive => Response::Alive {
-                epoch: self.epoch,
-                beat: self.beat,
-            },
             Request::Relay(_) => Response::RelayFailed("relayed twice".into()),
         }
     }
@@ -688,7 +680,6 @@ impl EventLoop {
             Pending::Resync | Pending::Records => {}
             Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
             Pending::Beats { host, compact } => self.on_beats_result(host, compact, result),
-            Pending::Alive { host } => self.on_alive(host, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
                     c.outstanding = c.outstanding.saturating_sub(1);
