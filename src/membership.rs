@@ -278,14 +278,14 @@ impl Membership {
         None
     }
 
-    /// Every live host (this one included) by key.
-    fn sorted(&mut self) -> &[(u64, PeerId)] {
+    /// Brings `sorted` (every live host, this one included, by key) up to
+    /// date with the key indexes.
+    fn sort_keys(&mut self) {
         if self.sorted.0 != self.version {
             let mut v = self.keys.clone();
             v.sort_unstable();
             self.sorted = (self.version, v);
         }
-        &self.sorted.1
     }
 
     /// The fingerprint of this host's view: every live host's key and
@@ -301,7 +301,7 @@ impl Membership {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
         let local = self.local;
-        self.sorted();
+        self.sort_keys();
         for (key, host) in &self.sorted.1 {
             let (epoch, seq) = if *host == local {
                 (own_epoch, own_seq)
@@ -327,7 +327,7 @@ impl Membership {
     /// own is `own_beat`): the body of a compact digest.
     pub fn counters(&mut self, own_beat: u64) -> Vec<u64> {
         let local = self.local;
-        self.sorted();
+        self.sort_keys();
         self.sorted
             .1
             .iter()
@@ -346,7 +346,7 @@ impl Membership {
     /// it does not list every live host.
     pub fn merge_counters(&mut self, counters: &[u64], now: Instant) -> bool {
         let local = self.local;
-        self.sorted();
+        self.sort_keys();
         if counters.len() != self.sorted.1.len() {
             return false;
         }
