@@ -32,6 +32,8 @@ pub(crate) struct Behaviour {
     pub rpc: request_response::Behaviour<Codec>,
     /// Delivery streams: direct messages between linked hosts.
     pub streams: crate::delivery::streams::Behaviour,
+    /// Request streams: the loop's requests between connected hosts.
+    pub request_streams: crate::delivery::streams::Behaviour,
     /// Channels and membership gossip.
     pub gossipsub: gossipsub::Behaviour,
     /// Routing table, bootstrap and closest-host lookups.
@@ -57,7 +59,10 @@ fn build_behaviour(
     key: &Keypair,
     cfg: &HostConfig,
     stats: Arc<WireStats>,
-    streams: crate::delivery::streams::Behaviour,
+    (streams, request_streams): (
+        crate::delivery::streams::Behaviour,
+        crate::delivery::streams::Behaviour,
+    ),
 ) -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let net = &cfg.network_id;
     let rpc_proto = rpc_protocol(net).ok_or("invalid network id")?;
@@ -126,6 +131,7 @@ fn build_behaviour(
         memory,
         rpc,
         streams,
+        request_streams,
         gossipsub,
         kad,
         identify,
@@ -133,13 +139,14 @@ fn build_behaviour(
     })
 }
 
-/// The swarm, the handle that opens delivery streams, and the inbound
-/// delivery streams.
-pub(crate) type Built = (
-    Swarm<Behaviour>,
+/// The handle that opens streams of one protocol, and the inbound ones.
+pub(crate) type StreamEnds = (
     crate::delivery::streams::Opener,
     tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
 );
+
+/// The swarm, and the ends of its delivery and request streams.
+pub(crate) type Built = (Swarm<Behaviour>, StreamEnds, StreamEnds);
 
 /// Builds the swarm for `cfg` with identity `key`.
 pub(crate) async fn build_swarm(
@@ -151,6 +158,11 @@ pub(crate) async fn build_swarm(
     let protocol = crate::protocol::deliver_protocol(&cfg.network_id)
         .ok_or_else(|| Error::Transport("invalid network id".into()))?;
     let (streams, opener, inbound) = crate::delivery::streams::Behaviour::new(protocol);
+    let protocol = crate::protocol::request_stream_protocol(&cfg.network_id)
+        .ok_or_else(|| Error::Transport("invalid network id".into()))?;
+    let (request_streams, req_opener, req_inbound) =
+        crate::delivery::streams::Behaviour::new(protocol);
+    let streams = (streams, request_streams);
     let idle = cfg.idle_connection_timeout;
     let swarm = match cfg.transport {
         TransportKind::Tcp => SwarmBuilder::with_existing_identity(key)
@@ -197,5 +209,5 @@ pub(crate) async fn build_swarm(
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
     };
-    Ok((swarm, opener, inbound))
+    Ok((swarm, (opener, inbound), (req_opener, req_inbound)))
 }

@@ -31,6 +31,7 @@ mod overlay;
 mod peer;
 mod protocol;
 mod relay_proof;
+mod rpc_stream;
 mod shared;
 mod subscription;
 

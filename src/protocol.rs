@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -33,6 +33,13 @@ pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
 /// and their acks the other (see [`crate::stream_link`]).
 pub(crate) fn deliver_protocol(network: &str) -> Option<StreamProtocol> {
     StreamProtocol::try_from_owned(format!("/distribus/{network}/deliver/{PROTOCOL_VERSION}")).ok()
+}
+
+/// The request stream protocol name for a network id: between connected
+/// hosts, one long-lived stream per direction carries the event loop's
+/// requests and their answers (see [`crate::rpc_stream`]).
+pub(crate) fn request_stream_protocol(network: &str) -> Option<StreamProtocol> {
+    StreamProtocol::try_from_owned(format!("/distribus/{network}/requests/{PROTOCOL_VERSION}")).ok()
 }
 
 /// The identify protocol version string for a network id.
@@ -191,6 +198,14 @@ impl Request {
     /// use of a link for the link budget (else every link would look busy).
     pub(crate) fn is_liveness(&self) -> bool {
         matches!(self, Request::Beats(_) | Request::Records(_))
+    }
+
+    /// Whether the request may go on a request stream to a connected host.
+    /// Joins and leaves stay on request-response: a join's refusal by a
+    /// host of another network is read from its protocol negotiation, and
+    /// a leave is the last word on a link that is closing.
+    pub(crate) fn uses_streams(&self) -> bool {
+        !matches!(self, Request::Join(_) | Request::Leave(_))
     }
 }
 

@@ -9,17 +9,14 @@
 //! sender opens a new one and the host goes on.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use futures::AsyncReadExt;
 use libp2p::{PeerId, Stream};
-use tokio::{
-    sync::mpsc,
-    task::{JoinHandle, JoinSet},
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{outbound::bounded, TaskContext, TaskEvent};
 use crate::{
@@ -43,40 +40,11 @@ pub(crate) fn spawn_acceptor(
     ctx: TaskContext,
     memory: Arc<Mutex<BatchMemory>>,
 ) -> JoinHandle<()> {
-    tokio::spawn(accept(incoming, ctx, memory))
-}
-
-async fn accept(
-    mut incoming: mpsc::Receiver<(PeerId, Stream)>,
-    ctx: TaskContext,
-    memory: Arc<Mutex<BatchMemory>>,
-) {
-    let mut readers = JoinSet::new();
-    let mut open: HashMap<PeerId, usize> = HashMap::new();
-    loop {
-        tokio::select! {
-            next = incoming.recv() => {
-                let Some((host, stream)) = next else { break };
-                let n = open.entry(host).or_default();
-                if *n >= STREAMS_PER_HOST {
-                    tracing::debug!(%host, "too many delivery streams; dropped one");
-                    continue;
-                }
-                *n += 1;
-                readers.spawn(serve(host, stream, ctx.clone(), memory.clone()));
-            }
-            Some(done) = readers.join_next() => {
-                if let Ok(host) = done {
-                    if let Some(n) = open.get_mut(&host) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            open.remove(&host);
-                        }
-                    }
-                }
-            }
-        }
-    }
+    tokio::spawn(super::streams::accept_limited(
+        incoming,
+        STREAMS_PER_HOST,
+        move |host, stream| serve(host, stream, ctx.clone(), memory.clone()),
+    ))
 }
 
 /// Reads batches from `host` until the stream ends; returns `host`.

@@ -243,3 +243,43 @@ impl ConnectionHandler for Handler {
         }
     }
 }
+
+/// Runs `serve` on each stream in `incoming`, at most `per_host` at a time
+/// for one remote host (more are dropped as they arrive: a remote party
+/// cannot grow the number of tasks). `serve` returns its stream's host.
+/// Ends when `incoming` does; dropping it ends every `serve`.
+pub(crate) async fn accept_limited<F, Fut>(
+    mut incoming: mpsc::Receiver<(PeerId, Stream)>,
+    per_host: usize,
+    serve: F,
+) where
+    F: Fn(PeerId, Stream) -> Fut,
+    Fut: std::future::Future<Output = PeerId> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut open: HashMap<PeerId, usize> = HashMap::new();
+    loop {
+        tokio::select! {
+            next = incoming.recv() => {
+                let Some((host, stream)) = next else { break };
+                let n = open.entry(host).or_default();
+                if *n >= per_host {
+                    tracing::debug!(%host, "too many streams from one host; dropped one");
+                    continue;
+                }
+                *n += 1;
+                tasks.spawn(serve(host, stream));
+            }
+            Some(done) = tasks.join_next() => {
+                if let Ok(host) = done {
+                    if let Some(n) = open.get_mut(&host) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            open.remove(&host);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

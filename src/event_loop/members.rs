@@ -139,6 +139,8 @@ impl EventLoop {
 
     pub(super) fn on_disconnected(&mut self, peer: PeerId) {
         self.dialing.remove(&peer);
+        // Its stream broke with the connection; the task reports and ends.
+        self.request_clients.remove(&peer);
         let delay = self.shared.with_config(|c| c.reconnect_delay);
         if let Some(r) = self.rejoin.get_mut(&peer) {
             if r.down_since.is_none() {

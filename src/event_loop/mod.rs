@@ -68,6 +68,8 @@ const TASK_EVENTS: usize = 1024;
 enum ReqKey {
     Rr(OutboundRequestId),
     Relayed(u64),
+    /// On a request stream (see [`crate::rpc_stream`]).
+    Stream(u64),
 }
 
 /// What an outbound request was for.
@@ -142,6 +144,16 @@ pub(crate) struct EventLoop {
     task_events: mpsc::Receiver<crate::delivery::TaskEvent>,
     /// The task accepting delivery streams (it owns their readers).
     acceptor: Option<tokio::task::JoinHandle<()>>,
+    /// Request stream client tasks, by destination host.
+    request_clients: foldhash::HashMap<PeerId, crate::rpc_stream::client::ClientHandle>,
+    /// What the request stream tasks share.
+    request_streams: crate::rpc_stream::RpcContext,
+    /// Answers and inbound requests of the request streams.
+    rpc_events: mpsc::Receiver<crate::rpc_stream::RpcEvent>,
+    /// The task accepting request streams.
+    request_acceptor: Option<tokio::task::JoinHandle<()>>,
+    /// Id of the next request sent on a request stream.
+    next_stream_request: u64,
 
     // lookup
     store: DirectoryStore,
@@ -211,10 +223,8 @@ impl EventLoop {
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
         key: Keypair,
-        (opener, inbound): (
-            crate::delivery::streams::Opener,
-            mpsc::Receiver<(PeerId, libp2p::Stream)>,
-        ),
+        (opener, inbound): crate::behaviour::StreamEnds,
+        (req_opener, req_inbound): crate::behaviour::StreamEnds,
     ) -> Self {
         let cfg = shared.config();
         let epoch = std::time::SystemTime::now()
@@ -238,6 +248,16 @@ impl EventLoop {
             delivery.clone(),
             Arc::new(Mutex::new(memory)),
         ));
+        let (rpc_tx, rpc_events) = mpsc::channel(TASK_EVENTS);
+        let request_streams = crate::rpc_stream::RpcContext {
+            opener: req_opener,
+            shared: shared.clone(),
+            events: rpc_tx,
+        };
+        let request_acceptor = Some(crate::rpc_stream::server::spawn_acceptor(
+            req_inbound,
+            request_streams.clone(),
+        ));
         let mut this = EventLoop {
             swarm,
             commands,
@@ -257,6 +277,11 @@ impl EventLoop {
             delivery,
             task_events,
             acceptor,
+            request_clients: Default::default(),
+            request_streams,
+            rpc_events,
+            request_acceptor,
+            next_stream_request: 0,
             store: DirectoryStore::new(cfg.max_directory_entries),
             cache: LruCache::new(cache_cap),
             lookups: HashMap::new(),
@@ -331,6 +356,15 @@ impl EventLoop {
                     self.on_task_event(ev);
                     self.take_task_events();
                 }
+                Some(ev) = self.rpc_events.recv() => {
+                    self.on_rpc_event(ev);
+                    for _ in 0..COMMAND_BATCH {
+                        match self.rpc_events.try_recv() {
+                            Ok(ev) => self.on_rpc_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 _ = self.shared.changes_ready.notified() => self.flush_directory(),
                 _ = &mut tick => {
                     self.wake_soon = false;
@@ -356,7 +390,10 @@ impl EventLoop {
             }
         }
         self.finish_close();
-        if let Some(a) = self.acceptor.take() {
+        for a in [self.acceptor.take(), self.request_acceptor.take()]
+            .into_iter()
+            .flatten()
+        {
             a.abort();
         }
         for id in std::mem::take(&mut self.listener_ids) {
@@ -400,8 +437,67 @@ impl EventLoop {
             }
         }
         self.dial_member(host);
+        self.send_request(host, req)
+    }
+
+    /// Sends a request to `host` as it is: on its request stream if
+    /// connected, else (or when the stream's queue is full) by
+    /// request-response, which dials.
+    fn send_request(&mut self, host: PeerId, req: crate::protocol::Request) -> ReqKey {
         crate::shared::bump(&self.shared.counters.requests_sent);
+        let mut req = req;
+        if req.uses_streams() && self.swarm.is_connected(&host) {
+            let id = self.next_stream_request;
+            self.next_stream_request += 1;
+            if self.request_clients.get(&host).is_none_or(|c| c.ended()) {
+                let client = crate::rpc_stream::client::ClientHandle::spawn(
+                    host,
+                    self.request_streams.clone(),
+                );
+                self.request_clients.insert(host, client);
+            }
+            match self.request_clients.get(&host).map(|c| c.send(id, req)) {
+                Some(Ok(())) => return ReqKey::Stream(id),
+                Some(Err(back)) => req = back,
+                None => unreachable!("inserted above"),
+            }
+        }
         ReqKey::Rr(self.swarm.behaviour_mut().rpc.send_request(&host, req))
+    }
+
+    /// An answer or an inbound request from the request streams.
+    fn on_rpc_event(&mut self, ev: crate::rpc_stream::RpcEvent) {
+        use crate::rpc_stream::RpcEvent;
+        match ev {
+            RpcEvent::Answer { id, result } => {
+                if let Some(p) = self.requests.remove(&ReqKey::Stream(id)) {
+                    self.on_response(p, result);
+                }
+            }
+            RpcEvent::Request {
+                host,
+                request,
+                reply,
+            } => self.on_inbound_request(host, request, relay::Responder::Stream(reply)),
+        }
+    }
+
+    /// A request from `peer`, by request-response or on a request stream.
+    fn on_inbound_request(
+        &mut self,
+        peer: PeerId,
+        request: crate::protocol::Request,
+        responder: relay::Responder,
+    ) {
+        if !request.is_liveness() {
+            self.touch(peer);
+        }
+        if let crate::protocol::Request::Relay(items) = request {
+            self.on_relay(peer, items, responder);
+            return;
+        }
+        let response = self.on_request(peer, request);
+        self.answer(peer, responder, response);
     }
 
     /// Dials a member at its record's addresses unless connected or dialling.
@@ -595,17 +691,7 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => {
-                if !request.is_liveness() {
-                    self.touch(peer);
-                }
-                if let crate::protocol::Request::Relay(items) = request {
-                    self.on_relay(peer, items, channel);
-                    return;
-                }
-                let response = self.on_request(peer, request);
-                self.answer(peer, channel, response);
-            }
+            } => self.on_inbound_request(peer, request, relay::Responder::Rr(channel)),
             Event::Message {
                 message:
                     Message::Response {
@@ -719,6 +805,7 @@ impl EventLoop {
             self.keep_neighbours();
         }
         self.refresh_overlay(now);
+        self.request_clients.retain(|_, c| !c.ended());
         self.redial(now);
         self.trim_links(now);
         self.retry_links();

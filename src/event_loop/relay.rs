@@ -121,11 +121,20 @@ fn item_size(r: &Relayed) -> usize {
     r.inner.len() + ITEM_OVERHEAD
 }
 
+/// Where the answer to an inbound request goes.
+#[derive(Debug)]
+pub(super) enum Responder {
+    /// A request-response exchange.
+    Rr(ResponseChannel<Response>),
+    /// A request stream.
+    Stream(crate::rpc_stream::Reply),
+}
+
 /// A bundle another host sent through this one, waiting for answers.
 #[derive(Debug)]
 struct InBundle {
     peer: PeerId,
-    channel: ResponseChannel<Response>,
+    channel: Responder,
     responses: Vec<Option<Response>>,
     remaining: usize,
 }
@@ -354,26 +363,16 @@ impl EventLoop {
         }
         self.touch(via);
         self.dial_member(via);
-        crate::shared::bump(&self.shared.counters.requests_sent);
         crate::shared::bump(&self.shared.counters.relay_bundles);
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_request(&via, Request::Relay(items));
+        let key = self.send_request(via, Request::Relay(items));
         self.requests
-            .insert(ReqKey::Rr(id), Pending::RelayBundle { via, slots });
+            .insert(key, Pending::RelayBundle { via, slots });
     }
 
     /// Inbound relayed requests from `peer`: those for this host are
     /// handled at once; the others are forwarded (first hop only), bundled
     /// per destination. The answer goes back when every request has one.
-    pub(super) fn on_relay(
-        &mut self,
-        peer: PeerId,
-        items: Vec<Relayed>,
-        channel: ResponseChannel<Response>,
-    ) {
+    pub(super) fn on_relay(&mut self, peer: PeerId, items: Vec<Relayed>, channel: Responder) {
         let local = self.local();
         let bundle = self.relays.next_id;
         self.relays.next_id += 1;
@@ -531,19 +530,17 @@ impl EventLoop {
     }
 
     /// Sends `response` on `channel`.
-    pub(super) fn answer(
-        &mut self,
-        peer: PeerId,
-        channel: ResponseChannel<Response>,
-        response: Response,
-    ) {
-        if self
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_response(channel, response)
-            .is_err()
-        {
+    pub(super) fn answer(&mut self, peer: PeerId, channel: Responder, response: Response) {
+        let sent = match channel {
+            Responder::Rr(ch) => self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(ch, response)
+                .is_ok(),
+            Responder::Stream(reply) => reply.send(response),
+        };
+        if !sent {
             tracing::debug!(%peer, "response channel closed before answering");
         }
     }

@@ -1,0 +1,144 @@
+//! The answering side: an acceptor takes the request streams other hosts
+//! open; per stream, a reader hands each request to the event loop with a
+//! [`Reply`], and a writer sends the answers back as they come.
+//!
+//! A stream may have at most [`IN_FLIGHT`] requests unanswered: past that
+//! the reader stops reading (the sender's window is the same size), so a
+//! remote host cannot queue work in this one without bound. A frame over
+//! the size limit, or bytes that do not decode, end that stream (counted in
+//! the host's rejected frames); the sender's requests on it fail and it
+//! opens a new one.
+
+use std::sync::Arc;
+
+use futures::{
+    io::{ReadHalf, WriteHalf},
+    AsyncWriteExt,
+};
+use libp2p::{PeerId, Stream};
+use tokio::{
+    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
+    task::JoinHandle,
+};
+
+use super::{Reply, RpcContext, RpcEvent};
+use crate::{
+    delivery::{outbound::bounded, streams::accept_limited},
+    protocol::{decode_counted, encode_frame, read_frame_body, Request, Response},
+};
+
+/// Requests unanswered on one stream, at most.
+pub(crate) const IN_FLIGHT: usize = 256;
+/// Request streams one remote host may hold open to this one at a time.
+pub(crate) const STREAMS_PER_HOST: usize = 2;
+/// Bytes of answers gathered into one write.
+const WRITE_BYTES: usize = 256 * 1024;
+
+/// Starts the acceptor of the streams in `incoming`; the returned task
+/// owns their readers and writers (aborting it ends them).
+pub(crate) fn spawn_acceptor(
+    incoming: mpsc::Receiver<(PeerId, Stream)>,
+    ctx: RpcContext,
+) -> JoinHandle<()> {
+    tokio::spawn(accept_limited(
+        incoming,
+        STREAMS_PER_HOST,
+        move |host, s| serve(host, s, ctx.clone()),
+    ))
+}
+
+/// Serves the requests of one stream from `host` until it ends.
+async fn serve(host: PeerId, stream: Stream, ctx: RpcContext) -> PeerId {
+    let (reader, writer) = futures::AsyncReadExt::split(stream);
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let max_frame = ctx.shared.with_config(|c| c.max_frame_size);
+    tokio::join!(
+        read_requests(host, reader, tx, &ctx),
+        write_answers(host, writer, rx, &ctx, max_frame)
+    );
+    host
+}
+
+async fn read_requests(
+    host: PeerId,
+    mut reader: ReadHalf<Stream>,
+    tx: mpsc::Sender<(u64, Response, OwnedSemaphorePermit)>,
+    ctx: &RpcContext,
+) {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let wire = &ctx.shared.wire;
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let max_frame = ctx.shared.with_config(|c| c.max_frame_size);
+        let body = match read_frame_body(&mut reader, max_frame, wire).await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::trace!(%host, error = %e, "request stream ended");
+                return;
+            }
+        };
+        let (id, request): (u64, Request) = match decode_counted(&body, wire) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%host, error = %e, "malformed request; stream ended");
+                return;
+            }
+        };
+        let reply = Reply {
+            id,
+            tx: tx.clone(),
+            permit,
+        };
+        let event = RpcEvent::Request {
+            host,
+            request,
+            reply,
+        };
+        if ctx.events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the answers until every [`Reply`] of the stream is answered or
+/// dropped (the reader has ended) or the stream breaks.
+async fn write_answers(
+    host: PeerId,
+    mut writer: WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<(u64, Response, OwnedSemaphorePermit)>,
+    ctx: &RpcContext,
+    max_frame: usize,
+) {
+    let timeout = ctx.shared.with_config(|c| c.request_timeout);
+    while let Some(first) = rx.recv().await {
+        let mut buf = Vec::new();
+        let mut next = Some(first);
+        // Each answer's permit goes when it is taken for writing.
+        while let Some((id, response, _permit)) = next.take() {
+            let frame = match encode_frame(&(id, &response)) {
+                Ok(f) if f.len() - 4 <= max_frame => Ok(f),
+                Ok(_) => Err("answer exceeds the frame limit".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let frame = frame.or_else(|why| encode_frame(&(id, &Response::Refused(why))));
+            if let Ok(f) = frame {
+                buf.extend_from_slice(&f);
+            }
+            if buf.len() >= WRITE_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        let written = bounded(timeout, async {
+            writer.write_all(&buf).await?;
+            writer.flush().await
+        });
+        if let Err(e) = written.await {
+            tracing::trace!(%host, error = %e, "request stream ended");
+            return;
+        }
+    }
+    let _ = writer.close().await;
+}
