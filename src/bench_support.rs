@@ -65,6 +65,26 @@ pub fn decode_stream_acks(body: &[u8]) -> io::Result<(u64, Result<Vec<bool>, Str
     Ok((a.batch, acks))
 }
 
+/// A request-stream frame: request `id`, a lookup of `peer`.
+pub fn encode_stream_lookup(id: u64, peer: &str) -> io::Result<Vec<u8>> {
+    encode_frame(&(id, Request::Lookup(peer.to_string())))
+}
+
+/// A request stream's answer frame body (without its length prefix) to a
+/// lookup: the request id, and the host found (`None`: not found). Another
+/// kind of answer is an `InvalidData` error.
+pub fn decode_stream_location(body: &[u8]) -> io::Result<(u64, Option<libp2p::PeerId>)> {
+    let (id, r): (u64, Response) = decode_frame(body)?;
+    let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    match r {
+        Response::Location(None) => Ok((id, None)),
+        Response::Location(Some(loc)) => libp2p::PeerId::from_bytes(&loc.host)
+            .map(|h| (id, Some(h)))
+            .map_err(|e| bad(e.to_string())),
+        other => Err(bad(format!("not a location: {other:?}"))),
+    }
+}
+
 /// A direct-message batch of `n` envelopes carrying `payload`, encoded
 /// as one frame (length prefix included).
 pub fn encode_batch(n: usize, payload: &Payload) -> io::Result<Vec<u8>> {

@@ -45,6 +45,7 @@ pub(crate) struct Counters {
     pub liveness_probes: AtomicU64,
     pub directory_batches: AtomicU64,
     pub requests_sent: AtomicU64,
+    pub stream_requests: AtomicU64,
     pub relay_bundles: AtomicU64,
     pub leases_lapsed: AtomicU64,
 }
@@ -100,10 +101,13 @@ pub struct Stats {
     /// Directory batches (registrations and withdrawals) this host sent
     /// to holders.
     pub directory_batches: u64,
-    /// Requests this host put on the wire as libp2p request-response
-    /// exchanges (each a new stream): directory batches, digests, lookups,
-    /// relay bundles, and messages that did not travel on a delivery stream.
+    /// Requests this host sent to other hosts: directory batches, digests,
+    /// lookups, relay bundles, joins, and messages that did not travel on a
+    /// delivery stream.
     pub requests_sent: u64,
+    /// Those of them that went on a request stream (to a connected host);
+    /// the others were request-response exchanges (a new stream each).
+    pub stream_requests: u64,
     /// Relay bundles among them (its own relayed requests, or other hosts'
     /// that it forwards).
     pub relay_bundles: u64,
@@ -196,6 +200,7 @@ impl Shared {
             liveness_probes: r(&c.liveness_probes),
             directory_batches: r(&c.directory_batches),
             requests_sent: r(&c.requests_sent),
+            stream_requests: r(&c.stream_requests),
             relay_bundles: r(&c.relay_bundles),
             leases_lapsed: r(&c.leases_lapsed),
         }

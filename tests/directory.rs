@@ -32,6 +32,9 @@ async fn entries_move_when_hosts_join_and_leave() {
     })
     .await;
     assert!(b.stats().directory_entries > 0, "b holds its share");
+    // a and b are connected: a's directory batches went on its request
+    // stream to b, not as request-response exchanges.
+    assert!(a.stats().stream_requests > 0, "no request went on a stream");
 
     // c joins: its share moves to it, and the others drop that share.
     let (c, _) = mem_host(cfg).await;

@@ -257,6 +257,14 @@ fn deliver_protocol() -> StreamProtocol {
     .unwrap()
 }
 
+fn requests_protocol() -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!(
+        "/distribus/distribus/requests/{}",
+        distribus::PROTOCOL_VERSION
+    ))
+    .unwrap()
+}
+
 /// Reads one length-prefixed frame body.
 async fn read_body(s: &mut libp2p::Stream) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
@@ -264,6 +272,70 @@ async fn read_body(s: &mut libp2p::Stream) -> io::Result<Vec<u8>> {
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await?;
     Ok(body)
+}
+
+/// Writes lookups of "v" (request `a`) and "nobody" (request `b`) in one
+/// write and reads both answers: the host found, by request id.
+async fn ask_two_lookups(
+    s: &mut libp2p::Stream,
+    a: u64,
+    b: u64,
+) -> std::collections::HashMap<u64, Option<libp2p::PeerId>> {
+    use distribus::bench_support::{decode_stream_location, encode_stream_lookup};
+    let mut w = encode_stream_lookup(a, "v").unwrap();
+    w.extend(encode_stream_lookup(b, "nobody").unwrap());
+    s.write_all(&w).await.unwrap();
+    s.flush().await.unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let body = within("answer", read_body(s)).await.unwrap();
+        let (id, host) = decode_stream_location(&body).unwrap();
+        got.insert(id, host);
+    }
+    got
+}
+
+/// Requests on a request stream are answered under their ids; garbage
+/// on one ends that stream (counted as a rejected frame), and the host goes
+/// on answering on new streams and delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_streams_answer_by_id_and_end_on_malformed_frames() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_frame_size = 64 * 1024;
+    cfg.max_message_size = 32 * 1024;
+    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(cfg).await;
+    let mut attacker = raw_stream_client(victim.id(), victim_addr).await;
+
+    // Two requests in one write: each answer names its request.
+    let mut s = attacker
+        .open_stream(victim.id(), requests_protocol())
+        .await
+        .unwrap();
+    let got = ask_two_lookups(&mut s, 5, 6).await;
+    assert_eq!(got.get(&5), Some(&Some(victim.id())));
+    assert_eq!(got.get(&6), Some(&None));
+
+    let mut oversized = u32::MAX.to_be_bytes().to_vec();
+    oversized.extend([0u8; 16]);
+    let mut garbage = 12u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 12]);
+    for (n, attack) in [oversized, garbage].into_iter().enumerate() {
+        s.write_all(&attack).await.unwrap();
+        s.flush().await.unwrap();
+        let answer = within("the victim ends the stream", read_body(&mut s)).await;
+        assert!(answer.is_err(), "the victim answered a malformed request");
+        assert_eq!(victim.stats().rejected_frames, n as u64 + 1);
+        s = attacker
+            .open_stream(victim.id(), requests_protocol())
+            .await
+            .unwrap();
+    }
+    let got = ask_two_lookups(&mut s, 7, 8).await;
+    assert_eq!(got.get(&7), Some(&Some(victim.id())));
+
+    f_peer.send("v", "still alive").await.unwrap();
+    let m = within("delivery", v_peer.recv()).await.unwrap();
+    assert_eq!(m.decode::<String>().unwrap(), "still alive");
 }
 
 /// Garbage on a delivery stream ends that stream (counted as a rejected

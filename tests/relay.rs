@@ -30,6 +30,8 @@ async fn a_relaying_network_delivers_everything_once_over_few_links() {
     all_to_all_exactly_once(&hosts, EACH).await;
     let relayed: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
     assert!(relayed > 0, "nothing went through a relay");
+    let on_streams: u64 = hosts.iter().map(|h| h.stats().stream_requests).sum();
+    assert!(on_streams > 0, "no request went on a request stream");
 
     // A channel with five subscribing hosts, published from a sixth.
     let mut subscribers = Vec::new();

@@ -69,10 +69,11 @@ pub struct Report {
     /// Request-response exchanges per second in that idle window (all
     /// hosts): digests, probes and the relay bundles carrying them.
     pub idle_requests_per_s: f64,
-    /// Request-response exchanges during registration (all hosts), the
-    /// relay bundles among them, and the directory batches (direct or
-    /// relayed) hosts sent to holders.
+    /// Requests sent during registration (all hosts), those of them that
+    /// went on request streams, the relay bundles among them, and the
+    /// directory batches (direct or relayed) hosts sent to holders.
     pub register_requests: u64,
+    pub register_stream_requests: u64,
     pub register_relay_bundles: u64,
     pub register_directory_batches: u64,
     /// Leases that lapsed (counted on every host) during registration and
@@ -183,9 +184,10 @@ impl Report {
             self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes
         ));
         line(format!(
-            "  requests    {:.0}/s idle; {} while registering ({} relay bundles, {} directory batches)",
+            "  requests    {:.0}/s idle; {} while registering ({} on request streams; {} relay bundles, {} directory batches)",
             self.idle_requests_per_s,
             self.register_requests,
+            self.register_stream_requests,
             self.register_relay_bundles,
             self.register_directory_batches
         ));

@@ -125,6 +125,7 @@ fn links(net: &Net) -> u64 {
 #[derive(Clone, Copy)]
 struct Wire {
     requests: u64,
+    stream_requests: u64,
     relay_bundles: u64,
     directory_batches: u64,
     lapses: u64,
@@ -133,6 +134,7 @@ struct Wire {
 fn wire(net: &Net) -> Wire {
     let mut w = Wire {
         requests: 0,
+        stream_requests: 0,
         relay_bundles: 0,
         directory_batches: 0,
         lapses: 0,
@@ -140,6 +142,7 @@ fn wire(net: &Net) -> Wire {
     for (h, _) in net.hosts.iter().zip(&net.alive).filter(|(_, a)| **a) {
         let s = h.stats();
         w.requests += s.requests_sent;
+        w.stream_requests += s.stream_requests;
         w.relay_bundles += s.relay_bundles;
         w.directory_batches += s.directory_batches;
         w.lapses += s.leases_lapsed;
@@ -238,6 +241,7 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     r.register_s = reg_start.elapsed().as_secs_f64();
     let w = wire(&net);
     r.register_requests = w.requests - reg_wire.requests;
+    r.register_stream_requests = w.stream_requests - reg_wire.stream_requests;
     r.register_relay_bundles = w.relay_bundles - reg_wire.relay_bundles;
     r.register_directory_batches = w.directory_batches - reg_wire.directory_batches;
     r.register_lapses = w.lapses - reg_wire.lapses;

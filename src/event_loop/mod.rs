@@ -457,7 +457,10 @@ impl EventLoop {
                 self.request_clients.insert(host, client);
             }
             match self.request_clients.get(&host).map(|c| c.send(id, req)) {
-                Some(Ok(())) => return ReqKey::Stream(id),
+                Some(Ok(())) => {
+                    crate::shared::bump(&self.shared.counters.stream_requests);
+                    return ReqKey::Stream(id);
+                }
                 Some(Err(back)) => req = back,
                 None => unreachable!("inserted above"),
             }

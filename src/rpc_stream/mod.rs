@@ -51,20 +51,49 @@ pub(crate) enum RpcEvent {
     },
 }
 
-/// Where the answer to one inbound request goes.
+/// Where the answer to one inbound request goes. Dropped unanswered, it
+/// answers [`Response::Refused`] (as a dropped request-response channel
+/// fails the exchange), so the requester does not wait for its timeout.
 #[derive(Debug)]
 pub(crate) struct Reply {
+    inner: Option<ReplyTo>,
+}
+
+type AnswerTx = mpsc::Sender<(u64, Response, OwnedSemaphorePermit)>;
+
+#[derive(Debug)]
+struct ReplyTo {
     id: u64,
-    tx: mpsc::Sender<(u64, Response, OwnedSemaphorePermit)>,
+    tx: AnswerTx,
     permit: OwnedSemaphorePermit,
 }
 
 impl Reply {
+    pub(crate) fn new(id: u64, tx: AnswerTx, permit: OwnedSemaphorePermit) -> Self {
+        Reply {
+            inner: Some(ReplyTo { id, tx, permit }),
+        }
+    }
+
     /// Sends the answer. `false` if the stream has ended.
-    pub(crate) fn send(self, response: Response) -> bool {
+    pub(crate) fn send(mut self, response: Response) -> bool {
+        self.inner.take().is_some_and(|r| r.send(response))
+    }
+}
+
+impl ReplyTo {
+    fn send(self, response: Response) -> bool {
         // Never full: the channel holds as many answers as the reader lets
         // requests be unanswered, and each answer carries its permit.
         self.tx.try_send((self.id, response, self.permit)).is_ok()
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(r) = self.inner.take() {
+            r.send(Response::Refused("dropped unanswered".into()));
+        }
     }
 }
 

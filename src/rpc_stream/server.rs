@@ -86,11 +86,7 @@ async fn read_requests(
                 return;
             }
         };
-        let reply = Reply {
-            id,
-            tx: tx.clone(),
-            permit,
-        };
+        let reply = Reply::new(id, tx.clone(), permit);
         let event = RpcEvent::Request {
             host,
             request,
