@@ -8,7 +8,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     error::Result,
     message::{ChannelMessage, Payload},
-    protocol::Envelope,
 };
 
 /// Where a peer lives.
@@ -56,10 +55,7 @@ pub(crate) enum Command {
         shown: String,
         reply: oneshot::Sender<Result<PeerId>>,
     },
-    Send {
-        env: Envelope,
-        reply: oneshot::Sender<Result<()>>,
-    },
+    Send(crate::event_loop::PendingSend),
     Find {
         id: String,
         reply: oneshot::Sender<Result<Location>>,

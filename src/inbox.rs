@@ -40,6 +40,9 @@ pub(crate) struct PeerSlot {
     queue: Mutex<VecDeque<Message>>,
     waker: AtomicWaker,
     removed: AtomicBool,
+    /// The direct lane of this peer's remote sends (see
+    /// [`crate::send_lane`]).
+    pub lane: crate::send_lane::LaneCell,
 }
 
 impl PeerSlot {
@@ -51,6 +54,7 @@ impl PeerSlot {
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             removed: AtomicBool::new(false),
+            lane: Default::default(),
         }
     }
 

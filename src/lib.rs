@@ -32,6 +32,7 @@ mod peer;
 mod protocol;
 mod relay_proof;
 mod rpc_stream;
+mod send_lane;
 mod shared;
 mod subscription;
 

@@ -46,6 +46,7 @@ pub(crate) struct Counters {
     pub directory_batches: AtomicU64,
     pub requests_sent: AtomicU64,
     pub stream_requests: AtomicU64,
+    pub lane_sends: AtomicU64,
     pub relay_bundles: AtomicU64,
     pub leases_lapsed: AtomicU64,
 }
@@ -108,6 +109,9 @@ pub struct Stats {
     /// Those of them that went on a request stream (to a connected host);
     /// the others were request-response exchanges (a new stream each).
     pub stream_requests: u64,
+    /// Remote sends that went straight to their host's link task on the
+    /// sender's direct lane, without the event loop.
+    pub lane_sends: u64,
     /// Relay bundles among them (its own relayed requests, or other hosts'
     /// that it forwards).
     pub relay_bundles: u64,
@@ -201,6 +205,7 @@ impl Shared {
             directory_batches: r(&c.directory_batches),
             requests_sent: r(&c.requests_sent),
             stream_requests: r(&c.stream_requests),
+            lane_sends: r(&c.lane_sends),
             relay_bundles: r(&c.relay_bundles),
             leases_lapsed: r(&c.leases_lapsed),
         }

@@ -99,6 +99,66 @@ async fn messages_arrive_in_send_order_even_pipelined() {
     assert_eq!(got.len(), N as usize);
 }
 
+/// Sends switch between the event loop and the direct lane to the link
+/// task (small batches, so the link task's queue fills and sends fall back
+/// to the loop, then take the lane again): two senders' messages still
+/// arrive each in its send order, all of them, and both ways were taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_when_sends_switch_between_the_loop_and_the_direct_lane() {
+    use futures::stream::StreamExt;
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_batch_messages = 4; // a link task queues 16 sends at most
+    cfg.inbox_capacity = 100_000;
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    let senders = [a.create("s0").unwrap(), a.create("s1").unwrap()];
+    let bob = b.create("bob").unwrap();
+    wait_found(&a, "bob", &b).await;
+    // Rounds of a pipelined burst (far more in flight than a link task
+    // queues: sends wait in the loop) and of sends one at a time (nothing
+    // in the loop's hands: the lane).
+    const ROUNDS: u32 = 5;
+    const BURST: u32 = 200;
+    const SINGLE: u32 = 20;
+    const N: u32 = ROUNDS * (BURST + SINGLE);
+    let before = a.stats();
+    let receiver = tokio::spawn(async move {
+        let mut next = std::collections::HashMap::new();
+        for _ in 0..2 * N {
+            let (from, i) = bob.recv().await.unwrap().decode::<(String, u32)>().unwrap();
+            let want = next.entry(from.clone()).or_insert(0u32);
+            assert_eq!(i, *want, "{from}'s messages out of order");
+            *want += 1;
+        }
+        next
+    });
+    let mut i = 0;
+    for _ in 0..ROUNDS {
+        let mut burst = futures::stream::iter(i..i + BURST)
+            .flat_map(|i| futures::stream::iter(senders.clone().map(move |s| (s, i))))
+            .map(|(s, i)| async move { s.send("bob", &(s.id().to_string(), i)).await })
+            .buffered(256);
+        while let Some(r) = within("burst", burst.next()).await {
+            r.unwrap();
+        }
+        i += BURST;
+        for _ in 0..SINGLE {
+            for s in &senders {
+                s.send("bob", &(s.id().to_string(), i)).await.unwrap();
+            }
+            i += 1;
+        }
+    }
+    let next = within("receive all", receiver).await.unwrap();
+    assert_eq!(next.get("s0"), Some(&N));
+    assert_eq!(next.get("s1"), Some(&N));
+    let after = a.stats();
+    let lane = after.lane_sends - before.lane_sends;
+    assert!(lane > 0, "no send took the direct lane");
+    assert!(lane < 2 * N as u64, "every send took the direct lane");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_removed_and_moved_peers() {
     let cfg = HostConfig::for_tests();

@@ -58,8 +58,8 @@ pub(crate) enum Refused {
     Ended(PendingSend),
 }
 
-/// The loop's handle on a link task.
-#[derive(Debug)]
+/// The loop's handle on a link task (peers' direct lanes hold copies).
+#[derive(Debug, Clone)]
 pub(crate) struct LinkHandle {
     tx: mpsc::Sender<PendingSend>,
     /// Sends handed to the task and not answered or handed back yet.

@@ -66,6 +66,9 @@ pub(crate) struct PendingSend {
     pub refused_by: Option<Box<PeerId>>,
     /// Times a link task handed this send back undelivered.
     pub handed_back: u8,
+    /// Counts the send as in the loop's hands for its sender's direct lane
+    /// until it is handed to a link task (see [`crate::send_lane`]).
+    pub ticket: Option<crate::send_lane::LoopTicket>,
 }
 
 impl PendingSend {
@@ -75,6 +78,7 @@ impl PendingSend {
             reply,
             refused_by: None,
             handed_back: 0,
+            ticket: None,
         }
     }
 
@@ -314,7 +318,8 @@ impl EventLoop {
         }
         self.touch(host);
         let mut started = false;
-        while let Some(p) = link.queue.pop_front() {
+        while let Some(mut p) = link.queue.pop_front() {
+            let ticket = p.ticket.take().map(|t| (t, p.env.to.clone()));
             let task = match self.stream_links.entry(host) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
@@ -323,15 +328,21 @@ impl EventLoop {
                 }
             };
             match task.forward(p) {
-                Ok(()) => {}
-                Err(Refused::Full(p)) => {
+                Ok(()) => {
+                    if let Some((ticket, to)) = ticket {
+                        ticket.release_to(to, task);
+                    }
+                }
+                Err(Refused::Full(mut p)) => {
+                    p.ticket = ticket.map(|(t, _)| t);
                     // The tick hands over the rest.
                     link.queue.push_front(p);
                     self.links.insert(host, link);
                     self.wake_soon = true;
                     return;
                 }
-                Err(Refused::Ended(p)) => {
+                Err(Refused::Ended(mut p)) => {
+                    p.ticket = ticket.map(|(t, _)| t);
                     link.queue.push_front(p);
                     self.stream_links.remove(&host);
                     if started {
@@ -494,6 +505,10 @@ impl EventLoop {
     /// The host said the peer does not live there: forget the location and
     /// resolve again once; the peer may have moved.
     fn on_unknown_peer(&mut self, host: PeerId, mut p: PendingSend) {
+        // Its sender's direct lane to the recipient went to that host too.
+        if let Some(owner) = self.shared.registry.get(&p.env.from) {
+            owner.lane.forget(&p.env.to);
+        }
         if self.cache.peek(&p.env.to) == Some(&host) {
             self.cache.pop(&p.env.to);
         }

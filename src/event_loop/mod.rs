@@ -553,7 +553,7 @@ impl EventLoop {
         match cmd {
             Command::Listen { addr, reply } => self.listen(addr, reply),
             Command::Join { addr, shown, reply } => self.join(addr, shown, reply),
-            Command::Send { env, reply } => self.send(PendingSend::new(env, reply)),
+            Command::Send(p) => self.send(p),
             Command::Find { id, reply } => self.find(id, reply),
             Command::Subscribe { channel, sink } => self.subscribe(channel, sink),
             Command::Unsubscribe { channel, id } => self.unsubscribe(&channel, id),
