@@ -45,6 +45,12 @@ const RESENDS: u8 = 2;
 /// Bytes kept free in a batch frame for the framing itself.
 const FRAME_SLACK: usize = 64 * 1024;
 
+/// Batches in flight that leave as soon as there is a send.
+const EAGER_BATCHES: usize = 2;
+/// Sends queued that make a further batch (up to [`WINDOW`]) leave before
+/// an ack comes.
+const GATHER: usize = 64;
+
 /// Sends waiting in a link task's queue, at most, in batches of the
 /// largest size (more wait in the loop's queue for the destination).
 const QUEUED_BATCHES: usize = 4;
@@ -146,7 +152,14 @@ impl LinkTask {
                 Some(b) => b.sent + timeout,
                 None => Instant::now() + IDLE,
             };
-            let room = self.rx_open && self.in_flight.len() < WINDOW;
+            // Nagle-like: with batches already in flight, a new one waits
+            // for an ack (which comes within a round trip) unless enough
+            // sends are queued to fill it. Senders on the direct lane hand
+            // sends over one by one; taken as they come, batches of one or
+            // two cost a frame and an ack each.
+            let room = self.rx_open
+                && (self.in_flight.len() < EAGER_BATCHES
+                    || (self.in_flight.len() < WINDOW && self.rx.len() >= GATHER));
             tokio::select! {
                 biased;
                 ack = next_ack(&mut self.stream) => match ack {
