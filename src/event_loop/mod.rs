@@ -449,20 +449,25 @@ impl EventLoop {
         if req.uses_streams() && self.swarm.is_connected(&host) {
             let id = self.next_stream_request;
             self.next_stream_request += 1;
-            if self.request_clients.get(&host).is_none_or(|c| c.ended()) {
-                let client = crate::rpc_stream::client::ClientHandle::spawn(
-                    host,
-                    self.request_streams.clone(),
-                );
-                self.request_clients.insert(host, client);
-            }
-            match self.request_clients.get(&host).map(|c| c.send(id, req)) {
-                Some(Ok(())) => {
+            use std::collections::hash_map::Entry;
+            let spawn = || {
+                crate::rpc_stream::client::ClientHandle::spawn(host, self.request_streams.clone())
+            };
+            let client = match self.request_clients.entry(host) {
+                Entry::Occupied(mut e) => {
+                    if e.get().ended() {
+                        e.insert(spawn());
+                    }
+                    e.into_mut()
+                }
+                Entry::Vacant(e) => e.insert(spawn()),
+            };
+            match client.send(id, req) {
+                Ok(()) => {
                     crate::shared::bump(&self.shared.counters.stream_requests);
                     return ReqKey::Stream(id);
                 }
-                Some(Err(back)) => req = back,
-                None => unreachable!("inserted above"),
+                Err(back) => req = back,
             }
         }
         ReqKey::Rr(self.swarm.behaviour_mut().rpc.send_request(&host, req))
