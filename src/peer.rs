@@ -80,9 +80,10 @@ impl Peer {
         let answer = match self.start_send(to, payload)? {
             Started::Done => return Ok(()),
             Started::Queued { rx, timeout } => tokio::time::timeout(timeout, rx).await,
-            Started::Full { cmd, rx, timeout } => {
+            Started::Full(full) => {
                 // The command queue is full: wait for room (rare; boxed so
                 // the common path's future stays small).
+                let (cmd, rx, timeout) = *full;
                 let commands = self.host.inner.commands.clone();
                 let call = async move {
                     commands.send(cmd).await?;
@@ -147,7 +148,9 @@ impl Peer {
         };
         match self.host.inner.commands.try_send(Command::Send(p)) {
             Ok(()) => Ok(Started::Queued { rx, timeout }),
-            Err(mpsc::error::TrySendError::Full(cmd)) => Ok(Started::Full { cmd, rx, timeout }),
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                Ok(Started::Full(Box::new((cmd, rx, timeout))))
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
         }
     }
@@ -181,12 +184,9 @@ enum Started {
         rx: oneshot::Receiver<Result<()>>,
         timeout: std::time::Duration,
     },
-    /// The event loop's queue is full: `cmd` still has to go.
-    Full {
-        cmd: Command,
-        rx: oneshot::Receiver<Result<()>>,
-        timeout: std::time::Duration,
-    },
+    /// The event loop's queue is full: the command still has to go
+    /// (boxed: a send returns this enum, and the common cases are small).
+    Full(Box<(Command, oneshot::Receiver<Result<()>>, std::time::Duration)>),
 }
 
 impl Stream for Peer {
