@@ -238,3 +238,165 @@ fn answers(reader: ReadHalf<Stream>, ctx: RpcContext) -> Answers {
     })
     .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a bare libp2p host that takes request streams
+    //! and answers as the test says: never (timeout), by closing the
+    //! stream (connection closed), or with garbage.
+
+    use std::sync::Arc;
+
+    use futures::{AsyncReadExt, StreamExt};
+    use libp2p::{
+        core::{transport::MemoryTransport, upgrade},
+        noise,
+        swarm::SwarmEvent,
+        yamux, Multiaddr, StreamProtocol, SwarmBuilder, Transport,
+    };
+
+    use super::*;
+    use crate::{config::HostConfig, protocol::WireStats, shared::Shared};
+
+    fn protocol() -> StreamProtocol {
+        StreamProtocol::new("/distribus/test/requests/0")
+    }
+
+    /// A client context on a swarm linked to a bare host, and the streams
+    /// the bare host accepts.
+    async fn linked() -> (
+        RpcContext,
+        PeerId,
+        mpsc::Receiver<RpcEvent>,
+        libp2p_stream::IncomingStreams,
+    ) {
+        let transport = |k: &libp2p::identity::Keypair| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                MemoryTransport::default()
+                    .upgrade(upgrade::Version::V1)
+                    .authenticate(noise::Config::new(k)?)
+                    .multiplex(yamux::Config::default()),
+            )
+        };
+        let mut bare = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(transport)
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        let incoming = bare.behaviour().new_control().accept(protocol()).unwrap();
+        let port = rand::random::<u64>().max(1);
+        let addr: Multiaddr = format!("/memory/{port}").parse().unwrap();
+        bare.listen_on(addr.clone()).unwrap();
+        let bare_id = *bare.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                bare.select_next_some().await;
+            }
+        });
+
+        let (behaviour, opener, _inbound) = crate::delivery::streams::Behaviour::new(protocol());
+        let mut ours = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(transport)
+            .unwrap()
+            .with_behaviour(|_| behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        let local = *ours.local_peer_id();
+        ours.dial(addr).unwrap();
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = ours.select_next_some().await {
+                break;
+            }
+        }
+        tokio::spawn(async move {
+            loop {
+                ours.select_next_some().await;
+            }
+        });
+        let mut cfg = HostConfig::for_tests();
+        cfg.request_timeout = Duration::from_millis(300);
+        let shared = Arc::new(Shared::new(local, cfg, Arc::new(WireStats::default())));
+        let (events, rx) = mpsc::channel(16);
+        let ctx = RpcContext {
+            opener,
+            shared,
+            events,
+        };
+        (ctx, bare_id, rx, incoming)
+    }
+
+    async fn next_answer(
+        rx: &mut mpsc::Receiver<RpcEvent>,
+    ) -> (u64, Result<Response, OutboundFailure>) {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(RpcEvent::Answer { id, result })) => (id, result),
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_time_out_one_by_one_and_a_closed_stream_fails_the_rest() {
+        let (ctx, bare, mut rx, mut incoming) = linked().await;
+        let client = ClientHandle::spawn(bare, ctx);
+        client.send(1, Request::Lookup("x".into())).unwrap();
+        let (_, mut stream) = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .unwrap()
+            .unwrap();
+        // The request arrived; nobody answers it.
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await.unwrap();
+        let (id, result) = next_answer(&mut rx).await;
+        assert_eq!(id, 1);
+        assert!(
+            matches!(result, Err(OutboundFailure::Timeout)),
+            "{result:?}"
+        );
+
+        // Another request on the same stream, then the stream closes.
+        client.send(2, Request::Lookup("y".into())).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(stream);
+        let (id, result) = next_answer(&mut rx).await;
+        assert_eq!(id, 2);
+        assert!(
+            matches!(result, Err(OutboundFailure::ConnectionClosed)),
+            "{result:?}"
+        );
+        // The task has ended; the loop starts a new one for the next request.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !client.ended() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn garbage_answers_fail_the_requests_on_that_stream() {
+        let (ctx, bare, mut rx, mut incoming) = linked().await;
+        let shared = ctx.shared.clone();
+        let client = ClientHandle::spawn(bare, ctx);
+        client.send(7, Request::Lookup("x".into())).unwrap();
+        let (_, mut stream) = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut garbage = 8u32.to_be_bytes().to_vec();
+        garbage.extend([0xff; 8]);
+        futures::AsyncWriteExt::write_all(&mut stream, &garbage)
+            .await
+            .unwrap();
+        futures::AsyncWriteExt::flush(&mut stream).await.unwrap();
+        let (id, result) = next_answer(&mut rx).await;
+        assert_eq!(id, 7);
+        assert!(result.is_err(), "a garbage answer was taken: {result:?}");
+        assert_eq!(shared.wire.rejected_frames(), 1);
+    }
+}
