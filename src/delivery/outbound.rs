@@ -251,16 +251,7 @@ impl LinkTask {
             }
         };
         let (reader, writer) = stream.split();
-        let shared = self.ctx.shared.clone();
-        let acks = futures::stream::unfold(
-            (reader, shared),
-            |(mut reader, shared): (ReadHalf<Stream>, _)| async move {
-                let max = shared.with_config(|c| c.max_frame_size);
-                let r = read_frame(&mut reader, max, &shared.wire).await;
-                Some((r, (reader, shared)))
-            },
-        )
-        .boxed();
+        let acks = frames(reader, self.ctx.shared.clone());
         self.stream = Some(Open { acks, writer });
         true
     }
@@ -411,6 +402,21 @@ impl LinkTask {
 }
 
 /// The next ack frame of the open stream; never ready without one.
+/// The frames read from `reader`, each decoded as a `T` within the
+/// host's frame limit (a stream, so a partly read frame survives a
+/// `select!`).
+pub(crate) fn frames<T: serde::de::DeserializeOwned + Send + 'static>(
+    reader: ReadHalf<Stream>,
+    shared: Arc<crate::shared::Shared>,
+) -> BoxStream<'static, io::Result<T>> {
+    futures::stream::unfold((reader, shared), |(mut reader, shared)| async move {
+        let max = shared.with_config(|c| c.max_frame_size);
+        let r = read_frame(&mut reader, max, &shared.wire).await;
+        Some((r, (reader, shared)))
+    })
+    .boxed()
+}
+
 async fn next_ack(stream: &mut Option<Open>) -> Option<io::Result<StreamAcks>> {
     match stream {
         Some(open) => open.acks.next().await,

@@ -16,14 +16,14 @@ use std::{
     time::Duration,
 };
 
-use futures::{io::ReadHalf, stream::BoxStream, AsyncWriteExt, StreamExt};
+use futures::{stream::BoxStream, AsyncWriteExt, StreamExt};
 use libp2p::{request_response::OutboundFailure, PeerId, Stream};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{server::IN_FLIGHT, RpcContext, RpcEvent};
 use crate::{
-    delivery::outbound::bounded,
-    protocol::{encode_frame, read_frame, Request, Response},
+    delivery::outbound::{bounded, frames},
+    protocol::{encode_frame, Request, Response},
 };
 
 /// Requests waiting in a client task, at most (more go as
@@ -96,7 +96,7 @@ impl Client {
             }
         };
         let (reader, mut writer) = futures::AsyncReadExt::split(stream);
-        let mut answers = answers(reader, self.ctx.clone());
+        let mut answers: Answers = frames(reader, self.ctx.shared.clone());
         loop {
             let now = Instant::now();
             let deadline = self.next_deadline(timeout).unwrap_or(now + IDLE);
@@ -228,17 +228,6 @@ impl Client {
     }
 }
 
-/// The answers read from `reader`, one frame each (a stream, so a partly
-/// read frame survives the task's `select!`).
-fn answers(reader: ReadHalf<Stream>, ctx: RpcContext) -> Answers {
-    futures::stream::unfold((reader, ctx), |(mut reader, ctx)| async move {
-        let max = ctx.shared.with_config(|c| c.max_frame_size);
-        let r = read_frame(&mut reader, max, &ctx.shared.wire).await;
-        Some((r, (reader, ctx)))
-    })
-    .boxed()
-}
-
 #[cfg(test)]
 mod tests {
     //! The client against a bare libp2p host that takes request streams
@@ -330,6 +319,14 @@ mod tests {
         (ctx, bare_id, rx, incoming)
     }
 
+    async fn accept(incoming: &mut libp2p_stream::IncomingStreams) -> libp2p::Stream {
+        let next = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+        next.ok()
+            .flatten()
+            .map(|(_, s)| s)
+            .expect("no request stream")
+    }
+
     async fn next_answer(
         rx: &mut mpsc::Receiver<RpcEvent>,
     ) -> (u64, Result<Response, OutboundFailure>) {
@@ -344,10 +341,7 @@ mod tests {
         let (ctx, bare, mut rx, mut incoming) = linked().await;
         let client = ClientHandle::spawn(bare, ctx);
         client.send(1, Request::Lookup("x".into())).unwrap();
-        let (_, mut stream) = tokio::time::timeout(Duration::from_secs(5), incoming.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let mut stream = accept(&mut incoming).await;
         // The request arrived; nobody answers it.
         let mut len = [0u8; 4];
         stream.read_exact(&mut len).await.unwrap();
@@ -384,10 +378,7 @@ mod tests {
         let shared = ctx.shared.clone();
         let client = ClientHandle::spawn(bare, ctx);
         client.send(7, Request::Lookup("x".into())).unwrap();
-        let (_, mut stream) = tokio::time::timeout(Duration::from_secs(5), incoming.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let mut stream = accept(&mut incoming).await;
         let mut garbage = 8u32.to_be_bytes().to_vec();
         garbage.extend([0xff; 8]);
         futures::AsyncWriteExt::write_all(&mut stream, &garbage)
