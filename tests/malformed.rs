@@ -96,6 +96,23 @@ fn raw_client() -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
         .build()
 }
 
+/// Hosts with small frame and message limits (64 KiB, 32 KiB).
+fn small_frames() -> HostConfig {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_frame_size = 64 * 1024;
+    cfg.max_message_size = 32 * 1024;
+    cfg
+}
+
+/// A frame announcing 4 GiB, and a frame of bytes that decode as nothing.
+fn oversized_and_garbage() -> [Vec<u8>; 2] {
+    let mut oversized = u32::MAX.to_be_bytes().to_vec();
+    oversized.extend([0u8; 16]);
+    let mut garbage = 12u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 12]);
+    [oversized, garbage]
+}
+
 /// A victim host with peer "v", joined by a friend host with peer "f" that
 /// already finds "v". The friend host is kept alive by its peer's handle.
 async fn victim_and_friend(
@@ -117,19 +134,13 @@ async fn victim_and_friend(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_frames_are_rejected_and_counted() {
-    let mut cfg = HostConfig::for_tests();
-    cfg.max_frame_size = 64 * 1024;
-    cfg.max_message_size = 32 * 1024;
-    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(cfg).await;
+    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(small_frames()).await;
 
     let mut attacker = raw_client();
     let victim_id = victim.id();
     attacker.add_peer_address(victim_id, victim_addr.clone());
 
-    let mut oversized = u32::MAX.to_be_bytes().to_vec();
-    oversized.extend([0u8; 16]);
-    let mut garbage = 12u32.to_be_bytes().to_vec();
-    garbage.extend([0xff; 12]);
+    let [oversized, garbage] = oversized_and_garbage();
     let truncated = 100u32.to_be_bytes().to_vec();
     let attacks = [oversized, garbage, truncated, vec![1, 2]];
     for a in &attacks {
@@ -300,10 +311,7 @@ async fn ask_two_lookups(
 /// on answering on new streams and delivering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_streams_answer_by_id_and_end_on_malformed_frames() {
-    let mut cfg = HostConfig::for_tests();
-    cfg.max_frame_size = 64 * 1024;
-    cfg.max_message_size = 32 * 1024;
-    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(cfg).await;
+    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(small_frames()).await;
     let mut attacker = raw_stream_client(victim.id(), victim_addr).await;
 
     // Two requests in one write: each answer names its request.
@@ -315,11 +323,7 @@ async fn request_streams_answer_by_id_and_end_on_malformed_frames() {
     assert_eq!(got.get(&5), Some(&Some(victim.id())));
     assert_eq!(got.get(&6), Some(&None));
 
-    let mut oversized = u32::MAX.to_be_bytes().to_vec();
-    oversized.extend([0u8; 16]);
-    let mut garbage = 12u32.to_be_bytes().to_vec();
-    garbage.extend([0xff; 12]);
-    for (n, attack) in [oversized, garbage].into_iter().enumerate() {
+    for (n, attack) in oversized_and_garbage().into_iter().enumerate() {
         s.write_all(&attack).await.unwrap();
         s.flush().await.unwrap();
         let answer = within("the victim ends the stream", read_body(&mut s)).await;
@@ -342,17 +346,10 @@ async fn request_streams_answer_by_id_and_end_on_malformed_frames() {
 /// frame), and the host goes on delivering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_on_a_delivery_stream_end_that_stream_only() {
-    let mut cfg = HostConfig::for_tests();
-    cfg.max_frame_size = 64 * 1024;
-    cfg.max_message_size = 32 * 1024;
-    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(cfg).await;
+    let (victim, victim_addr, v_peer, f_peer) = victim_and_friend(small_frames()).await;
 
     let mut attacker = raw_stream_client(victim.id(), victim_addr).await;
-    let mut oversized = u32::MAX.to_be_bytes().to_vec();
-    oversized.extend([0u8; 16]);
-    let mut garbage = 12u32.to_be_bytes().to_vec();
-    garbage.extend([0xff; 12]);
-    for attack in [oversized, garbage] {
+    for attack in oversized_and_garbage() {
         let mut s = attacker
             .open_stream(victim.id(), deliver_protocol())
             .await
