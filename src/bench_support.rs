@@ -140,3 +140,126 @@ pub fn cpu_seconds() -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// A host that speaks the wire protocol by hand, for the attack tests: it
+/// signs its own record and proves its own counters like a real host, and
+/// can say whatever it likes about other hosts.
+#[derive(Debug)]
+pub struct RawMember {
+    key: libp2p::identity::Keypair,
+    chain: crate::beat_chain::Chain,
+    epoch: u64,
+    beat: u64,
+}
+
+/// What a raw member learned of another host from a membership answer.
+#[derive(Debug, Clone)]
+pub struct KnownHost {
+    /// The host.
+    pub host: libp2p::PeerId,
+    /// Its incarnation.
+    pub epoch: u64,
+    /// Its record's sequence number.
+    pub seq: u64,
+    /// Its signed record, as received.
+    record: crate::protocol::SignedRecord,
+}
+
+impl RawMember {
+    /// A raw member with `key` (the identity its connections use).
+    pub fn new(key: libp2p::identity::Keypair) -> RawMember {
+        RawMember {
+            key,
+            chain: crate::beat_chain::Chain::new(0),
+            epoch: 1,
+            beat: 0,
+        }
+    }
+
+    fn own_record(&self) -> io::Result<crate::protocol::SignedRecord> {
+        crate::membership::HostRecord {
+            public_key: self.key.public().encode_protobuf(),
+            epoch: self.epoch,
+            seq: 1,
+            addrs: vec![],
+            channels: vec![],
+            leaving: false,
+            anchor: self.chain.anchor(),
+        }
+        .sign(&self.key)
+        .ok_or_else(|| io::Error::other("cannot sign"))
+    }
+
+    /// A join request frame carrying this member's own record and the
+    /// records of `others` (whoever they are, alive or not).
+    pub fn join(&self, others: &[KnownHost]) -> io::Result<Vec<u8>> {
+        let mut records: Vec<_> = others.iter().map(|k| k.record.clone()).collect();
+        records.push(self.own_record()?);
+        encode_frame(&Request::Join(records))
+    }
+
+    /// The hosts of a join answer frame (length prefix included).
+    pub fn members(frame: &[u8]) -> io::Result<Vec<KnownHost>> {
+        let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        let Response::Members(records) = decode_frame(frame.get(4..).unwrap_or_default())? else {
+            return Err(bad("not a membership answer".into()));
+        };
+        records
+            .into_iter()
+            .map(|r| {
+                let v = crate::membership::verify(&r).ok_or_else(|| bad("bad record".into()))?;
+                Ok(KnownHost {
+                    host: v.host,
+                    epoch: v.record.epoch,
+                    seq: v.record.seq,
+                    record: r,
+                })
+            })
+            .collect()
+    }
+
+    /// A full digest frame: this member's own counter (raised by one, with
+    /// its proof), and for each of `claims` the host's current record
+    /// version with the counter given (and no valid proof: only the host
+    /// could make one).
+    pub fn digest(&mut self, claims: &[(&KnownHost, u64)]) -> io::Result<Vec<u8>> {
+        use crate::{
+            beat_chain::Proved,
+            directory::host_key,
+            protocol::{Beat, Digest, DigestBody},
+        };
+        self.beat += 1;
+        let own = self
+            .chain
+            .prove(self.beat)
+            .ok_or_else(|| io::Error::other("chain ran out"))?;
+        let mut beats = vec![Beat {
+            key: host_key(&self.key.public().to_peer_id()),
+            epoch: self.epoch,
+            seq: 1,
+            proved: own,
+        }];
+        beats.extend(claims.iter().map(|(k, beat)| Beat {
+            key: host_key(&k.host),
+            epoch: k.epoch,
+            seq: k.seq,
+            proved: Proved {
+                beat: *beat,
+                proof: [0xa5; 16],
+            },
+        }));
+        encode_frame(&Request::Beats(Digest {
+            view: 0,
+            body: DigestBody::Full(beats),
+        }))
+    }
+
+    /// A push of `host`'s record with a claimed (unproved) counter.
+    pub fn push_record(&self, host: &KnownHost, beat: u64) -> io::Result<Vec<u8>> {
+        let proved = crate::beat_chain::Proved {
+            beat,
+            proof: [0x5a; 16],
+        };
+        encode_frame(&Request::Records(vec![(host.record.clone(), proved)]))
+    }
+}

@@ -77,6 +77,11 @@ pub(crate) enum Command {
     Members {
         reply: oneshot::Sender<Vec<HostInfo>>,
     },
+    /// Where a local peer's registration stands (`Peer::registered`).
+    Registration {
+        id: String,
+        reply: oneshot::Sender<crate::event_loop::ownership::RegStatus>,
+    },
     CachedLocation {
         id: String,
         reply: oneshot::Sender<Option<PeerId>>,

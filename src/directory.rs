@@ -13,6 +13,12 @@
 //! refresh or withdraw entries that point to itself. Entries carry the
 //! registering host's epoch (its start time); entries of an older epoch of
 //! the same host are stale and are dropped when a newer epoch appears.
+//!
+//! An id belongs to the first live host that registered it: a holder
+//! refuses another host's registration of an id it holds (a conflict, which
+//! the registering host is told), so a duplicate can neither take the
+//! first's messages nor, by withdrawing, hide it. Entries of a host that
+//! leaves or lapses are dropped, which frees its ids.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -95,6 +101,15 @@ fn arc_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error>
     d.deserialize_str(V)
 }
 
+/// What a holder refused of a batch of operations.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Ids registered by another live host, with that host.
+    pub conflicts: Vec<(Arc<str>, PeerId)>,
+    /// Registrations refused because the store is full.
+    pub full: u32,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Holding {
     host: u32,
@@ -132,21 +147,29 @@ impl DirectoryStore {
         i
     }
 
-    /// Applies `ops` made by `host` in epoch `epoch`.
-    pub fn apply(&mut self, host: PeerId, epoch: u64, ops: Vec<DirOp>) {
+    /// Applies `ops` made by `host` in epoch `epoch`; returns the
+    /// registrations refused.
+    pub fn apply(&mut self, host: PeerId, epoch: u64, ops: Vec<DirOp>) -> Applied {
         let h = self.intern(host);
+        let mut out = Applied::default();
         for op in ops {
             match op {
                 DirOp::Register(id) => {
                     if let Some(e) = self.entries.get_mut(&*id) {
-                        if e.host == h && e.epoch > epoch {
+                        if e.host != h {
+                            let owner = self.hosts[e.host as usize];
+                            out.conflicts.push((id, owner));
+                            continue;
+                        }
+                        if e.epoch > epoch {
                             continue; // a late packet of an older epoch
                         }
-                        *e = Holding { host: h, epoch };
+                        e.epoch = epoch;
                     } else if self.entries.len() < self.max_entries {
                         self.entries.insert(id, Holding { host: h, epoch });
                     } else {
                         self.refused += 1;
+                        out.full += 1;
                     }
                 }
                 DirOp::Withdraw(id) => {
@@ -160,6 +183,7 @@ impl DirectoryStore {
                 }
             }
         }
+        out
     }
 
     /// Keeps only the entries for which `keep(id)` is true.
@@ -227,12 +251,19 @@ mod tests {
         // b cannot withdraw a's entry
         s.apply(b, 1, vec![DirOp::Withdraw("x".into())]);
         assert_eq!(s.lookup("x"), Some(a));
-        // the peer moves to b
-        s.apply(b, 1, vec![DirOp::Register("x".into())]);
+        // b cannot take it either: a conflict, naming a
+        let r = s.apply(b, 1, vec![DirOp::Register("x".into())]);
+        assert_eq!(r.conflicts, vec![(Arc::from("x"), a)]);
+        assert_eq!(s.lookup("x"), Some(a));
+        // the peer moves to b: a withdraws, b registers
+        s.apply(a, 1, vec![DirOp::Withdraw("x".into())]);
+        assert!(s.apply(b, 1, vec![DirOp::Register("x".into())]).conflicts.is_empty());
         assert_eq!(s.lookup("x"), Some(b));
         // a's late withdrawal does not remove b's entry
         s.apply(a, 1, vec![DirOp::Withdraw("x".into())]);
         assert_eq!(s.lookup("x"), Some(b));
+        // a host restarted (same host, newer epoch) keeps its ids
+        assert!(s.apply(b, 2, vec![DirOp::Register("x".into())]).conflicts.is_empty());
         s.apply(b, 1, vec![DirOp::Withdraw("x".into())]);
         assert_eq!(s.lookup("x"), None);
     }
@@ -246,7 +277,7 @@ mod tests {
             1,
             vec![DirOp::Register("x".into()), DirOp::Register("y".into())],
         );
-        s.apply(a, 1, vec![DirOp::Register("z".into())]);
+        assert_eq!(s.apply(a, 1, vec![DirOp::Register("z".into())]).full, 1);
         assert_eq!(s.len(), 2);
         assert_eq!(s.refused(), 1);
         s.drop_host(&a, 2);

@@ -15,6 +15,15 @@ pub enum Error {
     /// A peer with this id already exists on this host.
     #[error("a peer with id {0:?} already exists on this host")]
     IdExists(String),
+    /// Another live host registered this peer id first: the directory
+    /// keeps the first (see [`crate::Peer::registered`]).
+    #[error("peer id {id:?} belongs to host {host}, which registered it first")]
+    IdTaken {
+        /// The id.
+        id: String,
+        /// The host that holds it.
+        host: PeerId,
+    },
     /// The peer id is not valid: it must be non-empty UTF-8 of at most 256 bytes.
     #[error("invalid peer id: {0}")]
     InvalidId(String),

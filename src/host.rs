@@ -176,7 +176,7 @@ impl Host {
     }
 
     /// Sends a command and waits for its reply.
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+    pub(crate) async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.inner.commands.send(make(tx)).await?;
@@ -235,6 +235,23 @@ impl Host {
             key: slot.key,
         });
         Ok(Peer::new(self.clone(), slot))
+    }
+
+    /// Creates a peer and waits until the whole network resolves its id to
+    /// this host ([`Peer::registered`]).
+    ///
+    /// Fails with [`Error::IdTaken`] if another live host registered the
+    /// id first (the local peer is then removed), and with the errors of
+    /// [`Host::create`].
+    pub async fn create_unique(&self, id: &str) -> Result<Peer> {
+        let peer = self.create(id)?;
+        match peer.registered().await {
+            Ok(()) => Ok(peer),
+            Err(e) => {
+                let _ = self.remove(&peer);
+                Err(e)
+            }
+        }
     }
 
     /// A handle to the peer with this id on this host, if there is one.

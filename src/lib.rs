@@ -12,6 +12,7 @@
 //! - `protocol.rs`: wire types and the size-limited codec.
 //! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
 
+mod beat_chain;
 mod behaviour;
 #[doc(hidden)]
 pub mod bench_support;

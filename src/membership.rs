@@ -19,6 +19,7 @@ use libp2p::{identity::Keypair, identity::PublicKey, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    beat_chain::{verify as verify_beat, Anchor, Proved},
     directory::host_key,
     protocol::{Beat, SignedRecord},
 };
@@ -38,6 +39,9 @@ pub(crate) struct HostRecord {
     pub channels: Vec<String>,
     /// The host is leaving the network.
     pub leaving: bool,
+    /// The hash chain that proves this incarnation's heartbeat counters
+    /// (see [`crate::beat_chain`]).
+    pub anchor: Anchor,
 }
 
 impl HostRecord {
@@ -94,10 +98,25 @@ pub(crate) struct Member {
     pub signed: SignedRecord,
     /// The host's public key: checks what it signs (relayed requests).
     pub key: PublicKey,
-    /// Highest heartbeat counter heard for this incarnation.
-    pub beat: u64,
-    /// When `beat` last rose (or the record was first taken).
+    /// Highest heartbeat counter proved for this incarnation, and its proof.
+    pub proved: Proved,
+    /// The chain anchor of the current record.
+    pub anchor: Anchor,
+    /// When the counter last rose (or the record was first taken).
     pub last_heard: Instant,
+}
+
+impl Member {
+    /// Takes `new` if it proves a higher counter of the current chain
+    /// (within `budget` hashes): renews the lease. Returns whether it did.
+    fn raise(&mut self, new: &Proved, now: Instant, budget: &mut u64) -> bool {
+        if !self.anchor.covers(new.beat) || !verify_beat(&self.proved, new, budget) {
+            return false;
+        }
+        self.proved = *new;
+        self.last_heard = now;
+        true
+    }
 }
 
 /// A host dropped because its counter stopped rising.
@@ -105,7 +124,8 @@ pub(crate) struct Member {
 pub(crate) struct Lapsed {
     pub host: PeerId,
     pub epoch: u64,
-    pub beat: u64,
+    /// Its last proved counter.
+    pub proved: Proved,
 }
 
 /// What applying a record changed.
@@ -223,7 +243,8 @@ impl Membership {
             channels: r.channels.clone(),
             signed: v.signed.clone(),
             key: v.key.clone(),
-            beat: 0,
+            proved: r.anchor.proved(),
+            anchor: r.anchor,
             last_heard: now,
         };
         match self.members.get_mut(&v.host) {
@@ -235,28 +256,43 @@ impl Membership {
             Some(m) if (r.epoch, r.seq) <= (m.epoch, m.seq) => Change::None,
             Some(m) => {
                 let old_epoch = m.epoch;
-                let beat = if r.epoch == old_epoch { m.beat } else { 0 };
-                *m = Member { beat, ..member };
                 self.records_version += 1;
                 if r.epoch > old_epoch {
-                    Change::Restarted { old_epoch }
-                } else {
-                    Change::Updated
+                    *m = member;
+                    return Change::Restarted { old_epoch };
                 }
+                // A newer record of the same incarnation proves no life by
+                // itself (anyone may replay it): the lease stays as it was,
+                // and the counter goes on from the new chain's anchor if
+                // the host started one.
+                let (proved, last_heard) = if r.anchor == m.anchor {
+                    (m.proved, m.last_heard)
+                } else {
+                    (r.anchor.proved(), m.last_heard)
+                };
+                *m = Member {
+                    proved,
+                    last_heard,
+                    ..member
+                };
+                Change::Updated
             }
         }
     }
 
-    /// Takes heartbeat counter `beat` of incarnation `epoch` of `host`; a
-    /// counter higher than the one held renews the host's lease. Returns
-    /// whether it did.
-    pub fn heard(&mut self, host: &PeerId, epoch: u64, beat: u64, now: Instant) -> bool {
+    /// Takes heartbeat counter `proved` of incarnation `epoch` of `host`; a
+    /// proved counter higher than the one held renews the host's lease.
+    /// Returns whether it did.
+    pub fn heard(
+        &mut self,
+        host: &PeerId,
+        epoch: u64,
+        proved: &Proved,
+        now: Instant,
+        budget: &mut u64,
+    ) -> bool {
         match self.members.get_mut(host) {
-            Some(m) if m.epoch == epoch && beat > m.beat => {
-                m.beat = beat;
-                m.last_heard = now;
-                true
-            }
+            Some(m) if m.epoch == epoch => m.raise(proved, now, budget),
             _ => false,
         }
     }
@@ -265,15 +301,19 @@ impl Membership {
     /// that side's record of the host is older than ours, returns ours (and
     /// our counter) for it; else renews the lease if the counter rose. One
     /// key lookup and one member lookup per entry: digests list every host.
-    pub fn merge_beat(&mut self, b: &Beat, now: Instant) -> Option<(SignedRecord, u64)> {
+    pub fn merge_beat(
+        &mut self,
+        b: &Beat,
+        now: Instant,
+        budget: &mut u64,
+    ) -> Option<(SignedRecord, Proved)> {
         let host = self.by_key.get(&b.key)?;
         let m = self.members.get_mut(host)?;
         if (b.epoch, b.seq) < (m.epoch, m.seq) {
-            return Some((m.signed.clone(), m.beat));
+            return Some((m.signed.clone(), m.proved));
         }
-        if b.epoch == m.epoch && b.beat > m.beat {
-            m.beat = b.beat;
-            m.last_heard = now;
+        if b.epoch == m.epoch {
+            m.raise(&b.proved, now, budget);
         }
         None
     }
@@ -325,7 +365,7 @@ impl Membership {
 
     /// The heartbeat counters of every live host in key order (this host's
     /// own is `own_beat`): the body of a compact digest.
-    pub fn counters(&mut self, own_beat: u64) -> Vec<u64> {
+    pub fn counters(&mut self, own: Proved) -> Vec<Proved> {
         let local = self.local;
         self.sort_keys();
         self.sorted
@@ -333,9 +373,9 @@ impl Membership {
             .iter()
             .map(|(_, h)| {
                 if *h == local {
-                    own_beat
+                    own
                 } else {
-                    self.members.get(h).map_or(0, |m| m.beat)
+                    self.members.get(h).map_or(Proved::default(), |m| m.proved)
                 }
             })
             .collect()
@@ -344,20 +384,19 @@ impl Membership {
     /// Merges a compact digest of a host with the same view: renews the
     /// lease of every host whose counter rose. `false` (nothing taken) if
     /// it does not list every live host.
-    pub fn merge_counters(&mut self, counters: &[u64], now: Instant) -> bool {
+    pub fn merge_counters(&mut self, counters: &[Proved], now: Instant, budget: &mut u64) -> bool {
         let local = self.local;
         self.sort_keys();
         if counters.len() != self.sorted.1.len() {
             return false;
         }
-        for ((_, h), &beat) in self.sorted.1.iter().zip(counters) {
+        for ((_, h), proved) in self.sorted.1.iter().zip(counters) {
             if *h == local {
                 continue;
             }
             if let Some(m) = self.members.get_mut(h) {
-                if beat > m.beat {
-                    m.beat = beat;
-                    m.last_heard = now;
+                if proved.beat > m.proved.beat {
+                    m.raise(proved, now, budget);
                 }
             }
         }
@@ -400,7 +439,7 @@ impl Membership {
             .map(|(h, m)| Lapsed {
                 host: *h,
                 epoch: m.epoch,
-                beat: m.beat,
+                proved: m.proved,
             })
             .collect();
         for l in &gone {
@@ -462,7 +501,7 @@ impl Membership {
                 key: *key,
                 epoch: m.epoch,
                 seq: m.seq,
-                beat: m.beat,
+                proved: m.proved,
             })
         })
     }
@@ -472,8 +511,15 @@ impl Membership {
 pub(crate) mod tests {
     use super::*;
 
+    use crate::beat_chain::Chain;
+
     /// A verified record of `key`'s host (also used by the relay tests).
     pub(crate) fn record(key: &Keypair, epoch: u64, seq: u64, leaving: bool) -> Verified {
+        record_on(key, epoch, seq, leaving, Anchor::default())
+    }
+
+    /// A verified record of `key`'s host with a chain anchor.
+    fn record_on(key: &Keypair, epoch: u64, seq: u64, leaving: bool, anchor: Anchor) -> Verified {
         let r = HostRecord {
             public_key: key.public().encode_protobuf(),
             epoch,
@@ -481,6 +527,7 @@ pub(crate) mod tests {
             addrs: vec![],
             channels: vec![],
             leaving,
+            anchor,
         };
         verify(&r.sign(key).unwrap()).unwrap()
     }
@@ -495,6 +542,7 @@ pub(crate) mod tests {
             addrs: vec![],
             channels: vec![],
             leaving: true,
+            anchor: Anchor::default(),
         };
         let mut forged = r.sign(&b).unwrap();
         assert!(verify(&forged).is_none());
@@ -524,24 +572,35 @@ pub(crate) mod tests {
     }
 
     /// A membership that knows one other host (record `epoch`, `seq`,
-    /// taken now): the membership, that host and when.
-    fn one_member(epoch: u64, seq: u64) -> (Membership, PeerId, Instant) {
+    /// taken now): the membership, that host, when, and the host's chain.
+    fn one_member(epoch: u64, seq: u64) -> (Membership, PeerId, Instant, Chain) {
         let mut m = Membership::new(PeerId::random());
         let k = Keypair::generate_ed25519();
         let t0 = Instant::now();
-        m.apply(&record(&k, epoch, seq, false), t0, Duration::from_secs(1));
-        (m, k.public().to_peer_id(), t0)
+        let chain = Chain::new(0);
+        let r = record_on(&k, epoch, seq, false, chain.anchor());
+        m.apply(&r, t0, Duration::from_secs(1));
+        (m, k.public().to_peer_id(), t0, chain)
     }
 
+    const BUDGET: u64 = 1 << 20;
+
     #[test]
-    fn only_a_rising_counter_of_the_same_incarnation_renews_the_lease() {
-        let (mut m, host, t0) = one_member(5, 1);
+    fn only_a_rising_proved_counter_of_the_same_incarnation_renews_the_lease() {
+        let (mut m, host, t0, chain) = one_member(5, 1);
+        let p = |beat| chain.prove(beat).unwrap();
+        let b = &mut BUDGET.clone();
         assert_eq!(m.host_of_key(host_key(&host)), Some(host));
         let later = t0 + Duration::from_secs(2);
-        assert!(m.heard(&host, 5, 3, later));
-        assert!(!m.heard(&host, 5, 3, later), "same counter again");
-        assert!(!m.heard(&host, 5, 2, later), "older counter");
-        assert!(!m.heard(&host, 4, 9, later), "other incarnation");
+        assert!(m.heard(&host, 5, &p(3), later, b));
+        assert!(!m.heard(&host, 5, &p(3), later, b), "same counter again");
+        assert!(!m.heard(&host, 5, &p(2), later, b), "older counter");
+        assert!(!m.heard(&host, 4, &p(9), later, b), "other incarnation");
+        let forged = Proved {
+            beat: u64::MAX,
+            proof: p(3).proof,
+        };
+        assert!(!m.heard(&host, 5, &forged, later, b), "unproved counter");
         let d: Vec<Beat> = m.digest().collect();
         assert_eq!(
             d,
@@ -549,7 +608,7 @@ pub(crate) mod tests {
                 key: host_key(&host),
                 epoch: 5,
                 seq: 1,
-                beat: 3
+                proved: p(3),
             }]
         );
         // Renewed at `later`: live half a second after it, lapsed two after.
@@ -561,7 +620,7 @@ pub(crate) mod tests {
             vec![Lapsed {
                 host,
                 epoch: 5,
-                beat: 3
+                proved: p(3),
             }]
         );
         assert_eq!(m.host_of_key(host_key(&host)), None);
@@ -569,34 +628,50 @@ pub(crate) mod tests {
 
     #[test]
     fn a_digest_entry_renews_the_lease_or_gets_our_newer_record() {
-        let (mut m, host, t0) = one_member(5, 2);
+        let (mut m, host, t0, chain) = one_member(5, 2);
         let later = t0 + Duration::from_secs(2);
+        let bu = &mut BUDGET.clone();
         let beat = |epoch, seq, beat| Beat {
             key: host_key(&host),
             epoch,
             seq,
-            beat,
+            proved: chain.prove(beat).unwrap(),
         };
         // Same record, higher counter: renewed, nothing to send.
-        assert_eq!(m.merge_beat(&beat(5, 2, 7), later), None);
+        assert_eq!(m.merge_beat(&beat(5, 2, 7), later, bu), None);
         assert_eq!(
-            m.get(&host).map(|h| (h.beat, h.last_heard)),
+            m.get(&host).map(|h| (h.proved.beat, h.last_heard)),
             Some((7, later))
         );
         // An older record there: ours goes back, with our counter.
-        let (rec, b) = m.merge_beat(&beat(5, 1, 9), later).expect("ours is newer");
+        let (rec, b) = m
+            .merge_beat(&beat(5, 1, 9), later, bu)
+            .expect("ours is newer");
         assert_eq!(
-            (rec, b),
+            (rec, b.beat),
             (m.get(&host).map(|h| h.signed.clone()).expect("member"), 7)
         );
         // Another incarnation's counter does not renew; unknown keys are skipped.
-        assert_eq!(m.merge_beat(&beat(6, 1, 99), later), None);
-        assert_eq!(m.get(&host).map(|h| h.beat), Some(7));
-        let stranger = Beat {
-            key: 42,
+        assert_eq!(m.merge_beat(&beat(6, 1, 99), later, bu), None);
+        assert_eq!(m.get(&host).map(|h| h.proved.beat), Some(7));
+        // An inflated counter is not taken, and the real one still renews.
+        let inflated = Beat {
+            proved: Proved {
+                beat: u64::MAX,
+                proof: [0; 16],
+            },
             ..beat(5, 2, 8)
         };
-        assert_eq!(m.merge_beat(&stranger, later), None);
+        let at = later + Duration::from_secs(1);
+        assert_eq!(m.merge_beat(&inflated, at, bu), None);
+        assert_eq!(m.get(&host).map(|h| h.last_heard), Some(later));
+        assert_eq!(m.merge_beat(&beat(5, 2, 8), at, bu), None);
+        assert_eq!(m.get(&host).map(|h| h.last_heard), Some(at));
+        let stranger = Beat {
+            key: 42,
+            ..beat(5, 2, 9)
+        };
+        assert_eq!(m.merge_beat(&stranger, later, bu), None);
     }
 
     #[test]
@@ -614,33 +689,38 @@ pub(crate) mod tests {
             kc.public().to_peer_id(),
         );
         let (t0, lease) = (Instant::now(), Duration::from_secs(1));
+        let (ca, cb, cc) = (Chain::new(0), Chain::new(0), Chain::new(0));
+        let rec = |k, e, s, c: &Chain| record_on(k, e, s, false, c.anchor());
         let mut ma = Membership::new(a);
-        ma.apply(&record(&kc, 3, 1, false), t0, lease);
-        ma.apply(&record(&kb, 2, 1, false), t0, lease);
+        ma.apply(&rec(&kc, 3, 1, &cc), t0, lease);
+        ma.apply(&rec(&kb, 2, 1, &cb), t0, lease);
         let mut mb = Membership::new(b);
-        mb.apply(&record(&ka, 1, 1, false), t0, lease);
-        mb.apply(&record(&kc, 3, 1, false), t0, lease);
+        mb.apply(&rec(&ka, 1, 1, &ca), t0, lease);
+        mb.apply(&rec(&kc, 3, 1, &cc), t0, lease);
         assert_eq!(ma.view(1, 1), mb.view(2, 1));
         // Another own record version, or a newer record of c: another view.
         assert_ne!(ma.view(1, 2), mb.view(2, 1));
         let v = ma.view(1, 1);
-        mb.apply(&record(&kc, 3, 2, false), t0, lease);
+        mb.apply(&rec(&kc, 3, 2, &cc), t0, lease);
         assert_ne!(mb.view(2, 1), v, "c's newer record changes b's view");
-        ma.apply(&record(&kc, 3, 2, false), t0, lease);
+        ma.apply(&rec(&kc, 3, 2, &cc), t0, lease);
         assert_eq!(ma.view(1, 1), mb.view(2, 1));
 
         // a's counters (its own is 7, c's 4) renew b's leases of a and c.
-        ma.heard(&c, 3, 4, t0);
-        let counters = ma.counters(7);
+        let bu = &mut BUDGET.clone();
+        ma.heard(&c, 3, &cc.prove(4).unwrap(), t0, bu);
+        let counters = ma.counters(ca.prove(7).unwrap());
         assert_eq!(counters.len(), 3);
         let later = t0 + Duration::from_millis(800);
-        assert!(mb.merge_counters(&counters, later));
-        assert_eq!(mb.get(&a).map(|m| (m.beat, m.last_heard)), Some((7, later)));
-        assert_eq!(mb.get(&c).map(|m| (m.beat, m.last_heard)), Some((4, later)));
+        assert!(mb.merge_counters(&counters, later, bu));
+        let seen = |m: &Membership, h| m.get(h).map(|m| (m.proved.beat, m.last_heard));
+        assert_eq!(seen(&mb, &a), Some((7, later)));
+        assert_eq!(seen(&mb, &c), Some((4, later)));
         // Lower counters renew nothing; a list of the wrong length is refused.
-        assert!(mb.merge_counters(&[0, 0, 0], later + lease));
+        let zeros = [Proved::default(); 3];
+        assert!(mb.merge_counters(&zeros, later + lease, bu));
         assert_eq!(mb.get(&a).map(|m| m.last_heard), Some(later));
-        assert!(!mb.merge_counters(&counters[..2], later));
+        assert!(!mb.merge_counters(&counters[..2], later, bu));
         // c lapses at b: b's view changes.
         let before = mb.view(2, 1);
         assert_eq!(mb.expire(later + lease + lease, lease).len(), 2);
@@ -649,7 +729,7 @@ pub(crate) mod tests {
 
     #[test]
     fn time_this_host_was_held_up_does_not_count_against_leases() {
-        let (mut m, host, t0) = one_member(1, 1);
+        let (mut m, host, t0, _) = one_member(1, 1);
         let lease = Duration::from_secs(1);
         // Held up for 800 ms just before the lease would lapse: the host
         // has 800 ms more.
@@ -658,7 +738,7 @@ pub(crate) mod tests {
         assert!(m.expire(t0 + Duration::from_millis(1500), lease).is_empty());
         assert_eq!(m.expire(t0 + Duration::from_millis(1900), lease).len(), 1);
         // Never beyond now: an excuse cannot put a host in the future.
-        let (mut m, host2, t0) = one_member(1, 1);
+        let (mut m, host2, t0, _) = one_member(1, 1);
         m.excuse(Duration::from_secs(60), t0);
         assert_eq!(m.get(&host2).map(|h| h.last_heard), Some(t0));
         assert_ne!(host, host2);

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     command::Command,
     error::{Error, Result},
-    event_loop::{messaging::push_local, PendingSend},
+    event_loop::{messaging::push_local, ownership::RegStatus, PendingSend},
     host::{validate_id, Host},
     inbox::PeerSlot,
     message::{Message, Payload},
@@ -173,7 +173,42 @@ impl Peer {
     pub fn pending(&self) -> usize {
         self.slot.len()
     }
+
+    /// Waits until the directory resolves this peer's id to its host on
+    /// every holder: from then on, any host finds it.
+    ///
+    /// An id belongs to the first live host that registered it. If another
+    /// host holds it, this peer is removed (its receivers end) and this
+    /// fails with [`Error::IdTaken`] naming that host; a duplicate never
+    /// takes the first's messages. Fails with [`Error::PeerNotFound`] if
+    /// the peer was removed, and [`Error::Timeout`] if the holders do not
+    /// all confirm within twice the configured `request_timeout`.
+    pub async fn registered(&self) -> Result<()> {
+        let host = self.host();
+        let wait = host.config().request_timeout * 2;
+        let deadline = tokio::time::Instant::now() + wait;
+        let id = self.id().to_string();
+        loop {
+            let asked = id.clone();
+            let status = host
+                .call(|reply| Command::Registration { id: asked, reply })
+                .await?;
+            match status {
+                RegStatus::Registered => return Ok(()),
+                RegStatus::Lost(owner) => return Err(Error::IdTaken { id, host: owner }),
+                RegStatus::Removed => return Err(Error::PeerNotFound(id)),
+                RegStatus::Pending => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(REGISTRATION_POLL).await;
+        }
+    }
 }
+
+/// How often [`Peer::registered`] asks the holders again.
+const REGISTRATION_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How a send started.
 enum Started {

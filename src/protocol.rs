@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -161,7 +161,7 @@ pub(crate) enum Request {
     Beats(Digest),
     /// Membership records the receiver was seen to lack, each with the
     /// newest heartbeat counter the sender knows for it.
-    Records(Vec<(SignedRecord, u64)>),
+    Records(Vec<(SignedRecord, crate::beat_chain::Proved)>),
     /// Requests of other hosts carried through this one (see
     /// [`crate::overlay`]): each is forwarded if it is for another host
     /// (those for one host go on together), handled as its origin's own if
@@ -219,8 +219,9 @@ pub(crate) struct Beat {
     pub epoch: u64,
     /// Its current membership record's sequence number.
     pub seq: u64,
-    /// Its heartbeat counter, raised once per heartbeat interval.
-    pub beat: u64,
+    /// Its heartbeat counter, raised once per heartbeat interval, with
+    /// the proof that the host itself raised it.
+    pub proved: crate::beat_chain::Proved,
 }
 
 /// A liveness digest: the sender's view fingerprint
@@ -241,8 +242,8 @@ pub(crate) enum DigestBody {
     /// sender first.
     Full(Vec<Beat>),
     /// Counters only, one per live host in key order, for a receiver with
-    /// the same view (a tenth of the bytes, and no key look-ups).
-    Counters(Vec<u64>),
+    /// the same view (a third of the bytes, and no key look-ups).
+    Counters(Vec<crate::beat_chain::Proved>),
 }
 
 /// Per-message outcome of a delivery.
@@ -265,8 +266,15 @@ pub(crate) struct WireLocation {
 pub(crate) enum Response {
     /// One ack per envelope, in order.
     Delivered(Vec<Ack>),
-    /// Directory changes applied.
+    /// Done (a resync).
     DirectoryOk,
+    /// Directory changes applied, but for these: ids another live host
+    /// holds (with that host's peer id bytes), and how many registrations
+    /// were refused because the holder's store is full.
+    DirectoryApplied {
+        conflicts: Vec<(String, Vec<u8>)>,
+        full: u32,
+    },
     /// Answer to a lookup.
     Location(Option<WireLocation>),
     /// Answer to a join: the membership the receiver knows.
@@ -277,7 +285,7 @@ pub(crate) enum Response {
     /// records the sender was seen to lack.
     Beats {
         beats: Digest,
-        records: Vec<(SignedRecord, u64)>,
+        records: Vec<(SignedRecord, crate::beat_chain::Proved)>,
     },
     /// Records taken.
     RecordsOk,
@@ -287,7 +295,33 @@ pub(crate) enum Response {
     /// it as relayed: the reason.
     RelayFailed(String),
     /// The answers to a [`Request::Relay`], one per request, in order.
-    Relayed(Vec<Response>),
+    /// Relayed requests are never relayed again, so an answer inside is
+    /// never `Relayed` itself: decoding refuses a nested one, which keeps
+    /// the decoder's recursion at two levels whatever a remote host sends.
+    Relayed(#[serde(deserialize_with = "one_level")] Vec<Response>),
+}
+
+thread_local! {
+    /// Set while the answers inside a [`Response::Relayed`] decode.
+    static IN_RELAYED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes the answers of a [`Response::Relayed`], refusing one nested in
+/// another: postcard has no depth limit, and ~50k nested answers (100 KB)
+/// overflowed the stack and aborted the process.
+fn one_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Response>, D::Error> {
+    /// Clears the flag however decoding ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_RELAYED.with(|f| f.set(false));
+        }
+    }
+    if IN_RELAYED.with(|f| f.replace(true)) {
+        return Err(serde::de::Error::custom("a relayed answer inside a relayed answer"));
+    }
+    let _reset = Reset;
+    Vec::<Response>::deserialize(d)
 }
 
 /// Counters of rejected inbound frames, shared by all codec instances of a host.
@@ -520,6 +554,56 @@ mod tests {
         });
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
         assert_eq!(c.stats.rejected_frames(), 1);
+    }
+
+    /// ~50k nested relayed answers in about 100 KB: the decode must refuse
+    /// them, not overflow the stack. Run in a child process (this test
+    /// binary again, filtered to this test) so that an abort shows as a
+    /// failed test instead of a lost test binary.
+    #[test]
+    fn a_nested_relayed_answer_does_not_abort_the_process() {
+        const CHILD: &str = "DISTRIBUS_NESTED_RELAYED_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let relayed = {
+                let probe = postcard::to_allocvec(&Response::Relayed(vec![])).unwrap();
+                probe[0]
+            };
+            let mut body = Vec::new();
+            for _ in 0..50_000 {
+                body.extend([relayed, 1]);
+            }
+            body.extend(postcard::to_allocvec(&Response::DirectoryOk).unwrap());
+            let stats = WireStats::default();
+            // A worker thread's stack, not the main thread's 8 MiB.
+            let r = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || decode_counted::<Response>(&body, &stats).map(|_| ()))
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+            // One level still decodes.
+            let ok = Response::Relayed(vec![Response::DirectoryOk, Response::RecordsOk]);
+            let back: Response = decode_frame(&postcard::to_allocvec(&ok).unwrap()).unwrap();
+            assert!(matches!(back, Response::Relayed(v) if v.len() == 2));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "protocol::tests::a_nested_relayed_answer_does_not_abort_the_process",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the decode failed in the child: {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub(crate) struct Counters {
     pub lane_sends: AtomicU64,
     pub relay_bundles: AtomicU64,
     pub leases_lapsed: AtomicU64,
+    pub ids_lost: AtomicU64,
+    pub registrations_refused: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -117,6 +119,12 @@ pub struct Stats {
     pub relay_bundles: u64,
     /// Hosts this host dropped because their lease lapsed.
     pub leases_lapsed: u64,
+    /// Local peers removed because another live host had registered their
+    /// id first.
+    pub ids_lost: u64,
+    /// Registrations of local peers that holders refused because their
+    /// directory store was full.
+    pub registrations_refused: u64,
 }
 
 #[derive(Debug)]
@@ -208,6 +216,8 @@ impl Shared {
             lane_sends: r(&c.lane_sends),
             relay_bundles: r(&c.relay_bundles),
             leases_lapsed: r(&c.leases_lapsed),
+            ids_lost: r(&c.ids_lost),
+            registrations_refused: r(&c.registrations_refused),
         }
     }
 }

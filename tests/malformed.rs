@@ -5,7 +5,7 @@ mod common;
 
 use std::{io, time::Duration};
 
-use common::*;
+use common::{raw::*, *};
 use distribus::HostConfig;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
@@ -15,86 +15,6 @@ use libp2p::{
     swarm::SwarmEvent,
     yamux, StreamProtocol, SwarmBuilder, Transport,
 };
-
-/// A codec that writes whatever bytes it is given, unframed.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 20).read_to_end(&mut v).await?;
-        Ok(v)
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 20).read_to_end(&mut v).await?;
-        if v.is_empty() {
-            // The victim closed the stream without an answer.
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(v)
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&res).await?;
-        io.close().await
-    }
-}
-
-/// A bare libp2p swarm speaking the distribus request protocol with
-/// [`RawCodec`]: it sends whatever bytes a test gives it.
-fn raw_client() -> libp2p::Swarm<request_response::Behaviour<RawCodec>> {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            Ok(MemoryTransport::default()
-                .upgrade(upgrade::Version::V1)
-                .authenticate(noise::Config::new(k)?)
-                .multiplex(yamux::Config::default()))
-        })
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(
-                    StreamProtocol::try_from_owned(format!(
-                        "/distribus/distribus/rpc/{}",
-                        distribus::PROTOCOL_VERSION
-                    ))
-                    .unwrap(),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
-        .unwrap()
-        .build()
-}
 
 /// Hosts with small frame and message limits (64 KiB, 32 KiB).
 fn small_frames() -> HostConfig {

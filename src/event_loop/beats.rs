@@ -26,10 +26,11 @@
 //! even where links form separate clusters. Digests do not count as use of
 //! a link for the link budget.
 //!
-//! Trust: records still carry their host's signature and cannot be forged.
-//! Counters are taken from any member over its authenticated link: a member
-//! could keep a dead host looking alive, but never add, change or remove
-//! another host's record.
+//! Trust: records carry their host's signature and cannot be forged, and
+//! every counter carries a proof from its host's hash chain
+//! ([`crate::beat_chain`]): a member can neither raise another host's
+//! counter (to evict it: its real counter would never rise again) nor keep
+//! a dead host's counter rising. Digests are taken from members only.
 
 use std::time::Instant;
 
@@ -37,7 +38,10 @@ use libp2p::{request_response::OutboundFailure, PeerId};
 use rand::seq::SliceRandom;
 
 use super::{members::Source, EventLoop, Pending};
-use crate::protocol::{Beat, Digest, DigestBody, Request, Response, SignedRecord};
+use crate::{
+    beat_chain::{Chain, Proved},
+    protocol::{Beat, Digest, DigestBody, Request, Response, SignedRecord},
+};
 
 /// Hosts each digest exchange round talks to.
 pub(super) const FANOUT: usize = 3;
@@ -55,11 +59,28 @@ const SUSPECT_AFTER: f64 = 0.6;
 const MAX_PROBES: usize = 64;
 /// Most other hosts' views remembered (to choose the digest form).
 const MAX_PEER_VIEWS: usize = 4096;
+/// Hashes one digest may cost to check its counters' proofs: a fixed part
+/// plus a part per entry. An honest entry costs one or two (its counter
+/// rose by one or two since the last digest); a lying one cannot make a
+/// host hash more than this.
+const HASHES_PER_DIGEST: u64 = 4096;
+const HASHES_PER_ENTRY: u64 = 16;
+
+/// The hash budget for checking a digest of `entries` entries.
+fn hash_budget(entries: usize) -> u64 {
+    HASHES_PER_DIGEST + HASHES_PER_ENTRY * entries as u64
+}
 
 impl EventLoop {
     /// One heartbeat: raise the counter and exchange digests.
     pub(super) fn heartbeat(&mut self) {
         self.beat += 1;
+        if !self.chain.anchor().covers(self.beat) {
+            // The chain ran out: a new one, whose tip proves this counter,
+            // goes out in a new record.
+            self.chain = Chain::new(self.beat);
+            self.announce();
+        }
         let targets = self.beat_targets();
         if targets.is_empty() {
             return;
@@ -117,7 +138,7 @@ impl EventLoop {
     fn compact_digest(&mut self, view: u64) -> Digest {
         Digest {
             view,
-            body: DigestBody::Counters(self.membership.counters(self.beat)),
+            body: DigestBody::Counters(self.membership.counters(self.own_proved())),
         }
     }
 
@@ -156,7 +177,7 @@ impl EventLoop {
             key: self.own_key,
             epoch: self.epoch,
             seq: self.seq,
-            beat: self.beat,
+            proved: self.own_proved(),
         };
         let mut out = Vec::with_capacity(self.membership.len());
         out.push(own);
@@ -164,10 +185,17 @@ impl EventLoop {
         out
     }
 
+    /// This host's counter with its proof.
+    pub(super) fn own_proved(&self) -> Proved {
+        // The chain covers the counter: `heartbeat` starts a new one first.
+        self.chain.prove(self.beat).unwrap_or_else(|| self.chain.anchor().proved())
+    }
+
     /// Takes a digest from `from`: renews leases whose counters rose and
     /// returns the records `from` lacks.
-    fn merge_digest(&mut self, from: PeerId, beats: &[Beat]) -> Vec<(SignedRecord, u64)> {
+    fn merge_digest(&mut self, from: PeerId, beats: &[Beat]) -> Vec<(SignedRecord, Proved)> {
         let now = Instant::now();
+        let mut budget = hash_budget(beats.len());
         let mut listed: foldhash::HashSet<u64> = foldhash::HashSet::with_capacity_and_hasher(
             beats.len().min(MAX_DIGEST),
             Default::default(),
@@ -178,14 +206,14 @@ impl EventLoop {
             if b.key == self.own_key {
                 if (b.epoch, b.seq) < (self.epoch, self.seq) {
                     if let Some(own) = self.own_signed() {
-                        lacks.push((own, self.beat));
+                        lacks.push((own, self.own_proved()));
                     }
                 }
                 continue;
             }
             // A host unknown here is skipped: `from` sends its record when
             // it reads our digest, which does not list it.
-            lacks.extend(self.membership.merge_beat(b, now));
+            lacks.extend(self.membership.merge_beat(b, now, &mut budget));
         }
         for (key, h) in self.membership.keys().iter().skip(1) {
             if lacks.len() >= MAX_RECORDS {
@@ -195,12 +223,12 @@ impl EventLoop {
                 continue;
             }
             if let Some(m) = self.membership.get(h) {
-                lacks.push((m.signed.clone(), m.beat));
+                lacks.push((m.signed.clone(), m.proved));
             }
         }
         if !listed.contains(&self.own_key) {
             if let Some(own) = self.own_signed() {
-                lacks.push((own, self.beat));
+                lacks.push((own, self.own_proved()));
             }
         }
         lacks.truncate(MAX_RECORDS);
@@ -213,7 +241,12 @@ impl EventLoop {
         self.note_view(peer, digest.view);
         let records = match digest.body {
             DigestBody::Counters(c)
-                if digest.view == view && self.membership.merge_counters(&c, Instant::now()) =>
+                if digest.view == view
+                    && self.membership.merge_counters(
+                        &c,
+                        Instant::now(),
+                        &mut hash_budget(c.len()),
+                    ) =>
             {
                 Vec::new()
             }
@@ -264,7 +297,8 @@ impl EventLoop {
             }
             DigestBody::Counters(c) => {
                 if beats.view == self.own_view() {
-                    self.membership.merge_counters(&c, Instant::now());
+                    let mut budget = hash_budget(c.len());
+                    self.membership.merge_counters(&c, Instant::now(), &mut budget);
                 }
             }
         }
@@ -299,9 +333,9 @@ impl EventLoop {
     }
 
     /// Applies records pushed by a digest exchange.
-    pub(super) fn take_records(&mut self, records: Vec<(SignedRecord, u64)>) {
-        for (r, beat) in records.iter().take(MAX_RECORDS) {
-            self.apply_signed(r, Source::Synced(*beat));
+    pub(super) fn take_records(&mut self, records: Vec<(SignedRecord, Proved)>) {
+        for (r, proved) in records.iter().take(MAX_RECORDS) {
+            self.apply_signed(r, Source::Synced(*proved));
         }
     }
 }

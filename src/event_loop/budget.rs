@@ -61,7 +61,9 @@ impl EventLoop {
                 | Pending::Join { host }
                 | Pending::Beats { host, .. }
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
-                Pending::Leave | Pending::Resync | Pending::Records => None,
+                Pending::Leave | Pending::Resync | Pending::Records | Pending::RegCheck { .. } => {
+                    None
+                }
             })
             .chain(streaming)
             .collect()

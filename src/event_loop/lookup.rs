@@ -111,9 +111,12 @@ impl EventLoop {
 
     /// Gives `holder` these operations: applied at once if it is this
     /// host, else queued behind what waits for it and sent when it can.
-    fn send_dir_ops(&mut self, holder: PeerId, ops: Vec<DirOp>) {
+    pub(super) fn send_dir_ops(&mut self, holder: PeerId, ops: Vec<DirOp>) {
         if holder == self.local() {
-            self.store.apply(holder, self.epoch, ops);
+            let applied = self.store.apply(holder, self.epoch, ops);
+            if !applied.conflicts.is_empty() {
+                self.on_conflicts(applied.conflicts);
+            }
         } else {
             self.dir_links.entry(holder).or_default().queue.extend(ops);
             self.flush_dir_link(holder);
@@ -162,12 +165,28 @@ impl EventLoop {
             self.flush_waiting_dir_links(holder);
         }
         let still_member = self.membership.contains(&holder);
+        if let Ok(Response::DirectoryApplied { conflicts, full }) = &result {
+            if *full > 0 {
+                tracing::warn!(%holder, refused = full, "a holder's directory is full");
+                self.shared
+                    .counters
+                    .registrations_refused
+                    .fetch_add(u64::from(*full), std::sync::atomic::Ordering::Relaxed);
+            }
+            let conflicts: Vec<(Arc<str>, PeerId)> = conflicts
+                .iter()
+                .filter_map(|(id, h)| Some((Arc::from(id.as_str()), PeerId::from_bytes(h).ok()?)))
+                .collect();
+            if !conflicts.is_empty() {
+                self.on_conflicts(conflicts);
+            }
+        }
         let Some(link) = self.dir_links.get_mut(&holder) else {
             return;
         };
         link.in_flight = false;
         match result {
-            Ok(Response::DirectoryOk) => {}
+            Ok(Response::DirectoryOk | Response::DirectoryApplied { .. }) => {}
             other => {
                 tracing::debug!(%holder, result = ?other.err(), "directory batch failed");
                 if still_member {
@@ -308,14 +327,12 @@ impl EventLoop {
         );
     }
 
-    /// `find`: where does this peer live?
+    /// `find`: where does this peer live? Asks the holders, not the
+    /// cache: the cache serves sends, whose failures correct it, while a
+    /// find must not report a peer where it no longer is.
     pub(super) fn find(&mut self, id: String, reply: oneshot::Sender<Result<Location>>) {
-        if self.shared.registry.get(&id).is_some() {
+        if self.shared.registry.get(&id).is_some() && !self.ownership.is_contested(&id) {
             let _ = reply.send(Ok(self.location_of(self.local())));
-            return;
-        }
-        if let Some(host) = self.cache.get(id.as_str()).copied() {
-            let _ = reply.send(Ok(self.location_of(host)));
             return;
         }
         self.start_lookup(id, Waiter::Find(reply));
@@ -538,12 +555,14 @@ impl EventLoop {
     /// A holder's answer to a lookup.
     pub(super) fn answer_lookup(&self, id: &str) -> Response {
         let local = self.local();
-        let host = if self.shared.registry.get(id).is_some() {
-            Some(local)
-        } else {
-            self.store
-                .lookup(id)
-                .filter(|h| self.membership.contains(h))
+        let ours = || self.shared.registry.get(id).is_some() && !self.ownership.is_contested(id);
+        let host = match self.store.lookup(id) {
+            // Never for a peer of ours that is gone (its withdrawal may
+            // still be on its way to the other holders).
+            Some(h) if h == local => ours().then_some(local),
+            // The first live host to register the id, not a local duplicate.
+            Some(h) => self.membership.contains(&h).then_some(h),
+            None => ours().then_some(local),
         };
         Response::Location(host.map(|h| {
             let loc = self.location_of(h);

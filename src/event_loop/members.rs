@@ -19,6 +19,7 @@ use crate::{
     membership::{verify, verify_unless, Change, HostRecord, Verified},
     protocol::{identify_version, Request, Response, SignedRecord},
 };
+use crate::beat_chain::Proved;
 
 /// How long a leaving host waits for the others to acknowledge.
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
@@ -43,13 +44,14 @@ pub(crate) struct JoinState {
 /// Where a membership record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
-    /// Straight from a host (join snapshot, leave): spread it by gossip.
-    Direct,
+    /// Straight from a host (join snapshot, leave), named: spread it by
+    /// gossip.
+    Direct(PeerId),
     /// From membership gossip: gossipsub spreads it on.
     Gossip,
-    /// From a heartbeat digest exchange, with the newest counter the sender
-    /// knows for it.
-    Synced(u64),
+    /// From a heartbeat digest exchange, with the newest proved counter
+    /// the sender knows for it.
+    Synced(Proved),
 }
 
 /// A joined host that we redial when its connection drops.
@@ -226,7 +228,7 @@ impl EventLoop {
         let outcome = match result {
             Ok(Response::Members(records)) => {
                 for r in &records {
-                    self.apply_signed(r, Source::Direct);
+                    self.apply_signed(r, Source::Direct(host));
                 }
                 Ok(host)
             }
@@ -269,7 +271,7 @@ impl EventLoop {
 
     pub(super) fn on_join_request(&mut self, peer: PeerId, records: Vec<SignedRecord>) -> Response {
         for r in &records {
-            self.apply_signed(r, Source::Direct);
+            self.apply_signed(r, Source::Direct(peer));
         }
         tracing::debug!(%peer, "host joined through us");
         self.joiners.insert(peer);
@@ -283,7 +285,7 @@ impl EventLoop {
     pub(super) fn on_leave_request(&mut self, peer: PeerId, record: SignedRecord) -> Response {
         match verify(&record) {
             Some(v) if v.host == peer && v.record.leaving => {
-                self.apply_verified(v, Source::Direct);
+                self.apply_verified(v, Source::Direct(peer));
                 Response::LeaveOk
             }
             _ => Response::Refused("not the sender's own leaving record".into()),
@@ -302,11 +304,17 @@ impl EventLoop {
         let mut known = false;
         let (membership, lapsed) = (&self.membership, &self.lapsed);
         match verify_unless(r, |h, rec| {
-            // A synced record of a host that lapsed here comes back only
-            // with a counter that rose since: else a host still trusting a
-            // dead one would revive it here again and again.
+            // A host that lapsed here comes back in the same incarnation
+            // only with a counter proved since (or by joining again itself):
+            // else a host still trusting a dead one (or lying) would revive
+            // it here again and again.
             let stale = match (source, lapsed.get(h)) {
-                (Source::Synced(beat), Some(&(epoch, last))) => rec.epoch == epoch && beat <= last,
+                (Source::Synced(p), Some((epoch, last))) => {
+                    let mut budget = crate::beat_chain::CHAIN_LEN;
+                    rec.epoch == *epoch && !crate::beat_chain::verify(last, &p, &mut budget)
+                }
+                (Source::Direct(from), Some((epoch, _))) if from != *h => rec.epoch == *epoch,
+                (Source::Gossip, Some((epoch, _))) => rec.epoch == *epoch,
                 _ => false,
             };
             known = stale || membership.knows(h, rec);
@@ -315,8 +323,10 @@ impl EventLoop {
             Some(v) => {
                 let (host, epoch) = (v.host, v.record.epoch);
                 self.apply_verified(v, source);
-                if let Source::Synced(beat) = source {
-                    self.membership.heard(&host, epoch, beat, Instant::now());
+                if let Source::Synced(p) = source {
+                    let mut budget = crate::beat_chain::CHAIN_LEN;
+                    self.membership
+                        .heard(&host, epoch, &p, Instant::now(), &mut budget);
                 }
             }
             None if known => {}
@@ -370,7 +380,7 @@ impl EventLoop {
                 self.forget_locations(host);
             }
         }
-        if source == Source::Direct {
+        if matches!(source, Source::Direct(_)) {
             // Spread what we learned directly, so the whole network hears it.
             self.gossip_record(v.signed);
         }
@@ -392,7 +402,7 @@ impl EventLoop {
             crate::shared::bump(&self.shared.counters.leases_lapsed);
             self.host_gone(host);
             if self.lapsed.len() < MAX_LAPSED {
-                self.lapsed.insert(host, (gone.epoch, gone.beat));
+                self.lapsed.insert(host, (gone.epoch, gone.proved));
             }
             // A joined host is redialled and keeps its cached locations until
             // the reconnect timeout; any other lapsed host is gone for good.
@@ -427,6 +437,7 @@ impl EventLoop {
                 .collect(),
             channels,
             leaving,
+            anchor: self.chain.anchor(),
         };
         record.sign(&self.key)
     }

@@ -18,6 +18,7 @@ mod channels;
 mod lookup;
 mod members;
 pub(crate) mod messaging;
+pub(crate) mod ownership;
 mod relay;
 
 use std::{
@@ -100,6 +101,10 @@ enum Pending {
         compact: bool,
     },
     Records,
+    /// A lookup of a registration check (see `ownership`).
+    RegCheck {
+        check: u64,
+    },
     /// A bundle of relayed requests sent to `via` (ours, or others' this
     /// host forwards): one slot per request.
     RelayBundle {
@@ -182,10 +187,12 @@ pub(crate) struct EventLoop {
     rejoin: HashMap<PeerId, members::Rejoin>,
     /// Hosts whose lease lapsed here (their entries were dropped); if one
     /// turns out alive, it is asked to register its entries again.
-    /// The incarnation and last counter each was dropped with.
-    lapsed: HashMap<PeerId, (u64, u64)>,
+    /// The incarnation and last proved counter each was dropped with.
+    lapsed: HashMap<PeerId, (u64, crate::beat_chain::Proved)>,
     /// This host's heartbeat counter.
     beat: u64,
+    /// The hash chain that proves it (see [`crate::beat_chain`]).
+    chain: crate::beat_chain::Chain,
     /// This host's key, and its record as last announced.
     own_key: u64,
     own_signed: Option<crate::protocol::SignedRecord>,
@@ -215,6 +222,9 @@ pub(crate) struct EventLoop {
     // relay
     overlay: relay::OverlayState,
     relays: relay::RelayQueues,
+
+    // ownership
+    ownership: ownership::Ownership,
 }
 
 impl EventLoop {
@@ -303,6 +313,7 @@ impl EventLoop {
             rejoin: HashMap::new(),
             lapsed: HashMap::new(),
             beat: 0,
+            chain: crate::beat_chain::Chain::new(0),
             own_key: crate::directory::host_key(&local),
             own_signed: None,
             next_heartbeat: Instant::now(),
@@ -318,6 +329,7 @@ impl EventLoop {
             next_trim: Instant::now(),
             overlay: Default::default(),
             relays: Default::default(),
+            ownership: Default::default(),
             shared,
         };
         this.rebalanced = this.membership.keys().to_vec();
@@ -570,6 +582,7 @@ impl EventLoop {
             Command::Members { reply } => {
                 let _ = reply.send(self.members_info());
             }
+            Command::Registration { id, reply } => self.check_registration(id, reply),
             Command::CachedLocation { id, reply } => {
                 let _ = reply.send(self.cache.peek(id.as_str()).copied());
             }
@@ -737,8 +750,23 @@ impl EventLoop {
                 self.deliver_inbound(peer, (epoch, batch), envs)
             }
             Request::Directory { epoch, ops } => {
-                self.store.apply(peer, epoch, ops);
-                Response::DirectoryOk
+                // A cached location this holder sees withdrawn is stale.
+                for op in &ops {
+                    if let crate::directory::DirOp::Withdraw(id) = op {
+                        if self.cache.peek(&**id) == Some(&peer) {
+                            self.cache.pop(&**id);
+                        }
+                    }
+                }
+                let applied = self.store.apply(peer, epoch, ops);
+                Response::DirectoryApplied {
+                    conflicts: applied
+                        .conflicts
+                        .into_iter()
+                        .map(|(id, h)| (id.to_string(), h.to_bytes()))
+                        .collect(),
+                    full: applied.full,
+                }
             }
             Request::Lookup(id) => self.answer_lookup(&id),
             Request::Join(records) => self.on_join_request(peer, records),
@@ -772,6 +800,7 @@ impl EventLoop {
             Pending::Lookup { id, .. } => self.on_lookup_result(id, result),
             Pending::Join { host } => self.on_join_result(host, result),
             Pending::Resync | Pending::Records => {}
+            Pending::RegCheck { check } => self.on_reg_check_result(check, result),
             Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
             Pending::Beats { host, compact } => self.on_beats_result(host, compact, result),
             Pending::Leave => {
@@ -822,6 +851,7 @@ impl EventLoop {
         self.trim_directory(now);
         self.retry_directory();
         self.retry_parked();
+        self.retry_contests(now);
         self.expire_joins(now);
         if let Some(c) = self.closing.as_mut() {
             if now >= c.deadline {

@@ -2,6 +2,8 @@
 //! (or TCP loopback), topologies, and bounded waiting.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::{future::Future, time::Duration};
 
 use distribus::{Host, HostConfig, Multiaddr, Peer, TransportKind};

@@ -1,0 +1,174 @@
+//! Attacks by hostile hosts and strangers: each test plays the attacker
+//! against real hosts and shows the weakness is gone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{raw::*, *};
+use distribus::{bench_support::RawMember, Host, HostConfig};
+use libp2p::identity::Keypair;
+
+/// A raw member that joined `host` at `addr`: its swarm, its wire state,
+/// and the hosts `host` told it about.
+async fn raw_member(
+    host: &Host,
+    addr: &libp2p::Multiaddr,
+) -> (RawSwarm, RawMember, Vec<distribus::bench_support::KnownHost>) {
+    let key = Keypair::generate_ed25519();
+    let member = RawMember::new(key.clone());
+    let mut swarm = raw_client_with(key);
+    swarm.add_peer_address(host.id(), addr.clone());
+    let answer = ask(&mut swarm, host.id(), member.join(&[]).unwrap())
+        .await
+        .expect("join answered");
+    let known = RawMember::members(&answer).expect("membership answer");
+    (swarm, member, known)
+}
+
+/// Whether `host` lists `other` as a member.
+async fn lists(host: &Host, other: libp2p::PeerId) -> bool {
+    host.members()
+        .await
+        .is_ok_and(|m| m.iter().any(|i| i.host == other))
+}
+
+/// Three hosts (250 ms heartbeats, 3 s lease); a member sends a digest that
+/// claims c's counter is `u64::MAX`, and keeps claiming it for three leases.
+/// Before counters carried proofs, c's real counter never rose again
+/// anywhere and c lapsed on a and b one lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inflated_counter_does_not_evict_a_live_host() {
+    let cfg = HostConfig::for_tests();
+    let nodes = star_with_addrs(3, &cfg).await;
+    let (a, a_addr) = &nodes[0];
+    let (b, c) = (&nodes[1].0, &nodes[2].0);
+    let _c_peer = c.create("c-peer").unwrap();
+    wait_found(a, "c-peer", c).await;
+
+    let (mut swarm, mut liar, known) = raw_member(a, a_addr).await;
+    let kc = known.iter().find(|k| k.host == c.id()).expect("a knows c");
+    let start = Instant::now();
+    while start.elapsed() < cfg.lease * 3 {
+        let forged = liar.digest(&[(kc, u64::MAX)]).unwrap();
+        ask(&mut swarm, a.id(), forged).await.expect("digest answered");
+        for h in [a, b] {
+            assert!(lists(h, c.id()).await, "c was evicted");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for h in [a, b] {
+        assert!(lists(h, c.id()).await, "c was evicted");
+        wait_found(h, "c-peer", c).await;
+    }
+}
+
+/// Three hosts; c crashes (no leave). A member keeps telling a that c's
+/// counter rises, pushes c's record with rising counters and joins again
+/// with c's record in its snapshot. c still lapses on a and b within two
+/// leases of the crash. Before counters carried proofs, c stayed alive for
+/// as long as the lies went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_member_cannot_keep_a_dead_host_alive() {
+    let cfg = HostConfig::for_tests();
+    let mut nodes = star_with_addrs(3, &cfg).await;
+    let (c, _) = nodes.pop().unwrap();
+    let c_id = c.id();
+    let (a, a_addr) = &nodes[0];
+    let b = &nodes[1].0;
+    let (mut swarm, mut liar, known) = raw_member(a, a_addr).await;
+    let kc = known.iter().find(|k| k.host == c_id).expect("a knows c").clone();
+
+    drop(c);
+    let crashed = Instant::now();
+    let deadline = crashed + cfg.lease * 2 + Duration::from_secs(1);
+    let mut beat = 1_000;
+    loop {
+        beat += 10;
+        let lies = [
+            liar.digest(&[(&kc, beat)]).unwrap(),
+            liar.push_record(&kc, beat).unwrap(),
+            liar.join(std::slice::from_ref(&kc)).unwrap(),
+        ];
+        for lie in lies {
+            let _ = ask(&mut swarm, a.id(), lie).await;
+        }
+        if !lists(a, c_id).await && !lists(b, c_id).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "c still listed {:?} after its crash",
+            crashed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And it stays gone while the lies go on for another lease.
+    let until = Instant::now() + cfg.lease;
+    while Instant::now() < until {
+        beat += 10;
+        let _ = ask(&mut swarm, a.id(), liar.digest(&[(&kc, beat)]).unwrap()).await;
+        let _ = ask(&mut swarm, a.id(), liar.push_record(&kc, beat).unwrap()).await;
+        assert!(!lists(a, c_id).await && !lists(b, c_id).await, "c came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// a creates alice, then b creates alice: b's registration is refused by
+/// the holders (b's `registered()` names a, and b's alice is removed), c's
+/// messages land on a's alice, and after b removes its alice c still finds
+/// alice on a. Before ids had owners, holders kept the last writer: c's
+/// messages went to b, and b's removal hid a's alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_id_neither_steals_nor_hides_the_first() {
+    let cfg = HostConfig::for_tests();
+    let hosts = star(3, &cfg).await;
+    let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+    let alice = a.create_unique("alice").await.expect("a's alice registered");
+    let sender = c.create("carol").unwrap();
+    wait_found(c, "alice", a).await;
+
+    let dup = b.create("alice").expect("created locally at once");
+    match within("b's registration", dup.registered()).await {
+        Err(distribus::Error::IdTaken { id, host }) => {
+            assert_eq!((id.as_str(), host), ("alice", a.id()))
+        }
+        other => panic!("b's duplicate alice was not refused: {other:?}"),
+    }
+    assert!(b.get("alice").is_none(), "the duplicate stays on b");
+    assert!(
+        within("duplicate ends", dup.recv()).await.is_none(),
+        "the duplicate's inbox ended"
+    );
+    assert_eq!(b.stats().ids_lost, 1);
+    // create_unique says the same.
+    assert!(matches!(
+        within("b again", b.create_unique("alice")).await,
+        Err(distribus::Error::IdTaken { .. })
+    ));
+
+    for i in 0..20u32 {
+        sender.send("alice", &i).await.expect("send to alice");
+    }
+    for i in 0..20u32 {
+        let m = within("alice's message", alice.recv()).await.unwrap();
+        assert_eq!(m.decode::<u32>().unwrap(), i);
+    }
+    for (i, h) in [a, b, c].iter().enumerate() {
+        let found = h.find("alice").await.unwrap().host;
+        assert_eq!(found, a.id(), "host {i} finds alice elsewhere");
+    }
+    let _ = b.remove("alice");
+    tokio::time::sleep(cfg.heartbeat_interval * 4).await;
+    for h in [a, b, c] {
+        assert_eq!(h.find("alice").await.unwrap().host, a.id());
+    }
+
+    // A real move still works: removed on a, then created on b.
+    assert!(a.remove("alice").unwrap());
+    let moved = within("move", b.create_unique("alice")).await.expect("moved");
+    wait_found(c, "alice", b).await;
+    sender.send("alice", &99u32).await.unwrap();
+    let m = within("moved alice's message", moved.recv()).await.unwrap();
+    assert_eq!(m.decode::<u32>().unwrap(), 99);
+}
