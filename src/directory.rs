@@ -265,6 +265,8 @@ mod tests {
         // a host restarted (same host, newer epoch) keeps its ids
         assert!(s.apply(b, 2, vec![DirOp::Register("x".into())]).conflicts.is_empty());
         s.apply(b, 1, vec![DirOp::Withdraw("x".into())]);
+        assert_eq!(s.lookup("x"), Some(b), "an older epoch's withdrawal is late");
+        s.apply(b, 2, vec![DirOp::Withdraw("x".into())]);
         assert_eq!(s.lookup("x"), None);
     }
 
