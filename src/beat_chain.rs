@@ -187,9 +187,17 @@ mod tests {
     fn the_budget_bounds_the_hashing() {
         let c = Chain::new(0);
         let mut budget = 10;
-        assert!(!verify(&c.anchor().proved(), &c.prove(11).unwrap(), &mut budget));
+        assert!(!verify(
+            &c.anchor().proved(),
+            &c.prove(11).unwrap(),
+            &mut budget
+        ));
         assert_eq!(budget, 10, "refused before hashing");
-        assert!(verify(&c.anchor().proved(), &c.prove(10).unwrap(), &mut budget));
+        assert!(verify(
+            &c.anchor().proved(),
+            &c.prove(10).unwrap(),
+            &mut budget
+        ));
         assert_eq!(budget, 0);
     }
 }

@@ -198,6 +198,70 @@ impl RawMember {
         encode_frame(&Request::Join(records))
     }
 
+    /// A request-stream frame: request `id`, a join with this member's own
+    /// record.
+    pub fn join_on_stream(&self, id: u64) -> io::Result<Vec<u8>> {
+        encode_frame(&(id, Request::Join(vec![self.own_record()?])))
+    }
+
+    /// A request-stream frame: request `id`, a digest of this member's own
+    /// counter (raised by one): it keeps the member alive.
+    pub fn beat_on_stream(&mut self, id: u64) -> io::Result<Vec<u8>> {
+        let frame = self.digest(&[])?;
+        let req: Request = decode_frame(frame.get(4..).unwrap_or_default())?;
+        encode_frame(&(id, req))
+    }
+
+    /// One request of every kind but a join, as frames (length prefix
+    /// included), each with its name: what a member may ask.
+    pub fn every_other_request(&mut self) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
+        let mut leaving = crate::membership::HostRecord {
+            public_key: self.key.public().encode_protobuf(),
+            epoch: self.epoch,
+            seq: 2,
+            addrs: vec![],
+            channels: vec![],
+            leaving: true,
+            anchor: self.chain.anchor(),
+        };
+        let leave = leaving
+            .sign(&self.key)
+            .ok_or_else(|| io::Error::other("cannot sign"))?;
+        leaving.leaving = false;
+        let payload = Payload::postcard(&1u32).map_err(io::Error::other)?;
+        Ok(vec![
+            ("deliver", encode_delivery(1, "x", "v", &payload)?),
+            (
+                "directory",
+                encode_frame(&Request::Directory {
+                    epoch: 1,
+                    ops: vec![crate::directory::DirOp::Register("x".into())],
+                })?,
+            ),
+            ("lookup", encode_frame(&Request::Lookup("v".into()))?),
+            ("leave", encode_frame(&Request::Leave(leave))?),
+            ("resync", encode_frame(&Request::Resync)?),
+            ("beats", self.digest(&[])?),
+            (
+                "records",
+                encode_frame(&Request::Records(vec![(
+                    self.own_record()?,
+                    self.chain.anchor().proved(),
+                )]))?,
+            ),
+            ("relay", encode_frame(&Request::Relay(vec![]))?),
+        ])
+    }
+
+    /// Whether an answer frame (length prefix included) refuses a request
+    /// because its sender is not a member.
+    pub fn refused_as_non_member(frame: &[u8]) -> bool {
+        matches!(
+            decode_frame::<Response>(frame.get(4..).unwrap_or_default()),
+            Ok(Response::Refused(why)) if why == crate::protocol::NOT_MEMBER
+        )
+    }
+
     /// The hosts of a join answer frame (length prefix included).
     pub fn members(frame: &[u8]) -> io::Result<Vec<KnownHost>> {
         let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);

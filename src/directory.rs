@@ -257,15 +257,25 @@ mod tests {
         assert_eq!(s.lookup("x"), Some(a));
         // the peer moves to b: a withdraws, b registers
         s.apply(a, 1, vec![DirOp::Withdraw("x".into())]);
-        assert!(s.apply(b, 1, vec![DirOp::Register("x".into())]).conflicts.is_empty());
+        assert!(s
+            .apply(b, 1, vec![DirOp::Register("x".into())])
+            .conflicts
+            .is_empty());
         assert_eq!(s.lookup("x"), Some(b));
         // a's late withdrawal does not remove b's entry
         s.apply(a, 1, vec![DirOp::Withdraw("x".into())]);
         assert_eq!(s.lookup("x"), Some(b));
         // a host restarted (same host, newer epoch) keeps its ids
-        assert!(s.apply(b, 2, vec![DirOp::Register("x".into())]).conflicts.is_empty());
+        assert!(s
+            .apply(b, 2, vec![DirOp::Register("x".into())])
+            .conflicts
+            .is_empty());
         s.apply(b, 1, vec![DirOp::Withdraw("x".into())]);
-        assert_eq!(s.lookup("x"), Some(b), "an older epoch's withdrawal is late");
+        assert_eq!(
+            s.lookup("x"),
+            Some(b),
+            "an older epoch's withdrawal is late"
+        );
         s.apply(b, 2, vec![DirOp::Withdraw("x".into())]);
         assert_eq!(s.lookup("x"), None);
     }

@@ -176,7 +176,10 @@ impl Host {
     }
 
     /// Sends a command and waits for its reply.
-    pub(crate) async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+    pub(crate) async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.inner.commands.send(make(tx)).await?;

@@ -126,6 +126,10 @@ pub(crate) struct SignedRecord {
     pub signature: Vec<u8>,
 }
 
+/// The reason a host gives when it refuses a request of a host that is not
+/// a member: the sender introduces itself with a join.
+pub(crate) const NOT_MEMBER: &str = "not a member";
+
 /// Requests between hosts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Request {
@@ -318,7 +322,9 @@ fn one_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Response>, D:
         }
     }
     if IN_RELAYED.with(|f| f.replace(true)) {
-        return Err(serde::de::Error::custom("a relayed answer inside a relayed answer"));
+        return Err(serde::de::Error::custom(
+            "a relayed answer inside a relayed answer",
+        ));
     }
     let _reset = Reset;
     Vec::<Response>::deserialize(d)

@@ -50,6 +50,7 @@ pub(crate) struct Counters {
     pub relay_bundles: AtomicU64,
     pub leases_lapsed: AtomicU64,
     pub ids_lost: AtomicU64,
+    pub refused_non_members: AtomicU64,
     pub registrations_refused: AtomicU64,
 }
 
@@ -125,6 +126,9 @@ pub struct Stats {
     /// Registrations of local peers that holders refused because their
     /// directory store was full.
     pub registrations_refused: u64,
+    /// Requests and delivery batches refused because their sender is not a
+    /// member (only a join is served to a host that is not).
+    pub refused_non_members: u64,
 }
 
 #[derive(Debug)]
@@ -137,6 +141,9 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     pub wire: Arc<WireStats>,
     pub counters: Counters,
+    /// Every live member (this host included), as the event loop last saw
+    /// it: the delivery readers refuse batches of other hosts.
+    pub members: RwLock<foldhash::HashSet<PeerId>>,
 }
 
 impl Shared {
@@ -150,7 +157,16 @@ impl Shared {
             closed: AtomicBool::new(false),
             wire,
             counters: Counters::default(),
+            members: RwLock::new(std::iter::once(local).collect()),
         }
+    }
+
+    /// Whether `host` is a live member, as the event loop last saw it.
+    pub fn is_member(&self, host: &PeerId) -> bool {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(host)
     }
 
     pub fn config(&self) -> HostConfig {
@@ -218,6 +234,7 @@ impl Shared {
             leases_lapsed: r(&c.leases_lapsed),
             ids_lost: r(&c.ids_lost),
             registrations_refused: r(&c.registrations_refused),
+            refused_non_members: r(&c.refused_non_members),
         }
     }
 }

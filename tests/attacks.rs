@@ -14,7 +14,11 @@ use libp2p::identity::Keypair;
 async fn raw_member(
     host: &Host,
     addr: &libp2p::Multiaddr,
-) -> (RawSwarm, RawMember, Vec<distribus::bench_support::KnownHost>) {
+) -> (
+    RawSwarm,
+    RawMember,
+    Vec<distribus::bench_support::KnownHost>,
+) {
     let key = Keypair::generate_ed25519();
     let member = RawMember::new(key.clone());
     let mut swarm = raw_client_with(key);
@@ -51,7 +55,9 @@ async fn an_inflated_counter_does_not_evict_a_live_host() {
     let start = Instant::now();
     while start.elapsed() < cfg.lease * 3 {
         let forged = liar.digest(&[(kc, u64::MAX)]).unwrap();
-        ask(&mut swarm, a.id(), forged).await.expect("digest answered");
+        ask(&mut swarm, a.id(), forged)
+            .await
+            .expect("digest answered");
         for h in [a, b] {
             assert!(lists(h, c.id()).await, "c was evicted");
         }
@@ -77,7 +83,11 @@ async fn a_lying_member_cannot_keep_a_dead_host_alive() {
     let (a, a_addr) = &nodes[0];
     let b = &nodes[1].0;
     let (mut swarm, mut liar, known) = raw_member(a, a_addr).await;
-    let kc = known.iter().find(|k| k.host == c_id).expect("a knows c").clone();
+    let kc = known
+        .iter()
+        .find(|k| k.host == c_id)
+        .expect("a knows c")
+        .clone();
 
     drop(c);
     let crashed = Instant::now();
@@ -109,7 +119,10 @@ async fn a_lying_member_cannot_keep_a_dead_host_alive() {
         beat += 10;
         let _ = ask(&mut swarm, a.id(), liar.digest(&[(&kc, beat)]).unwrap()).await;
         let _ = ask(&mut swarm, a.id(), liar.push_record(&kc, beat).unwrap()).await;
-        assert!(!lists(a, c_id).await && !lists(b, c_id).await, "c came back");
+        assert!(
+            !lists(a, c_id).await && !lists(b, c_id).await,
+            "c came back"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -124,7 +137,10 @@ async fn a_duplicate_id_neither_steals_nor_hides_the_first() {
     let cfg = HostConfig::for_tests();
     let hosts = star(3, &cfg).await;
     let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
-    let alice = a.create_unique("alice").await.expect("a's alice registered");
+    let alice = a
+        .create_unique("alice")
+        .await
+        .expect("a's alice registered");
     let sender = c.create("carol").unwrap();
     wait_found(c, "alice", a).await;
 
@@ -166,7 +182,9 @@ async fn a_duplicate_id_neither_steals_nor_hides_the_first() {
 
     // A real move still works: removed on a, then created on b.
     assert!(a.remove("alice").unwrap());
-    let moved = within("move", b.create_unique("alice")).await.expect("moved");
+    let moved = within("move", b.create_unique("alice"))
+        .await
+        .expect("moved");
     wait_found(c, "alice", b).await;
     sender.send("alice", &99u32).await.unwrap();
     let m = within("moved alice's message", moved.recv()).await.unwrap();

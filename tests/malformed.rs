@@ -7,11 +7,10 @@ use std::{io, time::Duration};
 
 use common::{raw::*, *};
 use distribus::HostConfig;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
     core::{transport::MemoryTransport, upgrade},
-    noise,
-    request_response::{self, ProtocolSupport},
+    noise, request_response,
     swarm::SwarmEvent,
     yamux, StreamProtocol, SwarmBuilder, Transport,
 };
@@ -107,8 +106,13 @@ async fn a_batch_sent_again_is_not_delivered_twice() {
     use distribus::bench_support::{decode_delivered, encode_delivery};
     let (host, addr) = mem_host(HostConfig::for_tests()).await;
     let v = host.create("v").unwrap();
-    let mut client = raw_client();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut client = raw_client_with(key.clone());
     client.add_peer_address(host.id(), addr);
+    let member = distribus::bench_support::RawMember::new(key);
+    ask(&mut client, host.id(), member.join(&[]).unwrap())
+        .await
+        .expect("joined");
     let payload = distribus::Payload::postcard(&1u32).unwrap();
     let again = encode_delivery(7, "x", "v", &payload).unwrap();
     let next = encode_delivery(8, "x", "v", &payload).unwrap();
@@ -116,22 +120,7 @@ async fn a_batch_sent_again_is_not_delivered_twice() {
         client
             .behaviour_mut()
             .send_request(&host.id(), frame.clone());
-        let answer = within("answer", async {
-            loop {
-                match client.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { response, .. },
-                        ..
-                    }) => break response,
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        error,
-                        ..
-                    }) => panic!("request failed: {error}"),
-                    _ => {}
-                }
-            }
-        })
-        .await;
+        let answer = ask(&mut client, host.id(), frame.clone()).await.unwrap();
         assert_eq!(decode_delivered(&answer).unwrap(), vec![true]);
     }
     for _ in 0..2 {
@@ -140,13 +129,53 @@ async fn a_batch_sent_again_is_not_delivered_twice() {
     assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
 }
 
-/// A bare swarm that opens delivery streams to `host` at `addr` and writes
+/// A bare swarm that joins `host` at `addr` (over a request stream, then
+/// beating to stay a member), opens delivery streams to it and writes
 /// whatever a test gives it.
 async fn raw_stream_client(
     host: libp2p::PeerId,
     addr: libp2p::Multiaddr,
 ) -> libp2p_stream::Control {
-    let mut swarm = SwarmBuilder::with_new_identity()
+    let (control, key) = raw_stream_stranger(host, addr).await;
+    let mut member = distribus::bench_support::RawMember::new(key);
+    let mut requests = control
+        .clone()
+        .open_stream(host, requests_protocol())
+        .await
+        .unwrap();
+    requests
+        .write_all(&member.join_on_stream(0).unwrap())
+        .await
+        .unwrap();
+    requests.flush().await.unwrap();
+    within("join answer", read_body(&mut requests))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        for id in 1..10_000u64 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Ok(frame) = member.beat_on_stream(id) else {
+                return;
+            };
+            if requests.write_all(&frame).await.is_err() || requests.flush().await.is_err() {
+                return;
+            }
+            if read_body(&mut requests).await.is_err() {
+                return;
+            }
+        }
+    });
+    control
+}
+
+/// A bare swarm connected to `host` at `addr` that has not joined, and its
+/// key: it opens streams and writes whatever a test gives it.
+pub(crate) async fn raw_stream_stranger(
+    host: libp2p::PeerId,
+    addr: libp2p::Multiaddr,
+) -> (libp2p_stream::Control, libp2p::identity::Keypair) {
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut swarm = SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             Ok(MemoryTransport::default()
@@ -177,7 +206,7 @@ async fn raw_stream_client(
             swarm.select_next_some().await;
         }
     });
-    control
+    (control, key)
 }
 
 fn deliver_protocol() -> StreamProtocol {
@@ -445,4 +474,74 @@ async fn a_host_that_never_reads_does_not_hold_the_link_task() {
     within("a second stream: the stuck write was given up", seen.recv())
         .await
         .unwrap();
+}
+
+/// A host that never joined is refused on every request path: each kind
+/// of request by request-response, a lookup on a request stream, and a
+/// delivery batch on a delivery stream are answered "not a member" (never
+/// served, never `Ok`) and counted; after it joins, the same lookup is
+/// answered. Before, any process that spoke the protocols was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_is_refused_on_every_request_path() {
+    use distribus::bench_support::{
+        decode_stream_acks, decode_stream_location, encode_stream_delivery, encode_stream_lookup,
+        RawMember,
+    };
+    let (host, addr) = mem_host(HostConfig::for_tests()).await;
+    let v = host.create("v").unwrap();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut stranger = RawMember::new(key.clone());
+    let mut client = raw_client_with(key);
+    client.add_peer_address(host.id(), addr.clone());
+    let requests = stranger.every_other_request().unwrap();
+    for (name, frame) in &requests {
+        let answer = ask(&mut client, host.id(), frame.clone()).await.unwrap();
+        assert!(
+            RawMember::refused_as_non_member(&answer),
+            "{name} was served to a non-member"
+        );
+    }
+    assert_eq!(host.stats().refused_non_members, requests.len() as u64);
+
+    // Request and delivery streams.
+    let (streams, _) = raw_stream_stranger(host.id(), addr).await;
+    let mut s = streams
+        .clone()
+        .open_stream(host.id(), requests_protocol())
+        .await
+        .unwrap();
+    s.write_all(&encode_stream_lookup(5, "v").unwrap())
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let body = within("answer", read_body(&mut s)).await.unwrap();
+    assert!(
+        decode_stream_location(&body).is_err(),
+        "a lookup was served"
+    );
+    let mut d = streams
+        .clone()
+        .open_stream(host.id(), deliver_protocol())
+        .await
+        .unwrap();
+    let payload = distribus::Payload::postcard(&1u32).unwrap();
+    d.write_all(&encode_stream_delivery(1, "x", "v", &payload).unwrap())
+        .await
+        .unwrap();
+    d.flush().await.unwrap();
+    let body = within("acks", read_body(&mut d)).await.unwrap();
+    assert_eq!(
+        decode_stream_acks(&body).unwrap().1,
+        Err("not a member".to_string())
+    );
+    assert!(v.try_recv().is_none(), "a non-member delivered");
+    assert_eq!(host.stats().refused_non_members, requests.len() as u64 + 2);
+
+    // Once it joins, it is served.
+    ask(&mut client, host.id(), stranger.join(&[]).unwrap())
+        .await
+        .unwrap();
+    let lookup = requests.iter().find(|(n, _)| *n == "lookup").unwrap();
+    let answer = ask(&mut client, host.id(), lookup.1.clone()).await.unwrap();
+    assert!(!RawMember::refused_as_non_member(&answer));
 }

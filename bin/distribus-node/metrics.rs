@@ -149,6 +149,24 @@ impl Collector for HostCollector {
             "Directory registrations refused because the store was full.",
             s.directory_refused,
         )?;
+        counter(
+            e,
+            "distribus_refused_non_members",
+            "Requests and delivery batches refused because their sender is not a member.",
+            s.refused_non_members,
+        )?;
+        counter(
+            e,
+            "distribus_ids_lost",
+            "Local peers removed because another live host had registered their id first.",
+            s.ids_lost,
+        )?;
+        counter(
+            e,
+            "distribus_registrations_refused",
+            "Registrations of local peers that holders refused because their store was full.",
+            s.registrations_refused,
+        )?;
         Ok(())
     }
 }

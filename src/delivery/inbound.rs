@@ -74,7 +74,15 @@ async fn serve(
                 return host;
             }
         };
-        let acks = {
+        // Only members deliver: a host that is not one (never joined, or
+        // its lease lapsed here) is refused, batch by batch.
+        let member = shared.is_member(&host);
+        if !member {
+            crate::shared::bump(&shared.counters.refused_non_members);
+        }
+        let acks = if !member {
+            Err(crate::protocol::NOT_MEMBER.to_string())
+        } else {
             let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
             match memory.check(host, (b.epoch, b.batch)) {
                 Seen::New => {

@@ -188,7 +188,9 @@ impl EventLoop {
     /// This host's counter with its proof.
     pub(super) fn own_proved(&self) -> Proved {
         // The chain covers the counter: `heartbeat` starts a new one first.
-        self.chain.prove(self.beat).unwrap_or_else(|| self.chain.anchor().proved())
+        self.chain
+            .prove(self.beat)
+            .unwrap_or_else(|| self.chain.anchor().proved())
     }
 
     /// Takes a digest from `from`: renews leases whose counters rose and
@@ -298,7 +300,8 @@ impl EventLoop {
             DigestBody::Counters(c) => {
                 if beats.view == self.own_view() {
                     let mut budget = hash_budget(c.len());
-                    self.membership.merge_counters(&c, Instant::now(), &mut budget);
+                    self.membership
+                        .merge_counters(&c, Instant::now(), &mut budget);
                 }
             }
         }

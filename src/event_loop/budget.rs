@@ -59,6 +59,7 @@ impl EventLoop {
                 | Pending::Directory { host, .. }
                 | Pending::Lookup { host, .. }
                 | Pending::Join { host }
+                | Pending::Introduce { host }
                 | Pending::Beats { host, .. }
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records | Pending::RegCheck { .. } => {

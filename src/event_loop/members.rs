@@ -13,18 +13,20 @@ use libp2p::{
 use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
+use crate::beat_chain::Proved;
 use crate::{
     command::HostInfo,
     error::{Error, Result},
     membership::{verify, verify_unless, Change, HostRecord, Verified},
     protocol::{identify_version, Request, Response, SignedRecord},
 };
-use crate::beat_chain::Proved;
 
 /// How long a leaving host waits for the others to acknowledge.
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
 /// Most lapsed hosts remembered for a resync.
 const MAX_LAPSED: usize = 65_536;
+/// Most records taken from one join or membership answer.
+pub(super) const MAX_JOIN_RECORDS: usize = 65_536;
 
 /// The gossip topic every host joins for membership records.
 pub(super) fn topic() -> gossipsub::IdentTopic {
@@ -227,7 +229,7 @@ impl EventLoop {
     ) {
         let outcome = match result {
             Ok(Response::Members(records)) => {
-                for r in &records {
+                for r in records.iter().take(MAX_JOIN_RECORDS) {
                     self.apply_signed(r, Source::Direct(host));
                 }
                 Ok(host)
@@ -270,6 +272,13 @@ impl EventLoop {
     }
 
     pub(super) fn on_join_request(&mut self, peer: PeerId, records: Vec<SignedRecord>) -> Response {
+        if records.len() > MAX_JOIN_RECORDS {
+            crate::shared::bump(&self.shared.counters.refused_non_members);
+            return Response::Refused(format!(
+                "a join of {} records (at most {MAX_JOIN_RECORDS})",
+                records.len()
+            ));
+        }
         for r in &records {
             self.apply_signed(r, Source::Direct(peer));
         }
@@ -280,6 +289,40 @@ impl EventLoop {
             ours.push(own);
         }
         Response::Members(ours)
+    }
+
+    /// `host` refused a request of ours as a non-member (it never heard
+    /// of us, or our lease lapsed there): we join it with our own record,
+    /// at most once per lease.
+    pub(super) fn introduce(&mut self, host: PeerId) {
+        let now = Instant::now();
+        let lease = self.shared.with_config(|c| c.lease);
+        if self.introduced.get(&host).is_some_and(|t| now < *t + lease) {
+            return;
+        }
+        if self.introduced.len() >= MAX_LAPSED {
+            self.introduced.clear();
+        }
+        self.introduced.insert(host, now);
+        let Some(own) = self.own_signed() else {
+            return;
+        };
+        tracing::info!(%host, "refused as a non-member; introducing this host");
+        let id = self.request(host, Request::Join(vec![own]));
+        self.requests.insert(id, Pending::Introduce { host });
+    }
+
+    /// The answer to [`Self::introduce`]: the host's membership.
+    pub(super) fn on_introduced(
+        &mut self,
+        host: PeerId,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        if let Ok(Response::Members(records)) = result {
+            for r in records.iter().take(MAX_JOIN_RECORDS) {
+                self.apply_signed(r, Source::Direct(host));
+            }
+        }
     }
 
     pub(super) fn on_leave_request(&mut self, peer: PeerId, record: SignedRecord) -> Response {

@@ -101,6 +101,10 @@ enum Pending {
         compact: bool,
     },
     Records,
+    /// A join sent to a host that refused us as a non-member.
+    Introduce {
+        host: PeerId,
+    },
     /// A lookup of a registration check (see `ownership`).
     RegCheck {
         check: u64,
@@ -111,6 +115,19 @@ enum Pending {
         via: PeerId,
         slots: Vec<relay::Slot>,
     },
+}
+
+impl Pending {
+    /// The host the request went to, where the pending request names it.
+    fn host(&self) -> Option<PeerId> {
+        match self {
+            Pending::Deliver { host, .. }
+            | Pending::Directory { host, .. }
+            | Pending::Lookup { host, .. }
+            | Pending::Beats { host, .. } => Some(*host),
+            _ => None,
+        }
+    }
 }
 
 /// The loop's state. Fields are grouped by the file that uses them.
@@ -225,6 +242,10 @@ pub(crate) struct EventLoop {
 
     // ownership
     ownership: ownership::Ownership,
+    /// The membership version last copied to the shared member set.
+    members_version: u64,
+    /// Hosts that refused us as a non-member and were sent a join, and when.
+    introduced: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -330,6 +351,8 @@ impl EventLoop {
             overlay: Default::default(),
             relays: Default::default(),
             ownership: Default::default(),
+            members_version: u64::MAX,
+            introduced: HashMap::new(),
             shared,
         };
         this.rebalanced = this.membership.keys().to_vec();
@@ -414,9 +437,19 @@ impl EventLoop {
         tracing::debug!("event loop ended");
     }
 
-    /// Copies the sizes of loop-owned state into the shared counters.
-    fn publish_gauges(&self) {
+    /// Copies the sizes of loop-owned state into the shared counters, and
+    /// the membership into the shared member set when it changed.
+    fn publish_gauges(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.members_version != self.membership.version() {
+            self.members_version = self.membership.version();
+            let set = self.membership.keys().iter().map(|(_, h)| *h).collect();
+            *self
+                .shared
+                .members
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = set;
+        }
         let c = &self.shared.counters;
         c.directory_entries.store(self.store.len() as u64, Relaxed);
         c.directory_refused.store(self.store.refused(), Relaxed);
@@ -509,10 +542,18 @@ impl EventLoop {
         request: crate::protocol::Request,
         responder: relay::Responder,
     ) {
+        use crate::protocol::{Request, Response, NOT_MEMBER};
+        // Only a join is served to a host that is not a member.
+        if !matches!(request, Request::Join(_)) && !self.membership.contains(&peer) {
+            crate::shared::bump(&self.shared.counters.refused_non_members);
+            tracing::debug!(%peer, "refused a request of a host that is not a member");
+            self.answer(peer, responder, Response::Refused(NOT_MEMBER.into()));
+            return;
+        }
         if !request.is_liveness() {
             self.touch(peer);
         }
-        if let crate::protocol::Request::Relay(items) = request {
+        if let Request::Relay(items) = request {
             self.on_relay(peer, items, responder);
             return;
         }
@@ -789,6 +830,13 @@ impl EventLoop {
         pending: Pending,
         result: std::result::Result<crate::protocol::Response, request_response::OutboundFailure>,
     ) {
+        if let Ok(crate::protocol::Response::Refused(why)) = &result {
+            if why == crate::protocol::NOT_MEMBER {
+                if let Some(host) = pending.host() {
+                    self.introduce(host);
+                }
+            }
+        }
         match pending {
             Pending::Deliver {
                 host,
@@ -799,6 +847,7 @@ impl EventLoop {
             Pending::Directory { host, ops } => self.on_directory_result(host, ops, result),
             Pending::Lookup { id, .. } => self.on_lookup_result(id, result),
             Pending::Join { host } => self.on_join_result(host, result),
+            Pending::Introduce { host } => self.on_introduced(host, result),
             Pending::Resync | Pending::Records => {}
             Pending::RegCheck { check } => self.on_reg_check_result(check, result),
             Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),

@@ -127,7 +127,7 @@ impl EventLoop {
             c.retry_at = Some(now + RETRY);
             tracing::debug!(%id, %owner, attempt = c.attempts, "peer id held by another host");
             // Holders that did take it must not resolve it here meanwhile.
-            self.to_holders(&id, DirOp::Withdraw(id.clone()));
+            self.tell_holders(&id, DirOp::Withdraw(id.clone()));
         }
     }
 
@@ -149,7 +149,7 @@ impl EventLoop {
         });
         for id in due {
             if self.shared.registry.get(&id).is_some() {
-                self.to_holders(&id, DirOp::Register(id.clone()));
+                self.tell_holders(&id, DirOp::Register(id.clone()));
             }
         }
     }
@@ -158,15 +158,19 @@ impl EventLoop {
     fn lose(&mut self, id: Arc<str>, owner: PeerId) {
         tracing::info!(%id, %owner, "peer id belongs to another host; local peer removed");
         self.ownership.contested.remove(&id);
-        self.to_holders(&id, DirOp::Withdraw(id.clone()));
+        self.tell_holders(&id, DirOp::Withdraw(id.clone()));
         self.shared.registry.remove(&id);
         self.ownership.lost.put(id, owner);
         crate::shared::bump(&self.shared.counters.ids_lost);
     }
 
     /// Sends `op` about `id` to each of its holders.
-    fn to_holders(&mut self, id: &str, op: DirOp) {
-        let holders = closest(self.membership.keys(), key_of(id.as_bytes()), self.replication);
+    fn tell_holders(&mut self, id: &str, op: DirOp) {
+        let holders = closest(
+            self.membership.keys(),
+            key_of(id.as_bytes()),
+            self.replication,
+        );
         for h in holders {
             self.send_dir_ops(h, vec![op.clone()]);
         }
@@ -186,7 +190,11 @@ impl EventLoop {
             let _ = reply.send(RegStatus::Pending);
             return;
         }
-        let holders = closest(self.membership.keys(), key_of(id.as_bytes()), self.replication);
+        let holders = closest(
+            self.membership.keys(),
+            key_of(id.as_bytes()),
+            self.replication,
+        );
         let check = self.ownership.next_check;
         self.ownership.next_check += 1;
         let mut state = Check {
