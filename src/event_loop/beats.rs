@@ -61,9 +61,12 @@ const MAX_PROBES: usize = 64;
 const MAX_PEER_VIEWS: usize = 4096;
 /// Hashes one digest may cost to check its counters' proofs: a fixed part
 /// plus a part per entry. An honest entry costs one or two (its counter
-/// rose by one or two since the last digest); a lying one cannot make a
-/// host hash more than this.
-const HASHES_PER_DIGEST: u64 = 4096;
+/// rose by one or two since the last digest), but the first proof of a host
+/// just learnt costs up to a chain's length (half of one on average): the
+/// fixed part lets a host that joins a network of 512 catch up in a few
+/// digests, at ~10 ms of hashing each. A lying member cannot make a host
+/// hash more than this per digest.
+const HASHES_PER_DIGEST: u64 = 65_536;
 const HASHES_PER_ENTRY: u64 = 16;
 
 /// The hash budget for checking a digest of `entries` entries.
@@ -337,8 +340,10 @@ impl EventLoop {
 
     /// Applies records pushed by a digest exchange.
     pub(super) fn take_records(&mut self, records: Vec<(SignedRecord, Proved)>) {
-        for (r, proved) in records.iter().take(MAX_RECORDS) {
-            self.apply_signed(r, Source::Synced(*proved));
+        let records = &records[..records.len().min(MAX_RECORDS)];
+        let mut budget = hash_budget(records.len());
+        for (r, proved) in records {
+            self.apply_signed(r, Source::Synced(*proved), &mut budget);
         }
     }
 }

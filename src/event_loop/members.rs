@@ -230,7 +230,7 @@ impl EventLoop {
         let outcome = match result {
             Ok(Response::Members(records)) => {
                 for r in records.iter().take(MAX_JOIN_RECORDS) {
-                    self.apply_signed(r, Source::Direct(host));
+                    self.apply_signed(r, Source::Direct(host), &mut 0);
                 }
                 Ok(host)
             }
@@ -280,7 +280,7 @@ impl EventLoop {
             ));
         }
         for r in &records {
-            self.apply_signed(r, Source::Direct(peer));
+            self.apply_signed(r, Source::Direct(peer), &mut 0);
         }
         tracing::debug!(%peer, "host joined through us");
         self.joiners.insert(peer);
@@ -320,7 +320,7 @@ impl EventLoop {
     ) {
         if let Ok(Response::Members(records)) = result {
             for r in records.iter().take(MAX_JOIN_RECORDS) {
-                self.apply_signed(r, Source::Direct(host));
+                self.apply_signed(r, Source::Direct(host), &mut 0);
             }
         }
     }
@@ -337,13 +337,14 @@ impl EventLoop {
 
     pub(super) fn on_member_gossip(&mut self, data: &[u8]) {
         match crate::protocol::decode_frame::<SignedRecord>(data) {
-            Ok(r) => self.apply_signed(&r, Source::Gossip),
+            Ok(r) => self.apply_signed(&r, Source::Gossip, &mut 0),
             Err(e) => tracing::debug!(error = %e, "malformed membership gossip"),
         }
     }
 
     /// Checks and applies a record; records already known are not checked.
-    pub(super) fn apply_signed(&mut self, r: &SignedRecord, source: Source) {
+    /// A synced record's counter is checked within `budget` hashes.
+    pub(super) fn apply_signed(&mut self, r: &SignedRecord, source: Source, budget: &mut u64) {
         let mut known = false;
         let (membership, lapsed) = (&self.membership, &self.lapsed);
         match verify_unless(r, |h, rec| {
@@ -353,8 +354,7 @@ impl EventLoop {
             // it here again and again.
             let stale = match (source, lapsed.get(h)) {
                 (Source::Synced(p), Some((epoch, last))) => {
-                    let mut budget = crate::beat_chain::CHAIN_LEN;
-                    rec.epoch == *epoch && !crate::beat_chain::verify(last, &p, &mut budget)
+                    rec.epoch == *epoch && !crate::beat_chain::verify(last, &p, budget)
                 }
                 (Source::Direct(from), Some((epoch, _))) if from != *h => rec.epoch == *epoch,
                 (Source::Gossip, Some((epoch, _))) => rec.epoch == *epoch,
@@ -367,9 +367,8 @@ impl EventLoop {
                 let (host, epoch) = (v.host, v.record.epoch);
                 self.apply_verified(v, source);
                 if let Source::Synced(p) = source {
-                    let mut budget = crate::beat_chain::CHAIN_LEN;
                     self.membership
-                        .heard(&host, epoch, &p, Instant::now(), &mut budget);
+                        .heard(&host, epoch, &p, Instant::now(), budget);
                 }
             }
             None if known => {}
