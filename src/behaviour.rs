@@ -148,6 +148,51 @@ pub(crate) type StreamEnds = (
 /// The swarm, and the ends of its delivery and request streams.
 pub(crate) type Built = (Swarm<Behaviour>, StreamEnds, StreamEnds);
 
+/// TCP and WebSocket (with DNS) for a closed network: the pnet handshake
+/// under `psk` comes first on every connection, then noise and yamux as on
+/// an open one. (libp2p's `SwarmBuilder` has no pnet step for its TCP and
+/// WebSocket phases, so the transport is composed here.)
+fn closed_tcp_and_ws(
+    k: &Keypair,
+    psk: libp2p::pnet::PreSharedKey,
+) -> std::result::Result<
+    libp2p::core::transport::Boxed<(libp2p::PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let tcp = || libp2p::tcp::tokio::Transport::new(tcp::Config::default());
+    let ws = libp2p::websocket::Config::new(libp2p::dns::tokio::Transport::system(tcp())?);
+    let base = ws.or_transport(libp2p::dns::tokio::Transport::system(tcp())?);
+    Ok(base
+        .and_then(move |conn, _| libp2p::pnet::PnetConfig::new(psk).handshake(conn))
+        .upgrade(upgrade::Version::V1)
+        .authenticate(noise::Config::new(k)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, libp2p::core::muxing::StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// The pnet handshake under `psk` on `conn`, or `conn` as it is on an open
+/// network.
+async fn private<S>(
+    conn: S,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+) -> std::result::Result<
+    futures::future::Either<S, libp2p::pnet::PnetOutput<S>>,
+    libp2p::pnet::PnetError,
+>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+{
+    use futures::future::Either;
+    match psk {
+        None => Ok(Either::Left(conn)),
+        Some(psk) => libp2p::pnet::PnetConfig::new(psk)
+            .handshake(conn)
+            .await
+            .map(Either::Right),
+    }
+}
+
 /// Builds the swarm for `cfg` with identity `key`.
 pub(crate) async fn build_swarm(
     key: Keypair,
@@ -164,8 +209,17 @@ pub(crate) async fn build_swarm(
         crate::delivery::streams::Behaviour::new(protocol);
     let streams = (streams, request_streams);
     let idle = cfg.idle_connection_timeout;
-    let swarm = match cfg.transport {
-        TransportKind::Tcp => SwarmBuilder::with_existing_identity(key)
+    let psk = cfg.network_key.map(|k| k.0);
+    let swarm = match (cfg.transport, psk) {
+        (TransportKind::Tcp, Some(psk)) => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|k| closed_tcp_and_ws(k, psk))
+            .map_err(|e| terr(&e))?
+            .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
+            .map_err(|e| terr(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        (TransportKind::Tcp, None) => SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
                 tcp::Config::default(),
@@ -182,7 +236,7 @@ pub(crate) async fn build_swarm(
             .map_err(|e| terr(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
-        TransportKind::Memory => SwarmBuilder::with_existing_identity(key)
+        (TransportKind::Memory, psk) => SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(
                 |k| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
@@ -198,6 +252,7 @@ pub(crate) async fn build_swarm(
                                 ))
                             }
                         })
+                        .and_then(move |conn, _| private(conn, psk))
                         .upgrade(upgrade::Version::V1)
                         .authenticate(noise::Config::new(k)?)
                         .multiplex(yamux::Config::default()))

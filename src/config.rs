@@ -31,10 +31,16 @@ pub struct HostConfig {
     /// Network id. Hosts with different ids refuse each other; it namespaces
     /// every protocol name (`/distribus/<network_id>/…`).
     pub network_id: String,
-    /// The host's identity key. `None` makes a new ed25519 key.
+    /// The host's identity key. `None` makes a new ed25519 key (and, given
+    /// to [`crate::Host::set_config`], keeps the current one).
     pub keypair: Option<Keypair>,
     /// Transports to build.
     pub transport: TransportKind,
+    /// A closed network's pre-shared key ([`crate::NetworkKey`]): with it,
+    /// only processes that hold the same key can connect at all (on every
+    /// transport). `None`: anyone who can reach a listen address may join
+    /// (given to [`crate::Host::set_config`]: keep the current key).
+    pub network_key: Option<crate::NetworkKey>,
     /// How many hosts hold each directory entry (the closest by XOR distance).
     pub replication: usize,
     /// How often a host raises its heartbeat counter and swaps membership
@@ -115,6 +121,7 @@ impl Default for HostConfig {
             network_id: "distribus".into(),
             keypair: None,
             transport: TransportKind::Tcp,
+            network_key: None,
             replication: 3,
             heartbeat_interval: Duration::from_secs(2),
             lease: Duration::from_secs(20),
@@ -232,8 +239,12 @@ impl HostConfig {
             && self.relay_above == new.relay_above
             && self.link_delay == new.link_delay
             && self.link_loss == new.link_loss
-            && self.keypair.as_ref().map(|k| k.public())
-                == new.keypair.as_ref().map(|k| k.public());
+            // `None` keeps the current key and network key.
+            && new
+                .keypair
+                .as_ref()
+                .is_none_or(|k| self.keypair.as_ref().map(|c| c.public()) == Some(k.public()))
+            && new.network_key.is_none_or(|k| self.network_key == Some(k));
         if !fixed {
             return Err(Error::Config(
                 "only run-time fields may change on a running host".into(),

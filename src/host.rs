@@ -163,6 +163,9 @@ impl Host {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         cur.check_runtime_change(&config)?;
+        let mut config = config;
+        config.keypair = config.keypair.or_else(|| cur.keypair.clone());
+        config.network_key = config.network_key.or(cur.network_key);
         *cur = config;
         Ok(())
     }

@@ -28,6 +28,7 @@ mod inbox;
 mod link_delay;
 mod membership;
 mod message;
+mod network_key;
 mod overlay;
 mod peer;
 mod protocol;
@@ -43,6 +44,7 @@ pub use error::{Error, Result};
 pub use host::{parse_address, Host, MAX_ID_LEN};
 pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
+pub use network_key::NetworkKey;
 pub use peer::Peer;
 #[doc(hidden)]
 pub use protocol::PROTOCOL_VERSION;

@@ -190,3 +190,51 @@ async fn a_duplicate_id_neither_steals_nor_hides_the_first() {
     let m = within("moved alice's message", moved.recv()).await.unwrap();
     assert_eq!(m.decode::<u32>().unwrap(), 99);
 }
+
+/// A closed network: hosts with the key join each other over TCP and over
+/// WebSocket; a host without a key, or with another key, cannot complete a
+/// connection on either (nor on the memory transport). Before, anyone who
+/// could reach a listen address joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_without_the_network_key_cannot_connect() {
+    let key = distribus::NetworkKey::generate();
+    let keyed = |k: Option<distribus::NetworkKey>| {
+        let mut cfg = HostConfig::for_tests();
+        cfg.network_key = k;
+        cfg.join_timeout = Duration::from_secs(3);
+        cfg
+    };
+    let (a, tcp_addr) = tcp_host(keyed(Some(key))).await;
+    let ws_addr = a.listen("/ip4/127.0.0.1/tcp/0/ws").await.unwrap().remove(0);
+    let mut friends = Vec::new();
+    for addr in [&tcp_addr, &ws_addr] {
+        let (friend, _) = tcp_host(keyed(Some(key))).await;
+        friend
+            .join(&addr.to_string())
+            .await
+            .expect("same key joins");
+        friends.push(friend);
+        for stranger_key in [None, Some(distribus::NetworkKey::generate())] {
+            let (stranger, _) = tcp_host(keyed(stranger_key)).await;
+            let r = stranger.join(&addr.to_string()).await;
+            assert!(
+                matches!(r, Err(distribus::Error::Join { .. })),
+                "{addr} with key {stranger_key:?}: {r:?}"
+            );
+            assert_eq!(stranger.stats().hosts, 1);
+        }
+    }
+    let (m, m_addr) = mem_host(keyed(Some(key))).await;
+    let (stranger, _) = mem_host(keyed(None)).await;
+    assert!(stranger.join(&m_addr.to_string()).await.is_err());
+    let (friend, _) = mem_host(keyed(Some(key))).await;
+    friend
+        .join(&m_addr.to_string())
+        .await
+        .expect("same key joins");
+    assert_eq!(m.stats().hosts, 2, "only the keyed host joined");
+    wait_for("a's two keyed friends, and a", || async {
+        a.stats().hosts == 3
+    })
+    .await;
+}

@@ -183,3 +183,29 @@ async fn config_reads_and_runtime_fields_change() {
     bad.replication = 0;
     assert!(matches!(Host::new(bad).await, Err(Error::Config(_))));
 }
+
+/// `set_config` with a config that leaves the key unset keeps the host's key
+/// (as the original `host.config(options)` merged options): run-time fields
+/// change, fixed ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_with_no_key_keeps_the_key() {
+    let host = distribus::Host::new(distribus::HostConfig::default())
+        .await
+        .unwrap();
+    let mut cfg = distribus::HostConfig::default();
+    cfg.reconnect_delay = std::time::Duration::from_millis(123);
+    host.set_config(cfg).expect("None keeps the current key");
+    let now = host.config();
+    assert_eq!(now.reconnect_delay, std::time::Duration::from_millis(123));
+    assert_eq!(
+        now.keypair.map(|k| k.public().to_peer_id()),
+        Some(host.id())
+    );
+    let mut other = distribus::HostConfig::default();
+    other.keypair = Some(libp2p::identity::Keypair::generate_ed25519());
+    assert!(matches!(
+        host.set_config(other),
+        Err(distribus::Error::Config(_))
+    ));
+    host.close().await.unwrap();
+}

@@ -689,3 +689,65 @@ async fn a_second_signal_exits_at_once() {
         b.stderr.lock().unwrap()
     );
 }
+
+/// `keygen` writes a key file of mode 0600 (and will not overwrite one);
+/// a node refuses a key file others can read; two nodes with the key mesh,
+/// a host with the key joins them and reaches an echo peer, and a host
+/// without it cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_a_network_key_admit_only_hosts_that_hold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("swarm.key");
+    let key_s = key.to_str().unwrap();
+    let (code, out, err) = run_to_end(&["keygen", key_s], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("wrote network key"), "{out}");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (code, _, err) = run_to_end(&["keygen", key_s], &[]);
+    assert_one_line_error(code, &err, "exists");
+
+    let open = dir.path().join("open.key");
+    std::fs::copy(&key, &open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run_to_end(
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--network-key",
+            open.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(code, &err, "chmod 600");
+
+    let a = start(&["--network-key", key_s]);
+    let _b = start(&[
+        "--network-key",
+        key_s,
+        "--join",
+        a.addr(),
+        "--echo-peer",
+        "echo-b",
+    ]);
+    let text = std::fs::read_to_string(&key).unwrap();
+    let mut cfg = HostConfig::default();
+    cfg.lease = Duration::from_secs(3);
+    cfg.heartbeat_interval = Duration::from_millis(250);
+    cfg.join_timeout = Duration::from_secs(3);
+    cfg.network_key = Some(distribus::NetworkKey::from_key_file(&text).unwrap());
+    let t = Host::new(cfg.clone()).await.unwrap();
+    t.listen("/ip4/127.0.0.1/tcp/0").await.unwrap();
+    t.join(a.addr()).await.expect("a host with the key joins");
+    let probe = t.create("probe").unwrap();
+    wait_found(&t, "echo-b").await;
+    echo_round_trip(&probe, "echo-b", "closed").await;
+
+    cfg.network_key = None;
+    let stranger = Host::new(cfg).await.unwrap();
+    assert!(
+        stranger.join(a.addr()).await.is_err(),
+        "a host without the key joined"
+    );
+    t.close().await.unwrap();
+}

@@ -22,6 +22,7 @@ fn settings(listen: &[&str], join: Vec<String>, echo: &str) -> Settings {
         listen: listen.iter().map(|s| s.to_string()).collect(),
         join,
         identity: None,
+        network_key: None,
         metrics: None,
         echo_peers: vec![echo.to_string()],
         subscribe: Vec::new(),

@@ -1,5 +1,6 @@
-//! The node's persistent identity key: loaded from a file, or created with
-//! mode 0600 when the file is missing.
+//! The node's key files: its persistent identity key (loaded from a file,
+//! or created with mode 0600 when the file is missing), and a closed
+//! network's key (made by `keygen`, refused unless mode 0600).
 
 use std::{
     fs::OpenOptions,
@@ -12,6 +13,37 @@ use libp2p::identity::Keypair;
 
 /// Loads the key in `path`, or creates one there. Returns the key and
 /// whether it was created.
+/// Reads a network key file, refused unless only its owner can read it.
+pub fn load_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("network key file {shown}: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "network key file {shown} is accessible by group or others (mode {mode:o}); \
+             run: chmod 600 {shown}"
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("network key file {shown}: {e}"))?;
+    distribus::NetworkKey::from_key_file(&text).map_err(|e| format!("{shown}: {e}"))
+}
+
+/// Writes a new network key to `path` (mode 0600); an existing file is
+/// left alone and refused.
+pub fn write_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
+    let key = distribus::NetworkKey::generate();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("network key file {}: {e}", path.display()))?;
+    f.write_all(key.to_key_file().as_bytes())
+        .map_err(|e| format!("network key file {}: {e}", path.display()))?;
+    Ok(key)
+}
+
 pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
     let shown = path.display();
     match std::fs::metadata(path) {

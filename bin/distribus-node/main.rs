@@ -79,6 +79,16 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", settings.to_toml()?);
             Ok(())
         }
+        Some(Command::Keygen { file }) => {
+            let key = identity::write_network_key(&file)?;
+            println!(
+                "wrote network key {} to {}; give every node --network-key {}",
+                key.fingerprint(),
+                file.display(),
+                file.display()
+            );
+            Ok(())
+        }
         Some(Command::Demo) => {
             let filter = if chatty {
                 settings.log_filter.as_str()
@@ -96,8 +106,22 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// The node's life: start, print how to join, wait for a signal, leave.
-async fn serve(settings: Settings) -> Result<(), String> {
+async fn serve(mut settings: Settings) -> Result<(), String> {
     let mut signals = Signals::register()?;
+    if let Some(path) = &settings.network_key {
+        let key = identity::load_network_key(path)?;
+        tracing::info!(fingerprint = %key.fingerprint(), "closed network");
+        settings.host.network_key = Some(key);
+    } else if settings
+        .listen
+        .iter()
+        .any(|a| !(a.contains("127.0.0.1") || a.contains("/ip6/::1/") || a.contains("localhost")))
+    {
+        tracing::warn!(
+            "listening beyond loopback without a network key: anyone who can reach this node \
+             can join it (make a key with `distribus-node keygen <file>`, pass --network-key)"
+        );
+    }
     let key = match &settings.identity {
         Some(path) => {
             let (key, created) = identity::load_or_create(path)?;

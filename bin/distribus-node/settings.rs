@@ -53,6 +53,12 @@ pub enum Command {
     /// Print the settings after merging flags, environment and config file,
     /// in config-file form, and exit.
     Config,
+    /// Write a new network key to FILE (mode 0600; refuses to overwrite)
+    /// for `--network-key`, and exit.
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+    },
 }
 
 /// Log output format.
@@ -98,6 +104,16 @@ pub struct NodeArgs {
     /// Created (mode 0600) when missing. Default: a new key every start.
     #[arg(long, global = true, env = "DISTRIBUS_IDENTITY", value_name = "FILE")]
     pub identity: Option<PathBuf>,
+    /// Swarm key file of a closed network (make one with `keygen`; mode
+    /// 0600): only processes with the same key can connect. Default: an
+    /// open network.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_NETWORK_KEY",
+        value_name = "FILE"
+    )]
+    pub network_key: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long, global = true, env = "DISTRIBUS_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -212,6 +228,8 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    network_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     echo_peer: Option<Vec<String>>,
@@ -265,6 +283,8 @@ pub struct Settings {
     pub join: Vec<String>,
     /// Identity key file.
     pub identity: Option<PathBuf>,
+    /// Network key file.
+    pub network_key: Option<PathBuf>,
     /// Metrics address.
     pub metrics: Option<SocketAddr>,
     /// Echo peers to create.
@@ -388,6 +408,7 @@ impl Settings {
             listen,
             join: list(args.join, file.join),
             identity: args.identity.or(file.identity),
+            network_key: args.network_key.or(file.network_key),
             metrics: args.metrics.or(file.metrics),
             echo_peers: list(args.echo_peer, file.echo_peer),
             subscribe: list(args.subscribe, file.subscribe),
@@ -409,6 +430,7 @@ impl Settings {
             join: Some(self.join.clone()),
             network_id: Some(self.host.network_id.clone()),
             identity: self.identity.clone(),
+            network_key: self.network_key.clone(),
             metrics: self.metrics,
             echo_peer: Some(self.echo_peers.clone()),
             subscribe: Some(self.subscribe.clone()),
