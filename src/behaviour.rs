@@ -45,14 +45,48 @@ pub(crate) struct Behaviour {
     pub gate: crate::dial_gate::Behaviour,
 }
 
-/// Gossipsub message id: a hash of the data. Every published frame carries
-/// a random nonce, so distinct publishes get distinct ids.
+/// Gossipsub message id: SHA-256 of the topic (length first) and the data,
+/// 128 bits of it. Every published frame carries a random nonce, so distinct
+/// publishes get distinct ids. A hash with a fixed definition: `std`'s
+/// `DefaultHasher` may change between Rust releases, and hosts built with
+/// different compilers would then disagree on ids (duplicates or drops).
 fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    m.topic.hash(&mut h);
-    m.data.hash(&mut h);
-    gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+    use sha2::Digest as _;
+    let topic = m.topic.as_str().as_bytes();
+    let mut h = sha2::Sha256::new();
+    h.update((topic.len() as u64).to_be_bytes());
+    h.update(topic);
+    h.update(&m.data);
+    gossipsub::MessageId::from(h.finalize()[..16].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The id is a fixed function of topic and data: this value must never
+    /// change, or hosts of different builds stop agreeing on ids.
+    #[test]
+    fn message_ids_have_a_fixed_definition() {
+        let m = libp2p::gossipsub::Message {
+            source: None,
+            data: b"hello".to_vec(),
+            sequence_number: None,
+            topic: libp2p::gossipsub::TopicHash::from_raw("news"),
+        };
+        let id = super::message_id(&m);
+        let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.len(), 32);
+        assert_eq!(id, super::message_id(&m.clone()));
+        let other = libp2p::gossipsub::Message {
+            topic: libp2p::gossipsub::TopicHash::from_raw("new"),
+            data: b"shello".to_vec(),
+            ..m
+        };
+        assert_ne!(super::message_id(&other), id, "topic and data stay apart");
+        assert_eq!(hex, FIXED);
+    }
+
+    /// SHA-256 of 4u64 (big endian) ‖ "news" ‖ "hello", first 16 bytes.
+    const FIXED: &str = "d1108f0fa174533acb98b6988f3024f2";
 }
 
 fn build_behaviour(
