@@ -60,35 +60,6 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
     gossipsub::MessageId::from(h.finalize()[..16].to_vec())
 }
 
-#[cfg(test)]
-mod tests {
-    /// The id is a fixed function of topic and data: this value must never
-    /// change, or hosts of different builds stop agreeing on ids.
-    #[test]
-    fn message_ids_have_a_fixed_definition() {
-        let m = libp2p::gossipsub::Message {
-            source: None,
-            data: b"hello".to_vec(),
-            sequence_number: None,
-            topic: libp2p::gossipsub::TopicHash::from_raw("news"),
-        };
-        let id = super::message_id(&m);
-        let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex.len(), 32);
-        assert_eq!(id, super::message_id(&m.clone()));
-        let other = libp2p::gossipsub::Message {
-            topic: libp2p::gossipsub::TopicHash::from_raw("new"),
-            data: b"shello".to_vec(),
-            ..m
-        };
-        assert_ne!(super::message_id(&other), id, "topic and data stay apart");
-        assert_eq!(hex, FIXED);
-    }
-
-    /// SHA-256 of 4u64 (big endian) ‖ "news" ‖ "hello", first 16 bytes.
-    const FIXED: &str = "d1108f0fa174533acb98b6988f3024f2";
-}
-
 fn build_behaviour(
     key: &Keypair,
     cfg: &HostConfig,
@@ -299,4 +270,33 @@ pub(crate) async fn build_swarm(
             .build(),
     };
     Ok((swarm, (opener, inbound), (req_opener, req_inbound)))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The id is a fixed function of topic and data: this value must never
+    /// change, or hosts of different builds stop agreeing on ids.
+    #[test]
+    fn message_ids_have_a_fixed_definition() {
+        let m = libp2p::gossipsub::Message {
+            source: None,
+            data: b"hello".to_vec(),
+            sequence_number: None,
+            topic: libp2p::gossipsub::TopicHash::from_raw("news"),
+        };
+        let id = super::message_id(&m);
+        let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.len(), 32);
+        assert_eq!(id, super::message_id(&m.clone()));
+        let other = libp2p::gossipsub::Message {
+            topic: libp2p::gossipsub::TopicHash::from_raw("new"),
+            data: b"shello".to_vec(),
+            ..m
+        };
+        assert_ne!(super::message_id(&other), id, "topic and data stay apart");
+        assert_eq!(hex, FIXED);
+    }
+
+    /// SHA-256 of 4u64 (big endian) ‖ "news" ‖ "hello", first 16 bytes.
+    const FIXED: &str = "d1108f0fa174533acb98b6988f3024f2";
 }
