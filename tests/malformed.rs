@@ -8,12 +8,7 @@ use std::{io, time::Duration};
 use common::{raw::*, *};
 use distribus::HostConfig;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{
-    core::{transport::MemoryTransport, upgrade},
-    noise, request_response,
-    swarm::SwarmEvent,
-    yamux, StreamProtocol, SwarmBuilder, Transport,
-};
+use libp2p::{request_response, swarm::SwarmEvent, StreamProtocol};
 
 /// Hosts with small frame and message limits (64 KiB, 32 KiB).
 fn small_frames() -> HostConfig {
@@ -175,19 +170,7 @@ pub(crate) async fn raw_stream_stranger(
     addr: libp2p::Multiaddr,
 ) -> (libp2p_stream::Control, libp2p::identity::Keypair) {
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let mut swarm = SwarmBuilder::with_existing_identity(key.clone())
-        .with_tokio()
-        .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            Ok(MemoryTransport::default()
-                .upgrade(upgrade::Version::V1)
-                .authenticate(noise::Config::new(k)?)
-                .multiplex(yamux::Config::default()))
-        })
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
+    let mut swarm = memory_swarm(key.clone(), libp2p_stream::Behaviour::new);
     let control = swarm.behaviour().new_control();
     swarm.dial(addr).unwrap();
     within("raw client connects", async {

@@ -74,6 +74,27 @@ pub fn raw_client() -> RawSwarm {
 
 /// A raw swarm with identity `key` on the memory transport.
 pub fn raw_client_with(key: Keypair) -> RawSwarm {
+    memory_swarm(key, || {
+        request_response::Behaviour::<RawCodec>::new(
+            [(
+                StreamProtocol::try_from_owned(format!(
+                    "/distribus/distribus/rpc/{}",
+                    distribus::PROTOCOL_VERSION
+                ))
+                .unwrap(),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+        )
+    })
+}
+
+/// A bare swarm with identity `key` on the memory transport (noise,
+/// yamux), with `behaviour`; idle connections stay 30 s.
+pub fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: Keypair,
+    behaviour: impl FnOnce() -> B,
+) -> libp2p::Swarm<B> {
     SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
@@ -83,20 +104,9 @@ pub fn raw_client_with(key: Keypair) -> RawSwarm {
                 .multiplex(yamux::Config::default()))
         })
         .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(
-                    StreamProtocol::try_from_owned(format!(
-                        "/distribus/distribus/rpc/{}",
-                        distribus::PROTOCOL_VERSION
-                    ))
-                    .unwrap(),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
+        .with_behaviour(|_| behaviour())
         .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
         .build()
 }
 
