@@ -441,6 +441,19 @@ impl EventLoop {
     /// the membership into the shared member set when it changed.
     fn publish_gauges(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
+        self.publish_members();
+        let c = &self.shared.counters;
+        c.directory_entries.store(self.store.len() as u64, Relaxed);
+        c.directory_refused.store(self.store.refused(), Relaxed);
+        c.hosts.store(self.membership.len() as u64, Relaxed);
+        c.connected
+            .store(self.swarm.connected_peers().count() as u64, Relaxed);
+    }
+
+    /// Copies the membership into the shared member set if it changed:
+    /// before any answer goes out, so that a host that has just been
+    /// answered its join finds its delivery batches taken.
+    fn publish_members(&mut self) {
         if self.members_version != self.membership.version() {
             self.members_version = self.membership.version();
             let set = self.membership.keys().iter().map(|(_, h)| *h).collect();
@@ -450,12 +463,6 @@ impl EventLoop {
                 .write()
                 .unwrap_or_else(|p| p.into_inner()) = set;
         }
-        let c = &self.shared.counters;
-        c.directory_entries.store(self.store.len() as u64, Relaxed);
-        c.directory_refused.store(self.store.refused(), Relaxed);
-        c.hosts.store(self.membership.len() as u64, Relaxed);
-        c.connected
-            .store(self.swarm.connected_peers().count() as u64, Relaxed);
     }
 
     fn local(&self) -> PeerId {
@@ -558,6 +565,7 @@ impl EventLoop {
             return;
         }
         let response = self.on_request(peer, request);
+        self.publish_members();
         self.answer(peer, responder, response);
     }
 
