@@ -79,7 +79,7 @@ fn build_behaviour(
         [(rpc_proto, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(cfg.request_timeout)
-            .with_max_concurrent_streams(4096),
+            .with_max_concurrent_streams(MAX_INBOUND_STREAMS),
     );
 
     // Anonymous gossipsub: links are already noise-authenticated, and
@@ -149,6 +149,42 @@ pub(crate) type StreamEnds = (
     crate::delivery::streams::Opener,
     tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
 );
+
+/// Why listening on `addr` must fail although libp2p would accept it: its
+/// TCP port is held by another socket. libp2p-tcp sets `SO_REUSEPORT` on
+/// listeners, so a second host of this process (or any process of this
+/// user that does the same) would share the port silently and get half the
+/// connections. A plain bind, without that option, is refused while anyone
+/// listens there; the probe socket is closed at once.
+pub(crate) fn busy_tcp_port(addr: &libp2p::Multiaddr) -> Option<String> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::from(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::from(a)),
+            Protocol::Tcp(0) => return None,
+            Protocol::Tcp(port) => {
+                let sa = std::net::SocketAddr::new(ip?, port);
+                return match std::net::TcpListener::bind(sa) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        Some(format!("TCP port {port} is already in use ({e})"))
+                    }
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Request-response exchanges one connection may have open at once, each
+/// way: the same bound as a request stream's requests in flight
+/// (`rpc_stream::server::IN_FLIGHT`), so that a remote host cannot hold
+/// more of this host's memory on one path than on the other. libp2p drops
+/// further inbound streams (the requester sees the failure).
+const MAX_INBOUND_STREAMS: usize = 256;
 
 /// The swarm, and the ends of its delivery and request streams.
 pub(crate) type Built = (Swarm<Behaviour>, StreamEnds, StreamEnds);

@@ -177,17 +177,76 @@ impl RawMember {
     }
 
     fn own_record(&self) -> io::Result<crate::protocol::SignedRecord> {
+        self.own_record_with(vec![])
+    }
+
+    fn own_record_with(&self, channels: Vec<String>) -> io::Result<crate::protocol::SignedRecord> {
         crate::membership::HostRecord {
             public_key: self.key.public().encode_protobuf(),
             epoch: self.epoch,
             seq: 1,
             addrs: vec![],
-            channels: vec![],
+            channels,
             leaving: false,
             anchor: self.chain.anchor(),
         }
         .sign(&self.key)
         .ok_or_else(|| io::Error::other("cannot sign"))
+    }
+
+    /// A join request frame whose own record lists `channels` channels.
+    pub fn join_with_channels(&self, channels: usize) -> io::Result<Vec<u8>> {
+        let names = (0..channels).map(|i| format!("ch{i}")).collect();
+        encode_frame(&Request::Join(vec![self.own_record_with(names)?]))
+    }
+
+    /// A join request frame with this member's own record and the records
+    /// of `n` hosts that do not exist, each signed by a new key of its own
+    /// (a Sybil join: keys cost nothing).
+    pub fn join_with_strangers(&self, n: usize) -> io::Result<Vec<u8>> {
+        let mut records = Vec::with_capacity(n + 1);
+        for _ in 0..n {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let record = crate::membership::HostRecord {
+                public_key: key.public().encode_protobuf(),
+                epoch: 1,
+                seq: 1,
+                addrs: vec![],
+                channels: vec![],
+                leaving: false,
+                anchor: crate::beat_chain::Anchor::default(),
+            };
+            records.push(
+                record
+                    .sign(&key)
+                    .ok_or_else(|| io::Error::other("cannot sign"))?,
+            );
+        }
+        records.push(self.own_record()?);
+        encode_frame(&Request::Join(records))
+    }
+
+    /// A directory request frame registering ids `{prefix}0` to
+    /// `{prefix}{n-1}` on this member.
+    pub fn registrations(&self, prefix: &str, n: usize) -> io::Result<Vec<u8>> {
+        let ops = (0..n)
+            .map(|i| crate::directory::DirOp::Register(format!("{prefix}{i}").into()))
+            .collect();
+        encode_frame(&Request::Directory {
+            epoch: self.epoch,
+            ops,
+        })
+    }
+
+    /// How many registrations a directory answer frame (length prefix
+    /// included) refused because the store was full, or `None` if the
+    /// answer is not a directory answer.
+    pub fn registrations_refused(frame: &[u8]) -> Option<u32> {
+        match decode_frame::<Response>(frame.get(4..).unwrap_or_default()) {
+            Ok(Response::DirectoryApplied { full, .. }) => Some(full),
+            Ok(Response::DirectoryOk) => Some(0),
+            _ => None,
+        }
     }
 
     /// A join request frame carrying this member's own record and the

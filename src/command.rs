@@ -63,6 +63,7 @@ pub(crate) enum Command {
     Subscribe {
         channel: String,
         sink: SubSink,
+        reply: oneshot::Sender<Result<()>>,
     },
     Unsubscribe {
         channel: String,

@@ -76,6 +76,21 @@ pub struct HostConfig {
     pub location_cache_capacity: usize,
     /// Most directory entries this host holds for others.
     pub max_directory_entries: usize,
+    /// Most directory entries this host holds for any one other host: one
+    /// member cannot fill the store for everyone. Registrations past it are
+    /// refused (the registering host is told, and counts them).
+    pub max_directory_entries_per_host: usize,
+    /// Most hosts in the membership. Records of further new hosts are
+    /// refused and counted (`Stats::records_refused`): new host keys cost
+    /// nothing, so without a cap one member could grow every host's
+    /// membership without bound.
+    pub max_hosts: usize,
+    /// *Run time.* Hosts admitted to the membership (`None`: any host that
+    /// joins, or that a member names). With a list, a host not on it is
+    /// refused at join, its records are dropped and its requests refused;
+    /// hosts removed from the list by [`crate::Host::set_config`] are
+    /// dropped from the membership at once. This host is always admitted.
+    pub allowed_hosts: Option<std::collections::BTreeSet<libp2p::PeerId>>,
     /// *Run time.* How long a publish waits for the gossip mesh to reach the
     /// channel's known subscribers before it is sent to those reachable.
     pub publish_warmup: Duration,
@@ -137,6 +152,9 @@ impl Default for HostConfig {
             subscription_capacity: 16_384,
             location_cache_capacity: 100_000,
             max_directory_entries: 20_000_000,
+            max_directory_entries_per_host: 5_000_000,
+            max_hosts: 10_000,
+            allowed_hosts: None,
             publish_warmup: Duration::from_secs(5),
             gossip_heartbeat: Duration::from_millis(700),
             idle_connection_timeout: Duration::from_secs(60),
@@ -197,6 +215,11 @@ impl HostConfig {
         if self.max_message_size + 1024 > self.max_frame_size {
             return bad("max_frame_size must exceed max_message_size by at least 1 KiB");
         }
+        if self.max_hosts < 2 || self.max_directory_entries_per_host == 0 {
+            return bad(
+                "max_hosts must be at least 2 and max_directory_entries_per_host at least 1",
+            );
+        }
         if [
             self.max_connections,
             self.max_connections_per_host,
@@ -230,6 +253,8 @@ impl HostConfig {
             && self.max_batch_messages == new.max_batch_messages
             && self.location_cache_capacity == new.location_cache_capacity
             && self.max_directory_entries == new.max_directory_entries
+            && self.max_directory_entries_per_host == new.max_directory_entries_per_host
+            && self.max_hosts == new.max_hosts
             && self.gossip_heartbeat == new.gossip_heartbeat
             && self.idle_connection_timeout == new.idle_connection_timeout
             && self.max_connections == new.max_connections

@@ -121,30 +121,46 @@ struct Holding {
 pub(crate) struct DirectoryStore {
     entries: HashMap<Arc<str>, Holding, ahash::RandomState>,
     hosts: Vec<PeerId>,
+    /// Entries held per host (by interned index): the per-host quota.
+    counts: Vec<usize>,
     host_index: HashMap<PeerId, u32>,
     max_entries: usize,
+    max_per_host: usize,
     refused: u64,
 }
 
 impl DirectoryStore {
-    pub fn new(max_entries: usize) -> Self {
+    pub fn new(max_entries: usize, max_per_host: usize) -> Self {
         DirectoryStore {
             entries: HashMap::default(),
             hosts: Vec::new(),
+            counts: Vec::new(),
             host_index: HashMap::new(),
             max_entries,
+            max_per_host,
             refused: 0,
         }
     }
 
+    /// The index of `host`. Interned hosts are members that registered
+    /// (non-members are refused before this), so the list is bounded by
+    /// the hosts ever admitted.
     fn intern(&mut self, host: PeerId) -> u32 {
         if let Some(&i) = self.host_index.get(&host) {
             return i;
         }
         let i = self.hosts.len() as u32;
         self.hosts.push(host);
+        self.counts.push(0);
         self.host_index.insert(host, i);
         i
+    }
+
+    fn recount(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = 0);
+        for e in self.entries.values() {
+            self.counts[e.host as usize] += 1;
+        }
     }
 
     /// Applies `ops` made by `host` in epoch `epoch`; returns the
@@ -165,8 +181,11 @@ impl DirectoryStore {
                             continue; // a late packet of an older epoch
                         }
                         e.epoch = epoch;
-                    } else if self.entries.len() < self.max_entries {
+                    } else if self.entries.len() < self.max_entries
+                        && self.counts[h as usize] < self.max_per_host
+                    {
                         self.entries.insert(id, Holding { host: h, epoch });
+                        self.counts[h as usize] += 1;
                     } else {
                         self.refused += 1;
                         out.full += 1;
@@ -179,6 +198,7 @@ impl DirectoryStore {
                         .is_some_and(|e| e.host == h && e.epoch <= epoch)
                     {
                         self.entries.remove(&*id);
+                        self.counts[h as usize] -= 1;
                     }
                 }
             }
@@ -189,6 +209,7 @@ impl DirectoryStore {
     /// Keeps only the entries for which `keep(id)` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.entries.retain(|id, _| keep(id));
+        self.recount();
     }
 
     /// The host an id lives on, if this store holds it.
@@ -205,13 +226,15 @@ impl DirectoryStore {
         };
         self.entries
             .retain(|_, e| !(e.host == h && e.epoch < before_epoch));
+        self.counts[h as usize] = self.entries.values().filter(|e| e.host == h).count();
     }
 
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Registrations refused because the store was full.
+    /// Registrations refused because the store, or the registering host's
+    /// share of it, was full.
     pub fn refused(&self) -> u64 {
         self.refused
     }
@@ -246,7 +269,7 @@ mod tests {
     #[test]
     fn entries_point_to_their_host_only() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        let mut s = DirectoryStore::new(10);
+        let mut s = DirectoryStore::new(10, 10);
         s.apply(a, 1, vec![DirOp::Register("x".into())]);
         // b cannot withdraw a's entry
         s.apply(b, 1, vec![DirOp::Withdraw("x".into())]);
@@ -283,7 +306,7 @@ mod tests {
     #[test]
     fn newer_epoch_supersedes_and_store_is_bounded() {
         let a = PeerId::random();
-        let mut s = DirectoryStore::new(2);
+        let mut s = DirectoryStore::new(2, 2);
         s.apply(
             a,
             1,
@@ -298,5 +321,26 @@ mod tests {
         s.apply(a, 1, vec![DirOp::Register("x".into())]);
         s.drop_host(&a, 2);
         assert_eq!(s.lookup("x"), Some(a), "the old epoch did not overwrite");
+    }
+
+    #[test]
+    fn one_host_cannot_take_more_than_its_share() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut s = DirectoryStore::new(100, 3);
+        let regs = |p: &str, n: usize| -> Vec<DirOp> {
+            (0..n)
+                .map(|i| DirOp::Register(format!("{p}{i}").into()))
+                .collect()
+        };
+        assert_eq!(s.apply(a, 1, regs("a", 10)).full, 7);
+        assert_eq!(s.apply(b, 1, regs("b", 3)).full, 0, "b still has room");
+        assert_eq!((s.len(), s.refused()), (6, 7));
+        // Withdrawing frees a's share; dropping a frees all of it.
+        s.apply(a, 1, vec![DirOp::Withdraw("a0".into())]);
+        assert_eq!(s.apply(a, 1, regs("c", 2)).full, 1);
+        s.drop_host(&a, u64::MAX);
+        assert_eq!(s.apply(a, 2, regs("d", 3)).full, 0);
+        s.retain(|id| !id.starts_with('d'));
+        assert_eq!(s.apply(a, 2, regs("e", 4)).full, 1);
     }
 }

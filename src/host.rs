@@ -167,6 +167,10 @@ impl Host {
         config.keypair = config.keypair.or_else(|| cur.keypair.clone());
         config.network_key = config.network_key.or(cur.network_key);
         *cur = config;
+        self.inner
+            .shared
+            .config_changes
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -319,13 +323,12 @@ impl Host {
             tx,
             missed: missed.clone(),
         };
-        self.inner
-            .commands
-            .send(Command::Subscribe {
-                channel: channel.to_string(),
-                sink,
-            })
-            .await?;
+        self.call(|reply| Command::Subscribe {
+            channel: channel.to_string(),
+            sink,
+            reply,
+        })
+        .await??;
         Ok(Subscription::new(
             self.clone(),
             channel.to_string(),

@@ -23,6 +23,9 @@ mod dial_gate;
 mod directory;
 mod error;
 mod event_loop;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod inbox;
 mod link_delay;
@@ -37,6 +40,8 @@ mod rpc_stream;
 mod send_lane;
 mod shared;
 mod subscription;
+#[cfg(test)]
+mod wire_props;
 
 pub use command::{HostInfo, Location};
 pub use config::{HostConfig, TransportKind};

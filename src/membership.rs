@@ -63,6 +63,10 @@ pub(crate) struct Verified {
     pub key: PublicKey,
 }
 
+/// Most channels a host record may list (a host subscribes to at most
+/// this many); records listing more are refused.
+pub(crate) const MAX_RECORD_CHANNELS: usize = 4096;
+
 /// Checks a signed record; `None` if it does not decode or its signature is wrong.
 pub(crate) fn verify(signed: &SignedRecord) -> Option<Verified> {
     verify_unless(signed, |_, _| false)
@@ -198,6 +202,9 @@ impl Membership {
         if gone.is_empty() {
             return;
         }
+        // A set: thousands of hosts may lapse at once (say, after a join
+        // full of hosts that never beat), and a list made this quadratic.
+        let gone: std::collections::HashSet<&PeerId> = gone.iter().collect();
         self.keys
             .retain(|(_, h)| *h == self.local || !gone.contains(h));
         self.by_key.retain(|_, h| !gone.contains(h));
@@ -429,6 +436,15 @@ impl Membership {
             .filter(|(_, m)| now.duration_since(m.last_heard) > after)
             .map(|(h, _)| *h)
             .collect()
+    }
+
+    /// Drops `host` (no longer admitted); whether it was a member.
+    pub fn remove(&mut self, host: &PeerId) -> bool {
+        let was = self.members.remove(host).is_some();
+        if was {
+            self.unindex(&[*host]);
+        }
+        was
     }
 
     pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<Lapsed> {

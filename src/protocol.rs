@@ -129,6 +129,8 @@ pub(crate) struct SignedRecord {
 /// The reason a host gives when it refuses a request of a host that is not
 /// a member: the sender introduces itself with a join.
 pub(crate) const NOT_MEMBER: &str = "not a member";
+/// The reason a host gives to a host that its allow-list does not admit.
+pub(crate) const NOT_ALLOWED: &str = "not on the allow-list";
 
 /// Requests between hosts.
 #[derive(Debug, Clone, Serialize, Deserialize)]

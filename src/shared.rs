@@ -52,6 +52,7 @@ pub(crate) struct Counters {
     pub ids_lost: AtomicU64,
     pub refused_non_members: AtomicU64,
     pub registrations_refused: AtomicU64,
+    pub records_refused: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -127,8 +128,13 @@ pub struct Stats {
     /// directory store was full.
     pub registrations_refused: u64,
     /// Requests and delivery batches refused because their sender is not a
-    /// member (only a join is served to a host that is not).
+    /// member (only a join is served to a host that is not), or not on
+    /// the allow-list, or sent while a big join of theirs was being checked.
     pub refused_non_members: u64,
+    /// Host records refused by this host's limits: a host not on the
+    /// allow-list, a new host past `max_hosts`, a record listing too many
+    /// channels.
+    pub records_refused: u64,
 }
 
 #[derive(Debug)]
@@ -138,6 +144,9 @@ pub(crate) struct Shared {
     pub changes: Mutex<Vec<LocalChange>>,
     pub changes_ready: Notify,
     pub config: RwLock<HostConfig>,
+    /// Bumped by every `set_config`: the loop applies what a new
+    /// configuration changes beyond reading it (the allow-list).
+    pub config_changes: AtomicU64,
     pub closed: AtomicBool,
     pub wire: Arc<WireStats>,
     pub counters: Counters,
@@ -154,6 +163,7 @@ impl Shared {
             changes: Mutex::new(Vec::new()),
             changes_ready: Notify::new(),
             config: RwLock::new(config),
+            config_changes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             wire,
             counters: Counters::default(),
@@ -235,6 +245,7 @@ impl Shared {
             ids_lost: r(&c.ids_lost),
             registrations_refused: r(&c.registrations_refused),
             refused_non_members: r(&c.refused_non_members),
+            records_refused: r(&c.records_refused),
         }
     }
 }

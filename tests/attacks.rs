@@ -238,3 +238,214 @@ async fn a_stranger_without_the_network_key_cannot_connect() {
     })
     .await;
 }
+
+/// A member delivers a message to b's alice claiming to come from `bob`,
+/// who lives on a. alice's reply goes to a's bob, not to the member. Before
+/// claimed senders were checked against the directory, b cached `bob` at
+/// the member's host and the reply went there (here it failed: the member
+/// does not accept deliveries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_redirect_replies() {
+    let cfg = HostConfig::for_tests();
+    let nodes = star_with_addrs(3, &cfg).await;
+    let (a, a_addr) = &nodes[0];
+    let (b, b_addr) = &nodes[1];
+    let bob = a.create("bob").unwrap();
+    let alice = b.create("alice").unwrap();
+    wait_found(b, "bob", a).await;
+
+    let (mut swarm, liar, _) = raw_member(a, a_addr).await;
+    swarm.add_peer_address(b.id(), b_addr.clone());
+    ask(&mut swarm, b.id(), liar.join(&[]).unwrap())
+        .await
+        .expect("b answered the join");
+    let payload = distribus::Payload::postcard(&"from bob, honest").unwrap();
+    let spoofed = distribus::bench_support::encode_delivery(1, "bob", "alice", &payload).unwrap();
+    let answer = ask(&mut swarm, b.id(), spoofed).await.expect("delivered");
+    assert_eq!(
+        distribus::bench_support::decode_delivered(&answer).unwrap(),
+        vec![true]
+    );
+    let m = within("the spoofed message", alice.recv()).await.unwrap();
+    assert_eq!(m.from, "bob");
+
+    for i in 0..3u32 {
+        within("reply", alice.send("bob", &i))
+            .await
+            .expect("the reply reaches the real bob");
+        let got = within("bob's reply", bob.recv()).await.unwrap();
+        assert_eq!(got.decode::<u32>().unwrap(), i);
+    }
+    assert_eq!(b.cached_location("bob").await.unwrap(), Some(a.id()));
+}
+
+/// Small directory quotas: a stranger's 5,000 registrations are refused as
+/// a non-member's, and a member's are stored up to its share of a's store
+/// and refused past it (answered as refused, and counted) — while an honest
+/// host's peer created afterwards is still registered and found. Before,
+/// anyone's registrations were stored until the store was full, and
+/// registrations past it were answered `DirectoryOk`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_fill_the_directory() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_directory_entries = 3_000;
+    cfg.max_directory_entries_per_host = 1_000;
+    let nodes = star_with_addrs(2, &cfg).await;
+    let (a, a_addr) = &nodes[0];
+    let b = &nodes[1].0;
+
+    let mut stranger = raw_client();
+    stranger.add_peer_address(a.id(), a_addr.clone());
+    let outsider = RawMember::new(Keypair::generate_ed25519());
+    let answer = ask(
+        &mut stranger,
+        a.id(),
+        outsider.registrations("s", 5_000).unwrap(),
+    )
+    .await
+    .expect("answered");
+    assert!(RawMember::refused_as_non_member(&answer));
+
+    let (mut swarm, member, _) = raw_member(a, a_addr).await;
+    let mut refused = 0;
+    for batch in 0..10 {
+        let frame = member.registrations(&format!("m{batch}-"), 500).unwrap();
+        let answer = ask(&mut swarm, a.id(), frame).await.expect("answered");
+        refused += RawMember::registrations_refused(&answer).expect("a directory answer");
+    }
+    assert_eq!(
+        refused, 4_000,
+        "past its share, every registration is refused"
+    );
+    assert!(a.stats().directory_refused >= 4_000);
+    assert!(a.stats().directory_entries <= 1_000 + 100);
+
+    let honest = b.create("honest").unwrap();
+    within("registered", honest.registered())
+        .await
+        .expect("the honest peer is registered");
+    wait_found(a, "honest", b).await;
+}
+
+/// A member joins a with its own record and 20,000 records of hosts that
+/// do not exist, each signed by a key of its own. a checks the signatures
+/// off its loop: `find`s made meanwhile answer within 500 ms. And a admits
+/// only `max_hosts` hosts; the other records are refused and counted.
+/// Before, the 20,000 signatures were checked on the loop (about a second
+/// here), and every record was admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_flood_does_not_stall_the_loop() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.max_hosts = 64;
+    let nodes = star_with_addrs(2, &cfg).await;
+    let (a, a_addr) = &nodes[0];
+    let b = &nodes[1].0;
+    let _x = b.create("x").unwrap();
+    wait_found(a, "x", b).await;
+
+    let key = Keypair::generate_ed25519();
+    let sybil = RawMember::new(key.clone());
+    let flood = tokio::task::spawn_blocking(move || sybil.join_with_strangers(20_000).unwrap())
+        .await
+        .unwrap();
+    let mut swarm = raw_client_with(key);
+    swarm.add_peer_address(a.id(), a_addr.clone());
+    let a_id = a.id();
+    let join = tokio::spawn(async move { ask(&mut swarm, a_id, flood).await });
+
+    let mut slowest = Duration::ZERO;
+    let mut finds = 0;
+    while !join.is_finished() && finds < 500 {
+        let t = Instant::now();
+        let found = within("find during the flood", a.find("x")).await.unwrap();
+        assert_eq!(found.host, b.id());
+        slowest = slowest.max(t.elapsed());
+        finds += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = join.await.unwrap().expect("the join was answered");
+    assert!(
+        RawMember::members(&answer).is_ok(),
+        "a join answer (the membership)"
+    );
+    assert!(finds >= 3, "finds ran while the join was checked ({finds})");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a find took {slowest:?} during the join flood"
+    );
+    let hosts = a.members().await.unwrap().len() + 1;
+    assert!(hosts <= 64, "{hosts} hosts admitted, max_hosts is 64");
+    assert!(a.stats().records_refused >= 20_000 - 64);
+}
+
+/// A record listing more channels than a record may carry is refused (and
+/// counted): its host does not become a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_too_many_channels_is_refused() {
+    let cfg = HostConfig::for_tests();
+    let (a, a_addr) = mem_host(cfg).await;
+    let key = Keypair::generate_ed25519();
+    let member = RawMember::new(key.clone());
+    let mut swarm = raw_client_with(key.clone());
+    swarm.add_peer_address(a.id(), a_addr);
+    ask(
+        &mut swarm,
+        a.id(),
+        member.join_with_channels(5_000).unwrap(),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(a.stats().records_refused, 1);
+    assert!(!lists(&a, key.public().to_peer_id()).await);
+    // Within the limit it is a member.
+    ask(&mut swarm, a.id(), member.join_with_channels(100).unwrap())
+        .await
+        .expect("answered");
+    assert!(lists(&a, key.public().to_peer_id()).await);
+}
+
+/// a admits only the hosts on its allow-list: c's join is refused and c is
+/// not a member even after b (allowed) names it; added to the list, c
+/// joins; removed again, c is dropped from a's membership at once. Before,
+/// any host that could connect joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_admits_only_the_hosts_on_it() {
+    let cfg = HostConfig::for_tests();
+    let nodes = mem_hosts(3, &cfg).await;
+    let (a, a_addr) = &nodes[0];
+    let (b, b_addr) = &nodes[1];
+    let c = &nodes[2].0;
+    let mut listed = a.config();
+    listed.allowed_hosts = Some([a.id(), b.id()].into_iter().collect());
+    a.set_config(listed.clone()).unwrap();
+
+    b.join(&a_addr.to_string()).await.expect("b is on the list");
+    match c.join(&a_addr.to_string()).await {
+        Err(distribus::Error::Join { reason, .. }) => {
+            assert!(reason.contains("allow-list"), "{reason}")
+        }
+        other => panic!("c joined a host whose allow-list lacks it: {other:?}"),
+    }
+    // Through b, c's record reaches a, which drops it.
+    c.join(&b_addr.to_string()).await.expect("b admits anyone");
+    wait_for("b lists c", || lists(b, c.id())).await;
+    tokio::time::sleep(cfg.heartbeat_interval * 4).await;
+    assert!(!lists(a, c.id()).await, "a admitted c");
+    assert!(a.stats().records_refused >= 1);
+    assert!(a.stats().refused_non_members >= 1);
+
+    listed.allowed_hosts = Some([a.id(), b.id(), c.id()].into_iter().collect());
+    a.set_config(listed.clone()).unwrap();
+    c.join(&a_addr.to_string())
+        .await
+        .expect("c is on the list now");
+    assert!(lists(a, c.id()).await);
+
+    listed.allowed_hosts = Some([a.id(), b.id()].into_iter().collect());
+    a.set_config(listed).unwrap();
+    wait_for("a dropped c", || async { !lists(a, c.id()).await }).await;
+    let _carol = c.create("carol").unwrap();
+    tokio::time::sleep(cfg.heartbeat_interval * 4).await;
+    assert!(!lists(a, c.id()).await, "c came back");
+    assert!(lists(a, b.id()).await);
+}

@@ -131,3 +131,27 @@ async fn oversized_publish_is_refused() {
         Err(Error::MessageTooLarge { .. })
     ));
 }
+
+/// A host record lists every channel its host subscribes to, and other
+/// hosts refuse records listing more than 4,096: so a host subscribes to
+/// at most 4,096 channels, and the next is a clear error (more
+/// subscriptions on a channel it has are fine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_subscribes_to_at_most_4096_channels() {
+    let (h, _) = mem_host(HostConfig::for_tests()).await;
+    let mut subs = Vec::with_capacity(4096);
+    for i in 0..4096 {
+        subs.push(
+            h.subscribe(&format!("c{i}"))
+                .await
+                .expect("within the limit"),
+        );
+    }
+    match h.subscribe("one-more").await {
+        Err(distribus::Error::InvalidChannel(why)) => assert!(why.contains("4096"), "{why}"),
+        other => panic!("subscribed past the limit: {:?}", other.map(|_| ())),
+    }
+    let _again = h.subscribe("c7").await.expect("a channel it has");
+    drop(subs.pop());
+    let _room = h.subscribe("one-more").await.expect("room again");
+}

@@ -44,6 +44,38 @@ async fn listening_on_a_busy_port_is_a_clear_error() {
     ));
 }
 
+/// A second host of this process cannot listen on a port the first one
+/// holds, on TCP or WebSocket. Before, libp2p's `SO_REUSEPORT` let both
+/// listen, and connections went to either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_cannot_listen_on_a_port_the_first_holds() {
+    let first = Host::new(HostConfig::default()).await.unwrap();
+    let second = Host::new(HostConfig::default()).await.unwrap();
+    for proto in ["", "/ws"] {
+        let addr = first
+            .listen(&format!("/ip4/127.0.0.1/tcp/0{proto}"))
+            .await
+            .unwrap();
+        let port = addr[0]
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .unwrap();
+        for again in ["", "/ws"] {
+            let busy = format!("/ip4/127.0.0.1/tcp/{port}{again}");
+            match second.listen(&busy).await {
+                Err(Error::Listen { addr, reason }) => {
+                    assert_eq!(addr, busy);
+                    assert!(reason.contains("in use"), "{reason}");
+                }
+                other => panic!("listening on {busy} again: {other:?}"),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_over_websocket_url_like_the_original() {
     let cfg = HostConfig::default();

@@ -751,3 +751,41 @@ async fn nodes_with_a_network_key_admit_only_hosts_that_hold_it() {
     );
     t.close().await.unwrap();
 }
+
+/// `--allow-hosts FILE`: a host not on the list cannot join the node; once
+/// the file lists it and the node gets SIGHUP, it can. A bad file at start
+/// is a one-line error naming the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_is_read_at_start_and_again_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("allow");
+    std::fs::write(&list, "not-a-host-id\n").unwrap();
+    let (code, _, err) = run_to_end(
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--allow-hosts",
+            list.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_one_line_error(code, &err, "line 1");
+
+    let t = test_host(Duration::from_secs(3)).await;
+    std::fs::write(&list, "# nobody yet\n").unwrap();
+    let a = start(&["--allow-hosts", list.to_str().unwrap()]);
+    match t.join(a.addr()).await {
+        Err(distribus::Error::Join { reason, .. }) => {
+            assert!(reason.contains("allow-list"), "{reason}")
+        }
+        other => panic!("joined a node whose allow-list lacks it: {other:?}"),
+    }
+    std::fs::write(&list, format!("{}  # the test host\n", t.id())).unwrap();
+    a.signal("HUP");
+    wait_for("joined after SIGHUP", || async {
+        t.join(a.addr()).await.is_ok()
+    })
+    .await;
+    wait_members(&t, 1).await;
+    t.close().await.unwrap();
+}

@@ -23,6 +23,7 @@ fn settings(listen: &[&str], join: Vec<String>, echo: &str) -> Settings {
         join,
         identity: None,
         network_key: None,
+        allow_hosts: None,
         metrics: None,
         echo_peers: vec![echo.to_string()],
         subscribe: Vec::new(),

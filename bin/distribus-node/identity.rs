@@ -11,8 +11,6 @@ use std::{
 
 use libp2p::identity::Keypair;
 
-/// Loads the key in `path`, or creates one there. Returns the key and
-/// whether it was created.
 /// Reads a network key file, refused unless only its owner can read it.
 pub fn load_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
     let shown = path.display();
@@ -44,6 +42,29 @@ pub fn write_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
     Ok(key)
 }
 
+/// Reads an allow-list file: one host id per line; blank lines and text
+/// after `#` are ignored. A bad line is an error naming it.
+pub fn load_allow_list(
+    path: &Path,
+) -> Result<std::collections::BTreeSet<distribus::PeerId>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("allow-list {shown}: {e}"))?;
+    let mut hosts = std::collections::BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let id = line.split('#').next().unwrap_or_default().trim();
+        if id.is_empty() {
+            continue;
+        }
+        let host = id
+            .parse()
+            .map_err(|e| format!("allow-list {shown}, line {}: {id:?}: {e}", n + 1))?;
+        hosts.insert(host);
+    }
+    Ok(hosts)
+}
+
+/// Loads the key in `path`, or creates one there. Returns the key and
+/// whether it was created.
 pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
     let shown = path.display();
     match std::fs::metadata(path) {

@@ -105,6 +105,27 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// SIGHUP: reads the allow-list file again and applies it; a file that no
+/// longer reads keeps the current list (and says why).
+fn reload_allow_list(host: &distribus::Host, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: no allow-list to re-read");
+        return;
+    };
+    match identity::load_allow_list(path) {
+        Ok(hosts) => {
+            let n = hosts.len();
+            let mut cfg = host.config();
+            cfg.allowed_hosts = Some(hosts);
+            match host.set_config(cfg) {
+                Ok(()) => tracing::info!(hosts = n, "SIGHUP: allow-list re-read"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: allow-list not applied"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "SIGHUP: allow-list kept as it was"),
+    }
+}
+
 /// The node's life: start, print how to join, wait for a signal, leave.
 async fn serve(mut settings: Settings) -> Result<(), String> {
     let mut signals = Signals::register()?;
@@ -121,6 +142,11 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
             "listening beyond loopback without a network key: anyone who can reach this node \
              can join it (make a key with `distribus-node keygen <file>`, pass --network-key)"
         );
+    }
+    if let Some(path) = &settings.allow_hosts {
+        let hosts = identity::load_allow_list(path)?;
+        tracing::info!(hosts = hosts.len(), file = %path.display(), "allow-list");
+        settings.host.allowed_hosts = Some(hosts);
     }
     let key = match &settings.identity {
         Some(path) => {
@@ -151,7 +177,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     if let Some(hint) = node.join_hint() {
         println!("{hint}");
     }
-    let name = signals.next().await;
+    let name = signals
+        .shutdown(|| reload_allow_list(&node.host, settings.allow_hosts.as_deref()))
+        .await;
     tracing::info!(signal = name, "leaving the network");
     signals.exit_on_next();
     if let Err(e) = node.shutdown(settings.shutdown_timeout).await {

@@ -146,7 +146,7 @@ impl Collector for HostCollector {
         counter(
             e,
             "distribus_directory_refused",
-            "Directory registrations refused because the store was full.",
+            "Directory registrations refused because the store (or the host's share) was full.",
             s.directory_refused,
         )?;
         counter(
@@ -154,6 +154,12 @@ impl Collector for HostCollector {
             "distribus_refused_non_members",
             "Requests and delivery batches refused because their sender is not a member.",
             s.refused_non_members,
+        )?;
+        counter(
+            e,
+            "distribus_records_refused",
+            "Host records refused: not on the allow-list, past max_hosts, or too many channels.",
+            s.records_refused,
         )?;
         counter(
             e,

@@ -114,6 +114,15 @@ pub struct NodeArgs {
         value_name = "FILE"
     )]
     pub network_key: Option<PathBuf>,
+    /// File listing the host ids admitted to the membership, one per line
+    /// (`#` starts a comment); re-read on SIGHUP. Default: any host.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_ALLOW_HOSTS",
+        value_name = "FILE"
+    )]
+    pub allow_hosts: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long, global = true, env = "DISTRIBUS_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -230,6 +239,8 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     network_key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    allow_hosts: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     echo_peer: Option<Vec<String>>,
@@ -285,6 +296,8 @@ pub struct Settings {
     pub identity: Option<PathBuf>,
     /// Network key file.
     pub network_key: Option<PathBuf>,
+    /// Allow-list file of host ids.
+    pub allow_hosts: Option<PathBuf>,
     /// Metrics address.
     pub metrics: Option<SocketAddr>,
     /// Echo peers to create.
@@ -409,6 +422,7 @@ impl Settings {
             join: list(args.join, file.join),
             identity: args.identity.or(file.identity),
             network_key: args.network_key.or(file.network_key),
+            allow_hosts: args.allow_hosts.or(file.allow_hosts),
             metrics: args.metrics.or(file.metrics),
             echo_peers: list(args.echo_peer, file.echo_peer),
             subscribe: list(args.subscribe, file.subscribe),
@@ -431,6 +445,7 @@ impl Settings {
             network_id: Some(self.host.network_id.clone()),
             identity: self.identity.clone(),
             network_key: self.network_key.clone(),
+            allow_hosts: self.allow_hosts.clone(),
             metrics: self.metrics,
             echo_peer: Some(self.echo_peers.clone()),
             subscribe: Some(self.subscribe.clone()),

@@ -1,5 +1,5 @@
 //! SIGINT and SIGTERM: the first starts a graceful shutdown, the second
-//! exits at once.
+//! exits at once. SIGHUP re-reads the allow-list.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -8,6 +8,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub struct Signals {
     int: Signal,
     term: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -17,21 +18,33 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt()).map_err(e)?,
             term: signal(SignalKind::terminate()).map_err(e)?,
+            hup: signal(SignalKind::hangup()).map_err(e)?,
         })
     }
 
-    /// Waits for SIGINT or SIGTERM; returns its name.
+    /// Waits for SIGINT, SIGTERM or SIGHUP; returns its name.
     pub async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+
+    /// Waits for SIGINT or SIGTERM, calling `on_hup` at every SIGHUP.
+    pub async fn shutdown(&mut self, mut on_hup: impl FnMut()) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => on_hup(),
+                name => return name,
+            }
         }
     }
 
     /// After the first signal: a second one ends the process at once.
     pub fn exit_on_next(mut self) {
         tokio::spawn(async move {
-            let name = self.next().await;
+            let name = self.shutdown(|| {}).await;
             eprintln!("distribus-node: second signal ({name}); exiting now");
             std::process::exit(130);
         });

@@ -378,26 +378,28 @@ impl EventLoop {
                 return;
             };
             let Some(holder) = state.candidates.pop_front() else {
-                // The membership's holders do not know the id. If Kademlia's
-                // routing table knows hosts the membership does not (it is
-                // incomplete), ask Kademlia for the closest hosts instead.
-                // The membership's holders do not know the id. If Kademlia's
-                // routing table knows hosts the membership does not (it is
-                // incomplete), ask those closest to the id, then run
-                // Kademlia's iterative closest-hosts query.
+                // The holders in our view do not know the id (our view may
+                // differ from the registering host's, e.g. mid-rebalance):
+                // ask the other members in Kademlia's routing table, closest
+                // to the id first, then those Kademlia's iterative query
+                // finds. Only members are asked (see `on_lookup_result`).
                 let stage = state.kad_stage;
+                let asked = std::mem::take(&mut state.asked);
                 if stage == 0 {
-                    let table = self.kad_table_by_distance(key_of(id.as_bytes()));
-                    if table.iter().any(|h| !self.membership.contains(h)) {
+                    let mut table = self.kad_table_by_distance(key_of(id.as_bytes()));
+                    table.retain(|h| self.membership.contains(h) && !asked.contains(h));
+                    if !table.is_empty() {
                         if let Some(state) = self.lookups.get_mut(&id) {
                             state.kad_stage = 1;
                             state.candidates.extend(table);
+                            state.asked = asked;
                         }
                         continue;
                     }
                 } else if stage == 1 {
                     if let Some(state) = self.lookups.get_mut(&id) {
                         state.kad_stage = 2;
+                        state.asked = asked;
                     }
                     let q = self
                         .swarm
@@ -411,6 +413,12 @@ impl EventLoop {
                 return;
             };
             if state.asked.contains(&holder) {
+                continue;
+            }
+            if holder != self.shared.local && !self.membership.contains(&holder) {
+                // Kademlia's query may name hosts outside the membership:
+                // their answers would not count, so they are not asked.
+                state.asked.push(holder);
                 continue;
             }
             state.asked.push(holder);
@@ -442,19 +450,21 @@ impl EventLoop {
     pub(super) fn on_lookup_result(
         &mut self,
         id: String,
+        holder: PeerId,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
         let found = match result {
-            Ok(Response::Location(Some(w))) => {
+            // Only a member's answer counts (it may have lapsed since it
+            // was asked): anyone reachable could otherwise redirect sends.
+            Ok(Response::Location(Some(w))) if self.membership.contains(&holder) => {
                 PeerId::from_bytes(&w.host).ok().map(|h| (h, w.addrs))
             }
             _ => None,
         };
-        let via_kad = self.lookups.get(&id).is_some_and(|l| l.kad_stage > 0);
         match found {
-            // A host outside our membership is trusted only on the Kademlia
-            // path, where the membership is known to be incomplete.
-            Some((host, addrs)) if via_kad || self.membership.contains(&host) => {
+            // A location outside our membership is not trusted either: a
+            // member might point sends at a host nobody admitted.
+            Some((host, addrs)) if self.membership.contains(&host) => {
                 let addrs: Vec<libp2p::Multiaddr> = addrs
                     .into_iter()
                     .filter_map(|a| libp2p::Multiaddr::try_from(a).ok())
@@ -544,7 +554,18 @@ impl EventLoop {
                         self.enqueue(h, p);
                     }
                 }
-                (Waiter::Send(p), _) => {
+                (Waiter::Send(p), None) => {
+                    // Unknown to the holders: a sender that wrote from
+                    // that host moments ago (its entry is on its way).
+                    match self.claims.peek(id).copied() {
+                        Some(h) if p.refused_by.as_deref() != Some(&h) => self.enqueue(h, p),
+                        _ => {
+                            let e = Error::PeerNotFound(id.to_string());
+                            self.finish_send(p, Err(e));
+                        }
+                    }
+                }
+                (Waiter::Send(p), Some(_)) => {
                     let e = Error::PeerNotFound(id.to_string());
                     self.finish_send(p, Err(e));
                 }
@@ -600,6 +621,15 @@ impl EventLoop {
             .collect();
         for id in stale {
             self.cache.pop(&id);
+        }
+        let claimed: Vec<Arc<str>> = self
+            .claims
+            .iter()
+            .filter(|(_, h)| **h == host)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in claimed {
+            self.claims.pop(&id);
         }
     }
 

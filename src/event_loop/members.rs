@@ -27,6 +27,40 @@ const LEAVE_WAIT: Duration = Duration::from_secs(2);
 const MAX_LAPSED: usize = 65_536;
 /// Most records taken from one join or membership answer.
 pub(super) const MAX_JOIN_RECORDS: usize = 65_536;
+/// Joins of more records than this have their signatures checked on a
+/// blocking thread, not on the loop (an ed25519 check is ~50 µs: 20,000
+/// records held the loop for about a second).
+pub(super) const INLINE_RECORDS: usize = 64;
+/// Big joins being checked at once, at most; a host sends one at a time.
+const CHECKING_JOINS: usize = 4;
+
+/// A big join whose records were checked off the loop.
+#[derive(Debug)]
+pub(crate) struct CheckedJoin {
+    ticket: u64,
+    verified: Vec<Verified>,
+}
+
+/// Big joins being checked off the loop, with whom to answer.
+#[derive(Debug)]
+pub(crate) struct JoinChecks {
+    pending: std::collections::HashMap<u64, (PeerId, super::relay::Responder)>,
+    next_ticket: u64,
+    done_tx: tokio::sync::mpsc::Sender<CheckedJoin>,
+    pub(super) done: tokio::sync::mpsc::Receiver<CheckedJoin>,
+}
+
+impl Default for JoinChecks {
+    fn default() -> Self {
+        let (done_tx, done) = tokio::sync::mpsc::channel(CHECKING_JOINS);
+        JoinChecks {
+            pending: Default::default(),
+            next_ticket: 0,
+            done_tx,
+            done,
+        }
+    }
+}
 
 /// The gossip topic every host joins for membership records.
 pub(super) fn topic() -> gossipsub::IdentTopic {
@@ -282,6 +316,68 @@ impl EventLoop {
         for r in &records {
             self.apply_signed(r, Source::Direct(peer), &mut 0);
         }
+        self.joined_through_us(peer)
+    }
+
+    /// A join of more than [`INLINE_RECORDS`]: its signatures are checked
+    /// on a blocking thread and the join is answered when they are (see
+    /// [`Self::on_join_checked`]). One at a time per host, a few at once.
+    pub(super) fn check_join_off_loop(
+        &mut self,
+        peer: PeerId,
+        records: Vec<SignedRecord>,
+        responder: super::relay::Responder,
+    ) {
+        let busy = self.join_checks.pending.len() >= CHECKING_JOINS
+            || self.join_checks.pending.values().any(|(p, _)| *p == peer);
+        if busy || records.len() > MAX_JOIN_RECORDS {
+            crate::shared::bump(&self.shared.counters.refused_non_members);
+            let why = if busy {
+                "busy checking other joins; try again".to_string()
+            } else {
+                format!(
+                    "a join of {} records (at most {MAX_JOIN_RECORDS})",
+                    records.len()
+                )
+            };
+            self.answer(peer, responder, Response::Refused(why));
+            return;
+        }
+        let ticket = self.join_checks.next_ticket;
+        self.join_checks.next_ticket += 1;
+        self.join_checks.pending.insert(ticket, (peer, responder));
+        let done = self.join_checks.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let verified = records.iter().filter_map(verify).collect();
+            // The loop may have ended meanwhile: then nobody waits.
+            let _ = done.blocking_send(CheckedJoin { ticket, verified });
+        });
+    }
+
+    /// A big join's checked records: applied like a small join's, then
+    /// the join is answered.
+    pub(super) fn on_join_checked(&mut self, checked: CheckedJoin) {
+        let Some((peer, responder)) = self.join_checks.pending.remove(&checked.ticket) else {
+            return;
+        };
+        let source = Source::Direct(peer);
+        for v in checked.verified {
+            // As `apply_signed` decides before checking a signature.
+            let stale = self
+                .lapsed
+                .get(&v.host)
+                .is_some_and(|(epoch, _)| v.host != peer && v.record.epoch == *epoch);
+            if !stale && !self.membership.knows(&v.host, &v.record) {
+                self.apply_verified(v, source);
+            }
+        }
+        let response = self.joined_through_us(peer);
+        self.publish_members();
+        self.answer(peer, responder, response);
+    }
+
+    /// The answer to a join: this host's membership.
+    fn joined_through_us(&mut self, peer: PeerId) -> Response {
         tracing::debug!(%peer, "host joined through us");
         self.joiners.insert(peer);
         let mut ours = self.membership.records();
@@ -376,7 +472,37 @@ impl EventLoop {
         }
     }
 
+    /// Why this host refuses `v` under its limits, if it does.
+    fn refusal(&self, v: &Verified) -> Option<&'static str> {
+        let r = &v.record;
+        if r.channels.len() > crate::membership::MAX_RECORD_CHANNELS
+            || r.channels.iter().any(|c| c.len() > crate::MAX_ID_LEN)
+        {
+            return Some("the record lists too many channels or too long a name");
+        }
+        let (allowed, max_hosts) = self.shared.with_config(|c| {
+            (
+                c.allowed_hosts
+                    .as_ref()
+                    .is_none_or(|list| list.contains(&v.host)),
+                c.max_hosts,
+            )
+        });
+        if !allowed {
+            return Some("the host is not on the allow-list");
+        }
+        if !r.leaving && !self.membership.contains(&v.host) && self.membership.len() >= max_hosts {
+            return Some("the membership is at max_hosts");
+        }
+        None
+    }
+
     fn apply_verified(&mut self, v: Verified, source: Source) {
+        if let Some(why) = self.refusal(&v) {
+            crate::shared::bump(&self.shared.counters.records_refused);
+            tracing::debug!(host = %v.host, why, "refused a host record");
+            return;
+        }
         let tombstone = self.shared.with_config(|c| c.lease) * 4;
         let host = v.host;
         let channels_before = self.membership.get(&host).map(|m| m.channels.clone());
@@ -429,6 +555,36 @@ impl EventLoop {
     }
 
     /// Drops what this host holds for a host that left or lapsed.
+    /// Whether the allow-list (if any) admits `host`.
+    pub(super) fn allowed(&self, host: &PeerId) -> bool {
+        *host == self.local()
+            || self.shared.with_config(|c| {
+                c.allowed_hosts
+                    .as_ref()
+                    .is_none_or(|list| list.contains(host))
+            })
+    }
+
+    /// Drops the members a new allow-list no longer admits, and their
+    /// connections.
+    pub(super) fn enforce_allow_list(&mut self) {
+        let gone: Vec<PeerId> = self
+            .membership
+            .iter()
+            .map(|(h, _)| *h)
+            .filter(|h| !self.allowed(h))
+            .collect();
+        for host in gone {
+            tracing::info!(%host, "host removed from the allow-list; dropping it");
+            self.membership.remove(&host);
+            self.lapsed.remove(&host);
+            self.rejoin.remove(&host);
+            self.host_gone(host);
+            self.forget_locations(host);
+            let _ = self.swarm.disconnect_peer_id(host);
+        }
+    }
+
     fn host_gone(&mut self, host: PeerId) {
         self.joiners.remove(&host);
         self.store.drop_host(&host, u64::MAX);

@@ -401,9 +401,7 @@ impl EventLoop {
             TaskEvent::Inbound { host, froms } => {
                 self.touch(host);
                 for from in froms {
-                    if self.cache.peek(&from) != Some(&host) {
-                        self.cache.put(from, host);
-                    }
+                    self.note_sender(from, host);
                 }
             }
         }
@@ -525,12 +523,36 @@ impl EventLoop {
         finish(&self.shared, p, r);
     }
 
+    /// Remembers that `host` says it delivers for `from`.
+    ///
+    /// The connection proves which host sent a message, not that the host
+    /// owns the sender's id: a host could name any `from` and receive the
+    /// replies meant for it. So the claim is cached as a location only when
+    /// this host's directory store (it holds the id) agrees; otherwise it is
+    /// kept apart and used only when the holders do not know the id yet.
+    pub(super) fn note_sender(&mut self, from: Arc<str>, host: PeerId) {
+        match self.store.lookup(&from) {
+            Some(owner) if owner == host => {
+                if self.cache.peek(&from) != Some(&host) {
+                    self.cache.put(from, host);
+                }
+            }
+            Some(_) => {}
+            None if self.cache.peek(&from) == Some(&host) => {}
+            None => {
+                if self.claims.peek(&from) != Some(&host) {
+                    self.claims.put(from, host);
+                }
+            }
+        }
+    }
+
     /// Puts every envelope of an inbound batch in its recipient's inbox.
     ///
-    /// The senders live on `host` (the authenticated connection says so):
-    /// their locations are cached, so a reply needs no lookup and works even
-    /// before a just-created sender's directory entry has spread. A stale
-    /// entry is corrected like any other (the host answers "unknown peer").
+    /// The senders' claimed locations are noted (see `note_sender`), so a
+    /// reply works even before a just-created sender's directory entry has
+    /// spread. A stale entry is corrected like any other (the host answers
+    /// "unknown peer").
     pub(super) fn deliver_inbound(
         &mut self,
         host: PeerId,
@@ -550,9 +572,7 @@ impl EventLoop {
         let mut last_from: Option<&str> = None;
         for env in &envs {
             if last_from != Some(&*env.from) {
-                if self.cache.peek(&env.from) != Some(&host) {
-                    self.cache.put(env.from.clone(), host);
-                }
+                self.note_sender(env.from.clone(), host);
                 last_from = Some(&env.from);
             }
         }

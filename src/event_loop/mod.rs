@@ -50,6 +50,9 @@ use crate::{
 
 pub(crate) use messaging::PendingSend;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use channels::fuzz_frame as fuzz_channel_frame;
+
 /// Most commands handled in one turn of the loop before swarm events.
 const COMMAND_BATCH: usize = 256;
 /// The tick while something waits for it: sends queued behind a busy link
@@ -180,6 +183,10 @@ pub(crate) struct EventLoop {
     // lookup
     store: DirectoryStore,
     cache: LruCache<Arc<str>, PeerId>,
+    /// Where inbound messages said their senders live, not yet confirmed
+    /// by the directory: a send to such a sender asks the holders first and
+    /// goes here only when they do not know it (an entry still on its way).
+    claims: LruCache<Arc<str>, PeerId>,
     lookups: HashMap<String, lookup::LookupState>,
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     dir_links: HashMap<PeerId, lookup::DirLink>,
@@ -244,6 +251,10 @@ pub(crate) struct EventLoop {
     ownership: ownership::Ownership,
     /// The membership version last copied to the shared member set.
     members_version: u64,
+    /// The `Shared::config_changes` this loop has applied.
+    config_seen: u64,
+    /// Big joins whose signatures are being checked off the loop.
+    join_checks: members::JoinChecks,
     /// Hosts that refused us as a non-member and were sent a join, and when.
     introduced: HashMap<PeerId, Instant>,
 }
@@ -313,8 +324,12 @@ impl EventLoop {
             rpc_events,
             request_acceptor,
             next_stream_request: 0,
-            store: DirectoryStore::new(cfg.max_directory_entries),
+            store: DirectoryStore::new(
+                cfg.max_directory_entries,
+                cfg.max_directory_entries_per_host,
+            ),
             cache: LruCache::new(cache_cap),
+            claims: LruCache::new(cache_cap),
             lookups: HashMap::new(),
             kad_lookups: HashMap::new(),
             dir_links: HashMap::new(),
@@ -352,6 +367,8 @@ impl EventLoop {
             relays: Default::default(),
             ownership: Default::default(),
             members_version: u64::MAX,
+            config_seen: 0,
+            join_checks: Default::default(),
             introduced: HashMap::new(),
             shared,
         };
@@ -401,6 +418,7 @@ impl EventLoop {
                     }
                 }
                 _ = self.shared.changes_ready.notified() => self.flush_directory(),
+                Some(checked) = self.join_checks.done.recv() => self.on_join_checked(checked),
                 _ = &mut tick => {
                     self.wake_soon = false;
                     self.on_tick();
@@ -549,7 +567,13 @@ impl EventLoop {
         request: crate::protocol::Request,
         responder: relay::Responder,
     ) {
-        use crate::protocol::{Request, Response, NOT_MEMBER};
+        use crate::protocol::{Request, Response, NOT_ALLOWED, NOT_MEMBER};
+        if !self.allowed(&peer) {
+            crate::shared::bump(&self.shared.counters.refused_non_members);
+            tracing::debug!(%peer, "refused a request of a host not on the allow-list");
+            self.answer(peer, responder, Response::Refused(NOT_ALLOWED.into()));
+            return;
+        }
         // Only a join is served to a host that is not a member.
         if !matches!(request, Request::Join(_)) && !self.membership.contains(&peer) {
             crate::shared::bump(&self.shared.counters.refused_non_members);
@@ -560,10 +584,17 @@ impl EventLoop {
         if !request.is_liveness() {
             self.touch(peer);
         }
-        if let Request::Relay(items) = request {
-            self.on_relay(peer, items, responder);
-            return;
-        }
+        let request = match request {
+            Request::Relay(items) => {
+                self.on_relay(peer, items, responder);
+                return;
+            }
+            Request::Join(records) if records.len() > members::INLINE_RECORDS => {
+                self.check_join_off_loop(peer, records, responder);
+                return;
+            }
+            other => other,
+        };
         let response = self.on_request(peer, request);
         self.publish_members();
         self.answer(peer, responder, response);
@@ -621,7 +652,13 @@ impl EventLoop {
             Command::Join { addr, shown, reply } => self.join(addr, shown, reply),
             Command::Send(p) => self.send(p),
             Command::Find { id, reply } => self.find(id, reply),
-            Command::Subscribe { channel, sink } => self.subscribe(channel, sink),
+            Command::Subscribe {
+                channel,
+                sink,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(channel, sink));
+            }
             Command::Unsubscribe { channel, id } => self.unsubscribe(&channel, id),
             Command::Publish {
                 channel,
@@ -640,6 +677,13 @@ impl EventLoop {
     }
 
     fn listen(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<Vec<Multiaddr>>>) {
+        if let Some(reason) = crate::behaviour::busy_tcp_port(&addr) {
+            let _ = reply.send(Err(Error::Listen {
+                addr: addr.to_string(),
+                reason,
+            }));
+            return;
+        }
         match self.swarm.listen_on(addr.clone()) {
             Ok(id) => {
                 self.listener_ids.push(id);
@@ -853,7 +897,7 @@ impl EventLoop {
                 sends,
             } => self.on_deliver_result(host, (batch, attempt), sends, result),
             Pending::Directory { host, ops } => self.on_directory_result(host, ops, result),
-            Pending::Lookup { id, .. } => self.on_lookup_result(id, result),
+            Pending::Lookup { id, host } => self.on_lookup_result(id, host, result),
             Pending::Join { host } => self.on_join_result(host, result),
             Pending::Introduce { host } => self.on_introduced(host, result),
             Pending::Resync | Pending::Records => {}
@@ -884,6 +928,14 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        let changes = self
+            .shared
+            .config_changes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if changes != self.config_seen {
+            self.config_seen = changes;
+            self.enforce_allow_list();
+        }
         if now >= self.next_heartbeat {
             // Late beyond the tick's own granularity: this loop was held up.
             let late = now
