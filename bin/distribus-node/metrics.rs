@@ -157,6 +157,12 @@ impl Collector for HostCollector {
         )?;
         counter(
             e,
+            "distribus_relay_refused",
+            "Other hosts' requests refused by this relay because its queue to their next hop was full.",
+            s.relay_refused,
+        )?;
+        counter(
+            e,
             "distribus_records_refused",
             "Host records refused: not on the allow-list, past max_hosts, or too many channels.",
             s.records_refused,
