@@ -72,6 +72,20 @@ pub(crate) fn verify(signed: &SignedRecord) -> Option<Verified> {
     verify_unless(signed, |_, _| false)
 }
 
+/// Whether `signed` decodes to a record that `known(host, record)` says is
+/// already known; no signature is checked (a record that does not decode
+/// is not known).
+pub(crate) fn is_known(
+    signed: &SignedRecord,
+    known: impl FnOnce(&PeerId, &HostRecord) -> bool,
+) -> bool {
+    let Ok(record) = postcard::from_bytes::<HostRecord>(&signed.record) else {
+        return false;
+    };
+    PublicKey::try_decode_protobuf(&record.public_key)
+        .is_ok_and(|key| known(&key.to_peer_id(), &record))
+}
+
 /// Like [`verify`], but first asks `known(host, record)` whether the record
 /// is already known (not newer than what we hold); then it is not checked
 /// (signature checks are the costly part of membership) and `None` returns.

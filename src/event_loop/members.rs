@@ -325,9 +325,22 @@ impl EventLoop {
     pub(super) fn check_join_off_loop(
         &mut self,
         peer: PeerId,
-        records: Vec<SignedRecord>,
+        mut records: Vec<SignedRecord>,
         responder: super::relay::Responder,
     ) {
+        // Records this host holds already are not checked again (as in
+        // `apply_signed`): a joiner's snapshot is mostly those.
+        if records.len() <= MAX_JOIN_RECORDS {
+            records.retain(|r| {
+                !crate::membership::is_known(r, |h, rec| self.membership.knows(h, rec))
+            });
+            if records.len() <= INLINE_RECORDS {
+                let response = self.on_join_request(peer, records);
+                self.publish_members();
+                self.answer(peer, responder, response);
+                return;
+            }
+        }
         let busy = self.join_checks.pending.len() >= CHECKING_JOINS
             || self.join_checks.pending.values().any(|(p, _)| *p == peer);
         if busy || records.len() > MAX_JOIN_RECORDS {

@@ -62,6 +62,13 @@ const FAST_TICK: Duration = Duration::from_millis(20);
 /// all coarser than this). Hundreds of hosts in one process ticking every
 /// 20 ms cost 0.15 to 0.2 of a core at 512 hosts.
 const SLOW_TICK: Duration = Duration::from_millis(100);
+/// Claimed sender locations kept (see `messaging::note_sender`): a claim
+/// matters only until the sender's entry reaches its holders. (`lru`
+/// allocates its whole capacity up front: 100,000 cost 2 MiB per host.)
+const CLAIMS: NonZeroUsize = match NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
 /// Reports of the delivery tasks waiting for the loop, at most (readers
 /// drop theirs when full; link tasks wait).
 const TASK_EVENTS: usize = 1024;
@@ -329,7 +336,7 @@ impl EventLoop {
                 cfg.max_directory_entries_per_host,
             ),
             cache: LruCache::new(cache_cap),
-            claims: LruCache::new(cache_cap),
+            claims: LruCache::new(cache_cap.min(CLAIMS)),
             lookups: HashMap::new(),
             kad_lookups: HashMap::new(),
             dir_links: HashMap::new(),
