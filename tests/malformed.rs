@@ -528,3 +528,112 @@ async fn a_non_member_is_refused_on_every_request_path() {
     let answer = ask(&mut client, host.id(), lookup.1.clone()).await.unwrap();
     assert!(!RawMember::refused_as_non_member(&answer));
 }
+
+/// Writes the first five bytes of a request, waits two seconds, then the
+/// rest: a request that holds one of the victim's inbound streams open.
+#[derive(Clone, Default)]
+struct SlowCodec;
+
+impl request_response::Codec for SlowCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        if v.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(v)
+    }
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&req[..5]).await?;
+        io.flush().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        io.write_all(&req[5..]).await?;
+        io.close().await
+    }
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// One connection holds at most 256 request-response exchanges of the
+/// victim's at once, as a request stream holds 256 requests in flight: of
+/// 300 slow requests opened together, the victim takes 256 (and answers
+/// them) and drops the others. Before, it took 4,096 per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_256_requests_at_once() {
+    let (victim, addr) = mem_host(HostConfig::for_tests()).await;
+    let mut swarm = memory_swarm(libp2p::identity::Keypair::generate_ed25519(), || {
+        request_response::Behaviour::<SlowCodec>::new(
+            [(
+                StreamProtocol::try_from_owned(format!(
+                    "/distribus/distribus/rpc/{}",
+                    distribus::PROTOCOL_VERSION
+                ))
+                .unwrap(),
+                request_response::ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(20))
+                .with_max_concurrent_streams(1000),
+        )
+    });
+    swarm.add_peer_address(victim.id(), addr);
+    let mut member =
+        distribus::bench_support::RawMember::new(libp2p::identity::Keypair::generate_ed25519());
+    let lookup = member
+        .every_other_request()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| *name == "lookup")
+        .unwrap()
+        .1;
+    for _ in 0..300 {
+        swarm
+            .behaviour_mut()
+            .send_request(&victim.id(), lookup.clone());
+    }
+    let (mut answered, mut dropped) = (0, 0);
+    within("300 outcomes", async {
+        while answered + dropped < 300 {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message { .. }) => answered += 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                    dropped += 1
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(answered <= 256, "{answered} taken at once");
+    assert!(answered >= 128, "only {answered} answered");
+    assert_eq!(answered + dropped, 300);
+    // The victim goes on serving.
+    let _p = victim.create("still-here").unwrap();
+    assert!(victim.find("still-here").await.is_ok());
+}

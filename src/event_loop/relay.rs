@@ -69,6 +69,9 @@ const BUNDLE_SLACK: usize = 64 * 1024;
 /// which their origin retries like a broken link), so the origins cannot
 /// make a relay hold more than this per neighbour.
 const QUEUED_FRAMES_PER_HOP: usize = 4;
+/// One host's requests may take at most this share of a queue (a quarter:
+/// one frame), so that one origin filling it cannot keep the others' out.
+const SENDER_SHARE: usize = 4;
 
 /// Checks a relayed request that arrived for this host through `relay`: a
 /// member relay, a member origin whose key signed it, and a request that
@@ -110,9 +113,12 @@ pub(crate) enum Slot {
 /// Relayed requests waiting for one next hop.
 #[derive(Debug, Default)]
 struct RelayLink {
-    queue: VecDeque<(Relayed, Slot)>,
+    /// The requests, with the host that sent each (`None`: our own).
+    queue: VecDeque<(Relayed, Slot, Option<PeerId>)>,
     /// Bytes of the requests in `queue` (with [`ITEM_OVERHEAD`] each).
     bytes: usize,
+    /// The same, per host that sent them (its quota).
+    by_sender: HashMap<PeerId, usize>,
     in_flight: bool,
 }
 
@@ -156,11 +162,15 @@ pub(crate) struct RelayQueues {
 }
 
 impl RelayQueues {
-    /// Queues a request for `via`.
-    fn push(&mut self, via: PeerId, r: Relayed, slot: Slot) {
+    /// Queues a request for `via`, sent by `sender` (`None`: our own).
+    fn push(&mut self, via: PeerId, r: Relayed, slot: Slot, sender: Option<PeerId>) {
         let link = self.links.entry(via).or_default();
-        link.bytes += item_size(&r);
-        link.queue.push_back((r, slot));
+        let size = item_size(&r);
+        link.bytes += size;
+        if let Some(s) = sender {
+            *link.by_sender.entry(s).or_default() += size;
+        }
+        link.queue.push_back((r, slot, sender));
     }
 
     /// The next bundle for `via` (up to `max_bytes` and [`MAX_BUNDLE`]
@@ -172,13 +182,21 @@ impl RelayQueues {
             return None;
         }
         let (mut items, mut slots, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        while let Some((r, _)) = link.queue.front() {
+        while let Some((r, _, _)) = link.queue.front() {
             let size = item_size(r);
             if !items.is_empty() && (bytes + size > max_bytes || items.len() >= MAX_BUNDLE) {
                 break;
             }
             bytes += size;
-            if let Some((r, slot)) = link.queue.pop_front() {
+            if let Some((r, slot, sender)) = link.queue.pop_front() {
+                if let Some(s) = sender {
+                    if let Some(b) = link.by_sender.get_mut(&s) {
+                        *b = b.saturating_sub(size);
+                        if *b == 0 {
+                            link.by_sender.remove(&s);
+                        }
+                    }
+                }
                 items.push(r);
                 slots.push(slot);
             }
@@ -188,12 +206,14 @@ impl RelayQueues {
         Some((items, slots))
     }
 
-    /// Whether another host's request of `size` bytes fits in the queue to
-    /// `via` under `cap` bytes (an empty queue takes any one request).
-    fn admits(&self, via: &PeerId, size: usize, cap: usize) -> bool {
-        self.links
-            .get(via)
-            .is_none_or(|l| l.queue.is_empty() || l.bytes + size <= cap)
+    /// Whether a request of `size` bytes that `sender` sent fits in the
+    /// queue to `via` under `cap` bytes, and under the sender's share of
+    /// it (an empty queue takes any one request).
+    fn admits(&self, via: &PeerId, size: usize, cap: usize, sender: &PeerId) -> bool {
+        self.links.get(via).is_none_or(|l| {
+            let theirs = l.by_sender.get(sender).copied().unwrap_or(0);
+            l.queue.is_empty() || (l.bytes + size <= cap && theirs + size <= cap / SENDER_SHARE)
+        })
     }
 }
 
@@ -316,12 +336,12 @@ impl EventLoop {
         let r = self.wrap(host, req)?;
         let id = self.relays.next_id;
         self.relays.next_id += 1;
-        self.enqueue_relay(via, r, Slot::Own(id));
+        self.enqueue_relay(via, r, Slot::Own(id), None);
         Some(ReqKey::Relayed(id))
     }
 
-    fn enqueue_relay(&mut self, via: PeerId, r: Relayed, slot: Slot) {
-        self.relays.push(via, r, slot);
+    fn enqueue_relay(&mut self, via: PeerId, r: Relayed, slot: Slot, sender: Option<PeerId>) {
+        self.relays.push(via, r, slot, sender);
         if !self.relays.dirty.contains(&via) {
             self.relays.dirty.push(via);
         }
@@ -429,7 +449,7 @@ impl EventLoop {
             .with_config(|c| c.max_frame_size.saturating_mul(QUEUED_FRAMES_PER_HOP));
         for (to, r, index) in forward {
             let slot = Slot::Forward { bundle, index };
-            if !self.relays.admits(&to, item_size(&r), cap) {
+            if !self.relays.admits(&to, item_size(&r), cap, &peer) {
                 crate::shared::bump(&self.shared.counters.relay_refused);
                 tracing::debug!(%peer, %to, "relay queue full; refusing a request");
                 self.settle(slot, Err(format!("relay queue to {to} is full")));
@@ -437,7 +457,7 @@ impl EventLoop {
             }
             crate::shared::bump(&self.shared.counters.relayed);
             self.touch(to);
-            self.enqueue_relay(to, r, slot);
+            self.enqueue_relay(to, r, slot, Some(peer));
         }
     }
 
@@ -566,7 +586,7 @@ mod tests {
     #[test]
     fn a_relay_queue_takes_other_hosts_requests_up_to_its_cap() {
         let mut q = RelayQueues::default();
-        let via = PeerId::random();
+        let (via, other) = (PeerId::random(), PeerId::random());
         let item = |n: usize| Relayed {
             origin: vec![],
             to: vec![],
@@ -574,26 +594,52 @@ mod tests {
             proof: None,
         };
         assert!(
-            q.admits(&via, 1 << 30, 3000),
+            q.admits(&via, 1 << 30, 3000, &other),
             "an empty queue takes one of any size"
         );
         // 3 × (40 + 560) = 1,800 bytes queued under a cap of 3,000.
         for i in 0..3 {
-            q.push(via, item(40), Slot::Own(i));
+            q.push(via, item(40), Slot::Own(i), None);
         }
-        assert!(q.admits(&via, 1200, 3000));
-        assert!(!q.admits(&via, 1201, 3000), "over the cap");
+        assert!(q.admits(&via, 750, 3000, &other));
+        assert!(!q.admits(&via, 751, 3000, &other), "over its share");
         // A bundle goes out (all three fit in 10 kB): the queue is free again.
         let (items, slots) = q.take_bundle(&via, 10_000).expect("a bundle");
         assert_eq!((items.len(), slots.len()), (3, 3));
-        assert!(q.admits(&via, 3000, 3000));
+        assert!(q.admits(&via, 3000, 3000, &other));
         // While it is in flight, what queues waits and counts.
-        q.push(via, item(2440), Slot::Own(3));
+        q.push(via, item(2440), Slot::Own(3), None);
         assert!(
             q.take_bundle(&via, 10_000).is_none(),
             "one bundle in flight"
         );
-        assert!(!q.admits(&via, 1, 3000));
+        assert!(!q.admits(&via, 1, 3000, &other));
+    }
+
+    #[test]
+    fn one_host_takes_at_most_a_quarter_of_a_relay_queue() {
+        let mut q = RelayQueues::default();
+        let (via, greedy, modest) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let item = |n: usize| Relayed {
+            origin: vec![],
+            to: vec![],
+            inner: vec![0; n],
+            proof: None,
+        };
+        // Cap 40,000: each sender may queue 10,000 bytes.
+        let mut taken = 0;
+        for i in 0..100 {
+            if !q.admits(&via, 1000, 40_000, &greedy) {
+                break;
+            }
+            q.push(via, item(440), Slot::Own(i), Some(greedy));
+            taken += 1;
+        }
+        assert_eq!(taken, 10, "the greedy sender stops at its share");
+        assert!(q.admits(&via, 1000, 40_000, &modest), "others still get in");
+        // Once its requests go out, its share is free again.
+        q.take_bundle(&via, 1 << 20).expect("a bundle");
+        assert!(q.admits(&via, 1000, 40_000, &greedy));
     }
 
     /// A membership of `local` that knows the hosts of `keys`.
