@@ -226,6 +226,25 @@ impl RawMember {
         encode_frame(&Request::Join(records))
     }
 
+    /// A join request frame of `n` empty records (they would not verify;
+    /// a host refuses the join by its count before checking any).
+    pub fn join_of_empty_records(n: usize) -> io::Result<Vec<u8>> {
+        let empty = crate::protocol::SignedRecord {
+            record: vec![],
+            signature: vec![],
+        };
+        encode_frame(&Request::Join(vec![empty; n]))
+    }
+
+    /// Whether an answer frame (length prefix included) is a refusal whose
+    /// reason contains `text`.
+    pub fn refused_with(frame: &[u8], text: &str) -> bool {
+        matches!(
+            decode_frame::<Response>(frame.get(4..).unwrap_or_default()),
+            Ok(Response::Refused(why)) if why.contains(text)
+        )
+    }
+
     /// A directory request frame registering ids `{prefix}0` to
     /// `{prefix}{n-1}` on this member.
     pub fn registrations(&self, prefix: &str, n: usize) -> io::Result<Vec<u8>> {

@@ -378,6 +378,20 @@ async fn a_join_flood_does_not_stall_the_loop() {
     assert!(a.stats().records_refused >= 20_000 - 64);
 }
 
+/// A join of more than 65,536 records is refused by its count, before any
+/// record is decoded or checked, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_of_more_than_65536_records_is_refused() {
+    let (a, a_addr) = mem_host(HostConfig::for_tests()).await;
+    let mut swarm = raw_client();
+    swarm.add_peer_address(a.id(), a_addr);
+    let too_many = RawMember::join_of_empty_records(65_537).unwrap();
+    let answer = ask(&mut swarm, a.id(), too_many).await.expect("answered");
+    assert!(RawMember::refused_with(&answer, "at most 65536"));
+    assert_eq!(a.stats().refused_non_members, 1);
+    assert_eq!(a.members().await.unwrap().len(), 0);
+}
+
 /// A record listing more channels than a record may carry is refused (and
 /// counted): its host does not become a member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
