@@ -64,7 +64,7 @@ const FAST_TICK: Duration = Duration::from_millis(20);
 const SLOW_TICK: Duration = Duration::from_millis(100);
 /// Claimed sender locations kept (see `messaging::note_sender`): a claim
 /// matters only until the sender's entry reaches its holders. (`lru`
-/// allocates its whole capacity up front: 100,000 cost 2 MiB per host.)
+/// allocates its table for the whole capacity up front.)
 const CLAIMS: NonZeroUsize = match NonZeroUsize::new(4096) {
     Some(n) => n,
     None => NonZeroUsize::MIN,
