@@ -551,12 +551,7 @@ impl request_response::Codec for SlowCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 20).read_to_end(&mut v).await?;
-        if v.is_empty() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(v)
+        read_answer(io).await
     }
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,

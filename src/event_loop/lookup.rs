@@ -611,25 +611,17 @@ impl EventLoop {
         }
     }
 
-    /// Forgets cached locations on `host`.
+    /// Forgets cached and claimed locations on `host`.
     pub(super) fn forget_locations(&mut self, host: PeerId) {
-        let stale: Vec<Arc<str>> = self
-            .cache
-            .iter()
-            .filter(|(_, h)| **h == host)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in stale {
-            self.cache.pop(&id);
-        }
-        let claimed: Vec<Arc<str>> = self
-            .claims
-            .iter()
-            .filter(|(_, h)| **h == host)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in claimed {
-            self.claims.pop(&id);
+        for map in [&mut self.cache, &mut self.claims] {
+            let stale: Vec<Arc<str>> = map
+                .iter()
+                .filter(|(_, h)| **h == host)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stale {
+                map.pop(&id);
+            }
         }
     }
 

@@ -62,6 +62,28 @@ impl Default for JoinChecks {
     }
 }
 
+/// Whether a record of `host`'s incarnation `epoch` from `source` would
+/// revive a host that lapsed here without proof of life. A lapsed host
+/// comes back in the same incarnation only with a counter proved since (or
+/// by joining again itself): else a host still trusting a dead one (or
+/// lying) would revive it here again and again.
+fn unproved_revival(
+    lapsed: &std::collections::HashMap<PeerId, (u64, Proved)>,
+    source: Source,
+    host: &PeerId,
+    epoch: u64,
+    budget: &mut u64,
+) -> bool {
+    match (source, lapsed.get(host)) {
+        (Source::Synced(p), Some((e, last))) => {
+            epoch == *e && !crate::beat_chain::verify(last, &p, budget)
+        }
+        (Source::Direct(from), Some((e, _))) if from != *host => epoch == *e,
+        (Source::Gossip, Some((e, _))) => epoch == *e,
+        _ => false,
+    }
+}
+
 /// The gossip topic every host joins for membership records.
 pub(super) fn topic() -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new("members")
@@ -375,11 +397,7 @@ impl EventLoop {
         };
         let source = Source::Direct(peer);
         for v in checked.verified {
-            // As `apply_signed` decides before checking a signature.
-            let stale = self
-                .lapsed
-                .get(&v.host)
-                .is_some_and(|(epoch, _)| v.host != peer && v.record.epoch == *epoch);
+            let stale = unproved_revival(&self.lapsed, source, &v.host, v.record.epoch, &mut 0);
             if !stale && !self.membership.knows(&v.host, &v.record) {
                 self.apply_verified(v, source);
             }
@@ -457,19 +475,8 @@ impl EventLoop {
         let mut known = false;
         let (membership, lapsed) = (&self.membership, &self.lapsed);
         match verify_unless(r, |h, rec| {
-            // A host that lapsed here comes back in the same incarnation
-            // only with a counter proved since (or by joining again itself):
-            // else a host still trusting a dead one (or lying) would revive
-            // it here again and again.
-            let stale = match (source, lapsed.get(h)) {
-                (Source::Synced(p), Some((epoch, last))) => {
-                    rec.epoch == *epoch && !crate::beat_chain::verify(last, &p, budget)
-                }
-                (Source::Direct(from), Some((epoch, _))) if from != *h => rec.epoch == *epoch,
-                (Source::Gossip, Some((epoch, _))) => rec.epoch == *epoch,
-                _ => false,
-            };
-            known = stale || membership.knows(h, rec);
+            known =
+                unproved_revival(lapsed, source, h, rec.epoch, budget) || membership.knows(h, rec);
             known
         }) {
             Some(v) => {

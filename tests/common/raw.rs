@@ -36,13 +36,7 @@ impl request_response::Codec for RawCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 20).read_to_end(&mut v).await?;
-        if v.is_empty() {
-            // The victim closed the stream without an answer.
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(v)
+        read_answer(io).await
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -62,6 +56,18 @@ impl request_response::Codec for RawCodec {
         io.write_all(&res).await?;
         io.close().await
     }
+}
+
+/// Reads a whole answer (at most 1 MiB); a stream closed without one is
+/// an error.
+pub async fn read_answer<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    io.take(1 << 20).read_to_end(&mut v).await?;
+    if v.is_empty() {
+        // The victim closed the stream without an answer.
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(v)
 }
 
 /// The raw swarm.
