@@ -402,16 +402,20 @@ impl Membership {
             .collect()
     }
 
-    /// Merges a compact digest of a host with the same view: renews the
-    /// lease of every host whose counter rose. `false` (nothing taken) if
-    /// it does not list every live host.
-    pub fn merge_counters(&mut self, counters: &[Proved], now: Instant, budget: &mut u64) -> bool {
+    /// Merges the answer to our compact digest (what
+    /// [`Self::merge_counters`] returned at a host with the same view): renews the lease of every host whose counter
+    /// rose. `false` (the rest not taken) at a position out of range or
+    /// out of order.
+    pub fn merge_newer(&mut self, newer: &[(u32, Proved)], now: Instant, budget: &mut u64) -> bool {
         let local = self.local;
         self.sort_keys();
-        if counters.len() != self.sorted.1.len() {
-            return false;
-        }
-        for ((_, h), proved) in self.sorted.1.iter().zip(counters) {
+        let mut next = 0;
+        for (i, proved) in newer {
+            let i = *i as usize;
+            let Some((_, h)) = self.sorted.1.get(i).filter(|_| i >= next) else {
+                return false;
+            };
+            next = i + 1;
             if *h == local {
                 continue;
             }
@@ -422,6 +426,43 @@ impl Membership {
             }
         }
         true
+    }
+
+    /// Merges a compact digest of a host with the same view: renews the
+    /// lease of every host whose counter rose, and returns the counters
+    /// this host has higher (`own` is this host's), by position in key
+    /// order: the answer to that digest. `None` (nothing taken) if it does
+    /// not list every live host.
+    pub fn merge_counters(
+        &mut self,
+        counters: &[Proved],
+        own: Proved,
+        now: Instant,
+        budget: &mut u64,
+    ) -> Option<Vec<(u32, Proved)>> {
+        let local = self.local;
+        self.sort_keys();
+        if counters.len() != self.sorted.1.len() {
+            return None;
+        }
+        let mut newer = Vec::new();
+        for (i, ((_, h), theirs)) in self.sorted.1.iter().zip(counters).enumerate() {
+            // One look-up per entry serves both the merge and the answer.
+            let mine = if *h == local {
+                own
+            } else if let Some(m) = self.members.get_mut(h) {
+                if theirs.beat > m.proved.beat {
+                    m.raise(theirs, now, budget);
+                }
+                m.proved
+            } else {
+                continue;
+            };
+            if mine.beat > theirs.beat {
+                newer.push((i as u32, mine));
+            }
+        }
+        Some(newer)
     }
 
     /// The live host whose key is `key` (not this one).
@@ -742,15 +783,38 @@ pub(crate) mod tests {
         let counters = ma.counters(ca.prove(7).unwrap());
         assert_eq!(counters.len(), 3);
         let later = t0 + Duration::from_millis(800);
-        assert!(mb.merge_counters(&counters, later, bu));
+        let own_b = cb.prove(9).unwrap();
+        let newer = mb.merge_counters(&counters, own_b, later, bu);
+        assert_eq!(newer.map(|n| n.len()), Some(1), "b's own counter is newer");
         let seen = |m: &Membership, h| m.get(h).map(|m| (m.proved.beat, m.last_heard));
         assert_eq!(seen(&mb, &a), Some((7, later)));
         assert_eq!(seen(&mb, &c), Some((4, later)));
         // Lower counters renew nothing; a list of the wrong length is refused.
         let zeros = [Proved::default(); 3];
-        assert!(mb.merge_counters(&zeros, later + lease, bu));
+        assert!(mb
+            .merge_counters(&zeros, own_b, later + lease, bu)
+            .is_some());
         assert_eq!(mb.get(&a).map(|m| m.last_heard), Some(later));
-        assert!(!mb.merge_counters(&counters[..2], later, bu));
+        assert_eq!(mb.merge_counters(&counters[..2], own_b, later, bu), None);
+        // b answers with what it has higher only: its own counter and c's
+        // newer one, not a's (a has that already).
+        mb.heard(&c, 3, &cc.prove(6).unwrap(), later, bu);
+        let newer = mb
+            .merge_counters(&counters, own_b, later, bu)
+            .unwrap_or_default();
+        let beats: Vec<u64> = newer.iter().map(|(_, p)| p.beat).collect();
+        assert_eq!(newer.len(), 2, "{beats:?}");
+        let mut both = beats.clone();
+        both.sort_unstable();
+        assert_eq!(both, [6, 9]);
+        let even_later = later + Duration::from_millis(100);
+        assert!(ma.merge_newer(&newer, even_later, bu));
+        assert_eq!(seen(&ma, &b), Some((9, even_later)));
+        assert_eq!(seen(&ma, &c), Some((6, even_later)));
+        // Positions out of order or out of range are refused.
+        let (p0, p1) = (newer[0], newer[1]);
+        assert!(!ma.merge_newer(&[p1, p0], later, bu));
+        assert!(!ma.merge_newer(&[(3, p0.1)], later, bu));
         // c lapses at b: b's view changes.
         let before = mb.view(2, 1);
         assert_eq!(mb.expire(later + lease + lease, lease).len(), 2);

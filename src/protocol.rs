@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::message::Payload;
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -250,6 +250,11 @@ pub(crate) enum DigestBody {
     /// Counters only, one per live host in key order, for a receiver with
     /// the same view (a third of the bytes, and no key look-ups).
     Counters(Vec<crate::beat_chain::Proved>),
+    /// The answer to `Counters` of the same view: only the counters the
+    /// answering host has higher, by position in key order, ascending.
+    /// The asker already has the rest, and each counter costs its proof's
+    /// 16 bytes to send and a hash to check.
+    Newer(Vec<(u32, crate::beat_chain::Proved)>),
 }
 
 /// Per-message outcome of a delivery.

@@ -64,6 +64,7 @@ fn digest() -> impl Strategy<Value = Digest> {
     let body = prop_oneof![
         vec(beat(), 0..8).prop_map(DigestBody::Full),
         vec(proved(), 0..8).prop_map(DigestBody::Counters),
+        vec((any::<u32>(), proved()), 0..8).prop_map(DigestBody::Newer),
     ];
     (any::<u64>(), body).prop_map(|(view, body)| Digest { view, body })
 }

@@ -180,7 +180,7 @@ impl Report {
             ));
         }
         line(format!(
-            "  idle        {:.2} cores busy while nothing is sent, 5 s after joining ({} liveness probes then, {} in the run)",
+            "  idle        {:.2} cores busy while nothing is sent, once joined and settled ({} liveness probes then, {} in the run)",
             self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes
         ));
         line(format!(

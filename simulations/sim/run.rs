@@ -18,14 +18,6 @@ use crate::{
     scenario::Scenario,
 };
 
-/// How long an idle network is watched for its CPU cost.
-const IDLE_WINDOW: Duration = Duration::from_secs(3);
-/// How long a joined network settles before that: right after a join wave
-/// the hosts still run Kademlia's bootstrap queries (dialling each other),
-/// which cost 0.8 cores at 32 hosts and 1.85 at 64 for a few seconds, and
-/// registration would share the machine with them.
-const SETTLE: Duration = Duration::from_secs(5);
-
 /// The id of peer number `n`.
 fn peer_id(n: usize) -> String {
     format!("p{n}")
@@ -209,12 +201,16 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     r.join_s = join_start.elapsed().as_secs_f64();
     r.links_after_join = links(&net);
     let probes = |net: &Net| -> u64 { net.hosts.iter().map(|h| h.stats().liveness_probes).sum() };
-    tokio::time::sleep(SETTLE).await;
+    // Right after a join wave the hosts still run Kademlia's bootstrap
+    // queries (dialling each other), which cost 0.8 cores at 32 hosts and
+    // 1.85 at 64 for a few seconds, and registration would share the
+    // machine with them.
+    tokio::time::sleep(s.settle).await;
     let (idle_cpu, idle_probes, idle_wire) = (cpu_seconds(), probes(&net), wire(&net));
-    tokio::time::sleep(IDLE_WINDOW).await;
-    r.idle_cpu_cores = (cpu_seconds() - idle_cpu) / IDLE_WINDOW.as_secs_f64();
-    r.idle_requests_per_s =
-        (wire(&net).requests - idle_wire.requests) as f64 / IDLE_WINDOW.as_secs_f64();
+    tokio::time::sleep(s.idle_window).await;
+    let window = s.idle_window.as_secs_f64().max(1e-3);
+    r.idle_cpu_cores = (cpu_seconds() - idle_cpu) / window;
+    r.idle_requests_per_s = (wire(&net).requests - idle_wire.requests) as f64 / window;
     r.idle_liveness_probes = probes(&net) - idle_probes;
     pb.finish_and_clear();
     let rss_joined = rss_bytes();

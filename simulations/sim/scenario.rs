@@ -100,6 +100,12 @@ pub struct ScenarioFlags {
     /// Longest wait of any phase. Default 300s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub phase_timeout: Option<Duration>,
+    /// Wait after joining before the idle cost is measured. Default 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub settle: Option<Duration>,
+    /// How long the idle cost is measured (longer is steadier). Default 3s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_window: Option<Duration>,
 }
 
 /// The same values in a scenario file.
@@ -122,6 +128,8 @@ pub struct ScenarioFile {
     link_budget: Option<usize>,
     relay_above: Option<usize>,
     phase_timeout: Option<String>,
+    settle: Option<String>,
+    idle_window: Option<String>,
 }
 
 /// A resolved scenario.
@@ -162,6 +170,12 @@ pub struct Scenario {
     /// Longest phase wait.
     #[serde(with = "humantime_serde_ms")]
     pub phase_timeout: Duration,
+    /// Wait after joining before the idle window.
+    #[serde(with = "humantime_serde_ms")]
+    pub settle: Duration,
+    /// The idle window.
+    #[serde(with = "humantime_serde_ms")]
+    pub idle_window: Duration,
 }
 
 /// Durations as milliseconds in JSON.
@@ -231,6 +245,14 @@ impl Scenario {
                 .phase_timeout
                 .or(dur("phase_timeout", f.phase_timeout)?)
                 .unwrap_or(Duration::from_secs(300)),
+            settle: flags
+                .settle
+                .or(dur("settle", f.settle)?)
+                .unwrap_or(Duration::from_secs(5)),
+            idle_window: flags
+                .idle_window
+                .or(dur("idle_window", f.idle_window)?)
+                .unwrap_or(Duration::from_secs(3)),
         };
         if s.hosts < 2 {
             return Err("--hosts must be at least 2".into());

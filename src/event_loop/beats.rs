@@ -14,7 +14,8 @@
 //! of every live host's key and record version
 //! ([`crate::membership::Membership::view`]). To a host whose last digest
 //! showed the same view, a host sends only the counters, in key order (a
-//! tenth of the bytes, no key look-ups); the answer is compact too. A host
+//! tenth of the bytes, no key look-ups); the answer carries only the
+//! counters the asker was seen to lack, by position (about half). A host
 //! whose view has changed since answers a compact digest in full, and the
 //! sender then follows up with its own full digest, so no counter is lost
 //! while views differ (a join, a lapse). At 512 hosts this took the idle
@@ -244,34 +245,45 @@ impl EventLoop {
     pub(super) fn on_beats(&mut self, peer: PeerId, digest: Digest) -> Response {
         let view = self.own_view();
         self.note_view(peer, digest.view);
-        let records = match digest.body {
-            DigestBody::Counters(c)
-                if digest.view == view
-                    && self.membership.merge_counters(
-                        &c,
-                        Instant::now(),
-                        &mut hash_budget(c.len()),
-                    ) =>
-            {
-                Vec::new()
-            }
-            DigestBody::Counters(_) => {
-                // Another view: our full digest shows the sender what we
-                // lack (it pushes those records), and it sends its full
-                // digest next time, which shows what it lacks.
-                return Response::Beats {
-                    beats: self.full_digest(view),
-                    records: Vec::new(),
+        match digest.body {
+            DigestBody::Counters(c) if digest.view == view => {
+                let own = self.own_proved();
+                let mut budget = hash_budget(c.len());
+                let Some(newer) =
+                    self.membership
+                        .merge_counters(&c, own, Instant::now(), &mut budget)
+                else {
+                    return Response::Beats {
+                        beats: self.full_digest(view),
+                        records: Vec::new(),
+                    };
                 };
+                Response::Beats {
+                    beats: Digest {
+                        view,
+                        body: DigestBody::Newer(newer),
+                    },
+                    records: Vec::new(),
+                }
             }
-            DigestBody::Full(beats) => self.merge_digest(peer, &beats),
-        };
-        let beats = if digest.view == view {
-            self.compact_digest(view)
-        } else {
-            self.full_digest(view)
-        };
-        Response::Beats { beats, records }
+            DigestBody::Full(beats) => {
+                let records = self.merge_digest(peer, &beats);
+                let beats = if digest.view == view {
+                    self.compact_digest(view)
+                } else {
+                    self.full_digest(view)
+                };
+                Response::Beats { beats, records }
+            }
+            // Another view (or an answer's form in a request): our full
+            // digest shows the sender what we lack (it pushes those
+            // records), and it sends its full digest next time, which shows
+            // what it lacks.
+            DigestBody::Counters(_) | DigestBody::Newer(_) => Response::Beats {
+                beats: self.full_digest(view),
+                records: Vec::new(),
+            },
+        }
     }
 
     /// Our digest was answered: take its records and push what it lacks.
@@ -302,9 +314,15 @@ impl EventLoop {
             }
             DigestBody::Counters(c) => {
                 if beats.view == self.own_view() {
-                    let mut budget = hash_budget(c.len());
+                    let (own, mut budget) = (self.own_proved(), hash_budget(c.len()));
                     self.membership
-                        .merge_counters(&c, Instant::now(), &mut budget);
+                        .merge_counters(&c, own, Instant::now(), &mut budget);
+                }
+            }
+            DigestBody::Newer(n) => {
+                if beats.view == self.own_view() {
+                    let mut budget = hash_budget(n.len());
+                    self.membership.merge_newer(&n, Instant::now(), &mut budget);
                 }
             }
         }
