@@ -167,7 +167,9 @@ pub(crate) struct Membership {
     local: PeerId,
     // foldhash (seeded per map): digests look every member up several
     // times per entry, and SipHash was a tenth of the CPU at 512 hosts.
-    members: foldhash::HashMap<PeerId, Member>,
+    // An index map, so that compact digests reach members by position
+    // (`slots`) without hashing and comparing 38-byte ids per entry.
+    members: indexmap::IndexMap<PeerId, Member, foldhash::fast::RandomState>,
     /// Left hosts: the epoch that left, and until when to remember it.
     tombstones: foldhash::HashMap<PeerId, (u64, Instant)>,
     /// `(key, host)` of every live host including this one; rebuilt on change.
@@ -181,6 +183,9 @@ pub(crate) struct Membership {
     /// Every live host by key, for compact digests, and the `version` it
     /// was sorted for.
     sorted: (u64, Vec<(u64, PeerId)>),
+    /// Position in `members` of each host of `sorted` (`None`: this one),
+    /// rebuilt with it: every removal from `members` raises `version`.
+    slots: Vec<Option<usize>>,
     /// The last view fingerprint: for which `records_version` and own
     /// record version, and its value.
     view: Option<(u64, u64, u64, u64)>,
@@ -197,6 +202,7 @@ impl Membership {
             version: 0,
             records_version: 0,
             sorted: (u64::MAX, Vec::new()),
+            slots: Vec::new(),
             view: None,
         }
     }
@@ -246,7 +252,7 @@ impl Membership {
         if r.leaving {
             self.tombstones
                 .insert(v.host, (r.epoch, now + tombstone_for));
-            if self.members.remove(&v.host).is_some() {
+            if self.members.swap_remove(&v.host).is_some() {
                 self.unindex(&[v.host]);
                 return Change::Left;
             }
@@ -345,6 +351,10 @@ impl Membership {
         if self.sorted.0 != self.version {
             let mut v = self.keys.clone();
             v.sort_unstable();
+            self.slots = v
+                .iter()
+                .map(|(_, h)| self.members.get_index_of(h))
+                .collect();
             self.sorted = (self.version, v);
         }
     }
@@ -392,11 +402,13 @@ impl Membership {
         self.sorted
             .1
             .iter()
-            .map(|(_, h)| {
+            .zip(&self.slots)
+            .map(|((_, h), slot)| {
                 if *h == local {
                     own
                 } else {
-                    self.members.get(h).map_or(Proved::default(), |m| m.proved)
+                    slot.and_then(|s| self.members.get_index(s))
+                        .map_or(Proved::default(), |(_, m)| m.proved)
                 }
             })
             .collect()
@@ -419,7 +431,8 @@ impl Membership {
             if *h == local {
                 continue;
             }
-            if let Some(m) = self.members.get_mut(h) {
+            let slot = self.slots.get(i).copied().flatten();
+            if let Some((_, m)) = slot.and_then(|s| self.members.get_index_mut(s)) {
                 if proved.beat > m.proved.beat {
                     m.raise(proved, now, budget);
                 }
@@ -446,11 +459,14 @@ impl Membership {
             return None;
         }
         let mut newer = Vec::new();
-        for (i, ((_, h), theirs)) in self.sorted.1.iter().zip(counters).enumerate() {
-            // One look-up per entry serves both the merge and the answer.
+        let entries = self.sorted.1.iter().zip(&self.slots).zip(counters);
+        for (i, (((_, h), slot), theirs)) in entries.enumerate() {
+            // One look-up by position serves both the merge and the answer.
             let mine = if *h == local {
                 own
-            } else if let Some(m) = self.members.get_mut(h) {
+            } else if let Some((_, m)) = slot.and_then(|s| self.members.get_index_mut(s)) {
+                // (A stale position could not renew the wrong host: a
+                // counter's proof verifies only on its own host's chain.)
                 if theirs.beat > m.proved.beat {
                     m.raise(theirs, now, budget);
                 }
@@ -495,7 +511,7 @@ impl Membership {
 
     /// Drops `host` (no longer admitted); whether it was a member.
     pub fn remove(&mut self, host: &PeerId) -> bool {
-        let was = self.members.remove(host).is_some();
+        let was = self.members.swap_remove(host).is_some();
         if was {
             self.unindex(&[*host]);
         }
@@ -514,7 +530,7 @@ impl Membership {
             })
             .collect();
         for l in &gone {
-            self.members.remove(&l.host);
+            self.members.swap_remove(&l.host);
         }
         let hosts: Vec<PeerId> = gone.iter().map(|l| l.host).collect();
         self.unindex(&hosts);
@@ -819,6 +835,51 @@ pub(crate) mod tests {
         let before = mb.view(2, 1);
         assert_eq!(mb.expire(later + lease + lease, lease).len(), 2);
         assert_ne!(mb.view(2, 1), before);
+    }
+
+    #[test]
+    fn compact_digests_reach_the_right_members_after_removals() {
+        // Members are reached by position: removing one moves another into
+        // its place, and the counters must still land on their own hosts.
+        let t0 = Instant::now();
+        let (lease, bu) = (Duration::from_secs(1), &mut BUDGET.clone());
+        let me = Keypair::generate_ed25519().public().to_peer_id();
+        let others: Vec<(Keypair, Chain)> = (0..5)
+            .map(|_| (Keypair::generate_ed25519(), Chain::new(0)))
+            .collect();
+        let mut m = Membership::new(me);
+        for (k, c) in &others {
+            m.apply(&record_on(k, 1, 1, false, c.anchor()), t0, lease);
+        }
+        let hosts: Vec<PeerId> = others
+            .iter()
+            .map(|(k, _)| k.public().to_peer_id())
+            .collect();
+        // Read the positions once, then drop the first two members.
+        let _ = m.counters(Proved::default());
+        assert!(m.remove(&hosts[0]));
+        assert!(m.remove(&hosts[1]));
+        // A compact digest in today's key order: each host's own counter.
+        let order: Vec<PeerId> = {
+            m.sort_keys();
+            m.sorted.1.iter().map(|(_, h)| *h).collect()
+        };
+        let counters: Vec<Proved> = order
+            .iter()
+            .map(|h| match hosts.iter().position(|x| x == h) {
+                Some(i) => others[i].1.prove(10 + i as u64).unwrap_or_default(),
+                None => Proved::default(),
+            })
+            .collect();
+        let later = t0 + Duration::from_millis(500);
+        assert!(m
+            .merge_counters(&counters, Proved::default(), later, bu)
+            .is_some());
+        for (i, h) in hosts.iter().enumerate().skip(2) {
+            let got = m.get(h).map(|x| (x.proved.beat, x.last_heard));
+            assert_eq!(got, Some((10 + i as u64, later)), "host {i}");
+        }
+        assert_eq!(m.counters(Proved::default()), counters);
     }
 
     #[test]

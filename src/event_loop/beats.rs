@@ -6,16 +6,18 @@
 //! lease of every host whose counter rose, and sends the signed records the
 //! other side was seen to lack (unknown, or an older version). Counters
 //! spread epidemically, in O(log hosts) rounds, for O(hosts × fanout)
-//! requests per round in the whole network; a digest entry is 4 integers.
+//! requests per round in the whole network; a digest entry is 4 integers
+//! and the counter's 16-byte proof.
 //! (Before, every host gossiped a signed record per heartbeat that every
 //! other host had to check: O(hosts²) messages and signature checks.)
 //!
 //! Compact digests: every digest carries the sender's *view*, a fingerprint
 //! of every live host's key and record version
 //! ([`crate::membership::Membership::view`]). To a host whose last digest
-//! showed the same view, a host sends only the counters, in key order (a
-//! tenth of the bytes, no key look-ups); the answer carries only the
-//! counters the asker was seen to lack, by position (about half). A host
+//! showed the same view, a host sends only the proved counters, in key
+//! order (under half the bytes; members reached by position, no key
+//! look-ups); the answer carries only the counters the asker was seen to
+//! lack, by position (about half of them). A host
 //! whose view has changed since answers a compact digest in full, and the
 //! sender then follows up with its own full digest, so no counter is lost
 //! while views differ (a join, a lapse). At 512 hosts this took the idle
