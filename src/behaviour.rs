@@ -28,8 +28,12 @@ pub(crate) struct Behaviour {
     /// Refuses connections while process memory is over the limit.
     pub memory: Toggle<memory_connection_limits::Behaviour>,
     /// Directory operations, lookups, join and leave, and direct messages
-    /// between hosts that are not linked (or through a relay).
+    /// between hosts that are not linked (or through a relay): the
+    /// requesting side. Other hosts' requests come in on `exchanges`.
     pub rpc: request_response::Behaviour<Codec>,
+    /// The answering side of the rpc protocol: inbound exchanges go to
+    /// [`crate::rpc_stream::server::spawn_exchange_acceptor`].
+    pub exchanges: crate::delivery::streams::Behaviour,
     /// Delivery streams: direct messages between linked hosts.
     pub streams: crate::delivery::streams::Behaviour,
     /// Request streams: the loop's requests between connected hosts.
@@ -64,7 +68,8 @@ fn build_behaviour(
     key: &Keypair,
     cfg: &HostConfig,
     stats: Arc<WireStats>,
-    (streams, request_streams): (
+    (streams, request_streams, exchanges): (
+        crate::delivery::streams::Behaviour,
         crate::delivery::streams::Behaviour,
         crate::delivery::streams::Behaviour,
     ),
@@ -76,10 +81,10 @@ fn build_behaviour(
             max_frame: cfg.max_frame_size,
             stats,
         },
-        [(rpc_proto, ProtocolSupport::Full)],
+        [(rpc_proto, ProtocolSupport::Outbound)],
         request_response::Config::default()
             .with_request_timeout(cfg.request_timeout)
-            .with_max_concurrent_streams(MAX_INBOUND_STREAMS),
+            .with_max_concurrent_streams(MAX_OUTBOUND_EXCHANGES),
     );
 
     // Anonymous gossipsub: links are already noise-authenticated, and
@@ -135,6 +140,7 @@ fn build_behaviour(
         limits,
         memory,
         rpc,
+        exchanges,
         streams,
         request_streams,
         gossipsub,
@@ -179,15 +185,20 @@ pub(crate) fn busy_tcp_port(addr: &libp2p::Multiaddr) -> Option<String> {
     None
 }
 
-/// Request-response exchanges one connection may have open at once, each
-/// way: the same bound as a request stream's requests in flight
-/// (`rpc_stream::server::IN_FLIGHT`), so that a remote host cannot hold
-/// more of this host's memory on one path than on the other. libp2p drops
-/// further inbound streams (the requester sees the failure).
-const MAX_INBOUND_STREAMS: usize = 256;
+/// Request-response exchanges this host may have open at once on one
+/// connection, as the requester (libp2p fails further ones at once, as
+/// `OutboundFailure::Io`). Inbound exchanges are bounded per remote host by
+/// `rpc_stream::server::EXCHANGES_PER_HOST`.
+const MAX_OUTBOUND_EXCHANGES: usize = 256;
 
-/// The swarm, and the ends of its delivery and request streams.
-pub(crate) type Built = (Swarm<Behaviour>, StreamEnds, StreamEnds);
+/// The swarm, the ends of its delivery and request streams, and the
+/// inbound rpc exchanges.
+pub(crate) type Built = (
+    Swarm<Behaviour>,
+    StreamEnds,
+    StreamEnds,
+    tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+);
 
 /// TCP and WebSocket (with DNS) for a closed network: the pnet handshake
 /// under `psk` comes first on every connection, then noise and yamux as on
@@ -243,12 +254,18 @@ pub(crate) async fn build_swarm(
     let terr = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     let protocol = crate::protocol::deliver_protocol(&cfg.network_id)
         .ok_or_else(|| Error::Transport("invalid network id".into()))?;
-    let (streams, opener, inbound) = crate::delivery::streams::Behaviour::new(protocol);
+    let (streams, opener, inbound) =
+        crate::delivery::streams::Behaviour::new(protocol, stats.clone());
     let protocol = crate::protocol::request_stream_protocol(&cfg.network_id)
         .ok_or_else(|| Error::Transport("invalid network id".into()))?;
     let (request_streams, req_opener, req_inbound) =
-        crate::delivery::streams::Behaviour::new(protocol);
-    let streams = (streams, request_streams);
+        crate::delivery::streams::Behaviour::new(protocol, stats.clone());
+    let protocol = rpc_protocol(&cfg.network_id)
+        .ok_or_else(|| Error::Transport("invalid network id".into()))?;
+    // Never opens streams: requests go out by request-response.
+    let (exchanges, _, exchanges_inbound) =
+        crate::delivery::streams::Behaviour::new(protocol, stats.clone());
+    let streams = (streams, request_streams, exchanges);
     let idle = cfg.idle_connection_timeout;
     let psk = cfg.network_key.map(|k| k.0);
     let swarm = match (cfg.transport, psk) {
@@ -305,7 +322,12 @@ pub(crate) async fn build_swarm(
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
     };
-    Ok((swarm, (opener, inbound), (req_opener, req_inbound)))
+    Ok((
+        swarm,
+        (opener, inbound),
+        (req_opener, req_inbound),
+        exchanges_inbound,
+    ))
 }
 
 #[cfg(test)]

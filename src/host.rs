@@ -126,10 +126,18 @@ impl Host {
         config.keypair = Some(key.clone());
         let local = key.public().to_peer_id();
         let wire = Arc::new(WireStats::default());
-        let (swarm, delivery, requests) = build_swarm(key.clone(), &config, wire.clone()).await?;
+        let (swarm, delivery, requests, exchanges) =
+            build_swarm(key.clone(), &config, wire.clone()).await?;
         let shared = Arc::new(Shared::new(local, config, wire));
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let event_loop = EventLoop::new(swarm, shared.clone(), rx, key, delivery, requests);
+        let event_loop = EventLoop::new(
+            swarm,
+            shared.clone(),
+            rx,
+            key,
+            delivery,
+            (requests, exchanges),
+        );
         let short = local.to_base58();
         let span = tracing::info_span!("host", id = %&short[short.len().saturating_sub(6)..]);
         tokio::spawn(event_loop.run().instrument(span));

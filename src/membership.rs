@@ -128,7 +128,12 @@ impl Member {
     /// Takes `new` if it proves a higher counter of the current chain
     /// (within `budget` hashes): renews the lease. Returns whether it did.
     fn raise(&mut self, new: &Proved, now: Instant, budget: &mut u64) -> bool {
-        if !self.anchor.covers(new.beat) || !verify_beat(&self.proved, new, budget) {
+        // The comparison first: about half of a digest's counters are not
+        // higher, and it is the cheapest refusal.
+        if new.beat <= self.proved.beat
+            || !self.anchor.covers(new.beat)
+            || !verify_beat(&self.proved, new, budget)
+        {
             return false;
         }
         self.proved = *new;
@@ -433,9 +438,7 @@ impl Membership {
             }
             let slot = self.slots.get(i).copied().flatten();
             if let Some((_, m)) = slot.and_then(|s| self.members.get_index_mut(s)) {
-                if proved.beat > m.proved.beat {
-                    m.raise(proved, now, budget);
-                }
+                m.raise(proved, now, budget);
             }
         }
         true
@@ -467,9 +470,7 @@ impl Membership {
             } else if let Some((_, m)) = slot.and_then(|s| self.members.get_index_mut(s)) {
                 // (A stale position could not renew the wrong host: a
                 // counter's proof verifies only on its own host's chain.)
-                if theirs.beat > m.proved.beat {
-                    m.raise(theirs, now, budget);
-                }
+                m.raise(theirs, now, budget);
                 m.proved
             } else {
                 continue;

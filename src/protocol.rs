@@ -337,10 +337,12 @@ fn one_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Response>, D:
     Vec::<Response>::deserialize(d)
 }
 
-/// Counters of rejected inbound frames, shared by all codec instances of a host.
+/// Counters of rejected inbound frames and refused inbound streams, shared
+/// by all codec instances and stream acceptors of a host.
 #[derive(Debug, Default)]
 pub struct WireStats {
     rejected: AtomicU64,
+    refused_streams: AtomicU64,
 }
 
 impl WireStats {
@@ -351,6 +353,17 @@ impl WireStats {
 
     pub(crate) fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Inbound streams refused because their host already held as many of
+    /// that kind as this host serves at once, or because they came faster
+    /// than the acceptor took them.
+    pub fn refused_streams(&self) -> u64 {
+        self.refused_streams.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_refused_stream(&self) {
+        self.refused_streams.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -83,6 +83,14 @@ pub struct Stats {
     pub lookup_latency: LatencyHistogram,
     /// Inbound frames rejected as oversized or malformed.
     pub rejected_frames: u64,
+    /// Inbound streams (request-response exchanges, delivery and request
+    /// streams) refused because their host already held as many of that
+    /// kind as this host serves at once (256 exchanges, 4 delivery streams,
+    /// 2 request streams), or because they came faster than the acceptor
+    /// took them. A refused exchange is answered with a refusal when the
+    /// answer can be written at once; otherwise, and for delivery and
+    /// request streams, the stream is reset (their senders open another).
+    pub refused_streams: u64,
     /// Peers living on this host.
     pub local_peers: u64,
     /// Directory entries this host holds (for itself and others).
@@ -227,6 +235,7 @@ impl Shared {
             lookup_round_trips: r(&c.lookup_round_trips),
             lookup_latency: c.lookup_latency.snapshot(),
             rejected_frames: self.wire.rejected_frames(),
+            refused_streams: self.wire.refused_streams(),
             local_peers: self.registry.len() as u64,
             directory_entries: r(&c.directory_entries),
             directory_refused: r(&c.directory_refused),

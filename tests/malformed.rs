@@ -274,6 +274,59 @@ async fn request_streams_answer_by_id_and_end_on_malformed_frames() {
     assert_eq!(m.decode::<String>().unwrap(), "still alive");
 }
 
+/// A remote host holds at most two request streams and four delivery
+/// streams of the victim's at once: the next one is reset as it arrives and
+/// counted in `Stats::refused_streams`, and the streams it holds go on
+/// working. Before, the extra streams were dropped with a log line only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_a_hosts_share_are_reset_and_counted() {
+    let (victim, victim_addr, _v, _f) = victim_and_friend(HostConfig::for_tests()).await;
+    // Holds one request stream (its join and beats).
+    let mut attacker = raw_stream_client(victim.id(), victim_addr).await;
+    let before = victim.stats().refused_streams;
+
+    let mut second = attacker
+        .open_stream(victim.id(), requests_protocol())
+        .await
+        .unwrap();
+    let got = ask_two_lookups(&mut second, 1, 2).await;
+    assert_eq!(got.get(&1), Some(&Some(victim.id())));
+    let mut third = attacker
+        .open_stream(victim.id(), requests_protocol())
+        .await
+        .unwrap();
+    let frame = distribus::bench_support::encode_stream_lookup(3, "v").unwrap();
+    let _ = third.write_all(&frame).await;
+    let _ = third.flush().await;
+    let answer = within("the third request stream ends", read_body(&mut third)).await;
+    assert!(answer.is_err(), "a third request stream was served");
+    assert_eq!(victim.stats().refused_streams, before + 1);
+    let got = ask_two_lookups(&mut second, 4, 5).await;
+    assert_eq!(
+        got.get(&4),
+        Some(&Some(victim.id())),
+        "the held stream works"
+    );
+
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            attacker
+                .open_stream(victim.id(), deliver_protocol())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut fifth = attacker
+        .open_stream(victim.id(), deliver_protocol())
+        .await
+        .unwrap();
+    let answer = within("the fifth delivery stream ends", read_body(&mut fifth)).await;
+    assert!(answer.is_err(), "a fifth delivery stream was served");
+    assert_eq!(victim.stats().refused_streams, before + 2);
+    drop(held);
+}
+
 /// Garbage on a delivery stream ends that stream (counted as a rejected
 /// frame), and the host goes on delivering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,12 +628,14 @@ impl request_response::Codec for SlowCodec {
     }
 }
 
-/// One connection holds at most 256 request-response exchanges of the
+/// One remote host holds at most 256 request-response exchanges of the
 /// victim's at once, as a request stream holds 256 requests in flight: of
 /// 300 slow requests opened together, the victim takes 256 (and answers
-/// them) and drops the others. Before, it took 4,096 per connection.
+/// them) and refuses the others, each counted in `Stats::refused_streams`
+/// and answered as a refusal where the answer fits at once. Before, libp2p
+/// dropped the streams past its cap with a log line only: nothing counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_holds_at_most_256_requests_at_once() {
+async fn a_host_holds_at_most_256_requests_at_once_and_the_rest_are_refused_and_counted() {
     let (victim, addr) = mem_host(HostConfig::for_tests()).await;
     let mut swarm = memory_swarm(libp2p::identity::Keypair::generate_ed25519(), || {
         request_response::Behaviour::<SlowCodec>::new(
@@ -612,22 +667,40 @@ async fn a_connection_holds_at_most_256_requests_at_once() {
             .behaviour_mut()
             .send_request(&victim.id(), lookup.clone());
     }
-    let (mut answered, mut dropped) = (0, 0);
+    let (mut served, mut refused, mut failed) = (0, 0, 0);
     within("300 outcomes", async {
-        while answered + dropped < 300 {
+        while served + refused + failed < 300 {
             match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message { .. }) => answered += 1,
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => {
+                    if distribus::bench_support::RawMember::refused_with(
+                        &response,
+                        "too many requests at once",
+                    ) {
+                        refused += 1
+                    } else {
+                        served += 1
+                    }
+                }
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
-                    dropped += 1
+                    failed += 1
                 }
                 _ => {}
             }
         }
     })
     .await;
-    assert!(answered <= 256, "{answered} taken at once");
-    assert!(answered >= 128, "only {answered} answered");
-    assert_eq!(answered + dropped, 300);
+    assert!(served <= 256, "{served} taken at once");
+    assert!(served >= 128, "only {served} served");
+    assert!(refused > 0, "no refusal was answered ({failed} failed)");
+    let counted = victim.stats().refused_streams;
+    assert_eq!(
+        counted,
+        300 - served,
+        "every exchange not served is counted as refused ({refused} answered, {failed} failed)"
+    );
     // The victim goes on serving.
     let _p = victim.create("still-here").unwrap();
     assert!(victim.find("still-here").await.is_ok());

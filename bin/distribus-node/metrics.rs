@@ -157,6 +157,12 @@ impl Collector for HostCollector {
         )?;
         counter(
             e,
+            "distribus_refused_streams",
+            "Inbound streams refused because their host already held as many as this host serves at once.",
+            s.refused_streams,
+        )?;
+        counter(
+            e,
             "distribus_relay_refused",
             "Other hosts' requests refused by this relay because its queue to their next hop was full.",
             s.relay_refused,

@@ -3,10 +3,11 @@
 //! into the local inboxes and writes its acks.
 //!
 //! A host may hold at most [`STREAMS_PER_HOST`] delivery streams from one
-//! remote host (more are dropped as they arrive): a remote party cannot
-//! grow the number of readers. A frame over the size limit, or bytes that do
-//! not decode, end that stream (counted in the host's rejected frames); the
-//! sender opens a new one and the host goes on.
+//! remote host (more are reset as they arrive, and counted in
+//! `Stats::refused_streams`): a remote party cannot grow the number of
+//! readers. A frame over the size limit, or bytes that do not decode, end
+//! that stream (counted in the host's rejected frames); the sender opens a
+//! new one and the host goes on.
 
 use std::{
     collections::HashSet,
@@ -40,10 +41,13 @@ pub(crate) fn spawn_acceptor(
     ctx: TaskContext,
     memory: Arc<Mutex<BatchMemory>>,
 ) -> JoinHandle<()> {
+    let wire = ctx.shared.wire.clone();
     tokio::spawn(super::streams::accept_limited(
         incoming,
         STREAMS_PER_HOST,
+        wire,
         move |host, stream| serve(host, stream, ctx.clone(), memory.clone()),
+        drop,
     ))
 }
 

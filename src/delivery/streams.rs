@@ -13,6 +13,7 @@ use std::{
     collections::{HashMap, VecDeque},
     convert::Infallible,
     io,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -30,10 +31,12 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::protocol::WireStats;
+
 /// Stream requests waiting for the swarm, at most.
 const OPEN_QUEUE: usize = 256;
-/// Inbound streams waiting for the acceptor, at most (more are dropped; the
-/// sender opens another).
+/// Inbound streams waiting for the acceptor, at most (more are reset and
+/// counted in `Stats::refused_streams`; the sender opens another).
 const INBOUND_QUEUE: usize = 256;
 
 /// Where an opened stream (or why none opened) goes.
@@ -61,13 +64,17 @@ pub(crate) struct Behaviour {
     opens: mpsc::Receiver<(PeerId, Reply)>,
     inbound: mpsc::Sender<(PeerId, Stream)>,
     connections: HashMap<PeerId, Vec<ConnectionId>>,
+    wire: Arc<WireStats>,
 }
 
 impl Behaviour {
     /// The behaviour, the handle that opens streams and the receiver of
     /// inbound streams.
+    /// Inbound streams dropped because the acceptor's queue is full are
+    /// counted in `wire`.
     pub(crate) fn new(
         protocol: StreamProtocol,
+        wire: Arc<WireStats>,
     ) -> (Self, Opener, mpsc::Receiver<(PeerId, Stream)>) {
         let (tx, opens) = mpsc::channel(OPEN_QUEUE);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -76,6 +83,7 @@ impl Behaviour {
             opens,
             inbound,
             connections: HashMap::new(),
+            wire,
         };
         (b, Opener { tx }, inbound_rx)
     }
@@ -85,6 +93,7 @@ impl Behaviour {
             peer,
             protocol: self.protocol.clone(),
             inbound: self.inbound.clone(),
+            wire: self.wire.clone(),
             requested: VecDeque::new(),
             negotiating: VecDeque::new(),
         }
@@ -174,6 +183,7 @@ pub(crate) struct Handler {
     peer: PeerId,
     protocol: StreamProtocol,
     inbound: mpsc::Sender<(PeerId, Stream)>,
+    wire: Arc<WireStats>,
     /// Requests not yet turned into stream requests.
     requested: VecDeque<Reply>,
     /// Requests whose stream is being negotiated (any stream answers any
@@ -222,9 +232,10 @@ impl ConnectionHandler for Handler {
                 ..
             }) => {
                 let peer = self.peer;
-                let _ = self.inbound.try_send((peer, stream)).inspect_err(
-                    |_| tracing::debug!(host = %peer, "delivery streams queue full; dropped one"),
-                );
+                if self.inbound.try_send((peer, stream)).is_err() {
+                    self.wire.count_refused_stream();
+                    tracing::debug!(host = %peer, protocol = %self.protocol, "inbound stream queue full; dropped one");
+                }
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
@@ -245,16 +256,21 @@ impl ConnectionHandler for Handler {
 }
 
 /// Runs `serve` on each stream in `incoming`, at most `per_host` at a time
-/// for one remote host (more are dropped as they arrive: a remote party
-/// cannot grow the number of tasks). `serve` returns its stream's host.
-/// Ends when `incoming` does; dropping it ends every `serve`.
-pub(crate) async fn accept_limited<F, Fut>(
+/// for one remote host: a remote party cannot grow the number of tasks.
+/// Streams past that go to `refuse` as they arrive, which must not wait
+/// (it answers what it can at once and drops the stream); each is counted
+/// in `wire`. `serve` returns its stream's host. Ends when `incoming` does;
+/// dropping it ends every `serve`.
+pub(crate) async fn accept_limited<F, Fut, R>(
     mut incoming: mpsc::Receiver<(PeerId, Stream)>,
     per_host: usize,
+    wire: Arc<WireStats>,
     serve: F,
+    refuse: R,
 ) where
     F: Fn(PeerId, Stream) -> Fut,
     Fut: std::future::Future<Output = PeerId> + Send + 'static,
+    R: Fn(Stream),
 {
     let mut tasks = tokio::task::JoinSet::new();
     let mut open: HashMap<PeerId, usize> = HashMap::new();
@@ -264,7 +280,9 @@ pub(crate) async fn accept_limited<F, Fut>(
                 let Some((host, stream)) = next else { break };
                 let n = open.entry(host).or_default();
                 if *n >= per_host {
-                    tracing::debug!(%host, "too many streams from one host; dropped one");
+                    wire.count_refused_stream();
+                    tracing::debug!(%host, "too many streams from one host; refused one");
+                    refuse(stream);
                     continue;
                 }
                 *n += 1;

@@ -251,21 +251,18 @@ impl EventLoop {
             DigestBody::Counters(c) if digest.view == view => {
                 let own = self.own_proved();
                 let mut budget = hash_budget(c.len());
-                let Some(newer) =
-                    self.membership
-                        .merge_counters(&c, own, Instant::now(), &mut budget)
-                else {
-                    return Response::Beats {
-                        beats: self.full_digest(view),
+                match self
+                    .membership
+                    .merge_counters(&c, own, Instant::now(), &mut budget)
+                {
+                    Some(newer) => Response::Beats {
+                        beats: Digest {
+                            view,
+                            body: DigestBody::Newer(newer),
+                        },
                         records: Vec::new(),
-                    };
-                };
-                Response::Beats {
-                    beats: Digest {
-                        view,
-                        body: DigestBody::Newer(newer),
                     },
-                    records: Vec::new(),
+                    None => self.full_answer(view),
                 }
             }
             DigestBody::Full(beats) => {
@@ -281,10 +278,15 @@ impl EventLoop {
             // digest shows the sender what we lack (it pushes those
             // records), and it sends its full digest next time, which shows
             // what it lacks.
-            DigestBody::Counters(_) | DigestBody::Newer(_) => Response::Beats {
-                beats: self.full_digest(view),
-                records: Vec::new(),
-            },
+            DigestBody::Counters(_) | DigestBody::Newer(_) => self.full_answer(view),
+        }
+    }
+
+    /// The answer that carries our full digest and no records.
+    fn full_answer(&mut self, view: u64) -> Response {
+        Response::Beats {
+            beats: self.full_digest(view),
+            records: Vec::new(),
         }
     }
 

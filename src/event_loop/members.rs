@@ -44,7 +44,7 @@ pub(crate) struct CheckedJoin {
 /// Big joins being checked off the loop, with whom to answer.
 #[derive(Debug)]
 pub(crate) struct JoinChecks {
-    pending: std::collections::HashMap<u64, (PeerId, super::relay::Responder)>,
+    pending: std::collections::HashMap<u64, (PeerId, crate::rpc_stream::Reply)>,
     next_ticket: u64,
     done_tx: tokio::sync::mpsc::Sender<CheckedJoin>,
     pub(super) done: tokio::sync::mpsc::Receiver<CheckedJoin>,
@@ -348,7 +348,7 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         mut records: Vec<SignedRecord>,
-        responder: super::relay::Responder,
+        responder: crate::rpc_stream::Reply,
     ) {
         // Records this host holds already are not checked again (as in
         // `apply_signed`): a joiner's snapshot is mostly those.

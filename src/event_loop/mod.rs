@@ -45,6 +45,7 @@ use crate::{
     directory::{DirOp, DirectoryStore},
     error::{Error, Result},
     membership::Membership,
+    rpc_stream::Reply,
     shared::Shared,
 };
 
@@ -174,16 +175,15 @@ pub(crate) struct EventLoop {
     delivery: crate::delivery::TaskContext,
     /// Reports of the delivery tasks.
     task_events: mpsc::Receiver<crate::delivery::TaskEvent>,
-    /// The task accepting delivery streams (it owns their readers).
-    acceptor: Option<tokio::task::JoinHandle<()>>,
+    /// The tasks accepting delivery streams, request streams and
+    /// request-response exchanges (they own their readers).
+    acceptors: Vec<tokio::task::JoinHandle<()>>,
     /// Request stream client tasks, by destination host.
     request_clients: foldhash::HashMap<PeerId, crate::rpc_stream::client::ClientHandle>,
     /// What the request stream tasks share.
     request_streams: crate::rpc_stream::RpcContext,
     /// Answers and inbound requests of the request streams.
     rpc_events: mpsc::Receiver<crate::rpc_stream::RpcEvent>,
-    /// The task accepting request streams.
-    request_acceptor: Option<tokio::task::JoinHandle<()>>,
     /// Id of the next request sent on a request stream.
     next_stream_request: u64,
 
@@ -273,7 +273,10 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         key: Keypair,
         (opener, inbound): crate::behaviour::StreamEnds,
-        (req_opener, req_inbound): crate::behaviour::StreamEnds,
+        ((req_opener, req_inbound), exchanges): (
+            crate::behaviour::StreamEnds,
+            mpsc::Receiver<(PeerId, libp2p::Stream)>,
+        ),
     ) -> Self {
         let cfg = shared.config();
         let epoch = std::time::SystemTime::now()
@@ -292,21 +295,22 @@ impl EventLoop {
         };
         let memory =
             messaging::BatchMemory::new(crate::delivery::WINDOW, messaging::REMEMBERED_SENDERS);
-        let acceptor = Some(crate::delivery::inbound::spawn_acceptor(
+        let acceptor = crate::delivery::inbound::spawn_acceptor(
             inbound,
             delivery.clone(),
             Arc::new(Mutex::new(memory)),
-        ));
+        );
         let (rpc_tx, rpc_events) = mpsc::channel(TASK_EVENTS);
         let request_streams = crate::rpc_stream::RpcContext {
             opener: req_opener,
             shared: shared.clone(),
             events: rpc_tx,
         };
-        let request_acceptor = Some(crate::rpc_stream::server::spawn_acceptor(
-            req_inbound,
-            request_streams.clone(),
-        ));
+        let acceptors = vec![
+            acceptor,
+            crate::rpc_stream::server::spawn_acceptor(req_inbound, request_streams.clone()),
+            crate::rpc_stream::server::spawn_exchange_acceptor(exchanges, request_streams.clone()),
+        ];
         let mut this = EventLoop {
             swarm,
             commands,
@@ -325,11 +329,10 @@ impl EventLoop {
             stream_backoff: Default::default(),
             delivery,
             task_events,
-            acceptor,
+            acceptors,
             request_clients: Default::default(),
             request_streams,
             rpc_events,
-            request_acceptor,
             next_stream_request: 0,
             store: DirectoryStore::new(
                 cfg.max_directory_entries,
@@ -450,10 +453,7 @@ impl EventLoop {
             }
         }
         self.finish_close();
-        for a in [self.acceptor.take(), self.request_acceptor.take()]
-            .into_iter()
-            .flatten()
-        {
+        for a in self.acceptors.drain(..) {
             a.abort();
         }
         for id in std::mem::take(&mut self.listener_ids) {
@@ -563,7 +563,7 @@ impl EventLoop {
                 host,
                 request,
                 reply,
-            } => self.on_inbound_request(host, request, relay::Responder::Stream(reply)),
+            } => self.on_inbound_request(host, request, reply),
         }
     }
 
@@ -572,7 +572,7 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         request: crate::protocol::Request,
-        responder: relay::Responder,
+        responder: Reply,
     ) {
         use crate::protocol::{Request, Response, NOT_ALLOWED, NOT_MEMBER};
         if !self.allowed(&peer) {
@@ -805,14 +805,13 @@ impl EventLoop {
     ) {
         use request_response::{Event, Message};
         match ev {
+            // Inbound exchanges are served by the exchange acceptor; this
+            // behaviour only requests.
             Event::Message {
                 peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
+                message: Message::Request { .. },
                 ..
-            } => self.on_inbound_request(peer, request, relay::Responder::Rr(channel)),
+            } => tracing::debug!(%peer, "request-response request on the requesting side"),
             Event::Message {
                 message:
                     Message::Response {

@@ -38,16 +38,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::{
-    request_response::{OutboundFailure, ResponseChannel},
-    PeerId,
-};
+use libp2p::{request_response::OutboundFailure, PeerId};
 
 use super::{EventLoop, Pending, ReqKey};
 use crate::{
     membership::Membership,
     overlay::Overlay,
     protocol::{Relayed, Request, Response},
+    rpc_stream::Reply,
 };
 
 /// The overlay is recomputed at most this often while the membership changes.
@@ -127,20 +125,11 @@ fn item_size(r: &Relayed) -> usize {
     r.inner.len() + ITEM_OVERHEAD
 }
 
-/// Where the answer to an inbound request goes.
-#[derive(Debug)]
-pub(super) enum Responder {
-    /// A request-response exchange.
-    Rr(ResponseChannel<Response>),
-    /// A request stream.
-    Stream(crate::rpc_stream::Reply),
-}
-
 /// A bundle another host sent through this one, waiting for answers.
 #[derive(Debug)]
 struct InBundle {
     peer: PeerId,
-    channel: Responder,
+    channel: Reply,
     responses: Vec<Option<Response>>,
     remaining: usize,
 }
@@ -392,7 +381,7 @@ impl EventLoop {
     /// Inbound relayed requests from `peer`: those for this host are
     /// handled at once; the others are forwarded (first hop only), bundled
     /// per destination. The answer goes back when every request has one.
-    pub(super) fn on_relay(&mut self, peer: PeerId, items: Vec<Relayed>, channel: Responder) {
+    pub(super) fn on_relay(&mut self, peer: PeerId, items: Vec<Relayed>, channel: Reply) {
         let local = self.local();
         let bundle = self.relays.next_id;
         self.relays.next_id += 1;
@@ -550,17 +539,8 @@ impl EventLoop {
     }
 
     /// Sends `response` on `channel`.
-    pub(super) fn answer(&mut self, peer: PeerId, channel: Responder, response: Response) {
-        let sent = match channel {
-            Responder::Rr(ch) => self
-                .swarm
-                .behaviour_mut()
-                .rpc
-                .send_response(ch, response)
-                .is_ok(),
-            Responder::Stream(reply) => reply.send(response),
-        };
-        if !sent {
+    pub(super) fn answer(&mut self, peer: PeerId, channel: Reply, response: Response) {
+        if !channel.send(response) {
             tracing::debug!(%peer, "response channel closed before answering");
         }
     }

@@ -286,7 +286,8 @@ mod tests {
             }
         });
 
-        let (behaviour, opener, _inbound) = crate::delivery::streams::Behaviour::new(protocol());
+        let (behaviour, opener, _inbound) =
+            crate::delivery::streams::Behaviour::new(protocol(), Default::default());
         let mut ours = SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_other_transport(transport)

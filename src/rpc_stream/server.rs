@@ -34,17 +34,121 @@ pub(crate) const STREAMS_PER_HOST: usize = 2;
 /// Bytes of answers gathered into one write.
 const WRITE_BYTES: usize = 256 * 1024;
 
+/// Request-response exchanges one remote host may have open with this one
+/// at a time: as many as one request stream's requests in flight, so that
+/// a remote host cannot hold more of this host's memory on one path than
+/// on the other.
+pub(crate) const EXCHANGES_PER_HOST: usize = IN_FLIGHT;
+
 /// Starts the acceptor of the streams in `incoming`; the returned task
 /// owns their readers and writers (aborting it ends them).
 pub(crate) fn spawn_acceptor(
     incoming: mpsc::Receiver<(PeerId, Stream)>,
     ctx: RpcContext,
 ) -> JoinHandle<()> {
+    let wire = ctx.shared.wire.clone();
     tokio::spawn(accept_limited(
         incoming,
         STREAMS_PER_HOST,
+        wire,
         move |host, s| serve(host, s, ctx.clone()),
+        drop,
     ))
+}
+
+/// Starts the acceptor of request-response exchanges: the answering side
+/// of the rpc protocol, whose requesting side is libp2p's request-response
+/// behaviour (it dials hosts that are not connected). Served here rather
+/// than by that behaviour because it drops the streams past its cap with a
+/// log line only; here each is refused with an answer when that can be
+/// written at once, and counted.
+pub(crate) fn spawn_exchange_acceptor(
+    incoming: mpsc::Receiver<(PeerId, Stream)>,
+    ctx: RpcContext,
+) -> JoinHandle<()> {
+    let wire = ctx.shared.wire.clone();
+    tokio::spawn(accept_limited(
+        incoming,
+        EXCHANGES_PER_HOST,
+        wire,
+        move |host, s| exchange(host, s, ctx.clone()),
+        refuse_exchange,
+    ))
+}
+
+/// One exchange: one request frame in, one answer frame out, then the
+/// stream closes (the framing of [`crate::protocol::Codec`]).
+async fn exchange(host: PeerId, mut stream: Stream, ctx: RpcContext) -> PeerId {
+    let (max_frame, timeout) = ctx
+        .shared
+        .with_config(|c| (c.max_frame_size, c.request_timeout));
+    let wire = &ctx.shared.wire;
+    let read = async {
+        let body = read_frame_body(&mut stream, max_frame, wire).await?;
+        decode_counted::<Request>(&body, wire)
+    };
+    let request = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(%host, error = %e, "inbound exchange failed");
+            return host;
+        }
+        Err(_) => {
+            tracing::debug!(%host, "inbound exchange timed out before its request");
+            return host;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(1);
+    let Ok(permit) = Arc::new(Semaphore::new(1)).acquire_owned().await else {
+        return host;
+    };
+    let event = RpcEvent::Request {
+        host,
+        request,
+        reply: Reply::new(0, tx, permit),
+    };
+    if ctx.events.send(event).await.is_err() {
+        return host;
+    }
+    // A relayed request is answered when its next hop has answered, which
+    // may take up to the requester's own timeout; past that, nobody waits.
+    let Ok(Some((_, response, _))) = tokio::time::timeout(timeout, rx.recv()).await else {
+        return host;
+    };
+    let frame = match encode_frame(&response) {
+        Ok(f) if f.len() - 4 <= max_frame => Ok(f),
+        Ok(_) => Err("answer exceeds the frame limit".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let Ok(frame) = frame.or_else(|why| encode_frame(&Response::Refused(why))) else {
+        return host;
+    };
+    let written = bounded(timeout, async {
+        stream.write_all(&frame).await?;
+        stream.close().await
+    });
+    if let Err(e) = written.await {
+        tracing::debug!(%host, error = %e, "answer to an exchange not sent");
+    }
+    host
+}
+
+/// Why an exchange past [`EXCHANGES_PER_HOST`] is refused.
+pub(crate) const TOO_MANY_EXCHANGES: &str = "too many requests at once";
+
+/// Answers an exchange past the cap with a refusal, if the stream takes it
+/// without waiting (a fresh stream has a window far larger than the
+/// answer), then drops it: holding it would be the state the cap bounds.
+fn refuse_exchange(mut stream: Stream) {
+    use futures::FutureExt as _;
+    let Ok(frame) = encode_frame(&Response::Refused(TOO_MANY_EXCHANGES.into())) else {
+        return;
+    };
+    let _ = async {
+        stream.write_all(&frame).await?;
+        stream.close().await
+    }
+    .now_or_never();
 }
 
 /// Serves the requests of one stream from `host` until it ends.
