@@ -112,6 +112,42 @@ pub fn decode_batch(frame: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// The `(epoch, batch)` id of a delivery-stream batch frame body (without
+/// its length prefix).
+pub fn stream_batch_id(body: &[u8]) -> io::Result<(u64, u64)> {
+    let b: crate::protocol::StreamBatchIn<'_> = decode_frame_borrowed(body)?;
+    Ok((b.epoch, b.batch))
+}
+
+/// A delivery batch's `(epoch, batch)` id and its envelope count.
+pub type BatchSummary = ((u64, u64), usize);
+
+/// A request-stream frame body (without its length prefix): its request
+/// id, and if it is a delivery batch, its summary.
+pub fn stream_request_delivery(body: &[u8]) -> io::Result<(u64, Option<BatchSummary>)> {
+    let (id, request): (u64, Request) = decode_frame(body)?;
+    Ok(match request {
+        Request::Deliver { epoch, batch, envs } => (id, Some(((epoch, batch), envs.len()))),
+        _ => (id, None),
+    })
+}
+
+/// The answer to request `id` on a request stream: `n` messages
+/// delivered, as a frame.
+pub fn encode_stream_delivered(id: u64, n: usize) -> io::Result<Vec<u8>> {
+    encode_frame(&(id, Response::Delivered(vec![Ack::Delivered; n])))
+}
+
+/// The answer to request `id` on a request stream: refused, for `why`, as
+/// a frame.
+pub fn encode_stream_refusal(id: u64, why: &str) -> io::Result<Vec<u8>> {
+    encode_frame(&(id, Response::Refused(why.to_string())))
+}
+
+fn decode_frame_borrowed<'a, M: serde::Deserialize<'a>>(body: &'a [u8]) -> io::Result<M> {
+    postcard::from_bytes(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Resident set size of this process, in bytes (from `/proc`; 0 where
 /// there is none).
 pub fn rss_bytes() -> u64 {

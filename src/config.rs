@@ -34,6 +34,16 @@ pub struct HostConfig {
     /// The host's identity key. `None` makes a new ed25519 key (and, given
     /// to [`crate::Host::set_config`], keeps the current one).
     pub keypair: Option<Keypair>,
+    /// The last epoch (incarnation) of this identity, if known: the host's
+    /// epoch is the wall clock at start in nanoseconds, or this plus one if
+    /// the clock is not past it. Other hosts take a restarted identity only
+    /// at a higher epoch, so a host restarted with the same key on a clock
+    /// that stepped back would be ignored (its records and delivery batches
+    /// taken for an old incarnation's) until its old epoch lapsed. Keep
+    /// [`crate::Host::epoch`] with the key and pass it here on the next
+    /// start (`distribus-node --identity` does, in `<identity>.epoch`).
+    /// Fixed at creation; 0 by default.
+    pub min_epoch: u64,
     /// Transports to build.
     pub transport: TransportKind,
     /// A closed network's pre-shared key ([`crate::NetworkKey`]): with it,
@@ -135,6 +145,7 @@ impl Default for HostConfig {
         HostConfig {
             network_id: "distribus".into(),
             keypair: None,
+            min_epoch: 0,
             transport: TransportKind::Tcp,
             network_key: None,
             replication: 3,

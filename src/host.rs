@@ -155,6 +155,16 @@ impl Host {
         self.inner.shared.local
     }
 
+    /// This host's epoch (incarnation): the wall clock at start in
+    /// nanoseconds since the Unix epoch, raised above
+    /// [`HostConfig::min_epoch`]. Other hosts take a restarted identity only
+    /// at a higher epoch: keep this value with a persistent key and pass it
+    /// as `min_epoch` on the next start, so that a clock stepped back in
+    /// between does not make the new incarnation look older.
+    pub fn epoch(&self) -> u64 {
+        self.inner.shared.epoch
+    }
+
     /// The current configuration (with the host's keypair filled in).
     pub fn config(&self) -> HostConfig {
         self.inner.shared.config()

@@ -148,6 +148,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub local: PeerId,
+    /// This host's incarnation (see [`HostConfig::min_epoch`]).
+    pub epoch: u64,
     pub registry: Registry,
     pub changes: Mutex<Vec<LocalChange>>,
     pub changes_ready: Notify,
@@ -165,8 +167,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(local: PeerId, config: HostConfig, wire: Arc<WireStats>) -> Self {
+        // Nanoseconds: two starts of one identity within a clock tick
+        // cannot share an epoch.
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         Shared {
             local,
+            epoch: clock.max(config.min_epoch.saturating_add(1)),
             registry: Registry::default(),
             changes: Mutex::new(Vec::new()),
             changes_ready: Notify::new(),

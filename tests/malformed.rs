@@ -124,6 +124,110 @@ async fn a_batch_sent_again_is_not_delivered_twice() {
     assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
 }
 
+/// A batch that arrived on a delivery stream and comes again as a request
+/// (its stream broke with no new one to be had, and the sender resent it)
+/// is answered from memory, not delivered twice: the stream readers and
+/// the request path share one memory of batches. Before, each path had its
+/// own, and the request was delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_from_a_stream_sent_again_as_a_request_is_not_delivered_twice() {
+    use distribus::bench_support::{
+        decode_delivered, decode_stream_acks, encode_delivery, encode_stream_delivery,
+    };
+    let (host, addr) = mem_host(HostConfig::for_tests()).await;
+    let v = host.create("v").unwrap();
+    let mut client = raw_stream_client(host.id(), addr).await;
+    let payload = distribus::Payload::postcard(&1u32).unwrap();
+
+    let mut s = client
+        .open_stream(host.id(), deliver_protocol())
+        .await
+        .unwrap();
+    s.write_all(&encode_stream_delivery(7, "x", "v", &payload).unwrap())
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let body = within("acks", read_body(&mut s)).await.unwrap();
+    assert_eq!(decode_stream_acks(&body).unwrap(), (7, Ok(vec![true])));
+
+    let mut r = client.open_stream(host.id(), rpc_protocol()).await.unwrap();
+    r.write_all(&encode_delivery(7, "x", "v", &payload).unwrap())
+        .await
+        .unwrap();
+    r.close().await.unwrap();
+    let body = within("answer", read_body(&mut r)).await.unwrap();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend(body);
+    assert_eq!(decode_delivered(&frame).unwrap(), vec![true], "acked");
+    assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
+    // A second delivery would be in the inbox before the answer was sent.
+    assert!(v.try_recv().is_none(), "batch 7 was delivered twice");
+}
+
+/// A batch written on a delivery stream that then broke, with no new
+/// stream to be had, goes again as a request with the same batch id (one
+/// counter numbers the batches of both paths), so that a receiver that
+/// had it answers from memory; the send succeeds once. Before, it went
+/// with a new id from the request path's own counter, and a receiver that
+/// had delivered it delivered it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_stream_broke_goes_again_with_its_id() {
+    use distribus::bench_support::{
+        encode_stream_delivered, encode_stream_refusal, stream_batch_id, stream_request_delivery,
+    };
+    let (host, addr, v, _f) = victim_and_friend(HostConfig::for_tests()).await;
+    // Batches to another host first: the stream path's count is ahead of
+    // where a separate count for requests would start.
+    for k in 0..3u32 {
+        v.send("f", &k).await.unwrap();
+    }
+    let mut client = raw_stream_client(host.id(), addr).await;
+    let mut deliveries = client.accept(deliver_protocol()).unwrap();
+    let mut requests = client.accept(requests_protocol()).unwrap();
+    // Every request stream of the host is read: its delivery batches are
+    // reported and acked, other requests refused.
+    let (resent_tx, mut resent) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some((_, mut r)) = requests.next().await {
+            let resent_tx = resent_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(body) = read_body(&mut r).await {
+                    let answer = match stream_request_delivery(&body) {
+                        Ok((id, Some((batch, n)))) => {
+                            let _ = resent_tx.send(batch).await;
+                            encode_stream_delivered(id, n).unwrap()
+                        }
+                        Ok((id, None)) => encode_stream_refusal(id, "not here").unwrap(),
+                        Err(_) => return,
+                    };
+                    if r.write_all(&answer).await.is_err() || r.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    introduce(&mut client, host.id(), "x", "v").await;
+    assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
+
+    let send = tokio::spawn(async move { v.send("x", &1u32).await });
+    let (_, mut s) = within("a delivery stream", deliveries.next())
+        .await
+        .unwrap();
+    let body = within("a batch", read_body(&mut s)).await.unwrap();
+    let first = stream_batch_id(&body).unwrap();
+    // No answer, and no new delivery stream: the link task gives the batch
+    // back.
+    drop(deliveries);
+    drop(s);
+    let again = within("the batch again, as a request", resent.recv())
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the batch went again under another id");
+    let sent = within("the send ends", send).await.unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
+}
+
 /// A bare swarm that joins `host` at `addr` (over a request stream, then
 /// beating to stay a member), opens delivery streams to it and writes
 /// whatever a test gives it.
@@ -195,6 +299,14 @@ pub(crate) async fn raw_stream_stranger(
 fn deliver_protocol() -> StreamProtocol {
     StreamProtocol::try_from_owned(format!(
         "/distribus/distribus/deliver/{}",
+        distribus::PROTOCOL_VERSION
+    ))
+    .unwrap()
+}
+
+fn rpc_protocol() -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!(
+        "/distribus/distribus/rpc/{}",
         distribus::PROTOCOL_VERSION
     ))
     .unwrap()
@@ -383,11 +495,20 @@ async fn a_batch_sent_again_on_a_new_stream_is_not_delivered_twice() {
         .unwrap();
     assert_eq!(exchange(&mut second, 7).await, Ok(vec![true]));
     assert_eq!(exchange(&mut second, 8).await, Ok(vec![true]));
+    // Out of order but not forgotten: taken (a request batch may arrive
+    // behind stream batches).
+    assert_eq!(exchange(&mut second, 5).await, Ok(vec![true]));
+    for batch in 9..=13 {
+        assert_eq!(exchange(&mut second, batch).await, Ok(vec![true]));
+    }
+    // The memory holds eight batches (5, 7..=13); older ones may have been
+    // delivered and forgotten.
     assert!(
         exchange(&mut second, 1).await.is_err(),
         "a stale batch was taken"
     );
-    for _ in 0..2 {
+    assert_eq!(exchange(&mut second, 7).await, Ok(vec![true]), "remembered");
+    for _ in 0..8 {
         assert_eq!(within("message", v.recv()).await.unwrap().from, "x");
     }
     assert!(v.try_recv().is_none(), "batch 7 was delivered twice");

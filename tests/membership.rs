@@ -178,3 +178,67 @@ fn rand_port() -> u64 {
         .unwrap()
         .subsec_nanos() as u64
 }
+
+/// A host restarted with the same key on a clock that stepped back (its
+/// last incarnation started an hour "later" than now) is taken by the
+/// others at once when it is given its last epoch (`min_epoch`, which
+/// `distribus-node --identity` keeps beside the key): its new epoch is
+/// above the old one, its peers are found and reached. Started on the bare
+/// clock instead, its epoch is below the one the others remember, and they
+/// ignore it (the defect: an epoch that depends on the clock going
+/// forward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_clock_stepped_back_is_taken_at_once() {
+    let cfg = HostConfig::for_tests();
+    let (b, b_addr) = mem_host(cfg.clone()).await;
+    let bob = b.create("bob").unwrap();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let hour_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        + 3_600_000_000_000;
+
+    let mut first = cfg.clone();
+    first.keypair = Some(key.clone());
+    first.min_epoch = hour_ahead;
+    let (a1, _) = mem_host(first).await;
+    assert!(a1.epoch() > hour_ahead);
+    a1.join(&b_addr.to_string()).await.unwrap();
+    let _alice = a1.create("alice").unwrap();
+    wait_found(&b, "alice", &a1).await;
+    let last_epoch = a1.epoch();
+    a1.close().await.unwrap();
+    wait_for("alice withdrawn", || async {
+        matches!(b.find("alice").await, Err(Error::PeerNotFound(_)))
+    })
+    .await;
+
+    // On the bare clock: an older incarnation to b.
+    let mut bare = cfg.clone();
+    bare.keypair = Some(key.clone());
+    let (a_bare, _) = mem_host(bare).await;
+    assert!(a_bare.epoch() < last_epoch);
+    let joined = a_bare.join(&b_addr.to_string()).await;
+    let _alice = a_bare.create("alice").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        joined.is_err() || b.find("alice").await.is_err(),
+        "an incarnation older than the last one was taken"
+    );
+    a_bare.close().await.unwrap();
+
+    // Given its last epoch: taken at once.
+    let mut again = cfg;
+    again.keypair = Some(key);
+    again.min_epoch = last_epoch;
+    let (a2, _) = mem_host(again).await;
+    assert!(a2.epoch() > last_epoch);
+    a2.join(&b_addr.to_string()).await.unwrap();
+    let alice = a2.create("alice").unwrap();
+    wait_found(&b, "alice", &a2).await;
+    bob.send("alice", &1u32).await.unwrap();
+    assert_eq!(within("alice", alice.recv()).await.unwrap().from, "bob");
+    alice.send("bob", &2u32).await.unwrap();
+    assert_eq!(within("bob", bob.recv()).await.unwrap().from, "alice");
+}

@@ -1,12 +1,13 @@
 //! The node's key files: its persistent identity key (loaded from a file,
-//! or created with mode 0600 when the file is missing), and a closed
-//! network's key (made by `keygen`, refused unless mode 0600).
+//! or created with mode 0600 when the file is missing) with its last epoch
+//! beside it, and a closed network's key (made by `keygen`, refused unless
+//! mode 0600).
 
 use std::{
     fs::OpenOptions,
     io::{ErrorKind, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use libp2p::identity::Keypair;
@@ -103,9 +104,70 @@ pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
     }
 }
 
+/// Where the last epoch of the identity in `identity` is kept:
+/// `<identity>.epoch`, beside it.
+pub fn epoch_file(identity: &Path) -> PathBuf {
+    let mut name = identity.as_os_str().to_owned();
+    name.push(".epoch");
+    PathBuf::from(name)
+}
+
+/// The epoch kept in `path` (decimal text), `None` if there is no file.
+pub fn load_epoch(path: &Path) -> Result<Option<u64>, String> {
+    let shown = path.display();
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("epoch file {shown} does not hold an epoch ({e})")),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read epoch file {shown}: {e}")),
+    }
+}
+
+/// Keeps `epoch` in `path`: written to a temporary file beside it, synced,
+/// then renamed over it, so a crash leaves the old value or the new one.
+pub fn store_epoch(path: &Path, epoch: u64) -> Result<(), String> {
+    let shown = path.display();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{epoch}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| format!("cannot write epoch file {shown}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epoch_is_kept_beside_the_identity_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("distribus-epoch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = epoch_file(&dir.join("node.key"));
+        assert_eq!(file, dir.join("node.key.epoch"));
+        assert_eq!(load_epoch(&file).unwrap(), None);
+        store_epoch(&file, 1_800_000_000_000_000_000).unwrap();
+        assert_eq!(load_epoch(&file).unwrap(), Some(1_800_000_000_000_000_000));
+        store_epoch(&file, 7).unwrap();
+        assert_eq!(load_epoch(&file).unwrap(), Some(7));
+        std::fs::write(&file, "not a number").unwrap();
+        assert!(load_epoch(&file)
+            .unwrap_err()
+            .contains("does not hold an epoch"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn created_once_then_loaded() {

@@ -6,7 +6,7 @@ use distribus::{Host, Multiaddr};
 use libp2p::identity::Keypair;
 use tokio::task::JoinHandle;
 
-use crate::{echo, metrics, settings::Settings};
+use crate::{echo, identity, metrics, settings::Settings};
 
 /// A started node.
 #[derive(Debug)]
@@ -26,7 +26,19 @@ impl Node {
     pub async fn start(settings: &Settings, key: Keypair) -> Result<Node, String> {
         let mut cfg = settings.host.clone();
         cfg.keypair = Some(key);
+        // A persistent identity keeps its last epoch beside it: the next
+        // start takes a higher one even if the clock stepped back, and it
+        // is written before anything is announced.
+        let epoch_file = settings.identity.as_deref().map(identity::epoch_file);
+        if let Some(file) = &epoch_file {
+            if let Some(last) = identity::load_epoch(file)? {
+                cfg.min_epoch = cfg.min_epoch.max(last);
+            }
+        }
         let host = Host::new(cfg).await.map_err(|e| e.to_string())?;
+        if let Some(file) = &epoch_file {
+            identity::store_epoch(file, host.epoch())?;
+        }
         let mut addrs = Vec::new();
         for l in &settings.listen {
             let got = host

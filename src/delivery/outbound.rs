@@ -92,6 +92,9 @@ impl LinkHandle {
     }
 
     /// Hands a send to the task, or gives it back.
+    // The refused send comes back by value: boxing it would allocate on
+    // the path that runs when links are busiest.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn forward(&self, p: PendingSend) -> Result<(), Refused> {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         self.tx.try_send(p).map_err(|e| {
@@ -376,9 +379,15 @@ impl LinkTask {
         self.stream = None;
         self.rx_open = false;
         self.rx.close();
+        // Each written batch keeps its id: the receiver may have it.
         let mut sends: Vec<PendingSend> = std::mem::take(&mut self.in_flight)
             .into_iter()
-            .flat_map(|b| b.sends)
+            .flat_map(|b| {
+                b.sends.into_iter().map(move |mut p| {
+                    p.batch = Some(b.batch);
+                    p
+                })
+            })
             .collect();
         while let Ok(p) = self.rx.try_recv() {
             sends.push(p);

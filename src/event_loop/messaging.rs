@@ -21,6 +21,7 @@
 
 use std::{
     collections::VecDeque,
+    sync::atomic::Ordering,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -66,6 +67,11 @@ pub(crate) struct PendingSend {
     pub refused_by: Option<Box<PeerId>>,
     /// Times a link task handed this send back undelivered.
     pub handed_back: u8,
+    /// The batch a link task wrote this send in before its stream broke:
+    /// the send goes again in that batch, with the same sends in the same
+    /// order, so that a receiver that had it answers from memory instead
+    /// of delivering it twice.
+    pub batch: Option<u64>,
     /// Counts the send as in the loop's hands for its sender's direct lane
     /// until it is handed to a link task (see [`crate::send_lane`]).
     pub ticket: Option<crate::send_lane::LoopTicket>,
@@ -78,6 +84,7 @@ impl PendingSend {
             reply,
             refused_by: None,
             handed_back: 0,
+            batch: None,
             ticket: None,
         }
     }
@@ -98,21 +105,28 @@ pub(crate) struct Link {
 /// What a receiver knows of a sending host's delivery batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Seen {
-    /// Newer than any from that host: deliver it.
+    /// Not seen before: deliver it.
     New,
-    /// The last one again (a resend): its acks, to answer from memory.
+    /// Delivered already (a resend, on a new stream or as a request): its
+    /// acks, to answer from memory.
     Again(Vec<Ack>),
-    /// Older than the last one: only a relay replaying what it carried
-    /// sends that (a host sends its batches to one destination one at a
-    /// time, in rising order).
+    /// Older than every remembered batch of that host, whose memory is
+    /// full: it may have been delivered and forgotten, so it is refused (a
+    /// relay replaying what it carried, or a batch overtaken by more than
+    /// the window).
     Stale,
 }
 
 /// The last `window` delivery batches of each sending host, by `(epoch,
 /// batch)`, with their acks; bounded (least recently heard senders are
-/// forgotten, and a forgotten sender's next batch counts as new). The
-/// window is how many batches a sender may have in flight at once: after a
-/// broken link, any of them may come again.
+/// forgotten, and a forgotten sender's next batch counts as new). One
+/// memory serves delivery streams and delivery requests, and a sender
+/// numbers the batches of both from one counter: a batch written on a
+/// stream that broke goes again as a request with its id, and is answered
+/// from here if it had arrived. Batches of the two paths may arrive out of
+/// order, so the memory is a window, not a high-water mark: the window
+/// holds more batches than a sender has in flight to one host at once
+/// (four on its stream, one request).
 #[derive(Debug)]
 pub(crate) struct BatchMemory {
     window: usize,
@@ -139,19 +153,23 @@ impl BatchMemory {
         if let Some((_, acks)) = last.iter().find(|(b, _)| *b == id) {
             return Seen::Again(acks.clone());
         }
-        match last.back() {
-            Some((newest, _)) if *newest > id => Seen::Stale,
+        // Until the window is full nothing of this host was forgotten, so
+        // a batch not in it is new whatever its id.
+        match last.front() {
+            Some((oldest, _)) if last.len() >= self.window && *oldest > id => Seen::Stale,
             _ => Seen::New,
         }
     }
 
-    /// Remembers batch `id` of `host` as delivered with `acks`.
+    /// Remembers batch `id` of `host` as delivered with `acks` (the oldest
+    /// is forgotten when the window is full).
     pub fn record(&mut self, host: PeerId, id: (u64, u64), acks: Vec<Ack>) {
         let last = self.last.get_or_insert_mut(host, VecDeque::new);
-        if last.len() >= self.window {
+        let at = last.partition_point(|(b, _)| *b < id);
+        last.insert(at, (id, acks));
+        if last.len() > self.window {
             last.pop_front();
         }
-        last.push_back((id, acks));
     }
 }
 
@@ -257,6 +275,18 @@ impl EventLoop {
         if link.in_flight {
             return;
         }
+        if let Some(batch) = link.queue.front().and_then(|p| p.batch) {
+            // Handed back from a broken stream: that batch again, as it
+            // was (even sends whose callers gave up: acks go by position),
+            // before anything newer.
+            let mut sends = Vec::new();
+            while link.queue.front().is_some_and(|p| p.batch == Some(batch)) {
+                sends.extend(link.queue.pop_front());
+            }
+            link.in_flight = true;
+            self.send_batch(host, batch, 0, sends);
+            return;
+        }
         let backoff = self
             .stream_backoff
             .get(&host)
@@ -302,8 +332,9 @@ impl EventLoop {
             return;
         }
         link.in_flight = true;
-        let batch = self.next_batch;
-        self.next_batch += 1;
+        // The counter the link tasks use: a batch id names one batch on
+        // either path.
+        let batch = self.delivery.next_batch.fetch_add(1, Ordering::Relaxed);
         self.send_batch(host, batch, 0, sends);
     }
 
@@ -386,7 +417,9 @@ impl EventLoop {
                 let link = self.links.entry(host).or_default();
                 for mut p in sends.into_iter().rev() {
                     p.handed_back += 1;
-                    if p.handed_back > HANDED_BACK {
+                    // A written batch goes again whole (as a request, which
+                    // ends it either way), never partly failed here.
+                    if p.batch.is_none() && p.handed_back > HANDED_BACK {
                         failed.push(p);
                     } else {
                         link.queue.push_front(p);
@@ -559,13 +592,17 @@ impl EventLoop {
         batch: (u64, u64),
         envs: Vec<Envelope>,
     ) -> Response {
-        match self.last_batches.check(host, batch) {
+        // Held until the batch is recorded: a stream reader may have the
+        // same batch (a resend racing its original).
+        let batches = self.batches.clone();
+        let mut memory = batches.lock().unwrap_or_else(|e| e.into_inner());
+        match memory.check(host, batch) {
             Seen::New => {}
             Seen::Again(acks) => return Response::Delivered(acks),
             Seen::Stale => {
-                tracing::warn!(%host, ?batch, "refused a delivery batch older than the last one");
+                tracing::warn!(%host, ?batch, "refused a delivery batch older than the remembered ones");
                 return Response::Refused(
-                    "delivery batch older than the last one (replayed)".into(),
+                    "delivery batch older than the last ones (replayed)".into(),
                 );
             }
         }
@@ -580,7 +617,7 @@ impl EventLoop {
             &self.shared,
             envs.iter().map(|e| (&*e.from, &*e.to, e.payload.clone())),
         );
-        self.last_batches.record(host, batch, acks.clone());
+        memory.record(host, batch, acks.clone());
         Response::Delivered(acks)
     }
 
@@ -615,17 +652,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_resent_batch_is_answered_from_memory_and_an_older_one_refused() {
+    fn a_resent_batch_is_answered_from_memory_and_a_forgotten_one_refused() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        let mut m = BatchMemory::new(1, REMEMBERED_SENDERS);
-        assert_eq!(m.check(a, (5, 0)), Seen::New);
-        m.record(a, (5, 0), vec![Ack::Delivered]);
-        assert_eq!(m.check(a, (5, 0)), Seen::Again(vec![Ack::Delivered]));
+        let mut m = BatchMemory::new(2, REMEMBERED_SENDERS);
         assert_eq!(m.check(a, (5, 1)), Seen::New);
-        m.record(a, (5, 1), vec![Ack::InboxFull]);
-        // A relay replaying batch 0, or one of an earlier incarnation.
+        m.record(a, (5, 1), vec![Ack::Delivered]);
+        assert_eq!(m.check(a, (5, 1)), Seen::Again(vec![Ack::Delivered]));
+        // Overtaken (a request batch behind a stream batch): not seen, and
+        // nothing of this host forgotten yet, so new.
+        assert_eq!(m.check(a, (5, 0)), Seen::New);
+        m.record(a, (5, 0), vec![Ack::InboxFull]);
+        assert_eq!(m.check(a, (5, 0)), Seen::Again(vec![Ack::InboxFull]));
+        m.record(a, (5, 2), vec![Ack::Delivered]);
+        // Batch 0 was forgotten: a relay replaying it, or a batch of an
+        // earlier incarnation, is refused.
         assert_eq!(m.check(a, (5, 0)), Seen::Stale);
         assert_eq!(m.check(a, (4, 9)), Seen::Stale);
+        assert_eq!(m.check(a, (5, 1)), Seen::Again(vec![Ack::Delivered]));
         // A restart (higher epoch) starts its count again; other senders
         // are apart.
         assert_eq!(m.check(a, (6, 0)), Seen::New);

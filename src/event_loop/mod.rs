@@ -159,11 +159,9 @@ pub(crate) struct EventLoop {
     // messaging (host-keyed maps on the send path use foldhash, seeded per
     // map: SipHash over an 80-byte host id per send showed in profiles)
     links: foldhash::HashMap<PeerId, messaging::Link>,
-    /// Id of the next outbound delivery batch in this epoch.
-    next_batch: u64,
-    /// The last batch each sending host delivered here by request, with
-    /// its acks.
-    last_batches: messaging::BatchMemory,
+    /// The last batches each sending host delivered here, by stream or by
+    /// request (shared with the delivery stream readers), with their acks.
+    batches: Arc<Mutex<messaging::BatchMemory>>,
     /// Hosts whose queue got its first send in this turn of the loop.
     dirty_links: Vec<PeerId>,
     /// Link tasks of the delivery streams, by destination host.
@@ -279,10 +277,7 @@ impl EventLoop {
         ),
     ) -> Self {
         let cfg = shared.config();
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let epoch = shared.epoch;
         let local = shared.local;
         let cache_cap = NonZeroUsize::new(cfg.location_cache_capacity).unwrap_or(NonZeroUsize::MIN);
         let (events_tx, task_events) = mpsc::channel(TASK_EVENTS);
@@ -293,13 +288,12 @@ impl EventLoop {
             epoch,
             next_batch: Default::default(),
         };
-        let memory =
-            messaging::BatchMemory::new(crate::delivery::WINDOW, messaging::REMEMBERED_SENDERS);
-        let acceptor = crate::delivery::inbound::spawn_acceptor(
-            inbound,
-            delivery.clone(),
-            Arc::new(Mutex::new(memory)),
-        );
+        let batches = Arc::new(Mutex::new(messaging::BatchMemory::new(
+            2 * crate::delivery::WINDOW,
+            messaging::REMEMBERED_SENDERS,
+        )));
+        let acceptor =
+            crate::delivery::inbound::spawn_acceptor(inbound, delivery.clone(), batches.clone());
         let (rpc_tx, rpc_events) = mpsc::channel(TASK_EVENTS);
         let request_streams = crate::rpc_stream::RpcContext {
             opener: req_opener,
@@ -322,8 +316,7 @@ impl EventLoop {
             listens: HashMap::new(),
             listener_ids: Vec::new(),
             links: Default::default(),
-            next_batch: 0,
-            last_batches: messaging::BatchMemory::new(1, messaging::REMEMBERED_SENDERS),
+            batches,
             dirty_links: Vec::new(),
             stream_links: Default::default(),
             stream_backoff: Default::default(),
