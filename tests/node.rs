@@ -325,6 +325,24 @@ async fn restart_with_the_same_identity_keeps_the_host_id() {
         matches!(t.find("echo-a").await, Err(Error::PeerNotFound(_)))
     })
     .await;
+    // The epoch is kept beside the key. Set an hour ahead, as if this
+    // incarnation's clock had been ahead and has stepped back since: the
+    // next one still starts above it.
+    let epoch_file = dir.path().join("node.key.epoch");
+    let read_epoch = || -> u64 {
+        std::fs::read_to_string(&epoch_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(read_epoch() <= now, "the epoch is the clock at start");
+    let ahead = now + 3_600_000_000_000;
+    std::fs::write(&epoch_file, format!("{ahead}\n")).unwrap();
 
     let a2 = start(&[
         "--identity",
@@ -335,6 +353,10 @@ async fn restart_with_the_same_identity_keeps_the_host_id() {
         "echo-a",
     ]);
     assert_eq!(a2.id, first_id, "host id must survive a restart");
+    assert!(
+        read_epoch() > ahead,
+        "the restart's epoch is above the last"
+    );
     wait_for("restarted node back in the membership", || async {
         t.members()
             .await
@@ -642,6 +664,42 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     let (code, out, err) = run_to_end(&["config", "--config", example], &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("network_id = \"production\""), "{out}");
+}
+
+/// The reconnect options, replication and inbox size can be set by flag,
+/// environment and file like every other option, reach the host's
+/// configuration, and are checked.
+#[test]
+fn reconnect_replication_and_inbox_options_are_settable_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "reconnect_timeout = \"1m\"\ninbox_capacity = 64\n").unwrap();
+    let (code, out, err) = run_to_end(
+        &[
+            "config",
+            "--config",
+            file.to_str().unwrap(),
+            "--reconnect-delay",
+            "250ms",
+            "--reconnect-decay",
+            "1.5",
+        ],
+        &[("DISTRIBUS_REPLICATION", "5")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "reconnect_delay = \"250ms\"",
+        "reconnect_decay = 1.5",
+        "reconnect_timeout = \"1m\"",
+        "replication = 5",
+        "inbox_capacity = 64",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in\n{out}");
+    }
+    let (code, _, err) = run_to_end(&["config", "--reconnect-decay", "0.5"], &[]);
+    assert_one_line_error(code, &err, "reconnect_decay must be at least 1");
+    let (code, _, err) = run_to_end(&["config", "--replication", "0"], &[]);
+    assert_one_line_error(code, &err, "replication must be at least 1");
 }
 
 #[test]

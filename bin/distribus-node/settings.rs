@@ -222,6 +222,35 @@ pub struct NodeArgs {
         value_name = "FRACTION"
     )]
     pub max_memory_fraction: Option<f64>,
+    /// First delay before redialling a dropped joined host. Default: 1s.
+    #[arg(long, global = true, env = "DISTRIBUS_RECONNECT_DELAY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub reconnect_delay: Option<Duration>,
+    /// Factor by which the redial delay grows after each failure (at least
+    /// 1). Default: 2.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_RECONNECT_DECAY",
+        value_name = "FACTOR"
+    )]
+    pub reconnect_decay: Option<f64>,
+    /// How long a dropped joined host is redialled; after it, cached
+    /// locations on that host are forgotten. Default: 5m.
+    #[arg(long, global = true, env = "DISTRIBUS_RECONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub reconnect_timeout: Option<Duration>,
+    /// How many hosts hold each directory entry. Every node of a network
+    /// must use the same value. Default: 3.
+    #[arg(long, global = true, env = "DISTRIBUS_REPLICATION", value_name = "N")]
+    pub replication: Option<usize>,
+    /// Messages a peer's inbox holds before senders get InboxFull.
+    /// Default: 1024.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_INBOX_CAPACITY",
+        value_name = "N"
+    )]
+    pub inbox_capacity: Option<usize>,
 }
 
 /// The config file: the same settings, all optional.
@@ -272,6 +301,16 @@ pub struct FileConfig {
     relay_above: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_memory_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_decay: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbox_capacity: Option<usize>,
 }
 
 impl FileConfig {
@@ -415,6 +454,27 @@ impl Settings {
         if let Some(v) = args.max_memory_fraction.or(file.max_memory_fraction) {
             host.max_memory_fraction = Some(v);
         }
+        if let Some(v) = args
+            .reconnect_delay
+            .or(duration("reconnect_delay", file.reconnect_delay)?)
+        {
+            host.reconnect_delay = v;
+        }
+        if let Some(v) = args.reconnect_decay.or(file.reconnect_decay) {
+            host.reconnect_decay = v;
+        }
+        if let Some(v) = args
+            .reconnect_timeout
+            .or(duration("reconnect_timeout", file.reconnect_timeout)?)
+        {
+            host.reconnect_timeout = v;
+        }
+        if let Some(v) = args.replication.or(file.replication) {
+            host.replication = v;
+        }
+        if let Some(v) = args.inbox_capacity.or(file.inbox_capacity) {
+            host.inbox_capacity = v;
+        }
         host.validate().map_err(|e| e.to_string())?;
 
         Ok(Settings {
@@ -462,6 +522,11 @@ impl Settings {
             link_budget: self.host.link_budget,
             relay_above: Some(self.host.relay_above),
             max_memory_fraction: self.host.max_memory_fraction,
+            reconnect_delay: d(self.host.reconnect_delay),
+            reconnect_decay: Some(self.host.reconnect_decay),
+            reconnect_timeout: d(self.host.reconnect_timeout),
+            replication: Some(self.host.replication),
+            inbox_capacity: Some(self.host.inbox_capacity),
         };
         toml::to_string(&file).map_err(|e| e.to_string())
     }
