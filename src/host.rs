@@ -314,6 +314,18 @@ impl Host {
         self.inner.shared.registry.len()
     }
 
+    /// Ids of up to `limit` peers on this host, in no particular order
+    /// ([`Host::peer_count`] says how many there are in all).
+    pub fn peer_ids(&self, limit: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(limit.min(self.peer_count()));
+        self.inner.shared.registry.for_each(|id, _| {
+            if ids.len() < limit {
+                ids.push(id.to_string());
+            }
+        });
+        ids
+    }
+
     /// Where a peer lives: from this host, the location cache, or one hop to
     /// the holders of its directory entry. [`Error::PeerNotFound`] if no host
     /// holds it.

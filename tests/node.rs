@@ -163,17 +163,24 @@ impl Node {
 
     /// GETs `/metrics` and returns the body.
     fn scrape(&self) -> String {
+        let body = self.get("/metrics");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+
+    /// The whole HTTP answer (status line, headers, body) to a GET of
+    /// `path` on the metrics port.
+    fn get(&self, path: &str) -> String {
         let addr = self.metrics.as_ref().expect("metrics address");
         let mut s = TcpStream::connect(addr).expect("connect to metrics");
         s.set_read_timeout(Some(WAIT)).unwrap();
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut body = String::new();
-        s.read_to_string(&mut body).expect("read metrics");
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        s.read_to_string(&mut body).expect("read answer");
         body
     }
 }
@@ -531,6 +538,31 @@ async fn metrics_answer_and_move_with_traffic() {
         sample(&after, "distribus_lookup_duration_seconds_count"),
         0.0
     );
+
+    // Beside the metrics: health, members and peers.
+    let health = a.get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = |answer: &str| -> serde_json::Value {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (_, json) = answer.split_once("\r\n\r\n").expect("a body");
+        serde_json::from_str(json).expect("JSON")
+    };
+    let members = body(&a.get("/admin/members"));
+    assert_eq!(members["count"], 1, "the other live host: {members}");
+    let t_id = t.id().to_string();
+    let t_entry = members["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == t_id.as_str())
+        .unwrap_or_else(|| panic!("no {t_id} in {members}"));
+    assert_eq!(t_entry["connected"], true, "{members}");
+    let peers = body(&a.get("/admin/peers"));
+    assert_eq!(peers["count"], 1, "{peers}");
+    assert_eq!(peers["peers"], serde_json::json!(["echo-a"]), "{peers}");
+    let none = body(&a.get("/admin/peers?limit=0"));
+    assert_eq!(none["peers"], serde_json::json!([]), "{none}");
+    assert!(a.get("/admin/peers?limit=x").starts_with("HTTP/1.1 400"));
     t.close().await.unwrap();
 }
 

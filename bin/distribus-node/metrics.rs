@@ -1,5 +1,7 @@
 //! Prometheus metrics at `/metrics`, read from the host's counters on each
-//! scrape.
+//! scrape; beside them, for operators and harnesses: `/healthz` (the host
+//! is up), `/admin/members` and `/admin/peers` (JSON, like nats-server's
+//! monitoring endpoints).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -210,14 +212,87 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     }
 }
 
+/// 200 while the host runs, 503 once it is closed.
+async fn healthz(State(host): State<Host>) -> impl IntoResponse {
+    use axum::http::StatusCode;
+    if host.is_closed() {
+        (StatusCode::SERVICE_UNAVAILABLE, "closed\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+fn json(value: &serde_json::Value) -> axum::response::Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// The other live hosts this host knows ([`Host::members`]): id,
+/// addresses, channels, and whether it has a connection to each.
+async fn members(State(host): State<Host>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    match host.members().await {
+        Ok(members) => {
+            let hosts: Vec<serde_json::Value> = members
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "host": m.host.to_string(),
+                        "addrs": m.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        "channels": m.channels,
+                        "connected": m.connected,
+                    })
+                })
+                .collect();
+            json(&serde_json::json!({ "count": hosts.len(), "hosts": hosts }))
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Most peer ids one `/admin/peers` answer lists (a host may have
+/// millions).
+const MAX_LISTED_PEERS: usize = 100_000;
+
+/// The peers on this host: their count, and the ids of up to `?limit=N`
+/// of them (1,000 unless asked; at most [`MAX_LISTED_PEERS`]).
+async fn peers(
+    State(host): State<Host>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let mut limit = 1000;
+    for pair in query.as_deref().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("limit=") {
+            match v.parse::<usize>() {
+                Ok(n) => limit = n.min(MAX_LISTED_PEERS),
+                Err(_) => {
+                    return (StatusCode::BAD_REQUEST, "limit must be a number\n").into_response()
+                }
+            }
+        }
+    }
+    let ids = host.peer_ids(limit);
+    json(&serde_json::json!({ "count": host.peer_count(), "peers": ids }))
+}
+
 /// Serves `host`'s metrics on `addr`; returns the bound address and the
 /// server task.
 pub async fn serve(host: Host, addr: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>), String> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(HostCollector(host)));
+    registry.register_collector(Box::new(HostCollector(host.clone())));
+    let admin = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/admin/members", get(members))
+        .route("/admin/peers", get(peers))
+        .with_state(host);
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Arc::new(registry));
+        .with_state(Arc::new(registry))
+        .merge(admin);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
