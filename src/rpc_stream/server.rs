@@ -46,14 +46,7 @@ pub(crate) fn spawn_acceptor(
     incoming: mpsc::Receiver<(PeerId, Stream)>,
     ctx: RpcContext,
 ) -> JoinHandle<()> {
-    let wire = ctx.shared.wire.clone();
-    tokio::spawn(accept_limited(
-        incoming,
-        STREAMS_PER_HOST,
-        wire,
-        move |host, s| serve(host, s, ctx.clone()),
-        drop,
-    ))
+    spawn_limited(incoming, ctx, STREAMS_PER_HOST, serve, drop)
 }
 
 /// Starts the acceptor of request-response exchanges: the answering side
@@ -66,13 +59,29 @@ pub(crate) fn spawn_exchange_acceptor(
     incoming: mpsc::Receiver<(PeerId, Stream)>,
     ctx: RpcContext,
 ) -> JoinHandle<()> {
+    spawn_limited(incoming, ctx, EXCHANGES_PER_HOST, exchange, refuse_exchange)
+}
+
+/// Runs `serve` on each stream of `incoming`, `per_host` at a time per
+/// remote host, past that `refuse` (see [`accept_limited`]).
+fn spawn_limited<F, Fut>(
+    incoming: mpsc::Receiver<(PeerId, Stream)>,
+    ctx: RpcContext,
+    per_host: usize,
+    serve: F,
+    refuse: fn(Stream),
+) -> JoinHandle<()>
+where
+    F: Fn(PeerId, Stream, RpcContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = PeerId> + Send + 'static,
+{
     let wire = ctx.shared.wire.clone();
     tokio::spawn(accept_limited(
         incoming,
-        EXCHANGES_PER_HOST,
+        per_host,
         wire,
-        move |host, s| exchange(host, s, ctx.clone()),
-        refuse_exchange,
+        move |host, s| serve(host, s, ctx.clone()),
+        refuse,
     ))
 }
 
@@ -115,12 +124,7 @@ async fn exchange(host: PeerId, mut stream: Stream, ctx: RpcContext) -> PeerId {
     let Ok(Some((_, response, _))) = tokio::time::timeout(timeout, rx.recv()).await else {
         return host;
     };
-    let frame = match encode_frame(&response) {
-        Ok(f) if f.len() - 4 <= max_frame => Ok(f),
-        Ok(_) => Err("answer exceeds the frame limit".to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let Ok(frame) = frame.or_else(|why| encode_frame(&Response::Refused(why))) else {
+    let Some(frame) = answer_frame(&response, max_frame, encode_frame) else {
         return host;
     };
     let written = bounded(timeout, async {
@@ -131,6 +135,21 @@ async fn exchange(host: PeerId, mut stream: Stream, ctx: RpcContext) -> PeerId {
         tracing::debug!(%host, error = %e, "answer to an exchange not sent");
     }
     host
+}
+
+/// The frame `encode` makes of `response`, or of a refusal saying why
+/// when that does not encode within `max_frame`.
+fn answer_frame(
+    response: &Response,
+    max_frame: usize,
+    encode: impl Fn(&Response) -> std::io::Result<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let frame = match encode(response) {
+        Ok(f) if f.len() - 4 <= max_frame => Ok(f),
+        Ok(_) => Err("answer exceeds the frame limit".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    frame.or_else(|why| encode(&Response::Refused(why))).ok()
 }
 
 /// Why an exchange past [`EXCHANGES_PER_HOST`] is refused.
@@ -217,13 +236,7 @@ async fn write_answers(
         let mut next = Some(first);
         // Each answer's permit goes when it is taken for writing.
         while let Some((id, response, _permit)) = next.take() {
-            let frame = match encode_frame(&(id, &response)) {
-                Ok(f) if f.len() - 4 <= max_frame => Ok(f),
-                Ok(_) => Err("answer exceeds the frame limit".to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let frame = frame.or_else(|why| encode_frame(&(id, &Response::Refused(why))));
-            if let Ok(f) = frame {
+            if let Some(f) = answer_frame(&response, max_frame, |r| encode_frame(&(id, r))) {
                 buf.extend_from_slice(&f);
             }
             if buf.len() >= WRITE_BYTES {
