@@ -36,6 +36,21 @@ pub struct HostInfo {
     pub connected: bool,
 }
 
+/// Whether a host has joined others and agrees with them on the membership
+/// ([`crate::Host::readiness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// Other live hosts this host knows.
+    pub members: usize,
+    /// The last few digest exchanges (three in a row, the latest within
+    /// three heartbeats) showed the other side holding the same records at
+    /// the same versions as this host: its membership has converged with
+    /// theirs. False while hosts join, leave or lapse, and on a host that
+    /// has no other member.
+    pub converged: bool,
+}
+
 /// The sending half of one subscription.
 #[derive(Debug)]
 pub(crate) struct SubSink {
@@ -77,6 +92,9 @@ pub(crate) enum Command {
     },
     Members {
         reply: oneshot::Sender<Vec<HostInfo>>,
+    },
+    Readiness {
+        reply: oneshot::Sender<Readiness>,
     },
     /// Where a local peer's registration stands (`Peer::registered`).
     Registration {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use libp2p::identity::Keypair;
+use libp2p::{identity::Keypair, Multiaddr};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +44,12 @@ pub struct HostConfig {
     /// start (`distribus-node --identity` does, in `<identity>.epoch`).
     /// Fixed at creation; 0 by default.
     pub min_epoch: u64,
+    /// The addresses other hosts should dial to reach this one, when they
+    /// differ from its listen addresses (a namespace or container behind a
+    /// forwarded port, NAT, a listener on 0.0.0.0). When set, this host's
+    /// signed record carries these instead of its listen addresses, and
+    /// identify reports them. Fixed at creation; empty by default.
+    pub advertise: Vec<Multiaddr>,
     /// Transports to build.
     pub transport: TransportKind,
     /// A closed network's pre-shared key ([`crate::NetworkKey`]): with it,
@@ -146,6 +152,7 @@ impl Default for HostConfig {
             network_id: "distribus".into(),
             keypair: None,
             min_epoch: 0,
+            advertise: Vec::new(),
             transport: TransportKind::Tcp,
             network_key: None,
             replication: 3,

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     behaviour::build_swarm,
-    command::{Command, HostInfo, Location, SubSink},
+    command::{Command, HostInfo, Location, Readiness, SubSink},
     config::HostConfig,
     error::{Error, Result},
     event_loop::EventLoop,
@@ -424,6 +424,12 @@ impl Host {
     /// The other live hosts this host knows.
     pub async fn members(&self) -> Result<Vec<HostInfo>> {
         self.call(|reply| Command::Members { reply }).await
+    }
+
+    /// Whether this host has joined others and its membership has converged
+    /// with theirs (what `distribus-node`'s `/readyz` answers).
+    pub async fn readiness(&self) -> Result<Readiness> {
+        self.call(|reply| Command::Readiness { reply }).await
     }
 
     /// The host this host's location cache holds for `id`, if any.

@@ -43,7 +43,7 @@ mod subscription;
 #[cfg(test)]
 mod wire_props;
 
-pub use command::{HostInfo, Location};
+pub use command::{HostInfo, Location, Readiness};
 pub use config::{HostConfig, TransportKind};
 pub use error::{Error, Result};
 pub use host::{parse_address, Host, MAX_ID_LEN};

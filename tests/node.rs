@@ -879,3 +879,106 @@ async fn an_allow_list_is_read_at_start_and_again_on_sighup() {
     wait_members(&t, 1).await;
     t.close().await.unwrap();
 }
+
+/// A loopback TCP forwarder: accepts on an ephemeral port and pipes each
+/// connection to `target` (set once known); counts the connections.
+async fn forwarder(
+    target: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let Some(to) = target.get().copied() else {
+                continue;
+            };
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+/// The TCP port of a `/ip4/…/tcp/N/…` multiaddr.
+fn tcp_port(addr: &str) -> u16 {
+    let mut parts = addr.split('/');
+    parts.find(|p| *p == "tcp");
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a tcp port")
+}
+
+/// `/readyz` is 503 until a node has joined and its membership converged,
+/// 200 after; a node asked to join nobody is ready alone. `--advertise`
+/// puts the given address in the node's record instead of its listen
+/// address, and other hosts reach it there (through a forwarded port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_membership_and_others_dial_the_advertised_address() {
+    let status = |n: &Node, path: &str| n.get(path)[9..12].to_string();
+    let a = start(&["--metrics", "127.0.0.1:0"]);
+    assert_eq!(
+        status(&a, "/readyz"),
+        "200",
+        "alone and asked to join nobody"
+    );
+    // Joining a host that never answers: not ready, and the body says so.
+    let lonely = start(&["--metrics", "127.0.0.1:0", "--join", "/ip4/127.0.0.1/tcp/9"]);
+    let answer = lonely.get("/readyz");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"members\":0"), "{answer}");
+
+    let target = Arc::new(std::sync::OnceLock::new());
+    let (port, forwarded) = forwarder(target.clone()).await;
+    let advertised = format!("/ip4/127.0.0.1/tcp/{port}");
+    let b = start(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--join",
+        a.addr(),
+        "--advertise",
+        &advertised,
+        "--echo-peer",
+        "echo-b",
+    ]);
+    target
+        .set(format!("127.0.0.1:{}", tcp_port(b.addr())).parse().unwrap())
+        .unwrap();
+    wait_for("b ready", || async { status(&b, "/readyz") == "200" }).await;
+    wait_for("a ready", || async { status(&a, "/readyz") == "200" }).await;
+    let answer = b.get("/readyz");
+    assert!(answer.contains("\"members\":1"), "{answer}");
+    assert!(answer.contains("\"converged\":true"), "{answer}");
+
+    // A's view of B carries the advertised address only.
+    let members = a.get("/admin/members");
+    let b_id = b.id.to_string();
+    let (_, json) = members.split_once("\r\n\r\n").expect("a body");
+    let members: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    let entry = members["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == b_id.as_str())
+        .unwrap_or_else(|| panic!("no {b_id} in {members}"));
+    assert_eq!(entry["addrs"], serde_json::json!([advertised]), "{members}");
+
+    // A host that knows only A reaches B's echo peer: it dials the
+    // advertised address, through the forwarder.
+    let t = test_host(Duration::from_secs(3)).await;
+    t.join(a.addr()).await.unwrap();
+    let probe = t.create("probe").unwrap();
+    wait_found(&t, "echo-b").await;
+    echo_round_trip(&probe, "echo-b", "through the advertised address").await;
+    assert!(
+        forwarded.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "nobody dialled the advertised address"
+    );
+    t.close().await.unwrap();
+}

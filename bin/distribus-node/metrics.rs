@@ -1,7 +1,8 @@
 //! Prometheus metrics at `/metrics`, read from the host's counters on each
 //! scrape; beside them, for operators and harnesses: `/healthz` (the host
-//! is up), `/admin/members` and `/admin/peers` (JSON, like nats-server's
-//! monitoring endpoints).
+//! is up), `/readyz` (joined, and its membership converged),
+//! `/admin/members` and `/admin/peers` (JSON, like nats-server's monitoring
+//! endpoints).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -213,13 +214,33 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
 }
 
 /// 200 while the host runs, 503 once it is closed.
-async fn healthz(State(host): State<Host>) -> impl IntoResponse {
+async fn healthz(State(Admin { host, .. }): State<Admin>) -> impl IntoResponse {
     use axum::http::StatusCode;
     if host.is_closed() {
         (StatusCode::SERVICE_UNAVAILABLE, "closed\n")
     } else {
         (StatusCode::OK, "ok\n")
     }
+}
+
+/// 200 once the host is ready to serve: it has joined other hosts and its
+/// membership has converged with theirs ([`Host::readiness`]); a node
+/// started without `--join` is ready alone. 503 otherwise (and once
+/// closed). The body says which.
+async fn readyz(State(admin): State<Admin>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let (members, converged) = match admin.host.readiness().await {
+        Ok(r) => (r.members, r.converged),
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "closed\n").into_response(),
+    };
+    let ready = if members == 0 { admin.alone } else { converged };
+    let body = serde_json::json!({ "ready": ready, "members": members, "converged": converged });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, json(&body)).into_response()
 }
 
 fn json(value: &serde_json::Value) -> axum::response::Response {
@@ -232,7 +253,7 @@ fn json(value: &serde_json::Value) -> axum::response::Response {
 
 /// The other live hosts this host knows ([`Host::members`]): id,
 /// addresses, channels, and whether it has a connection to each.
-async fn members(State(host): State<Host>) -> axum::response::Response {
+async fn members(State(Admin { host, .. }): State<Admin>) -> axum::response::Response {
     use axum::http::StatusCode;
     match host.members().await {
         Ok(members) => {
@@ -260,7 +281,7 @@ const MAX_LISTED_PEERS: usize = 100_000;
 /// The peers on this host: their count, and the ids of up to `?limit=N`
 /// of them (1,000 unless asked; at most [`MAX_LISTED_PEERS`]).
 async fn peers(
-    State(host): State<Host>,
+    State(Admin { host, .. }): State<Admin>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> axum::response::Response {
     use axum::http::StatusCode;
@@ -279,16 +300,29 @@ async fn peers(
     json(&serde_json::json!({ "count": host.peer_count(), "peers": ids }))
 }
 
+/// What the admin endpoints read.
+#[derive(Clone)]
+struct Admin {
+    host: Host,
+    /// Started without hosts to join: ready with no other member.
+    alone: bool,
+}
+
 /// Serves `host`'s metrics on `addr`; returns the bound address and the
-/// server task.
-pub async fn serve(host: Host, addr: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>), String> {
+/// server task. `alone`: the node was not asked to join anyone.
+pub async fn serve(
+    host: Host,
+    addr: SocketAddr,
+    alone: bool,
+) -> Result<(SocketAddr, JoinHandle<()>), String> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(HostCollector(host.clone())));
     let admin = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/admin/members", get(members))
         .route("/admin/peers", get(peers))
-        .with_state(host);
+        .with_state(Admin { host, alone });
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Arc::new(registry))

@@ -61,7 +61,8 @@ impl Node {
         }
         let metrics = match settings.metrics {
             Some(addr) => {
-                let (bound, task) = metrics::serve(host.clone(), addr).await?;
+                let alone = settings.join.is_empty();
+                let (bound, task) = metrics::serve(host.clone(), addr, alone).await?;
                 tasks.push(task);
                 Some(bound)
             }

@@ -96,6 +96,17 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub join: Vec<String>,
+    /// Address other hosts should dial to reach this node, when it is not
+    /// a listen address (a namespace or container behind a forwarded port,
+    /// NAT, a listener on 0.0.0.0): the node's record carries these instead
+    /// of its listen addresses (repeatable). Default: the listen addresses.
+    #[arg(
+        long,
+        env = "DISTRIBUS_ADVERTISE",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub advertise: Vec<String>,
     /// Network id; hosts of different networks refuse each other.
     /// Default: distribus.
     #[arg(long, global = true, env = "DISTRIBUS_NETWORK_ID", value_name = "ID")]
@@ -262,6 +273,8 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     join: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     network_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<PathBuf>,
@@ -411,6 +424,12 @@ impl Settings {
 
         let mut host = HostConfig::default();
         host.max_memory_fraction = Some(0.9);
+        for a in list(args.advertise, file.advertise) {
+            let addr = a
+                .parse()
+                .map_err(|e| format!("advertise: `{a}` is not a multiaddr: {e}"))?;
+            host.advertise.push(addr);
+        }
         if let Some(v) = args.network_id.or(file.network_id) {
             host.network_id = v;
         }
@@ -502,6 +521,7 @@ impl Settings {
         let file = FileConfig {
             listen: Some(self.listen.clone()),
             join: Some(self.join.clone()),
+            advertise: Some(self.host.advertise.iter().map(|a| a.to_string()).collect()),
             network_id: Some(self.host.network_id.clone()),
             identity: self.identity.clone(),
             network_key: self.network_key.clone(),

@@ -72,6 +72,42 @@ const MAX_PEER_VIEWS: usize = 4096;
 const HASHES_PER_DIGEST: u64 = 65_536;
 const HASHES_PER_ENTRY: u64 = 16;
 
+/// Consecutive digest exchanges that must show this host's own view before
+/// it calls its membership converged.
+const AGREEING_EXCHANGES: u32 = 3;
+/// An agreement older than this many heartbeats no longer counts.
+const AGREEMENT_BEATS: u32 = 3;
+
+/// Whether the views other hosts show in digest exchanges match this
+/// host's own: the library's notion of a converged membership (`/readyz`).
+/// Hosts that agree on the view hold the same records at the same versions.
+#[derive(Debug, Default)]
+pub(super) struct Agreement {
+    /// Exchanges in a row that showed our view.
+    agreeing: u32,
+    /// When the last of them was.
+    last: Option<Instant>,
+}
+
+impl Agreement {
+    fn note(&mut self, same: bool, now: Instant) {
+        if same {
+            self.agreeing = self.agreeing.saturating_add(1);
+            self.last = Some(now);
+        } else {
+            self.agreeing = 0;
+        }
+    }
+
+    /// Converged: the last few exchanges agreed, the latest recently.
+    pub(super) fn converged(&self, now: Instant, heartbeat: std::time::Duration) -> bool {
+        self.agreeing >= AGREEING_EXCHANGES
+            && self
+                .last
+                .is_some_and(|t| now.duration_since(t) <= heartbeat * AGREEMENT_BEATS)
+    }
+}
+
 /// The hash budget for checking a digest of `entries` entries.
 fn hash_budget(entries: usize) -> u64 {
     HASHES_PER_DIGEST + HASHES_PER_ENTRY * entries as u64
@@ -128,6 +164,8 @@ impl EventLoop {
 
     /// Remembers the view `host` last showed.
     fn note_view(&mut self, host: PeerId, view: u64) {
+        let same = view == self.own_view();
+        self.agreement.note(same, Instant::now());
         if self.peer_views.len() >= MAX_PEER_VIEWS && !self.peer_views.contains_key(&host) {
             self.peer_views.clear();
         }
@@ -367,5 +405,30 @@ impl EventLoop {
         for (r, proved) in records {
             self.apply_signed(r, Source::Synced(*proved), &mut budget);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn agreement_needs_recent_consecutive_matching_views() {
+        let (t0, beat) = (Instant::now(), Duration::from_secs(1));
+        let mut a = Agreement::default();
+        assert!(!a.converged(t0, beat), "nothing heard yet");
+        a.note(true, t0);
+        a.note(true, t0);
+        assert!(
+            !a.converged(t0, beat),
+            "two agreeing exchanges are not enough"
+        );
+        a.note(true, t0);
+        assert!(a.converged(t0, beat));
+        assert!(a.converged(t0 + beat * 3, beat));
+        assert!(!a.converged(t0 + beat * 4, beat), "an old agreement lapses");
+        a.note(false, t0);
+        assert!(!a.converged(t0, beat), "one differing view resets it");
     }
 }

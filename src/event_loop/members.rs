@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::{EventLoop, Pending};
 use crate::beat_chain::Proved;
 use crate::{
-    command::HostInfo,
+    command::{HostInfo, Readiness},
     error::{Error, Result},
     membership::{verify, verify_unless, Change, HostRecord, Verified},
     protocol::{identify_version, Request, Response, SignedRecord},
@@ -647,12 +647,17 @@ impl EventLoop {
             public_key: self.key.public().encode_protobuf(),
             epoch: self.epoch,
             seq: self.seq,
-            addrs: self
-                .swarm
-                .listeners()
-                .chain(self.swarm.external_addresses())
-                .map(|a| a.to_vec())
-                .collect(),
+            addrs: if self.advertise.is_empty() {
+                self.swarm
+                    .listeners()
+                    .chain(self.swarm.external_addresses())
+                    .map(|a| a.to_vec())
+                    .collect()
+            } else {
+                // Listen addresses may be unreachable from other hosts
+                // (0.0.0.0, a namespace behind a forwarded port).
+                self.advertise.iter().map(|a| a.to_vec()).collect()
+            },
             channels,
             leaving,
             anchor: self.chain.anchor(),
@@ -754,6 +759,16 @@ impl EventLoop {
             .collect();
         out.sort_by_key(|i| i.host);
         out
+    }
+
+    /// Whether this host has joined others and agrees with them on the
+    /// membership ([`crate::Host::readiness`]).
+    pub(super) fn readiness(&self) -> Readiness {
+        let interval = self.shared.with_config(|c| c.heartbeat_interval);
+        Readiness {
+            members: self.membership.len().saturating_sub(1),
+            converged: self.agreement.converged(Instant::now(), interval),
+        }
     }
 
     /// Leaves gracefully: tells every connected host, then stops.

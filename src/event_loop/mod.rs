@@ -206,6 +206,10 @@ pub(crate) struct EventLoop {
     trim_due: Option<Instant>,
     /// The view each host last showed in a digest exchange.
     peer_views: HashMap<PeerId, u64>,
+    /// Whether recent exchanges showed our view (readiness).
+    agreement: beats::Agreement,
+    /// Addresses put in our record instead of the listen addresses.
+    advertise: Vec<libp2p::Multiaddr>,
     /// Something waits for the next tick: it comes after [`FAST_TICK`],
     /// not [`SLOW_TICK`].
     wake_soon: bool,
@@ -277,6 +281,11 @@ impl EventLoop {
         ),
     ) -> Self {
         let cfg = shared.config();
+        let mut swarm = swarm;
+        for a in &cfg.advertise {
+            // Identify reports these, so a host that connects learns them.
+            swarm.add_external_address(a.clone());
+        }
         let epoch = shared.epoch;
         let local = shared.local;
         let cache_cap = NonZeroUsize::new(cfg.location_cache_capacity).unwrap_or(NonZeroUsize::MIN);
@@ -347,6 +356,8 @@ impl EventLoop {
             trim_due: None,
             wake_soon: false,
             peer_views: HashMap::new(),
+            agreement: Default::default(),
+            advertise: cfg.advertise.clone(),
             membership: Membership::new(local),
             joins: HashMap::new(),
             rejoin: HashMap::new(),
@@ -667,6 +678,9 @@ impl EventLoop {
             } => self.publish(channel, payload, reply),
             Command::Members { reply } => {
                 let _ = reply.send(self.members_info());
+            }
+            Command::Readiness { reply } => {
+                let _ = reply.send(self.readiness());
             }
             Command::Registration { id, reply } => self.check_registration(id, reply),
             Command::CachedLocation { id, reply } => {
