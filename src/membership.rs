@@ -143,12 +143,14 @@ impl Member {
 }
 
 /// A host dropped because its counter stopped rising.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lapsed {
     pub host: PeerId,
     pub epoch: u64,
     /// Its last proved counter.
     pub proved: Proved,
+    /// The first address its record gave (to redial it after a partition).
+    pub addr: Option<Multiaddr>,
 }
 
 /// What applying a record changed.
@@ -528,6 +530,7 @@ impl Membership {
                 host: *h,
                 epoch: m.epoch,
                 proved: m.proved,
+                addr: m.addrs.first().cloned(),
             })
             .collect();
         for l in &gone {
@@ -709,6 +712,7 @@ pub(crate) mod tests {
                 host,
                 epoch: 5,
                 proved: p(3),
+                addr: None,
             }]
         );
         assert_eq!(m.host_of_key(host_key(&host)), None);

@@ -100,7 +100,7 @@ impl EventLoop {
             .into_iter()
             .filter(|h| {
                 !busy.contains(h)
-                    && !self.rejoin.contains_key(h)
+                    && !self.rejoin.get(h).is_some_and(|r| r.joined)
                     && !self.joiners.contains(h)
                     && !self.joining(h)
                     && !self.is_neighbour(h)

@@ -596,7 +596,9 @@ impl EventLoop {
 
     /// The location of a host, with the addresses this host knows for it.
     pub(super) fn location_of(&self, host: PeerId) -> Location {
-        let addrs = if host == self.local() {
+        let addrs = if host == self.local() && !self.advertise.is_empty() {
+            self.advertise.clone()
+        } else if host == self.local() {
             self.swarm.listeners().cloned().collect()
         } else {
             self.membership

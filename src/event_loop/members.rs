@@ -25,6 +25,8 @@ use crate::{
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
 /// Most lapsed hosts remembered for a resync.
 const MAX_LAPSED: usize = 65_536;
+/// Most hosts redialled at once (joined ones and lapsed ones).
+const MAX_REDIALS: usize = 4096;
 /// Most records taken from one join or membership answer.
 pub(super) const MAX_JOIN_RECORDS: usize = 65_536;
 /// Joins of more records than this have their signatures checked on a
@@ -119,6 +121,19 @@ pub(crate) struct Rejoin {
     attempt: u32,
     down_since: Option<Instant>,
     next_dial: Option<Instant>,
+    /// A host this one joined (kept linked and redialled whenever its
+    /// link drops), not just a member that lapsed (redialled until it is
+    /// back or the reconnect timeout passes, so that the two sides of a
+    /// healed partition find each other again).
+    pub(super) joined: bool,
+}
+
+/// The wait before redial `attempt` (from 1): `delay` grown by `decay` per
+/// failed attempt, but never past the lease, so that hosts find each other
+/// within about a lease of a fault healing, however long it lasted.
+pub(super) fn redial_wait(delay: Duration, decay: f64, attempt: u32, lease: Duration) -> Duration {
+    let grown = delay.mul_f64(decay.powi(attempt.min(64) as i32).min(1e6));
+    grown.min(lease.max(delay))
 }
 
 /// A close in progress.
@@ -175,7 +190,9 @@ impl EventLoop {
         if let Some(j) = self.joins.get_mut(&conn) {
             j.peer = Some(peer);
         }
-        if let Some(r) = self.rejoin.get_mut(&peer) {
+        // A lapsed host stays on the redial list until it is a member again
+        // (its join may fail); a joined one waits for its next drop.
+        if let Some(r) = self.rejoin.get_mut(&peer).filter(|r| r.joined) {
             if r.down_since.take().is_some() {
                 tracing::info!(%peer, "reconnected to joined host");
             }
@@ -202,7 +219,7 @@ impl EventLoop {
         // Its stream broke with the connection; the task reports and ends.
         self.request_clients.remove(&peer);
         let delay = self.shared.with_config(|c| c.reconnect_delay);
-        if let Some(r) = self.rejoin.get_mut(&peer) {
+        if let Some(r) = self.rejoin.get_mut(&peer).filter(|r| r.joined) {
             if r.down_since.is_none() {
                 tracing::info!(%peer, "lost connection to joined host; redialling");
                 let now = Instant::now();
@@ -269,13 +286,19 @@ impl EventLoop {
         let joining = self.joins.get(&conn).is_some_and(|j| j.peer == Some(peer));
         let rejoined = self.rejoin.contains_key(&peer);
         if joining || rejoined {
-            let mut records = self.membership.records();
-            if let Some(own) = self.own_signed() {
-                records.push(own);
-            }
-            let id = self.request(peer, Request::Join(records));
-            self.requests.insert(id, Pending::Join { host: peer });
+            self.send_join(peer);
         }
+    }
+
+    /// Sends `peer` every record we hold, ours included; its answer carries
+    /// the records it holds, so both sides end with one membership.
+    fn send_join(&mut self, peer: PeerId) {
+        let mut records = self.membership.records();
+        if let Some(own) = self.own_signed() {
+            records.push(own);
+        }
+        let id = self.request(peer, Request::Join(records));
+        self.requests.insert(id, Pending::Join { host: peer });
     }
 
     pub(super) fn on_join_result(
@@ -312,6 +335,7 @@ impl EventLoop {
                         attempt: 0,
                         down_since: None,
                         next_dial: None,
+                        joined: true,
                     },
                 );
             }
@@ -547,6 +571,7 @@ impl EventLoop {
                 }
                 if change == Change::Joined {
                     tracing::debug!(%host, "host joined the membership");
+                    self.back(host);
                     if self.lapsed.remove(&host).is_some() {
                         // It was alive after all (heartbeats late): the
                         // entries dropped at its lapse must come back.
@@ -558,6 +583,7 @@ impl EventLoop {
             }
             Change::Restarted { .. } => {
                 self.lapsed.remove(&host);
+                self.back(host);
                 self.store.drop_host(&host, v.record.epoch);
             }
             Change::Left => {
@@ -612,7 +638,7 @@ impl EventLoop {
     }
 
     pub(super) fn expire_members(&mut self, now: Instant) {
-        let lease = self.shared.with_config(|c| c.lease);
+        let (lease, delay) = self.shared.with_config(|c| (c.lease, c.reconnect_delay));
         self.probe_silent(now, lease);
         for gone in self.membership.expire(now, lease) {
             let host = gone.host;
@@ -622,10 +648,33 @@ impl EventLoop {
             if self.lapsed.len() < MAX_LAPSED {
                 self.lapsed.insert(host, (gone.epoch, gone.proved));
             }
-            // A joined host is redialled and keeps its cached locations until
-            // the reconnect timeout; any other lapsed host is gone for good.
-            if !self.rejoin.contains_key(&host) {
+            // A lapsed host may be alive behind a partition, and neither
+            // side would talk to the other again (each digests with its
+            // own members only): it is redialled until it is back or the
+            // reconnect timeout passes. A joined host keeps its cached
+            // locations until then; any other loses them now.
+            if let Some(r) = self.rejoin.get_mut(&host) {
+                if r.down_since.is_none() {
+                    // Its connection may still look open (packets dropped
+                    // silently): redial now, not at a disconnect.
+                    r.down_since = Some(now);
+                    r.attempt = 0;
+                    r.next_dial = Some(now + delay);
+                }
+            } else {
                 self.forget_locations(host);
+                if let Some(addr) = gone.addr.filter(|_| self.rejoin.len() < MAX_REDIALS) {
+                    self.rejoin.insert(
+                        host,
+                        Rejoin {
+                            addr,
+                            attempt: 0,
+                            down_since: Some(now),
+                            next_dial: Some(now + delay),
+                            joined: false,
+                        },
+                    );
+                }
             }
         }
     }
@@ -691,11 +740,32 @@ impl EventLoop {
         }
     }
 
+    /// A redialled host is a member again: a joined one waits for its next
+    /// drop, a lapsed one is no longer redialled.
+    fn back(&mut self, host: PeerId) {
+        match self.rejoin.get_mut(&host) {
+            Some(r) if r.joined => {
+                r.down_since = None;
+                r.attempt = 0;
+                r.next_dial = None;
+            }
+            Some(_) => {
+                self.rejoin.remove(&host);
+            }
+            None => {}
+        }
+    }
+
     /// Redials dropped joined hosts with backoff; gives up after the timeout.
     pub(super) fn redial(&mut self, now: Instant) {
-        let (delay, decay, timeout) = self
-            .shared
-            .with_config(|c| (c.reconnect_delay, c.reconnect_decay, c.reconnect_timeout));
+        let (delay, decay, timeout, lease) = self.shared.with_config(|c| {
+            (
+                c.reconnect_delay,
+                c.reconnect_decay,
+                c.reconnect_timeout,
+                c.lease,
+            )
+        });
         let mut give_up = Vec::new();
         let mut dial = Vec::new();
         for (peer, r) in self.rejoin.iter_mut() {
@@ -708,12 +778,19 @@ impl EventLoop {
             }
             if r.next_dial.is_some_and(|t| t <= now) {
                 r.attempt += 1;
-                let wait = delay.mul_f64(decay.powi(r.attempt as i32).min(1e6));
+                let wait = redial_wait(delay, decay, r.attempt, lease);
                 r.next_dial = Some(now + wait);
                 dial.push((*peer, r.addr.clone()));
             }
         }
         for (peer, addr) in dial {
+            if self.swarm.is_connected(&peer) {
+                // A connection that outlived a partition (or a lapse on one
+                // side only): no new connection, so no identify to start a
+                // join from; the join goes on the connection there is.
+                self.send_join(peer);
+                continue;
+            }
             tracing::debug!(%peer, %addr, "redialling joined host");
             let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
             if let Err(e) = self.dial(opts) {
@@ -721,8 +798,9 @@ impl EventLoop {
             }
         }
         for peer in give_up {
-            tracing::info!(%peer, "joined host did not come back; forgetting its peers");
-            self.rejoin.remove(&peer);
+            if self.rejoin.remove(&peer).is_some_and(|r| r.joined) {
+                tracing::info!(%peer, "joined host did not come back; forgetting its peers");
+            }
             self.forget_locations(peer);
         }
     }
@@ -811,5 +889,23 @@ impl EventLoop {
                 let _ = r.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redial_waits_grow_by_the_decay_up_to_the_lease() {
+        let (d, lease) = (Duration::from_secs(1), Duration::from_secs(20));
+        let waits: Vec<u64> = (1..=7)
+            .map(|a| redial_wait(d, 2.0, a, lease).as_secs())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 20, 20, 20]);
+        assert_eq!(redial_wait(d, 2.0, u32::MAX, lease), lease);
+        // A first delay longer than the lease is kept.
+        let long = Duration::from_secs(60);
+        assert_eq!(redial_wait(long, 2.0, 3, lease), long);
     }
 }
