@@ -25,6 +25,8 @@ struct Node {
     metrics: Option<String>,
     stdout: mpsc::Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// The address given with `--advertise`, if a test set one.
+    advertised: String,
 }
 
 impl Drop for Node {
@@ -97,6 +99,7 @@ fn start(extra: &[&str]) -> Node {
         metrics: None,
         stdout: rx,
         stderr,
+        advertised: String::new(),
     };
     let deadline = Instant::now() + WAIT;
     loop {
@@ -981,4 +984,108 @@ async fn readyz_follows_membership_and_others_dial_the_advertised_address() {
         "nobody dialled the advertised address"
     );
     t.close().await.unwrap();
+}
+
+/// A loopback TCP forwarder to `target` that can freeze: while frozen it
+/// drops every byte either way (connections stay open, as through a
+/// partition that drops packets silently; what was lost breaks them once
+/// bytes flow again).
+async fn freezable_forwarder(
+    target: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Some(to) = target.get().copied() else {
+                continue;
+            };
+            let frozen = frozen.clone();
+            tokio::spawn(async move {
+                let Ok(out) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = out.into_split();
+                let pipe = |mut r: tokio::net::tcp::OwnedReadHalf,
+                            mut w: tokio::net::tcp::OwnedWriteHalf,
+                            frozen: Arc<std::sync::atomic::AtomicBool>| async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if frozen.load(std::sync::atomic::Ordering::Relaxed) {
+                            continue;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let up = tokio::spawn(pipe(ri, wo, frozen.clone()));
+                pipe(ro, wi, frozen).await;
+                up.abort();
+            });
+        }
+    });
+    port
+}
+
+/// Three nodes; the two that joined the first lose every link for two
+/// leases (every byte dropped, connections left open), and the first dies
+/// meanwhile. Each of the two lapsed the other, and neither had joined the
+/// other: once the links carry again they must still find each other.
+/// Each lapsed host is redialled, and one whose connection survived gets a
+/// join on it; before, a host never talked to a lapsed one again, and only
+/// the dead seed would have been redialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_cut_off_from_each_other_merge_again_when_the_links_come_back() {
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut nodes: Vec<Node> = Vec::new();
+    for _ in 0..3 {
+        let target = Arc::new(std::sync::OnceLock::new());
+        let port = freezable_forwarder(target.clone(), frozen.clone()).await;
+        let advertised = format!("/ip4/127.0.0.1/tcp/{port}");
+        let mut args = vec!["--metrics", "127.0.0.1:0", "--advertise", &advertised];
+        let seed = nodes.first().map(|n: &Node| n.advertised.clone());
+        if let Some(seed) = seed.as_deref() {
+            args.extend(["--join", seed]);
+        }
+        let mut node = start(&args);
+        target
+            .set(
+                format!("127.0.0.1:{}", tcp_port(node.addr()))
+                    .parse()
+                    .unwrap(),
+            )
+            .unwrap();
+        node.advertised = advertised;
+        nodes.push(node);
+    }
+    let count = |n: &Node| -> i64 {
+        let answer = n.get("/admin/members");
+        let (_, json) = answer.split_once("\r\n\r\n").expect("a body");
+        let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        v["count"].as_i64().unwrap_or(-1)
+    };
+    wait_for("one membership", || async {
+        nodes.iter().all(|n| count(n) == 2)
+    })
+    .await;
+
+    frozen.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(nodes.remove(0)); // killed
+    wait_for("both alone", || async {
+        nodes.iter().all(|n| count(n) == 0)
+    })
+    .await;
+    frozen.store(false, std::sync::atomic::Ordering::Relaxed);
+    wait_for("the two together again", || async {
+        nodes.iter().all(|n| count(n) == 1)
+    })
+    .await;
 }

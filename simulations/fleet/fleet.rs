@@ -211,6 +211,17 @@ impl Launch {
         Ok(p)
     }
 
+    /// Starts the delayer of slot `slot` (see [`crate::delay`]).
+    pub fn delayer(&self, slot: usize, delay: Duration) -> Result<Proc, String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &Net::ns(slot)])
+            .arg(&self.fleet_bin)
+            .args(["delay", "--ms", &delay.as_millis().to_string()]);
+        let p = self.spawn(slot, cmd, &format!("delay{slot}"))?;
+        p.wait_line("delaying", Duration::from_secs(10))?;
+        Ok(p)
+    }
+
     /// Starts load `j` (slot `nodes + j`); it prints `ready` once its peers
     /// are registered and every other load's peers findable.
     pub fn load(&self, j: usize, incarnation: u64) -> Result<Proc, String> {

@@ -7,6 +7,7 @@
 //! nftables rules, and removes them). See docs/RELIABILITY.md.
 
 mod check;
+mod delay;
 mod fleet;
 mod load;
 mod net;
@@ -35,7 +36,7 @@ const SCENARIOS: &[&str] = &[
     "pause-long",
     "partition",
     "partition-one-way",
-    "loss",
+    "latency-loss",
     "restart",
     "clock-back",
     "rolling",
@@ -57,6 +58,13 @@ enum Cmd {
     Run(RunArgs),
     /// The load generator (started by `run` inside a namespace).
     Load(load::LoadArgs),
+    /// Holds this namespace's queued packets for a while (started by `run`
+    /// inside a namespace, for latency).
+    Delay {
+        /// Milliseconds each packet waits.
+        #[arg(long)]
+        ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(load::run(args))),
+        Cmd::Delay { ms } => delay::run(Duration::from_millis(ms)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -428,10 +437,21 @@ fn scenario(name: &str, launch: Launch) -> Result<Report, String> {
             f.idle(lease * 2);
             f.net.heal()?;
         }
-        "loss" => {
+        "latency-loss" => {
+            // 200 ms more on every packet each namespace sends, and 5 % of
+            // them lost.
+            let mut delayers = Vec::new();
+            for slot in 0..f.net.slots() {
+                delayers.push(f.launch.delayer(slot, Duration::from_millis(200))?);
+                f.net.queue_to_delayer(slot, true)?;
+            }
             f.net.loss(5)?;
             f.idle(Duration::from_secs(10));
             f.net.heal()?;
+            for slot in 0..f.net.slots() {
+                f.net.queue_to_delayer(slot, false)?;
+            }
+            drop(delayers);
         }
         "restart" | "clock-back" => {
             f.kill_node(victim, "TERM")?;

@@ -4,8 +4,9 @@
 //! `ip` and `nft` commands and removed when [`Net`] is dropped.
 //!
 //! `tc netem` would be the usual tool for loss and latency, but the kernels
-//! this runs on here (and in CI) have no netem qdisc; nftables' `numgen`
-//! drops packets at random just as well. Latency has no kernel tool here.
+//! this runs on here (and in CI) have no netem qdisc: nftables' `numgen`
+//! drops packets at random just as well, and latency is added in user
+//! space ([`crate::delay`]) on packets iptables queues to it.
 
 use std::process::Command;
 
@@ -141,6 +142,37 @@ impl Net {
             )?;
         }
         Ok(())
+    }
+
+    /// Queues every packet a slot sends on its link to the delayer in its
+    /// namespace (which must be running, see [`crate::delay`]).
+    pub fn queue_to_delayer(&self, slot: usize, on: bool) -> Result<(), String> {
+        let queue = crate::delay::QUEUE.to_string();
+        let link = format!("{PREFIX}n{slot}");
+        let op = if on { "-A" } else { "-D" };
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &Net::ns(slot),
+                "iptables",
+                op,
+                "OUTPUT",
+                "-o",
+                &link,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue,
+                "--queue-bypass",
+            ],
+        )
+    }
+
+    /// How many slots there are.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     /// Removes every fault rule.
