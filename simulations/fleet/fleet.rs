@@ -171,13 +171,17 @@ impl Launch {
         })
     }
 
-    /// Hosts to join: the first two nodes other than `slot`.
+    /// Hosts to join: for node `i` above 1, nodes `i - 1` and `i / 2` (so
+    /// that a large fleet's joins spread over many nodes, not two); for the
+    /// others (nodes 0 and 1, loads), the first two nodes other than
+    /// themselves.
     fn seeds(&self, slot: usize) -> Vec<String> {
-        (0..self.nodes)
-            .filter(|&i| i != slot)
-            .take(2)
-            .map(Launch::node_addr)
-            .collect()
+        let picks: Vec<usize> = if (2..self.nodes).contains(&slot) {
+            vec![slot - 1, slot / 2]
+        } else {
+            (0..self.nodes).filter(|&i| i != slot).take(2).collect()
+        };
+        picks.into_iter().map(Launch::node_addr).collect()
     }
 
     /// Starts node `i`; `clock_back` runs it with its wall clock an hour
@@ -207,7 +211,8 @@ impl Launch {
             cmd.args(["--join", &s]);
         }
         let p = self.spawn(i, cmd, &format!("node{i}"))?;
-        p.wait_line("join with", Duration::from_secs(20))?;
+        // It prints this once its joins answered or timed out.
+        p.wait_line("join with", Duration::from_secs(60))?;
         Ok(p)
     }
 

@@ -262,7 +262,8 @@ impl Fleet {
             let p = f.launch.node(i, false)?;
             f.nodes.push(Some(p));
         }
-        if f.converge(f.launch.timings.lease * 6).is_none() {
+        let wait = f.launch.timings.lease * (6 + f.launch.nodes as u32 / 8);
+        if f.converge(wait).is_none() {
             return Err("the nodes did not converge at start".into());
         }
         for j in 0..f.launch.loads {
