@@ -3,20 +3,26 @@
 //! NFQUEUE target) and this process lets each one go once it has waited
 //! the delay. One runs in each namespace while the latency lasts.
 
-use std::{
-    collections::VecDeque,
-    io::ErrorKind,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
+#[cfg(target_os = "linux")]
+use std::{collections::VecDeque, io::ErrorKind, time::Instant};
 
 /// The netfilter queue the fleet's rules send packets to.
 pub const QUEUE: u16 = 7;
 
 /// How long a packet may wait beyond its delay (the polling interval).
+#[cfg(target_os = "linux")]
 const POLL: Duration = Duration::from_millis(1);
+
+/// Netfilter queues are Linux's: elsewhere the latency scenario is refused.
+#[cfg(not(target_os = "linux"))]
+pub fn run(_delay: Duration) -> Result<(), String> {
+    Err("latency needs Linux's netfilter queues".into())
+}
 
 /// Holds every packet queued to [`QUEUE`] for `delay`, in arrival order,
 /// until killed.
+#[cfg(target_os = "linux")]
 pub fn run(delay: Duration) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("netfilter queue: {what}: {e}");
     let mut queue = nfq::Queue::open().map_err(|e| io("open", e))?;
