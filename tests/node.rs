@@ -165,6 +165,14 @@ impl Node {
     }
 
     /// GETs `/metrics` and returns the body.
+    /// The JSON body of a 200 answer to a GET of `path`.
+    fn json(&self, path: &str) -> serde_json::Value {
+        let answer = self.get(path);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (_, json) = answer.split_once("\r\n\r\n").expect("a body");
+        serde_json::from_str(json).expect("JSON")
+    }
+
     fn scrape(&self) -> String {
         let body = self.get("/metrics");
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
@@ -186,6 +194,17 @@ impl Node {
         s.read_to_string(&mut body).expect("read answer");
         body
     }
+}
+
+/// The entry of `host` in an `/admin/members` answer.
+fn member_entry<'a>(members: &'a serde_json::Value, host: &PeerId) -> &'a serde_json::Value {
+    let id = host.to_string();
+    members["hosts"]
+        .as_array()
+        .expect("a host list")
+        .iter()
+        .find(|h| h["host"] == id.as_str())
+        .unwrap_or_else(|| panic!("no {id} in {members}"))
 }
 
 /// The value of the first sample line starting with `series` (name plus
@@ -545,25 +564,14 @@ async fn metrics_answer_and_move_with_traffic() {
     // Beside the metrics: health, members and peers.
     let health = a.get("/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    let body = |answer: &str| -> serde_json::Value {
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        let (_, json) = answer.split_once("\r\n\r\n").expect("a body");
-        serde_json::from_str(json).expect("JSON")
-    };
-    let members = body(&a.get("/admin/members"));
+    let members = a.json("/admin/members");
     assert_eq!(members["count"], 1, "the other live host: {members}");
-    let t_id = t.id().to_string();
-    let t_entry = members["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == t_id.as_str())
-        .unwrap_or_else(|| panic!("no {t_id} in {members}"));
+    let t_entry = member_entry(&members, &t.id());
     assert_eq!(t_entry["connected"], true, "{members}");
-    let peers = body(&a.get("/admin/peers"));
+    let peers = a.json("/admin/peers");
     assert_eq!(peers["count"], 1, "{peers}");
     assert_eq!(peers["peers"], serde_json::json!(["echo-a"]), "{peers}");
-    let none = body(&a.get("/admin/peers?limit=0"));
+    let none = a.json("/admin/peers?limit=0");
     assert_eq!(none["peers"], serde_json::json!([]), "{none}");
     assert!(a.get("/admin/peers?limit=x").starts_with("HTTP/1.1 400"));
     t.close().await.unwrap();
@@ -960,16 +968,8 @@ async fn readyz_follows_membership_and_others_dial_the_advertised_address() {
     assert!(answer.contains("\"converged\":true"), "{answer}");
 
     // A's view of B carries the advertised address only.
-    let members = a.get("/admin/members");
-    let b_id = b.id.to_string();
-    let (_, json) = members.split_once("\r\n\r\n").expect("a body");
-    let members: serde_json::Value = serde_json::from_str(json).expect("JSON");
-    let entry = members["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == b_id.as_str())
-        .unwrap_or_else(|| panic!("no {b_id} in {members}"));
+    let members = a.json("/admin/members");
+    let entry = member_entry(&members, &b.id);
     assert_eq!(entry["addrs"], serde_json::json!([advertised]), "{members}");
 
     // A host that knows only A reaches B's echo peer: it dials the
@@ -1066,12 +1066,7 @@ async fn nodes_cut_off_from_each_other_merge_again_when_the_links_come_back() {
         node.advertised = advertised;
         nodes.push(node);
     }
-    let count = |n: &Node| -> i64 {
-        let answer = n.get("/admin/members");
-        let (_, json) = answer.split_once("\r\n\r\n").expect("a body");
-        let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
-        v["count"].as_i64().unwrap_or(-1)
-    };
+    let count = |n: &Node| n.json("/admin/members")["count"].as_i64().unwrap_or(-1);
     wait_for("one membership", || async {
         nodes.iter().all(|n| count(n) == 2)
     })

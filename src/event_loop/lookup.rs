@@ -596,15 +596,15 @@ impl EventLoop {
 
     /// The location of a host, with the addresses this host knows for it.
     pub(super) fn location_of(&self, host: PeerId) -> Location {
-        let addrs = if host == self.local() && !self.advertise.is_empty() {
-            self.advertise.clone()
-        } else if host == self.local() {
-            self.swarm.listeners().cloned().collect()
-        } else {
+        let addrs = if host != self.local() {
             self.membership
                 .get(&host)
                 .map(|m| m.addrs.clone())
                 .unwrap_or_default()
+        } else if self.advertise.is_empty() {
+            self.swarm.listeners().cloned().collect()
+        } else {
+            self.advertise.clone()
         };
         Location {
             host,
