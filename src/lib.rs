@@ -26,6 +26,8 @@ mod event_loop;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "gateway")]
+mod gateway;
 mod host;
 mod inbox;
 mod link_delay;
@@ -46,6 +48,11 @@ mod wire_props;
 pub use command::{HostInfo, Location, Readiness};
 pub use config::{HostConfig, TransportKind};
 pub use error::{Error, Result};
+#[cfg(feature = "gateway")]
+pub use gateway::{
+    decode_request, Gateway, GatewayConfig, Op as ClientOp, Page, Refusal,
+    Request as ClientRequest, TokenLimits, Tokens, PROTOCOL as CLIENT_PROTOCOL,
+};
 pub use host::{parse_address, Host, MAX_ID_LEN};
 pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};

@@ -77,31 +77,22 @@ impl Peer {
         // Everything before the wait is synchronous, so the future keeps
         // little state: with 1,024 sends in flight, moving big futures
         // into their tasks showed in profiles.
-        let answer = match self.start_send(to, payload)? {
-            Started::Done => return Ok(()),
-            Started::Queued { rx, timeout } => tokio::time::timeout(timeout, rx).await,
-            Started::Full(full) => {
-                // The command queue is full: wait for room (rare; boxed so
-                // the common path's future stays small).
-                let (cmd, rx, timeout) = *full;
-                let commands = self.host.inner.commands.clone();
-                let call = async move {
-                    commands.send(cmd).await?;
-                    Ok::<_, Error>(rx.await)
-                };
-                match tokio::time::timeout(timeout, Box::pin(call)).await {
-                    Ok(r) => Ok(r?),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match answer {
-            Ok(r) => r?,
-            Err(_) => {
-                count_failure(&self.host.inner.shared.counters, &Error::Timeout);
-                Err(Error::Timeout)
-            }
-        }
+        let started = self.start_send(to, payload)?;
+        wait_started(&self.host, started).await
+    }
+
+    /// Starts a send now (so sends begun one after another are queued in
+    /// that order) and returns the wait for its answer, which owns what it
+    /// needs: the client gateway keeps many in flight per connection.
+    #[cfg(feature = "gateway")]
+    pub(crate) fn begin_send(
+        &self,
+        to: &str,
+        payload: Payload,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let started = self.start_send(to, payload);
+        let host = self.host.clone();
+        async move { wait_started(&host, started?).await }
     }
 
     /// Checks a send and delivers it locally or hands it to the event loop
@@ -203,6 +194,35 @@ impl Peer {
                 return Err(Error::Timeout);
             }
             tokio::time::sleep(REGISTRATION_POLL).await;
+        }
+    }
+}
+
+/// Waits for the answer of a started send.
+async fn wait_started(host: &Host, started: Started) -> Result<()> {
+    let answer = match started {
+        Started::Done => return Ok(()),
+        Started::Queued { rx, timeout } => tokio::time::timeout(timeout, rx).await,
+        Started::Full(full) => {
+            // The command queue is full: wait for room (rare; boxed so
+            // the common path's future stays small).
+            let (cmd, rx, timeout) = *full;
+            let commands = host.inner.commands.clone();
+            let call = async move {
+                commands.send(cmd).await?;
+                Ok::<_, Error>(rx.await)
+            };
+            match tokio::time::timeout(timeout, Box::pin(call)).await {
+                Ok(r) => Ok(r?),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match answer {
+        Ok(r) => r?,
+        Err(_) => {
+            count_failure(&host.inner.shared.counters, &Error::Timeout);
+            Err(Error::Timeout)
         }
     }
 }

@@ -56,7 +56,7 @@ pub(crate) struct Counters {
 }
 
 /// A snapshot of a host's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Messages delivered to a peer on the same host.
@@ -295,7 +295,7 @@ impl FailureReason {
 }
 
 /// Failed sends by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Failures {
     /// No host holds the recipient id (`PeerNotFound`).
@@ -379,7 +379,7 @@ impl LatencyRecorder {
 }
 
 /// A latency histogram snapshot with fixed buckets (100 µs to 5 s).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LatencyHistogram {
     /// Observations per bucket (not cumulative); the last bucket holds those

@@ -2,6 +2,8 @@
 //! (or TCP loopback), topologies, and bounded waiting.
 #![allow(dead_code)]
 
+#[cfg(feature = "gateway")]
+pub mod client;
 pub mod raw;
 
 use std::{future::Future, time::Duration};

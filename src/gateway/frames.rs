@@ -1,0 +1,388 @@
+//! The client protocol's frames (docs/CLIENT-PROTOCOL.md): requests decoded
+//! from JSON text, answers and pushes encoded to it.
+//!
+//! Decoding goes through one flat struct of optional, borrowed fields rather
+//! than a tagged enum: serde's internally tagged enums buffer the whole
+//! object first, and `send` is the hot path. Payloads stay raw JSON text
+//! (`RawValue`) from the frame to the wire and back, never parsed into a
+//! tree. serde_json limits nesting to 128 levels, and the WebSocket layer
+//! limits the frame's size before any of this runs.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{error::Error, message::Encoding, Payload};
+
+/// The protocol version this gateway speaks.
+pub const VERSION: u32 = 1;
+
+/// An error answer's code: a stable, lower-case name per failure
+/// (docs/CLIENT-PROTOCOL.md lists them).
+pub(crate) fn code(e: &Error) -> &'static str {
+    match e {
+        Error::Closed => "closed",
+        Error::IdExists(_) => "id_exists",
+        Error::IdTaken { .. } => "id_taken",
+        Error::InvalidId(_) => "invalid_id",
+        Error::PeerNotFound(_) => "not_found",
+        Error::PeerUnreachable { .. } => "unreachable",
+        Error::Timeout => "timeout",
+        Error::MessageTooLarge { .. } => "too_large",
+        Error::InboxFull(_) => "inbox_full",
+        Error::InvalidChannel(_) => "invalid_channel",
+        Error::Encode(_) | Error::Decode(_) => "bad_request",
+        _ => "internal",
+    }
+}
+
+/// A request that could not be taken: its code and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The code (`bad_request`, `unauthorized`, `limit`, …).
+    pub code: &'static str,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Refusal::new("bad_request", message)
+    }
+}
+
+impl From<&Error> for Refusal {
+    fn from(e: &Error) -> Self {
+        Refusal::new(code(e), e.to_string())
+    }
+}
+
+/// Every field any request has; each operation takes the ones it needs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flat<'a> {
+    op: &'a str,
+    id: Option<u64>,
+    #[serde(borrow)]
+    peer: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    from: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    to: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    resume: Option<std::borrow::Cow<'a, str>>,
+    version: Option<u32>,
+    limit: Option<u64>,
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// The first frame of a connection.
+    Hello {
+        /// The protocol version the client speaks.
+        version: u32,
+        /// A bearer token, when the gateway asks for one.
+        token: Option<String>,
+        /// The session to take back after a reconnect.
+        resume: Option<String>,
+    },
+    /// Creates a peer on the node, owned by this connection.
+    Create {
+        /// Its id.
+        peer: String,
+    },
+    /// Removes one of this connection's peers.
+    Remove {
+        /// Its id.
+        peer: String,
+    },
+    /// Sends `data` (JSON) from one of this connection's peers.
+    Send {
+        /// The sending peer (this connection's).
+        from: String,
+        /// The recipient, anywhere.
+        to: String,
+        /// The message as JSON text.
+        data: Payload,
+    },
+    /// Subscribes this connection to a channel.
+    Subscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// Ends this connection's subscription to a channel.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// Publishes `data` (JSON) on a channel.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The message as JSON text.
+        data: Payload,
+    },
+    /// Where a peer lives.
+    Find {
+        /// The peer's id.
+        peer: String,
+    },
+    /// The live hosts of the network.
+    Members,
+    /// The node's counters.
+    Stats,
+    /// Ids of peers on the node (up to `limit`).
+    Peers {
+        /// Most ids to list.
+        limit: usize,
+    },
+    /// Answered at once (round-trip checks).
+    Ping,
+}
+
+/// A request: its id (echoed in the answer) and operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the client; echoed in the answer.
+    pub id: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// Most peer ids one `peers` answer lists.
+const MAX_LISTED: u64 = 10_000;
+
+/// Decodes one text frame. A frame that is not a request at all (not JSON,
+/// no id) is refused with the id 0; a request with an id but bad fields is
+/// refused with its id, so the client can match the refusal.
+pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
+    let flat: Flat =
+        serde_json::from_str(text).map_err(|e| (0, Refusal::bad(format!("not a request: {e}"))))?;
+    let id = flat
+        .id
+        .ok_or_else(|| (0, Refusal::bad("the request has no id")))?;
+    let fail = |m: &str| (id, Refusal::bad(m.to_string()));
+    let need = |v: Option<std::borrow::Cow<'_, str>>, name: &str| {
+        v.map(|c| c.into_owned())
+            .ok_or_else(|| fail(&format!("{} needs {name:?}", flat.op)))
+    };
+    let data = |v: Option<&RawValue>| {
+        let raw = v.ok_or_else(|| fail(&format!("{} needs \"data\"", flat.op)))?;
+        Ok(Payload {
+            encoding: Encoding::Json,
+            bytes: bytes::Bytes::copy_from_slice(raw.get().as_bytes()),
+        })
+    };
+    let op = match flat.op {
+        "hello" => Op::Hello {
+            version: flat
+                .version
+                .ok_or_else(|| fail("hello needs \"version\""))?,
+            token: flat.token.map(|t| t.into_owned()),
+            resume: flat.resume.map(|t| t.into_owned()),
+        },
+        "create" => Op::Create {
+            peer: need(flat.peer, "peer")?,
+        },
+        "remove" => Op::Remove {
+            peer: need(flat.peer, "peer")?,
+        },
+        "send" => Op::Send {
+            from: need(flat.from, "from")?,
+            to: need(flat.to, "to")?,
+            data: data(flat.data)?,
+        },
+        "subscribe" => Op::Subscribe {
+            channel: need(flat.channel, "channel")?,
+        },
+        "unsubscribe" => Op::Unsubscribe {
+            channel: need(flat.channel, "channel")?,
+        },
+        "publish" => Op::Publish {
+            channel: need(flat.channel, "channel")?,
+            data: data(flat.data)?,
+        },
+        "find" => Op::Find {
+            peer: need(flat.peer, "peer")?,
+        },
+        "members" => Op::Members,
+        "stats" => Op::Stats,
+        "peers" => Op::Peers {
+            limit: flat.limit.unwrap_or(1000).min(MAX_LISTED) as usize,
+        },
+        "ping" => Op::Ping,
+        other => return Err(fail(&format!("unknown op {other:?}"))),
+    };
+    Ok(Request { id, op })
+}
+
+/// `{"id":N,"ok":<value>}`.
+pub(crate) fn ok(id: u64, value: &serde_json::Value) -> String {
+    format!("{{\"id\":{id},\"ok\":{value}}}")
+}
+
+/// `{"id":N,"ok":{}}`, the answer of most operations.
+pub(crate) fn done(id: u64) -> String {
+    format!("{{\"id\":{id},\"ok\":{{}}}}")
+}
+
+/// `{"id":N,"error":{"code":…,"message":…}}`.
+pub(crate) fn error(id: u64, refusal: &Refusal) -> String {
+    let body = serde_json::json!({ "code": refusal.code, "message": refusal.message });
+    format!("{{\"id\":{id},\"error\":{body}}}")
+}
+
+/// `{"event":"closing",…}`: why the gateway is about to close the connection.
+pub(crate) fn closing(refusal: &Refusal) -> String {
+    serde_json::json!({
+        "event": "closing",
+        "code": refusal.code,
+        "message": refusal.message,
+    })
+    .to_string()
+}
+
+/// Appends `,"data":<json>` for a JSON payload, or
+/// `,"encoding":"postcard","base64":"…"` for one a Rust host sent typed.
+/// A payload marked JSON that does not parse as one JSON value is sent as
+/// base64 too: splicing it unchecked would let a remote peer forge fields
+/// of the frame.
+fn push_payload(out: &mut String, payload: &Payload) {
+    if payload.encoding == Encoding::Json {
+        if let Ok(text) = std::str::from_utf8(&payload.bytes) {
+            if serde_json::from_str::<&RawValue>(text).is_ok() {
+                out.push_str(",\"data\":");
+                out.push_str(text);
+                return;
+            }
+        }
+    }
+    let name = match payload.encoding {
+        Encoding::Postcard => "postcard",
+        Encoding::Json => "json",
+    };
+    let _ = write!(out, ",\"encoding\":\"{name}\",\"base64\":\"");
+    base64::engine::general_purpose::STANDARD.encode_string(&payload.bytes, out);
+    out.push('"');
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// `{"event":"message","peer":…,"from":…,"data":…}`.
+pub(crate) fn message(peer: &str, from: &str, payload: &Payload) -> String {
+    let mut out = String::with_capacity(64 + peer.len() + from.len() + payload.len());
+    let _ = write!(
+        out,
+        "{{\"event\":\"message\",\"peer\":{},\"from\":{}",
+        json_str(peer),
+        json_str(from)
+    );
+    push_payload(&mut out, payload);
+    out.push('}');
+    out
+}
+
+/// `{"event":"publish","channel":…,"data":…}`.
+pub(crate) fn publish(channel: &str, payload: &Payload) -> String {
+    let mut out = String::with_capacity(64 + channel.len() + payload.len());
+    let _ = write!(
+        out,
+        "{{\"event\":\"publish\",\"channel\":{}",
+        json_str(channel)
+    );
+    push_payload(&mut out, payload);
+    out.push('}');
+    out
+}
+
+/// `{"event":"removed","peer":…,"reason":…}`: a peer of this connection
+/// ended without the client asking (its id was taken, or the node removed it).
+pub(crate) fn removed(peer: &str, reason: &str) -> String {
+    serde_json::json!({ "event": "removed", "peer": peer, "reason": reason }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_keeps_its_data_as_written() {
+        let r = decode(r#"{"op":"send","id":7,"from":"a","to":"b","data":{"x":[1, 2]}}"#).unwrap();
+        assert_eq!(r.id, 7);
+        let Op::Send { from, to, data } = r.op else {
+            panic!("not a send: {r:?}")
+        };
+        assert_eq!((from.as_str(), to.as_str()), ("a", "b"));
+        assert_eq!(&data.bytes[..], br#"{"x":[1, 2]}"#);
+        assert_eq!(data.encoding, Encoding::Json);
+    }
+
+    #[test]
+    fn escaped_ids_are_unescaped() {
+        let r = decode(r#"{"op":"create","id":1,"peer":"a\"b\u00e9"}"#).unwrap();
+        assert_eq!(
+            r.op,
+            Op::Create {
+                peer: "a\"bé".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_the_request_id_when_there_is_one() {
+        assert_eq!(decode("not json").unwrap_err().0, 0);
+        assert_eq!(decode(r#"{"op":"ping"}"#).unwrap_err().0, 0);
+        let (id, r) = decode(r#"{"op":"send","id":3,"from":"a","to":"b"}"#).unwrap_err();
+        assert_eq!((id, r.code), (3, "bad_request"));
+        let (id, r) = decode(r#"{"op":"explode","id":4}"#).unwrap_err();
+        assert_eq!((id, r.code), (4, "bad_request"));
+        assert!(decode(r#"{"op":"ping","id":5,"extra":1}"#).is_err());
+        // Deep nesting: a field decoded into a value is refused (serde_json
+        // stops at 128 levels); raw data is skipped without recursion.
+        let nest = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let deep = format!("{{\"op\":\"ping\",\"id\":1,\"peer\":{}}}", nest(10_000));
+        assert!(decode(&deep).is_err());
+        let deep = format!(
+            "{{\"op\":\"publish\",\"id\":1,\"channel\":\"c\",\"data\":{}}}",
+            nest(100_000)
+        );
+        assert!(decode(&deep).is_ok());
+    }
+
+    #[test]
+    fn pushes_are_json_and_cannot_be_forged_by_a_payload() {
+        let p = Payload::json(&serde_json::json!({"k": "v"})).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&message("p\"1", "q", &p)).unwrap();
+        assert_eq!(m["peer"], "p\"1");
+        assert_eq!(m["data"]["k"], "v");
+        let forged = Payload {
+            encoding: Encoding::Json,
+            bytes: bytes::Bytes::from_static(br#"1,"peer":"someone else""#),
+        };
+        let m: serde_json::Value = serde_json::from_str(&message("p", "q", &forged)).unwrap();
+        assert_eq!(m["peer"], "p");
+        assert_eq!(m["encoding"], "json");
+        let typed = Payload::postcard(&7u32).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&publish("c", &typed)).unwrap();
+        assert_eq!(m["encoding"], "postcard");
+        assert_eq!(m["base64"], "Bw==");
+    }
+}

@@ -1,0 +1,162 @@
+//! A minimal client of the gateway's protocol (docs/CLIENT-PROTOCOL.md) for
+//! the tests: requests with ids, answers matched to them, pushes kept in
+//! order.
+
+use std::collections::VecDeque;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{protocol::CloseFrame, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+use super::within;
+
+/// One client connection.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Pushes (`event` frames) read while waiting for answers.
+    events: VecDeque<Value>,
+    /// The hello's answer.
+    pub welcome: Value,
+}
+
+/// An error answer: its code and message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub code: String,
+    pub message: String,
+}
+
+impl Client {
+    /// Connects without a hello.
+    pub async fn raw(url: &str) -> Client {
+        let (ws, _) = within("connect", tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect");
+        Client {
+            ws,
+            next_id: 1,
+            events: VecDeque::new(),
+            welcome: Value::Null,
+        }
+    }
+
+    /// Connects and says hello (with a token or a session to resume).
+    pub async fn hello(url: &str, extra: Value) -> Result<Client, Refused> {
+        let mut c = Client::raw(url).await;
+        let mut hello = json!({"op": "hello", "version": 1});
+        if let (Some(h), Some(e)) = (hello.as_object_mut(), extra.as_object()) {
+            h.extend(e.clone());
+        }
+        c.welcome = c.call(hello).await?;
+        Ok(c)
+    }
+
+    /// Connects anonymously.
+    pub async fn connect(url: &str) -> Client {
+        Client::hello(url, json!({})).await.expect("hello")
+    }
+
+    /// The session token to resume with.
+    pub fn session(&self) -> String {
+        self.welcome["session"]
+            .as_str()
+            .expect("session")
+            .to_string()
+    }
+
+    /// Sends a request without waiting; returns its id.
+    pub async fn start(&mut self, mut req: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        req["id"] = json!(id);
+        self.send_text(req.to_string()).await;
+        id
+    }
+
+    /// Sends a text frame as it is.
+    pub async fn send_text(&mut self, text: String) {
+        within("write", self.ws.send(Message::text(text)))
+            .await
+            .expect("write");
+    }
+
+    /// The next frame as JSON; `None` when the connection ended.
+    pub async fn frame(&mut self) -> Option<Value> {
+        loop {
+            match within("frame", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("json")),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Waits for the answer to request `id`, keeping pushes for later.
+    pub async fn answer(&mut self, id: u64) -> Result<Value, Refused> {
+        loop {
+            let f = self
+                .frame()
+                .await
+                .expect("connection ended before the answer");
+            if f.get("event").is_some() {
+                self.events.push_back(f);
+                continue;
+            }
+            if f["id"] != json!(id) {
+                panic!("answer to another request: {f}");
+            }
+            if let Some(e) = f.get("error") {
+                return Err(Refused {
+                    code: e["code"].as_str().unwrap_or("").into(),
+                    message: e["message"].as_str().unwrap_or("").into(),
+                });
+            }
+            return Ok(f["ok"].clone());
+        }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn call(&mut self, req: Value) -> Result<Value, Refused> {
+        let id = self.start(req).await;
+        self.answer(id).await
+    }
+
+    /// The next push.
+    pub async fn event(&mut self) -> Value {
+        if let Some(e) = self.events.pop_front() {
+            return e;
+        }
+        loop {
+            let f = self
+                .frame()
+                .await
+                .expect("connection ended before the event");
+            if f.get("event").is_some() {
+                return f;
+            }
+            panic!("an answer nobody waited for: {f}");
+        }
+    }
+
+    /// Closes with code 1000: the session ends and its peers go.
+    pub async fn close(mut self) {
+        let frame = CloseFrame {
+            code: 1000u16.into(),
+            reason: "bye".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.ws.next()).await
+        {}
+    }
+
+    /// Drops the TCP connection without a close frame (a network failure).
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}

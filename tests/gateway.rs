@@ -1,0 +1,459 @@
+//! The client gateway, across real hosts: WebSocket clients attach peers
+//! to two joined hosts and talk to each other and to Rust peers.
+#![cfg(feature = "gateway")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client::Client, *};
+use distribus::{GatewayConfig, Host, HostConfig, TokenLimits, Tokens};
+use serde_json::json;
+
+fn gateway_config() -> GatewayConfig {
+    let mut g = GatewayConfig::default();
+    g.grace = Duration::from_secs(2);
+    g
+}
+
+/// Two joined hosts, each with a gateway; returns the hosts and the URLs.
+async fn pair(g: GatewayConfig) -> ([Host; 2], [String; 2], Vec<distribus::Gateway>) {
+    let hosts: [Host; 2] = star(2, &HostConfig::for_tests()).await.try_into().unwrap();
+    let mut gws = Vec::new();
+    for h in &hosts {
+        gws.push(
+            h.serve_clients("127.0.0.1:0", g.clone())
+                .await
+                .expect("gateway"),
+        );
+    }
+    let urls = [gws[0].url(), gws[1].url()];
+    (hosts, urls, gws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_hosts_and_a_rust_peer_talk_to_each_other() {
+    let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
+    let mut alice = Client::connect(&ua).await;
+    let mut bob = Client::connect(&ub).await;
+    assert_eq!(alice.welcome["host"], a.id().to_string());
+    let created = alice
+        .call(json!({"op":"create","peer":"alice"}))
+        .await
+        .unwrap();
+    assert_eq!(created["registered"], true);
+    bob.call(json!({"op":"create","peer":"bob"})).await.unwrap();
+    let rust = b.create("rust").unwrap();
+    rust.registered().await.unwrap();
+
+    // A client peer is a peer of its host: the other host finds it there.
+    wait_found(&b, "alice", &a).await;
+    let found = bob.call(json!({"op":"find","peer":"alice"})).await.unwrap();
+    assert_eq!(found["host"], a.id().to_string());
+
+    // Client to client across hosts: answered once bob's inbox has it.
+    alice
+        .call(json!({"op":"send","from":"alice","to":"bob","data":{"text":"Hi","n":[1,2]}}))
+        .await
+        .unwrap();
+    let m = bob.event().await;
+    assert_eq!(m["event"], "message");
+    assert_eq!((&m["peer"], &m["from"]), (&json!("bob"), &json!("alice")));
+    assert_eq!(m["data"], json!({"text":"Hi","n":[1,2]}));
+
+    // Client to a Rust peer: JSON it can decode.
+    alice
+        .call(json!({"op":"send","from":"alice","to":"rust","data":"hello rust"}))
+        .await
+        .unwrap();
+    let got = within("rust recv", rust.recv()).await.unwrap();
+    assert_eq!(got.from, "alice");
+    assert_eq!(got.decode::<String>().unwrap(), "hello rust");
+
+    // A Rust peer to a client: JSON as data, a typed value as base64.
+    rust.send_json("alice", &json!({"ok": true})).await.unwrap();
+    rust.send("alice", &7u32).await.unwrap();
+    let m = alice.event().await;
+    assert_eq!(
+        (&m["from"], &m["data"]),
+        (&json!("rust"), &json!({"ok": true}))
+    );
+    let m = alice.event().await;
+    assert_eq!(
+        (&m["encoding"], &m["base64"]),
+        (&json!("postcard"), &json!("Bw=="))
+    );
+
+    // Many sends in flight at once arrive once each, in order.
+    let mut ids = Vec::new();
+    for k in 0..500 {
+        ids.push(
+            alice
+                .start(json!({"op":"send","from":"alice","to":"bob","data":k}))
+                .await,
+        );
+    }
+    for id in ids {
+        alice.answer(id).await.unwrap();
+    }
+    for k in 0..500 {
+        let m = bob.event().await;
+        assert_eq!(m["data"], json!(k));
+    }
+
+    let members = alice.call(json!({"op":"members"})).await.unwrap();
+    assert_eq!(members["hosts"][0]["host"], b.id().to_string());
+    let stats = alice.call(json!({"op":"stats"})).await.unwrap();
+    assert!(stats["sent_remote"].as_u64().unwrap() >= 501, "{stats}");
+
+    // A clean close removes the client's peers from the network.
+    alice.close().await;
+    wait_for("alice withdrawn", || async {
+        matches!(
+            b.find("alice").await,
+            Err(distribus::Error::PeerNotFound(_))
+        )
+    })
+    .await;
+    let r = bob
+        .call(json!({"op":"send","from":"bob","to":"alice","data":1}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_reach_client_and_rust_subscribers_on_every_host() {
+    let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
+    let mut sub_a = Client::connect(&ua).await;
+    let mut sub_b = Client::connect(&ub).await;
+    sub_a
+        .call(json!({"op":"subscribe","channel":"news"}))
+        .await
+        .unwrap();
+    sub_b
+        .call(json!({"op":"subscribe","channel":"news"}))
+        .await
+        .unwrap();
+    // Twice is once.
+    sub_b
+        .call(json!({"op":"subscribe","channel":"news"}))
+        .await
+        .unwrap();
+    let mut rust = a.subscribe("news").await.unwrap();
+    wait_for("b's subscription known on a", || async {
+        a.members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.host == b.id() && m.channels.iter().any(|c| c == "news"))
+    })
+    .await;
+
+    let mut publisher = Client::connect(&ua).await;
+    for k in 0..3 {
+        publisher
+            .call(json!({"op":"publish","channel":"news","data":{"k":k}}))
+            .await
+            .unwrap();
+    }
+    for client in [&mut sub_a, &mut sub_b] {
+        for k in 0..3 {
+            let e = client.event().await;
+            assert_eq!(
+                (&e["event"], &e["channel"]),
+                (&json!("publish"), &json!("news"))
+            );
+            assert_eq!(e["data"], json!({"k": k}));
+        }
+    }
+    let m = within("rust subscriber", rust.recv()).await.unwrap();
+    assert_eq!(m.decode::<serde_json::Value>().unwrap(), json!({"k": 0}));
+
+    // After unsubscribing, nothing more comes; the Rust subscriber still gets it.
+    sub_b
+        .call(json!({"op":"unsubscribe","channel":"news"}))
+        .await
+        .unwrap();
+    publisher
+        .call(json!({"op":"publish","channel":"news","data":"late"}))
+        .await
+        .unwrap();
+    let ping = sub_b.call(json!({"op":"ping"})).await;
+    assert!(ping.is_ok());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = sub_b.start(json!({"op":"ping"})).await;
+    let f = sub_b.frame().await.unwrap();
+    assert_eq!(f["id"], json!(id), "an unsubscribed client got {f}");
+    let e = sub_a.event().await;
+    assert_eq!(e["data"], "late");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_typed_errors_and_the_connection_goes_on() {
+    let ([_a, b], [ua, _ub], _gws) = pair(gateway_config()).await;
+    let mut c = Client::connect(&ua).await;
+    c.call(json!({"op":"create","peer":"p"})).await.unwrap();
+    let code = |r: Result<serde_json::Value, common::client::Refused>| r.unwrap_err().code;
+    assert_eq!(
+        code(c.call(json!({"op":"create","peer":"p"})).await),
+        "id_exists"
+    );
+    assert_eq!(
+        code(c.call(json!({"op":"create","peer":""})).await),
+        "invalid_id"
+    );
+    assert_eq!(
+        code(
+            c.call(json!({"op":"send","from":"p","to":"nobody","data":1}))
+                .await
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        code(
+            c.call(json!({"op":"send","from":"not-mine","to":"p","data":1}))
+                .await
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        code(c.call(json!({"op":"send","from":"p","to":"x"})).await),
+        "bad_request"
+    );
+    assert_eq!(code(c.call(json!({"op":"launch"})).await), "bad_request");
+    assert_eq!(
+        code(c.call(json!({"op":"hello","version":1})).await),
+        "bad_request"
+    );
+    assert_eq!(
+        code(c.call(json!({"op":"subscribe","channel":""})).await),
+        "invalid_channel"
+    );
+    let big = "x".repeat((1 << 20) + 10);
+    b.create("q").unwrap().registered().await.unwrap();
+    assert_eq!(
+        code(
+            c.call(json!({"op":"send","from":"p","to":"q","data":big}))
+                .await
+        ),
+        "too_large"
+    );
+    // Not JSON at all: refused with id 0.
+    c.send_text("{{{".into()).await;
+    let f = c.frame().await.unwrap();
+    assert_eq!(
+        (&f["id"], &f["error"]["code"]),
+        (&json!(0), &json!("bad_request"))
+    );
+    // Still served.
+    c.call(json!({"op":"send","from":"p","to":"q","data":"fine"}))
+        .await
+        .unwrap();
+
+    // A frame over the gateway's limit: told why, then closed.
+    let huge = format!(
+        "{{\"op\":\"ping\",\"id\":9,\"data\":\"{}\"}}",
+        "y".repeat((1 << 20) + (70 << 10))
+    );
+    c.send_text(huge).await;
+    let f = c.frame().await.unwrap();
+    assert_eq!(
+        (&f["event"], &f["code"]),
+        (&json!("closing"), &json!("too_large"))
+    );
+    assert!(c.frame().await.is_none());
+
+    // The first request must be a hello of a version the gateway speaks.
+    let mut raw = Client::raw(&ua).await;
+    assert_eq!(code(raw.call(json!({"op":"ping"})).await), "bad_request");
+    let r = Client::hello(&ua, json!({"version": 99}))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(r.code, "unsupported_version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_resumes_its_session_and_misses_nothing() {
+    let ([a, b], [ua, _ub], _gws) = pair(gateway_config()).await;
+    let mut c = Client::connect(&ua).await;
+    c.call(json!({"op":"create","peer":"roamer"}))
+        .await
+        .unwrap();
+    c.call(json!({"op":"subscribe","channel":"alerts"}))
+        .await
+        .unwrap();
+    let session = c.session();
+    c.drop_connection();
+
+    // While it is away its peer stays, and messages wait in its inbox.
+    let sender = b.create("sender").unwrap();
+    wait_found(&b, "roamer", &a).await;
+    for k in 0..5 {
+        sender.send_json("roamer", &k).await.unwrap();
+    }
+    let mut back = Client::hello(&ua, json!({"resume": session}))
+        .await
+        .unwrap();
+    assert_eq!(back.welcome["resumed"], true);
+    assert_eq!(back.welcome["peers"], json!(["roamer"]));
+    assert_eq!(back.welcome["channels"], json!(["alerts"]));
+    for k in 0..5 {
+        let m = back.event().await;
+        assert_eq!((&m["peer"], &m["data"]), (&json!("roamer"), &json!(k)));
+    }
+    back.call(json!({"op":"send","from":"roamer","to":"sender","data":"back"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("sender recv", sender.recv())
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "back"
+    );
+
+    // Gone for longer than the grace period: its peer is withdrawn.
+    back.drop_connection();
+    wait_for("roamer withdrawn after the grace period", || async {
+        matches!(
+            b.find("roamer").await,
+            Err(distribus::Error::PeerNotFound(_))
+        )
+    })
+    .await;
+    let late = Client::hello(&ua, json!({"resume": session}))
+        .await
+        .unwrap();
+    assert_eq!(late.welcome["resumed"], false);
+    assert_eq!(a.peer_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_cannot_grow_the_node() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.inbox_capacity = 64;
+    let [a, b]: [Host; 2] = star(2, &cfg).await.try_into().unwrap();
+    let mut g = gateway_config();
+    g.write_timeout = Duration::from_secs(3);
+    let gw = a.serve_clients("127.0.0.1:0", g).await.unwrap();
+    let mut lazy = Client::connect(&gw.url()).await;
+    lazy.call(json!({"op":"create","peer":"lazy"}))
+        .await
+        .unwrap();
+    // From here on the client reads nothing.
+    let sender = b.create("flood").unwrap();
+    wait_found(&b, "lazy", &a).await;
+    let blob = "z".repeat(60_000);
+    let mut full = 0;
+    let mut delivered = 0u32;
+    for _ in 0..4000 {
+        match sender.send_json("lazy", &blob).await {
+            Ok(()) => delivered += 1,
+            Err(distribus::Error::InboxFull(_)) => {
+                full += 1;
+                if full > 50 {
+                    break;
+                }
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(full > 50, "senders were never told the inbox is full");
+    // What was accepted is bounded by the socket buffers and the inbox,
+    // far below what was offered (4,000 × 60 kB = 240 MB).
+    eprintln!("accepted {delivered}, refused {full}");
+    assert!(
+        delivered < 1000,
+        "{delivered} accepted for a client that reads nothing"
+    );
+    drop(lazy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_limits_and_origins_are_enforced() {
+    let hosts: [Host; 1] = star(1, &HostConfig::for_tests()).await.try_into().unwrap();
+    let h = &hosts[0];
+    let mut tokens = Tokens::new();
+    tokens.insert(
+        "s3cret",
+        TokenLimits {
+            max_peers: Some(1),
+            max_rate: Some(5),
+        },
+    );
+    let mut g = gateway_config();
+    g.tokens = Some(tokens);
+    g.origins = Some(vec!["https://app.example".into()]);
+    let gw = h.serve_clients("127.0.0.1:0", g).await.unwrap();
+    let url = gw.url();
+
+    let r = Client::hello(&url, json!({})).await.err().unwrap();
+    assert_eq!(r.code, "unauthorized");
+    let r = Client::hello(&url, json!({"token":"guess"}))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(r.code, "unauthorized");
+
+    let mut c = Client::hello(&url, json!({"token":"s3cret"}))
+        .await
+        .unwrap();
+    c.call(json!({"op":"create","peer":"one"})).await.unwrap();
+    let r = c
+        .call(json!({"op":"create","peer":"two"}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "limit");
+    // The limit is the token's, over all its connections.
+    let mut c2 = Client::hello(&url, json!({"token":"s3cret"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        c2.call(json!({"op":"create","peer":"two"}))
+            .await
+            .unwrap_err()
+            .code,
+        "limit"
+    );
+    c.call(json!({"op":"remove","peer":"one"})).await.unwrap();
+    c2.call(json!({"op":"create","peer":"two"})).await.unwrap();
+
+    let mut limited = 0;
+    for k in 0..20 {
+        match c.call(json!({"op":"publish","channel":"c","data":k})).await {
+            Ok(_) => {}
+            Err(r) if r.code == "rate_limited" => limited += 1,
+            Err(r) => panic!("{r:?}"),
+        }
+    }
+    assert!(
+        limited >= 10,
+        "only {limited} of 20 publishes refused at 5/s"
+    );
+
+    // A browser page from another origin is refused at the upgrade.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://app.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+
+    // Beyond loopback, a gateway without tokens is refused unless asked for.
+    let e = h
+        .serve_clients("0.0.0.0:0", GatewayConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, distribus::Error::Config(_)), "{e}");
+}
