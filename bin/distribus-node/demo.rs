@@ -19,6 +19,7 @@ const STEP: Duration = Duration::from_secs(15);
 
 fn settings(listen: &[&str], join: Vec<String>, echo: &str) -> Settings {
     Settings {
+        gateway: None,
         listen: listen.iter().map(|s| s.to_string()).collect(),
         join,
         identity: None,

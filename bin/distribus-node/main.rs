@@ -4,6 +4,7 @@
 
 mod demo;
 mod echo;
+mod gateway;
 mod identity;
 mod logging;
 mod metrics;
@@ -173,6 +174,9 @@ async fn serve(mut settings: Settings) -> Result<(), String> {
     }
     if let Some(m) = node.metrics {
         println!("metrics on http://{m}/metrics");
+    }
+    if let Some(g) = &node.gateway {
+        println!("client gateway on {}", g.url());
     }
     if let Some(hint) = node.join_hint() {
         println!("{hint}");

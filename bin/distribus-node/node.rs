@@ -6,7 +6,7 @@ use distribus::{Host, Multiaddr};
 use libp2p::identity::Keypair;
 use tokio::task::JoinHandle;
 
-use crate::{echo, identity, metrics, settings::Settings};
+use crate::{echo, gateway, identity, metrics, settings::Settings};
 
 /// A started node.
 #[derive(Debug)]
@@ -17,6 +17,8 @@ pub struct Node {
     pub addrs: Vec<Multiaddr>,
     /// Where metrics are served, if they are.
     pub metrics: Option<SocketAddr>,
+    /// The client gateway, if it is served.
+    pub gateway: Option<distribus::Gateway>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -68,6 +70,10 @@ impl Node {
             }
             None => None,
         };
+        let gateway = match &settings.gateway {
+            Some(g) => Some(gateway::serve(&host, g).await?),
+            None => None,
+        };
         if !settings.join.is_empty() {
             join_all(&host, &settings.join, &mut tasks).await;
         }
@@ -75,6 +81,7 @@ impl Node {
             host,
             addrs,
             metrics,
+            gateway,
             tasks,
         })
     }
@@ -89,6 +96,9 @@ impl Node {
     /// Leaves the network (directory entries withdrawn, connections closed)
     /// within `timeout`.
     pub async fn shutdown(self, timeout: Duration) -> Result<(), String> {
+        if let Some(g) = self.gateway {
+            g.close().await;
+        }
         let closed = tokio::time::timeout(timeout, self.host.close()).await;
         for t in &self.tasks {
             t.abort();

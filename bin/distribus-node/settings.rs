@@ -137,6 +137,42 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long, global = true, env = "DISTRIBUS_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Serve the client gateway (WebSocket, docs/CLIENT-PROTOCOL.md) on
+    /// ADDR, e.g. 127.0.0.1:7402: programs in any language attach peers to
+    /// this node. On a non-loopback address it needs --gateway-tokens or
+    /// --gateway-anonymous. Default: off.
+    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY", value_name = "ADDR")]
+    pub gateway: Option<SocketAddr>,
+    /// File of the gateway's bearer tokens (mode 0600): one per line, with
+    /// optional `peers=N rate=N` limits. Default: no tokens.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_GATEWAY_TOKENS",
+        value_name = "FILE"
+    )]
+    pub gateway_tokens: Option<PathBuf>,
+    /// Let clients in without a token on a non-loopback gateway address.
+    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY_ANONYMOUS")]
+    pub gateway_anonymous: bool,
+    /// Browser origin allowed to connect to the gateway, e.g.
+    /// https://app.example.com (repeatable). Default: any origin.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUS_GATEWAY_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub gateway_origin: Vec<String>,
+    /// How long a dropped client's peers wait for it to reconnect.
+    /// Default: 30s.
+    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gateway_grace: Option<Duration>,
+    /// Serve the browser demo page and the JavaScript client at the
+    /// gateway's address (http://ADDR/).
+    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY_UI")]
+    pub gateway_ui: bool,
     /// Create a peer with this id that sends every message back to its
     /// sender: a health probe through directory, routing and delivery
     /// (repeatable).
@@ -285,6 +321,18 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_tokens: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_anonymous: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_origin: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_grace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_ui: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     echo_peer: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subscribe: Option<Vec<String>>,
@@ -352,6 +400,8 @@ pub struct Settings {
     pub allow_hosts: Option<PathBuf>,
     /// Metrics address.
     pub metrics: Option<SocketAddr>,
+    /// The client gateway, if it is served.
+    pub gateway: Option<GatewaySettings>,
     /// Echo peers to create.
     pub echo_peers: Vec<String>,
     /// Channels whose messages are printed.
@@ -364,6 +414,23 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Host configuration (without the key).
     pub host: HostConfig,
+}
+
+/// How the node serves clients.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Token file.
+    pub tokens: Option<PathBuf>,
+    /// Anonymous clients allowed beyond loopback.
+    pub anonymous: bool,
+    /// Allowed browser origins (empty: any).
+    pub origins: Vec<String>,
+    /// Grace period of a dropped client's session.
+    pub grace: Duration,
+    /// Serve the demo page and the JavaScript client.
+    pub ui: bool,
 }
 
 fn duration(key: &str, v: Option<String>) -> Result<Option<Duration>, String> {
@@ -495,8 +562,23 @@ impl Settings {
             host.inbox_capacity = v;
         }
         host.validate().map_err(|e| e.to_string())?;
+        let gateway = match args.gateway.or(file.gateway) {
+            Some(addr) => Some(GatewaySettings {
+                addr,
+                tokens: args.gateway_tokens.or(file.gateway_tokens),
+                anonymous: args.gateway_anonymous || file.gateway_anonymous.unwrap_or(false),
+                origins: list(args.gateway_origin, file.gateway_origin),
+                grace: args
+                    .gateway_grace
+                    .or(duration("gateway_grace", file.gateway_grace)?)
+                    .unwrap_or(Duration::from_secs(30)),
+                ui: args.gateway_ui || file.gateway_ui.unwrap_or(false),
+            }),
+            None => None,
+        };
 
         Ok(Settings {
+            gateway,
             listen,
             join: list(args.join, file.join),
             identity: args.identity.or(file.identity),
@@ -527,6 +609,12 @@ impl Settings {
             network_key: self.network_key.clone(),
             allow_hosts: self.allow_hosts.clone(),
             metrics: self.metrics,
+            gateway: self.gateway.as_ref().map(|g| g.addr),
+            gateway_tokens: self.gateway.as_ref().and_then(|g| g.tokens.clone()),
+            gateway_anonymous: self.gateway.as_ref().map(|g| g.anonymous),
+            gateway_origin: self.gateway.as_ref().map(|g| g.origins.clone()),
+            gateway_grace: self.gateway.as_ref().and_then(|g| d(g.grace)),
+            gateway_ui: self.gateway.as_ref().map(|g| g.ui),
             echo_peer: Some(self.echo_peers.clone()),
             subscribe: Some(self.subscribe.clone()),
             log_format: Some(self.log_format),

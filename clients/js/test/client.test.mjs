@@ -1,0 +1,96 @@
+// distribus-client against two real distribus-node processes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import vm from 'node:vm';
+import { WebSocket } from 'ws';
+import { connect, DistribusError } from '../src/index.js';
+import { twoNodes, eventually, collect } from './nodes.mjs';
+
+let a;
+let b;
+
+before(async () => { [a, b] = await twoNodes(); });
+after(async () => { await Promise.all([a?.stop(), b?.stop()]); });
+
+test('peers on two nodes send to each other, like the original distribus', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const peer1 = await hostA.create('peer1');
+  const peer2 = await hostB.create('peer2');
+  await eventually('peer2 findable from a', async () => (await hostA.find('peer2')).host === hostB.id);
+
+  const got = collect((cb) => peer2.on('message', cb), 1);
+  await peer1.send('peer2', 'Hi');
+  assert.deepEqual(await got, [['peer1', 'Hi']]);
+
+  // Pipelined: every send in flight at once, each answered, in order.
+  const many = collect((cb) => peer1.on('message', cb), 200);
+  await Promise.all(Array.from({ length: 200 }, (_, i) => peer2.send('peer1', { i })));
+  assert.deepEqual((await many).map(([, m]) => m.i), Array.from({ length: 200 }, (_, i) => i));
+
+  await assert.rejects(peer1.send('nobody', 1), (e) => e instanceof DistribusError && e.code === 'not_found');
+  await assert.rejects(hostA.create('peer1'), (e) => e.code === 'id_exists');
+
+  const members = await hostA.members();
+  assert.equal(members.hosts.length, 1);
+  assert.equal(members.hosts[0].host, hostB.id);
+  await hostA.close();
+  await eventually('peer1 withdrawn', async () => {
+    try { await hostB.find('peer1'); return false; } catch (e) { return e.code === 'not_found'; }
+  });
+  await hostB.close();
+});
+
+test('publish reaches subscribers on both nodes; unsubscribe stops it', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const onA = collect((cb) => hostA.subscribe('news', cb), 1);
+  const seenB = [];
+  const cbB = (m) => seenB.push(m);
+  await hostB.subscribe('news', cbB);
+  await eventually('b subscribed as seen from a', async () =>
+    (await hostA.members()).hosts.some((h) => h.channels.includes('news')));
+  await hostA.publish('news', { headline: 'distribus in JS' });
+  assert.deepEqual((await onA)[0], [{ headline: 'distribus in JS' }, 'news']);
+  await eventually('b got it', () => seenB.length === 1);
+  await hostB.unsubscribe('news', cbB);
+  await hostA.publish('news', 'later');
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(seenB.length, 1);
+  await hostA.close();
+  await hostB.close();
+});
+
+test('a dropped connection reconnects and its peers and subscriptions are back', async () => {
+  const hostA = await connect(a.url, { reconnectDelay: 100 });
+  const hostB = await connect(b.url);
+  const roamer = await hostA.create('roamer');
+  const talker = await hostB.create('talker');
+  await eventually('roamer findable', async () => (await hostB.find('roamer')).host === hostA.id);
+  const reconnected = new Promise((r) => hostA.on('reconnect', r));
+  hostA._socket.close(4000, 'network trouble');
+  assert.equal(await reconnected, true, 'the session was resumed');
+  const got = collect((cb) => roamer.on('message', cb), 1);
+  await talker.send('roamer', 'still here?');
+  assert.deepEqual(await got, [['talker', 'still here?']]);
+  await hostA.close();
+  await hostB.close();
+});
+
+test('the single-file bundle works as a classic script', async () => {
+  const code = readFileSync(new URL('../dist/distribus-client.iife.js', import.meta.url), 'utf8');
+  const context = vm.createContext({ WebSocket, setTimeout, clearTimeout, atob, console });
+  vm.runInContext(code, context);
+  const host = await context.distribus.connect(a.url);
+  const p = await host.create('bundled');
+  const back = await connect(b.url);
+  const q = await back.create('plain');
+  await eventually('bundled findable', async () => (await back.find('bundled')).host === host.id);
+  const got = collect((cb) => p.on('message', cb), 1);
+  await q.send('bundled', [1, 2, 3]);
+  // (another realm: compare as JSON)
+  assert.equal(JSON.stringify((await got)[0][1]), "[1,2,3]");
+  await host.close();
+  await back.close();
+});
