@@ -27,6 +27,8 @@ struct Node {
     stderr: Arc<Mutex<String>>,
     /// The address given with `--advertise`, if a test set one.
     advertised: String,
+    /// The client gateway's URL, if it serves one.
+    gateway: Option<String>,
 }
 
 impl Drop for Node {
@@ -100,6 +102,7 @@ fn start(extra: &[&str]) -> Node {
         stdout: rx,
         stderr,
         advertised: String::new(),
+        gateway: None,
     };
     let deadline = Instant::now() + WAIT;
     loop {
@@ -115,6 +118,8 @@ fn start(extra: &[&str]) -> Node {
             node.id = id.trim().parse().expect("host id");
         } else if let Some(a) = line.strip_prefix("listening on ") {
             node.addrs.push(a.to_string());
+        } else if let Some(g) = line.strip_prefix("client gateway on ") {
+            node.gateway = Some(g.to_string());
         } else if let Some(m) = line.strip_prefix("metrics on http://") {
             node.metrics = m.strip_suffix("/metrics").map(str::to_string);
         } else if line.starts_with("join with: ") {
@@ -1083,4 +1088,98 @@ async fn nodes_cut_off_from_each_other_merge_again_when_the_links_come_back() {
         nodes.iter().all(|n| count(n) == 1)
     })
     .await;
+}
+
+/// Lines a child writes to a pipe, read on a thread.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn the_client_commands_send_publish_and_listen_through_the_gateway() {
+    let a = start(&["--gateway", "127.0.0.1:0"]);
+    let b = start(&["--gateway", "127.0.0.1:0", "--join", a.addr()]);
+    let (ga, gb) = (a.gateway.clone().unwrap(), b.gateway.clone().unwrap());
+
+    // A listener on node b: a peer of its own and a channel.
+    let mut sub = base_command(&["sub", "news", "--peer", "inbox", "--gateway", &gb])
+        .spawn()
+        .expect("spawn sub");
+    let out = lines_of(sub.stdout.take().unwrap());
+    let err = lines_of(sub.stderr.take().unwrap());
+    let ready = err.recv_timeout(WAIT).expect("sub is listening");
+    assert!(ready.contains("listening"), "{ready}");
+
+    // Node a finds the peer on b, then a one-shot send reaches it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, stdout, _) = run_to_end(&["find", "inbox", "--gateway", &ga], &[]);
+        if code == Some(0) && stdout.starts_with(&b.id.to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "inbox never found from a");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, stderr) = run_to_end(&["send", "inbox", "hello there", "--gateway", &ga], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = out.recv_timeout(WAIT).expect("the message");
+    assert!(
+        line.starts_with("cli-") && line.ends_with(": hello there"),
+        "{line}"
+    );
+
+    // A publish on a reaches it (repeated until b's subscription is known).
+    let mut got = None;
+    for _ in 0..40 {
+        let (code, _, stderr) = run_to_end(&["pub", "news", r#"{"x":1}"#, "--gateway", &ga], &[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        if let Ok(l) = out.recv_timeout(Duration::from_millis(500)) {
+            got = Some(l);
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some(r#"#news {"x":1}"#));
+
+    // A typed error is one line and a failing exit code.
+    let (code, _, stderr) = run_to_end(&["send", "nobody", "hi", "--gateway", &ga], &[]);
+    assert_one_line_error(code, &stderr, "not_found");
+    let (code, _, stderr) = run_to_end(&["members", "--gateway", "ws://127.0.0.1:1"], &[]);
+    assert_one_line_error(code, &stderr, "cannot connect");
+
+    // The listener leaves on SIGINT with 0, and its peer goes with it.
+    let ok = Command::new("kill")
+        .args(["-INT", &sub.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = sub.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "sub did not exit on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, _, stderr) = run_to_end(&["find", "inbox", "--gateway", &ga], &[]);
+        if code != Some(0) && stderr.contains("not_found") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inbox still found after sub left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -2,6 +2,7 @@
 //! mesh, serves metrics, answers health probes through echo peers, and
 //! leaves gracefully on SIGINT/SIGTERM. A thin front end over the library.
 
+mod client;
 mod demo;
 mod echo;
 mod gateway;
@@ -89,6 +90,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 file.display()
             );
             Ok(())
+        }
+        Some(Command::Client(command)) => {
+            logging::init(
+                LogFormat::Text,
+                if chatty {
+                    settings.log_filter.as_str()
+                } else {
+                    "error"
+                },
+            )?;
+            // Not spawned: a client command runs on this thread (its future
+            // need not be Send).
+            runtime()?.block_on(client::run(command))
         }
         Some(Command::Demo) => {
             let filter = if chatty {

@@ -59,6 +59,104 @@ pub enum Command {
         /// Where to write the key.
         file: PathBuf,
     },
+    /// Client commands: through a node's client gateway.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Where a client command connects.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The node's client gateway.
+    #[arg(
+        long = "gateway",
+        env = "DISTRIBUS_URL",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:7402"
+    )]
+    pub gateway: String,
+    /// Bearer token, when the gateway asks for one.
+    #[arg(long, env = "DISTRIBUS_TOKEN", value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// The client commands, like the `nats` CLI.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Send a message (JSON, or text) to a peer from a temporary peer on the
+    /// node; without MESSAGE, send each line of stdin.
+    Send {
+        /// The recipient's id.
+        to: String,
+        /// The message.
+        message: Option<String>,
+        /// Id of the sending peer. Default: cli-<random>.
+        #[arg(long)]
+        from: Option<String>,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Publish a message (JSON, or text) on a channel; without MESSAGE,
+    /// publish each line of stdin.
+    Pub {
+        /// The channel.
+        channel: String,
+        /// The message.
+        message: Option<String>,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Print every message on a channel (and/or to a peer made with --peer),
+    /// one line each, until Ctrl-C.
+    Sub {
+        /// The channel.
+        channel: Option<String>,
+        /// Also create this peer and print what it receives.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Print each whole event as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Print the host that holds a peer, and its addresses.
+    Find {
+        /// The peer's id.
+        id: String,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Print the node's host id and every other live host.
+    Members {
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Print the node's counters as JSON.
+    Stats {
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+}
+
+impl ClientCommand {
+    /// Where it connects.
+    pub fn conn(&self) -> &ClientArgs {
+        match self {
+            ClientCommand::Send { conn, .. }
+            | ClientCommand::Pub { conn, .. }
+            | ClientCommand::Sub { conn, .. }
+            | ClientCommand::Find { conn, .. }
+            | ClientCommand::Members { conn }
+            | ClientCommand::Stats { conn } => conn,
+        }
+    }
 }
 
 /// Log output format.
@@ -141,7 +239,7 @@ pub struct NodeArgs {
     /// ADDR, e.g. 127.0.0.1:7402: programs in any language attach peers to
     /// this node. On a non-loopback address it needs --gateway-tokens or
     /// --gateway-anonymous. Default: off.
-    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY", value_name = "ADDR")]
+    #[arg(long, env = "DISTRIBUS_GATEWAY", value_name = "ADDR")]
     pub gateway: Option<SocketAddr>,
     /// File of the gateway's bearer tokens (mode 0600): one per line, with
     /// optional `peers=N rate=N` limits. Default: no tokens.
@@ -153,13 +251,12 @@ pub struct NodeArgs {
     )]
     pub gateway_tokens: Option<PathBuf>,
     /// Let clients in without a token on a non-loopback gateway address.
-    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY_ANONYMOUS")]
+    #[arg(long, env = "DISTRIBUS_GATEWAY_ANONYMOUS")]
     pub gateway_anonymous: bool,
     /// Browser origin allowed to connect to the gateway, e.g.
     /// https://app.example.com (repeatable). Default: any origin.
     #[arg(
         long,
-        global = true,
         env = "DISTRIBUS_GATEWAY_ORIGIN",
         value_name = "ORIGIN",
         value_delimiter = ','
@@ -167,11 +264,11 @@ pub struct NodeArgs {
     pub gateway_origin: Vec<String>,
     /// How long a dropped client's peers wait for it to reconnect.
     /// Default: 30s.
-    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISTRIBUS_GATEWAY_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub gateway_grace: Option<Duration>,
     /// Serve the browser demo page and the JavaScript client at the
     /// gateway's address (http://ADDR/).
-    #[arg(long, global = true, env = "DISTRIBUS_GATEWAY_UI")]
+    #[arg(long, env = "DISTRIBUS_GATEWAY_UI")]
     pub gateway_ui: bool,
     /// Create a peer with this id that sends every message back to its
     /// sender: a health probe through directory, routing and delivery

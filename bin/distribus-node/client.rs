@@ -1,0 +1,271 @@
+//! The client subcommands (`send`, `pub`, `sub`, `find`, `members`,
+//! `stats`), like the `nats` CLI: each connects to a node's client gateway
+//! over WebSocket (docs/CLIENT-PROTOCOL.md), does one thing and exits.
+
+use std::collections::VecDeque;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    tungstenite::{protocol::CloseFrame, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+use crate::settings::{ClientArgs, ClientCommand};
+
+/// How long a command waits for the gateway to answer one request.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One gateway connection.
+struct Conn {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    events: VecDeque<Value>,
+}
+
+impl Conn {
+    async fn open(args: &ClientArgs) -> Result<Conn, String> {
+        let url = &args.gateway;
+        let connecting = tokio_tungstenite::connect_async(url.as_str());
+        let (ws, _) = tokio::time::timeout(ANSWER_WAIT, connecting)
+            .await
+            .map_err(|_| format!("no answer from {url}"))?
+            .map_err(|e| {
+                format!("cannot connect to {url}: {e} (is the node started with --gateway?)")
+            })?;
+        let mut conn = Conn {
+            ws,
+            next_id: 1,
+            events: VecDeque::new(),
+        };
+        let mut hello = json!({"op": "hello", "version": distribus::CLIENT_PROTOCOL});
+        if let Some(t) = &args.token {
+            hello["token"] = json!(t);
+        }
+        conn.call(hello).await?;
+        Ok(conn)
+    }
+
+    async fn start(&mut self, mut req: Value) -> Result<u64, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        req["id"] = json!(id);
+        self.ws
+            .send(Message::text(req.to_string()))
+            .await
+            .map_err(|e| format!("the connection failed: {e}"))?;
+        Ok(id)
+    }
+
+    /// The next frame; an error when the connection ends.
+    async fn frame(&mut self) -> Result<Value, String> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(&t).map_err(|e| format!("bad frame: {e}"))
+                }
+                Some(Ok(Message::Close(f))) => {
+                    let why = f.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(format!("the gateway closed the connection {why}"));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("the connection failed: {e}")),
+                None => return Err("the connection ended".into()),
+            }
+        }
+    }
+
+    async fn answer(&mut self, id: u64) -> Result<Value, String> {
+        loop {
+            let f = tokio::time::timeout(ANSWER_WAIT, self.frame())
+                .await
+                .map_err(|_| "no answer in time".to_string())??;
+            if f.get("event").is_some() {
+                if f["event"] == "closing" {
+                    return Err(format!("{}: {}", f["code"], f["message"]));
+                }
+                self.events.push_back(f);
+            } else if f["id"] == json!(id) || f["id"] == json!(0) {
+                if let Some(e) = f.get("error") {
+                    let code = e["code"].as_str().unwrap_or("error");
+                    let msg = e["message"].as_str().unwrap_or("");
+                    return Err(format!("{code}: {msg}"));
+                }
+                return Ok(f["ok"].clone());
+            }
+        }
+    }
+
+    async fn call(&mut self, req: Value) -> Result<Value, String> {
+        let id = self.start(req).await?;
+        self.answer(id).await
+    }
+
+    async fn close(mut self) {
+        let frame = CloseFrame {
+            code: 1000u16.into(),
+            reason: "done".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+    }
+}
+
+/// A message given on the command line: JSON if it parses as JSON,
+/// otherwise the text as a JSON string.
+fn message(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// The messages to send: the argument, or one per line of stdin.
+async fn messages(
+    arg: &Option<String>,
+    mut each: impl AsyncFnMut(Value) -> Result<(), String>,
+) -> Result<(), String> {
+    if let Some(text) = arg {
+        return each(message(text)).await;
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| format!("cannot read stdin: {e}"))?
+    {
+        if !line.is_empty() {
+            each(message(&line)).await?;
+        }
+    }
+    Ok(())
+}
+
+fn print_payload(event: &Value, as_json: bool, prefix: &str) {
+    if as_json {
+        println!("{event}");
+    } else if let Some(data) = event.get("data") {
+        match data {
+            Value::String(s) => println!("{prefix}{s}"),
+            other => println!("{prefix}{other}"),
+        }
+    } else {
+        println!(
+            "{prefix}<{} payload, base64 {}>",
+            event["encoding"], event["base64"]
+        );
+    }
+}
+
+/// Runs one client command.
+pub async fn run(command: ClientCommand) -> Result<(), String> {
+    let mut conn = Conn::open(command.conn()).await?;
+    let result = match command {
+        ClientCommand::Send {
+            to,
+            message: text,
+            from,
+            ..
+        } => {
+            let from = from.unwrap_or_else(|| format!("cli-{:08x}", rand::random::<u32>()));
+            conn.call(json!({"op": "create", "peer": from})).await?;
+            messages(&text, async |data| {
+                conn.call(json!({"op": "send", "from": from, "to": to, "data": data}))
+                    .await
+                    .map(|_| ())
+            })
+            .await
+        }
+        ClientCommand::Pub {
+            channel,
+            message: text,
+            ..
+        } => {
+            messages(&text, async |data| {
+                conn.call(json!({"op": "publish", "channel": channel, "data": data}))
+                    .await
+                    .map(|_| ())
+            })
+            .await
+        }
+        ClientCommand::Sub {
+            channel,
+            json,
+            peer,
+            ..
+        } => {
+            if let Some(p) = &peer {
+                conn.call(json!({"op": "create", "peer": p})).await?;
+            }
+            if let Some(c) = &channel {
+                conn.call(json!({"op": "subscribe", "channel": c})).await?;
+            }
+            if channel.is_none() && peer.is_none() {
+                return Err("sub needs a channel or --peer".into());
+            }
+            eprintln!("listening; Ctrl-C to stop");
+            let stop = tokio::signal::ctrl_c();
+            tokio::pin!(stop);
+            loop {
+                let event = match conn.events.pop_front() {
+                    Some(e) => e,
+                    None => tokio::select! {
+                        _ = &mut stop => break,
+                        f = conn.frame() => f?,
+                    },
+                };
+                match event["event"].as_str() {
+                    Some("publish") => {
+                        let prefix = if json {
+                            String::new()
+                        } else {
+                            format!("#{} ", event["channel"].as_str().unwrap_or(""))
+                        };
+                        print_payload(&event, json, &prefix)
+                    }
+                    Some("message") => {
+                        let prefix = if json {
+                            String::new()
+                        } else {
+                            format!("{}: ", event["from"].as_str().unwrap_or(""))
+                        };
+                        print_payload(&event, json, &prefix)
+                    }
+                    Some("closing") => {
+                        return Err(format!("{}: {}", event["code"], event["message"]))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        ClientCommand::Find { id, .. } => {
+            let found = conn.call(json!({"op": "find", "peer": id})).await?;
+            println!("{}", found["host"].as_str().unwrap_or(""));
+            for a in found["addrs"].as_array().into_iter().flatten() {
+                println!("  {}", a.as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        ClientCommand::Members { .. } => {
+            let m = conn.call(json!({"op": "members"})).await?;
+            println!("{} (this node)", m["self"].as_str().unwrap_or(""));
+            for h in m["hosts"].as_array().into_iter().flatten() {
+                let link = if h["connected"] == json!(true) {
+                    "connected"
+                } else {
+                    ""
+                };
+                println!("{} {link}", h["host"].as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        ClientCommand::Stats { .. } => {
+            let s = conn.call(json!({"op": "stats"})).await?;
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            Ok(())
+        }
+    };
+    conn.close().await;
+    result
+}
