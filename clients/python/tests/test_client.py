@@ -1,0 +1,121 @@
+"""distribus_client against two real distribus-node processes."""
+
+import asyncio
+
+import pytest
+
+import distribus_client
+from distribus_client import DistribusError
+
+
+async def eventually(check, timeout=15.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            if await check():
+                return
+        except DistribusError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.05)
+
+
+async def test_peers_on_two_nodes_talk(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        p = await ha.create("py-p")
+        q = await hb.create("py-q")
+
+        async def found():
+            return (await ha.find("py-q"))["host"] == hb.id
+
+        await eventually(found)
+        await p.send("py-q", {"text": "Hi", "n": [1, 2]})
+        m = await q.recv(10)
+        assert (m.sender, m.data) == ("py-p", {"text": "Hi", "n": [1, 2]})
+
+        # Many in flight at once: each answered, all in order.
+        await asyncio.gather(*(q.send("py-p", i) for i in range(300)))
+        got = [(await p.recv(10)).data for _ in range(300)]
+        assert got == list(range(300))
+
+        with pytest.raises(DistribusError) as e:
+            await p.send("nobody", 1)
+        assert e.value.code == "not_found"
+        members = await ha.members()
+        assert [h["host"] for h in members["hosts"]] == [hb.id]
+
+    # Closed: the peers are withdrawn.
+    async with distribus_client.connect(b.url) as hb:
+        async def gone():
+            try:
+                await hb.find("py-p")
+                return False
+            except DistribusError as e:
+                return e.code == "not_found"
+
+        await eventually(gone)
+
+
+async def test_publish_and_subscribe_across_nodes(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        sub = await hb.subscribe("py-news")
+
+        async def known():
+            return any("py-news" in h["channels"] for h in (await ha.members())["hosts"])
+
+        await eventually(known)
+        await ha.publish("py-news", {"headline": "python too"})
+        m = await sub.recv(10)
+        assert (m.channel, m.data) == ("py-news", {"headline": "python too"})
+        await sub.close()
+        received = [m async for m in sub]
+        assert received == []
+
+
+async def test_a_dropped_connection_resumes_its_session(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url, reconnect_delay=0.1) as ha, \
+            distribus_client.connect(b.url) as hb:
+        roamer = await ha.create("py-roamer")
+        talker = await hb.create("py-talker")
+
+        async def found():
+            return (await hb.find("py-roamer"))["host"] == ha.id
+
+        await eventually(found)
+        session = ha.session
+        await ha._ws.close(code=4000, reason="network trouble")
+        await talker.send("py-roamer", "while away")
+
+        async def back():
+            return ha._connected.is_set() and ha.session == session
+
+        await eventually(back)
+        m = await roamer.recv(10)
+        assert (m.sender, m.data) == ("py-talker", "while away")
+        await roamer.send("py-talker", "back")
+        assert (await talker.recv(10)).data == "back"
+
+
+async def test_tokens_are_checked_and_limits_told(tmp_path):
+    from conftest import Node
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("py-secret peers=1\n")
+    tokens.chmod(0o600)
+    node = Node("--gateway-tokens", str(tokens))
+    try:
+        for token in (None, "wrong"):
+            with pytest.raises(DistribusError) as e:
+                await distribus_client.connect(node.url, token=token, reconnect=False)
+            assert e.value.code == "unauthorized"
+        async with distribus_client.connect(node.url, token="py-secret") as host:
+            await host.create("only-one")
+            with pytest.raises(DistribusError) as e:
+                await host.create("two")
+            assert e.value.code == "limit"
+    finally:
+        node.stop()
