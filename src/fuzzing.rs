@@ -88,3 +88,26 @@ pub fn relay(data: &[u8]) {
         let _ = decode_frame::<Request>(&r.inner);
     }
 }
+
+/// A client gateway frame (its text decoded as a request), and the same
+/// bytes as a payload pushed to a client, which must stay one JSON object
+/// whose fields the payload cannot change.
+#[cfg(feature = "gateway")]
+pub fn gateway_frame(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::gateway::decode_request(text);
+    }
+    for encoding in [crate::Encoding::Json, crate::Encoding::Postcard] {
+        let payload = crate::Payload {
+            encoding,
+            bytes: bytes::Bytes::copy_from_slice(data),
+        };
+        let pushed = crate::gateway::fuzz_push("p", "q", &payload);
+        let value: serde_json::Value = match serde_json::from_str(&pushed) {
+            Ok(v) => v,
+            Err(e) => panic!("a push is not JSON ({e}): {pushed}"),
+        };
+        assert_eq!(value["peer"], "p", "a payload changed the push: {pushed}");
+        assert_eq!(value["from"], "q", "a payload changed the push: {pushed}");
+    }
+}

@@ -262,11 +262,14 @@ pub(crate) fn closing(refusal: &Refusal) -> String {
 /// `,"encoding":"postcard","base64":"…"` for one a Rust host sent typed.
 /// A payload marked JSON that does not parse as one JSON value is sent as
 /// base64 too: splicing it unchecked would let a remote peer forge fields
-/// of the frame.
+/// of the frame. The check is a full parse, not `RawValue`'s: that one
+/// takes numbers such as `1e+2111` that strict parsers (serde_json's
+/// `Value`, hence Rust clients) refuse, and one such payload would make a
+/// client drop the whole frame.
 fn push_payload(out: &mut String, payload: &Payload) {
     if payload.encoding == Encoding::Json {
         if let Ok(text) = std::str::from_utf8(&payload.bytes) {
-            if serde_json::from_str::<&RawValue>(text).is_ok() {
+            if serde_json::from_str::<serde_json::Value>(text).is_ok() {
                 out.push_str(",\"data\":");
                 out.push_str(text);
                 return;
@@ -379,6 +382,13 @@ mod tests {
         };
         let m: serde_json::Value = serde_json::from_str(&message("p", "q", &forged)).unwrap();
         assert_eq!(m["peer"], "p");
+        assert_eq!(m["encoding"], "json");
+        // Found by the fuzz target: grammatical JSON that strict parsers refuse.
+        let huge = Payload {
+            encoding: Encoding::Json,
+            bytes: bytes::Bytes::from_static(b"1e+2111"),
+        };
+        let m: serde_json::Value = serde_json::from_str(&message("p", "q", &huge)).unwrap();
         assert_eq!(m["encoding"], "json");
         let typed = Payload::postcard(&7u32).unwrap();
         let m: serde_json::Value = serde_json::from_str(&publish("c", &typed)).unwrap();

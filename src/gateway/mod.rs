@@ -25,6 +25,12 @@ use tokio::{sync::oneshot, task::JoinHandle};
 pub use frames::{decode as decode_request, Op, Refusal, Request, VERSION as PROTOCOL};
 pub use tokens::{TokenLimits, Tokens};
 
+/// A message push as the gateway writes it (for the fuzz target).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_push(peer: &str, from: &str, payload: &crate::Payload) -> String {
+    frames::message(peer, from, payload)
+}
+
 use crate::{
     error::{Error, Result},
     Host,
