@@ -88,6 +88,7 @@ struct Flat<'a> {
     resume: Option<std::borrow::Cow<'a, str>>,
     version: Option<u32>,
     limit: Option<u64>,
+    batch: Option<bool>,
 }
 
 /// A decoded request.
@@ -101,6 +102,9 @@ pub enum Op {
         token: Option<String>,
         /// The session to take back after a reconnect.
         resume: Option<String>,
+        /// The client takes batches: frames holding an array of answers
+        /// and events.
+        batch: bool,
     },
     /// Creates a peer on the node, owned by this connection.
     Create {
@@ -196,6 +200,7 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
                 .ok_or_else(|| fail("hello needs \"version\""))?,
             token: flat.token.map(|t| t.into_owned()),
             resume: flat.resume.map(|t| t.into_owned()),
+            batch: flat.batch.unwrap_or(false),
         },
         "create" => Op::Create {
             peer: need(flat.peer, "peer")?,
@@ -230,6 +235,26 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
         other => return Err(fail(&format!("unknown op {other:?}"))),
     };
     Ok(Request { id, op })
+}
+
+/// Most requests one batch frame may hold.
+pub const MAX_BATCH: usize = 4096;
+
+/// Splits a frame into its requests: a JSON array is a batch (each element
+/// one request's text), anything else is one request.
+pub(crate) fn split_batch(text: &str) -> Result<Vec<&str>, Refusal> {
+    if !text.trim_start().starts_with('[') {
+        return Ok(vec![text]);
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(text)
+        .map_err(|e| Refusal::bad(format!("not a batch of requests: {e}")))?;
+    if items.len() > MAX_BATCH {
+        return Err(Refusal::bad(format!(
+            "a batch of {} requests; at most {MAX_BATCH}",
+            items.len()
+        )));
+    }
+    Ok(items.into_iter().map(RawValue::get).collect())
 }
 
 /// `{"id":N,"ok":<value>}`.
@@ -336,6 +361,17 @@ mod tests {
         assert_eq!((from.as_str(), to.as_str()), ("a", "b"));
         assert_eq!(&data.bytes[..], br#"{"x":[1, 2]}"#);
         assert_eq!(data.encoding, Encoding::Json);
+    }
+
+    #[test]
+    fn a_batch_is_split_into_its_requests() {
+        let items = split_batch(r#" [{"op":"ping","id":1}, {"op":"ping","id":2}]"#).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(decode(items[1]).unwrap().id, 2);
+        assert_eq!(split_batch(r#"{"op":"ping","id":1}"#).unwrap().len(), 1);
+        assert!(split_batch("[1,").is_err());
+        let many = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
+        assert!(split_batch(&many).is_err());
     }
 
     #[test]

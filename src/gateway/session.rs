@@ -155,7 +155,15 @@ struct Conn {
     in_flight: FuturesUnordered<BoxFuture<'static, String>>,
     /// Whether frames were fed since the last flush.
     unflushed: bool,
+    /// The client takes batches: answers and events wait in `out` and go
+    /// as one array frame at the flush.
+    batch: bool,
+    out: Vec<String>,
+    out_bytes: usize,
 }
+
+/// A batch is written out once it holds this many bytes.
+const BATCH_BYTES: usize = 64 << 10;
 
 /// Why a write could not be made: the connection is over.
 struct Gone;
@@ -164,6 +172,40 @@ impl Conn {
     /// Queues one frame; the socket's own buffer batches frames until
     /// [`Conn::flush`].
     async fn feed(&mut self, text: String) -> Result<(), Gone> {
+        if self.batch {
+            self.out_bytes += text.len() + 1;
+            self.out.push(text);
+            if self.out_bytes >= BATCH_BYTES {
+                self.write_batch().await?;
+            }
+            return Ok(());
+        }
+        self.write(text).await
+    }
+
+    /// Writes the waiting batch as one frame (a lone item as itself).
+    async fn write_batch(&mut self) -> Result<(), Gone> {
+        let text = match self.out.len() {
+            0 => return Ok(()),
+            1 => self.out.pop().unwrap_or_default(),
+            _ => {
+                let mut t = String::with_capacity(self.out_bytes + 2);
+                t.push('[');
+                for (i, item) in self.out.drain(..).enumerate() {
+                    if i > 0 {
+                        t.push(',');
+                    }
+                    t.push_str(&item);
+                }
+                t.push(']');
+                t
+            }
+        };
+        self.out_bytes = 0;
+        self.write(text).await
+    }
+
+    async fn write(&mut self, text: String) -> Result<(), Gone> {
         let wait = self.shared.config.write_timeout;
         match tokio::time::timeout(wait, self.sink.feed(WsMessage::Text(text.into()))).await {
             Ok(Ok(())) => {
@@ -175,6 +217,7 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
+        self.write_batch().await?;
         if !self.unflushed {
             return Ok(());
         }
@@ -191,6 +234,7 @@ impl Conn {
     /// Tells the client why, then closes.
     async fn refuse_and_close(&mut self, refusal: &Refusal, code: u16) {
         let _ = self.feed(frames::closing(refusal)).await;
+        let _ = self.write_batch().await;
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from(refusal.code),
@@ -233,6 +277,9 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         stream,
         in_flight: FuturesUnordered::new(),
         unflushed: false,
+        batch: false,
+        out: Vec::new(),
+        out_bytes: 0,
     };
     let Some((token, state)) = hello(&mut conn).await else {
         return;
@@ -265,7 +312,7 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
         conn.refuse_and_close(&r, 1008).await;
         return None;
     };
-    let (id, version, token, resume) = match frames::decode(&text) {
+    let (id, version, token, resume, batch) = match frames::decode(&text) {
         Ok(frames::Request {
             id,
             op:
@@ -273,8 +320,9 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
                     version,
                     token,
                     resume,
+                    batch,
                 },
-        }) => (id, version, token, resume),
+        }) => (id, version, token, resume, batch),
         Ok(r) => {
             let refusal = Refusal::new("bad_request", "the first request must be a hello");
             let _ = conn.feed(frames::error(r.id, &refusal)).await;
@@ -354,6 +402,7 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
         shared.sessions.park(session, state, shared.config.grace);
         return None;
     }
+    conn.batch = batch;
     Some((session, state))
 }
 
@@ -410,7 +459,7 @@ async fn run(
                 }
                 Event::Frame(Frame::Text(text)) => {
                     last_heard = Instant::now();
-                    request(conn, st, &text).await
+                    frame(conn, st, &text).await
                 }
                 Event::Frame(Frame::Binary) => {
                     last_heard = Instant::now();
@@ -469,22 +518,36 @@ async fn inbound(conn: &mut Conn, st: &mut State, i: Inbound) -> Result<(), Gone
     }
 }
 
-/// Handles one request frame: answers what is answered at once and puts
-/// the rest in flight.
-async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<End>, Gone> {
-    let shared = conn.shared.clone();
-    if text.len() > shared.config.max_frame {
+/// Handles one frame: a request or a batch of them.
+async fn frame(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<End>, Gone> {
+    let max = conn.shared.config.max_frame;
+    if text.len() > max {
         let r = Refusal::new(
             "too_large",
             format!(
-                "a frame of {} bytes is over this gateway's limit of {}",
-                text.len(),
-                shared.config.max_frame
+                "a frame of {} bytes is over this gateway's limit of {max}",
+                text.len()
             ),
         );
         conn.refuse_and_close(&r, 1009).await;
         return Ok(Some(End::Dropped));
     }
+    let items = match frames::split_batch(text) {
+        Ok(items) => items,
+        Err(refusal) => return conn.feed(frames::error(0, &refusal)).await.map(|()| None),
+    };
+    for item in items {
+        if let Some(end) = request(conn, st, item).await? {
+            return Ok(Some(end));
+        }
+    }
+    Ok(None)
+}
+
+/// Handles one request: answers what is answered at once and puts the
+/// rest in flight.
+async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<End>, Gone> {
+    let shared = conn.shared.clone();
     let req = match frames::decode(text) {
         Ok(r) => r,
         Err((id, refusal)) => return conn.feed(frames::error(id, &refusal)).await.map(|()| None),

@@ -4,6 +4,9 @@
 // loads the `ws` package.
 
 const PROTOCOL_VERSION = 1;
+// Most requests in one batch frame (the gateway takes up to 4096).
+const MAX_BATCH = 1024;
+const BATCH_BYTES = 256 * 1024;
 
 /** An error answer of the gateway, with its code (`not_found`, `timeout`, …). */
 export class DistribusError extends Error {
@@ -82,6 +85,7 @@ export class Host extends Emitter {
     this.session = null;
     this._nextId = 1;
     this._pending = new Map();
+    this._outbox = [];
     this._socket = null;
     this._closed = false;
     this._connected = false;
@@ -100,7 +104,7 @@ export class Host extends Emitter {
     socket.onclose = () => this._dropped(socket);
     socket.onerror = () => {};
     this._connected = true;
-    const hello = { op: 'hello', version: PROTOCOL_VERSION };
+    const hello = { op: 'hello', version: PROTOCOL_VERSION, batch: !globalThis.DISTRIBUS_NO_BATCH };
     if (this.options.token) hello.token = this.options.token;
     if (this.session) hello.resume = this.session;
     let welcome;
@@ -120,6 +124,14 @@ export class Host extends Emitter {
   _frame(text) {
     let f;
     try { f = JSON.parse(typeof text === 'string' ? text : text.toString()); } catch { return; }
+    if (Array.isArray(f)) {
+      for (const item of f) this._one(item);
+    } else {
+      this._one(f);
+    }
+  }
+
+  _one(f) {
     if (f.event === 'message') {
       const peer = this.peers.get(f.peer);
       if (peer) peer.emit('message', f.from, decodePayload(f));
@@ -149,11 +161,36 @@ export class Host extends Emitter {
     req.id = id;
     return new Promise((resolve, reject) => {
       this._pending.set(id, { resolve, reject });
-      this._socket.send(JSON.stringify(req));
+      // Requests made in one turn of the event loop go as one batch frame:
+      // one WebSocket frame (and one write) instead of one per request.
+      this._outbox.push(JSON.stringify(req));
+      if (this._outbox.length === 1) queueMicrotask(() => this._flush());
     });
   }
 
+  _flush() {
+    const out = this._outbox;
+    this._outbox = [];
+    if (out.length === 0 || !this._connected) return;
+    // A batch stays under MAX_BATCH requests and BATCH_BYTES, so it never
+    // passes the gateway's frame limit unless one request alone does.
+    let part = [];
+    let bytes = 0;
+    const send = () => {
+      if (part.length) this._socket.send(part.length === 1 ? part[0] : `[${part.join(',')}]`);
+      part = [];
+      bytes = 0;
+    };
+    for (const item of out) {
+      if (part.length === MAX_BATCH || (part.length && bytes + item.length > BATCH_BYTES)) send();
+      part.push(item);
+      bytes += item.length + 1;
+    }
+    send();
+  }
+
   _failPending(code, message) {
+    this._outbox = [];
     for (const p of this._pending.values()) p.reject(new DistribusError(code, message));
     this._pending.clear();
   }
