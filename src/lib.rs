@@ -51,7 +51,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "gateway")]
 pub use gateway::{
     decode_request, Gateway, GatewayConfig, Op as ClientOp, Page, Refusal,
-    Request as ClientRequest, TokenLimits, Tokens, PROTOCOL as CLIENT_PROTOCOL,
+    Request as ClientRequest, TlsIdentity, TokenLimits, Tokens, PROTOCOL as CLIENT_PROTOCOL,
 };
 pub use host::{parse_address, Host, MAX_ID_LEN};
 pub use libp2p::{Multiaddr, PeerId};

@@ -457,3 +457,42 @@ async fn tokens_limits_and_origins_are_enforced() {
         .unwrap_err();
     assert!(matches!(e, distribus::Error::Config(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_requests_is_answered_in_batches() {
+    let ([_a, b], [ua, _ub], _gws) = pair(gateway_config()).await;
+    let mut c = Client::hello(&ua, json!({"batch": true})).await.unwrap();
+    c.call(json!({"op":"create","peer":"batcher"}))
+        .await
+        .unwrap();
+    let sink = b.create("sink").unwrap();
+    sink.registered().await.unwrap();
+    let requests: Vec<_> = (0..100)
+        .map(|k| json!({"op":"send","id":1000 + k,"from":"batcher","to":"sink","data":k}))
+        .collect();
+    c.send_text(serde_json::Value::from(requests).to_string())
+        .await;
+    let mut answered = std::collections::BTreeSet::new();
+    let mut frames = 0;
+    while answered.len() < 100 {
+        let f = c.frame().await.expect("answers");
+        frames += 1;
+        let items = match f {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for item in items {
+            assert_eq!(item["ok"], json!({}), "{item}");
+            assert!(answered.insert(item["id"].as_u64().unwrap()));
+        }
+    }
+    assert!(frames < 100, "100 answers came in {frames} frames");
+    for k in 0..100 {
+        let m = within("sink", sink.recv()).await.unwrap();
+        assert_eq!(m.decode::<serde_json::Value>().unwrap(), json!(k));
+    }
+    // A malformed batch is refused as a whole, and the connection goes on.
+    c.send_text("[{\"op\":\"ping\",\"id\":1},".into()).await;
+    let f = c.frame().await.unwrap();
+    assert_eq!(f["error"]["code"], "bad_request");
+}

@@ -1,7 +1,7 @@
 //! The node's client gateway: its settings turned into a
 //! [`distribus::GatewayConfig`], and the demo page it can serve.
 
-use distribus::{GatewayConfig, Host, Page, Tokens};
+use distribus::{GatewayConfig, Host, Page, TlsIdentity, Tokens};
 
 use crate::settings::GatewaySettings;
 
@@ -17,6 +17,9 @@ pub async fn serve(host: &Host, g: &GatewaySettings) -> Result<distribus::Gatewa
     }
     if !g.origins.is_empty() {
         cfg.origins = Some(g.origins.clone());
+    }
+    if let Some((cert, key)) = &g.tls {
+        cfg.tls = Some(TlsIdentity::from_pem_files(cert, key).map_err(|e| e.to_string())?);
     }
     if g.ui {
         cfg.pages = ui_pages();

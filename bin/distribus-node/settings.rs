@@ -266,6 +266,23 @@ pub struct NodeArgs {
     /// Default: 30s.
     #[arg(long, env = "DISTRIBUS_GATEWAY_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub gateway_grace: Option<Duration>,
+    /// Serve the gateway over TLS (wss://) with this PEM certificate chain
+    /// (needs --gateway-tls-key).
+    #[arg(
+        long,
+        env = "DISTRIBUS_GATEWAY_TLS_CERT",
+        value_name = "FILE",
+        requires = "gateway_tls_key"
+    )]
+    pub gateway_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --gateway-tls-cert.
+    #[arg(
+        long,
+        env = "DISTRIBUS_GATEWAY_TLS_KEY",
+        value_name = "FILE",
+        requires = "gateway_tls_cert"
+    )]
+    pub gateway_tls_key: Option<PathBuf>,
     /// Serve the browser demo page and the JavaScript client at the
     /// gateway's address (http://ADDR/).
     #[arg(long, env = "DISTRIBUS_GATEWAY_UI")]
@@ -428,6 +445,10 @@ pub struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     gateway_grace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     gateway_ui: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     echo_peer: Option<Vec<String>>,
@@ -528,6 +549,8 @@ pub struct GatewaySettings {
     pub grace: Duration,
     /// Serve the demo page and the JavaScript client.
     pub ui: bool,
+    /// TLS certificate chain and key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn duration(key: &str, v: Option<String>) -> Result<Option<Duration>, String> {
@@ -670,6 +693,14 @@ impl Settings {
                     .or(duration("gateway_grace", file.gateway_grace)?)
                     .unwrap_or(Duration::from_secs(30)),
                 ui: args.gateway_ui || file.gateway_ui.unwrap_or(false),
+                tls: match (
+                    args.gateway_tls_cert.or(file.gateway_tls_cert),
+                    args.gateway_tls_key.or(file.gateway_tls_key),
+                ) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => return Err("gateway TLS needs both a certificate and a key".into()),
+                },
             }),
             None => None,
         };
@@ -712,6 +743,14 @@ impl Settings {
             gateway_origin: self.gateway.as_ref().map(|g| g.origins.clone()),
             gateway_grace: self.gateway.as_ref().and_then(|g| d(g.grace)),
             gateway_ui: self.gateway.as_ref().map(|g| g.ui),
+            gateway_tls_cert: self
+                .gateway
+                .as_ref()
+                .and_then(|g| g.tls.clone().map(|t| t.0)),
+            gateway_tls_key: self
+                .gateway
+                .as_ref()
+                .and_then(|g| g.tls.clone().map(|t| t.1)),
             echo_peer: Some(self.echo_peers.clone()),
             subscribe: Some(self.subscribe.clone()),
             log_format: Some(self.log_format),

@@ -9,6 +9,7 @@
 
 mod frames;
 mod session;
+mod tls;
 mod tokens;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -23,6 +24,7 @@ use axum::{
 use tokio::{sync::oneshot, task::JoinHandle};
 
 pub use frames::{decode as decode_request, Op, Refusal, Request, VERSION as PROTOCOL};
+pub use tls::TlsIdentity;
 pub use tokens::{TokenLimits, Tokens};
 
 /// A message push as the gateway writes it (for the fuzz target).
@@ -84,6 +86,8 @@ pub struct GatewayConfig {
     /// Files served over HTTP on the same port (a demo page, a client
     /// bundle).
     pub pages: Vec<Page>,
+    /// Serve `wss://` (and `https://` pages) with this certificate.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for GatewayConfig {
@@ -100,6 +104,7 @@ impl Default for GatewayConfig {
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             pages: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -131,6 +136,7 @@ struct Settled {
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -141,9 +147,10 @@ impl Gateway {
         self.addr
     }
 
-    /// The URL clients connect to (`ws://ip:port`).
+    /// The URL clients connect to (`ws://ip:port`, or `wss://` with TLS).
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the gateway and waits until it has.
@@ -238,36 +245,53 @@ impl Host {
         let app = app.with_state((shared, index));
         let (stop, stopped) = oneshot::channel::<()>();
         let host = self.clone();
-        let task = tokio::spawn(async move {
-            let until = async move {
-                // Ends with the handle, or with the host.
-                let closed = async {
-                    while !host.is_closed() {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                };
-                tokio::select! {
-                    _ = stopped => {}
-                    _ = closed => {}
+        let until = async move {
+            // Ends with the handle, or with the host.
+            let closed = async {
+                while !host.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             };
-            use axum::serve::ListenerExt;
-            // Small frames one after another (a ping-pong) would otherwise
-            // wait on Nagle's algorithm and the client's delayed ACK: 44 ms
-            // round trips measured before this.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(until)
-                .await
-            {
-                tracing::warn!(error = %e, "client gateway stopped");
+            tokio::select! {
+                _ = stopped => {}
+                _ = closed => {}
             }
-        });
+        };
+        let tls = config.tls.is_some();
+        let task = match config.tls {
+            Some(identity) => {
+                let listener = tls::TlsListener::new(listener, &identity, bound);
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(until)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "client gateway stopped");
+                    }
+                })
+            }
+            None => {
+                use axum::serve::ListenerExt;
+                // Small frames one after another (a ping-pong) would
+                // otherwise wait on Nagle's algorithm and the client's
+                // delayed ACK: 44 ms round trips measured before this.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(until)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "client gateway stopped");
+                    }
+                })
+            }
+        };
         tracing::info!(addr = %bound, "client gateway");
         Ok(Gateway {
             addr: bound,
+            tls,
             stop: Some(stop),
             task,
         })

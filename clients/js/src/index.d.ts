@@ -32,6 +32,8 @@ export interface ConnectOptions {
   reconnectDecay?: number;
   /** Give up reconnecting after this many ms (default 30000). */
   reconnectTimeout?: number;
+  /** Requests of one turn go as one frame, and answers come batched (default true). */
+  batch?: boolean;
 }
 
 export interface Location {

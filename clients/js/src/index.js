@@ -77,6 +77,7 @@ export class Host extends Emitter {
       reconnectDelay: 1000,
       reconnectDecay: 2,
       reconnectTimeout: 30000,
+      batch: true,
       ...options,
     };
     this.peers = new Map();
@@ -104,7 +105,7 @@ export class Host extends Emitter {
     socket.onclose = () => this._dropped(socket);
     socket.onerror = () => {};
     this._connected = true;
-    const hello = { op: 'hello', version: PROTOCOL_VERSION, batch: !globalThis.DISTRIBUS_NO_BATCH };
+    const hello = { op: 'hello', version: PROTOCOL_VERSION, batch: this.options.batch };
     if (this.options.token) hello.token = this.options.token;
     if (this.session) hello.resume = this.session;
     let welcome;
@@ -172,6 +173,10 @@ export class Host extends Emitter {
     const out = this._outbox;
     this._outbox = [];
     if (out.length === 0 || !this._connected) return;
+    if (!this.options.batch) {
+      for (const item of out) this._socket.send(item);
+      return;
+    }
     // A batch stays under MAX_BATCH requests and BATCH_BYTES, so it never
     // passes the gateway's frame limit unless one request alone does.
     let part = [];
@@ -337,7 +342,8 @@ export class Host extends Emitter {
 /**
  * Connects to a node's client gateway, e.g. `await connect('ws://localhost:7402')`.
  * Options: `token`, `reconnect` (default true), `reconnectDelay` (ms, 1000),
- * `reconnectDecay` (2), `reconnectTimeout` (ms, 30000).
+ * `reconnectDecay` (2), `reconnectTimeout` (ms, 30000), `batch` (true: requests
+ * of one turn go as one frame, and the gateway batches its answers).
  */
 export async function connect(url, options = {}) {
   const host = new Host(url, options);

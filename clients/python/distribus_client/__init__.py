@@ -106,8 +106,10 @@ class Host:
     """A connection to a node's client gateway; make one with :func:`connect`."""
 
     def __init__(self, url: str, token: Optional[str], reconnect: bool,
-                 reconnect_delay: float, reconnect_decay: float, reconnect_timeout: float):
+                 reconnect_delay: float, reconnect_decay: float, reconnect_timeout: float,
+                 ssl: Any = None):
         self.url = url
+        self.ssl = ssl
         self.token = token
         self.reconnect = reconnect
         self.reconnect_delay = reconnect_delay
@@ -126,7 +128,8 @@ class Host:
 
     async def _open(self) -> dict:
         try:
-            self._ws = await ws_connect(self.url, compression=None, max_size=64 << 20)
+            extra = {"ssl": self.ssl} if self.ssl is not None else {}
+            self._ws = await ws_connect(self.url, compression=None, max_size=64 << 20, **extra)
         except (OSError, WebSocketException, asyncio.TimeoutError) as e:
             raise DistribusError("unreachable", f"cannot connect to {self.url}: {e}") from e
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
@@ -329,6 +332,9 @@ class _Connecting:
 
 def connect(url: str, *, token: Optional[str] = None, reconnect: bool = True,
             reconnect_delay: float = 1.0, reconnect_decay: float = 2.0,
-            reconnect_timeout: float = 30.0) -> _Connecting:
-    """Connects to a node's client gateway (``ws://host:7402``)."""
-    return _Connecting(Host(url, token, reconnect, reconnect_delay, reconnect_decay, reconnect_timeout))
+            reconnect_timeout: float = 30.0, ssl: Any = None) -> _Connecting:
+    """Connects to a node's client gateway (``ws://host:7402``, or
+    ``wss://`` with ``ssl``, an ``ssl.SSLContext`` that trusts its
+    certificate, when the system's roots do not)."""
+    return _Connecting(Host(url, token, reconnect, reconnect_delay, reconnect_decay,
+                            reconnect_timeout, ssl))

@@ -119,3 +119,33 @@ async def test_tokens_are_checked_and_limits_told(tmp_path):
             assert e.value.code == "limit"
     finally:
         node.stop()
+
+
+async def test_wss_with_a_certificate(tmp_path):
+    import ssl
+    import subprocess
+
+    from conftest import Node
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
+    node = Node("--gateway-tls-cert", str(cert), "--gateway-tls-key", str(key))
+    try:
+        assert node.url.startswith("wss://")
+        # Not trusted: refused.
+        with pytest.raises(DistribusError) as e:
+            await distribus_client.connect(node.url, reconnect=False)
+        assert e.value.code == "unreachable"
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with distribus_client.connect(node.url, ssl=trusted) as host:
+            p = await host.create("secure-p")
+            q = await host.create("secure-q")
+            await p.send("secure-q", {"over": "tls"})
+            m = await q.recv(10)
+            assert (m.sender, m.data) == ("secure-p", {"over": "tls"})
+    finally:
+        node.stop()
