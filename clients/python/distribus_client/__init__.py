@@ -22,6 +22,9 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 __all__ = ["connect", "Host", "Peer", "Subscription", "Message", "DistribusError"]
 
 PROTOCOL_VERSION = 1
+# Most requests in one batch frame (the gateway takes up to 4096).
+_MAX_BATCH = 512
+_BATCH_BYTES = 256 * 1024
 
 
 class DistribusError(Exception):
@@ -123,6 +126,10 @@ class Host:
         self._next_id = 1
         self._pending: dict[int, asyncio.Future] = {}
         self._reader: Optional[asyncio.Task] = None
+        self._writer: Optional[asyncio.Task] = None
+        # Requests made while the writer was busy go out as one batch frame.
+        self._outbox: list[str] = []
+        self._wake = asyncio.Event()
         self._closed = False
         self._connected = asyncio.Event()
 
@@ -132,9 +139,12 @@ class Host:
             self._ws = await ws_connect(self.url, compression=None, max_size=64 << 20, **extra)
         except (OSError, WebSocketException, asyncio.TimeoutError) as e:
             raise DistribusError("unreachable", f"cannot connect to {self.url}: {e}") from e
-        self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read(self._ws))
+        self._outbox = []
+        self._writer = loop.create_task(self._write(self._ws))
         self._connected.set()
-        hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION}
+        hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "batch": True}
         if self.token:
             hello["token"] = self.token
         if self.session:
@@ -150,15 +160,45 @@ class Host:
         self.limits = welcome["limits"]
         return welcome
 
+    async def _write(self, ws) -> None:
+        """Sends what waits in the outbox, in order, as batch frames."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                out, self._outbox = self._outbox, []
+                # Each frame stays under _MAX_BATCH requests and
+                # _BATCH_BYTES, so it never passes the gateway's frame limit
+                # unless one request alone does.
+                part: list[str] = []
+                size = 0
+                for item in out:
+                    if part and (len(part) == _MAX_BATCH or size + len(item) > _BATCH_BYTES):
+                        await ws.send(part[0] if len(part) == 1 else "[" + ",".join(part) + "]")
+                        part, size = [], 0
+                    part.append(item)
+                    size += len(item) + 1
+                if part:
+                    await ws.send(part[0] if len(part) == 1 else "[" + ",".join(part) + "]")
+        except (ConnectionClosed, OSError):
+            pass
+
     async def _read(self, ws) -> None:
         try:
             async for text in ws:
-                self._frame(json.loads(text))
+                f = json.loads(text)
+                if isinstance(f, list):
+                    for item in f:
+                        self._frame(item)
+                else:
+                    self._frame(f)
         except (ConnectionClosed, OSError, ValueError):
             pass
         if ws is not self._ws:
             return
         self._connected.clear()
+        if self._writer is not None:
+            self._writer.cancel()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(DistribusError("disconnected", "the connection dropped before the answer"))
@@ -233,11 +273,8 @@ class Host:
         req["id"] = id
         fut = asyncio.get_running_loop().create_future()
         self._pending[id] = fut
-        try:
-            await self._ws.send(json.dumps(req))
-        except ConnectionClosed as e:
-            self._pending.pop(id, None)
-            raise DistribusError("disconnected", str(e)) from e
+        self._outbox.append(json.dumps(req, separators=(",", ":")))
+        self._wake.set()
         return await fut
 
     async def create(self, id: str) -> Peer:
@@ -307,6 +344,8 @@ class Host:
             await self._ws.close(code=1000, reason="bye")
         if self._reader is not None:
             await asyncio.wait([self._reader], timeout=5)
+        if self._writer is not None:
+            self._writer.cancel()
         self._end_all()
 
 
