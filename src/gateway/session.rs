@@ -258,13 +258,11 @@ enum Frame {
 /// The next frame (pings and pongs are the socket's business).
 async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Frame {
     match stream.next().await {
-        Some(Ok(WsMessage::Text(t))) => return Frame::Text(t),
-        Some(Ok(WsMessage::Binary(_))) => return Frame::Binary,
-        Some(Ok(WsMessage::Close(frame))) => {
-            return Frame::End(Some(frame.map_or(1005, |f| f.code)))
-        }
-        Some(Ok(_)) => return Frame::Alive,
-        Some(Err(_)) | None => return Frame::End(None),
+        Some(Ok(WsMessage::Text(t))) => Frame::Text(t),
+        Some(Ok(WsMessage::Binary(_))) => Frame::Binary,
+        Some(Ok(WsMessage::Close(frame))) => Frame::End(Some(frame.map_or(1005, |f| f.code))),
+        Some(Ok(_)) => Frame::Alive,
+        Some(Err(_)) | None => Frame::End(None),
     }
 }
 
@@ -611,14 +609,13 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 return Ok(None);
             }
         }
-        Op::Subscribe { channel } => {
-            if st.channels.contains_key(&channel) {
-                frames::done(id)
-            } else {
-                match host.subscribe(&channel).await {
+        Op::Subscribe { channel } => match st.channels.entry(channel) {
+            std::collections::hash_map::Entry::Occupied(_) => frames::done(id),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                match host.subscribe(slot.key()).await {
                     Ok(sub) => {
                         let (tx, rx) = oneshot::channel::<()>();
-                        st.channels.insert(channel, tx);
+                        slot.insert(tx);
                         st.inbound
                             .push(sub.take_until(rx).map(Inbound::Publish).boxed());
                         frames::done(id)
@@ -626,7 +623,7 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                     Err(e) => frames::error(id, &Refusal::from(&e)),
                 }
             }
-        }
+        },
         Op::Unsubscribe { channel } => {
             st.channels.remove(&channel);
             frames::done(id)

@@ -17,6 +17,11 @@ try {
   const sender = await hostA.create('bench-a');
   const sink = await hostB.create('bench-sink');
   const echo = await hostB.create('bench-echo');
+  // The same round trip with the echo's client on node A: the gateway's
+  // share without the hop between hosts.
+  const hostA2 = await connect(a.url);
+  const localEcho = await hostA2.create('bench-echo-local');
+  localEcho.on('message', (from, m) => { localEcho.send(from, m); });
   await eventually('sink findable', async () => (await hostA.find('bench-sink')).host === hostB.id);
   echo.on('message', (from, m) => { echo.send(from, m); });
   let received = 0;
@@ -48,18 +53,23 @@ try {
   // Ping-pong round trip: A -> echo on B -> A, one at a time.
   let pending = null;
   sender.on('message', () => { const r = pending; pending = null; if (r) r(); });
-  const rtts = [];
-  for (let i = 0; i < 200 + RTT; i++) {
-    const got = new Promise((r) => { pending = r; });
-    const s = performance.now();
-    await sender.send('bench-echo', PAYLOAD64);
-    await got;
-    if (i >= 200) rtts.push((performance.now() - s) * 1000);
-  }
-  rtts.sort((x, y) => x - y);
-  const q = (p) => Math.round(rtts[Math.floor(p * (rtts.length - 1))]);
-  rows.push(['round trip p50', q(0.5), 'µs']);
-  rows.push(['round trip p99', q(0.99), 'µs']);
+  const roundTrips = async (to) => {
+    const rtts = [];
+    for (let i = 0; i < 200 + RTT; i++) {
+      const got = new Promise((r) => { pending = r; });
+      const s = performance.now();
+      await sender.send(to, PAYLOAD64);
+      await got;
+      if (i >= 200) rtts.push((performance.now() - s) * 1000);
+    }
+    rtts.sort((x, y) => x - y);
+    return (p) => Math.round(rtts[Math.floor(p * (rtts.length - 1))]);
+  };
+  let q = await roundTrips('bench-echo');
+  rows.push(['round trip p50 (echo on B)', q(0.5), 'µs']);
+  rows.push(['round trip p99 (echo on B)', q(0.99), 'µs']);
+  q = await roundTrips('bench-echo-local');
+  rows.push(['round trip p50 (echo on A)', q(0.5), 'µs']);
 
   console.log(`distribus-client (Node.js ${process.version}), 64 B, N=${N}`);
   if (process.env.BENCH_CPU) {
@@ -70,6 +80,7 @@ try {
   }
   for (const [what, v, unit] of rows) console.log(`  ${what.padEnd(32)} ${String(v).padStart(9)} ${unit}`);
   await hostA.close();
+  await hostA2.close();
   await hostB.close();
 } finally {
   await Promise.all([a.stop(), b.stop()]);
