@@ -11,6 +11,7 @@ mod delay;
 mod fleet;
 mod load;
 mod net;
+mod scale;
 
 use std::{
     collections::HashMap,
@@ -58,6 +59,9 @@ enum Cmd {
     Run(RunArgs),
     /// The load generator (started by `run` inside a namespace).
     Load(load::LoadArgs),
+    /// Many node processes on loopback (no namespaces, no root), peers
+    /// attached through their gateways, and the simulator's figures.
+    Scale(scale::ScaleArgs),
     /// Holds this namespace's queued packets for a while (started by `run`
     /// inside a namespace, for latency).
     Delay {
@@ -101,6 +105,11 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(load::run(args))),
         Cmd::Delay { ms } => delay::run(Duration::from_millis(ms)),
+        Cmd::Scale(args) => match scale::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("a scale check failed (see above)".into()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
