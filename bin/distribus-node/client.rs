@@ -141,19 +141,26 @@ async fn messages(
     Ok(())
 }
 
-fn print_payload(event: &Value, as_json: bool, prefix: &str) {
+/// One line per message: `#channel data` for a publish, `from: data` for a
+/// message to the peer; the whole event with `--json`.
+fn print_payload(event: &Value, as_json: bool) {
     if as_json {
         println!("{event}");
-    } else if let Some(data) = event.get("data") {
-        match data {
-            Value::String(s) => println!("{prefix}{s}"),
-            other => println!("{prefix}{other}"),
-        }
+        return;
+    }
+    let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
+    let prefix = if event["event"] == "publish" {
+        format!("#{} ", text("channel"))
     } else {
-        println!(
+        format!("{}: ", text("from"))
+    };
+    match event.get("data") {
+        Some(Value::String(s)) => println!("{prefix}{s}"),
+        Some(other) => println!("{prefix}{other}"),
+        None => println!(
             "{prefix}<{} payload, base64 {}>",
             event["encoding"], event["base64"]
-        );
+        ),
     }
 }
 
@@ -215,22 +222,7 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                     },
                 };
                 match event["event"].as_str() {
-                    Some("publish") => {
-                        let prefix = if json {
-                            String::new()
-                        } else {
-                            format!("#{} ", event["channel"].as_str().unwrap_or(""))
-                        };
-                        print_payload(&event, json, &prefix)
-                    }
-                    Some("message") => {
-                        let prefix = if json {
-                            String::new()
-                        } else {
-                            format!("{}: ", event["from"].as_str().unwrap_or(""))
-                        };
-                        print_payload(&event, json, &prefix)
-                    }
+                    Some("publish" | "message") => print_payload(&event, json),
                     Some("closing") => {
                         return Err(format!("{}: {}", event["code"], event["message"]))
                     }
