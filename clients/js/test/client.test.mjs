@@ -80,7 +80,8 @@ test('a dropped connection reconnects and its peers and subscriptions are back',
 
 test('the single-file bundle works as a classic script', async () => {
   const code = readFileSync(new URL('../dist/distribus-client.iife.js', import.meta.url), 'utf8');
-  const context = vm.createContext({ WebSocket, setTimeout, clearTimeout, atob, console });
+  // What a browser page has as globals.
+  const context = vm.createContext({ WebSocket, setTimeout, clearTimeout, queueMicrotask, atob, console });
   vm.runInContext(code, context);
   const host = await context.distribus.connect(a.url);
   const p = await host.create('bundled');
