@@ -384,6 +384,7 @@ async fn tokens_limits_and_origins_are_enforced() {
             max_rate: Some(5),
         },
     );
+    tokens.insert("other", TokenLimits::default());
     let mut g = gateway_config();
     g.tokens = Some(tokens);
     g.origins = Some(vec!["https://app.example".into()]);
@@ -402,6 +403,12 @@ async fn tokens_limits_and_origins_are_enforced() {
         .await
         .unwrap();
     c.call(json!({"op":"create","peer":"one"})).await.unwrap();
+    // Its session cannot be resumed with another token, and stays its own.
+    let r = Client::hello(&url, json!({"token":"other", "resume": c.session()}))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(r.code, "unauthorized");
     let r = c
         .call(json!({"op":"create","peer":"two"}))
         .await

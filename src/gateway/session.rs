@@ -65,8 +65,31 @@ impl Drop for State {
 type Kick = oneshot::Sender<oneshot::Sender<State>>;
 
 enum Slot {
-    Live(Kick),
-    Parked { state: State, generation: u64 },
+    Live {
+        kick: Kick,
+        allowance: Arc<Allowance>,
+    },
+    Parked {
+        state: State,
+        generation: u64,
+    },
+}
+
+impl Slot {
+    fn allowance(&self) -> &Arc<Allowance> {
+        match self {
+            Slot::Live { allowance, .. } => allowance,
+            Slot::Parked { state, .. } => &state.allowance,
+        }
+    }
+}
+
+/// Why a session was not handed over.
+pub(crate) enum NotTaken {
+    /// No such session (never was, or its grace period passed).
+    Unknown,
+    /// It belongs to a client of another token; it stays where it is.
+    OtherToken,
 }
 
 /// Sessions by resume token: live ones (to take over) and parked ones
@@ -87,24 +110,37 @@ impl Sessions {
     }
 
     /// Takes a session back: at once if parked; from its live connection
-    /// (which then ends) if it has one.
-    async fn take(&self, token: &str) -> Option<State> {
-        let slot = self.lock().remove(token)?;
+    /// (which then ends) if it has one. `same_client` is asked first, and a
+    /// session it refuses is left as it is.
+    async fn take(
+        &self,
+        token: &str,
+        same_client: impl Fn(&Arc<Allowance>) -> bool,
+    ) -> Result<State, NotTaken> {
+        let slot = {
+            let mut map = self.lock();
+            match map.get(token) {
+                None => return Err(NotTaken::Unknown),
+                Some(slot) if !same_client(slot.allowance()) => return Err(NotTaken::OtherToken),
+                Some(_) => map.remove(token).ok_or(NotTaken::Unknown)?,
+            }
+        };
         match slot {
-            Slot::Parked { state, .. } => Some(state),
-            Slot::Live(kick) => {
+            Slot::Parked { state, .. } => Ok(state),
+            Slot::Live { kick, .. } => {
                 let (tx, rx) = oneshot::channel();
-                kick.send(tx).ok()?;
-                tokio::time::timeout(std::time::Duration::from_secs(5), rx)
-                    .await
-                    .ok()?
-                    .ok()
+                kick.send(tx).map_err(|_| NotTaken::Unknown)?;
+                match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+                    Ok(Ok(state)) => Ok(state),
+                    _ => Err(NotTaken::Unknown),
+                }
             }
         }
     }
 
-    fn live(&self, token: &str, kick: Kick) {
-        self.lock().insert(token.to_string(), Slot::Live(kick));
+    fn live(&self, token: &str, kick: Kick, allowance: Arc<Allowance>) {
+        self.lock()
+            .insert(token.to_string(), Slot::Live { kick, allowance });
     }
 
     fn forget(&self, token: &str) {
@@ -283,7 +319,9 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         return;
     };
     let (kick_tx, kick_rx) = oneshot::channel();
-    shared.sessions.live(&token, kick_tx);
+    shared
+        .sessions
+        .live(&token, kick_tx, state.allowance.clone());
     let mut state = Some(state);
     let end = run(&mut conn, &mut state, kick_rx).await;
     let _ = conn.flush().await;
@@ -353,19 +391,34 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
             return None;
         }
     };
+    let allowance = match token.as_deref() {
+        Some(t) if shared.config.tokens.is_some() => {
+            shared.allowances.for_token(t, limits, Instant::now())
+        }
+        _ => Allowance::new(limits, Instant::now()),
+    };
+    // A session is resumed only by a client of the token that made it
+    // (with tokens, each token's connections share one allowance).
+    let anonymous = shared.config.tokens.is_none();
     let taken = match &resume {
-        Some(t) => shared.sessions.take(t).await,
+        Some(t) => {
+            let same = |a: &Arc<Allowance>| anonymous || Arc::ptr_eq(a, &allowance);
+            Some(shared.sessions.take(t, same).await)
+        }
         None => None,
     };
     let (session, state, resumed) = match (resume, taken) {
-        (Some(t), Some(state)) => (t, state, true),
+        (Some(t), Some(Ok(state))) => (t, state, true),
+        (Some(_), Some(Err(NotTaken::OtherToken))) => {
+            let r = refuse(
+                "unauthorized",
+                "this session was made with another token".into(),
+            );
+            let _ = conn.feed(frames::error(id, &r)).await;
+            conn.refuse_and_close(&r, 1008).await;
+            return None;
+        }
         _ => {
-            let allowance = match token.as_deref() {
-                Some(t) if shared.config.tokens.is_some() => {
-                    shared.allowances.for_token(t, limits, Instant::now())
-                }
-                _ => Allowance::new(limits, Instant::now()),
-            };
             let state = State {
                 host: shared.host.clone(),
                 peers: HashMap::new(),
