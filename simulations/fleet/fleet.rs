@@ -110,17 +110,22 @@ impl Proc {
 
     /// Resident memory in bytes (0 once gone).
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
-        status
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
+        rss_of(self.pid())
     }
+}
+
+/// Resident memory of process `pid` in bytes (0 once gone).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+    status
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 impl Drop for Proc {
@@ -276,7 +281,11 @@ fn path(p: &Path) -> String {
 
 /// GET `path` of node `i`'s admin port: status code and body.
 pub fn get(i: usize, path: &str) -> Option<(u16, String)> {
-    let addr = format!("{}:{METRICS_PORT}", Net::ip(i));
+    http_get(&format!("{}:{METRICS_PORT}", Net::ip(i)), path)
+}
+
+/// GET `path` of the HTTP server at `addr` (`ip:port`): status code and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let sock = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

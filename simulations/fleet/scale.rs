@@ -5,8 +5,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -73,30 +72,11 @@ impl Drop for Node {
 
 impl Node {
     fn rss(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024)
+        crate::fleet::rss_of(self.child.id())
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let sock = self.metrics.parse().ok()?;
-        let mut s = TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics
-        )
-        .ok()?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).ok()?;
-        let code = answer.get(9..12)?.parse().ok()?;
-        Some((code, answer.split_once("\r\n\r\n")?.1.to_string()))
+        crate::fleet::http_get(&self.metrics, path)
     }
 }
 
