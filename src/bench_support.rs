@@ -14,6 +14,7 @@ pub fn encode_delivery(batch: u64, from: &str, to: &str, payload: &Payload) -> i
         from: Arc::from(from),
         to: Arc::from(to),
         payload: payload.clone(),
+        corr: crate::request::Corr::None,
     }];
     encode_frame(&Request::Deliver {
         epoch: 1,
@@ -50,6 +51,7 @@ pub fn encode_stream_delivery(
             from: Arc::from(from),
             to: Arc::from(to),
             payload: payload.clone(),
+            corr: crate::request::Corr::None,
         }],
     })
 }
@@ -95,6 +97,7 @@ pub fn encode_batch(n: usize, payload: &Payload) -> io::Result<Vec<u8>> {
             from: from.clone(),
             to: to.clone(),
             payload: payload.clone(),
+            corr: crate::request::Corr::None,
         })
         .collect();
     encode_frame(&Request::Deliver {

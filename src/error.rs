@@ -38,6 +38,11 @@ pub enum Error {
         /// The host that holds it.
         host: PeerId,
     },
+    /// A reply found no request waiting for it: the message was not a
+    /// request, or its requester was answered already or stopped waiting
+    /// (timed out). The reply was not delivered.
+    #[error("no request waits for this reply: {0}")]
+    NoRequest(String),
     /// The operation did not complete within its deadline.
     #[error("the operation timed out")]
     Timeout,

@@ -38,6 +38,7 @@ mod overlay;
 mod peer;
 mod protocol;
 mod relay_proof;
+mod request;
 mod rpc_stream;
 mod send_lane;
 mod shared;
@@ -58,6 +59,7 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
 pub use network_key::NetworkKey;
 pub use peer::Peer;
+pub use request::RequestId;
 #[doc(hidden)]
 pub use protocol::PROTOCOL_VERSION;
 pub use shared::{Failures, LatencyHistogram, Stats};

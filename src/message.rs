@@ -7,7 +7,11 @@
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    peer::Peer,
+    request::{Corr, RequestId},
+};
 
 /// How a payload's bytes are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,19 +75,73 @@ impl Payload {
     }
 }
 
-/// A direct message received by a [`crate::Peer`].
+/// A direct message received by a [`crate::Peer`], or the reply to a
+/// request ([`crate::Peer::request`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// Id of the sending peer.
     pub from: String,
     /// The payload as sent.
     pub payload: Payload,
+    /// Set when the sender made this message with [`crate::Peer::request`]
+    /// and waits for a reply.
+    request: Option<RequestId>,
 }
 
 impl Message {
+    pub(crate) fn new(from: String, payload: Payload, corr: Corr) -> Self {
+        let request = match corr {
+            Corr::Request(id) => Some(RequestId(id)),
+            Corr::None | Corr::Reply(_) => None,
+        };
+        Message {
+            from,
+            payload,
+            request,
+        }
+    }
+
     /// Decodes the payload into `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         self.payload.decode()
+    }
+
+    /// The request's id when the sender waits for a reply (see
+    /// [`Message::reply`]); `None` for a plain message.
+    pub fn request_id(&self) -> Option<RequestId> {
+        self.request
+    }
+
+    /// Whether the sender waits for a reply.
+    pub fn is_request(&self) -> bool {
+        self.request.is_some()
+    }
+
+    /// Replies to this request from `peer` (the peer that received it),
+    /// with a value encoded with postcard.
+    ///
+    /// Resolves once the reply is with the waiting requester. Errors as
+    /// [`crate::Peer::send`], and [`Error::NoRequest`] when this message is
+    /// not a request or its requester no longer waits (it was answered or
+    /// timed out); [`Error::PeerNotFound`] when the requester is gone.
+    pub async fn reply<T: Serialize + ?Sized>(&self, peer: &Peer, value: &T) -> Result<()> {
+        self.reply_payload(peer, Payload::postcard(value)?).await
+    }
+
+    /// Replies with a value encoded as JSON (see [`Message::reply`]).
+    pub async fn reply_json<T: Serialize + ?Sized>(&self, peer: &Peer, value: &T) -> Result<()> {
+        self.reply_payload(peer, Payload::json(value)?).await
+    }
+
+    /// Replies with an encoded payload (see [`Message::reply`]).
+    pub async fn reply_payload(&self, peer: &Peer, payload: Payload) -> Result<()> {
+        let Some(id) = self.request else {
+            return Err(Error::NoRequest(format!(
+                "the message from {:?} is not a request",
+                self.from
+            )));
+        };
+        peer.reply_payload(&self.from, id, payload).await
     }
 }
 

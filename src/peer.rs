@@ -18,6 +18,7 @@ use crate::{
     inbox::PeerSlot,
     message::{Message, Payload},
     protocol::Envelope,
+    request::{Corr, RequestId},
     shared::{bump, count_failure},
 };
 
@@ -77,7 +78,101 @@ impl Peer {
         // Everything before the wait is synchronous, so the future keeps
         // little state: with 1,024 sends in flight, moving big futures
         // into their tasks showed in profiles.
-        let started = self.start_send(to, payload)?;
+        let started = self.start_send(to, payload, Corr::None)?;
+        wait_started(&self.host, started).await
+    }
+
+    /// Sends a request, encoded with postcard, to the peer `to` and waits
+    /// for its reply ([`Message::reply`] on the other side).
+    ///
+    /// The reply is taken only from `to` and never enters this peer's
+    /// inbox. Errors: those of [`Peer::send`] for the request, and
+    /// [`Error::Timeout`] when no reply comes within `timeout` (counted
+    /// from the call; the replier then gets [`Error::NoRequest`]).
+    pub async fn request<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        value: &T,
+        timeout: std::time::Duration,
+    ) -> Result<Message> {
+        self.request_payload(to, Payload::postcard(value)?, timeout)
+            .await
+    }
+
+    /// Sends a request encoded as JSON (see [`Peer::request`]).
+    pub async fn request_json<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        value: &T,
+        timeout: std::time::Duration,
+    ) -> Result<Message> {
+        self.request_payload(to, Payload::json(value)?, timeout)
+            .await
+    }
+
+    /// Sends a request with an encoded payload (see [`Peer::request`]).
+    pub async fn request_payload(
+        &self,
+        to: &str,
+        payload: Payload,
+        timeout: std::time::Duration,
+    ) -> Result<Message> {
+        self.begin_request(to, payload, timeout).await
+    }
+
+    /// Starts a request now (queued in order with sends begun before it)
+    /// and returns the wait for its reply, which owns what it needs.
+    pub(crate) fn begin_request(
+        &self,
+        to: &str,
+        payload: Payload,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<Message>> + Send + 'static {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let shared = &self.host.inner.shared;
+        let (open, reply) = shared.requests.open(&self.slot.id, to);
+        let started = self.start_send(to, payload, Corr::Request(open.id()));
+        let host = self.host.clone();
+        async move {
+            let started = started?;
+            bump(&host.inner.shared.counters.requests);
+            let exchange = async {
+                wait_started(&host, started).await?;
+                reply.await.map_err(Error::from)
+            };
+            let answer = tokio::time::timeout_at(deadline, exchange).await;
+            // The entry goes before the caller sees the outcome: a reply
+            // racing the timeout is refused, not left behind.
+            drop(open);
+            match answer {
+                Ok(r) => r,
+                Err(_) => {
+                    count_failure(&host.inner.shared.counters, &Error::Timeout);
+                    Err(Error::Timeout)
+                }
+            }
+        }
+    }
+
+    /// Replies to request `id` of peer `to`, with a value encoded with
+    /// postcard (for a reply after its [`Message`] is gone; otherwise
+    /// [`Message::reply`] says it shorter).
+    ///
+    /// Resolves once the reply is with the waiting requester. Errors: those
+    /// of [`Peer::send`], and [`Error::NoRequest`] when `to` does not wait
+    /// for a reply of this peer to `id` (answered, timed out).
+    pub async fn reply<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        id: RequestId,
+        value: &T,
+    ) -> Result<()> {
+        self.reply_payload(to, id, Payload::postcard(value)?).await
+    }
+
+    /// Replies with an encoded payload (see [`Peer::reply`]).
+    pub async fn reply_payload(&self, to: &str, id: RequestId, payload: Payload) -> Result<()> {
+        let started = self.start_send(to, payload, Corr::Reply(id.0))?;
         wait_started(&self.host, started).await
     }
 
@@ -90,7 +185,7 @@ impl Peer {
         to: &str,
         payload: Payload,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let started = self.start_send(to, payload);
+        let started = self.start_send(to, payload, Corr::None);
         let host = self.host.clone();
         async move { wait_started(&host, started?).await }
     }
@@ -98,7 +193,7 @@ impl Peer {
     /// Checks a send and delivers it locally or hands it to the event loop
     /// (in this first poll when the queue has room, so sends started in
     /// order are queued in order even when their futures run concurrently).
-    fn start_send(&self, to: &str, payload: Payload) -> Result<Started> {
+    fn start_send(&self, to: &str, payload: Payload, corr: Corr) -> Result<Started> {
         let shared = &self.host.inner.shared;
         if shared.is_closed() {
             return Err(Error::Closed);
@@ -116,7 +211,7 @@ impl Peer {
         }
         // Same host: straight into the inbox, no event loop, no network.
         if let Some(slot) = shared.registry.get(to) {
-            let r = push_local(&slot, &self.slot.id, payload);
+            let r = push_local(shared, &slot, &self.slot.id, payload, corr);
             match &r {
                 Ok(()) => bump(&shared.counters.sent_local),
                 Err(e) => count_failure(&shared.counters, e),
@@ -129,6 +224,7 @@ impl Peer {
                 from: self.slot.id.clone(),
                 to: route_id.unwrap_or_else(|| Arc::from(to)),
                 payload,
+                corr,
             };
             PendingSend::new(env, tx)
         };

@@ -18,10 +18,10 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::message::Payload;
+use crate::{message::Payload, request::Corr};
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -53,6 +53,8 @@ pub(crate) struct Envelope {
     pub from: Arc<str>,
     pub to: Arc<str>,
     pub payload: Payload,
+    /// Whether this is a request or a reply (see [`crate::request`]).
+    pub corr: Corr,
 }
 
 /// A delivery batch on a delivery stream (sender to receiver). `(epoch,
@@ -84,6 +86,7 @@ pub(crate) struct EnvelopeIn<'a> {
     pub to: &'a str,
     pub encoding: crate::message::Encoding,
     pub bytes: &'a [u8],
+    pub corr: Corr,
 }
 
 /// The sending side's view of a [`StreamBatch`]: the envelopes are
@@ -263,6 +266,8 @@ pub(crate) enum Ack {
     Delivered,
     UnknownPeer,
     InboxFull,
+    /// A reply that no request of its recipient waits for.
+    NoRequest,
 }
 
 /// A peer's location on the wire.
@@ -536,7 +541,7 @@ impl libp2p::request_response::Codec for Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Payload;
+    use crate::{message::Payload, request::Corr};
 
     fn codec(max: usize) -> Codec {
         Codec {

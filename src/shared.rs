@@ -11,7 +11,9 @@ use std::{
 use libp2p::PeerId;
 use tokio::sync::Notify;
 
-use crate::{config::HostConfig, error::Error, inbox::Registry, protocol::WireStats};
+use crate::{
+    config::HostConfig, error::Error, inbox::Registry, protocol::WireStats, request::Requests,
+};
 
 /// A local directory change waiting to be sent to the holders.
 #[derive(Debug, Clone)]
@@ -53,6 +55,9 @@ pub(crate) struct Counters {
     pub refused_non_members: AtomicU64,
     pub registrations_refused: AtomicU64,
     pub records_refused: AtomicU64,
+    pub requests: AtomicU64,
+    pub replies: AtomicU64,
+    pub replies_unmatched: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -143,6 +148,14 @@ pub struct Stats {
     /// allow-list, a new host past `max_hosts`, a record listing too many
     /// channels.
     pub records_refused: u64,
+    /// Requests local peers made ([`crate::Peer::request`]).
+    pub requests: u64,
+    /// Replies handed to a waiting request of a local peer.
+    pub replies: u64,
+    /// Replies refused because no request of their recipient waited for
+    /// them (answered already, timed out, or a reply from another peer
+    /// than the one asked).
+    pub replies_unmatched: u64,
 }
 
 #[derive(Debug)]
@@ -163,6 +176,8 @@ pub(crate) struct Shared {
     /// Every live member (this host included), as the event loop last saw
     /// it: the delivery readers refuse batches of other hosts.
     pub members: RwLock<foldhash::HashSet<PeerId>>,
+    /// Requests of local peers waiting for their replies.
+    pub requests: Arc<Requests>,
 }
 
 impl Shared {
@@ -185,6 +200,7 @@ impl Shared {
             wire,
             counters: Counters::default(),
             members: RwLock::new(std::iter::once(local).collect()),
+            requests: Arc::default(),
         }
     }
 
@@ -264,6 +280,9 @@ impl Shared {
             registrations_refused: r(&c.registrations_refused),
             refused_non_members: r(&c.refused_non_members),
             records_refused: r(&c.records_refused),
+            requests: r(&c.requests),
+            replies: r(&c.replies),
+            replies_unmatched: r(&c.replies_unmatched),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     message::{Encoding, Payload},
     protocol::*,
     relay_proof::Proof,
+    request::Corr,
 };
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -34,10 +35,16 @@ fn payload() -> impl Strategy<Value = Payload> {
 }
 
 fn envelope() -> impl Strategy<Value = Envelope> {
-    (text(), text(), payload()).prop_map(|(from, to, payload)| Envelope {
+    let corr = prop_oneof![
+        Just(Corr::None),
+        any::<u64>().prop_map(Corr::Request),
+        any::<u64>().prop_map(Corr::Reply),
+    ];
+    (text(), text(), payload(), corr).prop_map(|(from, to, payload, corr)| Envelope {
         from: from.into(),
         to: to.into(),
         payload,
+        corr,
     })
 }
 
@@ -118,7 +125,8 @@ fn ack() -> impl Strategy<Value = Ack> {
     prop_oneof![
         Just(Ack::Delivered),
         Just(Ack::UnknownPeer),
-        Just(Ack::InboxFull)
+        Just(Ack::InboxFull),
+        Just(Ack::NoRequest)
     ]
 }
 

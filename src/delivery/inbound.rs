@@ -119,7 +119,7 @@ async fn serve(
                             encoding: e.encoding,
                             bytes: bytes::Bytes::copy_from_slice(e.bytes),
                         };
-                        (e.from, e.to, payload)
+                        (e.from, e.to, payload, e.corr)
                     });
                     let acks = deliver_envs(shared, msgs);
                     memory.record(host, (b.epoch, b.batch), acks.clone());

@@ -33,7 +33,10 @@ use tokio::{sync::mpsc, time::Instant};
 use super::{TaskContext, TaskEvent, WINDOW};
 use crate::{
     error::Error,
-    event_loop::{messaging::finish, PendingSend},
+    event_loop::{
+        messaging::{finish, no_request},
+        PendingSend,
+    },
     protocol::{read_frame, write_frame, Ack, StreamAcks, StreamBatchRef},
     shared::bump,
 };
@@ -287,6 +290,10 @@ impl LinkTask {
                 }
                 Some(Ack::InboxFull) => {
                     let e = Error::InboxFull(p.env.to.to_string());
+                    finish(shared, p, Err(e));
+                }
+                Some(Ack::NoRequest) => {
+                    let e = no_request(&p.env.to, p.env.corr);
                     finish(shared, p, Err(e));
                 }
                 Some(Ack::UnknownPeer) => {

@@ -39,6 +39,7 @@ use crate::{
     inbox::{PeerSlot, PushError},
     message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
+    request::Corr,
     shared::{bump, count_failure, Shared},
 };
 
@@ -173,15 +174,16 @@ impl BatchMemory {
     }
 }
 
-/// Puts each message `(from, to, payload)` in its recipient's inbox; one
-/// ack per message. Runs of messages for one recipient look it up once.
+/// Puts each message `(from, to, payload, corr)` in its recipient's inbox
+/// (or, for a reply, hands it to the waiting request); one ack per message.
+/// Runs of messages for one recipient look it up once.
 pub(crate) fn deliver_envs<'a>(
     shared: &Shared,
-    msgs: impl IntoIterator<Item = (&'a str, &'a str, Payload)>,
+    msgs: impl IntoIterator<Item = (&'a str, &'a str, Payload, Corr)>,
 ) -> Vec<Ack> {
     let mut last: Option<(&str, Option<Arc<PeerSlot>>)> = None;
     msgs.into_iter()
-        .map(|(from, to, payload)| {
+        .map(|(from, to, payload, corr)| {
             let slot = match &last {
                 Some((id, slot)) if *id == to => slot.clone(),
                 _ => {
@@ -193,19 +195,66 @@ pub(crate) fn deliver_envs<'a>(
             let Some(slot) = slot else {
                 return Ack::UnknownPeer;
             };
-            match slot.push(Message {
-                from: from.to_string(),
-                payload,
-            }) {
+            match deliver(shared, &slot, from, payload, corr) {
                 Ok(()) => {
                     bump(&shared.counters.received_remote);
                     Ack::Delivered
                 }
-                Err(PushError::Full) => Ack::InboxFull,
-                Err(PushError::Removed) => Ack::UnknownPeer,
+                Err(NotDelivered::Full) => Ack::InboxFull,
+                Err(NotDelivered::Removed) => Ack::UnknownPeer,
+                Err(NotDelivered::NoRequest) => Ack::NoRequest,
             }
         })
         .collect()
+}
+
+/// Why a message was not delivered to a local peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotDelivered {
+    Full,
+    Removed,
+    NoRequest,
+}
+
+/// Delivers one message to a local peer: a reply to the request waiting
+/// for it, anything else to the inbox.
+pub(crate) fn deliver(
+    shared: &Shared,
+    slot: &PeerSlot,
+    from: &str,
+    payload: Payload,
+    corr: Corr,
+) -> std::result::Result<(), NotDelivered> {
+    let msg = Message::new(from.to_string(), payload, corr);
+    if let Corr::Reply(id) = corr {
+        if slot.is_removed() {
+            return Err(NotDelivered::Removed);
+        }
+        // Counted before the waiter runs: it may read the stats at once.
+        let answered = shared.requests.take(id, &slot.id, from).and_then(|a| {
+            bump(&shared.counters.replies);
+            a.send(msg)
+        });
+        if answered.is_err() {
+            bump(&shared.counters.replies_unmatched);
+        }
+        return answered.map_err(|_| NotDelivered::NoRequest);
+    }
+    slot.push(msg).map_err(|e| match e {
+        PushError::Full => NotDelivered::Full,
+        PushError::Removed => NotDelivered::Removed,
+    })
+}
+
+/// The error a replier gets for a reply no request waits for.
+pub(crate) fn no_request(to: &str, corr: Corr) -> Error {
+    let id = match corr {
+        Corr::Reply(id) | Corr::Request(id) => id,
+        Corr::None => 0,
+    };
+    Error::NoRequest(format!(
+        "peer {to:?} has no request {id} waiting (answered, timed out, or not its request)"
+    ))
 }
 
 /// Answers a send and counts its outcome.
@@ -238,7 +287,7 @@ impl EventLoop {
             return;
         }
         if let Some(slot) = self.shared.registry.get(&p.env.to) {
-            let r = push_local(&slot, &p.env.from, p.env.payload.clone());
+            let r = push_local(&self.shared, &slot, &p.env.from, p.env.payload.clone(), p.env.corr);
             self.finish_send(p, r);
             return;
         }
@@ -495,6 +544,10 @@ impl EventLoop {
                             let e = Error::InboxFull(p.env.to.to_string());
                             self.finish_send(p, Err(e));
                         }
+                        Some(Ack::NoRequest) => {
+                            let e = no_request(&p.env.to, p.env.corr);
+                            self.finish_send(p, Err(e));
+                        }
                         Some(Ack::UnknownPeer) => self.on_unknown_peer(host, p),
                         None => {
                             let e = Error::PeerUnreachable {
@@ -615,7 +668,8 @@ impl EventLoop {
         }
         let acks = deliver_envs(
             &self.shared,
-            envs.iter().map(|e| (&*e.from, &*e.to, e.payload.clone())),
+            envs.iter()
+                .map(|e| (&*e.from, &*e.to, e.payload.clone(), e.corr)),
         );
         memory.record(host, batch, acks.clone());
         Response::Delivered(acks)
@@ -631,19 +685,19 @@ impl EventLoop {
     }
 }
 
-/// Delivers a message from `from` to a local slot.
+/// Delivers a message from `from` to a local slot, with the error a
+/// sender gets.
 pub(crate) fn push_local(
+    shared: &Shared,
     slot: &crate::inbox::PeerSlot,
     from: &str,
     payload: Payload,
+    corr: Corr,
 ) -> Result<()> {
-    slot.push(Message {
-        from: from.to_string(),
-        payload,
-    })
-    .map_err(|e| match e {
-        PushError::Full => Error::InboxFull(slot.id.to_string()),
-        PushError::Removed => Error::PeerNotFound(slot.id.to_string()),
+    deliver(shared, slot, from, payload, corr).map_err(|e| match e {
+        NotDelivered::Full => Error::InboxFull(slot.id.to_string()),
+        NotDelivered::Removed => Error::PeerNotFound(slot.id.to_string()),
+        NotDelivered::NoRequest => no_request(&slot.id, corr),
     })
 }
 
