@@ -109,5 +109,6 @@ pub fn gateway_frame(data: &[u8]) {
         };
         assert_eq!(value["peer"], "p", "a payload changed the push: {pushed}");
         assert_eq!(value["from"], "q", "a payload changed the push: {pushed}");
+        assert_eq!(value["request"], 1, "a payload changed the push: {pushed}");
     }
 }

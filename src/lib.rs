@@ -59,8 +59,8 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
 pub use network_key::NetworkKey;
 pub use peer::Peer;
-pub use request::RequestId;
 #[doc(hidden)]
 pub use protocol::PROTOCOL_VERSION;
+pub use request::RequestId;
 pub use shared::{Failures, LatencyHistogram, Stats};
 pub use subscription::Subscription;

@@ -190,6 +190,19 @@ impl Peer {
         async move { wait_started(&host, started?).await }
     }
 
+    /// Starts a reply now (see [`Peer::begin_send`]).
+    #[cfg(feature = "gateway")]
+    pub(crate) fn begin_reply(
+        &self,
+        to: &str,
+        id: RequestId,
+        payload: Payload,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let started = self.start_send(to, payload, Corr::Reply(id.0));
+        let host = self.host.clone();
+        async move { wait_started(&host, started?).await }
+    }
+
     /// Checks a send and delivers it locally or hands it to the event loop
     /// (in this first poll when the queue has room, so sends started in
     /// order are queued in order even when their futures run concurrently).

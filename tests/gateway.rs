@@ -503,3 +503,95 @@ async fn a_batch_of_requests_is_answered_in_batches() {
     let f = c.frame().await.unwrap();
     assert_eq!(f["error"]["code"], "bad_request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_replies_between_clients_and_rust_peers_across_hosts() {
+    let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
+    let mut alice = Client::connect(&ua).await;
+    let mut bob = Client::connect(&ub).await;
+    alice
+        .call(json!({"op":"create","peer":"alice"}))
+        .await
+        .unwrap();
+    bob.call(json!({"op":"create","peer":"bob"})).await.unwrap();
+    let rust = b.create("rust").unwrap();
+    rust.registered().await.unwrap();
+    wait_found(&a, "bob", &b).await;
+    wait_found(&b, "alice", &a).await;
+
+    // Client to client across hosts: bob sees the request's id and replies.
+    let asked = alice
+        .start(json!({"op":"request","from":"alice","to":"bob","data":{"q":1},"timeout":5000}))
+        .await;
+    let m = bob.event().await;
+    assert_eq!(
+        (&m["event"], &m["from"], &m["data"]),
+        (&json!("message"), &json!("alice"), &json!({"q":1}))
+    );
+    let request = m["request"].as_u64().expect("a request id");
+    bob.call(json!({"op":"reply","from":"bob","to":"alice","request":request,"data":{"a":2}}))
+        .await
+        .unwrap();
+    let reply = alice.answer(asked).await.unwrap();
+    assert_eq!(
+        (&reply["from"], &reply["data"]),
+        (&json!("bob"), &json!({"a":2}))
+    );
+    // Answered once: the same reply again is refused.
+    let again = bob
+        .call(json!({"op":"reply","from":"bob","to":"alice","request":request,"data":0}))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, "no_request");
+
+    // A client asks a Rust peer.
+    let asked = alice
+        .start(json!({"op":"request","from":"alice","to":"rust","data":"ping"}))
+        .await;
+    let got = within("rust recv", rust.recv()).await.unwrap();
+    assert_eq!(got.decode::<String>().unwrap(), "ping");
+    got.reply_json(&rust, &json!("pong")).await.unwrap();
+    let reply = alice.answer(asked).await.unwrap();
+    assert_eq!(
+        (&reply["from"], &reply["data"]),
+        (&json!("rust"), &json!("pong"))
+    );
+
+    // A Rust peer asks a client.
+    let rust2 = rust.clone();
+    let asking = tokio::spawn(async move {
+        rust2
+            .request_json("alice", &json!({"n": 41}), Duration::from_secs(5))
+            .await
+    });
+    let m = alice.event().await;
+    let request = m["request"].as_u64().expect("a request id");
+    alice
+        .call(json!({"op":"reply","from":"alice","to":"rust","request":request,"data":{"n":42}}))
+        .await
+        .unwrap();
+    let reply = within("rust's reply", asking).await.unwrap().unwrap();
+    assert_eq!(
+        reply.decode::<serde_json::Value>().unwrap(),
+        json!({"n": 42})
+    );
+
+    // Nobody answers: the requester times out, the late replier is told.
+    let asked = alice
+        .start(json!({"op":"request","from":"alice","to":"bob","data":1,"timeout":200}))
+        .await;
+    let m = bob.event().await;
+    let late = alice.answer(asked).await.unwrap_err();
+    assert_eq!(late.code, "timeout");
+    let refused = bob
+        .call(json!({"op":"reply","from":"bob","to":"alice","request":m["request"],"data":2}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, "no_request");
+    // Only a connection's own peers ask and reply.
+    let r = bob
+        .call(json!({"op":"request","from":"alice","to":"bob","data":1}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "not_found");
+}

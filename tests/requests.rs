@@ -95,10 +95,7 @@ async fn an_unanswered_request_times_out_and_its_late_reply_is_an_error_to_the_r
     assert_eq!(alice.pending(), 0);
 
     // A request to nobody fails as a send does, at once.
-    match alice
-        .request("nobody", &1u32, Duration::from_secs(5))
-        .await
-    {
+    match alice.request("nobody", &1u32, Duration::from_secs(5)).await {
         Err(Error::PeerNotFound(id)) => assert_eq!(id, "nobody"),
         other => panic!("request to nobody: {other:?}"),
     }
@@ -152,7 +149,10 @@ async fn only_the_asked_peer_can_answer_and_a_plain_message_cannot_be_answered()
     // Bob's reply does.
     request.reply(&bob, &2u32).await.unwrap();
     let reply = within("alice's reply", asked).await.unwrap().unwrap();
-    assert_eq!((reply.from.as_str(), reply.decode::<u32>().unwrap()), ("bob", 2));
+    assert_eq!(
+        (reply.from.as_str(), reply.decode::<u32>().unwrap()),
+        ("bob", 2)
+    );
     // Answered once: a second reply is refused.
     match request.reply(&bob, &3u32).await {
         Err(Error::NoRequest(_)) => {}

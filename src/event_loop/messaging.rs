@@ -287,7 +287,13 @@ impl EventLoop {
             return;
         }
         if let Some(slot) = self.shared.registry.get(&p.env.to) {
-            let r = push_local(&self.shared, &slot, &p.env.from, p.env.payload.clone(), p.env.corr);
+            let r = push_local(
+                &self.shared,
+                &slot,
+                &p.env.from,
+                p.env.payload.clone(),
+                p.env.corr,
+            );
             self.finish_send(p, r);
             return;
         }

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::{error::Error, message::Encoding, Payload};
+use crate::{error::Error, message::Encoding, request::RequestId, Message, Payload};
 
 /// The protocol version this gateway speaks.
 pub const VERSION: u32 = 1;
@@ -33,6 +33,7 @@ pub(crate) fn code(e: &Error) -> &'static str {
         Error::MessageTooLarge { .. } => "too_large",
         Error::InboxFull(_) => "inbox_full",
         Error::InvalidChannel(_) => "invalid_channel",
+        Error::NoRequest(_) => "no_request",
         Error::Encode(_) | Error::Decode(_) => "bad_request",
         _ => "internal",
     }
@@ -89,6 +90,8 @@ struct Flat<'a> {
     version: Option<u32>,
     limit: Option<u64>,
     batch: Option<bool>,
+    request: Option<u64>,
+    timeout: Option<u64>,
 }
 
 /// A decoded request.
@@ -123,6 +126,28 @@ pub enum Op {
         /// The recipient, anywhere.
         to: String,
         /// The message as JSON text.
+        data: Payload,
+    },
+    /// Sends `data` as a request and answers with the reply.
+    Request {
+        /// The asking peer (this connection's).
+        from: String,
+        /// The peer asked, anywhere.
+        to: String,
+        /// The request as JSON text.
+        data: Payload,
+        /// How long to wait for the reply.
+        timeout: std::time::Duration,
+    },
+    /// Replies to a request one of this connection's peers received.
+    Reply {
+        /// The replying peer (this connection's): the one asked.
+        from: String,
+        /// The peer that asked.
+        to: String,
+        /// The request's id, from its `message` event.
+        request: RequestId,
+        /// The reply as JSON text.
         data: Payload,
     },
     /// Subscribes this connection to a channel.
@@ -169,6 +194,12 @@ pub struct Request {
     pub op: Op,
 }
 
+/// The wait for a reply when a request names none.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest wait for a reply a request may ask for: a request holds
+/// one of its connection's in-flight places until then.
+pub const MAX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Most peer ids one `peers` answer lists.
 const MAX_LISTED: u64 = 10_000;
 
@@ -211,6 +242,24 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
         "send" => Op::Send {
             from: need(flat.from, "from")?,
             to: need(flat.to, "to")?,
+            data: data(flat.data)?,
+        },
+        "request" => Op::Request {
+            from: need(flat.from, "from")?,
+            to: need(flat.to, "to")?,
+            data: data(flat.data)?,
+            timeout: flat
+                .timeout
+                .map_or(DEFAULT_REQUEST_TIMEOUT, std::time::Duration::from_millis)
+                .min(MAX_REQUEST_TIMEOUT),
+        },
+        "reply" => Op::Reply {
+            from: need(flat.from, "from")?,
+            to: need(flat.to, "to")?,
+            request: RequestId(
+                flat.request
+                    .ok_or_else(|| fail("reply needs \"request\""))?,
+            ),
             data: data(flat.data)?,
         },
         "subscribe" => Op::Subscribe {
@@ -314,17 +363,31 @@ fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// `{"event":"message","peer":…,"from":…,"data":…}`.
-pub(crate) fn message(peer: &str, from: &str, payload: &Payload) -> String {
-    let mut out = String::with_capacity(64 + peer.len() + from.len() + payload.len());
+/// `{"event":"message","peer":…,"from":…,"data":…}`, with `"request":N`
+/// when the sender waits for a reply.
+pub(crate) fn message(peer: &str, m: &Message) -> String {
+    let (from, payload) = (&m.from, &m.payload);
+    let mut out = String::with_capacity(80 + peer.len() + from.len() + payload.len());
     let _ = write!(
         out,
         "{{\"event\":\"message\",\"peer\":{},\"from\":{}",
         json_str(peer),
         json_str(from)
     );
+    if let Some(r) = m.request_id() {
+        let _ = write!(out, ",\"request\":{r}");
+    }
     push_payload(&mut out, payload);
     out.push('}');
+    out
+}
+
+/// `{"id":N,"ok":{"from":…,"data":…}}`: the reply to a `request`.
+pub(crate) fn reply(id: u64, m: &Message) -> String {
+    let mut out = String::with_capacity(48 + m.from.len() + m.payload.len());
+    let _ = write!(out, "{{\"id\":{id},\"ok\":{{\"from\":{}", json_str(&m.from));
+    push_payload(&mut out, &m.payload);
+    out.push_str("}}");
     out
 }
 
@@ -350,6 +413,7 @@ pub(crate) fn removed(peer: &str, reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::Corr;
 
     #[test]
     fn a_send_keeps_its_data_as_written() {
@@ -372,6 +436,28 @@ mod tests {
         assert!(split_batch("[1,").is_err());
         let many = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
         assert!(split_batch(&many).is_err());
+    }
+
+    #[test]
+    fn requests_and_replies_decode_with_their_bounds() {
+        let r = decode(r#"{"op":"request","id":1,"from":"a","to":"b","data":1,"timeout":250}"#);
+        let Op::Request { timeout, .. } = r.unwrap().op else {
+            panic!("not a request")
+        };
+        assert_eq!(timeout, std::time::Duration::from_millis(250));
+        let r = decode(r#"{"op":"request","id":1,"from":"a","to":"b","data":1,"timeout":1e3}"#);
+        assert!(r.is_err(), "a timeout is an integer of milliseconds");
+        let r = decode(r#"{"op":"request","id":1,"from":"a","to":"b","data":1}"#).unwrap();
+        assert!(matches!(r.op, Op::Request { timeout, .. } if timeout == DEFAULT_REQUEST_TIMEOUT));
+        let r =
+            decode(r#"{"op":"request","id":1,"from":"a","to":"b","data":1,"timeout":99999999999}"#);
+        assert!(
+            matches!(r.unwrap().op, Op::Request { timeout, .. } if timeout == MAX_REQUEST_TIMEOUT)
+        );
+        let r = decode(r#"{"op":"reply","id":2,"from":"b","to":"a","request":77,"data":[]}"#);
+        assert!(matches!(r.unwrap().op, Op::Reply { request, .. } if request.as_u64() == 77));
+        let (id, r) = decode(r#"{"op":"reply","id":3,"from":"b","to":"a","data":[]}"#).unwrap_err();
+        assert_eq!((id, r.code), (3, "bad_request"));
     }
 
     #[test]
@@ -409,14 +495,16 @@ mod tests {
     #[test]
     fn pushes_are_json_and_cannot_be_forged_by_a_payload() {
         let p = Payload::json(&serde_json::json!({"k": "v"})).unwrap();
-        let m: serde_json::Value = serde_json::from_str(&message("p\"1", "q", &p)).unwrap();
+        let msg = |payload: &Payload| Message::new("q".into(), payload.clone(), Corr::Request(9));
+        let m: serde_json::Value = serde_json::from_str(&message("p\"1", &msg(&p))).unwrap();
+        assert_eq!(m["request"], 9);
         assert_eq!(m["peer"], "p\"1");
         assert_eq!(m["data"]["k"], "v");
         let forged = Payload {
             encoding: Encoding::Json,
             bytes: bytes::Bytes::from_static(br#"1,"peer":"someone else""#),
         };
-        let m: serde_json::Value = serde_json::from_str(&message("p", "q", &forged)).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&message("p", &msg(&forged))).unwrap();
         assert_eq!(m["peer"], "p");
         assert_eq!(m["encoding"], "json");
         // Found by the fuzz target: grammatical JSON that strict parsers refuse.
@@ -424,8 +512,11 @@ mod tests {
             encoding: Encoding::Json,
             bytes: bytes::Bytes::from_static(b"1e+2111"),
         };
-        let m: serde_json::Value = serde_json::from_str(&message("p", "q", &huge)).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&message("p", &msg(&huge))).unwrap();
         assert_eq!(m["encoding"], "json");
+        let m: serde_json::Value = serde_json::from_str(&reply(4, &msg(&forged))).unwrap();
+        assert_eq!((&m["id"], &m["ok"]["from"]), (&4.into(), &"q".into()));
+        assert_eq!(m["ok"]["encoding"], "json");
         let typed = Payload::postcard(&7u32).unwrap();
         let m: serde_json::Value = serde_json::from_str(&publish("c", &typed)).unwrap();
         assert_eq!(m["encoding"], "postcard");

@@ -30,7 +30,12 @@ pub use tokens::{TokenLimits, Tokens};
 /// A message push as the gateway writes it (for the fuzz target).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_push(peer: &str, from: &str, payload: &crate::Payload) -> String {
-    frames::message(peer, from, payload)
+    let m = crate::Message::new(
+        from.into(),
+        payload.clone(),
+        crate::request::Corr::Request(1),
+    );
+    frames::message(peer, &m)
 }
 
 use crate::{

@@ -556,7 +556,7 @@ async fn run(
 /// Pushes one peer message or publish to the client.
 async fn inbound(conn: &mut Conn, st: &mut State, i: Inbound) -> Result<(), Gone> {
     match i {
-        Inbound::Message(peer, m) => conn.feed(frames::message(&peer, &m.from, &m.payload)).await,
+        Inbound::Message(peer, m) => conn.feed(frames::message(&peer, &m)).await,
         Inbound::Publish(m) => conn.feed(frames::publish(&m.channel, &m.payload)).await,
         Inbound::PeerEnded(peer) => {
             if st.peers.remove(&peer).is_none() {
@@ -648,6 +648,49 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 frames::error(id, &r)
             } else {
                 let sent = p.begin_send(&to, data);
+                conn.in_flight.push(sent.map(answer).boxed());
+                return Ok(None);
+            }
+        }
+        Op::Request {
+            from,
+            to,
+            data,
+            timeout,
+        } => {
+            let Some(p) = st.peers.get(from.as_str()) else {
+                return conn
+                    .feed(frames::error(id, &not_ours(&from)))
+                    .await
+                    .map(|()| None);
+            };
+            if let Some(r) = over_rate(st) {
+                frames::error(id, &r)
+            } else {
+                let asked = p.begin_request(&to, data, timeout).map(move |r| match r {
+                    Ok(m) => frames::reply(id, &m),
+                    Err(e) => frames::error(id, &Refusal::from(&e)),
+                });
+                conn.in_flight.push(asked.boxed());
+                return Ok(None);
+            }
+        }
+        Op::Reply {
+            from,
+            to,
+            request,
+            data,
+        } => {
+            let Some(p) = st.peers.get(from.as_str()) else {
+                return conn
+                    .feed(frames::error(id, &not_ours(&from)))
+                    .await
+                    .map(|()| None);
+            };
+            if let Some(r) = over_rate(st) {
+                frames::error(id, &r)
+            } else {
+                let sent = p.begin_reply(&to, request, data);
                 conn.in_flight.push(sent.map(answer).boxed());
                 return Ok(None);
             }
