@@ -1119,15 +1119,7 @@ fn the_client_commands_send_publish_and_listen_through_the_gateway() {
     assert!(ready.contains("listening"), "{ready}");
 
     // Node a finds the peer on b, then a one-shot send reaches it.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, stdout, _) = run_to_end(&["find", "inbox", "--gateway", &ga], &[]);
-        if code == Some(0) && stdout.starts_with(&b.id.to_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "inbox never found from a");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cli_finds(&ga, "inbox", &b.id);
     let (code, _, stderr) = run_to_end(&["send", "inbox", "hello there", "--gateway", &ga], &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let line = out.recv_timeout(WAIT).expect("the message");
@@ -1181,5 +1173,76 @@ fn the_client_commands_send_publish_and_listen_through_the_gateway() {
             "inbox still found after sub left"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the `find` command through `gateway` places `id` on `host`.
+fn cli_finds(gateway: &str, id: &str, host: &PeerId) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, stdout, _) = run_to_end(&["find", id, "--gateway", gateway], &[]);
+        if code == Some(0) && stdout.starts_with(&host.to_string()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never found through {gateway}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_request_command_gets_the_answer_of_a_reply_command_on_another_node() {
+    let a = start(&["--gateway", "127.0.0.1:0"]);
+    let b = start(&["--gateway", "127.0.0.1:0", "--join", a.addr()]);
+    let (ga, gb) = (a.gateway.clone().unwrap(), b.gateway.clone().unwrap());
+    // Two answering peers on b: one with a fixed answer, one that echoes.
+    let mut repliers = Vec::new();
+    let mut seen = Vec::new();
+    for args in [&["reply", "time", "noon"][..], &["reply", "echo"][..]] {
+        let mut args = args.to_vec();
+        args.extend(["--gateway", &gb]);
+        let mut r = base_command(&args).spawn().expect("spawn reply");
+        seen.push(lines_of(r.stdout.take().unwrap()));
+        let err = lines_of(r.stderr.take().unwrap());
+        let ready = err.recv_timeout(WAIT).expect("reply is answering");
+        assert!(ready.contains("answering"), "{ready}");
+        repliers.push(r);
+    }
+    cli_finds(&ga, "time", &b.id);
+    cli_finds(&ga, "echo", &b.id);
+
+    let (code, stdout, stderr) = run_to_end(
+        &[
+            "request",
+            "time",
+            "what time is it?",
+            "--from",
+            "asker",
+            "--gateway",
+            &ga,
+        ],
+        &[],
+    );
+    assert_eq!((code, stdout.trim()), (Some(0), "noon"), "{stderr}");
+    let line = seen[0].recv_timeout(WAIT).expect("the request, printed");
+    assert_eq!(line, "asker: what time is it?");
+    let (code, stdout, stderr) = run_to_end(
+        &["request", "echo", r#"{"n":[1,2]}"#, "--gateway", &ga],
+        &[],
+    );
+    assert_eq!(
+        (code, stdout.trim()),
+        (Some(0), r#"{"n":[1,2]}"#),
+        "{stderr}"
+    );
+
+    // No such peer: a one-line typed error.
+    let (code, _, stderr) = run_to_end(&["request", "nobody", "hi", "--gateway", &ga], &[]);
+    assert_one_line_error(code, &stderr, "not_found");
+    for mut r in repliers {
+        let _ = r.kill();
+        let _ = r.wait();
     }
 }

@@ -1,5 +1,5 @@
-//! The client subcommands (`send`, `pub`, `sub`, `find`, `members`,
-//! `stats`), like the `nats` CLI: each connects to a node's client gateway
+//! The client subcommands (`send`, `request`, `reply`, `pub`, `sub`,
+//! `find`, `members`, `stats`), like the `nats` CLI: each connects to a node's client gateway
 //! over WebSocket (docs/CLIENT-PROTOCOL.md), does one thing and exits.
 
 use std::collections::VecDeque;
@@ -149,18 +149,37 @@ fn print_payload(event: &Value, as_json: bool) {
         return;
     }
     let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
-    let prefix = if event["event"] == "publish" {
-        format!("#{} ", text("channel"))
+    if event["event"] == "publish" {
+        println!("#{} {}", text("channel"), payload_text(event));
     } else {
-        format!("{}: ", text("from"))
-    };
+        println!("{}: {}", text("from"), payload_text(event));
+    }
+}
+
+/// A payload as one line: a JSON string's text, other JSON as JSON, and a
+/// payload that is not JSON as its encoding and base64.
+fn payload_text(event: &Value) -> String {
     match event.get("data") {
-        Some(Value::String(s)) => println!("{prefix}{s}"),
-        Some(other) => println!("{prefix}{other}"),
-        None => println!(
-            "{prefix}<{} payload, base64 {}>",
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => format!(
+            "<{} payload, base64 {}>",
             event["encoding"], event["base64"]
         ),
+    }
+}
+
+/// Waits for the next event, or `None` on Ctrl-C.
+async fn next_event(
+    conn: &mut Conn,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future>,
+) -> Result<Option<Value>, String> {
+    if let Some(e) = conn.events.pop_front() {
+        return Ok(Some(e));
+    }
+    tokio::select! {
+        _ = stop => Ok(None),
+        f = conn.frame() => f.map(Some),
     }
 }
 
@@ -182,6 +201,59 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                     .map(|_| ())
             })
             .await
+        }
+        ClientCommand::Request {
+            to,
+            message: text,
+            from,
+            timeout,
+            ..
+        } => {
+            let from = from.unwrap_or_else(|| format!("cli-{:08x}", rand::random::<u32>()));
+            conn.call(json!({"op": "create", "peer": from})).await?;
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            messages(&text, async |data| {
+                let req =
+                    json!({"op": "request", "from": from, "to": to, "data": data, "timeout": ms});
+                let reply = conn.call(req).await?;
+                println!("{}", payload_text(&reply));
+                Ok(())
+            })
+            .await
+        }
+        ClientCommand::Reply { peer, answer, .. } => {
+            conn.call(json!({"op": "create", "peer": peer})).await?;
+            let answer = answer.as_deref().map(message);
+            eprintln!("answering requests to {peer}; Ctrl-C to stop");
+            let stop = tokio::signal::ctrl_c();
+            tokio::pin!(stop);
+            while let Some(event) = next_event(&mut conn, &mut stop).await? {
+                match event["event"].as_str() {
+                    Some("message") => {
+                        print_payload(&event, false);
+                        let Some(request) = event.get("request") else {
+                            continue;
+                        };
+                        let data = match (&answer, event.get("data")) {
+                            (Some(a), _) => a.clone(),
+                            (None, Some(d)) => d.clone(),
+                            (None, None) => Value::Null,
+                        };
+                        let reply = json!({"op": "reply", "from": peer, "to": event["from"],
+                            "request": request, "data": data});
+                        // A requester that stopped waiting is reported, not fatal.
+                        let id = conn.start(reply).await?;
+                        if let Err(e) = conn.answer(id).await {
+                            eprintln!("reply to {}: {e}", event["from"]);
+                        }
+                    }
+                    Some("closing") => {
+                        return Err(format!("{}: {}", event["code"], event["message"]))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
         }
         ClientCommand::Pub {
             channel,
@@ -213,14 +285,7 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             eprintln!("listening; Ctrl-C to stop");
             let stop = tokio::signal::ctrl_c();
             tokio::pin!(stop);
-            loop {
-                let event = match conn.events.pop_front() {
-                    Some(e) => e,
-                    None => tokio::select! {
-                        _ = &mut stop => break,
-                        f = conn.frame() => f?,
-                    },
-                };
+            while let Some(event) = next_event(&mut conn, &mut stop).await? {
                 match event["event"].as_str() {
                     Some("publish" | "message") => print_payload(&event, json),
                     Some("closing") => {

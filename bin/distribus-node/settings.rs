@@ -97,6 +97,34 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Send a request (JSON, or text) to a peer and print its reply; without
+    /// MESSAGE, one request per line of stdin.
+    Request {
+        /// The peer asked.
+        to: String,
+        /// The request.
+        message: Option<String>,
+        /// Id of the asking peer. Default: cli-<random>.
+        #[arg(long)]
+        from: Option<String>,
+        /// How long to wait for each reply.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+    /// Create a peer that answers every request with ANSWER (or with the
+    /// request itself, as an echo), printing each, until Ctrl-C.
+    Reply {
+        /// The answering peer's id.
+        peer: String,
+        /// The answer (JSON, or text). Default: the request, echoed.
+        answer: Option<String>,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
     /// Publish a message (JSON, or text) on a channel; without MESSAGE,
     /// publish each line of stdin.
     Pub {
@@ -150,6 +178,8 @@ impl ClientCommand {
     pub fn conn(&self) -> &ClientArgs {
         match self {
             ClientCommand::Send { conn, .. }
+            | ClientCommand::Request { conn, .. }
+            | ClientCommand::Reply { conn, .. }
             | ClientCommand::Pub { conn, .. }
             | ClientCommand::Sub { conn, .. }
             | ClientCommand::Find { conn, .. }
