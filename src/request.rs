@@ -26,7 +26,8 @@ use crate::message::Message;
 ///
 /// Ids are unique per requesting host and start at a random value on each
 /// start, so a reply meant for an earlier incarnation of a host does not
-/// match a new request.
+/// match a new request. Ids a distribus host makes stay below 2^53, the
+/// integers a JavaScript number holds exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub(crate) u64);
 
@@ -81,7 +82,9 @@ pub(crate) struct Requests {
 impl Default for Requests {
     fn default() -> Self {
         Requests {
-            next: AtomicU64::new(rand::random::<u64>() >> 1),
+            // Below 2^52, so ids stay exact in JavaScript numbers (the
+            // client gateway's `request` field) for 2^52 requests.
+            next: AtomicU64::new(rand::random::<u64>() >> 12),
             waiting: Mutex::default(),
         }
     }
@@ -211,6 +214,13 @@ mod tests {
         assert_eq!(r.take(id, "a", "b").err(), Some(Unmatched::NoRequest));
         drop(open);
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn ids_are_exact_as_javascript_numbers() {
+        let r = Arc::new(Requests::default());
+        let (open, _rx) = r.open(&Arc::from("a"), "b");
+        assert!(open.id() < 1 << 52);
     }
 
     #[test]

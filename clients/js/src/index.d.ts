@@ -50,11 +50,18 @@ export interface Members {
 export class Peer {
   readonly id: string;
   readonly host: Host;
-  on(event: 'message', listener: (from: string, message: Received) => void): this;
+  /**
+   * A message to this peer. For a request (see {@link Peer.request}),
+   * `reply` answers it: it resolves once the requester has the answer and
+   * rejects with code 'no_request' when the requester no longer waits.
+   */
+  on(event: 'message', listener: (from: string, message: Received, reply?: (message: Json) => Promise<{}>) => void): this;
   on(event: 'removed', listener: (reason: string) => void): this;
   off(event: string, listener: (...args: any[]) => void): this;
   /** Resolves once the recipient's inbox has the message. */
   send(to: string, message: Json): Promise<{}>;
+  /** Sends a request and resolves with the reply's message (rejects with 'timeout' after `timeout` ms, default 10000). */
+  request(to: string, message: Json, options?: { timeout?: number }): Promise<Received>;
 }
 
 export class Host {

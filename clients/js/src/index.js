@@ -64,6 +64,18 @@ export class Peer extends Emitter {
   send(to, message) {
     return this.host._request({ op: 'send', from: this.id, to, data: message === undefined ? null : message });
   }
+
+  /**
+   * Sends `message` as a request and resolves with the reply's message.
+   * The asked peer gets it as a 'message' event whose third argument
+   * replies. Rejects with code 'timeout' when no reply comes in
+   * `options.timeout` ms (default 10000).
+   */
+  async request(to, message, options = {}) {
+    const req = { op: 'request', from: this.id, to, data: message === undefined ? null : message };
+    if (options.timeout !== undefined) req.timeout = Math.max(0, Math.round(options.timeout));
+    return decodePayload(await this.host._request(req));
+  }
 }
 
 /** A connection to a node's client gateway. Make one with {@link connect}. */
@@ -135,7 +147,16 @@ export class Host extends Emitter {
   _one(f) {
     if (f.event === 'message') {
       const peer = this.peers.get(f.peer);
-      if (peer) peer.emit('message', f.from, decodePayload(f));
+      if (peer && f.request === undefined) {
+        peer.emit('message', f.from, decodePayload(f));
+      } else if (peer) {
+        // A request comes with the function that answers it.
+        const reply = (message) => this._request({
+          op: 'reply', from: peer.id, to: f.from, request: f.request,
+          data: message === undefined ? null : message,
+        });
+        peer.emit('message', f.from, decodePayload(f), reply);
+      }
     } else if (f.event === 'publish') {
       const subs = this.channels.get(f.channel);
       if (subs) for (const cb of [...subs]) cb(decodePayload(f), f.channel);

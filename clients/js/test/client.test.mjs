@@ -42,6 +42,31 @@ test('peers on two nodes send to each other, like the original distribus', async
   await hostB.close();
 });
 
+test('a request across nodes gets its reply; a late reply is refused', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const asker = await hostA.create('asker');
+  const clock = await hostB.create('clock');
+  await eventually('clock findable from a', async () => (await hostA.find('clock')).host === hostB.id);
+  clock.on('message', (from, message, reply) => {
+    if (reply && message.late) setTimeout(() => reply('too late').catch((e) => late.push(e.code)), 300);
+    else if (reply) reply({ time: 'noon', asked: message.q, from });
+  });
+  const late = [];
+
+  assert.deepEqual(await asker.request('clock', { q: 'time?' }), { time: 'noon', asked: 'time?', from: 'asker' });
+  // Many in flight at once, each with its own reply.
+  const replies = await Promise.all(Array.from({ length: 100 }, (_, i) => asker.request('clock', { q: i })));
+  assert.deepEqual(replies.map((r) => r.asked), Array.from({ length: 100 }, (_, i) => i));
+  // Not answered in time: the asker times out, the replier is told.
+  await assert.rejects(asker.request('clock', { late: true }, { timeout: 100 }), (e) => e.code === 'timeout');
+  await eventually('the late reply refused', async () => late.length === 1);
+  assert.deepEqual(late, ['no_request']);
+  await assert.rejects(asker.request('nobody', 1), (e) => e.code === 'not_found');
+  await hostA.close();
+  await hostB.close();
+});
+
 test('publish reaches subscribers on both nodes; unsubscribe stops it', async () => {
   const hostA = await connect(a.url);
   const hostB = await connect(b.url);

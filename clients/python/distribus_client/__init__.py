@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from websockets.asyncio.client import connect as ws_connect
@@ -42,19 +42,37 @@ class DistribusError(Exception):
 class Message:
     """A message to a peer (``sender`` set) or on a channel (``channel`` set).
     ``data`` is the JSON value; a typed value a Rust host sent is ``bytes``
-    with its ``encoding``."""
+    with its ``encoding``. ``request`` is set when the sender waits for a
+    reply (:meth:`reply`)."""
 
     data: Any
     sender: Optional[str] = None
     channel: Optional[str] = None
     encoding: str = "json"
+    request: Optional[int] = None
+    _peer: Optional["Peer"] = field(default=None, repr=False, compare=False)
+
+    async def reply(self, data: Any) -> None:
+        """Answers this request; returns once the requester has the answer.
+        Raises ``DistribusError('no_request')`` when the message is not a
+        request or its requester no longer waits (answered, timed out)."""
+        if self.request is None or self._peer is None:
+            raise DistribusError("no_request", "this message is not a request")
+        peer = self._peer
+        await peer.host._request({"op": "reply", "from": peer.id, "to": self.sender,
+                                  "request": self.request, "data": data})
 
 
-def _message(frame: dict) -> Message:
+def _message(frame: dict, peer: Optional["Peer"] = None) -> Message:
     if "data" in frame:
-        return Message(frame["data"], frame.get("from"), frame.get("channel"))
-    raw = base64.b64decode(frame.get("base64", ""))
-    return Message(raw, frame.get("from"), frame.get("channel"), frame.get("encoding", "?"))
+        m = Message(frame["data"], frame.get("from"), frame.get("channel"))
+    else:
+        raw = base64.b64decode(frame.get("base64", ""))
+        m = Message(raw, frame.get("from"), frame.get("channel"), frame.get("encoding", "?"))
+    if peer is not None and isinstance(frame.get("request"), int):
+        m.request = frame["request"]
+        m._peer = peer
+    return m
 
 
 class _Inbox:
@@ -90,6 +108,15 @@ class Peer(_Inbox):
         """Sends ``data`` (any JSON value); returns once the recipient's
         inbox has it."""
         await self.host._request({"op": "send", "from": self.id, "to": to, "data": data})
+
+    async def request(self, to: str, data: Any, timeout: Optional[float] = None) -> Message:
+        """Sends ``data`` as a request and returns the reply (``sender`` is
+        ``to``). Raises ``DistribusError('timeout')`` when no reply comes in
+        ``timeout`` seconds (default: the gateway's, 10 s)."""
+        req = {"op": "request", "from": self.id, "to": to, "data": data}
+        if timeout is not None:
+            req["timeout"] = max(0, int(timeout * 1000))
+        return _message(await self.host._request(req))
 
 
 class Subscription(_Inbox):
@@ -246,7 +273,7 @@ class Host:
         if event == "message":
             peer = self.peers.get(f.get("peer"))
             if peer:
-                peer.queue.put_nowait(_message(f))
+                peer.queue.put_nowait(_message(f, peer))
         elif event == "publish":
             sub = self.channels.get(f.get("channel"))
             if sub:

@@ -58,6 +58,52 @@ async def test_peers_on_two_nodes_talk(nodes):
         await eventually(gone)
 
 
+async def test_requests_across_nodes_get_their_replies(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        asker = await ha.create("py-asker")
+        clock = await hb.create("py-clock")
+
+        async def found():
+            return (await ha.find("py-clock"))["host"] == hb.id
+
+        await eventually(found)
+        late = []
+
+        async def serve():
+            async for m in clock:
+                if not m.request:
+                    continue
+                if m.data == "late":
+                    await asyncio.sleep(0.3)
+                    try:
+                        await m.reply("too late")
+                    except DistribusError as e:
+                        late.append(e.code)
+                else:
+                    await m.reply({"asked": m.data, "by": m.sender})
+
+        server = asyncio.create_task(serve())
+        r = await asker.request("py-clock", "time?", timeout=5)
+        assert (r.sender, r.data) == ("py-clock", {"asked": "time?", "by": "py-asker"})
+        replies = await asyncio.gather(*(asker.request("py-clock", i) for i in range(100)))
+        assert [x.data["asked"] for x in replies] == list(range(100))
+        with pytest.raises(DistribusError) as e:
+            await asker.request("py-clock", "late", timeout=0.1)
+        assert e.value.code == "timeout"
+        await eventually(lambda: asyncio.sleep(0, late == ["no_request"]))
+        # A plain message cannot be answered.
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+        await asker.send("py-clock", "plain")
+        m = await clock.recv(10)
+        assert m.request is None
+        with pytest.raises(DistribusError) as e:
+            await m.reply(1)
+        assert e.value.code == "no_request"
+
+
 async def test_publish_and_subscribe_across_nodes(nodes):
     a, b = nodes
     async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
