@@ -128,6 +128,74 @@ fn host_to_host(c: &mut Criterion) {
     g.finish();
 }
 
+/// Request/reply between two TCP hosts: a peer on the second host answers
+/// each request with its payload; one request in flight (the round trip)
+/// and 1,024 (the rate).
+fn request_reply(c: &mut Criterion) {
+    let rt = runtime();
+    let (_a, b, sender) = rt.block_on(two_hosts());
+    let replier = b.create("replier").expect("create");
+    rt.spawn({
+        let replier = replier.clone();
+        // Replies pipelined as requests are: each waits for its ack.
+        async move {
+            let answering = replier.clone();
+            answering
+                .map(|m| {
+                    let replier = replier.clone();
+                    async move { m.reply_payload(&replier, m.payload.clone()).await }
+                })
+                .buffer_unordered(1024)
+                .for_each(|_| async {})
+                .await
+        }
+    });
+    rt.block_on(async {
+        for _ in 0..200 {
+            if sender
+                .request_payload("replier", payload(), Duration::from_secs(5))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let sender = Arc::new(sender);
+    let p = payload();
+    let wait = Duration::from_secs(10);
+    let mut g = c.benchmark_group("host_to_host");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("request_64B_1_in_flight", |bench| {
+        bench.to_async(&rt).iter(|| async {
+            sender
+                .request_payload("replier", p.clone(), wait)
+                .await
+                .expect("reply");
+        })
+    });
+    g.bench_function("request_64B_1024_in_flight", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let sender = sender.clone();
+            let p = p.clone();
+            async move {
+                let start = Instant::now();
+                stream::iter(0..iters)
+                    .map(|_| sender.request_payload("replier", p.clone(), wait))
+                    .buffer_unordered(1024)
+                    .for_each(|r| async move {
+                        r.expect("reply");
+                    })
+                    .await;
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
 /// Length-prefixed bytes, for the raw request-response baseline.
 #[derive(Clone, Default)]
 struct Bytes64;
@@ -333,5 +401,12 @@ fn publish(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, same_host, host_to_host, raw_baseline, publish);
+criterion_group!(
+    benches,
+    same_host,
+    host_to_host,
+    request_reply,
+    raw_baseline,
+    publish
+);
 criterion_main!(benches);
