@@ -555,6 +555,25 @@ async fn metrics_answer_and_move_with_traffic() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
+    // An echo peer answers a request with a reply, which the node counts.
+    let r = probe
+        .request("echo-a", "ping", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.decode::<String>().unwrap(), "ping");
+    assert_eq!((t.stats().requests, t.stats().replies), (1, 1));
+    assert_eq!(
+        sample(&after, "distribus_channel_messages_missed_total"),
+        0.0
+    );
+    assert_eq!(
+        sample(&after, "distribus_channel_messages_delivered_total"),
+        0.0
+    );
+    assert_eq!(
+        sample(&after, "distribus_replies_total{outcome=\"unmatched\"}"),
+        0.0
+    );
     assert!(sample(&after, "distribus_messages_received_total") >= received_before + 5.0);
     assert!(sample(&after, "distribus_messages_sent_total{path=\"remote\"}") >= 5.0);
     assert!(sample(&after, "distribus_hosts") >= 2.0);

@@ -1,4 +1,5 @@
-//! Echo peers: answer every message by sending its payload back.
+//! Echo peers: answer every message by sending its payload back (a
+//! request with a reply, anything else with a message).
 
 use distribus::{Host, Result};
 use tokio::task::JoinHandle;
@@ -13,7 +14,12 @@ pub fn spawn(host: &Host, id: &str) -> Result<JoinHandle<()>> {
             if msg.from == peer.id() {
                 continue;
             }
-            if let Err(e) = peer.send_payload(&msg.from, msg.payload).await {
+            let answered = if msg.is_request() {
+                msg.reply_payload(&peer, msg.payload.clone()).await
+            } else {
+                peer.send_payload(&msg.from, msg.payload).await
+            };
+            if let Err(e) = answered {
                 tracing::debug!(peer = peer.id(), to = %msg.from, error = %e, "echo reply failed");
             }
         }

@@ -124,6 +124,31 @@ impl Collector for HostCollector {
         )?;
         counter(
             e,
+            "distribus_channel_messages_delivered",
+            "Channel messages put in a local subscription.",
+            s.channel_delivered,
+        )?;
+        counter(
+            e,
+            "distribus_channel_messages_missed",
+            "Channel messages a local subscription missed because it was full (channels are at most once).",
+            s.channel_missed,
+        )?;
+        counter(
+            e,
+            "distribus_requests",
+            "Requests local peers made (request/reply).",
+            s.requests,
+        )?;
+        labelled(
+            e,
+            "distribus_replies",
+            "Replies to local peers' requests, by outcome (matched: handed to the waiting request; unmatched: refused, nobody waited).",
+            "outcome",
+            &[("matched", s.replies), ("unmatched", s.replies_unmatched)],
+        )?;
+        counter(
+            e,
             "distribus_lookups",
             "Directory lookups made over the network.",
             s.lookups,
