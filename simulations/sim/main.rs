@@ -61,7 +61,9 @@ fn single(cli: &Cli) -> Result<bool, String> {
         write_json(p, &report)?;
     }
     if cli.check && !report.all_ok() {
-        eprintln!("distribus-sim: check failed: not every find, message and publish succeeded");
+        eprintln!(
+            "distribus-sim: check failed: not every find, message, request and publish succeeded"
+        );
         return Ok(false);
     }
     Ok(true)
@@ -84,6 +86,7 @@ fn sweep(cli: &Cli) -> Result<bool, String> {
             for (flag, v) in [
                 ("--messages", f.messages),
                 ("--finds", f.finds),
+                ("--requests", f.requests),
                 ("--publishes", f.publishes),
                 ("--subscribers", f.subscribers),
                 ("--churn", f.churn),

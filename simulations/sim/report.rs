@@ -42,6 +42,18 @@ pub struct Report {
     pub latency_p99_ms: f64,
     /// Failed sends by error.
     pub send_errors: BTreeMap<String, usize>,
+    /// Request/reply exchanges made (each to a different peer).
+    pub requests: usize,
+    /// Requests answered with the replier's reply.
+    pub request_success_ratio: f64,
+    /// Requests per second over the request phase.
+    pub requests_per_s: f64,
+    /// Request-to-reply latency, median.
+    pub request_p50_ms: f64,
+    /// Request-to-reply latency, 99th percentile.
+    pub request_p99_ms: f64,
+    /// Failed requests by error.
+    pub request_errors: BTreeMap<String, usize>,
     /// Publishes made.
     pub publishes: usize,
     /// Hosts subscribed.
@@ -114,6 +126,7 @@ impl Report {
     pub fn all_ok(&self) -> bool {
         self.find_success_ratio == 1.0
             && self.delivered_ratio == 1.0
+            && (self.requests == 0 || self.request_success_ratio == 1.0)
             && (self.publishes == 0 || self.publish_delivered_ratio == 1.0)
     }
 
@@ -157,6 +170,21 @@ impl Report {
                 format!(", errors {:?}", self.send_errors)
             }
         ));
+        if self.requests > 0 {
+            line(format!(
+                "  req/reply   {} requests, answered {:.4}, {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}",
+                self.requests,
+                self.request_success_ratio,
+                self.requests_per_s,
+                self.request_p50_ms,
+                self.request_p99_ms,
+                if self.request_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", errors {:?}", self.request_errors)
+                }
+            ));
+        }
         if self.publishes > 0 {
             line(format!(
                 "  publish     {} publishes x {} subscriber hosts, delivered {:.4}, p50 {:.3} ms, p99 {:.3} ms",

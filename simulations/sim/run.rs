@@ -252,12 +252,17 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
     // 4. Random direct messages.
     message_phase(s, &net, &mut rng, &mut r).await?;
 
-    // 5. Publishes.
+    // 5. Request/reply.
+    if s.requests > 0 {
+        request_phase(s, &net, &mut rng, &mut r).await;
+    }
+
+    // 6. Publishes.
     if s.publishes > 0 {
         publish_phase(s, &net, &mut rng, &mut r).await?;
     }
 
-    // 6. Churn.
+    // 7. Churn.
     if s.churn > 0 {
         churn_phase(s, &mut net, &cfg, &mut rng, &mut r).await?;
     }
@@ -397,6 +402,81 @@ async fn message_phase(
     r.latency_p99_ms = lat.pct(99.0);
     r.send_errors = errors;
     Ok(())
+}
+
+/// Requests from random peers, each to a different random peer, which
+/// receives it and replies (driven here: the simulator holds every peer).
+/// Targets are distinct, so each inbox has one waiter.
+async fn request_phase(s: &Scenario, net: &Net, rng: &mut StdRng, r: &mut Report) {
+    let living: Vec<usize> = (0..s.peers).filter(|p| net.peers[*p].is_some()).collect();
+    let count = s.requests.min(living.len() / 2);
+    let mut targets = std::collections::HashSet::with_capacity(count);
+    while targets.len() < count {
+        targets.insert(living[rng.gen_range(0..living.len())]);
+    }
+    let picks: Vec<(usize, usize)> = targets
+        .into_iter()
+        .map(|to| {
+            let mut from = living[rng.gen_range(0..living.len())];
+            if from == to {
+                from =
+                    living[(living.iter().position(|p| *p == to).unwrap_or(0) + 1) % living.len()];
+            }
+            (from, to)
+        })
+        .collect();
+    let pb = bar(count as u64, "requests");
+    let wait = s.phase_timeout.min(Duration::from_secs(30));
+    let start = Instant::now();
+    let results: Vec<Result<Duration, Error>> = futures::stream::iter(picks)
+        .map(|(from, to)| {
+            let (asker, replier) = (net.peers[from].clone(), net.peers[to].clone());
+            let pb = pb.clone();
+            async move {
+                let (Some(asker), Some(replier)) = (asker, replier) else {
+                    return Err(Error::Closed);
+                };
+                let to_id = peer_id(to);
+                let t = Instant::now();
+                let answer = async {
+                    let m = tokio::time::timeout(wait, replier.recv())
+                        .await
+                        .map_err(|_| Error::Timeout)?
+                        .ok_or(Error::Closed)?;
+                    let n: u32 = m.decode()?;
+                    m.reply(&replier, &(n + 1)).await
+                };
+                let (got, answered) = tokio::join!(asker.request(&to_id, &7u32, wait), answer);
+                pb.inc(1);
+                answered?;
+                let reply = got?;
+                match reply.decode::<u32>() {
+                    Ok(8) if reply.from == to_id => Ok(t.elapsed()),
+                    _ => Err(Error::Decode("a wrong reply".into())),
+                }
+            }
+        })
+        .buffer_unordered(s.concurrency)
+        .collect()
+        .await;
+    let took = start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let mut lat = Samples::default();
+    let mut ok = 0;
+    for res in results {
+        match res {
+            Ok(d) => {
+                ok += 1;
+                lat.push_ms(d);
+            }
+            Err(e) => *r.request_errors.entry(error_name(&e)).or_insert(0) += 1,
+        }
+    }
+    r.requests = count;
+    r.request_success_ratio = ok as f64 / count.max(1) as f64;
+    r.requests_per_s = count as f64 / took.max(1e-9);
+    r.request_p50_ms = lat.pct(50.0);
+    r.request_p99_ms = lat.pct(99.0);
 }
 
 async fn publish_phase(

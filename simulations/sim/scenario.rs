@@ -59,6 +59,10 @@ pub struct ScenarioFlags {
     /// Random finds from random hosts. Default 1000.
     #[arg(long)]
     pub finds: Option<usize>,
+    /// Requests from random peers, each to a different random peer that
+    /// replies. Default 1000 (at most half the peers).
+    #[arg(long)]
+    pub requests: Option<usize>,
     /// Channel publishes. Default 100.
     #[arg(long)]
     pub publishes: Option<usize>,
@@ -116,6 +120,7 @@ pub struct ScenarioFile {
     peers: Option<usize>,
     messages: Option<usize>,
     finds: Option<usize>,
+    requests: Option<usize>,
     publishes: Option<usize>,
     subscribers: Option<usize>,
     churn: Option<usize>,
@@ -143,6 +148,8 @@ pub struct Scenario {
     pub messages: usize,
     /// Finds.
     pub finds: usize,
+    /// Request/reply exchanges.
+    pub requests: usize,
     /// Publishes.
     pub publishes: usize,
     /// Subscribing hosts.
@@ -213,6 +220,7 @@ impl Scenario {
             peers: flags.peers.or(f.peers).unwrap_or(10_000),
             messages: flags.messages.or(f.messages).unwrap_or(10_000),
             finds: flags.finds.or(f.finds).unwrap_or(1_000),
+            requests: flags.requests.or(f.requests).unwrap_or(1_000),
             publishes: flags.publishes.or(f.publishes).unwrap_or(100),
             subscribers: flags.subscribers.or(f.subscribers).unwrap_or(8).min(hosts),
             churn: flags.churn.or(f.churn).unwrap_or(0),
