@@ -112,3 +112,41 @@ pub fn gateway_frame(data: &[u8]) {
         assert_eq!(value["request"], 1, "a payload changed the push: {pushed}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every input of the kept corpus (`fuzz/corpus/<target>`, what
+    /// libFuzzer found with `cargo fuzz run`) through its target, in every
+    /// `cargo test`: an input that once crashed a decoder stays fixed
+    /// without the nightly build of the fuzz targets.
+    #[test]
+    fn every_kept_fuzz_input_replays_without_a_finding() {
+        let mut targets: Vec<(&str, fn(&[u8]))> = vec![
+            ("frame", super::frame),
+            ("request", super::request),
+            ("response", super::response),
+            ("delivery", super::delivery),
+            ("channel", super::channel),
+            ("record", super::record),
+            ("relay", super::relay),
+        ];
+        #[cfg(feature = "gateway")]
+        targets.push(("gateway", super::gateway_frame));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        for (name, target) in targets {
+            let dir = root.join(name);
+            let entries = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+            let mut replayed = 0;
+            for entry in entries {
+                let path = entry.expect("a corpus entry").path();
+                let data = std::fs::read(&path).expect("a corpus file");
+                target(&data);
+                replayed += 1;
+            }
+            assert!(replayed > 0, "the {name} corpus is empty");
+        }
+    }
+}

@@ -23,7 +23,7 @@ mod dial_gate;
 mod directory;
 mod error;
 mod event_loop;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(feature = "fuzzing", test))]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "gateway")]

@@ -559,6 +559,7 @@ mod tests {
                 from: "a".into(),
                 to: "b".into(),
                 payload: Payload::postcard(&42u64).unwrap(),
+                corr: Corr::Reply(7),
             }],
         };
         let frame = encode_frame(&req).unwrap();
@@ -569,7 +570,10 @@ mod tests {
         })
         .unwrap();
         match got {
-            Request::Deliver { envs, .. } => assert_eq!(&*envs[0].to, "b"),
+            Request::Deliver { envs, .. } => {
+                assert_eq!(&*envs[0].to, "b");
+                assert_eq!(envs[0].corr, Corr::Reply(7));
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -40,7 +40,7 @@ struct ChannelFrame {
 }
 
 /// The channel frame decoder, for its fuzz target.
-#[cfg(feature = "fuzzing")]
+#[cfg(any(feature = "fuzzing", test))]
 pub(crate) fn fuzz_frame(data: &[u8]) {
     crate::fuzzing::round_trip::<ChannelFrame>(data);
 }

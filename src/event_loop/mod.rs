@@ -51,7 +51,7 @@ use crate::{
 
 pub(crate) use messaging::PendingSend;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(any(feature = "fuzzing", test))]
 pub(crate) use channels::fuzz_frame as fuzz_channel_frame;
 
 /// Most commands handled in one turn of the loop before swarm events.

@@ -28,7 +28,7 @@ pub use tls::TlsIdentity;
 pub use tokens::{TokenLimits, Tokens};
 
 /// A message push as the gateway writes it (for the fuzz target).
-#[cfg(feature = "fuzzing")]
+#[cfg(any(feature = "fuzzing", test))]
 pub(crate) fn fuzz_push(peer: &str, from: &str, payload: &crate::Payload) -> String {
     let m = crate::Message::new(
         from.into(),

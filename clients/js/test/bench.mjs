@@ -1,7 +1,8 @@
 // Throughput and round trip from Node.js through the gateways of two
 // distribus-node processes: a client on node A sends 64-byte messages to a
 // peer whose client is on node B (same Node.js process, as separate
-// connections). Compare with ../shared/peers/run.sh in the same sitting.
+// connections), and round trips to a peer living in node B itself (its
+// echo peer). Compare with ../shared/peers/run.sh in the same sitting.
 //   node test/bench.mjs [N=20000] [RTT=2000]
 import { connect } from '../src/index.js';
 import { twoNodes, eventually } from './nodes.mjs';
@@ -10,7 +11,7 @@ const N = Number(process.argv[2] || 20000);
 const RTT = Number(process.argv[3] || 2000);
 const PAYLOAD64 = 'x'.repeat(62); // 64 bytes as a JSON string
 
-const [a, b] = await twoNodes(['--inbox-capacity', '65536']);
+const [a, b] = await twoNodes(['--inbox-capacity', '65536'], ['--echo-peer', 'bench-echo-node']);
 try {
   const hostA = await connect(a.url);
   const hostB = await connect(b.url);
@@ -70,6 +71,20 @@ try {
   rows.push(['round trip p99 (echo on B)', q(0.99), 'µs']);
   q = await roundTrips('bench-echo-local');
   rows.push(['round trip p50 (echo on A)', q(0.5), 'µs']);
+  // To a peer living in node B (the node's echo peer): the client's one
+  // gateway hop each way and the hop between hosts.
+  q = await roundTrips('bench-echo-node');
+  rows.push(['round trip p50 (B\'s echo peer)', q(0.5), 'µs']);
+  rows.push(['round trip p99 (B\'s echo peer)', q(0.99), 'µs']);
+  const rtts = [];
+  for (let i = 0; i < 200 + RTT; i++) {
+    const s = performance.now();
+    await sender.request('bench-echo-node', PAYLOAD64);
+    if (i >= 200) rtts.push((performance.now() - s) * 1000);
+  }
+  rtts.sort((x, y) => x - y);
+  rows.push(['request/reply p50 (B\'s echo)', Math.round(rtts[Math.floor(0.5 * (rtts.length - 1))]), 'µs']);
+  rows.push(['request/reply p99 (B\'s echo)', Math.round(rtts[Math.floor(0.99 * (rtts.length - 1))]), 'µs']);
 
   console.log(`distribus-client (Node.js ${process.version}), 64 B, N=${N}`);
   if (process.env.BENCH_CPU) {

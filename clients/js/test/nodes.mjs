@@ -52,10 +52,10 @@ export function startNode(args = []) {
   });
 }
 
-/** A seed node and a node joined to it. */
-export async function twoNodes(extra = []) {
+/** A seed node and a node joined to it (`extraB`: the second's own options). */
+export async function twoNodes(extra = [], extraB = []) {
   const a = await startNode(extra);
-  const b = await startNode(['--join', a.addr, ...extra]);
+  const b = await startNode(['--join', a.addr, ...extra, ...extraB]);
   return [a, b];
 }
 
