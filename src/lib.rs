@@ -11,6 +11,8 @@
 //! - `membership.rs`: signed host records, leases, tombstones.
 //! - `protocol.rs`: wire types and the size-limited codec.
 //! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
+//! - `request.rs`: request/reply: correlation ids and the requests waiting
+//!   for their replies.
 
 mod beat_chain;
 mod behaviour;
