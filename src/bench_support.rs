@@ -23,6 +23,31 @@ pub fn encode_delivery(batch: u64, from: &str, to: &str, payload: &Payload) -> i
     })
 }
 
+/// Delivery batch number `batch` holding replies from `from` to `to`, one
+/// per request id in `ids`, as a frame (the attack tests forge them).
+pub fn encode_replies(
+    batch: u64,
+    from: &str,
+    to: &str,
+    ids: impl IntoIterator<Item = u64>,
+    payload: &Payload,
+) -> io::Result<Vec<u8>> {
+    let envs = ids
+        .into_iter()
+        .map(|id| Envelope {
+            from: Arc::from(from),
+            to: Arc::from(to),
+            payload: payload.clone(),
+            corr: crate::request::Corr::Reply(id),
+        })
+        .collect();
+    encode_frame(&Request::Deliver {
+        epoch: 1,
+        batch,
+        envs,
+    })
+}
+
 /// The acks of an answer frame to a delivery: `true` per envelope put
 /// in its recipient's inbox.
 pub fn decode_delivered(frame: &[u8]) -> io::Result<Vec<bool>> {

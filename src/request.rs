@@ -10,10 +10,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
@@ -24,9 +21,10 @@ use crate::message::Message;
 /// The id of a request, as its replier sees it: [`crate::Message::request_id`]
 /// gives it and [`crate::Peer::reply`] answers it.
 ///
-/// Ids are unique per requesting host and start at a random value on each
-/// start, so a reply meant for an earlier incarnation of a host does not
-/// match a new request. Ids a distribus host makes stay below 2^53, the
+/// Ids are random and unique among a host's requests in flight, so a reply
+/// meant for an earlier request (or an earlier incarnation of the host)
+/// does not match a new one, and a host cannot guess the id of a request
+/// it did not receive. Ids a distribus host makes stay below 2^53, the
 /// integers a JavaScript number holds exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub(crate) u64);
@@ -73,21 +71,16 @@ struct Waiting {
 }
 
 /// The requests of this host's peers that wait for their replies.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Requests {
-    next: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiting, ahash::RandomState>>,
 }
 
-impl Default for Requests {
-    fn default() -> Self {
-        Requests {
-            // Below 2^52, so ids stay exact in JavaScript numbers (the
-            // client gateway's `request` field) for 2^52 requests.
-            next: AtomicU64::new(rand::random::<u64>() >> 12),
-            waiting: Mutex::default(),
-        }
-    }
+/// Ids are random below 2^52: exact as JavaScript numbers (the client
+/// gateway's `request` field), and not guessable, so a host that saw one
+/// request of this host cannot answer the next one in another peer's name.
+fn random_id() -> u64 {
+    rand::random::<u64>() >> 12
 }
 
 /// Why a reply was not taken.
@@ -107,16 +100,21 @@ impl Requests {
         requester: &Arc<str>,
         responder: &str,
     ) -> (Open, oneshot::Receiver<Message>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(
-            id,
-            Waiting {
-                requester: requester.clone(),
-                responder: responder.into(),
-                answer: tx,
-            },
-        );
+        let waiting = Waiting {
+            requester: requester.clone(),
+            responder: responder.into(),
+            answer: tx,
+        };
+        let mut map = self.lock();
+        // A collision among the requests in flight is as good as
+        // impossible, but an entry must never be overwritten.
+        let mut id = random_id();
+        while map.contains_key(&id) {
+            id = random_id();
+        }
+        map.insert(id, waiting);
+        drop(map);
         (
             Open {
                 requests: self.clone(),

@@ -279,6 +279,62 @@ async fn a_stranger_cannot_redirect_replies() {
     assert_eq!(b.cached_location("bob").await.unwrap(), Some(a.id()));
 }
 
+/// A member that saw one request of a host (its peer "mole" was asked)
+/// forges replies "from bob" to alice's next request, to bob, with the ids
+/// that follow the one it saw. Every forged reply is refused, and alice
+/// gets bob's own. With counted request ids the first forgery was taken
+/// (the id after the mole's) and alice got the forger's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_forge_the_reply_to_another_peers_request() {
+    let cfg = HostConfig::for_tests();
+    let nodes = star_with_addrs(3, &cfg).await;
+    let (a, a_addr) = &nodes[0];
+    let (b, b_addr) = &nodes[1];
+    let (c, _) = &nodes[2];
+    let bob = a.create("bob").unwrap();
+    let alice = b.create("alice").unwrap();
+    let mole = c.create("mole").unwrap();
+    wait_found(b, "bob", a).await;
+    wait_found(b, "mole", c).await;
+
+    // The attacker learns one of b's request ids through its mole.
+    let asked = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.request("mole", &0u32, Duration::from_secs(10)).await }
+    });
+    let seen = within("the mole's request", mole.recv()).await.unwrap();
+    let seen_id = seen.request_id().unwrap().as_u64();
+    seen.reply(&mole, &0u32).await.unwrap();
+    within("the mole's reply", asked).await.unwrap().unwrap();
+
+    // Alice asks bob; the attacker answers first, in bob's name.
+    let asking = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.request("bob", &1u32, Duration::from_secs(10)).await }
+    });
+    let honest = within("bob's request", bob.recv()).await.unwrap();
+    let (mut swarm, forger, _) = raw_member(a, a_addr).await;
+    swarm.add_peer_address(b.id(), b_addr.clone());
+    ask(&mut swarm, b.id(), forger.join(&[]).unwrap())
+        .await
+        .expect("b answered the join");
+    let lie = distribus::Payload::postcard(&666u32).unwrap();
+    let ids = (1..=256).map(|k| seen_id.wrapping_add(k));
+    let forged = distribus::bench_support::encode_replies(1, "bob", "alice", ids, &lie).unwrap();
+    let answer = ask(&mut swarm, b.id(), forged).await.expect("answered");
+    let taken = distribus::bench_support::decode_delivered(&answer).unwrap();
+    assert_eq!(taken.len(), 256);
+    assert!(taken.iter().all(|t| !t), "a forged reply was taken");
+    assert_eq!(b.stats().replies_unmatched, 256);
+
+    honest.reply(&bob, &2u32).await.unwrap();
+    let reply = within("alice's reply", asking).await.unwrap().unwrap();
+    assert_eq!(
+        (reply.from.as_str(), reply.decode::<u32>().unwrap()),
+        ("bob", 2)
+    );
+}
+
 /// Small directory quotas: a stranger's 5,000 registrations are refused as
 /// a non-member's, and a member's are stored up to its share of a's store
 /// and refused past it (answered as refused, and counted) — while an honest
