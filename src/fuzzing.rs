@@ -117,13 +117,16 @@ pub fn gateway_frame(data: &[u8]) {
 mod tests {
     use std::path::Path;
 
+    /// A corpus directory's name and the target its inputs go through.
+    type Target = (&'static str, fn(&[u8]));
+
     /// Every input of the kept corpus (`fuzz/corpus/<target>`, what
     /// libFuzzer found with `cargo fuzz run`) through its target, in every
     /// `cargo test`: an input that once crashed a decoder stays fixed
     /// without the nightly build of the fuzz targets.
     #[test]
     fn every_kept_fuzz_input_replays_without_a_finding() {
-        let mut targets: Vec<(&str, fn(&[u8]))> = vec![
+        let mut targets: Vec<Target> = vec![
             ("frame", super::frame),
             ("request", super::request),
             ("response", super::response),
