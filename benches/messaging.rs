@@ -3,6 +3,7 @@
 //! - host to host over TCP loopback with 1 and with 1,024 sends in flight;
 //! - the round trip of one send (it resolves on the receiver's ack), next to
 //!   a raw libp2p request-response round trip measured in the same run;
+//! - request/reply host to host, 1 and 1,024 in flight;
 //! - two-host channel publish throughput.
 //!
 //! `cargo bench --bench messaging`
@@ -61,6 +62,22 @@ async fn two_hosts() -> (Host, Host, Peer) {
     (a, b, sender)
 }
 
+/// Runs `iters` calls of `op` with 1,024 in flight; the time they took.
+async fn pipelined<T, Fut>(iters: u64, op: impl Fn() -> Fut) -> Duration
+where
+    Fut: std::future::Future<Output = distribus::Result<T>>,
+{
+    let start = Instant::now();
+    stream::iter(0..iters)
+        .map(|_| op())
+        .buffer_unordered(1024)
+        .for_each(|r| async move {
+            r.expect("answered");
+        })
+        .await;
+    start.elapsed()
+}
+
 fn same_host(c: &mut Criterion) {
     let rt = runtime();
     let (host, a, b) = rt.block_on(async {
@@ -112,17 +129,11 @@ fn host_to_host(c: &mut Criterion) {
     });
     g.bench_function("send_64B_1024_in_flight", |bench| {
         bench.to_async(&rt).iter_custom(|iters| {
-            let sender = sender.clone();
-            let p = p.clone();
-            async move {
-                let start = Instant::now();
-                stream::iter(0..iters)
-                    .map(|_| sender.send_payload("receiver", p.clone()))
-                    .buffer_unordered(1024)
-                    .for_each(|r| async move { r.expect("send") })
-                    .await;
-                start.elapsed()
-            }
+            let (sender, p) = (sender.clone(), p.clone());
+            pipelined(iters, move || {
+                let (sender, p) = (sender.clone(), p.clone());
+                async move { sender.send_payload("receiver", p).await }
+            })
         })
     });
     g.finish();
@@ -178,19 +189,11 @@ fn request_reply(c: &mut Criterion) {
     });
     g.bench_function("request_64B_1024_in_flight", |bench| {
         bench.to_async(&rt).iter_custom(|iters| {
-            let sender = sender.clone();
-            let p = p.clone();
-            async move {
-                let start = Instant::now();
-                stream::iter(0..iters)
-                    .map(|_| sender.request_payload("replier", p.clone(), wait))
-                    .buffer_unordered(1024)
-                    .for_each(|r| async move {
-                        r.expect("reply");
-                    })
-                    .await;
-                start.elapsed()
-            }
+            let (sender, p) = (sender.clone(), p.clone());
+            pipelined(iters, move || {
+                let (sender, p) = (sender.clone(), p.clone());
+                async move { sender.request_payload("replier", p, wait).await }
+            })
         })
     });
     g.finish();

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use distribus::{Error, HostConfig, Peer};
+use distribus::{Error, Host, HostConfig, Peer};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 /// Answers every request to `peer` with its number plus one, until the
@@ -25,16 +25,23 @@ fn serve_increment(peer: Peer) -> tokio::task::JoinHandle<u32> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_across_hosts_and_on_one_host_get_their_own_replies() {
+/// Two joined hosts on TCP loopback, alice on the first and bob on the
+/// second, bob found from alice's host.
+async fn alice_and_bob() -> (Host, Host, Peer, Peer) {
     let cfg = HostConfig::for_tests();
     let (a, _) = tcp_host(cfg.clone()).await;
     let (b, b_addr) = tcp_host(cfg).await;
     a.join(&b_addr.to_string()).await.unwrap();
     let alice = a.create("alice").unwrap();
     let bob = b.create("bob").unwrap();
-    let carol = a.create("carol").unwrap();
     wait_found(&a, "bob", &b).await;
+    (a, b, alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_across_hosts_and_on_one_host_get_their_own_replies() {
+    let (a, b, alice, bob) = alice_and_bob().await;
+    let carol = a.create("carol").unwrap();
     let bob_served = serve_increment(bob);
     let carol_served = serve_increment(carol);
 
@@ -72,13 +79,7 @@ async fn concurrent_requests_across_hosts_and_on_one_host_get_their_own_replies(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_request_times_out_and_its_late_reply_is_an_error_to_the_replier() {
-    let cfg = HostConfig::for_tests();
-    let (a, _) = tcp_host(cfg.clone()).await;
-    let (b, b_addr) = tcp_host(cfg).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
+    let (a, _b, alice, bob) = alice_and_bob().await;
 
     let asked = alice.request("bob", &1u32, Duration::from_millis(300));
     let (answer, request) = tokio::join!(asked, within("bob receives", bob.recv()));
@@ -103,13 +104,7 @@ async fn an_unanswered_request_times_out_and_its_late_reply_is_an_error_to_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_a_removed_requester_is_not_found() {
-    let cfg = HostConfig::for_tests();
-    let (a, _) = tcp_host(cfg.clone()).await;
-    let (b, b_addr) = tcp_host(cfg).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
+    let (a, _b, alice, bob) = alice_and_bob().await;
     let waiting = tokio::spawn({
         let alice = alice.clone();
         async move { alice.request("bob", &1u32, Duration::from_secs(30)).await }
@@ -125,14 +120,8 @@ async fn a_reply_to_a_removed_requester_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_asked_peer_can_answer_and_a_plain_message_cannot_be_answered() {
-    let cfg = HostConfig::for_tests();
-    let (a, _) = tcp_host(cfg.clone()).await;
-    let (b, b_addr) = tcp_host(cfg).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
+    let (a, b, alice, bob) = alice_and_bob().await;
     let mallory = b.create("mallory").unwrap();
-    wait_found(&a, "bob", &b).await;
     wait_found(&a, "mallory", &b).await;
 
     let asked = tokio::spawn({

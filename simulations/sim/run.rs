@@ -359,6 +359,12 @@ async fn send_random(
         .collect()
         .await;
     pb.finish_and_clear();
+    tally(results)
+}
+
+/// The latencies of the operations that succeeded, the failures by error,
+/// and how many succeeded.
+fn tally(results: Vec<Result<Duration, Error>>) -> (Samples, BTreeMap<String, usize>, usize) {
     let mut lat = Samples::default();
     let mut errors = BTreeMap::new();
     let mut ok = 0;
@@ -461,17 +467,8 @@ async fn request_phase(s: &Scenario, net: &Net, rng: &mut StdRng, r: &mut Report
         .await;
     let took = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let mut lat = Samples::default();
-    let mut ok = 0;
-    for res in results {
-        match res {
-            Ok(d) => {
-                ok += 1;
-                lat.push_ms(d);
-            }
-            Err(e) => *r.request_errors.entry(error_name(&e)).or_insert(0) += 1,
-        }
-    }
+    let (mut lat, errors, ok) = tally(results);
+    r.request_errors = errors;
     r.requests = count;
     r.request_success_ratio = ok as f64 / count.max(1) as f64;
     r.requests_per_s = count as f64 / took.max(1e-9);

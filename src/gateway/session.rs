@@ -637,36 +637,21 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
             }
             None => frames::error(id, &not_ours(&peer)),
         },
-        Op::Send { from, to, data } => {
-            let Some(p) = st.peers.get(from.as_str()) else {
-                return conn
-                    .feed(frames::error(id, &not_ours(&from)))
-                    .await
-                    .map(|()| None);
-            };
-            if let Some(r) = over_rate(st) {
-                frames::error(id, &r)
-            } else {
-                let sent = p.begin_send(&to, data);
-                conn.in_flight.push(sent.map(answer).boxed());
+        Op::Send { from, to, data } => match sender(st, &from) {
+            Ok(p) => {
+                conn.in_flight
+                    .push(p.begin_send(&to, data).map(answer).boxed());
                 return Ok(None);
             }
-        }
+            Err(r) => frames::error(id, &r),
+        },
         Op::Request {
             from,
             to,
             data,
             timeout,
-        } => {
-            let Some(p) = st.peers.get(from.as_str()) else {
-                return conn
-                    .feed(frames::error(id, &not_ours(&from)))
-                    .await
-                    .map(|()| None);
-            };
-            if let Some(r) = over_rate(st) {
-                frames::error(id, &r)
-            } else {
+        } => match sender(st, &from) {
+            Ok(p) => {
                 let asked = p.begin_request(&to, data, timeout).map(move |r| match r {
                     Ok(m) => frames::reply(id, &m),
                     Err(e) => frames::error(id, &Refusal::from(&e)),
@@ -674,27 +659,21 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 conn.in_flight.push(asked.boxed());
                 return Ok(None);
             }
-        }
+            Err(r) => frames::error(id, &r),
+        },
         Op::Reply {
             from,
             to,
             request,
             data,
-        } => {
-            let Some(p) = st.peers.get(from.as_str()) else {
-                return conn
-                    .feed(frames::error(id, &not_ours(&from)))
-                    .await
-                    .map(|()| None);
-            };
-            if let Some(r) = over_rate(st) {
-                frames::error(id, &r)
-            } else {
+        } => match sender(st, &from) {
+            Ok(p) => {
                 let sent = p.begin_reply(&to, request, data);
                 conn.in_flight.push(sent.map(answer).boxed());
                 return Ok(None);
             }
-        }
+            Err(r) => frames::error(id, &r),
+        },
         Op::Publish { channel, data } => {
             if let Some(r) = over_rate(st) {
                 frames::error(id, &r)
@@ -786,6 +765,16 @@ fn not_ours(peer: &str) -> Refusal {
         "not_found",
         format!("peer {peer:?} is not one of this connection's peers"),
     )
+}
+
+/// The connection's peer `from`, when a message from it may go now: it is
+/// this connection's, and the token's rate allows one more.
+fn sender<'a>(st: &'a State, from: &str) -> Result<&'a Peer, Refusal> {
+    let p = st.peers.get(from).ok_or_else(|| not_ours(from))?;
+    match over_rate(st) {
+        Some(r) => Err(r),
+        None => Ok(p),
+    }
 }
 
 fn over_rate(st: &State) -> Option<Refusal> {
