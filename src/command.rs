@@ -36,6 +36,38 @@ pub struct HostInfo {
     pub connected: bool,
 }
 
+/// Addresses as their text.
+fn addr_texts(addrs: &[Multiaddr]) -> Vec<String> {
+    addrs.iter().map(|a| a.to_string()).collect()
+}
+
+/// Serialized with the host id and the addresses as their text (the
+/// client gateway's `members` and the node's `/admin/members`).
+impl serde::Serialize for HostInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HostInfo", 4)?;
+        st.serialize_field("host", &self.host.to_string())?;
+        st.serialize_field("addrs", &addr_texts(&self.addrs))?;
+        st.serialize_field("channels", &self.channels)?;
+        st.serialize_field("connected", &self.connected)?;
+        st.end()
+    }
+}
+
+/// Serialized with the host id and the addresses as their text (the
+/// client gateway's `find`).
+impl serde::Serialize for Location {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Location", 3)?;
+        st.serialize_field("host", &self.host.to_string())?;
+        st.serialize_field("addrs", &addr_texts(&self.addrs))?;
+        st.serialize_field("round_trips", &self.round_trips)?;
+        st.end()
+    }
+}
+
 /// Whether a host has joined others and agrees with them on the membership
 /// ([`crate::Host::readiness`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

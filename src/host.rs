@@ -448,7 +448,7 @@ impl Host {
     /// forget this host's peers; then the event loop stops. Afterwards every
     /// method returns [`Error::Closed`]. Closing twice is fine.
     pub async fn close(&self) -> Result<()> {
-        if self.inner.shared.closed.swap(true, Ordering::AcqRel) {
+        if self.inner.shared.mark_closed() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();

@@ -171,6 +171,8 @@ pub(crate) struct Shared {
     /// configuration changes beyond reading it (the allow-list).
     pub config_changes: AtomicU64,
     pub closed: AtomicBool,
+    /// Woken when `closed` is set (see [`Shared::until_closed`]).
+    pub closing: Notify,
     pub wire: Arc<WireStats>,
     pub counters: Counters,
     /// Every live member (this host included), as the event loop last saw
@@ -197,6 +199,7 @@ impl Shared {
             config: RwLock::new(config),
             config_changes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            closing: Notify::new(),
             wire,
             counters: Counters::default(),
             members: RwLock::new(std::iter::once(local).collect()),
@@ -242,6 +245,29 @@ impl Shared {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the host closed; returns whether it was already.
+    pub fn mark_closed(&self) -> bool {
+        let was = self.closed.swap(true, Ordering::AcqRel);
+        self.closing.notify_waiters();
+        was
+    }
+
+    /// Resolves once the host is closed.
+    #[cfg(feature = "gateway")]
+    pub async fn until_closed(&self) {
+        loop {
+            // Registered before the check, so a close between the check and
+            // the wait still wakes it.
+            let woken = self.closing.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     pub fn stats(&self) -> Stats {

@@ -155,3 +155,32 @@ async fn a_host_subscribes_to_at_most_4096_channels() {
     drop(subs.pop());
     let _room = h.subscribe("one-more").await.expect("room again");
 }
+
+/// A subscription that does not read keeps `subscription_capacity`
+/// messages; the rest are missed (channels are at most once), and counted
+/// on the subscription and on the host, while a reading subscription of
+/// the same host gets every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscription_misses_what_it_has_no_room_for_and_says_so() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.subscription_capacity = 8;
+    let [a, b]: [Host; 2] = star(2, &cfg).await.try_into().unwrap();
+    let slow = b.subscribe("ticks").await.unwrap();
+    let mut reader = b.subscribe("ticks").await.unwrap();
+    wait_subscribed(&a, &b, "ticks").await;
+    let mut got = Vec::new();
+    for i in 0..20u32 {
+        a.publish("ticks", &i).await.unwrap();
+        got.push(
+            within("tick", reader.recv())
+                .await
+                .unwrap()
+                .decode::<u32>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert_eq!(slow.missed(), 12);
+    let s = b.stats();
+    assert_eq!((s.channel_delivered, s.channel_missed), (28, 12));
+}

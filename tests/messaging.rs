@@ -204,7 +204,9 @@ async fn unknown_removed_and_moved_peers() {
         3
     );
     // And moved with the old location still cached: one send re-resolves.
-    let _ = a.find("bob").await.unwrap();
+    // (Waited for: the send above may have been resolved by one holder
+    // before every holder had bob's new entry.)
+    wait_found(&a, "bob", &c).await;
     c.remove("bob").unwrap();
     let bob_on_b = b.create("bob").unwrap();
     wait_found(&b, "bob", &b).await;

@@ -281,20 +281,7 @@ fn json(value: &serde_json::Value) -> axum::response::Response {
 async fn members(State(Admin { host, .. }): State<Admin>) -> axum::response::Response {
     use axum::http::StatusCode;
     match host.members().await {
-        Ok(members) => {
-            let hosts: Vec<serde_json::Value> = members
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "host": m.host.to_string(),
-                        "addrs": m.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                        "channels": m.channels,
-                        "connected": m.connected,
-                    })
-                })
-                .collect();
-            json(&serde_json::json!({ "count": hosts.len(), "hosts": hosts }))
-        }
+        Ok(hosts) => json(&serde_json::json!({ "count": hosts.len(), "hosts": hosts })),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }

@@ -118,21 +118,23 @@ impl EventLoop {
         };
         let counters = &self.shared.counters;
         sinks.retain(|s| {
-            let msg = ChannelMessage {
-                channel: channel.to_string(),
-                payload: payload.clone(),
-            };
-            match s.tx.try_send(msg) {
-                Ok(()) => {
+            // Room is reserved, and the delivery counted, before the
+            // message is handed over: a reader that got it sees it counted.
+            match s.tx.try_reserve() {
+                Ok(room) => {
                     bump(&counters.channel_delivered);
+                    room.send(ChannelMessage {
+                        channel: channel.to_string(),
+                        payload: payload.clone(),
+                    });
                     true
                 }
-                Err(TrySendError::Full(_)) => {
+                Err(TrySendError::Full(())) => {
                     s.missed.fetch_add(1, Ordering::Relaxed);
                     bump(&counters.channel_missed);
                     true
                 }
-                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Closed(())) => false,
             }
         });
         if sinks.is_empty() {

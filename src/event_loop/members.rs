@@ -879,9 +879,7 @@ impl EventLoop {
 
     /// Final step of the loop: answers close and drops what is left.
     pub(super) fn finish_close(&mut self) {
-        self.shared
-            .closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.mark_closed();
         self.shared.registry.clear();
         self.subs.clear();
         if let Some(c) = self.closing.take() {

@@ -252,14 +252,9 @@ impl Host {
         let host = self.clone();
         let until = async move {
             // Ends with the handle, or with the host.
-            let closed = async {
-                while !host.is_closed() {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            };
             tokio::select! {
                 _ = stopped => {}
-                _ = closed => {}
+                _ = host.inner.shared.until_closed() => {}
             }
         };
         let tls = config.tls.is_some();

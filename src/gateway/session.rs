@@ -707,14 +707,7 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
             let host = host.clone();
             let found = async move {
                 match host.find(&peer).await {
-                    Ok(l) => frames::ok(
-                        id,
-                        &serde_json::json!({
-                            "host": l.host.to_string(),
-                            "addrs": l.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                            "round_trips": l.round_trips,
-                        }),
-                    ),
+                    Ok(l) => frames::ok(id, &serde_json::json!(l)),
                     Err(e) => frames::error(id, &Refusal::from(&e)),
                 }
             };
@@ -725,23 +718,10 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
             let host = host.clone();
             let listed = async move {
                 match host.members().await {
-                    Ok(m) => {
-                        let hosts: Vec<_> = m
-                            .iter()
-                            .map(|h| {
-                                serde_json::json!({
-                                    "host": h.host.to_string(),
-                                    "addrs": h.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                                    "channels": h.channels,
-                                    "connected": h.connected,
-                                })
-                            })
-                            .collect();
-                        frames::ok(
-                            id,
-                            &serde_json::json!({ "self": host.id().to_string(), "hosts": hosts }),
-                        )
-                    }
+                    Ok(hosts) => frames::ok(
+                        id,
+                        &serde_json::json!({ "self": host.id().to_string(), "hosts": hosts }),
+                    ),
                     Err(e) => frames::error(id, &Refusal::from(&e)),
                 }
             };
