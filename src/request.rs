@@ -160,6 +160,12 @@ impl Requests {
 pub(crate) struct Answer(oneshot::Sender<Message>);
 
 impl Answer {
+    /// Whether the requester still waits (it may give up at any instant;
+    /// checked so that a reply it no longer takes is counted once).
+    pub fn is_waiting(&self) -> bool {
+        !self.0.is_closed()
+    }
+
     /// Hands the reply over; fails if the waiter gave up at this instant
     /// (it has its timeout already).
     pub fn send(self, reply: Message) -> Result<(), Unmatched> {

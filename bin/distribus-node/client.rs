@@ -242,8 +242,7 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                         let reply = json!({"op": "reply", "from": peer, "to": event["from"],
                             "request": request, "data": data});
                         // A requester that stopped waiting is reported, not fatal.
-                        let id = conn.start(reply).await?;
-                        if let Err(e) = conn.answer(id).await {
+                        if let Err(e) = conn.call(reply).await {
                             eprintln!("reply to {}: {e}", event["from"]);
                         }
                     }

@@ -39,7 +39,7 @@ use crate::{
     inbox::{PeerSlot, PushError},
     message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
-    request::Corr,
+    request::{Corr, Unmatched},
     shared::{bump, count_failure, Shared},
 };
 
@@ -231,10 +231,13 @@ pub(crate) fn deliver(
             return Err(NotDelivered::Removed);
         }
         // Counted before the waiter runs: it may read the stats at once.
-        let answered = shared.requests.take(id, &slot.id, from).and_then(|a| {
-            bump(&shared.counters.replies);
-            a.send(msg)
-        });
+        let answered = match shared.requests.take(id, &slot.id, from) {
+            Ok(waiter) if waiter.is_waiting() => {
+                bump(&shared.counters.replies);
+                waiter.send(msg)
+            }
+            _ => Err(Unmatched::NoRequest),
+        };
         if answered.is_err() {
             bump(&shared.counters.replies_unmatched);
         }
