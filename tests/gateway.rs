@@ -284,22 +284,33 @@ async fn a_dropped_client_resumes_its_session_and_misses_nothing() {
     c.call(json!({"op":"subscribe","channel":"alerts"}))
         .await
         .unwrap();
-    let session = c.session();
-    c.drop_connection();
-
-    // While it is away its peer stays, and messages wait in its inbox.
     let sender = b.create("sender").unwrap();
     wait_found(&b, "roamer", &a).await;
     for k in 0..5 {
         sender.send_json("roamer", &k).await.unwrap();
     }
-    let mut back = Client::hello(&ua, json!({"resume": session}))
-        .await
-        .unwrap();
+    // The client takes two events, then reads three more frames but fails
+    // before it takes them; more are written to its socket while it is
+    // gone, and more wait while it is away.
+    for k in 0..2 {
+        assert_eq!(c.event().await["data"], json!(k));
+    }
+    for k in 2..5 {
+        assert_eq!(c.frame().await.unwrap()["data"], json!(k));
+    }
+    for k in 5..8 {
+        sender.send_json("roamer", &k).await.unwrap();
+    }
+    let old = c.drop_connection();
+    for k in 8..10 {
+        sender.send_json("roamer", &k).await.unwrap();
+    }
+    let mut back = Client::resume(&ua, old.clone()).await.unwrap();
     assert_eq!(back.welcome["resumed"], true);
     assert_eq!(back.welcome["peers"], json!(["roamer"]));
     assert_eq!(back.welcome["channels"], json!(["alerts"]));
-    for k in 0..5 {
+    // Every event it had not taken, once each, in order.
+    for k in 2..10 {
         let m = back.event().await;
         assert_eq!((&m["peer"], &m["data"]), (&json!("roamer"), &json!(k)));
     }
@@ -324,11 +335,45 @@ async fn a_dropped_client_resumes_its_session_and_misses_nothing() {
         )
     })
     .await;
-    let late = Client::hello(&ua, json!({"resume": session}))
-        .await
-        .unwrap();
+    let late = Client::resume(&ua, old).await.unwrap();
     assert_eq!(late.welcome["resumed"], false);
     assert_eq!(a.peer_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_acknowledge_holds_at_most_its_window() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.inbox_capacity = 64;
+    let [a, b]: [Host; 2] = star(2, &cfg).await.try_into().unwrap();
+    let mut g = gateway_config();
+    g.ack_window = 100;
+    let gw = a.serve_clients("127.0.0.1:0", g).await.unwrap();
+    let mut c = Client::connect(&gw.url()).await;
+    c.call(json!({"op":"create","peer":"slow"})).await.unwrap();
+    let sender = b.create("fast").unwrap();
+    wait_found(&b, "slow", &a).await;
+    // The client reads every frame but acknowledges none: the window and
+    // the inbox take what they can hold, and the rest is refused.
+    let (mut accepted, mut full) = (0u32, 0u32);
+    for k in 0..1000u32 {
+        match sender.send_json("slow", &k).await {
+            Ok(()) => accepted += 1,
+            Err(distribus::Error::InboxFull(_)) => full += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(accepted, 164, "window 100 + inbox 64 ({full} refused)");
+    let mut got = 0;
+    while got < 100 {
+        let f = c.frame().await.unwrap();
+        assert_eq!(f["seq"], json!(got + 1));
+        got += 1;
+    }
+    // Acknowledged, the window moves on: the inbox's 64 come through.
+    c.ack(100).await;
+    for k in 100..164 {
+        assert_eq!(c.event().await["data"], json!(k));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

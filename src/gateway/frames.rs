@@ -92,6 +92,8 @@ struct Flat<'a> {
     batch: Option<bool>,
     request: Option<u64>,
     timeout: Option<u64>,
+    acks: Option<bool>,
+    seq: Option<u64>,
 }
 
 /// A decoded request.
@@ -108,6 +110,16 @@ pub enum Op {
         /// The client takes batches: frames holding an array of answers
         /// and events.
         batch: bool,
+        /// The client acknowledges events (numbered by `seq`), and the
+        /// session sends the unacknowledged ones again after a resume.
+        acks: bool,
+        /// With `resume`: the last event the client has.
+        seq: Option<u64>,
+    },
+    /// The client has every event up to `seq` (never answered).
+    Ack {
+        /// The last event it has.
+        seq: u64,
     },
     /// Creates a peer on the node, owned by this connection.
     Create {
@@ -209,6 +221,16 @@ const MAX_LISTED: u64 = 10_000;
 pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
     let flat: Flat =
         serde_json::from_str(text).map_err(|e| (0, Refusal::bad(format!("not a request: {e}"))))?;
+    // An acknowledgement has no id: it is never answered.
+    if flat.op == "ack" {
+        let seq = flat
+            .seq
+            .ok_or_else(|| (0, Refusal::bad("ack needs \"seq\"")))?;
+        return Ok(Request {
+            id: 0,
+            op: Op::Ack { seq },
+        });
+    }
     let id = flat
         .id
         .ok_or_else(|| (0, Refusal::bad("the request has no id")))?;
@@ -232,6 +254,8 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
             token: flat.token.map(|t| t.into_owned()),
             resume: flat.resume.map(|t| t.into_owned()),
             batch: flat.batch.unwrap_or(false),
+            acks: flat.acks.unwrap_or(false),
+            seq: flat.seq,
         },
         "create" => Op::Create {
             peer: need(flat.peer, "peer")?,

@@ -8,6 +8,7 @@
 //! - `tokens.rs`: bearer tokens and their limits.
 
 mod frames;
+mod replay;
 mod session;
 mod tls;
 mod tokens;
@@ -88,6 +89,10 @@ pub struct GatewayConfig {
     /// How often the gateway pings an idle client; three intervals without
     /// a frame end the connection. Default 15 s.
     pub ping_interval: Duration,
+    /// Events a client that acknowledges (`"acks": true`) may have
+    /// unacknowledged (and at most 8 MiB of them); while the window is
+    /// full, its peers' messages wait in their inboxes. Default 1,024.
+    pub ack_window: usize,
     /// Files served over HTTP on the same port (a demo page, a client
     /// bundle).
     pub pages: Vec<Page>,
@@ -108,6 +113,7 @@ impl Default for GatewayConfig {
             write_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
+            ack_window: 1024,
             pages: Vec::new(),
             tls: None,
         }
@@ -133,6 +139,7 @@ struct Settled {
     write_timeout: Duration,
     hello_timeout: Duration,
     ping_interval: Duration,
+    ack_window: usize,
 }
 
 /// A running gateway. Dropping it (or [`Gateway::close`]) stops taking
@@ -228,6 +235,7 @@ impl Host {
                 write_timeout: config.write_timeout,
                 hello_timeout: config.hello_timeout,
                 ping_interval: config.ping_interval,
+                ack_window: config.ack_window.max(1),
             },
             sessions: Arc::default(),
             allowances: Default::default(),

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use super::{
     frames::{self, Op, Refusal, VERSION},
+    replay::Replay,
     tokens::{retry_after, Allowance, TokenLimits},
     Shared,
 };
@@ -49,6 +50,16 @@ pub(crate) struct State {
     /// Dropping a channel's sender ends that subscription's stream.
     channels: HashMap<String, oneshot::Sender<()>>,
     allowance: Arc<Allowance>,
+    /// Events not yet acknowledged, for a client that acknowledges.
+    replay: Option<Replay>,
+}
+
+impl State {
+    /// Whether an event may go now: a client that acknowledges has room
+    /// in its window.
+    fn may_push(&self, window: usize) -> bool {
+        self.replay.as_ref().is_none_or(|r| !r.full(window))
+    }
 }
 
 impl Drop for State {
@@ -348,7 +359,7 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
         conn.refuse_and_close(&r, 1008).await;
         return None;
     };
-    let (id, version, token, resume, batch) = match frames::decode(&text) {
+    let (id, version, token, resume, batch, acks, seen) = match frames::decode(&text) {
         Ok(frames::Request {
             id,
             op:
@@ -357,8 +368,10 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
                     token,
                     resume,
                     batch,
+                    acks,
+                    seq,
                 },
-        }) => (id, version, token, resume, batch),
+        }) => (id, version, token, resume, batch, acks, seq),
         Ok(r) => {
             let refusal = Refusal::new("bad_request", "the first request must be a hello");
             let _ = conn.feed(frames::error(r.id, &refusal)).await;
@@ -425,10 +438,25 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
                 inbound: SelectAll::new(),
                 channels: HashMap::new(),
                 allowance,
+                replay: None,
             };
             (new_token(), state, false)
         }
     };
+    let mut state = state;
+    // What the client already has is not sent again; the rest is, first.
+    let mut again = Vec::new();
+    if let Some(r) = state.replay.as_mut() {
+        if let Some(seen) = seen {
+            r.ack(seen);
+        }
+        again.extend(r.pending().map(str::to_string));
+    }
+    match (acks, &state.replay) {
+        (true, None) => state.replay = Some(Replay::new()),
+        (false, Some(_)) => state.replay = None,
+        _ => {}
+    }
     let mut peers: Vec<&str> = state.peers.keys().map(|k| k.as_ref()).collect();
     peers.sort_unstable();
     let mut channels: Vec<&str> = state.channels.keys().map(String::as_str).collect();
@@ -447,9 +475,17 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
             "max_peers": state.allowance.limits.max_peers,
             "max_rate": state.allowance.limits.max_rate,
             "grace_ms": shared.config.grace.as_millis() as u64,
+            "ack_window": shared.config.ack_window,
         },
+        "acks": acks,
     });
-    if conn.feed(frames::ok(id, &answer)).await.is_err() || conn.flush().await.is_err() {
+    let mut sent = conn.feed(frames::ok(id, &answer)).await;
+    for event in again {
+        if sent.is_ok() {
+            sent = conn.feed(event).await;
+        }
+    }
+    if sent.is_err() || conn.flush().await.is_err() {
         shared.sessions.park(session, state, shared.config.grace);
         return None;
     }
@@ -485,6 +521,7 @@ async fn run(
                 return End::TakenOver;
             };
             let reading = conn.in_flight.len() < conn.shared.config.max_in_flight;
+            let pushing = !st.inbound.is_empty() && st.may_push(conn.shared.config.ack_window);
             let event = tokio::select! {
                 biased;
                 k = &mut kick => match k {
@@ -492,7 +529,7 @@ async fn run(
                     Err(_) => return End::Dropped,
                 },
                 Some(a) = conn.in_flight.next() => Event::Answer(a),
-                i = st.inbound.next(), if !st.inbound.is_empty() => Event::Inbound(i),
+                i = st.inbound.next(), if pushing => Event::Inbound(i),
                 f = next_frame(&mut conn.stream), if reading => Event::Frame(f),
                 _ = ping.tick(), if wait => Event::Ping,
                 _ = std::future::ready(()), if !wait => break,
@@ -553,19 +590,24 @@ async fn run(
     }
 }
 
-/// Pushes one peer message or publish to the client.
+/// Pushes one peer message or publish to the client (numbered and kept
+/// until acknowledged, for a client that acknowledges).
 async fn inbound(conn: &mut Conn, st: &mut State, i: Inbound) -> Result<(), Gone> {
-    match i {
-        Inbound::Message(peer, m) => conn.feed(frames::message(&peer, &m)).await,
-        Inbound::Publish(m) => conn.feed(frames::publish(&m.channel, &m.payload)).await,
+    let event = match i {
+        Inbound::Message(peer, m) => frames::message(&peer, &m),
+        Inbound::Publish(m) => frames::publish(&m.channel, &m.payload),
         Inbound::PeerEnded(peer) => {
             if st.peers.remove(&peer).is_none() {
                 return Ok(());
             }
             st.allowance.give_peer();
             let why = "the node removed it (another host holds its id, or the node is closing)";
-            conn.feed(frames::removed(&peer, why)).await
+            frames::removed(&peer, why)
         }
+    };
+    match st.replay.as_mut() {
+        Some(r) => conn.feed(r.stamp(&event)).await,
+        None => conn.feed(event).await,
     }
 }
 
@@ -612,6 +654,12 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
     let now = match req.op {
         Op::Hello { .. } => {
             frames::error(id, &Refusal::new("bad_request", "hello was already said"))
+        }
+        Op::Ack { seq } => {
+            if let Some(r) = st.replay.as_mut() {
+                r.ack(seq);
+            }
+            return Ok(None);
         }
         Op::Ping => frames::done(id),
         Op::Create { peer } => match create(st, host, &peer) {

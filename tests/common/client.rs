@@ -22,6 +22,9 @@ pub struct Client {
     events: VecDeque<Value>,
     /// The hello's answer.
     pub welcome: Value,
+    /// The last event numbered `seq` it has (events are acknowledged as
+    /// they are taken, and ones seen before are skipped).
+    seen: u64,
 }
 
 /// An error answer: its code and message.
@@ -42,6 +45,7 @@ impl Client {
             next_id: 1,
             events: VecDeque::new(),
             welcome: Value::Null,
+            seen: 0,
         }
     }
 
@@ -56,9 +60,27 @@ impl Client {
         Ok(c)
     }
 
-    /// Connects anonymously.
+    /// Connects anonymously, acknowledging events.
     pub async fn connect(url: &str) -> Client {
-        Client::hello(url, json!({})).await.expect("hello")
+        Client::hello(url, json!({"acks": true}))
+            .await
+            .expect("hello")
+    }
+
+    /// Connects again and takes back the session of `old` (dropped), with
+    /// the events it had not taken.
+    pub async fn resume(url: &str, old: (String, u64)) -> Result<Client, Refused> {
+        let (session, seen) = old;
+        let mut c =
+            Client::hello(url, json!({"resume": session, "acks": true, "seq": seen})).await?;
+        c.seen = seen;
+        Ok(c)
+    }
+
+    /// Drops the connection without a close frame, as a network failure
+    /// would; returns what [`Client::resume`] needs.
+    pub fn drop_connection(self) -> (String, u64) {
+        (self.session(), self.seen)
     }
 
     /// The session token to resume with.
@@ -85,15 +107,21 @@ impl Client {
             .expect("write");
     }
 
-    /// The next frame as JSON; `None` when the connection ended.
+    /// The next frame as JSON; `None` when the connection ended. The wait
+    /// is bounded as a whole: the gateway's pings do not extend it.
     pub async fn frame(&mut self) -> Option<Value> {
-        loop {
-            match within("frame", self.ws.next()).await {
-                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("json")),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
+        within("frame", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        return Some(serde_json::from_str(&t).expect("json"))
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                    Some(Ok(_)) => {}
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Waits for the answer to request `id`, keeping pushes for later.
@@ -126,17 +154,38 @@ impl Client {
         self.answer(id).await
     }
 
-    /// The next push.
+    /// Acknowledges every event up to `seq`.
+    pub async fn ack(&mut self, seq: u64) {
+        self.seen = seq;
+        self.send_text(json!({"op": "ack", "seq": seq}).to_string())
+            .await;
+    }
+
+    /// The next push (acknowledged, when numbered; one seen before is
+    /// skipped).
     pub async fn event(&mut self) -> Value {
-        if let Some(e) = self.events.pop_front() {
+        loop {
+            let e = match self.events.pop_front() {
+                Some(e) => e,
+                None => {
+                    let f = self
+                        .frame()
+                        .await
+                        .expect("connection ended before the event");
+                    assert!(f.get("event").is_some(), "an answer nobody waited for: {f}");
+                    f
+                }
+            };
+            let Some(seq) = e["seq"].as_u64() else {
+                return e;
+            };
+            if seq <= self.seen {
+                continue;
+            }
+            assert_eq!(seq, self.seen + 1, "an event is missing before {e}");
+            self.ack(seq).await;
             return e;
         }
-        let f = self
-            .frame()
-            .await
-            .expect("connection ended before the event");
-        assert!(f.get("event").is_some(), "an answer nobody waited for: {f}");
-        f
     }
 
     /// Closes with code 1000: the session ends and its peers go.
@@ -149,10 +198,5 @@ impl Client {
         while let Ok(Some(_)) =
             tokio::time::timeout(std::time::Duration::from_secs(5), self.ws.next()).await
         {}
-    }
-
-    /// Drops the TCP connection without a close frame (a network failure).
-    pub fn drop_connection(self) {
-        drop(self.ws);
     }
 }

@@ -7,6 +7,10 @@ const PROTOCOL_VERSION = 1;
 // Most requests in one batch frame (the gateway takes up to 4096).
 const MAX_BATCH = 1024;
 const BATCH_BYTES = 256 * 1024;
+// Events are acknowledged after this many, or this many milliseconds after
+// the first unacknowledged one: well inside the gateway's window (1,024).
+const ACK_EVERY = 128;
+const ACK_DELAY_MS = 20;
 
 /** An error answer of the gateway, with its code (`not_found`, `timeout`, …). */
 export class DistribusError extends Error {
@@ -102,6 +106,12 @@ export class Host extends Emitter {
     this._socket = null;
     this._closed = false;
     this._connected = false;
+    // Events are numbered; the gateway keeps each until acknowledged and
+    // sends the unacknowledged ones again after a resume.
+    this._seen = 0;
+    this._acked = 0;
+    this._ackTimer = null;
+    this._helloId = 0;
   }
 
   async _open() {
@@ -117,9 +127,14 @@ export class Host extends Emitter {
     socket.onclose = () => this._dropped(socket);
     socket.onerror = () => {};
     this._connected = true;
-    const hello = { op: 'hello', version: PROTOCOL_VERSION, batch: this.options.batch };
+    const hello = { op: 'hello', version: PROTOCOL_VERSION, batch: this.options.batch, acks: true };
     if (this.options.token) hello.token = this.options.token;
-    if (this.session) hello.resume = this.session;
+    if (this.session) {
+      hello.resume = this.session;
+      hello.seq = this._seen;
+    }
+    this._acked = this._seen;
+    this._helloId = this._nextId;
     let welcome;
     try {
       welcome = await this._request(hello);
@@ -142,9 +157,30 @@ export class Host extends Emitter {
     } else {
       this._one(f);
     }
+    this._ackLater();
+  }
+
+  /** Acknowledges at once after ACK_EVERY events, else soon. */
+  _ackLater() {
+    if (this._seen === this._acked) return;
+    if (this._seen - this._acked >= ACK_EVERY) this._ackNow();
+    else if (this._ackTimer === null) this._ackTimer = setTimeout(() => this._ackNow(), ACK_DELAY_MS);
+  }
+
+  _ackNow() {
+    if (this._ackTimer !== null) clearTimeout(this._ackTimer);
+    this._ackTimer = null;
+    if (this._seen === this._acked || !this._connected) return;
+    this._acked = this._seen;
+    this._outbox.push(`{"op":"ack","seq":${this._seen}}`);
+    if (this._outbox.length === 1) queueMicrotask(() => this._flush());
   }
 
   _one(f) {
+    if (f.seq !== undefined) {
+      if (f.seq <= this._seen) return; // sent again after a resume; already had
+      this._seen = f.seq;
+    }
     if (f.event === 'message') {
       const peer = this.peers.get(f.peer);
       if (peer && f.request === undefined) {
@@ -167,6 +203,8 @@ export class Host extends Emitter {
     } else if (f.event === 'closing') {
       this.emit('closing', new DistribusError(f.code, f.message));
     } else if (f.id !== undefined) {
+      // A new session numbers its events from 1.
+      if (f.id === this._helloId && !(f.ok && f.ok.resumed)) this._seen = this._acked = 0;
       const p = this._pending.get(f.id);
       if (!p) return;
       this._pending.delete(f.id);

@@ -25,6 +25,10 @@ PROTOCOL_VERSION = 1
 # Most requests in one batch frame (the gateway takes up to 4096).
 _MAX_BATCH = 512
 _BATCH_BYTES = 256 * 1024
+# Events are acknowledged after this many, or this many seconds after the
+# first unacknowledged one: well inside the gateway's window (1,024).
+_ACK_EVERY = 128
+_ACK_DELAY = 0.02
 
 
 class DistribusError(Exception):
@@ -159,6 +163,12 @@ class Host:
         self._wake = asyncio.Event()
         self._closed = False
         self._connected = asyncio.Event()
+        # Events are numbered; the gateway keeps each until acknowledged and
+        # sends the unacknowledged ones again after a resume.
+        self._seen = 0
+        self._acked = 0
+        self._ack_timer: Optional[asyncio.TimerHandle] = None
+        self._hello_id = 0
 
     async def _open(self) -> dict:
         try:
@@ -171,11 +181,14 @@ class Host:
         self._outbox = []
         self._writer = loop.create_task(self._write(self._ws))
         self._connected.set()
-        hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "batch": True}
+        hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "batch": True, "acks": True}
         if self.token:
             hello["token"] = self.token
         if self.session:
             hello["resume"] = self.session
+            hello["seq"] = self._seen
+        self._acked = self._seen
+        self._hello_id = self._next_id
         try:
             welcome = await self._request(hello)
         except DistribusError:
@@ -219,6 +232,7 @@ class Host:
                         self._frame(item)
                 else:
                     self._frame(f)
+                self._ack_later()
         except (ConnectionClosed, OSError, ValueError):
             pass
         if ws is not self._ws:
@@ -268,8 +282,32 @@ class Host:
         for channel in list(self.channels):
             await self._request({"op": "subscribe", "channel": channel})
 
+    def _ack_later(self) -> None:
+        """Acknowledges at once after _ACK_EVERY events, else soon."""
+        if self._seen == self._acked:
+            return
+        if self._seen - self._acked >= _ACK_EVERY:
+            self._ack_now()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(_ACK_DELAY, self._ack_now)
+
+    def _ack_now(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self._seen == self._acked or not self._connected.is_set():
+            return
+        self._acked = self._seen
+        self._outbox.append(f'{{"op":"ack","seq":{self._seen}}}')
+        self._wake.set()
+
     def _frame(self, f: dict) -> None:
         event = f.get("event")
+        seq = f.get("seq")
+        if seq is not None:
+            if seq <= self._seen:
+                return  # sent again after a resume; already had
+            self._seen = seq
         if event == "message":
             peer = self.peers.get(f.get("peer"))
             if peer:
@@ -283,6 +321,9 @@ class Host:
             if peer:
                 peer.queue.put_nowait(None)
         elif event is None and "id" in f:
+            if f["id"] == self._hello_id and not (f.get("ok") or {}).get("resumed"):
+                # A new session numbers its events from 1.
+                self._seen = self._acked = 0
             fut = self._pending.pop(f["id"], None)
             if fut is None or fut.done():
                 return
