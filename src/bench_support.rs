@@ -392,6 +392,14 @@ impl RawMember {
                 )]))?,
             ),
             ("relay", encode_frame(&Request::Relay(vec![]))?),
+            (
+                "broadcast",
+                encode_frame(&Request::Broadcast {
+                    id: 1,
+                    from: "x".into(),
+                    payload: payload.clone(),
+                })?,
+            ),
         ])
     }
 

@@ -122,6 +122,11 @@ pub(crate) enum Command {
         payload: Payload,
         reply: oneshot::Sender<Result<()>>,
     },
+    Broadcast {
+        from: std::sync::Arc<str>,
+        payload: Payload,
+        reply: oneshot::Sender<Result<crate::BroadcastReport>>,
+    },
     Members {
         reply: oneshot::Sender<Vec<HostInfo>>,
     },

@@ -43,6 +43,10 @@ pub enum Error {
     /// (timed out). The reply was not delivered.
     #[error("no request waits for this reply: {0}")]
     NoRequest(String),
+    /// A broadcast reached no other host: every one of the other live
+    /// hosts (this many) failed to take it. The local peers have it.
+    #[error("the broadcast reached none of the {0} other live hosts")]
+    Partitioned(usize),
     /// The operation did not complete within its deadline.
     #[error("the operation timed out")]
     Timeout,

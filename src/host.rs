@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     behaviour::build_swarm,
+    broadcast::BroadcastReport,
     command::{Command, HostInfo, Location, Readiness, SubSink},
     config::HostConfig,
     error::{Error, Result},
@@ -419,6 +420,62 @@ impl Host {
             reply,
         })
         .await?
+    }
+
+    /// Delivers a value, encoded with postcard, to every peer on every live
+    /// host (this one's included), once each; its `from` is this host's id.
+    ///
+    /// One request goes to each host, which puts the message in its peers'
+    /// inboxes and answers with how many have it. Resolves when every host
+    /// has answered or failed, with what it reached ([`BroadcastReport`]:
+    /// peers whose inbox was full missed it; hosts that did not answer are
+    /// named). Fails with [`Error::Partitioned`] when there are other hosts
+    /// and none took it, and [`Error::MessageTooLarge`].
+    pub async fn broadcast<T: Serialize + ?Sized>(&self, value: &T) -> Result<BroadcastReport> {
+        self.broadcast_payload(Payload::postcard(value)?).await
+    }
+
+    /// Broadcasts a value encoded as JSON (see [`Host::broadcast`]).
+    pub async fn broadcast_json<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<BroadcastReport> {
+        self.broadcast_payload(Payload::json(value)?).await
+    }
+
+    /// Broadcasts an encoded payload (see [`Host::broadcast`]).
+    pub async fn broadcast_payload(&self, payload: Payload) -> Result<BroadcastReport> {
+        let from: std::sync::Arc<str> = std::sync::Arc::from(self.id().to_string());
+        self.broadcast_from(from, payload).await
+    }
+
+    /// A broadcast whose `from` is `from` (this host, or one of its peers).
+    pub(crate) async fn broadcast_from(
+        &self,
+        from: std::sync::Arc<str>,
+        payload: Payload,
+    ) -> Result<BroadcastReport> {
+        let (limit, timeout) = self
+            .inner
+            .shared
+            .with_config(|c| (c.max_message_size, c.request_timeout));
+        if payload.len() > limit {
+            return Err(Error::MessageTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        // Each host's request fails by itself within the request timeout
+        // (a relayed one within a few); this bounds the whole.
+        let call = self.call(|reply| Command::Broadcast {
+            from,
+            payload,
+            reply,
+        });
+        match tokio::time::timeout(timeout * 3, call).await {
+            Ok(r) => r?,
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// The other live hosts this host knows.

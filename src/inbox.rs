@@ -178,6 +178,15 @@ impl Registry {
         }
     }
 
+    /// Calls `f` with every local peer's slot (under the read lock: `f`
+    /// must not create or remove peers).
+    pub fn for_each_slot(&self, mut f: impl FnMut(&PeerSlot)) {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        for e in peers.iter() {
+            f(&e.0);
+        }
+    }
+
     /// Removes every peer (on close).
     pub fn clear(&self) {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());

@@ -18,6 +18,7 @@ mod beat_chain;
 mod behaviour;
 #[doc(hidden)]
 pub mod bench_support;
+mod broadcast;
 mod command;
 mod config;
 mod delivery;
@@ -48,6 +49,7 @@ mod subscription;
 #[cfg(test)]
 mod wire_props;
 
+pub use broadcast::BroadcastReport;
 pub use command::{HostInfo, Location, Readiness};
 pub use config::{HostConfig, TransportKind};
 pub use error::{Error, Result};

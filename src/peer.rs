@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    broadcast::BroadcastReport,
     command::Command,
     error::{Error, Result},
     event_loop::{messaging::push_local, ownership::RegStatus, PendingSend},
@@ -253,6 +254,41 @@ impl Peer {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
         }
+    }
+
+    /// Delivers a value, encoded with postcard, to every peer on every live
+    /// host, this one included, once each, from this peer (see
+    /// [`Host::broadcast`]).
+    pub async fn broadcast<T: Serialize + ?Sized>(&self, value: &T) -> Result<BroadcastReport> {
+        self.broadcast_payload(Payload::postcard(value)?).await
+    }
+
+    /// Broadcasts a value encoded as JSON, from this peer.
+    pub async fn broadcast_json<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<BroadcastReport> {
+        self.broadcast_payload(Payload::json(value)?).await
+    }
+
+    /// Broadcasts an encoded payload, from this peer.
+    pub async fn broadcast_payload(&self, payload: Payload) -> Result<BroadcastReport> {
+        if self.slot.is_removed() {
+            return Err(Error::PeerNotFound(self.slot.id.to_string()));
+        }
+        self.host
+            .broadcast_from(self.slot.id.clone(), payload)
+            .await
+    }
+
+    /// Starts a broadcast from this peer (see [`Peer::begin_send`]).
+    #[cfg(feature = "gateway")]
+    pub(crate) fn begin_broadcast(
+        &self,
+        payload: Payload,
+    ) -> futures::future::BoxFuture<'static, Result<BroadcastReport>> {
+        let peer = self.clone();
+        Box::pin(async move { peer.broadcast_payload(payload).await })
     }
 
     /// Receives the next message; `None` once the peer is removed (or its

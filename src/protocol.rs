@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::{message::Payload, request::Corr};
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -176,6 +176,13 @@ pub(crate) enum Request {
     /// (those for one host go on together), handled as its origin's own if
     /// it is for this one. Answered by [`Response::Relayed`], in order.
     Relay(Vec<Relayed>),
+    /// Put this message in every local peer's inbox (see
+    /// [`crate::broadcast`]); `id` names it among the sender's broadcasts.
+    Broadcast {
+        id: u64,
+        from: String,
+        payload: Payload,
+    },
 }
 
 /// A request carried through a relay host, signed by the host that made it
@@ -315,6 +322,9 @@ pub(crate) enum Response {
     /// never `Relayed` itself: decoding refuses a nested one, which keeps
     /// the decoder's recursion at two levels whatever a remote host sends.
     Relayed(#[serde(deserialize_with = "one_level")] Vec<Response>),
+    /// Answer to a broadcast: the local peers that have it and those that
+    /// missed it (inbox full); both 0 for a broadcast taken before.
+    Broadcast { peers: u64, missed: u64 },
 }
 
 thread_local! {

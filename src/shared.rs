@@ -58,6 +58,9 @@ pub(crate) struct Counters {
     pub requests: AtomicU64,
     pub replies: AtomicU64,
     pub replies_unmatched: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub broadcast_delivered: AtomicU64,
+    pub broadcast_missed: AtomicU64,
 }
 
 /// A snapshot of a host's counters.
@@ -156,6 +159,12 @@ pub struct Stats {
     /// them (answered already, timed out, or a reply from another peer
     /// than the one asked).
     pub replies_unmatched: u64,
+    /// Broadcasts this host made ([`crate::Host::broadcast`]).
+    pub broadcasts: u64,
+    /// Broadcast messages put in local peers' inboxes.
+    pub broadcast_delivered: u64,
+    /// Broadcast messages local peers missed (their inbox was full).
+    pub broadcast_missed: u64,
 }
 
 #[derive(Debug)]
@@ -309,6 +318,9 @@ impl Shared {
             requests: r(&c.requests),
             replies: r(&c.replies),
             replies_unmatched: r(&c.replies_unmatched),
+            broadcasts: r(&c.broadcasts),
+            broadcast_delivered: r(&c.broadcast_delivered),
+            broadcast_missed: r(&c.broadcast_missed),
         }
     }
 }
@@ -465,4 +477,9 @@ impl LatencyHistogram {
 /// Adds one to a counter.
 pub(crate) fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
 }

@@ -118,6 +118,11 @@ fn request() -> impl Strategy<Value = Request> {
         digest().prop_map(Request::Beats),
         vec((signed(), proved()), 0..4).prop_map(Request::Records),
         vec(relayed(), 0..4).prop_map(Request::Relay),
+        (any::<u64>(), text(), payload()).prop_map(|(id, from, payload)| Request::Broadcast {
+            id,
+            from,
+            payload
+        }),
     ]
 }
 
@@ -147,6 +152,8 @@ fn plain_response() -> impl Strategy<Value = Response> {
         Just(Response::RecordsOk),
         text().prop_map(Response::Refused),
         text().prop_map(Response::RelayFailed),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(peers, missed)| Response::Broadcast { peers, missed }),
     ]
 }
 

@@ -123,6 +123,50 @@ async fn clients_on_two_hosts_and_a_rust_peer_talk_to_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_from_a_client_reaches_every_peer_once() {
+    let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
+    let mut alice = Client::connect(&ua).await;
+    let mut bob = Client::connect(&ub).await;
+    alice
+        .call(json!({"op":"create","peer":"alice"}))
+        .await
+        .unwrap();
+    bob.call(json!({"op":"create","peer":"bob"})).await.unwrap();
+    let rust = b.create("rust").unwrap();
+    let report = alice
+        .call(json!({"op":"broadcast","from":"alice","data":{"all":true}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        json!({"hosts": 2, "peers": 3, "missed": 0, "failed": []})
+    );
+    for c in [&mut alice, &mut bob] {
+        let m = c.event().await;
+        assert_eq!(
+            (&m["from"], &m["data"]),
+            (&json!("alice"), &json!({"all": true}))
+        );
+    }
+    let got = within("rust recv", rust.recv()).await.unwrap();
+    assert_eq!(got.from, "alice");
+    // From the node itself, and not from another connection's peer.
+    let report = bob.call(json!({"op":"broadcast","data":2})).await.unwrap();
+    assert_eq!(report["peers"], 3);
+    let m = alice.event().await;
+    assert_eq!(
+        (&m["from"], &m["data"]),
+        (&json!(b.id().to_string()), &json!(2))
+    );
+    let r = bob
+        .call(json!({"op":"broadcast","from":"alice","data":3}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "not_found");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_reach_client_and_rust_subscribers_on_every_host() {
     let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
     let mut sub_a = Client::connect(&ua).await;

@@ -584,6 +584,17 @@ async fn metrics_answer_and_move_with_traffic() {
         sample(&after, "distribus_lookup_duration_seconds_count"),
         0.0
     );
+    // A broadcast reaches the node's echo peer, and the node counts it.
+    let report = probe.broadcast_json(&"to all").await.unwrap();
+    assert_eq!((report.hosts, report.peers, report.missed), (2, 2, 0));
+    let m = a.scrape();
+    assert_eq!(
+        sample(
+            &m,
+            "distribus_broadcast_messages_total{outcome=\"delivered\"}"
+        ),
+        1.0
+    );
 
     // Beside the metrics: health, members and peers.
     let health = a.get("/healthz");
@@ -1260,6 +1271,26 @@ fn the_request_command_gets_the_answer_of_a_reply_command_on_another_node() {
     // No such peer: a one-line typed error.
     let (code, _, stderr) = run_to_end(&["request", "nobody", "hi", "--gateway", &ga], &[]);
     assert_one_line_error(code, &stderr, "not_found");
+
+    // A broadcast reaches both answering peers on b, and says so.
+    let (code, stdout, stderr) = run_to_end(
+        &["broadcast", "all hands", "--from", "boss", "--gateway", &ga],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON report");
+    assert_eq!(
+        (&report["hosts"], &report["peers"]),
+        (&serde_json::json!(2), &serde_json::json!(3))
+    );
+    for s in &seen {
+        // (after the requests each printed)
+        let printed = (0..3).find_map(|_| {
+            let line = s.recv_timeout(WAIT).expect("the broadcast, printed");
+            (line == "boss: all hands").then_some(line)
+        });
+        assert!(printed.is_some(), "a replier did not print the broadcast");
+    }
     for mut r in repliers {
         let _ = r.kill();
         let _ = r.wait();

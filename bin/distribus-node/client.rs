@@ -266,6 +266,25 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             })
             .await
         }
+        ClientCommand::Broadcast {
+            message: text,
+            from,
+            ..
+        } => {
+            if let Some(f) = &from {
+                conn.call(json!({"op": "create", "peer": f})).await?;
+            }
+            messages(&text, async |data| {
+                let mut req = json!({"op": "broadcast", "data": data});
+                if let Some(f) = &from {
+                    req["from"] = json!(f);
+                }
+                let report = conn.call(req).await?;
+                println!("{report}");
+                Ok(())
+            })
+            .await
+        }
         ClientCommand::Sub {
             channel,
             json,

@@ -149,6 +149,22 @@ impl Collector for HostCollector {
         )?;
         counter(
             e,
+            "distribus_broadcasts",
+            "Broadcasts this node made.",
+            s.broadcasts,
+        )?;
+        labelled(
+            e,
+            "distribus_broadcast_messages",
+            "Broadcast messages for local peers, by outcome (delivered: in the inbox; missed: the inbox was full).",
+            "outcome",
+            &[
+                ("delivered", s.broadcast_delivered),
+                ("missed", s.broadcast_missed),
+            ],
+        )?;
+        counter(
+            e,
             "distribus_lookups",
             "Directory lookups made over the network.",
             s.lookups,

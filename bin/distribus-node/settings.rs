@@ -136,6 +136,18 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Deliver a message (JSON, or text) to every peer on every host and
+    /// print what it reached as JSON; without MESSAGE, each line of stdin.
+    Broadcast {
+        /// The message.
+        message: Option<String>,
+        /// Send it from this peer (made on the node). Default: from the node.
+        #[arg(long)]
+        from: Option<String>,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
     /// Print every message on a channel (and/or to a peer made with --peer),
     /// one line each, until Ctrl-C.
     Sub {
@@ -181,6 +193,7 @@ impl ClientCommand {
             | ClientCommand::Request { conn, .. }
             | ClientCommand::Reply { conn, .. }
             | ClientCommand::Pub { conn, .. }
+            | ClientCommand::Broadcast { conn, .. }
             | ClientCommand::Sub { conn, .. }
             | ClientCommand::Find { conn, .. }
             | ClientCommand::Members { conn }

@@ -87,6 +87,7 @@ fn sweep(cli: &Cli) -> Result<bool, String> {
                 ("--messages", f.messages),
                 ("--finds", f.finds),
                 ("--requests", f.requests),
+                ("--broadcasts", f.broadcasts),
                 ("--publishes", f.publishes),
                 ("--subscribers", f.subscribers),
                 ("--churn", f.churn),

@@ -54,6 +54,16 @@ pub struct Report {
     pub request_p99_ms: f64,
     /// Failed requests by error.
     pub request_errors: BTreeMap<String, usize>,
+    /// Broadcasts made (one after another, from random hosts).
+    pub broadcasts: usize,
+    /// Share of the living peers each broadcast reached (the least of
+    /// them), checked in their inboxes.
+    pub broadcast_reached_ratio: f64,
+    /// Time from a broadcast's call until every host has it in its peers'
+    /// inboxes (the call returns then), median.
+    pub broadcast_p50_ms: f64,
+    /// The same, slowest.
+    pub broadcast_max_ms: f64,
     /// Publishes made.
     pub publishes: usize,
     /// Hosts subscribed.
@@ -127,6 +137,7 @@ impl Report {
         self.find_success_ratio == 1.0
             && self.delivered_ratio == 1.0
             && (self.requests == 0 || self.request_success_ratio == 1.0)
+            && (self.broadcasts == 0 || self.broadcast_reached_ratio == 1.0)
             && (self.publishes == 0 || self.publish_delivered_ratio == 1.0)
     }
 
@@ -170,6 +181,15 @@ impl Report {
                 format!(", errors {:?}", self.send_errors)
             }
         ));
+        if self.broadcasts > 0 {
+            line(format!(
+                "  broadcast   {} broadcasts, reached {:.4} of the peers, every peer has it in p50 {:.1} ms, max {:.1} ms",
+                self.broadcasts,
+                self.broadcast_reached_ratio,
+                self.broadcast_p50_ms,
+                self.broadcast_max_ms,
+            ));
+        }
         if self.requests > 0 {
             line(format!(
                 "  req/reply   {} requests, answered {:.4}, {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}",

@@ -257,6 +257,11 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
         request_phase(s, &net, &mut rng, &mut r).await;
     }
 
+    // 5b. Broadcasts.
+    if s.broadcasts > 0 {
+        broadcast_phase(s, &net, &mut rng, &mut r).await?;
+    }
+
     // 6. Publishes.
     if s.publishes > 0 {
         publish_phase(s, &net, &mut rng, &mut r).await?;
@@ -474,6 +479,54 @@ async fn request_phase(s: &Scenario, net: &Net, rng: &mut StdRng, r: &mut Report
     r.requests_per_s = count as f64 / took.max(1e-9);
     r.request_p50_ms = lat.pct(50.0);
     r.request_p99_ms = lat.pct(99.0);
+}
+
+/// Broadcasts from random hosts, one after another: each must reach every
+/// living peer (the report's count, then each inbox is checked).
+async fn broadcast_phase(
+    s: &Scenario,
+    net: &Net,
+    rng: &mut StdRng,
+    r: &mut Report,
+) -> Result<(), String> {
+    let living: Vec<&Peer> = net.peers.iter().flatten().collect();
+    let mut took = Vec::with_capacity(s.broadcasts);
+    let mut least = 1.0f64;
+    for n in 0..s.broadcasts {
+        let from = loop {
+            let h = rng.gen_range(0..s.hosts);
+            if net.alive[h] {
+                break h;
+            }
+        };
+        let t = Instant::now();
+        let report = net.hosts[from]
+            .broadcast(&(n as u32))
+            .await
+            .map_err(|e| format!("broadcast {n}: {e}"))?;
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+        least = least.min(report.peers as f64 / living.len().max(1) as f64);
+        if !report.failed.is_empty() {
+            tracing::warn!(failed = ?report.failed, "a broadcast missed hosts");
+        }
+    }
+    // Each living peer has every broadcast, once, in order.
+    let mut complete = 0usize;
+    for p in &living {
+        let mut got = Vec::with_capacity(s.broadcasts);
+        while let Some(m) = p.try_recv() {
+            got.push(m.decode::<u32>().map_err(|e| e.to_string())?);
+        }
+        if got == (0..s.broadcasts as u32).collect::<Vec<_>>() {
+            complete += 1;
+        }
+    }
+    took.sort_by(|a, b| a.total_cmp(b));
+    r.broadcasts = s.broadcasts;
+    r.broadcast_reached_ratio = least.min(complete as f64 / living.len().max(1) as f64);
+    r.broadcast_p50_ms = took[took.len() / 2];
+    r.broadcast_max_ms = took.last().copied().unwrap_or(0.0);
+    Ok(())
 }
 
 async fn publish_phase(

@@ -63,6 +63,9 @@ pub struct ScenarioFlags {
     /// replies. Default 1000 (at most half the peers).
     #[arg(long)]
     pub requests: Option<usize>,
+    /// Broadcasts from random hosts, each to every peer. Default 1.
+    #[arg(long)]
+    pub broadcasts: Option<usize>,
     /// Channel publishes. Default 100.
     #[arg(long)]
     pub publishes: Option<usize>,
@@ -121,6 +124,7 @@ pub struct ScenarioFile {
     messages: Option<usize>,
     finds: Option<usize>,
     requests: Option<usize>,
+    broadcasts: Option<usize>,
     publishes: Option<usize>,
     subscribers: Option<usize>,
     churn: Option<usize>,
@@ -150,6 +154,8 @@ pub struct Scenario {
     pub finds: usize,
     /// Request/reply exchanges.
     pub requests: usize,
+    /// Broadcasts, one after another.
+    pub broadcasts: usize,
     /// Publishes.
     pub publishes: usize,
     /// Subscribing hosts.
@@ -221,6 +227,7 @@ impl Scenario {
             messages: flags.messages.or(f.messages).unwrap_or(10_000),
             finds: flags.finds.or(f.finds).unwrap_or(1_000),
             requests: flags.requests.or(f.requests).unwrap_or(1_000),
+            broadcasts: flags.broadcasts.or(f.broadcasts).unwrap_or(1),
             publishes: flags.publishes.or(f.publishes).unwrap_or(100),
             subscribers: flags.subscribers.or(f.subscribers).unwrap_or(8).min(hosts),
             churn: flags.churn.or(f.churn).unwrap_or(0),

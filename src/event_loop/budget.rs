@@ -61,6 +61,7 @@ impl EventLoop {
                 | Pending::Join { host }
                 | Pending::Introduce { host }
                 | Pending::Beats { host, .. }
+                | Pending::Broadcast { host, .. }
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records | Pending::RegCheck { .. } => {
                     None

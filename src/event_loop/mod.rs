@@ -13,6 +13,7 @@
 //! - `channels`: subscriptions and publishes over gossipsub.
 
 mod beats;
+mod broadcast;
 mod budget;
 mod channels;
 mod lookup;
@@ -126,6 +127,11 @@ enum Pending {
         via: PeerId,
         slots: Vec<relay::Slot>,
     },
+    /// One host's part of a broadcast of ours.
+    Broadcast {
+        id: u64,
+        host: PeerId,
+    },
 }
 
 impl Pending {
@@ -135,7 +141,8 @@ impl Pending {
             Pending::Deliver { host, .. }
             | Pending::Directory { host, .. }
             | Pending::Lookup { host, .. }
-            | Pending::Beats { host, .. } => Some(*host),
+            | Pending::Beats { host, .. }
+            | Pending::Broadcast { host, .. } => Some(*host),
             _ => None,
         }
     }
@@ -258,6 +265,9 @@ pub(crate) struct EventLoop {
 
     // ownership
     ownership: ownership::Ownership,
+
+    // broadcast
+    broadcasts: broadcast::Broadcasts,
     /// The membership version last copied to the shared member set.
     members_version: u64,
     /// The `Shared::config_changes` this loop has applied.
@@ -380,6 +390,7 @@ impl EventLoop {
             overlay: Default::default(),
             relays: Default::default(),
             ownership: Default::default(),
+            broadcasts: Default::default(),
             members_version: u64::MAX,
             config_seen: 0,
             join_checks: Default::default(),
@@ -676,6 +687,11 @@ impl EventLoop {
                 payload,
                 reply,
             } => self.publish(channel, payload, reply),
+            Command::Broadcast {
+                from,
+                payload,
+                reply,
+            } => self.start_broadcast(from, payload, reply),
             Command::Members { reply } => {
                 let _ = reply.send(self.members_info());
             }
@@ -887,6 +903,9 @@ impl EventLoop {
                 Response::RecordsOk
             }
             Request::Relay(_) => Response::RelayFailed("relayed twice".into()),
+            Request::Broadcast { id, from, payload } => {
+                self.on_broadcast_request(peer, id, from, payload)
+            }
         }
     }
 
@@ -917,6 +936,7 @@ impl EventLoop {
             Pending::RegCheck { check } => self.on_reg_check_result(check, result),
             Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
             Pending::Beats { host, compact } => self.on_beats_result(host, compact, result),
+            Pending::Broadcast { id, host } => self.on_broadcast_result(id, host, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
                     c.outstanding = c.outstanding.saturating_sub(1);

@@ -34,6 +34,7 @@ pub(crate) fn code(e: &Error) -> &'static str {
         Error::InboxFull(_) => "inbox_full",
         Error::InvalidChannel(_) => "invalid_channel",
         Error::NoRequest(_) => "no_request",
+        Error::Partitioned(_) => "partitioned",
         Error::Encode(_) | Error::Decode(_) => "bad_request",
         _ => "internal",
     }
@@ -179,6 +180,14 @@ pub enum Op {
         /// The message as JSON text.
         data: Payload,
     },
+    /// Delivers `data` (JSON) to every peer on every host, from one of
+    /// this connection's peers or (without `from`) from the node.
+    Broadcast {
+        /// The sending peer, if any.
+        from: Option<String>,
+        /// The message as JSON text.
+        data: Payload,
+    },
     /// Where a peer lives.
     Find {
         /// The peer's id.
@@ -294,6 +303,10 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
         },
         "publish" => Op::Publish {
             channel: need(flat.channel, "channel")?,
+            data: data(flat.data)?,
+        },
+        "broadcast" => Op::Broadcast {
+            from: flat.from.map(|f| f.into_owned()),
             data: data(flat.data)?,
         },
         "find" => Op::Find {

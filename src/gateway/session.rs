@@ -732,6 +732,32 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 return Ok(None);
             }
         }
+        Op::Broadcast { from, data } => {
+            let sent = match &from {
+                Some(f) => sender(st, f).map(|p| p.begin_broadcast(data)),
+                None => match over_rate(st) {
+                    Some(r) => Err(r),
+                    None => {
+                        let host = host.clone();
+                        Ok(async move { host.broadcast_payload(data).await }.boxed())
+                    }
+                },
+            };
+            match sent {
+                Ok(fut) => {
+                    let done = fut.map(move |r| match r {
+                        Ok(report) => match serde_json::to_value(&report) {
+                            Ok(v) => frames::ok(id, &v),
+                            Err(e) => frames::error(id, &Refusal::new("internal", e.to_string())),
+                        },
+                        Err(e) => frames::error(id, &Refusal::from(&e)),
+                    });
+                    conn.in_flight.push(done.boxed());
+                    return Ok(None);
+                }
+                Err(r) => frames::error(id, &r),
+            }
+        }
         Op::Subscribe { channel } => match st.channels.entry(channel) {
             std::collections::hash_map::Entry::Occupied(_) => frames::done(id),
             std::collections::hash_map::Entry::Vacant(slot) => {

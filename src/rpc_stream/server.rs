@@ -53,8 +53,8 @@ pub(crate) fn spawn_acceptor(
 /// of the rpc protocol, whose requesting side is libp2p's request-response
 /// behaviour (it dials hosts that are not connected). Served here rather
 /// than by that behaviour because it drops the streams past its cap with a
-/// log line only; here each is refused with an answer when that can be
-/// written at once, and counted.
+/// log line only; here each is refused with an answer (see
+/// [`refuse_exchange`]), and counted.
 pub(crate) fn spawn_exchange_acceptor(
     incoming: mpsc::Receiver<(PeerId, Stream)>,
     ctx: RpcContext,
@@ -155,19 +155,34 @@ fn answer_frame(
 /// Why an exchange past [`EXCHANGES_PER_HOST`] is refused.
 pub(crate) const TOO_MANY_EXCHANGES: &str = "too many requests at once";
 
-/// Answers an exchange past the cap with a refusal, if the stream takes it
-/// without waiting (a fresh stream has a window far larger than the
-/// answer), then drops it: holding it would be the state the cap bounds.
+/// Refusals being written at once, over all remote hosts: past this, an
+/// exchange past the cap is dropped unanswered (still counted).
+const REFUSING: usize = 64;
+/// How long a refusal may take to go out.
+const REFUSAL_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+static REFUSALS: Semaphore = Semaphore::const_new(REFUSING);
+
+/// Answers an exchange past the cap with a refusal, then drops it. The
+/// write gets its own short task: done in place (when it could be made at
+/// once) it was lost whenever the connection was busy, as in a burst of
+/// the very requests the cap refuses. At most [`REFUSING`] such tasks run
+/// for at most [`REFUSAL_WRITE`], so the refusals hold little of what the
+/// cap bounds.
 fn refuse_exchange(mut stream: Stream) {
-    use futures::FutureExt as _;
+    let Ok(permit) = REFUSALS.try_acquire() else {
+        return;
+    };
     let Ok(frame) = encode_frame(&Response::Refused(TOO_MANY_EXCHANGES.into())) else {
         return;
     };
-    let _ = async {
-        stream.write_all(&frame).await?;
-        stream.close().await
-    }
-    .now_or_never();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let write = async {
+            stream.write_all(&frame).await?;
+            stream.close().await
+        };
+        let _ = tokio::time::timeout(REFUSAL_WRITE, write).await;
+    });
 }
 
 /// Serves the requests of one stream from `host` until it ends.

@@ -62,6 +62,16 @@ export class Peer {
   send(to: string, message: Json): Promise<{}>;
   /** Sends a request and resolves with the reply's message (rejects with 'timeout' after `timeout` ms, default 10000). */
   request(to: string, message: Json, options?: { timeout?: number }): Promise<Received>;
+  /** Delivers the message to every peer on every host, once each, from this peer. */
+  broadcast(message: Json): Promise<BroadcastReport>;
+}
+
+/** What a broadcast reached: hosts (the node included), peers whose inbox has it, peers that missed it (inbox full), hosts that did not answer. */
+export interface BroadcastReport {
+  hosts: number;
+  peers: number;
+  missed: number;
+  failed: string[];
 }
 
 export class Host {
@@ -80,6 +90,8 @@ export class Host {
   subscribe(channel: string, callback: (message: Received, channel: string) => void): Promise<void>;
   unsubscribe(channel: string, callback?: (message: Received, channel: string) => void): Promise<void>;
   publish(channel: string, message: Json): Promise<{}>;
+  /** Delivers the message to every peer on every host, once each, from the node. */
+  broadcast(message: Json): Promise<BroadcastReport>;
   find(id: string): Promise<Location>;
   members(): Promise<Members>;
   listPeers(limit?: number): Promise<{ count: number; peers: string[] }>;

@@ -80,6 +80,14 @@ export class Peer extends Emitter {
     if (options.timeout !== undefined) req.timeout = Math.max(0, Math.round(options.timeout));
     return decodePayload(await this.host._request(req));
   }
+
+  /**
+   * Delivers `message` to every peer on every host, once each, from this
+   * peer; resolves with `{hosts, peers, missed, failed}`.
+   */
+  broadcast(message) {
+    return this.host._request({ op: 'broadcast', from: this.id, data: message === undefined ? null : message });
+  }
 }
 
 /** A connection to a node's client gateway. Make one with {@link connect}. */
@@ -358,6 +366,14 @@ export class Host extends Emitter {
   /** Publishes `message` (any JSON value) on `channel`. */
   publish(channel, message) {
     return this._request({ op: 'publish', channel, data: message === undefined ? null : message });
+  }
+
+  /**
+   * Delivers `message` to every peer on every host, once each, from the
+   * node; resolves with `{hosts, peers, missed, failed}`.
+   */
+  broadcast(message) {
+    return this._request({ op: 'broadcast', data: message === undefined ? null : message });
   }
 
   /** Where a peer lives: `{host, addrs, round_trips}`. */

@@ -122,6 +122,11 @@ class Peer(_Inbox):
             req["timeout"] = max(0, int(timeout * 1000))
         return _message(await self.host._request(req))
 
+    async def broadcast(self, data: Any) -> dict:
+        """Delivers ``data`` to every peer on every host, once each, from
+        this peer; returns ``{"hosts", "peers", "missed", "failed"}``."""
+        return await self.host._request({"op": "broadcast", "from": self.id, "data": data})
+
 
 class Subscription(_Inbox):
     """Messages published on one channel. Iterate it (``async for``)."""
@@ -390,6 +395,11 @@ class Host:
     async def publish(self, channel: str, data: Any) -> None:
         """Publishes ``data`` (any JSON value) on ``channel``."""
         await self._request({"op": "publish", "channel": channel, "data": data})
+
+    async def broadcast(self, data: Any) -> dict:
+        """Delivers ``data`` to every peer on every host, once each, from
+        the node; returns ``{"hosts", "peers", "missed", "failed"}``."""
+        return await self._request({"op": "broadcast", "data": data})
 
     async def find(self, id: str) -> dict:
         """Where a peer lives: ``{"host", "addrs", "round_trips"}``."""

@@ -1,0 +1,119 @@
+//! Broadcast: one message to every peer on every host, once each.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use distribus::{Error, Host, HostConfig, Peer};
+
+/// Takes what `peer` has now (after a moment for stragglers).
+async fn drain(peer: &Peer) -> Vec<(String, u32)> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = Vec::new();
+    while let Some(m) = peer.try_recv() {
+        got.push((m.from.clone(), m.decode::<u32>().expect("a number")));
+    }
+    got
+}
+
+/// 12 hosts joined as a tree, relaying above 4 hosts, three peers each: a
+/// broadcast from a peer, then one from a host, reach every peer once, and
+/// the reports count every host and peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_every_peer_on_every_host_once_through_relays() {
+    const N: usize = 12;
+    let mut cfg = HostConfig::for_tests();
+    cfg.relay_above = 4;
+    let nodes = mem_hosts(N, &cfg).await;
+    for i in 1..N {
+        let to = nodes[(i - 1) / 2].1.to_string();
+        nodes[i].0.join(&to).await.unwrap();
+    }
+    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
+    wait_membership(&hosts.iter().collect::<Vec<_>>(), N).await;
+    let peers: Vec<Peer> = (0..N * 3)
+        .map(|i| hosts[i % N].create(&format!("p{i}")).unwrap())
+        .collect();
+    let relayed_before: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
+
+    let report = within("broadcast", peers[0].broadcast(&7u32))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.hosts, report.peers, report.missed),
+        (N, 3 * N as u64, 0)
+    );
+    assert!(report.failed.is_empty(), "{report:?}");
+    let report = within("broadcast", hosts[5].broadcast(&8u32))
+        .await
+        .unwrap();
+    assert_eq!((report.hosts, report.peers), (N, 3 * N as u64));
+
+    let from_host = hosts[5].id().to_string();
+    for p in &peers {
+        assert_eq!(
+            drain(p).await,
+            vec![("p0".to_string(), 7), (from_host.clone(), 8)],
+            "what {} received",
+            p.id()
+        );
+    }
+    let relayed: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
+    assert!(
+        relayed > relayed_before,
+        "no broadcast went through a relay"
+    );
+    let delivered: u64 = hosts.iter().map(|h| h.stats().broadcast_delivered).sum();
+    assert_eq!(delivered, 2 * 3 * N as u64);
+    assert_eq!(hosts[0].stats().broadcasts, 1);
+}
+
+/// Full inboxes are counted as missed, a crashed host is named, and with
+/// every other host gone the broadcast fails as partitioned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_says_what_it_missed_and_fails_when_partitioned() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.inbox_capacity = 4;
+    let [a, b, c]: [Host; 3] = star(3, &cfg).await.try_into().unwrap();
+    let a1 = a.create("a1").unwrap();
+    let b1 = b.create("b1").unwrap();
+    let full = b.create("full").unwrap();
+    let c1 = c.create("c1").unwrap();
+    wait_found(&a, "full", &b).await;
+    for n in 0..4u32 {
+        a1.send("full", &n).await.unwrap();
+    }
+    let report = within("broadcast", a1.broadcast(&1u32)).await.unwrap();
+    assert_eq!((report.hosts, report.peers, report.missed), (3, 3, 1));
+    assert_eq!(drain(&b1).await, vec![("a1".to_string(), 1)]);
+    assert_eq!(full.pending(), 4);
+
+    // c crashes (no leave): until its lease lapses it is a member, and the
+    // broadcast names it.
+    let c_id = c.id();
+    drop((c, c1));
+    let report = within("broadcast", a1.broadcast(&2u32)).await.unwrap();
+    assert_eq!(
+        (report.hosts, report.failed.clone()),
+        (2, vec![c_id]),
+        "{report:?}"
+    );
+    assert_eq!(drain(&b1).await, vec![("a1".to_string(), 2)]);
+
+    let b_id = b.id();
+    drop((b, b1, full));
+    match within("broadcast", a1.broadcast(&3u32)).await {
+        Err(Error::Partitioned(n)) => assert!(n >= 1, "{n}"),
+        other => panic!("expected Partitioned, got {other:?} (b was {b_id})"),
+    }
+    // The local peers have it all the same.
+    assert_eq!(
+        drain(&a1).await,
+        vec![
+            ("a1".to_string(), 1),
+            ("a1".to_string(), 2),
+            ("a1".to_string(), 3)
+        ]
+    );
+}
