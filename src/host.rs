@@ -72,15 +72,6 @@ pub(crate) fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_channel(channel: &str) -> Result<()> {
-    if channel.is_empty() || channel.len() > MAX_ID_LEN {
-        return Err(Error::InvalidChannel(format!(
-            "{channel:?}: channel names are 1 to {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
 /// Parses a multiaddr, or a `ws://host:port` URL as the JavaScript original took.
 pub fn parse_address(addr: &str) -> Result<Multiaddr> {
     let invalid = |reason: &str| Error::InvalidAddress {
@@ -343,7 +334,7 @@ impl Host {
     /// Subscribes to a channel. The subscription is a stream of every message
     /// published on the channel from now on, on any host; dropping it ends it.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription> {
-        validate_channel(channel)?;
+        crate::channel_name::check_pattern(channel)?;
         self.check_open()?;
         let capacity = self.inner.shared.with_config(|c| c.subscription_capacity);
         let (tx, rx) = mpsc::channel(capacity);
@@ -371,7 +362,7 @@ impl Host {
 
     /// Ends every subscription of this host on `channel`.
     pub async fn unsubscribe(&self, channel: &str) -> Result<()> {
-        validate_channel(channel)?;
+        crate::channel_name::check_pattern(channel)?;
         self.check_open()?;
         self.inner
             .commands
@@ -405,7 +396,7 @@ impl Host {
 
     /// Publishes an encoded payload.
     pub async fn publish_payload(&self, channel: &str, payload: Payload) -> Result<()> {
-        validate_channel(channel)?;
+        crate::channel_name::check_name(channel)?;
         let limit = self.inner.shared.with_config(|c| c.max_message_size);
         if payload.len() > limit {
             return Err(Error::MessageTooLarge {

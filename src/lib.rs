@@ -19,6 +19,7 @@ mod behaviour;
 #[doc(hidden)]
 pub mod bench_support;
 mod broadcast;
+mod channel_name;
 mod command;
 mod config;
 mod delivery;

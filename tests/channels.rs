@@ -184,3 +184,74 @@ async fn a_slow_subscription_misses_what_it_has_no_room_for_and_says_so() {
     let s = b.stats();
     assert_eq!((s.channel_delivered, s.channel_missed), (28, 12));
 }
+
+/// Takes `n` messages of a subscription (sorted), then checks nothing more
+/// comes.
+async fn take(s: &mut distribus::Subscription, n: usize) -> Vec<(String, u32)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let m = within("publish", s.recv()).await.unwrap();
+        got.push((m.channel.clone(), m.decode::<u32>().unwrap()));
+    }
+    got.sort();
+    let more = tokio::time::timeout(Duration::from_millis(300), s.recv()).await;
+    assert!(more.is_err(), "more than {n}: {got:?} and {more:?}");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_get_what_they_match_once_each() {
+    let cfg = HostConfig::for_tests();
+    let [a, b, c]: [Host; 3] = star(3, &cfg).await.try_into().unwrap();
+    // Overlapping patterns on one host each get a publish once.
+    let mut exact = b.subscribe("sensors.kitchen.temp").await.unwrap();
+    let mut one = b.subscribe("sensors.*.temp").await.unwrap();
+    let mut rest = b.subscribe("sensors.>").await.unwrap();
+    let mut all = c.subscribe(">").await.unwrap();
+    let mut temps = c.subscribe("*.*.temp").await.unwrap();
+    let mut local = a.subscribe("sensors.>").await.unwrap();
+    for p in ["sensors.kitchen.temp", "sensors.*.temp", "sensors.>"] {
+        wait_subscribed(&a, &b, p).await;
+    }
+    for p in [">", "*.*.temp"] {
+        wait_subscribed(&a, &c, p).await;
+    }
+    let sent = [
+        ("sensors.kitchen.temp", 1u32),
+        ("sensors.kitchen.humidity", 2),
+        ("logs.web", 3),
+        ("garden.shed.temp", 4),
+    ];
+    for (channel, n) in sent {
+        a.publish(channel, &n).await.unwrap();
+    }
+    let of = |ns: &[u32]| -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = sent
+            .iter()
+            .filter(|(_, n)| ns.contains(n))
+            .map(|(c, n)| (c.to_string(), *n))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(take(&mut exact, 1).await, of(&[1]));
+    assert_eq!(take(&mut one, 1).await, of(&[1]));
+    assert_eq!(take(&mut rest, 2).await, of(&[1, 2]));
+    assert_eq!(take(&mut all, 4).await, of(&[1, 2, 3, 4]));
+    assert_eq!(take(&mut temps, 2).await, of(&[1, 4]));
+    assert_eq!(take(&mut local, 2).await, of(&[1, 2]));
+
+    // Wildcards are for subscriptions; names are tokens.
+    for bad in ["sensors.*", "logs.>", "a..b", ".a", ""] {
+        assert!(
+            matches!(a.publish(bad, &0u32).await, Err(Error::InvalidChannel(_))),
+            "publish {bad:?}"
+        );
+    }
+    for bad in ["a.>.b", "a..b", "a."] {
+        assert!(
+            matches!(a.subscribe(bad).await, Err(Error::InvalidChannel(_))),
+            "subscribe {bad:?}"
+        );
+    }
+}

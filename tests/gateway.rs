@@ -231,6 +231,42 @@ async fn publishes_reach_client_and_rust_subscribers_on_every_host() {
     assert_eq!(f["id"], json!(id), "an unsubscribed client got {f}");
     let e = sub_a.event().await;
     assert_eq!(e["data"], "late");
+
+    // Overlapping wildcard subscriptions: one event each, naming it.
+    for p in ["alerts.>", "alerts.*"] {
+        sub_b
+            .call(json!({"op":"subscribe","channel":p}))
+            .await
+            .unwrap();
+    }
+    wait_for("b's wildcards known on a", || async {
+        let members = a.members().await.unwrap();
+        let theirs = members.iter().find(|m| m.host == b.id());
+        ["alerts.>", "alerts.*"]
+            .iter()
+            .all(|p| theirs.is_some_and(|m| m.channels.iter().any(|c| c == p)))
+    })
+    .await;
+    publisher
+        .call(json!({"op":"publish","channel":"alerts.fire","data":1}))
+        .await
+        .unwrap();
+    let mut via = Vec::new();
+    for _ in 0..2 {
+        let e = sub_b.event().await;
+        assert_eq!(
+            (&e["channel"], &e["data"]),
+            (&json!("alerts.fire"), &json!(1))
+        );
+        via.push(e["subscription"].as_str().unwrap_or("").to_string());
+    }
+    via.sort();
+    assert_eq!(via, ["alerts.*", "alerts.>"]);
+    let r = publisher
+        .call(json!({"op":"publish","channel":"alerts.*","data":1}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "invalid_channel");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

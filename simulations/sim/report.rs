@@ -68,6 +68,9 @@ pub struct Report {
     pub publishes: usize,
     /// Hosts subscribed.
     pub subscribers: usize,
+    /// Of them, hosts subscribed by a wildcard pattern (`sim.*`; the others
+    /// to `sim.news`, the channel published on).
+    pub wildcard_subscribers: usize,
     /// Share of (publish, subscriber) pairs delivered.
     pub publish_delivered_ratio: f64,
     /// Publish-to-subscriber latency, median.
@@ -207,9 +210,10 @@ impl Report {
         }
         if self.publishes > 0 {
             line(format!(
-                "  publish     {} publishes x {} subscriber hosts, delivered {:.4}, p50 {:.3} ms, p99 {:.3} ms",
+                "  publish     {} publishes x {} subscriber hosts ({} by wildcard), delivered {:.4}, p50 {:.3} ms, p99 {:.3} ms",
                 self.publishes,
                 self.subscribers,
+                self.wildcard_subscribers,
                 self.publish_delivered_ratio,
                 self.publish_p50_ms,
                 self.publish_p99_ms

@@ -535,7 +535,9 @@ async fn publish_phase(
     rng: &mut StdRng,
     r: &mut Report,
 ) -> Result<(), String> {
-    const CHANNEL: &str = "sim";
+    // Half the subscribing hosts take the channel by a wildcard pattern.
+    const CHANNEL: &str = "sim.news";
+    const PATTERN: &str = "sim.*";
     let publisher = rng.gen_range(0..s.hosts);
     let mut chosen: Vec<usize> = (0..s.hosts).collect();
     for i in 0..chosen.len() {
@@ -545,9 +547,9 @@ async fn publish_phase(
     chosen.truncate(s.subscribers);
     let epoch = Instant::now();
     let mut tasks = Vec::new();
-    for &h in &chosen {
+    for (i, &h) in chosen.iter().enumerate() {
         let mut sub = net.hosts[h]
-            .subscribe(CHANNEL)
+            .subscribe(if i % 2 == 1 { PATTERN } else { CHANNEL })
             .await
             .map_err(|e| e.to_string())?;
         let want = s.publishes;
@@ -579,7 +581,7 @@ async fn publish_phase(
                 .await
                 .map(|m| {
                     m.iter()
-                        .filter(|i| i.channels.iter().any(|c| c == CHANNEL))
+                        .filter(|i| i.channels.iter().any(|c| c == CHANNEL || c == PATTERN))
                         .count()
                         >= others
                 })
@@ -605,6 +607,7 @@ async fn publish_phase(
         lat.extend(l);
     }
     r.publishes = s.publishes;
+    r.wildcard_subscribers = chosen.len() / 2;
     r.subscribers = chosen.len();
     r.publish_delivered_ratio = total as f64 / (s.publishes * chosen.len()).max(1) as f64;
     r.publish_p50_ms = lat.pct(50.0);

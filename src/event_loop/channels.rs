@@ -1,5 +1,10 @@
 //! Channels: local subscriptions and publishes over gossipsub.
 //!
+//! Subscriptions take NATS-style patterns (`sensors.*.temp`, `logs.>`);
+//! publishes travel on the gossipsub topic of their channel's first token
+//! (see [`crate::channel_name`]) and each host delivers a publish to every
+//! local subscription whose pattern matches its channel, once each.
+//!
 //! Every host announces the channels it subscribes to in its membership
 //! record. A publish is delivered to this host's own subscriptions at once;
 //! for the other hosts it waits until every subscribing host is connected
@@ -21,6 +26,7 @@ use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
 use super::EventLoop;
 use crate::{
+    channel_name::{self, matches},
     command::SubSink,
     error::{Error, Result},
     message::{ChannelMessage, Payload},
@@ -36,6 +42,8 @@ const REDIAL: Duration = Duration::from_secs(1);
 struct ChannelFrame {
     /// Makes each frame's gossip message id unique.
     nonce: u64,
+    /// The channel (its topic is shared with other channels).
+    channel: String,
     payloads: Vec<Payload>,
 }
 
@@ -61,8 +69,9 @@ const GATHER: Duration = Duration::from_millis(2);
 /// Target size of one gossip frame of batched publishes.
 const BATCH_BYTES: usize = 64 * 1024;
 
-pub(super) fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("ch/{channel}"))
+/// The gossipsub topic a publish on `channel` goes on.
+fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(channel_name::topic_of_name(channel))
 }
 
 impl EventLoop {
@@ -80,13 +89,19 @@ impl EventLoop {
         let sinks = self.subs.entry(channel.clone()).or_default();
         sinks.push(sink);
         if sinks.len() == 1 {
-            if let Err(e) = self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .subscribe(&channel_topic(&channel))
-            {
-                tracing::warn!(%channel, error = %e, "gossipsub subscribe failed");
+            if channel_name::is_pattern(&channel) {
+                self.wild.push(channel.clone());
+            }
+            // A topic is joined while any pattern of this host needs it.
+            for t in channel_name::topics_of_pattern(&channel) {
+                let n = self.topic_refs.entry(t.clone()).or_default();
+                *n += 1;
+                if *n == 1 {
+                    let topic = gossipsub::IdentTopic::new(t);
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                        tracing::warn!(%channel, error = %e, "gossipsub subscribe failed");
+                    }
+                }
             }
             self.announce();
         }
@@ -103,17 +118,44 @@ impl EventLoop {
         }
         if sinks.is_empty() {
             self.subs.remove(channel);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .unsubscribe(&channel_topic(channel));
+            self.wild.retain(|p| p != channel);
+            for t in channel_name::topics_of_pattern(channel) {
+                let Some(n) = self.topic_refs.get_mut(&t) else {
+                    continue;
+                };
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.topic_refs.remove(&t);
+                    let topic = gossipsub::IdentTopic::new(t);
+                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                }
+            }
             self.announce();
         }
     }
 
-    /// Delivers to this host's subscriptions of `channel`, pruning dropped ones.
+    /// Delivers to every local subscription whose pattern matches
+    /// `channel`, once each.
     fn deliver_local(&mut self, channel: &str, payload: &Payload) {
-        let Some(sinks) = self.subs.get_mut(channel) else {
+        if self.wild.is_empty() {
+            self.deliver_to(channel, channel, payload);
+            return;
+        }
+        let mut patterns: Vec<String> = self
+            .wild
+            .iter()
+            .filter(|p| matches(p, channel))
+            .cloned()
+            .collect();
+        patterns.push(channel.to_string());
+        for p in patterns {
+            self.deliver_to(&p, channel, payload);
+        }
+    }
+
+    /// Delivers to the subscriptions of `pattern`, pruning dropped ones.
+    fn deliver_to(&mut self, pattern: &str, channel: &str, payload: &Payload) {
+        let Some(sinks) = self.subs.get_mut(pattern) else {
             return;
         };
         let counters = &self.shared.counters;
@@ -138,7 +180,7 @@ impl EventLoop {
             }
         });
         if sinks.is_empty() {
-            self.unsubscribe(channel, None);
+            self.unsubscribe(pattern, None);
         }
     }
 
@@ -178,7 +220,7 @@ impl EventLoop {
     fn remote_subscribers(&self, channel: &str) -> Vec<PeerId> {
         self.membership
             .iter()
-            .filter(|(_, m)| m.channels.iter().any(|c| c == channel))
+            .filter(|(_, m)| m.channels.iter().any(|c| matches(c, channel)))
             .map(|(h, _)| *h)
             .collect()
     }
@@ -267,6 +309,7 @@ impl EventLoop {
             }
             let frame = ChannelFrame {
                 nonce: rand::random(),
+                channel: channel.to_string(),
                 payloads: queue.iter().take(n).map(|p| p.payload.clone()).collect(),
             };
             let outcome = match postcard::to_allocvec(&frame) {
@@ -311,23 +354,24 @@ impl EventLoop {
     }
 
     pub(super) fn on_channel_message(&mut self, message: gossipsub::Message) {
-        let Some(channel) = message
-            .topic
-            .as_str()
-            .strip_prefix("ch/")
-            .map(str::to_string)
-        else {
-            return;
-        };
+        let topic = message.topic.as_str();
         match crate::protocol::decode_frame::<ChannelFrame>(&message.data) {
-            Ok(frame) => {
+            // A frame names a valid channel of the topic it came on.
+            Ok(frame)
+                if channel_name::check_name(&frame.channel).is_ok()
+                    && channel_name::topic_of_name(&frame.channel) == topic =>
+            {
                 for payload in &frame.payloads {
-                    self.deliver_local(&channel, payload);
+                    self.deliver_local(&frame.channel, payload);
                 }
+            }
+            Ok(frame) => {
+                self.shared.wire.count_rejected();
+                tracing::warn!(%topic, channel = %frame.channel, "a channel frame on another channel's topic");
             }
             Err(e) => {
                 self.shared.wire.count_rejected();
-                tracing::warn!(%channel, error = %e, "malformed channel message");
+                tracing::warn!(%topic, error = %e, "malformed channel message");
             }
         }
     }
@@ -364,7 +408,7 @@ mod tests {
                     bytes: b.into(),
                 })
                 .collect();
-            let frame = ChannelFrame { nonce, payloads };
+            let frame = ChannelFrame { nonce, channel: "a.b".into(), payloads };
             let once = encode_frame(&frame).unwrap();
             let back: ChannelFrame = decode_frame(&once[4..]).unwrap();
             prop_assert_eq!(encode_frame(&back).unwrap(), once);

@@ -882,6 +882,8 @@ impl EventLoop {
         self.shared.mark_closed();
         self.shared.registry.clear();
         self.subs.clear();
+        self.wild.clear();
+        self.topic_refs.clear();
         if let Some(c) = self.closing.take() {
             for r in c.replies {
                 let _ = r.send(());

@@ -242,7 +242,13 @@ pub(crate) struct EventLoop {
     closing: Option<members::Closing>,
 
     // channels
+    /// Subscriptions by pattern (a channel name is a pattern that matches
+    /// itself).
     subs: HashMap<String, Vec<SubSink>>,
+    /// The patterns of `subs` with a wildcard.
+    wild: Vec<String>,
+    /// Gossipsub topics joined, with how many patterns need each.
+    topic_refs: HashMap<String, usize>,
     parked: HashMap<String, VecDeque<channels::Parked>>,
     /// Channels whose known subscriber hosts all reach us through gossipsub;
     /// cleared when membership or connections change.
@@ -380,6 +386,8 @@ impl EventLoop {
             probed: HashMap::new(),
             closing: None,
             subs: HashMap::new(),
+            wild: Vec::new(),
+            topic_refs: HashMap::new(),
             parked: HashMap::new(),
             ready: Default::default(),
             last_frame: HashMap::new(),

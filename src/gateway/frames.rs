@@ -428,14 +428,18 @@ pub(crate) fn reply(id: u64, m: &Message) -> String {
     out
 }
 
-/// `{"event":"publish","channel":…,"data":…}`.
-pub(crate) fn publish(channel: &str, payload: &Payload) -> String {
-    let mut out = String::with_capacity(64 + channel.len() + payload.len());
+/// `{"event":"publish","channel":…,"data":…}`, with
+/// `"subscription":<pattern>` when it came through a wildcard subscription.
+pub(crate) fn publish(channel: &str, pattern: &str, payload: &Payload) -> String {
+    let mut out = String::with_capacity(64 + channel.len() + pattern.len() + payload.len());
     let _ = write!(
         out,
         "{{\"event\":\"publish\",\"channel\":{}",
         json_str(channel)
     );
+    if pattern != channel {
+        let _ = write!(out, ",\"subscription\":{}", json_str(pattern));
+    }
     push_payload(&mut out, payload);
     out.push('}');
     out
@@ -555,7 +559,7 @@ mod tests {
         assert_eq!((&m["id"], &m["ok"]["from"]), (&4.into(), &"q".into()));
         assert_eq!(m["ok"]["encoding"], "json");
         let typed = Payload::postcard(&7u32).unwrap();
-        let m: serde_json::Value = serde_json::from_str(&publish("c", &typed)).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&publish("c", "c", &typed)).unwrap();
         assert_eq!(m["encoding"], "postcard");
         assert_eq!(m["base64"], "Bw==");
     }

@@ -37,7 +37,8 @@ use crate::{ChannelMessage, Host, Message, Peer};
 enum Inbound {
     Message(Arc<str>, Message),
     PeerEnded(Arc<str>),
-    Publish(ChannelMessage),
+    /// A publish, and the subscription (pattern) it came through.
+    Publish(Arc<str>, ChannelMessage),
 }
 
 /// What survives a reconnect: the peers and subscriptions a connection
@@ -595,7 +596,7 @@ async fn run(
 async fn inbound(conn: &mut Conn, st: &mut State, i: Inbound) -> Result<(), Gone> {
     let event = match i {
         Inbound::Message(peer, m) => frames::message(&peer, &m),
-        Inbound::Publish(m) => frames::publish(&m.channel, &m.payload),
+        Inbound::Publish(pattern, m) => frames::publish(&m.channel, &pattern, &m.payload),
         Inbound::PeerEnded(peer) => {
             if st.peers.remove(&peer).is_none() {
                 return Ok(());
@@ -764,9 +765,13 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 match host.subscribe(slot.key()).await {
                     Ok(sub) => {
                         let (tx, rx) = oneshot::channel::<()>();
+                        let pattern: Arc<str> = Arc::from(slot.key().as_str());
                         slot.insert(tx);
-                        st.inbound
-                            .push(sub.take_until(rx).map(Inbound::Publish).boxed());
+                        st.inbound.push(
+                            sub.take_until(rx)
+                                .map(move |m| Inbound::Publish(pattern.clone(), m))
+                                .boxed(),
+                        );
                         frames::done(id)
                     }
                     Err(e) => frames::error(id, &Refusal::from(&e)),

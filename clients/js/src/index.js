@@ -202,7 +202,8 @@ export class Host extends Emitter {
         peer.emit('message', f.from, decodePayload(f), reply);
       }
     } else if (f.event === 'publish') {
-      const subs = this.channels.get(f.channel);
+      // Through a wildcard subscription, the event names its pattern.
+      const subs = this.channels.get(f.subscription ?? f.channel);
       if (subs) for (const cb of [...subs]) cb(decodePayload(f), f.channel);
     } else if (f.event === 'removed') {
       const peer = this.peers.get(f.peer);

@@ -87,6 +87,51 @@ test('publish reaches subscribers on both nodes; unsubscribe stops it', async ()
   await hostB.close();
 });
 
+test('wildcard subscriptions get what they match, once each', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const got = [];
+  await hostB.subscribe('js.*.temp', (m, channel) => got.push(['one', channel, m]));
+  await hostB.subscribe('js.>', (m, channel) => got.push(['rest', channel, m]));
+  await eventually('b subscribed, seen from a', async () => {
+    const { hosts } = await hostA.members();
+    return hosts.some((h) => h.host === hostB.id && h.channels.includes('js.>') && h.channels.includes('js.*.temp'));
+  });
+  await hostA.publish('js.kitchen.temp', 21);
+  await hostA.publish('js.kitchen.humidity', 40);
+  await eventually('3 deliveries', async () => got.length >= 3);
+  await new Promise((r) => setTimeout(r, 200));
+  got.sort((x, y) => JSON.stringify(x).localeCompare(JSON.stringify(y)));
+  assert.deepEqual(got, [
+    ['one', 'js.kitchen.temp', 21],
+    ['rest', 'js.kitchen.humidity', 40],
+    ['rest', 'js.kitchen.temp', 21],
+  ]);
+  await assert.rejects(hostA.publish('js.*', 1), (e) => e.code === 'invalid_channel');
+  await hostA.close();
+  await hostB.close();
+});
+
+test('a broadcast reaches every peer on both nodes once', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const caster = await hostA.create('caster');
+  const listener = await hostB.create('listener');
+  const heardA = collect((cb) => caster.on('message', cb), 2);
+  const heardB = collect((cb) => listener.on('message', cb), 2);
+  const report = await caster.broadcast({ all: 1 });
+  assert.equal(report.hosts, 2);
+  assert.ok(report.peers >= 2, JSON.stringify(report));
+  assert.deepEqual(report.failed, []);
+  const fromNode = await hostB.broadcast('from b');
+  assert.equal(fromNode.hosts, 2);
+  const expected = [['caster', { all: 1 }], [hostB.id, 'from b']];
+  assert.deepEqual(await heardA, expected);
+  assert.deepEqual(await heardB, expected);
+  await hostA.close();
+  await hostB.close();
+});
+
 test('a dropped connection reconnects and its peers and subscriptions are back', async () => {
   const hostA = await connect(a.url, { reconnectDelay: 100 });
   const hostB = await connect(b.url);

@@ -318,7 +318,8 @@ class Host:
             if peer:
                 peer.queue.put_nowait(_message(f, peer))
         elif event == "publish":
-            sub = self.channels.get(f.get("channel"))
+            # Through a wildcard subscription, the event names its pattern.
+            sub = self.channels.get(f.get("subscription", f.get("channel")))
             if sub:
                 sub.queue.put_nowait(_message(f))
         elif event == "removed":
@@ -372,7 +373,9 @@ class Host:
         await self._request({"op": "remove", "peer": id})
 
     async def subscribe(self, channel: str) -> Subscription:
-        """Subscribes to ``channel``; iterate the result to receive."""
+        """Subscribes to ``channel``, or to a pattern (``sensors.*.temp``,
+        ``logs.>``); iterate the result to receive (``message.channel`` is
+        the channel each came on)."""
         sub = self.channels.get(channel)
         if sub:
             return sub

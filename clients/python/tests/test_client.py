@@ -121,6 +121,39 @@ async def test_publish_and_subscribe_across_nodes(nodes):
         assert received == []
 
 
+async def test_a_wildcard_subscription_gets_the_channels_it_matches(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        sub = await hb.subscribe("py.*.temp")
+
+        async def known():
+            hosts = (await ha.members())["hosts"]
+            return any(h["host"] == hb.id and "py.*.temp" in h["channels"] for h in hosts)
+
+        await eventually(known)
+        await ha.publish("py.attic.humidity", 1)
+        await ha.publish("py.attic.temp", 2)
+        m = await sub.recv(10)
+        assert (m.channel, m.data) == ("py.attic.temp", 2)
+        with pytest.raises(DistribusError) as e:
+            await ha.publish("py.>", 3)
+        assert e.value.code == "invalid_channel"
+
+
+async def test_a_broadcast_reaches_every_peer_once(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        caster = await ha.create("py-caster")
+        listener = await hb.create("py-listener")
+        report = await caster.broadcast({"all": 1})
+        assert report["hosts"] == 2 and report["failed"] == [], report
+        assert report["peers"] >= 2, report
+        assert (await hb.broadcast("from b"))["hosts"] == 2
+        for p in (caster, listener):
+            got = [(m.sender, m.data) for m in [await p.recv(10), await p.recv(10)]]
+            assert got == [("py-caster", {"all": 1}), (hb.id, "from b")]
+
+
 async def test_a_dropped_connection_resumes_its_session(nodes):
     a, b = nodes
     async with distribus_client.connect(a.url, reconnect_delay=0.1) as ha, \
