@@ -343,9 +343,11 @@ fn raw_baseline(c: &mut Criterion) {
 
 /// Two-host publish throughput: the publisher on one TCP host, one
 /// subscriber on the other; the clock stops when the subscriber has all.
+/// Once to a subscription of the channel itself, once to a wildcard
+/// subscription (`wild.*`, publishes on `wild.x`).
 fn publish(c: &mut Criterion) {
     let rt = runtime();
-    let (a, b, sub) = rt.block_on(async {
+    let (a, b, sub, wild) = rt.block_on(async {
         let a = Host::new(HostConfig::default()).await.expect("host");
         let b = Host::new(HostConfig::default()).await.expect("host");
         let addr = b
@@ -356,47 +358,49 @@ fn publish(c: &mut Criterion) {
         a.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen");
         a.join(&addr.to_string()).await.expect("join");
         let sub = b.subscribe("bench").await.expect("subscribe");
+        let wild = b.subscribe("wild.*").await.expect("subscribe");
         for _ in 0..500 {
-            let known = a
-                .members()
-                .await
-                .expect("members")
-                .iter()
-                .any(|m| m.channels.iter().any(|c| c == "bench"));
-            if known {
+            let members = a.members().await.expect("members");
+            let known = |ch: &str| members.iter().any(|m| m.channels.iter().any(|c| c == ch));
+            if known("bench") && known("wild.*") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        (a, b, sub)
+        (a, b, sub, wild)
     });
-    let sub = Arc::new(tokio::sync::Mutex::new(sub));
     let p = payload();
     let mut g = c.benchmark_group("publish");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("two_hosts_64B", |bench| {
-        bench.to_async(&rt).iter_custom(|iters| {
-            let (a, sub, p) = (a.clone(), sub.clone(), p.clone());
-            async move {
-                // Receive while publishing: a subscription holds 16,384
-                // messages before it starts missing them.
-                let start = Instant::now();
-                let receiver = tokio::spawn(async move {
-                    let mut sub = sub.lock().await;
+    for (name, channel, sub) in [
+        ("two_hosts_64B", "bench", sub),
+        ("two_hosts_64B_wildcard", "wild.x", wild),
+    ] {
+        let sub = Arc::new(tokio::sync::Mutex::new(sub));
+        g.bench_function(name, |bench| {
+            bench.to_async(&rt).iter_custom(|iters| {
+                let (a, sub, p) = (a.clone(), sub.clone(), p.clone());
+                async move {
+                    // Receive while publishing: a subscription holds 16,384
+                    // messages before it starts missing them.
+                    let start = Instant::now();
+                    let receiver = tokio::spawn(async move {
+                        let mut sub = sub.lock().await;
+                        for _ in 0..iters {
+                            sub.recv().await.expect("subscription open");
+                        }
+                    });
                     for _ in 0..iters {
-                        sub.recv().await.expect("subscription open");
+                        a.publish_payload(channel, p.clone())
+                            .await
+                            .expect("publish");
                     }
-                });
-                for _ in 0..iters {
-                    a.publish_payload("bench", p.clone())
-                        .await
-                        .expect("publish");
+                    receiver.await.expect("receiver");
+                    start.elapsed()
                 }
-                receiver.await.expect("receiver");
-                start.elapsed()
-            }
-        })
-    });
+            })
+        });
+    }
     g.finish();
     rt.block_on(async {
         let _ = a.close().await;
