@@ -23,15 +23,7 @@ async fn drain(peer: &Peer) -> Vec<(String, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_reaches_every_peer_on_every_host_once_through_relays() {
     const N: usize = 12;
-    let mut cfg = HostConfig::for_tests();
-    cfg.relay_above = 4;
-    let nodes = mem_hosts(N, &cfg).await;
-    for i in 1..N {
-        let to = nodes[(i - 1) / 2].1.to_string();
-        nodes[i].0.join(&to).await.unwrap();
-    }
-    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
-    wait_membership(&hosts.iter().collect::<Vec<_>>(), N).await;
+    let hosts = relaying_tree(N).await;
     let peers: Vec<Peer> = (0..N * 3)
         .map(|i| hosts[i % N].create(&format!("p{i}")).unwrap())
         .collect();

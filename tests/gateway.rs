@@ -31,6 +31,19 @@ async fn pair(g: GatewayConfig) -> ([Host; 2], [String; 2], Vec<distribus::Gatew
     (hosts, urls, gws)
 }
 
+/// A client on each URL, with peer "alice" on the first and "bob" on the
+/// second.
+async fn alice_and_bob(ua: &str, ub: &str) -> (Client, Client) {
+    let mut alice = Client::connect(ua).await;
+    let mut bob = Client::connect(ub).await;
+    alice
+        .call(json!({"op":"create","peer":"alice"}))
+        .await
+        .unwrap();
+    bob.call(json!({"op":"create","peer":"bob"})).await.unwrap();
+    (alice, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_hosts_and_a_rust_peer_talk_to_each_other() {
     let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
@@ -125,13 +138,7 @@ async fn clients_on_two_hosts_and_a_rust_peer_talk_to_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_from_a_client_reaches_every_peer_once() {
     let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
-    let mut alice = Client::connect(&ua).await;
-    let mut bob = Client::connect(&ub).await;
-    alice
-        .call(json!({"op":"create","peer":"alice"}))
-        .await
-        .unwrap();
-    bob.call(json!({"op":"create","peer":"bob"})).await.unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&ua, &ub).await;
     let rust = b.create("rust").unwrap();
     let report = alice
         .call(json!({"op":"broadcast","from":"alice","data":{"all":true}}))
@@ -632,13 +639,7 @@ async fn a_batch_of_requests_is_answered_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_replies_between_clients_and_rust_peers_across_hosts() {
     let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
-    let mut alice = Client::connect(&ua).await;
-    let mut bob = Client::connect(&ub).await;
-    alice
-        .call(json!({"op":"create","peer":"alice"}))
-        .await
-        .unwrap();
-    bob.call(json!({"op":"create","peer":"bob"})).await.unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&ua, &ub).await;
     let rust = b.create("rust").unwrap();
     rust.registered().await.unwrap();
     wait_found(&a, "bob", &b).await;

@@ -17,15 +17,7 @@ use distribus::{Host, HostConfig};
 async fn a_relaying_network_delivers_everything_once_over_few_links() {
     const N: usize = 32;
     const EACH: u32 = 4;
-    let mut cfg = HostConfig::for_tests();
-    cfg.relay_above = 4;
-    let nodes = mem_hosts(N, &cfg).await;
-    for i in 1..N {
-        let to = nodes[(i - 1) / 2].1.to_string();
-        nodes[i].0.join(&to).await.unwrap();
-    }
-    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
-    wait_membership(&hosts.iter().collect::<Vec<_>>(), N).await;
+    let hosts = relaying_tree(N).await;
 
     all_to_all_exactly_once(&hosts, EACH).await;
     let relayed: u64 = hosts.iter().map(|h| h.stats().relayed).sum();

@@ -89,6 +89,21 @@ where
     }
 }
 
+/// `n` in-memory hosts that relay above 4 hosts, joined as a binary tree
+/// (host i joins host (i-1)/2), once every host knows every other.
+pub async fn relaying_tree(n: usize) -> Vec<Host> {
+    let mut cfg = HostConfig::for_tests();
+    cfg.relay_above = 4;
+    let nodes = mem_hosts(n, &cfg).await;
+    for i in 1..n {
+        let to = nodes[(i - 1) / 2].1.to_string();
+        nodes[i].0.join(&to).await.expect("join");
+    }
+    let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
+    wait_membership(&hosts.iter().collect::<Vec<_>>(), n).await;
+    hosts
+}
+
 /// Waits until every host knows `n` hosts in all (itself included).
 pub async fn wait_membership(hosts: &[&Host], n: usize) {
     for h in hosts {
