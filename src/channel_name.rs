@@ -103,6 +103,13 @@ pub(crate) fn topic_of_name(name: &str) -> String {
     topic(stable_hash(first) % TOPICS)
 }
 
+/// Whether a frame naming `channel` may come on `topic`: a valid channel
+/// name whose topic it is. A member cannot push a channel's publishes to
+/// the hosts of another channel's topic.
+pub(crate) fn belongs(topic: &str, channel: &str) -> bool {
+    check_name(channel).is_ok() && topic_of_name(channel) == topic
+}
+
 /// The topics a subscription to `pattern` joins.
 pub(crate) fn topics_of_pattern(pattern: &str) -> Vec<String> {
     let first = pattern.split('.').next().unwrap_or(pattern);
@@ -168,6 +175,20 @@ mod tests {
             );
         }
         assert!(check_name(&"x".repeat(MAX_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_frame_is_taken_only_on_its_channels_topic() {
+        let news = topic_of_name("news.x");
+        assert!(belongs(&news, "news.y"));
+        // Some channel with another first token is on another topic.
+        let other = (0..1000)
+            .map(|i| format!("c{i}.x"))
+            .find(|c| topic_of_name(c) != news)
+            .unwrap();
+        assert!(!belongs(&news, &other));
+        assert!(!belongs(&news, "news.*"));
+        assert!(!belongs(&topic_of_name("a"), "a..b"));
     }
 
     #[test]

@@ -357,10 +357,7 @@ impl EventLoop {
         let topic = message.topic.as_str();
         match crate::protocol::decode_frame::<ChannelFrame>(&message.data) {
             // A frame names a valid channel of the topic it came on.
-            Ok(frame)
-                if channel_name::check_name(&frame.channel).is_ok()
-                    && channel_name::topic_of_name(&frame.channel) == topic =>
-            {
+            Ok(frame) if channel_name::belongs(topic, &frame.channel) => {
                 for payload in &frame.payloads {
                     self.deliver_local(&frame.channel, payload);
                 }
