@@ -65,7 +65,7 @@ impl Taken {
 }
 
 /// What a host's fan-out reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Fanned {
     pub peers: u64,
     pub missed: u64,

@@ -421,7 +421,7 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
         }
         None => None,
     };
-    let (session, state, resumed) = match (resume, taken) {
+    let (session, mut state, resumed) = match (resume, taken) {
         (Some(t), Some(Ok(state))) => (t, state, true),
         (Some(_), Some(Err(NotTaken::OtherToken))) => {
             let r = refuse(
@@ -444,7 +444,6 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
             (new_token(), state, false)
         }
     };
-    let mut state = state;
     // What the client already has is not sent again; the rest is, first.
     let mut again = Vec::new();
     if let Some(r) = state.replay.as_mut() {
