@@ -251,6 +251,7 @@ impl RawMember {
             seq: 1,
             addrs: vec![],
             channels,
+            queues: vec![],
             leaving: false,
             anchor: self.chain.anchor(),
         }
@@ -277,6 +278,7 @@ impl RawMember {
                 seq: 1,
                 addrs: vec![],
                 channels: vec![],
+                queues: vec![],
                 leaving: false,
                 anchor: crate::beat_chain::Anchor::default(),
             };
@@ -363,6 +365,7 @@ impl RawMember {
             seq: 2,
             addrs: vec![],
             channels: vec![],
+            queues: vec![],
             leaving: true,
             anchor: self.chain.anchor(),
         };
@@ -397,6 +400,16 @@ impl RawMember {
                 encode_frame(&Request::Broadcast {
                     id: 1,
                     from: "x".into(),
+                    to: None,
+                    payload: payload.clone(),
+                })?,
+            ),
+            (
+                "queue",
+                encode_frame(&Request::Queue {
+                    channel: "x".into(),
+                    pattern: "x".into(),
+                    group: "g".into(),
                     payload: payload.clone(),
                 })?,
             ),

@@ -1,10 +1,18 @@
-//! Broadcast: one message to every peer on every host.
+//! Broadcast: one message to every peer on every host; and group sends,
+//! to every peer whose id matches a pattern, on any host.
 //!
 //! The origin sends one request per live member (through the relay overlay
 //! in a big network, as every request), and each host puts the message in
 //! every local peer's inbox and answers with how many it reached. So a
 //! broadcast costs one transfer per host, not per peer, and the caller
 //! learns how many hosts and peers it reached and which hosts it did not.
+//!
+//! A group send is a broadcast with a pattern of peer ids (the channel
+//! syntax of [`crate::channel_name`]: an id is split at each `.` into
+//! tokens; `*` matches one token, `>` one or more trailing ones), which
+//! each host matches against its own peers. The ids live on their hosts
+//! only, so every host is asked, as for a broadcast; what one costs is one
+//! request per host and a scan of each host's peers.
 //!
 //! Semantics: at most once per peer. A peer whose inbox is full misses it
 //! (counted in the report's `missed`); a host that does not answer is named
@@ -18,7 +26,7 @@ use libp2p::PeerId;
 
 use crate::{message::Payload, request::Corr, shared::Shared};
 
-/// What a broadcast reached.
+/// What a broadcast or a group send reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BroadcastReport {
     /// Hosts that took it, this one included.
@@ -71,10 +79,19 @@ pub(crate) struct Fanned {
     pub missed: u64,
 }
 
-/// Puts the message in every local peer's inbox.
-pub(crate) fn fan_out(shared: &Shared, from: &Arc<str>, payload: &Payload) -> Fanned {
+/// Puts the message in the inbox of every local peer, or of those whose id
+/// matches `to`.
+pub(crate) fn fan_out(
+    shared: &Shared,
+    from: &Arc<str>,
+    to: Option<&str>,
+    payload: &Payload,
+) -> Fanned {
     let mut out = Fanned::default();
     shared.registry.for_each_slot(|slot| {
+        if to.is_some_and(|p| !crate::channel_name::matches(p, &slot.id)) {
+            return;
+        }
         match crate::event_loop::messaging::deliver(shared, slot, from, payload.clone(), Corr::None)
         {
             Ok(()) => out.peers += 1,

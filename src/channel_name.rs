@@ -1,5 +1,5 @@
 //! Channel names and wildcard patterns (NATS syntax), and how they map to
-//! gossipsub topics.
+//! gossipsub topics; the same patterns address groups of peers by id.
 //!
 //! A channel name is `.`-separated tokens, none empty: `sensors.kitchen.temp`.
 //! A subscription takes a pattern: `*` matches exactly one token,
@@ -27,23 +27,36 @@ fn is_wild(token: &str) -> bool {
     token == "*" || token == ">"
 }
 
-fn check_tokens(what: &str, s: &str) -> Result<()> {
+/// Why `s` is not 1 to [`MAX_LEN`] bytes of non-empty `.`-separated tokens.
+fn check_tokens(what: &str, s: &str) -> std::result::Result<(), String> {
     if s.is_empty() || s.len() > MAX_LEN {
-        return Err(Error::InvalidChannel(format!(
-            "{s:?}: {what}s are 1 to {MAX_LEN} bytes"
-        )));
+        return Err(format!("{s:?}: {what}s are 1 to {MAX_LEN} bytes"));
     }
     if s.split('.').any(str::is_empty) {
-        return Err(Error::InvalidChannel(format!(
+        return Err(format!(
             "{s:?}: a {what} is `.`-separated tokens, none of them empty"
-        )));
+        ));
+    }
+    Ok(())
+}
+
+/// Why `pattern` is not tokens with `>` last only.
+fn check_wildcards(what: &str, pattern: &str) -> std::result::Result<(), String> {
+    check_tokens(what, pattern)?;
+    let mut tokens = pattern.split('.').peekable();
+    while let Some(t) = tokens.next() {
+        if t == ">" && tokens.peek().is_some() {
+            return Err(format!(
+                "{pattern:?}: `>` matches the trailing tokens, so it comes last"
+            ));
+        }
     }
     Ok(())
 }
 
 /// Checks a channel name to publish on: tokens, no wildcards.
 pub(crate) fn check_name(name: &str) -> Result<()> {
-    check_tokens("channel name", name)?;
+    check_tokens("channel name", name).map_err(Error::InvalidChannel)?;
     if name.split('.').any(is_wild) {
         return Err(Error::InvalidChannel(format!(
             "{name:?}: `*` and `>` are wildcards, for subscriptions only"
@@ -54,16 +67,16 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 
 /// Checks a subscription pattern: tokens, `>` last only.
 pub(crate) fn check_pattern(pattern: &str) -> Result<()> {
-    check_tokens("channel pattern", pattern)?;
-    let mut tokens = pattern.split('.').peekable();
-    while let Some(t) = tokens.next() {
-        if t == ">" && tokens.peek().is_some() {
-            return Err(Error::InvalidChannel(format!(
-                "{pattern:?}: `>` matches the trailing tokens, so it comes last"
-            )));
-        }
-    }
-    Ok(())
+    check_wildcards("channel pattern", pattern).map_err(Error::InvalidChannel)
+}
+
+/// Checks a pattern of peer ids for a group send: the syntax of a channel
+/// pattern. A peer id is split at each `.` into tokens (an id without a
+/// `.` is one token; empty tokens are tokens too, which `*` matches), so
+/// `room.42.*` matches `room.42.ann` but neither `room.42` nor
+/// `room.42.ann.b`; `room.>` matches both of the latter.
+pub(crate) fn check_group(pattern: &str) -> Result<()> {
+    check_wildcards("group pattern", pattern).map_err(Error::InvalidPattern)
 }
 
 /// Whether the pattern contains a wildcard.
@@ -175,6 +188,25 @@ mod tests {
             );
         }
         assert!(check_name(&"x".repeat(MAX_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn group_patterns_match_ids_by_token() {
+        for bad in ["", "a..b", "a.>.b"] {
+            assert!(
+                matches!(check_group(bad), Err(Error::InvalidPattern(_))),
+                "{bad:?}"
+            );
+        }
+        check_group("room.42.*").unwrap();
+        assert!(matches("room.42.*", "room.42.ann"));
+        assert!(!matches("room.42.*", "room.42"));
+        assert!(!matches("room.42.*", "room.42.ann.b"));
+        assert!(matches("room.>", "room.42.ann.b"));
+        // An id without dots is one token; empty tokens of ids are tokens.
+        assert!(matches("*", "alice"));
+        assert!(!matches("*", "a.b"));
+        assert!(matches("a.*.b", "a..b"));
     }
 
     #[test]

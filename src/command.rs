@@ -32,6 +32,8 @@ pub struct HostInfo {
     pub addrs: Vec<Multiaddr>,
     /// Channels it subscribes to.
     pub channels: Vec<String>,
+    /// Queue groups it has members of.
+    pub queues: Vec<crate::QueueGroup>,
     /// Whether this host has an open connection to it.
     pub connected: bool,
 }
@@ -46,10 +48,11 @@ fn addr_texts(addrs: &[Multiaddr]) -> Vec<String> {
 impl serde::Serialize for HostInfo {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("HostInfo", 4)?;
+        let mut st = s.serialize_struct("HostInfo", 5)?;
         st.serialize_field("host", &self.host.to_string())?;
         st.serialize_field("addrs", &addr_texts(&self.addrs))?;
         st.serialize_field("channels", &self.channels)?;
+        st.serialize_field("queues", &self.queues)?;
         st.serialize_field("connected", &self.connected)?;
         st.end()
     }
@@ -109,11 +112,15 @@ pub(crate) enum Command {
     },
     Subscribe {
         channel: String,
+        /// A queue group's name: the sink is one of its members.
+        group: Option<String>,
         sink: SubSink,
         reply: oneshot::Sender<Result<()>>,
     },
     Unsubscribe {
         channel: String,
+        /// The queue group, for a member of one.
+        group: Option<String>,
         /// `None` ends every subscription on the channel.
         id: Option<u64>,
     },
@@ -124,6 +131,8 @@ pub(crate) enum Command {
     },
     Broadcast {
         from: std::sync::Arc<str>,
+        /// A pattern of peer ids (a group send); `None` is every peer.
+        to: Option<String>,
         payload: Payload,
         reply: oneshot::Sender<Result<crate::BroadcastReport>>,
     },

@@ -107,6 +107,20 @@ pub enum Error {
     /// A channel name is invalid (empty or longer than 256 bytes).
     #[error("invalid channel name: {0}")]
     InvalidChannel(String),
+    /// A pattern of peer ids for a group send is invalid (empty tokens,
+    /// `>` not last, or longer than 256 bytes).
+    #[error("invalid group pattern: {0}")]
+    InvalidPattern(String),
+    /// No member of a queue group could take a publish: every one of its
+    /// hosts failed, or every member's queue was full. The group's other
+    /// subscribers (and plain ones) got it as usual.
+    #[error("no member of queue group {group:?} on {pattern:?} could take the message")]
+    QueueUnavailable {
+        /// The group's channel pattern.
+        pattern: String,
+        /// The group's name.
+        group: String,
+    },
     /// Publishing on a channel failed.
     #[error("publish failed: {0}")]
     Publish(String),

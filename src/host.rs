@@ -334,6 +334,29 @@ impl Host {
     /// Subscribes to a channel. The subscription is a stream of every message
     /// published on the channel from now on, on any host; dropping it ends it.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        self.subscribe_to(channel, None).await
+    }
+
+    /// Joins the queue group `group` on `channel` (a channel name or
+    /// pattern), as NATS's queue subscriptions: each publish on a matching
+    /// channel goes to exactly one member of the group, on any host, the
+    /// members taking turns (in proportion to their number on each host).
+    /// Groups are named per pattern: `workers` on `jobs` and `workers` on
+    /// `jobs.*` are two groups.
+    ///
+    /// A member whose queue is full is passed over, and a host that cannot
+    /// take it (gone, unreachable) too: the next member takes it, so when a
+    /// member's host dies the others take over. The publisher's `publish`
+    /// resolves once a member of every matching group has it, and fails with
+    /// [`Error::QueueUnavailable`] when no member of a group could take it.
+    /// Plain subscriptions of the channel get every publish as usual.
+    pub async fn subscribe_queue(&self, channel: &str, group: &str) -> Result<Subscription> {
+        crate::queue_group::check_group_name(group)?;
+        self.subscribe_to(channel, Some(group.to_string())).await
+    }
+
+    /// A subscription to `channel`, or a member of its queue group `group`.
+    async fn subscribe_to(&self, channel: &str, group: Option<String>) -> Result<Subscription> {
         crate::channel_name::check_pattern(channel)?;
         self.check_open()?;
         let capacity = self.inner.shared.with_config(|c| c.subscription_capacity);
@@ -347,13 +370,14 @@ impl Host {
         };
         self.call(|reply| Command::Subscribe {
             channel: channel.to_string(),
+            group: group.clone(),
             sink,
             reply,
         })
         .await??;
         Ok(Subscription::new(
             self.clone(),
-            channel.to_string(),
+            (channel.to_string(), group),
             id,
             rx,
             missed,
@@ -368,6 +392,7 @@ impl Host {
             .commands
             .send(Command::Unsubscribe {
                 channel: channel.to_string(),
+                group: None,
                 id: None,
             })
             .await?;
@@ -377,9 +402,11 @@ impl Host {
     /// Publishes a value (encoded with postcard) on a channel: every
     /// subscription on every host receives it once, this host's included.
     ///
-    /// Resolves when the message is handed to the gossip layer. Right after
-    /// a join it waits (up to `publish_warmup`) for the mesh to reach the
-    /// channel's subscribers; under load it waits for queue room.
+    /// Resolves when the message is handed to the gossip layer, and a
+    /// member of each matching queue group ([`Host::subscribe_queue`]) has
+    /// it. Right after a join it waits (up to `publish_warmup`) for the mesh
+    /// to reach the channel's subscribers; under load it waits for queue
+    /// room.
     pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
         self.publish_payload(channel, Payload::postcard(value)?)
             .await
@@ -437,15 +464,53 @@ impl Host {
     /// Broadcasts an encoded payload (see [`Host::broadcast`]).
     pub async fn broadcast_payload(&self, payload: Payload) -> Result<BroadcastReport> {
         let from: std::sync::Arc<str> = std::sync::Arc::from(self.id().to_string());
-        self.broadcast_from(from, payload).await
+        self.broadcast_from(from, None, payload).await
     }
 
-    /// A broadcast whose `from` is `from` (this host, or one of its peers).
+    /// Delivers a value, encoded with postcard, to every peer whose id
+    /// matches `pattern`, on every live host (this one's included), once
+    /// each; its `from` is this host's id. See [`Peer::send_group`].
+    pub async fn send_group<T: Serialize + ?Sized>(
+        &self,
+        pattern: &str,
+        value: &T,
+    ) -> Result<BroadcastReport> {
+        self.send_group_payload(pattern, Payload::postcard(value)?)
+            .await
+    }
+
+    /// Sends a value encoded as JSON to a group (see [`Host::send_group`]).
+    pub async fn send_group_json<T: Serialize + ?Sized>(
+        &self,
+        pattern: &str,
+        value: &T,
+    ) -> Result<BroadcastReport> {
+        self.send_group_payload(pattern, Payload::json(value)?)
+            .await
+    }
+
+    /// Sends an encoded payload to a group (see [`Host::send_group`]).
+    pub async fn send_group_payload(
+        &self,
+        pattern: &str,
+        payload: Payload,
+    ) -> Result<BroadcastReport> {
+        let from: std::sync::Arc<str> = std::sync::Arc::from(self.id().to_string());
+        self.broadcast_from(from, Some(pattern.to_string()), payload)
+            .await
+    }
+
+    /// A broadcast, or a group send when `to` is a pattern of peer ids,
+    /// whose `from` is `from` (this host, or one of its peers).
     pub(crate) async fn broadcast_from(
         &self,
         from: std::sync::Arc<str>,
+        to: Option<String>,
         payload: Payload,
     ) -> Result<BroadcastReport> {
+        if let Some(p) = &to {
+            crate::channel_name::check_group(p)?;
+        }
         let (limit, timeout) = self
             .inner
             .shared
@@ -460,6 +525,7 @@ impl Host {
         // (a relayed one within a few); this bounds the whole.
         let call = self.call(|reply| Command::Broadcast {
             from,
+            to,
             payload,
             reply,
         });

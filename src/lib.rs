@@ -41,6 +41,7 @@ mod network_key;
 mod overlay;
 mod peer;
 mod protocol;
+mod queue_group;
 mod relay_proof;
 mod request;
 mod rpc_stream;
@@ -66,6 +67,7 @@ pub use network_key::NetworkKey;
 pub use peer::Peer;
 #[doc(hidden)]
 pub use protocol::PROTOCOL_VERSION;
+pub use queue_group::QueueGroup;
 pub use request::RequestId;
 pub use shared::{Failures, LatencyHistogram, Stats};
 pub use subscription::Subscription;

@@ -37,6 +37,8 @@ pub(crate) struct HostRecord {
     pub addrs: Vec<Vec<u8>>,
     /// Channels the host subscribes to.
     pub channels: Vec<String>,
+    /// Queue groups the host has members of.
+    pub queues: Vec<crate::queue_group::QueueGroup>,
     /// The host is leaving the network.
     pub leaving: bool,
     /// The hash chain that proves this incarnation's heartbeat counters
@@ -113,6 +115,7 @@ pub(crate) struct Member {
     pub seq: u64,
     pub addrs: Vec<Multiaddr>,
     pub channels: Vec<String>,
+    pub queues: Vec<crate::queue_group::QueueGroup>,
     pub signed: SignedRecord,
     /// The host's public key: checks what it signs (relayed requests).
     pub key: PublicKey,
@@ -275,6 +278,7 @@ impl Membership {
             seq: r.seq,
             addrs,
             channels: r.channels.clone(),
+            queues: r.queues.clone(),
             signed: v.signed.clone(),
             key: v.key.clone(),
             proved: r.anchor.proved(),
@@ -617,6 +621,7 @@ pub(crate) mod tests {
             seq,
             addrs: vec![],
             channels: vec![],
+            queues: vec![],
             leaving,
             anchor,
         };
@@ -632,6 +637,7 @@ pub(crate) mod tests {
             seq: 1,
             addrs: vec![],
             channels: vec![],
+            queues: vec![],
             leaving: true,
             anchor: Anchor::default(),
         };

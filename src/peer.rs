@@ -273,22 +273,71 @@ impl Peer {
 
     /// Broadcasts an encoded payload, from this peer.
     pub async fn broadcast_payload(&self, payload: Payload) -> Result<BroadcastReport> {
+        self.fan_out(None, payload).await
+    }
+
+    /// Delivers a value, encoded with postcard, to every peer whose id
+    /// matches `pattern` (`room.42.*`), on every live host, this one
+    /// included, once each, from this peer.
+    ///
+    /// Patterns have the syntax of channel patterns: an id is split at each
+    /// `.` into tokens (an id without a `.` is one token), `*` matches one
+    /// token and `>` (last only) one or more trailing tokens. A pattern
+    /// without wildcards addresses the one peer of that id (this peer too,
+    /// if it matches). Peers' ids live on their own hosts, so every host is
+    /// asked, as for a [`Peer::broadcast`]: the report says how many
+    /// peers have it, how many missed it (inbox full) and which hosts did
+    /// not answer. Fails with [`Error::InvalidPattern`],
+    /// [`Error::Partitioned`] (no other host took it) and
+    /// [`Error::MessageTooLarge`].
+    pub async fn send_group<T: Serialize + ?Sized>(
+        &self,
+        pattern: &str,
+        value: &T,
+    ) -> Result<BroadcastReport> {
+        self.send_group_payload(pattern, Payload::postcard(value)?)
+            .await
+    }
+
+    /// Sends a value encoded as JSON to a group, from this peer.
+    pub async fn send_group_json<T: Serialize + ?Sized>(
+        &self,
+        pattern: &str,
+        value: &T,
+    ) -> Result<BroadcastReport> {
+        self.send_group_payload(pattern, Payload::json(value)?)
+            .await
+    }
+
+    /// Sends an encoded payload to a group, from this peer.
+    pub async fn send_group_payload(
+        &self,
+        pattern: &str,
+        payload: Payload,
+    ) -> Result<BroadcastReport> {
+        self.fan_out(Some(pattern.to_string()), payload).await
+    }
+
+    /// A broadcast (`to` is `None`) or a group send from this peer.
+    async fn fan_out(&self, to: Option<String>, payload: Payload) -> Result<BroadcastReport> {
         if self.slot.is_removed() {
             return Err(Error::PeerNotFound(self.slot.id.to_string()));
         }
         self.host
-            .broadcast_from(self.slot.id.clone(), payload)
+            .broadcast_from(self.slot.id.clone(), to, payload)
             .await
     }
 
-    /// Starts a broadcast from this peer (see [`Peer::begin_send`]).
+    /// Starts a broadcast, or a group send to `to`, from this peer (see
+    /// [`Peer::begin_send`]).
     #[cfg(feature = "gateway")]
     pub(crate) fn begin_broadcast(
         &self,
+        to: Option<String>,
         payload: Payload,
     ) -> futures::future::BoxFuture<'static, Result<BroadcastReport>> {
         let peer = self.clone();
-        Box::pin(async move { peer.broadcast_payload(payload).await })
+        Box::pin(async move { peer.fan_out(to, payload).await })
     }
 
     /// Receives the next message; `None` once the peer is removed (or its

@@ -21,7 +21,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::{message::Payload, request::Corr};
 
 /// Version of the distribus host-to-host protocol.
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// The request-response protocol name for a network id.
 pub(crate) fn rpc_protocol(network: &str) -> Option<StreamProtocol> {
@@ -176,11 +176,21 @@ pub(crate) enum Request {
     /// (those for one host go on together), handled as its origin's own if
     /// it is for this one. Answered by [`Response::Relayed`], in order.
     Relay(Vec<Relayed>),
-    /// Put this message in every local peer's inbox (see
-    /// [`crate::broadcast`]); `id` names it among the sender's broadcasts.
+    /// Put this message in the inbox of every local peer, or of those
+    /// whose id matches `to` (a group send; see [`crate::broadcast`]);
+    /// `id` names it among the sender's broadcasts.
     Broadcast {
         id: u64,
         from: String,
+        to: Option<String>,
+        payload: Payload,
+    },
+    /// Give this publish on `channel` to one local member of the queue
+    /// group `group` on `pattern` (see [`crate::queue_group`]).
+    Queue {
+        channel: String,
+        pattern: String,
+        group: String,
         payload: Payload,
     },
 }
@@ -325,6 +335,8 @@ pub(crate) enum Response {
     /// Answer to a broadcast: the local peers that have it and those that
     /// missed it (inbox full); both 0 for a broadcast taken before.
     Broadcast { peers: u64, missed: u64 },
+    /// Answer to a [`Request::Queue`]: whether a member took it.
+    QueueTaken(bool),
 }
 
 thread_local! {

@@ -59,6 +59,9 @@ pub(crate) struct Counters {
     pub replies: AtomicU64,
     pub replies_unmatched: AtomicU64,
     pub broadcasts: AtomicU64,
+    pub group_sends: AtomicU64,
+    pub queue_delivered: AtomicU64,
+    pub queue_unavailable: AtomicU64,
     pub broadcast_delivered: AtomicU64,
     pub broadcast_missed: AtomicU64,
 }
@@ -161,9 +164,16 @@ pub struct Stats {
     pub replies_unmatched: u64,
     /// Broadcasts this host made ([`crate::Host::broadcast`]).
     pub broadcasts: u64,
-    /// Broadcast messages put in local peers' inboxes.
+    /// Group sends this host made ([`crate::Peer::send_group`]).
+    pub group_sends: u64,
+    /// Publishes this host gave to a local member of a queue group.
+    pub queue_delivered: u64,
+    /// Publishes of this host that no member of a queue group could take.
+    pub queue_unavailable: u64,
+    /// Broadcast and group messages put in local peers' inboxes.
     pub broadcast_delivered: u64,
-    /// Broadcast messages local peers missed (their inbox was full).
+    /// Broadcast and group messages local peers missed (their inbox was
+    /// full).
     pub broadcast_missed: u64,
 }
 
@@ -319,6 +329,9 @@ impl Shared {
             replies: r(&c.replies),
             replies_unmatched: r(&c.replies_unmatched),
             broadcasts: r(&c.broadcasts),
+            group_sends: r(&c.group_sends),
+            queue_delivered: r(&c.queue_delivered),
+            queue_unavailable: r(&c.queue_unavailable),
             broadcast_delivered: r(&c.broadcast_delivered),
             broadcast_missed: r(&c.broadcast_missed),
         }

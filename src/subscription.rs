@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::{command::Command, host::Host, message::ChannelMessage};
 
-/// One subscription to a channel, from [`Host::subscribe`].
+/// One subscription to a channel, from [`Host::subscribe`], or one member
+/// of a queue group, from [`Host::subscribe_queue`].
 ///
 /// A bounded stream: if the reader falls `subscription_capacity` messages
 /// behind, further messages are not queued for it and
@@ -23,6 +24,7 @@ use crate::{command::Command, host::Host, message::ChannelMessage};
 pub struct Subscription {
     host: Host,
     channel: String,
+    group: Option<String>,
     id: u64,
     rx: mpsc::Receiver<ChannelMessage>,
     missed: Arc<AtomicU64>,
@@ -31,7 +33,7 @@ pub struct Subscription {
 impl Subscription {
     pub(crate) fn new(
         host: Host,
-        channel: String,
+        (channel, group): (String, Option<String>),
         id: u64,
         rx: mpsc::Receiver<ChannelMessage>,
         missed: Arc<AtomicU64>,
@@ -39,15 +41,21 @@ impl Subscription {
         Subscription {
             host,
             channel,
+            group,
             id,
             rx,
             missed,
         }
     }
 
-    /// The channel.
+    /// The channel (or pattern).
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The queue group, for a member of one.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
     }
 
     /// Receives the next message; `None` once the subscription has ended
@@ -76,6 +84,7 @@ impl Drop for Subscription {
         // at the next message on the channel.
         let _ = self.host.inner.commands.try_send(Command::Unsubscribe {
             channel: std::mem::take(&mut self.channel),
+            group: self.group.take(),
             id: Some(self.id),
         });
     }

@@ -118,10 +118,25 @@ fn request() -> impl Strategy<Value = Request> {
         digest().prop_map(Request::Beats),
         vec((signed(), proved()), 0..4).prop_map(Request::Records),
         vec(relayed(), 0..4).prop_map(Request::Relay),
-        (any::<u64>(), text(), payload()).prop_map(|(id, from, payload)| Request::Broadcast {
-            id,
-            from,
-            payload
+        (
+            any::<u64>(),
+            text(),
+            proptest::option::of(text()),
+            payload()
+        )
+            .prop_map(|(id, from, to, payload)| Request::Broadcast {
+                id,
+                from,
+                to,
+                payload
+            }),
+        (text(), text(), text(), payload()).prop_map(|(channel, pattern, group, payload)| {
+            Request::Queue {
+                channel,
+                pattern,
+                group,
+                payload,
+            }
         }),
     ]
 }
@@ -154,6 +169,7 @@ fn plain_response() -> impl Strategy<Value = Response> {
         text().prop_map(Response::RelayFailed),
         (any::<u64>(), any::<u64>())
             .prop_map(|(peers, missed)| Response::Broadcast { peers, missed }),
+        any::<bool>().prop_map(Response::QueueTaken),
     ]
 }
 
@@ -171,16 +187,25 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
         any::<u64>(),
         vec(bytes(24), 0..3),
         vec(text(), 0..4),
+        vec((text(), text(), any::<u32>()), 0..3),
         any::<bool>(),
         (any::<u64>(), any::<[u8; 16]>()),
     )
         .prop_map(
-            |(public_key, epoch, seq, addrs, channels, leaving, (start, tip))| HostRecord {
+            |(public_key, epoch, seq, addrs, channels, queues, leaving, (start, tip))| HostRecord {
                 public_key,
                 epoch,
                 seq,
                 addrs,
                 channels,
+                queues: queues
+                    .into_iter()
+                    .map(|(pattern, group, members)| crate::QueueGroup {
+                        pattern,
+                        group,
+                        members,
+                    })
+                    .collect(),
                 leaving,
                 anchor: Anchor { start, tip },
             },

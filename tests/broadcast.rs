@@ -109,3 +109,60 @@ async fn a_broadcast_says_what_it_missed_and_fails_when_partitioned() {
         ]
     );
 }
+
+/// A group send reaches every peer whose id matches its pattern, on every
+/// host (through relays), once each, and no other peer; a bad pattern is
+/// refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_send_reaches_the_matching_peers_on_every_host_and_no_others() {
+    const N: usize = 8;
+    let hosts = relaying_tree(N).await;
+    // room.1.<i> on every host, room.2.<i> and room.1.<i>.x on some.
+    let mut room1 = Vec::new();
+    let mut others = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        room1.push(h.create(&format!("room.1.{i}")).unwrap());
+        if i % 2 == 0 {
+            others.push(h.create(&format!("room.2.{i}")).unwrap());
+            others.push(h.create(&format!("room.1.{i}.x")).unwrap());
+        }
+    }
+    let lobby = hosts[3].create("lobby").unwrap();
+
+    let report = within("group send", lobby.send_group("room.1.*", &5u32))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.hosts, report.peers, report.missed),
+        (N, N as u64, 0),
+        "{report:?}"
+    );
+    assert!(report.failed.is_empty(), "{report:?}");
+    for p in &room1 {
+        assert_eq!(drain(p).await, vec![("lobby".to_string(), 5)], "{}", p.id());
+    }
+    for p in others.iter().chain([&lobby]) {
+        assert_eq!(drain(p).await, vec![], "{} got a message", p.id());
+    }
+
+    // `>` takes the deeper ids too; a host sends from itself.
+    let report = within("group send", hosts[6].send_group("room.>", &6u32))
+        .await
+        .unwrap();
+    // room.1.<i> on all 8, room.2.<i> and room.1.<i>.x on 4 each.
+    assert_eq!(report.peers, 2 * N as u64, "{report:?}");
+    assert_eq!(drain(&lobby).await, vec![]);
+    assert_eq!(hosts[6].stats().group_sends, 1);
+    assert_eq!(hosts[3].stats().group_sends, 1);
+
+    for bad in ["", "room..1", "room.>.x"] {
+        assert!(
+            matches!(
+                lobby.send_group(bad, &0u32).await,
+                Err(Error::InvalidPattern(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(hosts[3].stats().group_sends, 1);
+}

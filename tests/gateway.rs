@@ -174,6 +174,50 @@ async fn a_broadcast_from_a_client_reaches_every_peer_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_send_from_a_client_reaches_the_matching_peers_only() {
+    let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
+    let mut ca = Client::connect(&ua).await;
+    let mut cb = Client::connect(&ub).await;
+    for (c, p) in [(&mut ca, "team.red.ann"), (&mut cb, "team.blue.bo")] {
+        c.call(json!({"op":"create","peer":p})).await.unwrap();
+    }
+    let rust = b.create("team.red.rust").unwrap();
+    let report = cb
+        .call(json!({"op":"send_group","from":"team.blue.bo","to":"team.red.*","data":"hi"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        json!({"hosts": 2, "peers": 2, "missed": 0, "failed": []})
+    );
+    let m = ca.event().await;
+    assert_eq!(
+        (&m["peer"], &m["from"], &m["data"]),
+        (&json!("team.red.ann"), &json!("team.blue.bo"), &json!("hi"))
+    );
+    let got = within("rust recv", rust.recv()).await.unwrap();
+    assert_eq!(got.from, "team.blue.bo");
+    // The sender's own peer does not match: the first thing it gets is a
+    // message sent after the group send (which filled the local inboxes
+    // before it answered).
+    ca.call(json!({"op":"send","from":"team.red.ann","to":"team.blue.bo","data":"after"}))
+        .await
+        .unwrap();
+    assert_eq!(cb.event().await["data"], json!("after"));
+    let r = ca
+        .call(json!({"op":"send_group","to":"team..x","data":1}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "invalid_pattern");
+    let r = ca
+        .call(json!({"op":"send_group","data":1}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "bad_request");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_reach_client_and_rust_subscribers_on_every_host() {
     let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
     let mut sub_a = Client::connect(&ua).await;

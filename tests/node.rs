@@ -1291,6 +1291,36 @@ fn the_request_command_gets_the_answer_of_a_reply_command_on_another_node() {
         });
         assert!(printed.is_some(), "a replier did not print the broadcast");
     }
+    // A group send reaches the one whose id matches.
+    let (code, stdout, stderr) = run_to_end(&["send-group", "ti*", "x", "--gateway", &ga], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON report");
+    assert_eq!(
+        report["peers"],
+        serde_json::json!(0),
+        "`ti*` is a plain token"
+    );
+    let (code, stdout, stderr) = run_to_end(
+        &[
+            "send-group",
+            "time",
+            "tick",
+            "--from",
+            "boss",
+            "--gateway",
+            &ga,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON report");
+    assert_eq!(report["peers"], serde_json::json!(1), "{report}");
+    assert_eq!(
+        seen[0].recv_timeout(WAIT).expect("the group message"),
+        "boss: tick"
+    );
+    let (code, _, stderr) = run_to_end(&["send-group", "a..b", "x", "--gateway", &ga], &[]);
+    assert_one_line_error(code, &stderr, "invalid_pattern");
     for mut r in repliers {
         let _ = r.kill();
         let _ = r.wait();

@@ -169,6 +169,32 @@ fn payload_text(event: &Value) -> String {
     }
 }
 
+/// Broadcasts (`to` is `None`) or sends to a group each message, printing
+/// each report.
+async fn fan_out(
+    conn: &mut Conn,
+    to: Option<String>,
+    text: Option<String>,
+    from: Option<String>,
+) -> Result<(), String> {
+    if let Some(f) = &from {
+        conn.call(json!({"op": "create", "peer": f})).await?;
+    }
+    messages(&text, async |data| {
+        let mut req = match &to {
+            Some(p) => json!({"op": "send_group", "to": p, "data": data}),
+            None => json!({"op": "broadcast", "data": data}),
+        };
+        if let Some(f) = &from {
+            req["from"] = json!(f);
+        }
+        let report = conn.call(req).await?;
+        println!("{report}");
+        Ok(())
+    })
+    .await
+}
+
 /// Waits for the next event, or `None` on Ctrl-C.
 async fn next_event(
     conn: &mut Conn,
@@ -270,21 +296,13 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             message: text,
             from,
             ..
-        } => {
-            if let Some(f) = &from {
-                conn.call(json!({"op": "create", "peer": f})).await?;
-            }
-            messages(&text, async |data| {
-                let mut req = json!({"op": "broadcast", "data": data});
-                if let Some(f) = &from {
-                    req["from"] = json!(f);
-                }
-                let report = conn.call(req).await?;
-                println!("{report}");
-                Ok(())
-            })
-            .await
-        }
+        } => fan_out(&mut conn, None, text, from).await,
+        ClientCommand::SendGroup {
+            pattern,
+            message: text,
+            from,
+            ..
+        } => fan_out(&mut conn, Some(pattern), text, from).await,
         ClientCommand::Sub {
             channel,
             json,

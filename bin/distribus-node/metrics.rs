@@ -153,10 +153,16 @@ impl Collector for HostCollector {
             "Broadcasts this node made.",
             s.broadcasts,
         )?;
+        counter(
+            e,
+            "distribus_group_sends",
+            "Group sends (to the peers whose id matches a pattern) this node made.",
+            s.group_sends,
+        )?;
         labelled(
             e,
             "distribus_broadcast_messages",
-            "Broadcast messages for local peers, by outcome (delivered: in the inbox; missed: the inbox was full).",
+            "Broadcast and group messages for local peers, by outcome (delivered: in the inbox; missed: the inbox was full).",
             "outcome",
             &[
                 ("delivered", s.broadcast_delivered),

@@ -148,6 +148,21 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Deliver a message (JSON, or text) to every peer whose id matches
+    /// PATTERN (`room.42.*`, `room.>`), on any host, and print what it
+    /// reached as JSON; without MESSAGE, each line of stdin.
+    SendGroup {
+        /// The pattern of peer ids.
+        pattern: String,
+        /// The message.
+        message: Option<String>,
+        /// Send it from this peer (made on the node). Default: from the node.
+        #[arg(long)]
+        from: Option<String>,
+        /// Where to connect.
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
     /// Print every message on a channel (and/or to a peer made with --peer),
     /// one line each, until Ctrl-C.
     Sub {
@@ -194,6 +209,7 @@ impl ClientCommand {
             | ClientCommand::Reply { conn, .. }
             | ClientCommand::Pub { conn, .. }
             | ClientCommand::Broadcast { conn, .. }
+            | ClientCommand::SendGroup { conn, .. }
             | ClientCommand::Sub { conn, .. }
             | ClientCommand::Find { conn, .. }
             | ClientCommand::Members { conn }

@@ -88,6 +88,7 @@ fn sweep(cli: &Cli) -> Result<bool, String> {
                 ("--finds", f.finds),
                 ("--requests", f.requests),
                 ("--broadcasts", f.broadcasts),
+                ("--group-sends", f.group_sends),
                 ("--publishes", f.publishes),
                 ("--subscribers", f.subscribers),
                 ("--churn", f.churn),

@@ -64,6 +64,17 @@ pub struct Report {
     pub broadcast_p50_ms: f64,
     /// The same, slowest.
     pub broadcast_max_ms: f64,
+    /// Group sends made (one after another, from random hosts, each to
+    /// one group of [`crate::run::GROUP_SIZE`] peers spread over the hosts).
+    pub group_sends: usize,
+    /// Share of each group's members that got its message once, and no
+    /// other peer did (the least over the sends), checked in the inboxes.
+    pub group_reached_ratio: f64,
+    /// Time from a group send's call until every host has answered,
+    /// median.
+    pub group_p50_ms: f64,
+    /// The same, slowest.
+    pub group_max_ms: f64,
     /// Publishes made.
     pub publishes: usize,
     /// Hosts subscribed.
@@ -141,6 +152,7 @@ impl Report {
             && self.delivered_ratio == 1.0
             && (self.requests == 0 || self.request_success_ratio == 1.0)
             && (self.broadcasts == 0 || self.broadcast_reached_ratio == 1.0)
+            && (self.group_sends == 0 || self.group_reached_ratio == 1.0)
             && (self.publishes == 0 || self.publish_delivered_ratio == 1.0)
     }
 
@@ -191,6 +203,16 @@ impl Report {
                 self.broadcast_reached_ratio,
                 self.broadcast_p50_ms,
                 self.broadcast_max_ms,
+            ));
+        }
+        if self.group_sends > 0 {
+            line(format!(
+                "  group send  {} sends to groups of {}, reached {:.4} of their members, all have it in p50 {:.1} ms, max {:.1} ms",
+                self.group_sends,
+                crate::run::GROUP_SIZE,
+                self.group_reached_ratio,
+                self.group_p50_ms,
+                self.group_max_ms,
             ));
         }
         if self.requests > 0 {

@@ -262,6 +262,11 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
         broadcast_phase(s, &net, &mut rng, &mut r).await?;
     }
 
+    // 5c. Group sends.
+    if s.group_sends > 0 {
+        group_phase(s, &net, &mut rng, &mut r).await?;
+    }
+
     // 6. Publishes.
     if s.publishes > 0 {
         publish_phase(s, &net, &mut rng, &mut r).await?;
@@ -526,6 +531,77 @@ async fn broadcast_phase(
     r.broadcast_reached_ratio = least.min(complete as f64 / living.len().max(1) as f64);
     r.broadcast_p50_ms = took[took.len() / 2];
     r.broadcast_max_ms = took.last().copied().unwrap_or(0.0);
+    Ok(())
+}
+
+/// Members of each of the group phase's groups.
+pub const GROUP_SIZE: usize = 100;
+/// Groups in the group phase.
+const GROUPS: usize = 10;
+
+/// Makes [`GROUPS`] groups of [`GROUP_SIZE`] peers (`room.<g>.m<i>`) spread
+/// over the living hosts, then group sends from random hosts to random
+/// groups, one after another: each must reach its group's members once
+/// and no other peer (each report, then each inbox is checked).
+async fn group_phase(
+    s: &Scenario,
+    net: &Net,
+    rng: &mut StdRng,
+    r: &mut Report,
+) -> Result<(), String> {
+    let alive: Vec<usize> = (0..s.hosts).filter(|&h| net.alive[h]).collect();
+    let mut members = Vec::with_capacity(GROUPS * GROUP_SIZE);
+    for i in 0..GROUPS * GROUP_SIZE {
+        let host = &net.hosts[alive[i % alive.len()]];
+        let id = format!("room.{}.m{i}", i % GROUPS);
+        members.push(host.create(&id).map_err(|e| format!("create {id}: {e}"))?);
+    }
+    let mut took = Vec::with_capacity(s.group_sends);
+    let mut sent = vec![Vec::new(); GROUPS];
+    let mut least = 1.0f64;
+    for n in 0..s.group_sends {
+        let from = alive[rng.gen_range(0..alive.len())];
+        let g = rng.gen_range(0..GROUPS);
+        let t = Instant::now();
+        let report = net.hosts[from]
+            .send_group(&format!("room.{g}.*"), &(n as u32))
+            .await
+            .map_err(|e| format!("group send {n}: {e}"))?;
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+        least = least.min(report.peers as f64 / GROUP_SIZE as f64);
+        sent[g].push(n as u32);
+    }
+    // Each member has its group's messages, once, in order; the peers of
+    // the other phases have none.
+    let mut complete = 0usize;
+    for (i, p) in members.iter().enumerate() {
+        let mut got = Vec::new();
+        while let Some(m) = p.try_recv() {
+            got.push(m.decode::<u32>().map_err(|e| e.to_string())?);
+        }
+        if got == sent[i % GROUPS] {
+            complete += 1;
+        }
+    }
+    let strays = net
+        .peers
+        .iter()
+        .flatten()
+        .filter(|p| p.try_recv().is_some())
+        .count();
+    if strays > 0 {
+        tracing::warn!(strays, "peers outside the groups got a group message");
+        least = 0.0;
+    }
+    took.sort_by(|a, b| a.total_cmp(b));
+    r.group_sends = s.group_sends;
+    r.group_reached_ratio = least.min(complete as f64 / members.len() as f64);
+    r.group_p50_ms = took[took.len() / 2];
+    r.group_max_ms = took.last().copied().unwrap_or(0.0);
+    // Gone again, so the later phases see the peers they made.
+    for (i, p) in members.iter().enumerate() {
+        let _ = net.hosts[alive[i % alive.len()]].remove(p.id());
+    }
     Ok(())
 }
 

@@ -66,6 +66,10 @@ pub struct ScenarioFlags {
     /// Broadcasts from random hosts, each to every peer. Default 1.
     #[arg(long)]
     pub broadcasts: Option<usize>,
+    /// Group sends from random hosts, each to the members of one of 10
+    /// groups of 100 peers (`room.<g>.*`) spread over the hosts. Default 3.
+    #[arg(long)]
+    pub group_sends: Option<usize>,
     /// Channel publishes. Default 100.
     #[arg(long)]
     pub publishes: Option<usize>,
@@ -125,6 +129,7 @@ pub struct ScenarioFile {
     finds: Option<usize>,
     requests: Option<usize>,
     broadcasts: Option<usize>,
+    group_sends: Option<usize>,
     publishes: Option<usize>,
     subscribers: Option<usize>,
     churn: Option<usize>,
@@ -156,6 +161,8 @@ pub struct Scenario {
     pub requests: usize,
     /// Broadcasts, one after another.
     pub broadcasts: usize,
+    /// Group sends, one after another.
+    pub group_sends: usize,
     /// Publishes.
     pub publishes: usize,
     /// Subscribing hosts.
@@ -228,6 +235,7 @@ impl Scenario {
             finds: flags.finds.or(f.finds).unwrap_or(1_000),
             requests: flags.requests.or(f.requests).unwrap_or(1_000),
             broadcasts: flags.broadcasts.or(f.broadcasts).unwrap_or(1),
+            group_sends: flags.group_sends.or(f.group_sends).unwrap_or(3),
             publishes: flags.publishes.or(f.publishes).unwrap_or(100),
             subscribers: flags.subscribers.or(f.subscribers).unwrap_or(8).min(hosts),
             churn: flags.churn.or(f.churn).unwrap_or(0),

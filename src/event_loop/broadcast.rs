@@ -29,19 +29,25 @@ pub(crate) struct Broadcasts {
 }
 
 impl EventLoop {
-    /// Delivers to the local peers and sends the broadcast to every other
-    /// live member; answers `reply` once each has answered or failed.
+    /// Delivers to the local peers (those matching `to`, if given) and
+    /// sends the broadcast to every other live member; answers `reply` once
+    /// each has answered or failed.
     pub(super) fn start_broadcast(
         &mut self,
         from: Arc<str>,
+        to: Option<String>,
         payload: Payload,
         reply: oneshot::Sender<Result<BroadcastReport>>,
     ) {
-        crate::shared::bump(&self.shared.counters.broadcasts);
+        let counter = match to {
+            Some(_) => &self.shared.counters.group_sends,
+            None => &self.shared.counters.broadcasts,
+        };
+        crate::shared::bump(counter);
         let local = self.local();
         let id = rand::random::<u64>();
         self.broadcasts.taken.first_time(local, id);
-        let here = fan_out(&self.shared, &from, &payload);
+        let here = fan_out(&self.shared, &from, to.as_deref(), &payload);
         let report = BroadcastReport {
             hosts: 1,
             peers: here.peers,
@@ -62,6 +68,7 @@ impl EventLoop {
             let req = Request::Broadcast {
                 id,
                 from: from.to_string(),
+                to: to.clone(),
                 payload: payload.clone(),
             };
             let rid = self.request(*host, req);
@@ -78,21 +85,29 @@ impl EventLoop {
         );
     }
 
-    /// Another member's broadcast: delivered to every local peer once.
+    /// Another member's broadcast: delivered to every local peer (matching
+    /// `to`, if given) once.
     pub(super) fn on_broadcast_request(
         &mut self,
         origin: PeerId,
         id: u64,
         from: String,
+        to: Option<String>,
         payload: Payload,
     ) -> Response {
+        if let Some(p) = &to {
+            if crate::channel_name::check_group(p).is_err() {
+                self.shared.wire.count_rejected();
+                return Response::Refused("not a group pattern".into());
+            }
+        }
         if !self.broadcasts.taken.first_time(origin, id) {
             return Response::Broadcast {
                 peers: 0,
                 missed: 0,
             };
         }
-        let f = fan_out(&self.shared, &Arc::from(from), &payload);
+        let f = fan_out(&self.shared, &Arc::from(from), to.as_deref(), &payload);
         Response::Broadcast {
             peers: f.peers,
             missed: f.missed,

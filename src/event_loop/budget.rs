@@ -62,6 +62,7 @@ impl EventLoop {
                 | Pending::Introduce { host }
                 | Pending::Beats { host, .. }
                 | Pending::Broadcast { host, .. }
+                | Pending::Queue { host, .. }
                 | Pending::RelayBundle { via: host, .. } => Some(*host),
                 Pending::Leave | Pending::Resync | Pending::Records | Pending::RegCheck { .. } => {
                     None

@@ -192,6 +192,7 @@ impl EventLoop {
     ) {
         self.deliver_local(&channel, &payload);
         bump(&self.shared.counters.published);
+        let reply = self.publish_to_queues(&channel, &payload, reply);
         if self.remote_subscribers(&channel).is_empty()
             && !self.gossip_has_subscribers(&channel)
             && !self.parked.contains_key(&channel)

@@ -519,8 +519,11 @@ impl EventLoop {
     /// Why this host refuses `v` under its limits, if it does.
     fn refusal(&self, v: &Verified) -> Option<&'static str> {
         let r = &v.record;
-        if r.channels.len() > crate::membership::MAX_RECORD_CHANNELS
+        if r.channels.len() + r.queues.len() > crate::membership::MAX_RECORD_CHANNELS
             || r.channels.iter().any(|c| c.len() > crate::MAX_ID_LEN)
+            || r.queues
+                .iter()
+                .any(|q| q.pattern.len() > crate::MAX_ID_LEN || q.group.len() > crate::MAX_ID_LEN)
         {
             return Some("the record lists too many channels or too long a name");
         }
@@ -708,6 +711,7 @@ impl EventLoop {
                 self.advertise.iter().map(|a| a.to_vec()).collect()
             },
             channels,
+            queues: self.queues.interests(),
             leaving,
             anchor: self.chain.anchor(),
         };
@@ -832,6 +836,7 @@ impl EventLoop {
                 host: *h,
                 addrs: m.addrs.clone(),
                 channels: m.channels.clone(),
+                queues: m.queues.clone(),
                 connected: self.swarm.is_connected(h),
             })
             .collect();

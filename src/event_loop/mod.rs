@@ -20,6 +20,7 @@ mod lookup;
 mod members;
 pub(crate) mod messaging;
 pub(crate) mod ownership;
+mod queues;
 mod relay;
 
 use std::{
@@ -132,6 +133,11 @@ enum Pending {
         id: u64,
         host: PeerId,
     },
+    /// A publish handed to a host of a queue group.
+    Queue {
+        id: u64,
+        host: PeerId,
+    },
 }
 
 impl Pending {
@@ -142,7 +148,8 @@ impl Pending {
             | Pending::Directory { host, .. }
             | Pending::Lookup { host, .. }
             | Pending::Beats { host, .. }
-            | Pending::Broadcast { host, .. } => Some(*host),
+            | Pending::Broadcast { host, .. }
+            | Pending::Queue { host, .. } => Some(*host),
             _ => None,
         }
     }
@@ -274,6 +281,8 @@ pub(crate) struct EventLoop {
 
     // broadcast
     broadcasts: broadcast::Broadcasts,
+    // queues
+    queues: queues::Queues,
     /// The membership version last copied to the shared member set.
     members_version: u64,
     /// The `Shared::config_changes` this loop has applied.
@@ -399,6 +408,7 @@ impl EventLoop {
             relays: Default::default(),
             ownership: Default::default(),
             broadcasts: Default::default(),
+            queues: Default::default(),
             members_version: u64::MAX,
             config_seen: 0,
             join_checks: Default::default(),
@@ -684,12 +694,30 @@ impl EventLoop {
             Command::Find { id, reply } => self.find(id, reply),
             Command::Subscribe {
                 channel,
+                group: None,
                 sink,
                 reply,
             } => {
                 let _ = reply.send(self.subscribe(channel, sink));
             }
-            Command::Unsubscribe { channel, id } => self.unsubscribe(&channel, id),
+            Command::Subscribe {
+                channel,
+                group: Some(group),
+                sink,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe_queue(channel, group, sink));
+            }
+            Command::Unsubscribe {
+                channel,
+                group: None,
+                id,
+            } => self.unsubscribe(&channel, id),
+            Command::Unsubscribe {
+                channel,
+                group: Some(group),
+                id,
+            } => self.unsubscribe_queue(channel, group, id),
             Command::Publish {
                 channel,
                 payload,
@@ -697,9 +725,10 @@ impl EventLoop {
             } => self.publish(channel, payload, reply),
             Command::Broadcast {
                 from,
+                to,
                 payload,
                 reply,
-            } => self.start_broadcast(from, payload, reply),
+            } => self.start_broadcast(from, to, payload, reply),
             Command::Members { reply } => {
                 let _ = reply.send(self.members_info());
             }
@@ -911,9 +940,18 @@ impl EventLoop {
                 Response::RecordsOk
             }
             Request::Relay(_) => Response::RelayFailed("relayed twice".into()),
-            Request::Broadcast { id, from, payload } => {
-                self.on_broadcast_request(peer, id, from, payload)
-            }
+            Request::Broadcast {
+                id,
+                from,
+                to,
+                payload,
+            } => self.on_broadcast_request(peer, id, from, to, payload),
+            Request::Queue {
+                channel,
+                pattern,
+                group,
+                payload,
+            } => self.on_queue_request(channel, pattern, group, payload),
         }
     }
 
@@ -945,6 +983,7 @@ impl EventLoop {
             Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
             Pending::Beats { host, compact } => self.on_beats_result(host, compact, result),
             Pending::Broadcast { id, host } => self.on_broadcast_result(id, host, result),
+            Pending::Queue { id, .. } => self.on_queue_result(id, result),
             Pending::Leave => {
                 if let Some(c) = self.closing.as_mut() {
                     c.outstanding = c.outstanding.saturating_sub(1);

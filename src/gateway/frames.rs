@@ -33,6 +33,8 @@ pub(crate) fn code(e: &Error) -> &'static str {
         Error::MessageTooLarge { .. } => "too_large",
         Error::InboxFull(_) => "inbox_full",
         Error::InvalidChannel(_) => "invalid_channel",
+        Error::InvalidPattern(_) => "invalid_pattern",
+        Error::QueueUnavailable { .. } => "queue_unavailable",
         Error::NoRequest(_) => "no_request",
         Error::Partitioned(_) => "partitioned",
         Error::Encode(_) | Error::Decode(_) => "bad_request",
@@ -86,6 +88,8 @@ struct Flat<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    queue: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     resume: Option<std::borrow::Cow<'a, str>>,
     version: Option<u32>,
@@ -163,15 +167,21 @@ pub enum Op {
         /// The reply as JSON text.
         data: Payload,
     },
-    /// Subscribes this connection to a channel.
+    /// Subscribes this connection to a channel, or makes it a member of
+    /// the channel's queue group `queue`.
     Subscribe {
         /// The channel.
         channel: String,
+        /// The queue group.
+        queue: Option<String>,
     },
-    /// Ends this connection's subscription to a channel.
+    /// Ends this connection's subscription to a channel (or membership of
+    /// its queue group `queue`).
     Unsubscribe {
         /// The channel.
         channel: String,
+        /// The queue group.
+        queue: Option<String>,
     },
     /// Publishes `data` (JSON) on a channel.
     Publish {
@@ -180,11 +190,14 @@ pub enum Op {
         /// The message as JSON text.
         data: Payload,
     },
-    /// Delivers `data` (JSON) to every peer on every host, from one of
-    /// this connection's peers or (without `from`) from the node.
+    /// Delivers `data` (JSON) to every peer on every host (`broadcast`),
+    /// or to those whose id matches `to` (`send_group`), from one of this
+    /// connection's peers or (without `from`) from the node.
     Broadcast {
         /// The sending peer, if any.
         from: Option<String>,
+        /// The pattern of peer ids of a group send.
+        to: Option<String>,
         /// The message as JSON text.
         data: Payload,
     },
@@ -297,9 +310,11 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
         },
         "subscribe" => Op::Subscribe {
             channel: need(flat.channel, "channel")?,
+            queue: flat.queue.map(|q| q.into_owned()),
         },
         "unsubscribe" => Op::Unsubscribe {
             channel: need(flat.channel, "channel")?,
+            queue: flat.queue.map(|q| q.into_owned()),
         },
         "publish" => Op::Publish {
             channel: need(flat.channel, "channel")?,
@@ -307,6 +322,12 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
         },
         "broadcast" => Op::Broadcast {
             from: flat.from.map(|f| f.into_owned()),
+            to: None,
+            data: data(flat.data)?,
+        },
+        "send_group" => Op::Broadcast {
+            from: flat.from.map(|f| f.into_owned()),
+            to: Some(need(flat.to, "to")?),
             data: data(flat.data)?,
         },
         "find" => Op::Find {
@@ -430,7 +451,12 @@ pub(crate) fn reply(id: u64, m: &Message) -> String {
 
 /// `{"event":"publish","channel":…,"data":…}`, with
 /// `"subscription":<pattern>` when it came through a wildcard subscription.
-pub(crate) fn publish(channel: &str, pattern: &str, payload: &Payload) -> String {
+/// A connection's subscription: its pattern, and its queue group for a
+/// member of one.
+pub(crate) type SubKey = (String, Option<String>);
+
+pub(crate) fn publish(channel: &str, sub: &SubKey, payload: &Payload) -> String {
+    let (pattern, queue) = sub;
     let mut out = String::with_capacity(64 + channel.len() + pattern.len() + payload.len());
     let _ = write!(
         out,
@@ -439,6 +465,9 @@ pub(crate) fn publish(channel: &str, pattern: &str, payload: &Payload) -> String
     );
     if pattern != channel {
         let _ = write!(out, ",\"subscription\":{}", json_str(pattern));
+    }
+    if let Some(q) = queue {
+        let _ = write!(out, ",\"queue\":{}", json_str(q));
     }
     push_payload(&mut out, payload);
     out.push('}');
@@ -559,8 +588,16 @@ mod tests {
         assert_eq!((&m["id"], &m["ok"]["from"]), (&4.into(), &"q".into()));
         assert_eq!(m["ok"]["encoding"], "json");
         let typed = Payload::postcard(&7u32).unwrap();
-        let m: serde_json::Value = serde_json::from_str(&publish("c", "c", &typed)).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&publish("c", &("c".into(), None), &typed)).unwrap();
         assert_eq!(m["encoding"], "postcard");
+        assert!(m.get("subscription").is_none() && m.get("queue").is_none());
+        let queued = ("c.*".to_string(), Some("w".to_string()));
+        let m: serde_json::Value = serde_json::from_str(&publish("c.d", &queued, &typed)).unwrap();
+        assert_eq!(
+            (&m["subscription"], &m["queue"]),
+            (&"c.*".into(), &"w".into())
+        );
         assert_eq!(m["base64"], "Bw==");
     }
 }

@@ -37,8 +37,8 @@ use crate::{ChannelMessage, Host, Message, Peer};
 enum Inbound {
     Message(Arc<str>, Message),
     PeerEnded(Arc<str>),
-    /// A publish, and the subscription (pattern) it came through.
-    Publish(Arc<str>, ChannelMessage),
+    /// A publish, and the subscription it came through.
+    Publish(Arc<frames::SubKey>, ChannelMessage),
 }
 
 /// What survives a reconnect: the peers and subscriptions a connection
@@ -48,8 +48,8 @@ pub(crate) struct State {
     host: Host,
     peers: HashMap<Arc<str>, Peer>,
     inbound: SelectAll<BoxStream<'static, Inbound>>,
-    /// Dropping a channel's sender ends that subscription's stream.
-    channels: HashMap<String, oneshot::Sender<()>>,
+    /// Dropping a subscription's sender ends its stream.
+    channels: HashMap<frames::SubKey, oneshot::Sender<()>>,
     allowance: Arc<Allowance>,
     /// Events not yet acknowledged, for a client that acknowledges.
     replay: Option<Replay>,
@@ -459,8 +459,19 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
     }
     let mut peers: Vec<&str> = state.peers.keys().map(|k| k.as_ref()).collect();
     peers.sort_unstable();
-    let mut channels: Vec<&str> = state.channels.keys().map(String::as_str).collect();
+    let mut channels: Vec<&str> = state
+        .channels
+        .keys()
+        .filter(|(_, q)| q.is_none())
+        .map(|(c, _)| c.as_str())
+        .collect();
     channels.sort_unstable();
+    let mut queues: Vec<[&str; 2]> = state
+        .channels
+        .keys()
+        .filter_map(|(c, q)| Some([c.as_str(), q.as_deref()?]))
+        .collect();
+    queues.sort_unstable();
     let answer = serde_json::json!({
         "version": VERSION,
         "session": session,
@@ -468,6 +479,7 @@ async fn hello(conn: &mut Conn) -> Option<(String, State)> {
         "host": shared.host.id().to_string(),
         "peers": peers,
         "channels": channels,
+        "queues": queues,
         "limits": {
             "max_frame": shared.config.max_frame,
             "max_message": shared.host.config().max_message_size,
@@ -732,14 +744,20 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 return Ok(None);
             }
         }
-        Op::Broadcast { from, data } => {
+        Op::Broadcast { from, to, data } => {
             let sent = match &from {
-                Some(f) => sender(st, f).map(|p| p.begin_broadcast(data)),
+                Some(f) => sender(st, f).map(|p| p.begin_broadcast(to, data)),
                 None => match over_rate(st) {
                     Some(r) => Err(r),
                     None => {
                         let host = host.clone();
-                        Ok(async move { host.broadcast_payload(data).await }.boxed())
+                        Ok(async move {
+                            match to {
+                                Some(p) => host.send_group_payload(&p, data).await,
+                                None => host.broadcast_payload(data).await,
+                            }
+                        }
+                        .boxed())
                     }
                 },
             };
@@ -758,13 +776,18 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 Err(r) => frames::error(id, &r),
             }
         }
-        Op::Subscribe { channel } => match st.channels.entry(channel) {
+        Op::Subscribe { channel, queue } => match st.channels.entry((channel, queue)) {
             std::collections::hash_map::Entry::Occupied(_) => frames::done(id),
             std::collections::hash_map::Entry::Vacant(slot) => {
-                match host.subscribe(slot.key()).await {
+                let (channel, queue) = slot.key();
+                let made = match queue {
+                    Some(q) => host.subscribe_queue(channel, q).await,
+                    None => host.subscribe(channel).await,
+                };
+                match made {
                     Ok(sub) => {
                         let (tx, rx) = oneshot::channel::<()>();
-                        let pattern: Arc<str> = Arc::from(slot.key().as_str());
+                        let pattern = Arc::new(slot.key().clone());
                         slot.insert(tx);
                         st.inbound.push(
                             sub.take_until(rx)
@@ -777,8 +800,8 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 }
             }
         },
-        Op::Unsubscribe { channel } => {
-            st.channels.remove(&channel);
+        Op::Unsubscribe { channel, queue } => {
+            st.channels.remove(&(channel, queue));
             frames::done(id)
         }
         Op::Find { peer } => {

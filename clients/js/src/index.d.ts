@@ -64,9 +64,11 @@ export class Peer {
   request(to: string, message: Json, options?: { timeout?: number }): Promise<Received>;
   /** Delivers the message to every peer on every host, once each, from this peer. */
   broadcast(message: Json): Promise<BroadcastReport>;
+  /** Delivers the message to every peer whose id matches `pattern` (`room.42.*`, `room.>`), on any host, once each, from this peer. */
+  sendGroup(pattern: string, message: Json): Promise<BroadcastReport>;
 }
 
-/** What a broadcast reached: hosts (the node included), peers whose inbox has it, peers that missed it (inbox full), hosts that did not answer. */
+/** What a broadcast or group send reached: hosts (the node included), peers whose inbox has it, peers that missed it (inbox full), hosts that did not answer. */
 export interface BroadcastReport {
   hosts: number;
   peers: number;
@@ -92,6 +94,8 @@ export class Host {
   publish(channel: string, message: Json): Promise<{}>;
   /** Delivers the message to every peer on every host, once each, from the node. */
   broadcast(message: Json): Promise<BroadcastReport>;
+  /** Delivers the message to every peer whose id matches `pattern`, on any host, once each, from the node. */
+  sendGroup(pattern: string, message: Json): Promise<BroadcastReport>;
   find(id: string): Promise<Location>;
   members(): Promise<Members>;
   listPeers(limit?: number): Promise<{ count: number; peers: string[] }>;

@@ -88,6 +88,15 @@ export class Peer extends Emitter {
   broadcast(message) {
     return this.host._request({ op: 'broadcast', from: this.id, data: message === undefined ? null : message });
   }
+
+  /**
+   * Delivers `message` to every peer whose id matches `pattern` (`room.42.*`,
+   * `room.>`), on any host, once each, from this peer; resolves with
+   * `{hosts, peers, missed, failed}`.
+   */
+  sendGroup(pattern, message) {
+    return this.host._request({ op: 'send_group', from: this.id, to: pattern, data: message === undefined ? null : message });
+  }
 }
 
 /** A connection to a node's client gateway. Make one with {@link connect}. */
@@ -375,6 +384,14 @@ export class Host extends Emitter {
    */
   broadcast(message) {
     return this._request({ op: 'broadcast', data: message === undefined ? null : message });
+  }
+
+  /**
+   * Delivers `message` to every peer whose id matches `pattern`, on any
+   * host, once each, from the node; resolves with `{hosts, peers, missed, failed}`.
+   */
+  sendGroup(pattern, message) {
+    return this._request({ op: 'send_group', to: pattern, data: message === undefined ? null : message });
   }
 
   /** Where a peer lives: `{host, addrs, round_trips}`. */

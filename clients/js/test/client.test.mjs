@@ -132,6 +132,28 @@ test('a broadcast reaches every peer on both nodes once', async () => {
   await hostB.close();
 });
 
+test('a group send reaches the matching peers on both nodes and no others', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const ann = await hostA.create('crew.ann');
+  const bo = await hostB.create('crew.bo');
+  const out = await hostB.create('guest.cy');
+  const heardAnn = collect((cb) => ann.on('message', cb), 1);
+  const heardBo = collect((cb) => bo.on('message', cb), 2);
+  const heardOut = collect((cb) => out.on('message', cb), 1);
+  const report = await out.sendGroup('crew.*', 'shift');
+  assert.deepEqual(report, { hosts: 2, peers: 2, missed: 0, failed: [] });
+  assert.deepEqual(await heardAnn, [['guest.cy', 'shift']]);
+  await ann.send('guest.cy', 'after');
+  // The sender does not match: the first it hears is the later message.
+  assert.deepEqual(await heardOut, [['crew.ann', 'after']]);
+  await hostA.sendGroup('crew.bo', 'only bo');
+  assert.deepEqual(await heardBo, [['guest.cy', 'shift'], [hostA.id, 'only bo']]);
+  await assert.rejects(out.sendGroup('crew..x', 1), (e) => e.code === 'invalid_pattern');
+  await hostA.close();
+  await hostB.close();
+});
+
 test('a dropped connection reconnects and its peers and subscriptions are back', async () => {
   const hostA = await connect(a.url, { reconnectDelay: 100 });
   const hostB = await connect(b.url);

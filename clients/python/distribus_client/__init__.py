@@ -127,6 +127,14 @@ class Peer(_Inbox):
         this peer; returns ``{"hosts", "peers", "missed", "failed"}``."""
         return await self.host._request({"op": "broadcast", "from": self.id, "data": data})
 
+    async def send_group(self, pattern: str, data: Any) -> dict:
+        """Deliver ``data`` to every peer whose id matches ``pattern``
+        (``room.42.*``, ``room.>``), on any host, once each, from this peer;
+        returns ``{hosts, peers, missed, failed}``."""
+        return await self.host._request(
+            {"op": "send_group", "from": self.id, "to": pattern, "data": data}
+        )
+
 
 class Subscription(_Inbox):
     """Messages published on one channel. Iterate it (``async for``)."""
@@ -403,6 +411,12 @@ class Host:
         """Delivers ``data`` to every peer on every host, once each, from
         the node; returns ``{"hosts", "peers", "missed", "failed"}``."""
         return await self._request({"op": "broadcast", "data": data})
+
+    async def send_group(self, pattern: str, data: Any) -> dict:
+        """Deliver ``data`` to every peer whose id matches ``pattern``, on any
+        host, once each, from the node; returns ``{hosts, peers, missed,
+        failed}``."""
+        return await self._request({"op": "send_group", "to": pattern, "data": data})
 
     async def find(self, id: str) -> dict:
         """Where a peer lives: ``{"host", "addrs", "round_trips"}``."""

@@ -154,6 +154,27 @@ async def test_a_broadcast_reaches_every_peer_once(nodes):
             assert got == [("py-caster", {"all": 1}), (hb.id, "from b")]
 
 
+async def test_a_group_send_reaches_the_matching_peers_only(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        ann = await ha.create("pycrew.ann")
+        bo = await hb.create("pycrew.bo")
+        out = await hb.create("pyguest.cy")
+        report = await out.send_group("pycrew.*", "shift")
+        assert report == {"hosts": 2, "peers": 2, "missed": 0, "failed": []}, report
+        for p in (ann, bo):
+            m = await p.recv(10)
+            assert (m.sender, m.data) == ("pyguest.cy", "shift")
+        await ann.send("pyguest.cy", "after")
+        # The sender does not match: the first it gets is the later message.
+        m = await out.recv(10)
+        assert (m.sender, m.data) == ("pycrew.ann", "after")
+        assert (await ha.send_group("pycrew.bo", 1))["peers"] == 1
+        with pytest.raises(DistribusError) as e:
+            await out.send_group("pycrew..x", 1)
+        assert e.value.code == "invalid_pattern"
+
+
 async def test_a_dropped_connection_resumes_its_session(nodes):
     a, b = nodes
     async with distribus_client.connect(a.url, reconnect_delay=0.1) as ha, \
