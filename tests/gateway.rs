@@ -217,6 +217,69 @@ async fn a_group_send_from_a_client_reaches_the_matching_peers_only() {
     drop(a);
 }
 
+/// Two client members of a queue group, on two nodes, and a plain client
+/// subscriber: each publish goes to one member (named in the event), every
+/// one to the plain subscriber; a resumed session keeps its membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_queue_group_members_share_publishes() {
+    let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;
+    let mut wa = Client::connect(&ua).await;
+    let mut wb = Client::connect(&ub).await;
+    let mut plain = Client::connect(&ub).await;
+    for w in [&mut wa, &mut wb] {
+        w.call(json!({"op":"subscribe","channel":"jobs.*","queue":"workers"}))
+            .await
+            .unwrap();
+    }
+    plain
+        .call(json!({"op":"subscribe","channel":"jobs.*"}))
+        .await
+        .unwrap();
+    wait_for("b's queue group known on a", || async {
+        a.members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.host == b.id() && m.queues.iter().any(|q| q.group == "workers"))
+    })
+    .await;
+    let mut publisher = Client::connect(&ua).await;
+    for k in 0..10 {
+        publisher
+            .call(json!({"op":"publish","channel":"jobs.print","data":k}))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for w in [&mut wa, &mut wb] {
+        for _ in 0..5 {
+            let e = w.event().await;
+            assert_eq!(
+                (&e["channel"], &e["subscription"], &e["queue"]),
+                (&json!("jobs.print"), &json!("jobs.*"), &json!("workers"))
+            );
+            got.push(e["data"].as_u64().unwrap());
+        }
+    }
+    got.sort();
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "each to one member");
+    for k in 0..10 {
+        let e = plain.event().await;
+        assert_eq!((&e["data"], e.get("queue")), (&json!(k), None));
+    }
+    // The hello of a resumed session lists the membership.
+    let old = wb.drop_connection();
+    let wb = Client::resume(&ub, old).await.unwrap();
+    assert_eq!(wb.welcome["queues"], json!([["jobs.*", "workers"]]));
+    assert_eq!(wb.welcome["channels"], json!([]));
+    let r = wa
+        .call(json!({"op":"subscribe","channel":"jobs","queue":""}))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code, "invalid_channel");
+    drop(a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_reach_client_and_rust_subscribers_on_every_host() {
     let ([a, b], [ua, ub], _gws) = pair(gateway_config()).await;

@@ -595,6 +595,14 @@ async fn metrics_answer_and_move_with_traffic() {
         ),
         1.0
     );
+    // Exported before any use (a scrape that lacks one fails `sample`).
+    for exported in [
+        "distribus_group_sends_total",
+        "distribus_queue_messages_total{outcome=\"delivered\"}",
+        "distribus_queue_messages_total{outcome=\"unavailable\"}",
+    ] {
+        assert_eq!(sample(&m, exported), 0.0, "{exported}");
+    }
 
     // Beside the metrics: health, members and peers.
     let health = a.get("/healthz");
@@ -1169,6 +1177,31 @@ fn the_client_commands_send_publish_and_listen_through_the_gateway() {
         }
     }
     assert_eq!(got.as_deref(), Some(r#"#news {"x":1}"#));
+
+    // A member of a queue group gets the publishes of its channel (once
+    // b's record lists the group, the publish on a is handed to it).
+    let mut worker = base_command(&["sub", "jobs", "--queue", "workers", "--gateway", &gb])
+        .spawn()
+        .expect("spawn sub --queue");
+    let jobs = lines_of(worker.stdout.take().unwrap());
+    let werr = lines_of(worker.stderr.take().unwrap());
+    assert!(werr
+        .recv_timeout(WAIT)
+        .expect("listening")
+        .contains("listening"));
+    let mut got = None;
+    for n in 0..40 {
+        let (code, _, stderr) = run_to_end(&["pub", "jobs", &n.to_string(), "--gateway", &ga], &[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        if let Ok(l) = jobs.recv_timeout(Duration::from_millis(500)) {
+            got = Some((n, l));
+            break;
+        }
+    }
+    let (n, line) = got.expect("the queue member got a publish");
+    assert_eq!(line, format!("#jobs {n}"));
+    let _ = worker.kill();
+    let _ = worker.wait();
 
     // A typed error is one line and a failing exit code.
     let (code, _, stderr) = run_to_end(&["send", "nobody", "hi", "--gateway", &ga], &[]);

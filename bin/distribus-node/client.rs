@@ -307,13 +307,18 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             channel,
             json,
             peer,
+            queue,
             ..
         } => {
             if let Some(p) = &peer {
                 conn.call(json!({"op": "create", "peer": p})).await?;
             }
             if let Some(c) = &channel {
-                conn.call(json!({"op": "subscribe", "channel": c})).await?;
+                let mut req = json!({"op": "subscribe", "channel": c});
+                if let Some(q) = &queue {
+                    req["queue"] = json!(q);
+                }
+                conn.call(req).await?;
             }
             if channel.is_none() && peer.is_none() {
                 return Err("sub needs a channel or --peer".into());

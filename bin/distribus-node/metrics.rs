@@ -161,6 +161,16 @@ impl Collector for HostCollector {
         )?;
         labelled(
             e,
+            "distribus_queue_messages",
+            "Queue group hand-overs, by outcome (delivered: a member on this node took it; unavailable: no member of a group could take a publish of this node).",
+            "outcome",
+            &[
+                ("delivered", s.queue_delivered),
+                ("unavailable", s.queue_unavailable),
+            ],
+        )?;
+        labelled(
+            e,
             "distribus_broadcast_messages",
             "Broadcast and group messages for local peers, by outcome (delivered: in the inbox; missed: the inbox was full).",
             "outcome",

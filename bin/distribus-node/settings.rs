@@ -171,6 +171,10 @@ pub enum ClientCommand {
         /// Also create this peer and print what it receives.
         #[arg(long)]
         peer: Option<String>,
+        /// Join this queue group on the channel: each publish goes to one
+        /// member of the group (see `distribus::Host::subscribe_queue`).
+        #[arg(long, requires = "channel")]
+        queue: Option<String>,
         /// Print each whole event as JSON.
         #[arg(long)]
         json: bool,

@@ -91,6 +91,10 @@ export class Host {
   remove(peer: string | Peer): Promise<void>;
   subscribe(channel: string, callback: (message: Received, channel: string) => void): Promise<void>;
   unsubscribe(channel: string, callback?: (message: Received, channel: string) => void): Promise<void>;
+  /** Joins a queue group on a channel or pattern: each publish goes to one member of the group; `callback` gets this member's. */
+  subscribeQueue(channel: string, group: string, callback: (message: Received, channel: string) => void): Promise<void>;
+  /** Leaves a queue group. */
+  unsubscribeQueue(channel: string, group: string): Promise<void>;
   publish(channel: string, message: Json): Promise<{}>;
   /** Delivers the message to every peer on every host, once each, from the node. */
   broadcast(message: Json): Promise<BroadcastReport>;

@@ -115,6 +115,8 @@ export class Host extends Emitter {
     };
     this.peers = new Map();
     this.channels = new Map();
+    /** Queue group memberships: `[channel, group]` as JSON -> callback. */
+    this.queues = new Map();
     this.id = null;
     this.session = null;
     this._nextId = 1;
@@ -210,6 +212,9 @@ export class Host extends Emitter {
         });
         peer.emit('message', f.from, decodePayload(f), reply);
       }
+    } else if (f.event === 'publish' && f.queue !== undefined) {
+      const cb = this.queues.get(JSON.stringify([f.subscription ?? f.channel, f.queue]));
+      if (cb) cb(decodePayload(f), f.channel);
     } else if (f.event === 'publish') {
       // Through a wildcard subscription, the event names its pattern.
       const subs = this.channels.get(f.subscription ?? f.channel);
@@ -320,6 +325,10 @@ export class Host extends Emitter {
     for (const channel of this.channels.keys()) {
       await this._request({ op: 'subscribe', channel });
     }
+    for (const key of this.queues.keys()) {
+      const [channel, queue] = JSON.parse(key);
+      await this._request({ op: 'subscribe', channel, queue });
+    }
   }
 
   /** Creates a peer on the node; resolves once the network can find it. */
@@ -370,6 +379,33 @@ export class Host extends Emitter {
     if (subs.size === 0) {
       this.channels.delete(channel);
       await this._request({ op: 'unsubscribe', channel });
+    }
+  }
+
+  /**
+   * Joins the queue group `group` on `channel` (a name or pattern): each
+   * message published on a matching channel goes to one member of the
+   * group, on any node, and `callback(message, channel)` is called for the
+   * ones this member gets. One callback per group and connection.
+   */
+  async subscribeQueue(channel, group, callback) {
+    const key = JSON.stringify([channel, group]);
+    if (this.queues.has(key)) {
+      throw new DistribusError('bad_request', `already a member of ${group} on ${channel}`);
+    }
+    this.queues.set(key, callback);
+    try {
+      await this._request({ op: 'subscribe', channel, queue: group });
+    } catch (e) {
+      this.queues.delete(key);
+      throw e;
+    }
+  }
+
+  /** Leaves the queue group `group` on `channel`. */
+  async unsubscribeQueue(channel, group) {
+    if (this.queues.delete(JSON.stringify([channel, group]))) {
+      await this._request({ op: 'unsubscribe', channel, queue: group });
     }
   }
 

@@ -154,6 +154,24 @@ test('a group send reaches the matching peers on both nodes and no others', asyn
   await hostB.close();
 });
 
+test('queue group members on two nodes share the publishes, each once', async () => {
+  const hostA = await connect(a.url);
+  const hostB = await connect(b.url);
+  const got = [];
+  await hostA.subscribeQueue('jsjobs.*', 'workers', (m, ch) => got.push(['a', m, ch]));
+  await hostB.subscribeQueue('jsjobs.*', 'workers', (m, ch) => got.push(['b', m, ch]));
+  await eventually('b\'s group known on a', async () => (await hostA.members()).hosts
+    .some((h) => h.host === hostB.id && h.queues.some((q) => q.group === 'workers')));
+  for (let k = 0; k < 10; k++) await hostA.publish('jsjobs.print', k);
+  await eventually('all 10 taken', async () => got.length >= 10);
+  assert.deepEqual(got.map(([, m]) => m).sort((x, y) => x - y), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.equal(got.filter(([who]) => who === 'a').length, 5, JSON.stringify(got));
+  assert.ok(got.every(([, , ch]) => ch === 'jsjobs.print'));
+  await assert.rejects(hostA.subscribeQueue('jsjobs.*', 'workers', () => {}), (e) => e.code === 'bad_request');
+  await hostA.close();
+  await hostB.close();
+});
+
 test('a dropped connection reconnects and its peers and subscriptions are back', async () => {
   const hostA = await connect(a.url, { reconnectDelay: 100 });
   const hostB = await connect(b.url);

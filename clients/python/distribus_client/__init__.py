@@ -137,16 +137,22 @@ class Peer(_Inbox):
 
 
 class Subscription(_Inbox):
-    """Messages published on one channel. Iterate it (``async for``)."""
+    """Messages published on one channel (or, for a member of a queue group,
+    those the group gave this member). Iterate it (``async for``)."""
 
-    def __init__(self, host: "Host", channel: str):
+    def __init__(self, host: "Host", channel: str, group: Optional[str] = None):
         super().__init__()
         self.host = host
         self.channel = channel
+        #: The queue group, for a member of one.
+        self.group = group
 
     async def close(self) -> None:
         """Ends the subscription."""
-        await self.host.unsubscribe(self.channel)
+        if self.group is None:
+            await self.host.unsubscribe(self.channel)
+        else:
+            await self.host.unsubscribe_queue(self.channel, self.group)
 
 
 class Host:
@@ -166,6 +172,7 @@ class Host:
         self.session: Optional[str] = None
         self.peers: dict[str, Peer] = {}
         self.channels: dict[str, Subscription] = {}
+        self.queues: dict[tuple[str, str], Subscription] = {}
         self._ws = None
         self._next_id = 1
         self._pending: dict[int, asyncio.Future] = {}
@@ -263,7 +270,7 @@ class Host:
             self._end_all()
 
     def _end_all(self) -> None:
-        for inbox in [*self.peers.values(), *self.channels.values()]:
+        for inbox in [*self.peers.values(), *self.channels.values(), *self.queues.values()]:
             inbox.queue.put_nowait(None)
 
     async def _reconnect(self) -> None:
@@ -294,6 +301,8 @@ class Host:
                 self.peers.pop(id).queue.put_nowait(None)
         for channel in list(self.channels):
             await self._request({"op": "subscribe", "channel": channel})
+        for channel, queue in list(self.queues):
+            await self._request({"op": "subscribe", "channel": channel, "queue": queue})
 
     def _ack_later(self) -> None:
         """Acknowledges at once after _ACK_EVERY events, else soon."""
@@ -326,8 +335,13 @@ class Host:
             if peer:
                 peer.queue.put_nowait(_message(f, peer))
         elif event == "publish":
-            # Through a wildcard subscription, the event names its pattern.
-            sub = self.channels.get(f.get("subscription", f.get("channel")))
+            # Through a wildcard subscription, the event names its pattern;
+            # to a member of a queue group, its group.
+            pattern = f.get("subscription", f.get("channel"))
+            if "queue" in f:
+                sub = self.queues.get((pattern, f["queue"]))
+            else:
+                sub = self.channels.get(pattern)
             if sub:
                 sub.queue.put_nowait(_message(f))
         elif event == "removed":
@@ -402,6 +416,30 @@ class Host:
         if sub:
             sub.queue.put_nowait(None)
             await self._request({"op": "unsubscribe", "channel": channel})
+
+    async def subscribe_queue(self, channel: str, group: str) -> Subscription:
+        """Joins the queue group ``group`` on ``channel`` (a name or pattern):
+        each message published on a matching channel goes to one member of
+        the group, on any node; iterate the result for this member's."""
+        key = (channel, group)
+        sub = self.queues.get(key)
+        if sub:
+            return sub
+        sub = Subscription(self, channel, group)
+        self.queues[key] = sub
+        try:
+            await self._request({"op": "subscribe", "channel": channel, "queue": group})
+        except DistribusError:
+            self.queues.pop(key, None)
+            raise
+        return sub
+
+    async def unsubscribe_queue(self, channel: str, group: str) -> None:
+        """Leaves the queue group ``group`` on ``channel``."""
+        sub = self.queues.pop((channel, group), None)
+        if sub:
+            sub.queue.put_nowait(None)
+            await self._request({"op": "unsubscribe", "channel": channel, "queue": group})
 
     async def publish(self, channel: str, data: Any) -> None:
         """Publishes ``data`` (any JSON value) on ``channel``."""

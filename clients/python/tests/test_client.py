@@ -175,6 +175,32 @@ async def test_a_group_send_reaches_the_matching_peers_only(nodes):
         assert e.value.code == "invalid_pattern"
 
 
+async def test_queue_group_members_share_the_publishes(nodes):
+    a, b = nodes
+    async with distribus_client.connect(a.url) as ha, distribus_client.connect(b.url) as hb:
+        wa = await ha.subscribe_queue("pyjobs.*", "workers")
+        wb = await hb.subscribe_queue("pyjobs.*", "workers")
+
+        async def known():
+            hosts = (await ha.members())["hosts"]
+            return any(h["host"] == hb.id and h["queues"] for h in hosts)
+
+        await eventually(known)
+        for k in range(10):
+            await ha.publish("pyjobs.print", k)
+        got = []
+        for w in (wa, wb):
+            for _ in range(5):
+                m = await w.recv(10)
+                assert m.channel == "pyjobs.print"
+                got.append(m.data)
+        assert sorted(got) == list(range(10))
+        await wb.close()
+        with pytest.raises(DistribusError) as e:
+            await ha.subscribe_queue("pyjobs", "")
+        assert e.value.code == "invalid_channel"
+
+
 async def test_a_dropped_connection_resumes_its_session(nodes):
     a, b = nodes
     async with distribus_client.connect(a.url, reconnect_delay=0.1) as ha, \
