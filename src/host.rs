@@ -384,7 +384,8 @@ impl Host {
         ))
     }
 
-    /// Ends every subscription of this host on `channel`.
+    /// Ends every subscription of this host on `channel` (memberships of
+    /// its queue groups end when their [`Subscription`] is dropped).
     pub async fn unsubscribe(&self, channel: &str) -> Result<()> {
         crate::channel_name::check_pattern(channel)?;
         self.check_open()?;

@@ -56,6 +56,15 @@ async fn each_publish_goes_to_one_member_the_members_share_and_the_rest_take_ove
     wait_group(&a, &c, "jobs", "workers", 1).await;
     wait_group(&a, &d, "jobs", "workers", 2).await;
     wait_group(&a, &b, "*", "auditors", 1).await;
+    // The plain subscription too: a publish before a knows of it skips it.
+    wait_for("d's subscription known", || async {
+        a.members()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.host == d.id() && m.channels.iter().any(|c| c == "jobs"))
+    })
+    .await;
 
     for n in 0..400u32 {
         within("publish", a.publish("jobs", &n)).await.unwrap();

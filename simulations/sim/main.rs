@@ -89,6 +89,7 @@ fn sweep(cli: &Cli) -> Result<bool, String> {
                 ("--requests", f.requests),
                 ("--broadcasts", f.broadcasts),
                 ("--group-sends", f.group_sends),
+                ("--queue-publishes", f.queue_publishes),
                 ("--publishes", f.publishes),
                 ("--subscribers", f.subscribers),
                 ("--churn", f.churn),

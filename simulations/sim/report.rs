@@ -75,6 +75,20 @@ pub struct Report {
     pub group_p50_ms: f64,
     /// The same, slowest.
     pub group_max_ms: f64,
+    /// Publishes to the queue group (see [`crate::run`]'s queue phase).
+    pub queue_publishes: usize,
+    /// Members of the queue group.
+    pub queue_members: usize,
+    /// Share of the publishes that exactly one member got (each at most
+    /// once; a publish a member got twice counts as not delivered).
+    pub queue_delivered_ratio: f64,
+    /// Publishes per second, 64 in flight (each resolves once a member's
+    /// host has taken it).
+    pub queue_per_s: f64,
+    /// The fewest and the most publishes one member got.
+    pub queue_share_min: usize,
+    /// See `queue_share_min`.
+    pub queue_share_max: usize,
     /// Publishes made.
     pub publishes: usize,
     /// Hosts subscribed.
@@ -153,6 +167,7 @@ impl Report {
             && (self.requests == 0 || self.request_success_ratio == 1.0)
             && (self.broadcasts == 0 || self.broadcast_reached_ratio == 1.0)
             && (self.group_sends == 0 || self.group_reached_ratio == 1.0)
+            && (self.queue_publishes == 0 || self.queue_delivered_ratio == 1.0)
             && (self.publishes == 0 || self.publish_delivered_ratio == 1.0)
     }
 
@@ -213,6 +228,17 @@ impl Report {
                 self.group_reached_ratio,
                 self.group_p50_ms,
                 self.group_max_ms,
+            ));
+        }
+        if self.queue_publishes > 0 {
+            line(format!(
+                "  queue       {} publishes to a group of {} members, each to exactly one: {:.4}, {:.0}/s, a member got {} to {}",
+                self.queue_publishes,
+                self.queue_members,
+                self.queue_delivered_ratio,
+                self.queue_per_s,
+                self.queue_share_min,
+                self.queue_share_max,
             ));
         }
         if self.requests > 0 {

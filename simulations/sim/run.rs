@@ -267,6 +267,11 @@ pub async fn run(s: &Scenario) -> Result<Report, String> {
         group_phase(s, &net, &mut rng, &mut r).await?;
     }
 
+    // 5d. A queue group.
+    if s.queue_publishes > 0 {
+        queue_phase(s, &net, &mut rng, &mut r).await?;
+    }
+
     // 6. Publishes.
     if s.publishes > 0 {
         publish_phase(s, &net, &mut rng, &mut r).await?;
@@ -602,6 +607,96 @@ async fn group_phase(
     for (i, p) in members.iter().enumerate() {
         let _ = net.hosts[alive[i % alive.len()]].remove(p.id());
     }
+    Ok(())
+}
+
+/// Two members of the queue group `workers` on `sim.jobs` on each of (at
+/// most) 32 random living hosts; publishes from 4 random living hosts, 64
+/// in flight: each must reach exactly one member, and the members should
+/// share them evenly.
+async fn queue_phase(
+    s: &Scenario,
+    net: &Net,
+    rng: &mut StdRng,
+    r: &mut Report,
+) -> Result<(), String> {
+    const CHANNEL: &str = "sim.jobs";
+    const GROUP: &str = "workers";
+    let mut alive: Vec<usize> = (0..s.hosts).filter(|&h| net.alive[h]).collect();
+    for i in 0..alive.len() {
+        let j = rng.gen_range(i..alive.len());
+        alive.swap(i, j);
+    }
+    let member_hosts: Vec<usize> = alive.iter().copied().take(32).collect();
+    let publishers: Vec<usize> = alive.iter().rev().copied().take(4).collect();
+    let mut members = Vec::new();
+    for &h in &member_hosts {
+        for _ in 0..2 {
+            members.push(
+                net.hosts[h]
+                    .subscribe_queue(CHANNEL, GROUP)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    // Every publisher must know every member host's two members first.
+    for &p in &publishers {
+        let host = net.hosts[p].clone();
+        let local = member_hosts.contains(&p) as usize;
+        let want = member_hosts.len() - local;
+        until("queue group to spread", s.phase_timeout, || {
+            let h = host.clone();
+            async move {
+                h.members()
+                    .await
+                    .map(|m| {
+                        m.iter()
+                            .filter(|i| i.queues.iter().any(|q| q.group == GROUP && q.members == 2))
+                            .count()
+                            >= want
+                    })
+                    .unwrap_or(false)
+            }
+        })
+        .await?;
+    }
+    let pb = bar(s.queue_publishes as u64, "queue");
+    let t = Instant::now();
+    let mut next = 0u32;
+    while (next as usize) < s.queue_publishes {
+        let end = (next as usize + 64).min(s.queue_publishes) as u32;
+        let batch = (next..end).map(|n| {
+            let host = &net.hosts[publishers[n as usize % publishers.len()]];
+            async move { host.publish(CHANNEL, &n).await }
+        });
+        for res in futures::future::join_all(batch).await {
+            res.map_err(|e| format!("queue publish: {e}"))?;
+        }
+        pb.inc(u64::from(end - next));
+        next = end;
+    }
+    r.queue_per_s = s.queue_publishes as f64 / t.elapsed().as_secs_f64().max(1e-9);
+    pb.finish_and_clear();
+    let mut times = vec![0u32; s.queue_publishes];
+    let mut shares = Vec::with_capacity(members.len());
+    for m in &mut members {
+        let mut n_got = 0;
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(20), m.recv()).await {
+            let n = msg.decode::<u32>().map_err(|e| e.to_string())?;
+            if let Some(t) = times.get_mut(n as usize) {
+                *t += 1;
+            }
+            n_got += 1;
+        }
+        shares.push(n_got);
+    }
+    r.queue_publishes = s.queue_publishes;
+    r.queue_members = members.len();
+    r.queue_delivered_ratio =
+        times.iter().filter(|&&t| t == 1).count() as f64 / s.queue_publishes as f64;
+    r.queue_share_min = shares.iter().copied().min().unwrap_or(0);
+    r.queue_share_max = shares.iter().copied().max().unwrap_or(0);
     Ok(())
 }
 

@@ -70,6 +70,10 @@ pub struct ScenarioFlags {
     /// groups of 100 peers (`room.<g>.*`) spread over the hosts. Default 3.
     #[arg(long)]
     pub group_sends: Option<usize>,
+    /// Publishes to a queue group of 2 members on each of (at most) 32
+    /// random hosts, from 4 random hosts, 64 in flight. Default 2000.
+    #[arg(long)]
+    pub queue_publishes: Option<usize>,
     /// Channel publishes. Default 100.
     #[arg(long)]
     pub publishes: Option<usize>,
@@ -130,6 +134,7 @@ pub struct ScenarioFile {
     requests: Option<usize>,
     broadcasts: Option<usize>,
     group_sends: Option<usize>,
+    queue_publishes: Option<usize>,
     publishes: Option<usize>,
     subscribers: Option<usize>,
     churn: Option<usize>,
@@ -163,6 +168,8 @@ pub struct Scenario {
     pub broadcasts: usize,
     /// Group sends, one after another.
     pub group_sends: usize,
+    /// Publishes to a queue group.
+    pub queue_publishes: usize,
     /// Publishes.
     pub publishes: usize,
     /// Subscribing hosts.
@@ -236,6 +243,7 @@ impl Scenario {
             requests: flags.requests.or(f.requests).unwrap_or(1_000),
             broadcasts: flags.broadcasts.or(f.broadcasts).unwrap_or(1),
             group_sends: flags.group_sends.or(f.group_sends).unwrap_or(3),
+            queue_publishes: flags.queue_publishes.or(f.queue_publishes).unwrap_or(2_000),
             publishes: flags.publishes.or(f.publishes).unwrap_or(100),
             subscribers: flags.subscribers.or(f.subscribers).unwrap_or(8).min(hosts),
             churn: flags.churn.or(f.churn).unwrap_or(0),
