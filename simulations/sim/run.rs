@@ -10,7 +10,7 @@ use std::{
 use distribus::{Error, Host, HostConfig, Peer, PeerId};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 use crate::{
     measure::{cpu_seconds, rss_bytes, Samples},
@@ -623,10 +623,7 @@ async fn queue_phase(
     const CHANNEL: &str = "sim.jobs";
     const GROUP: &str = "workers";
     let mut alive: Vec<usize> = (0..s.hosts).filter(|&h| net.alive[h]).collect();
-    for i in 0..alive.len() {
-        let j = rng.gen_range(i..alive.len());
-        alive.swap(i, j);
-    }
+    alive.shuffle(rng);
     let member_hosts: Vec<usize> = alive.iter().copied().take(32).collect();
     let publishers: Vec<usize> = alive.iter().rev().copied().take(4).collect();
     let mut members = Vec::new();

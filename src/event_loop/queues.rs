@@ -74,8 +74,10 @@ impl Queues {
     /// Gives `payload` to one member of the local group `key`, in turn;
     /// whether one took it (members whose queue is full are passed over,
     /// ended ones dropped).
-    fn deliver_one(&mut self, key: &Key, channel: &str, payload: &Payload) -> Option<bool> {
-        let l = self.local.get_mut(key)?;
+    fn deliver_one(&mut self, key: &Key, channel: &str, payload: &Payload) -> bool {
+        let Some(l) = self.local.get_mut(key) else {
+            return false;
+        };
         l.sinks.retain(|s| !s.tx.is_closed());
         let n = l.sinks.len();
         for i in 0..n {
@@ -88,13 +90,13 @@ impl Queues {
                         payload: payload.clone(),
                     });
                     l.next = (at + 1) % n;
-                    return Some(true);
+                    return true;
                 }
                 // Another member (or host) takes it instead.
                 Err(TrySendError::Full(()) | TrySendError::Closed(())) => {}
             }
         }
-        Some(false)
+        false
     }
 }
 
@@ -191,12 +193,13 @@ impl EventLoop {
     fn queue_hosts(&self, channel: &str) -> Vec<(Key, Vec<(PeerId, u32)>)> {
         let local = self.local();
         let mut groups: HashMap<Key, Vec<(PeerId, u32)>> = HashMap::new();
-        for i in self.queues.interests() {
-            if matches(&i.pattern, channel) {
+        for (key, l) in &self.queues.local {
+            if matches(&key.0, channel) {
+                let members = u32::try_from(l.sinks.len()).unwrap_or(u32::MAX);
                 groups
-                    .entry((i.pattern, i.group))
+                    .entry(key.clone())
                     .or_default()
-                    .push((local, i.members));
+                    .push((local, members));
             }
         }
         for (host, m) in self.membership.iter() {
@@ -239,7 +242,7 @@ impl EventLoop {
                 self.queues.flights.insert(id, f);
                 return;
             }
-            if self.queues.deliver_one(&f.key, &f.channel, &f.payload) == Some(true) {
+            if self.queues.deliver_one(&f.key, &f.channel, &f.payload) {
                 bump(&self.shared.counters.queue_delivered);
                 let _ = f.reply.send(Ok(()));
                 return;
@@ -268,7 +271,7 @@ impl EventLoop {
             return Response::Refused("not a channel of the group's pattern".into());
         }
         let key = (pattern, group);
-        let taken = self.queues.deliver_one(&key, &channel, &payload) == Some(true);
+        let taken = self.queues.deliver_one(&key, &channel, &payload);
         if taken {
             bump(&self.shared.counters.queue_delivered);
         }
