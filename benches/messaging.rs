@@ -4,7 +4,7 @@
 //! - the round trip of one send (it resolves on the receiver's ack), next to
 //!   a raw libp2p request-response round trip measured in the same run;
 //! - request/reply host to host, 1 and 1,024 in flight;
-//! - two-host channel publish throughput.
+//! - two-host channel publishes: awaited, 1,024 in flight, and latency.
 //!
 //! `cargo bench --bench messaging`
 
@@ -15,7 +15,7 @@ use std::{
 };
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use distribus::{Host, HostConfig, Payload, Peer};
+use distribus::{Host, HostConfig, Payload, Peer, Subscription};
 use futures::{stream, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
     noise,
@@ -341,59 +341,92 @@ fn raw_baseline(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two-host publish throughput: the publisher on one TCP host, one
-/// subscriber on the other; the clock stops when the subscriber has all.
-/// Once to a subscription of the channel itself, once to a wildcard
-/// subscription (`wild.*`, publishes on `wild.x`).
+/// Two hosts over TCP loopback, the second subscribing to `bench` and
+/// `wild.*`, both known to the first.
+async fn publish_hosts() -> (Host, Host, Subscription, Subscription) {
+    let mut cfg = HostConfig::default();
+    // Room for a whole pipelined sample: a subscription that falls this far
+    // behind misses messages (channels are at most once).
+    cfg.subscription_capacity = 1 << 20;
+    let a = Host::new(cfg.clone()).await.expect("host");
+    let b = Host::new(cfg).await.expect("host");
+    let addr = b
+        .listen("/ip4/127.0.0.1/tcp/0")
+        .await
+        .expect("listen")
+        .remove(0);
+    a.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen");
+    a.join(&addr.to_string()).await.expect("join");
+    let sub = b.subscribe("bench").await.expect("subscribe");
+    let wild = b.subscribe("wild.*").await.expect("subscribe");
+    for _ in 0..500 {
+        let members = a.members().await.expect("members");
+        let known = |ch: &str| members.iter().any(|m| m.channels.iter().any(|c| c == ch));
+        if known("bench") && known("wild.*") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (a, b, sub, wild)
+}
+
+/// Receives `n` messages, failing loudly instead of hanging on a loss.
+async fn receive(sub: &mut Subscription, n: u64) {
+    let mut got = 0;
+    let all = async {
+        while got < n && sub.recv().await.is_some() {
+            got += 1;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .is_err()
+        || got < n
+    {
+        panic!("{got} of {n} publishes arrived ({} missed)", sub.missed());
+    }
+}
+
+/// Two-host publishes: the publisher on one TCP host, one subscriber on
+/// the other; the clock stops when the subscriber has all.
+/// - `two_hosts_64B`: each publish awaited, to a subscription of the
+///   channel itself, and to a wildcard subscription (`wild.*`, publishes
+///   on `wild.x`);
+/// - `two_hosts_64B_1024_in_flight`: 1,024 publishes in flight, the rate a
+///   pipelining publisher sustains (as NATS clients publish);
+/// - `latency_64B`: one publish at a time, timed from the call until the
+///   subscriber has it (compare with `host_to_host/send_64B_1_in_flight`,
+///   a direct message's round trip).
 fn publish(c: &mut Criterion) {
     let rt = runtime();
-    let (a, b, sub, wild) = rt.block_on(async {
-        let a = Host::new(HostConfig::default()).await.expect("host");
-        let b = Host::new(HostConfig::default()).await.expect("host");
-        let addr = b
-            .listen("/ip4/127.0.0.1/tcp/0")
-            .await
-            .expect("listen")
-            .remove(0);
-        a.listen("/ip4/127.0.0.1/tcp/0").await.expect("listen");
-        a.join(&addr.to_string()).await.expect("join");
-        let sub = b.subscribe("bench").await.expect("subscribe");
-        let wild = b.subscribe("wild.*").await.expect("subscribe");
-        for _ in 0..500 {
-            let members = a.members().await.expect("members");
-            let known = |ch: &str| members.iter().any(|m| m.channels.iter().any(|c| c == ch));
-            if known("bench") && known("wild.*") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        (a, b, sub, wild)
-    });
+    let (a, b, sub, wild) = rt.block_on(publish_hosts());
     let p = payload();
+    let sub = Arc::new(tokio::sync::Mutex::new(sub));
+    let wild = Arc::new(tokio::sync::Mutex::new(wild));
     let mut g = c.benchmark_group("publish");
     g.throughput(Throughput::Elements(1));
-    for (name, channel, sub) in [
-        ("two_hosts_64B", "bench", sub),
-        ("two_hosts_64B_wildcard", "wild.x", wild),
+    for (name, channel, sub, in_flight) in [
+        ("two_hosts_64B", "bench", &sub, false),
+        ("two_hosts_64B_wildcard", "wild.x", &wild, false),
+        ("two_hosts_64B_1024_in_flight", "bench", &sub, true),
     ] {
-        let sub = Arc::new(tokio::sync::Mutex::new(sub));
         g.bench_function(name, |bench| {
             bench.to_async(&rt).iter_custom(|iters| {
                 let (a, sub, p) = (a.clone(), sub.clone(), p.clone());
                 async move {
-                    // Receive while publishing: a subscription holds 16,384
-                    // messages before it starts missing them.
                     let start = Instant::now();
+                    // Receive while publishing.
                     let receiver = tokio::spawn(async move {
-                        let mut sub = sub.lock().await;
-                        for _ in 0..iters {
-                            sub.recv().await.expect("subscription open");
-                        }
+                        receive(&mut *sub.lock().await, iters).await;
                     });
-                    for _ in 0..iters {
-                        a.publish_payload(channel, p.clone())
-                            .await
-                            .expect("publish");
+                    if in_flight {
+                        pipelined(iters, || a.publish_payload(channel, p.clone())).await;
+                    } else {
+                        for _ in 0..iters {
+                            a.publish_payload(channel, p.clone())
+                                .await
+                                .expect("publish");
+                        }
                     }
                     receiver.await.expect("receiver");
                     start.elapsed()
@@ -401,6 +434,22 @@ fn publish(c: &mut Criterion) {
             })
         });
     }
+    g.bench_function("latency_64B", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let (a, sub, p) = (a.clone(), sub.clone(), p.clone());
+            async move {
+                let mut sub = sub.lock().await;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    a.publish_payload("bench", p.clone())
+                        .await
+                        .expect("publish");
+                    receive(&mut sub, 1).await;
+                }
+                start.elapsed()
+            }
+        })
+    });
     g.finish();
     rt.block_on(async {
         let _ = a.close().await;

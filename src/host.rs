@@ -433,6 +433,11 @@ impl Host {
             });
         }
         let channel = channel.to_string();
+        let lane = &self.inner.shared.publish_lane;
+        if lane.takes(&channel) {
+            self.check_open()?;
+            return lane.push(channel, payload).await;
+        }
         self.call(|reply| Command::Publish {
             channel,
             payload,

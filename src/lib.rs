@@ -11,6 +11,8 @@
 //! - `membership.rs`: signed host records, leases, tombstones.
 //! - `protocol.rs`: wire types and the size-limited codec.
 //! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
+//! - `publish_lane.rs`: channel publishes handed to the event loop in
+//!   batches, with room for a bounded number.
 //! - `request.rs`: request/reply: correlation ids and the requests waiting
 //!   for their replies.
 
@@ -41,6 +43,7 @@ mod network_key;
 mod overlay;
 mod peer;
 mod protocol;
+mod publish_lane;
 mod queue_group;
 mod relay_proof;
 mod request;

@@ -247,6 +247,11 @@ impl Membership {
         self.version
     }
 
+    /// Changes whenever the live hosts or their records change.
+    pub fn records_version(&self) -> u64 {
+        self.records_version
+    }
+
     /// Applies a verified record of another host.
     pub fn apply(&mut self, v: &Verified, now: Instant, tombstone_for: Duration) -> Change {
         if v.host == self.local {

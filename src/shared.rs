@@ -199,6 +199,8 @@ pub(crate) struct Shared {
     pub members: RwLock<foldhash::HashSet<PeerId>>,
     /// Requests of local peers waiting for their replies.
     pub requests: Arc<Requests>,
+    /// Channel publishes on their way to the event loop.
+    pub publish_lane: crate::publish_lane::PublishLane,
 }
 
 impl Shared {
@@ -223,6 +225,7 @@ impl Shared {
             counters: Counters::default(),
             members: RwLock::new(std::iter::once(local).collect()),
             requests: Arc::default(),
+            publish_lane: Default::default(),
         }
     }
 
@@ -269,6 +272,7 @@ impl Shared {
     /// Marks the host closed; returns whether it was already.
     pub fn mark_closed(&self) -> bool {
         let was = self.closed.swap(true, Ordering::AcqRel);
+        self.publish_lane.close();
         self.closing.notify_waiters();
         was
     }

@@ -59,13 +59,13 @@ pub(crate) struct Parked {
     payload: Payload,
     /// Held while the queue is over [`PUBLISH_QUEUE`]: the caller waits.
     reply: Option<oneshot::Sender<Result<()>>>,
+    /// It came by the publish lane, whose room it holds until it leaves.
+    lane: bool,
     deadline: Instant,
 }
 
 /// Publishes queued per channel before callers have to wait.
 const PUBLISH_QUEUE: usize = 1024;
-/// After a frame, a small queue waits this long for more publishes.
-const GATHER: Duration = Duration::from_millis(2);
 /// Target size of one gossip frame of batched publishes.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -184,37 +184,75 @@ impl EventLoop {
         }
     }
 
+    /// A publish command: one that matches a queue group, answered once
+    /// the groups have it.
     pub(super) fn publish(
         &mut self,
         channel: String,
         payload: Payload,
         reply: oneshot::Sender<Result<()>>,
     ) {
+        // Lane publishes made before this one leave before it.
+        self.take_publish_lane();
+        self.publish_one(channel, payload, Some(reply));
+    }
+
+    /// Takes the publishes of the publish lane (accepted already).
+    pub(super) fn take_publish_lane(&mut self) {
+        for (channel, payload) in self.shared.publish_lane.take() {
+            self.publish_one(channel, payload, None);
+        }
+    }
+
+    /// Delivers a publish locally, hands it to the queue groups it matches
+    /// (commands only), and parks it for gossipsub if another host may
+    /// subscribe. `reply` is `None` for a lane publish.
+    fn publish_one(
+        &mut self,
+        channel: String,
+        payload: Payload,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    ) {
         self.deliver_local(&channel, &payload);
         bump(&self.shared.counters.published);
-        let reply = self.publish_to_queues(&channel, &payload, reply);
-        if self.remote_subscribers(&channel).is_empty()
+        let lane = reply.is_none();
+        let reply = reply.map(|r| self.publish_to_queues(&channel, &payload, r));
+        if !self.parked.contains_key(&channel)
+            && !self.has_remote_subscribers(&channel)
             && !self.gossip_has_subscribers(&channel)
-            && !self.parked.contains_key(&channel)
         {
-            let _ = reply.send(Ok(()));
+            match reply {
+                Some(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                None => self.shared.publish_lane.release(1),
+            }
             return;
         }
         let warmup = self.shared.with_config(|c| c.publish_warmup);
         let queue = self.parked.entry(channel).or_default();
         // Accepted into the bounded queue: the caller goes on. Past the
         // bound it waits until the queue drains (backpressure).
-        let reply = if queue.len() < PUBLISH_QUEUE {
-            let _ = reply.send(Ok(()));
-            None
-        } else {
-            Some(reply)
+        let reply = match reply {
+            Some(r) if queue.len() < PUBLISH_QUEUE => {
+                let _ = r.send(Ok(()));
+                None
+            }
+            other => other,
         };
         queue.push_back(Parked {
             payload,
             reply,
+            lane,
             deadline: Instant::now() + warmup,
         });
+    }
+
+    /// Whether a host other than this one subscribes to `channel`.
+    fn has_remote_subscribers(&self, channel: &str) -> bool {
+        self.membership
+            .iter()
+            .any(|(_, m)| m.channels.iter().any(|c| matches(c, channel)))
     }
 
     /// Hosts other than this one that subscribe to `channel`.
@@ -270,6 +308,11 @@ impl EventLoop {
 
     /// Publishes the parked messages of `channel` that can go now, in
     /// order, batched into frames of up to [`BATCH_BYTES`].
+    ///
+    /// It runs at the end of each turn of the event loop, which takes up to
+    /// `COMMAND_BATCH` commands per turn: under load the publishes of a turn
+    /// share a frame (gossipsub costs per message, not per byte), and a lone
+    /// publish leaves at once, with no timer to wait for.
     fn drain_parked(&mut self, channel: &str) {
         let ready = self.ready.contains(channel) || self.mesh_ready(channel);
         if ready {
@@ -289,16 +332,6 @@ impl EventLoop {
             if !ready && front.deadline > now {
                 return;
             }
-            // Under load, let a few more publishes gather (Nagle-style):
-            // frames cost per message, not per byte.
-            let last = self.last_frame.get(channel).copied();
-            if queue.len() < 64 && last.is_some_and(|t| now.duration_since(t) < GATHER) {
-                return;
-            }
-            self.last_frame.insert(channel.to_string(), now);
-            let Some(queue) = self.parked.get_mut(channel) else {
-                return;
-            };
             let mut n = 0;
             let mut bytes = 0;
             for p in queue.iter() {
@@ -332,11 +365,14 @@ impl EventLoop {
             if let Err(e) = &outcome {
                 tracing::warn!(%channel, error = %e, "publish failed");
             }
+            let mut left = 0;
             for p in queue.drain(..n) {
+                left += usize::from(p.lane);
                 if let Some(reply) = p.reply {
                     let _ = reply.send(outcome.clone());
                 }
             }
+            self.shared.publish_lane.release(left);
             // Callers that waited past the bound go on once they are within it.
             for p in queue.iter_mut().take(PUBLISH_QUEUE) {
                 if let Some(reply) = p.reply.take() {
@@ -375,6 +411,7 @@ impl EventLoop {
     }
 
     pub(super) fn fail_all_publishes(&mut self) {
+        self.shared.publish_lane.close();
         for (_, q) in self.parked.drain() {
             for p in q {
                 if let Some(reply) = p.reply {

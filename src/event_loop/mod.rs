@@ -260,8 +260,6 @@ pub(crate) struct EventLoop {
     /// Channels whose known subscriber hosts all reach us through gossipsub;
     /// cleared when membership or connections change.
     ready: std::collections::HashSet<String>,
-    /// When each channel last sent a gossip frame.
-    last_frame: HashMap<String, Instant>,
     dialing: HashMap<PeerId, Instant>,
 
     // budget
@@ -285,6 +283,9 @@ pub(crate) struct EventLoop {
     queues: queues::Queues,
     /// The membership version last copied to the shared member set.
     members_version: u64,
+    /// The membership's records version the publish lane's queue group
+    /// patterns were last taken from.
+    records_version: u64,
     /// The `Shared::config_changes` this loop has applied.
     config_seen: u64,
     /// Big joins whose signatures are being checked off the loop.
@@ -399,7 +400,6 @@ impl EventLoop {
             topic_refs: HashMap::new(),
             parked: HashMap::new(),
             ready: Default::default(),
-            last_frame: HashMap::new(),
             dialing: HashMap::new(),
             last_used: Default::default(),
             joiners: Default::default(),
@@ -410,6 +410,7 @@ impl EventLoop {
             broadcasts: Default::default(),
             queues: Default::default(),
             members_version: u64::MAX,
+            records_version: u64::MAX,
             config_seen: 0,
             join_checks: Default::default(),
             introduced: HashMap::new(),
@@ -461,6 +462,7 @@ impl EventLoop {
                     }
                 }
                 _ = self.shared.changes_ready.notified() => self.flush_directory(),
+                _ = self.shared.publish_lane.ready.notified() => self.take_publish_lane(),
                 Some(checked) = self.join_checks.done.recv() => self.on_join_checked(checked),
                 _ = &mut tick => {
                     self.wake_soon = false;
@@ -512,6 +514,10 @@ impl EventLoop {
     /// before any answer goes out, so that a host that has just been
     /// answered its join finds its delivery batches taken.
     fn publish_members(&mut self) {
+        if self.records_version != self.membership.records_version() {
+            self.records_version = self.membership.records_version();
+            self.publish_queue_patterns();
+        }
         if self.members_version != self.membership.version() {
             self.members_version = self.membership.version();
             let set = self.membership.keys().iter().map(|(_, h)| *h).collect();

@@ -119,6 +119,7 @@ impl EventLoop {
             )));
         }
         self.queues.local.entry(key).or_default().sinks.push(sink);
+        self.publish_queue_patterns();
         // The record carries each group's member count.
         self.announce();
         Ok(())
@@ -136,8 +137,21 @@ impl EventLoop {
         }
         if l.sinks.is_empty() {
             self.queues.local.remove(&key);
+            self.publish_queue_patterns();
         }
         self.announce();
+    }
+
+    /// Tells the publish lane the patterns of every queue group this host
+    /// knows of: publishes on channels they match come as commands.
+    pub(super) fn publish_queue_patterns(&mut self) {
+        let mut v: Vec<String> = self.queues.local.keys().map(|(p, _)| p.clone()).collect();
+        for (_, m) in self.membership.iter() {
+            v.extend(m.queues.iter().map(|q| q.pattern.clone()));
+        }
+        v.sort_unstable();
+        v.dedup();
+        self.shared.publish_lane.set_queue_patterns(v);
     }
 
     /// Hands a publish on `channel` to one member of each group whose

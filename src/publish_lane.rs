@@ -1,0 +1,143 @@
+//! The publish lane: channel publishes handed to the event loop in batches,
+//! without a command and a reply each.
+//!
+//! With 1,024 publishes in flight between two hosts, the command, the
+//! oneshot reply and waking the caller per publish were about a quarter of
+//! the CPU (`cargo bench --bench messaging -- publish/`, under `perf`). A
+//! publish that needs no answer from the network, because no queue group
+//! matches its channel, is accepted once it is in the lane and the caller
+//! goes on; the loop takes the whole lane at each turn.
+//!
+//! Room: the lane holds at most [`LANE_ROOM`] publishes, counting those the
+//! loop holds until gossipsub takes them (the mesh warm-up, full gossipsub
+//! queues). Past that, callers wait: backpressure instead of loss.
+//!
+//! Order: a publisher's publishes on one channel leave in order. Publishes
+//! that match a queue group go to the loop as commands, to be answered; the
+//! loop takes the lane before each command, so a lane publish made before
+//! one of them leaves first. A lane publish made after one could overtake it
+//! only if the set of queue groups changed in between.
+
+use std::sync::{Mutex, RwLock};
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{
+    channel_name::matches,
+    error::{Error, Result},
+    message::Payload,
+};
+
+/// Publishes the lane and the loop hold before callers wait.
+pub(crate) const LANE_ROOM: usize = 8192;
+
+/// Publishes on their way from `Host::publish` to the event loop.
+#[derive(Debug)]
+pub(crate) struct PublishLane {
+    queue: Mutex<Vec<(String, Payload)>>,
+    /// Woken when the lane was empty and a publish came.
+    pub(crate) ready: Notify,
+    room: Semaphore,
+    /// The patterns of every queue group the loop knows of: publishes on
+    /// channels they match go to the loop as commands.
+    queue_patterns: RwLock<Vec<String>>,
+}
+
+impl Default for PublishLane {
+    fn default() -> Self {
+        PublishLane {
+            queue: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            room: Semaphore::new(LANE_ROOM),
+            queue_patterns: RwLock::new(Vec::new()),
+        }
+    }
+}
+
+impl PublishLane {
+    /// Whether a publish on `channel` may take the lane (no queue group the
+    /// loop knows of matches it).
+    pub(crate) fn takes(&self, channel: &str) -> bool {
+        !self
+            .queue_patterns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|p| matches(p, channel))
+    }
+
+    /// Queues a publish once there is room; fails with [`Error::Closed`]
+    /// once the host is closed.
+    pub(crate) async fn push(&self, channel: String, payload: Payload) -> Result<()> {
+        let permit = self.room.acquire().await.map_err(|_| Error::Closed)?;
+        // The loop gives the room back when gossipsub has the publish.
+        permit.forget();
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push((channel, payload));
+            q.len() == 1
+        };
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes every queued publish, oldest first.
+    pub(crate) fn take(&self) -> Vec<(String, Payload)> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Gives back the room of `n` publishes that left the host.
+    pub(crate) fn release(&self, n: usize) {
+        if n > 0 {
+            self.room.add_permits(n);
+        }
+    }
+
+    /// Fails every waiting and later push with [`Error::Closed`].
+    pub(crate) fn close(&self) {
+        self.room.close();
+    }
+
+    /// Replaces the queue group patterns the lane checks.
+    pub(crate) fn set_queue_patterns(&self, patterns: Vec<String>) {
+        *self
+            .queue_patterns
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = patterns;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_lane_waits_for_room_and_fails_once_closed() {
+        let lane = PublishLane::default();
+        let p = Payload::postcard(&1u8).unwrap();
+        for _ in 0..LANE_ROOM {
+            lane.push("a".into(), p.clone()).await.unwrap();
+        }
+        // Full: the next push waits until room is given back.
+        let waiting = lane.push("a".into(), p.clone());
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        assert_eq!(lane.take().len(), LANE_ROOM);
+        lane.release(1);
+        waiting.await.unwrap();
+        assert_eq!(lane.take().len(), 1);
+        lane.close();
+        assert!(matches!(lane.push("a".into(), p).await, Err(Error::Closed)));
+    }
+
+    #[test]
+    fn channels_matching_a_queue_group_skip_the_lane() {
+        let lane = PublishLane::default();
+        assert!(lane.takes("jobs.1"));
+        lane.set_queue_patterns(vec!["jobs.*".into()]);
+        assert!(!lane.takes("jobs.1"));
+        assert!(lane.takes("news"));
+    }
+}
