@@ -90,6 +90,11 @@ pub struct HostConfig {
     pub subscription_capacity: usize,
     /// Capacity of the bounded cache of peer locations.
     pub location_cache_capacity: usize,
+    /// *Run time.* How long [`Host::find`](crate::Host::find) answers from
+    /// its last answer for the same peer, without asking the directory
+    /// (sooner forgotten when the peer's host leaves, restarts or says the
+    /// peer is not there). Zero: every `find` asks.
+    pub find_cache_ttl: Duration,
     /// Most directory entries this host holds for others.
     pub max_directory_entries: usize,
     /// Most directory entries this host holds for any one other host: one
@@ -169,6 +174,7 @@ impl Default for HostConfig {
             inbox_capacity: 1024,
             subscription_capacity: 16_384,
             location_cache_capacity: 100_000,
+            find_cache_ttl: Duration::from_secs(1),
             max_directory_entries: 20_000_000,
             max_directory_entries_per_host: 5_000_000,
             max_hosts: 10_000,

@@ -5,7 +5,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
@@ -318,17 +318,46 @@ impl Host {
         ids
     }
 
-    /// Where a peer lives: from this host, the location cache, or one hop to
-    /// the holders of its directory entry. [`Error::PeerNotFound`] if no host
+    /// Where a peer lives: from this host's own peers, or one hop to the
+    /// holders of its directory entry. [`Error::PeerNotFound`] if no host
     /// holds it.
+    ///
+    /// An answer is reused, without asking again, for
+    /// [`HostConfig::find_cache_ttl`] (1 s by default; its `round_trips` is
+    /// then 0), unless its host leaves or restarts, says the peer is not
+    /// there, or the peer moved from or to this host: within that time a
+    /// peer that moved between two other hosts may still be reported where
+    /// it was.
     pub async fn find(&self, id: &str) -> Result<Location> {
         validate_id(id)?;
-        let timeout = self.inner.shared.with_config(|c| c.request_timeout);
-        let id = id.to_string();
-        match tokio::time::timeout(timeout, self.call(|reply| Command::Find { id, reply })).await {
-            Ok(r) => r?,
-            Err(_) => Err(Error::Timeout),
+        let shared = &self.inner.shared;
+        let (timeout, ttl) = shared.with_config(|c| (c.request_timeout, c.find_cache_ttl));
+        if !ttl.is_zero() {
+            if let Some(loc) = shared.finds.get(id, Instant::now(), ttl) {
+                // This host knows its own peers: an answer that says the
+                // peer is here when it is not, or elsewhere when it is
+                // here now, is stale.
+                if (loc.host == shared.local) == shared.registry.get(id).is_some() {
+                    return Ok(loc);
+                }
+                shared.finds.forget(id);
+            }
         }
+        let asked = Instant::now();
+        let key = id.to_string();
+        let id = id.to_string();
+        let loc =
+            match tokio::time::timeout(timeout, self.call(|reply| Command::Find { id, reply }))
+                .await
+            {
+                Ok(r) => r??,
+                Err(_) => return Err(Error::Timeout),
+            };
+        if !ttl.is_zero() {
+            // Aged from the ask: an answer is no fresher than its question.
+            shared.finds.put(&key, loc.clone(), asked);
+        }
+        Ok(loc)
     }
 
     /// Subscribes to a channel. The subscription is a stream of every message

@@ -8,6 +8,7 @@
 //! - `delivery/`: direct messages between linked hosts over long-lived
 //!   streams (a link task per destination, a reader per inbound stream).
 //! - `directory.rs`: placement by XOR distance and the holder-side store.
+//! - `find_cache.rs`: recent `find` answers, read without the event loop.
 //! - `membership.rs`: signed host records, leases, tombstones.
 //! - `protocol.rs`: wire types and the size-limited codec.
 //! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
@@ -29,6 +30,7 @@ mod dial_gate;
 mod directory;
 mod error;
 mod event_loop;
+mod find_cache;
 #[cfg(any(feature = "fuzzing", test))]
 #[doc(hidden)]
 pub mod fuzzing;

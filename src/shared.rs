@@ -201,6 +201,8 @@ pub(crate) struct Shared {
     pub requests: Arc<Requests>,
     /// Channel publishes on their way to the event loop.
     pub publish_lane: crate::publish_lane::PublishLane,
+    /// Recent `find` answers.
+    pub finds: crate::find_cache::FindCache,
 }
 
 impl Shared {
@@ -226,6 +228,7 @@ impl Shared {
             members: RwLock::new(std::iter::once(local).collect()),
             requests: Arc::default(),
             publish_lane: Default::default(),
+            finds: Default::default(),
         }
     }
 

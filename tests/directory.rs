@@ -142,3 +142,61 @@ async fn entries_come_back_after_a_false_lapse() {
     .await;
     assert_eq!(held(), before);
 }
+
+/// A repeated `find` answers from the last answer (no round trip), and
+/// forgets it as soon as it is known to be stale, however long its TTL:
+/// the peer moved to the asking host, or its host left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_find_answers_from_its_last_answer_until_it_is_stale() {
+    let mut cfg = HostConfig::for_tests();
+    cfg.replication = 1; // each entry is held by one host only
+    cfg.find_cache_ttl = Duration::ZERO; // every find asks, for now
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg.clone()).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    wait_membership(&[&a, &b], 2).await;
+    let peers: Vec<_> = (0..64)
+        .map(|i| b.create(&format!("p{i}")).unwrap())
+        .collect();
+    for p in &peers {
+        wait_found(&a, p.id(), &b).await;
+    }
+    // The peers whose entry b holds: a asks b for them.
+    let mut remote = Vec::new();
+    for p in &peers {
+        if a.find(p.id()).await.unwrap().round_trips > 0 {
+            remote.push(p.id().to_string());
+        }
+    }
+    assert!(remote.len() >= 8, "only {} entries on b", remote.len());
+
+    cfg.find_cache_ttl = Duration::from_secs(3600);
+    a.set_config(cfg).unwrap();
+    for id in &remote {
+        let first = a.find(id).await.unwrap();
+        assert!(first.round_trips > 0, "{id}: the first find asks");
+        let again = a.find(id).await.unwrap();
+        assert_eq!(again.host, b.id());
+        assert_eq!(again.round_trips, 0, "{id}: answered from the last answer");
+    }
+
+    // A peer that moves to a: a knows its own peers, and says so at once.
+    let moved = remote[0].clone();
+    b.remove(&moved).unwrap();
+    wait_for("the move's withdrawal", || async {
+        matches!(b.find(&moved).await, Err(distribus::Error::PeerNotFound(_)))
+    })
+    .await;
+    let _here = a.create(&moved).unwrap();
+    assert_eq!(a.find(&moved).await.unwrap().host, a.id());
+
+    // b leaves: a forgets where b's peers were, well before the TTL.
+    b.close().await.unwrap();
+    wait_for("a forgets b's peers", || async {
+        matches!(
+            a.find(&remote[1]).await,
+            Err(distribus::Error::PeerNotFound(_))
+        )
+    })
+    .await;
+}

@@ -615,6 +615,7 @@ impl EventLoop {
 
     /// Forgets cached and claimed locations on `host`.
     pub(super) fn forget_locations(&mut self, host: PeerId) {
+        self.shared.finds.forget_host(&host);
         for map in [&mut self.cache, &mut self.claims] {
             let stale: Vec<Arc<str>> = map
                 .iter()

@@ -605,6 +605,7 @@ impl EventLoop {
         if self.cache.peek(&p.env.to) == Some(&host) {
             self.cache.pop(&p.env.to);
         }
+        self.shared.finds.forget(&p.env.to);
         if p.refused_by.is_some() {
             let e = Error::PeerNotFound(p.env.to.to_string());
             self.finish_send(p, Err(e));

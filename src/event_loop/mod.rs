@@ -921,6 +921,7 @@ impl EventLoop {
                         if self.cache.peek(&**id) == Some(&peer) {
                             self.cache.pop(&**id);
                         }
+                        self.shared.finds.forget(id);
                     }
                 }
                 let applied = self.store.apply(peer, epoch, ops);
