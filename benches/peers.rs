@@ -2,8 +2,9 @@
 //! - `create` rate on one host (the directory registration that follows
 //!   runs in the background and is measured by `benches/directory.rs`);
 //! - bytes of RSS per idle peer (printed, not timed);
-//! - `find` answered from the location cache, and `find` that takes one
-//!   network round trip to the holder (cache of one entry, ids cycling).
+//! - `find` answered from its last answer (the find cache), and `find`
+//!   that takes one network round trip to the holder (the find cache off,
+//!   a location cache of one entry, ids cycling).
 //!
 //! `cargo bench --bench peers`
 

@@ -1,6 +1,6 @@
 //! Broadcast: one message to every peer on every host, once each.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Attacks by hostile hosts and strangers: each test plays the attacker
 //! against real hosts and shows the weakness is gone.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

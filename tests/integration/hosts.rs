@@ -1,6 +1,6 @@
 //! Hosts: listen, join, network ids, close, configuration.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

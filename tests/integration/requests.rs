@@ -1,6 +1,6 @@
 //! Request/reply between peers, across hosts and on one host.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

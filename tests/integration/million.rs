@@ -1,6 +1,6 @@
 //! A host holding a million peers is a normal case.
 
-mod common;
+use crate::common;
 
 use common::*;
 use distribus::HostConfig;

@@ -1,7 +1,7 @@
 //! Bytes from a remote host are untrusted: oversized and malformed frames
 //! are rejected and counted, and the host goes on working.
 
-mod common;
+use crate::common;
 
 use std::{io, time::Duration};
 

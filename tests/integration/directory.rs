@@ -1,7 +1,7 @@
 //! Directory entries move to the hosts now closest when membership changes,
 //! and holders drop the entries of hosts that leave.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

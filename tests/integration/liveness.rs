@@ -1,6 +1,6 @@
 //! Liveness by heartbeat digests, and the link budget.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

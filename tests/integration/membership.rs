@@ -2,7 +2,7 @@
 //! redialled with backoff; cached locations outlive a drop until the
 //! reconnect timeout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

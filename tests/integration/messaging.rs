@@ -1,6 +1,6 @@
 //! Direct messages between peers, on one host and across hosts.
 
-mod common;
+use crate::common;
 
 use common::*;
 use distribus::{Error, Host, HostConfig};

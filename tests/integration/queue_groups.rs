@@ -2,7 +2,7 @@
 //! group, the members share the work, and the rest take over when a
 //! member's host dies.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, time::Duration};
 

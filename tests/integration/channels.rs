@@ -1,6 +1,6 @@
 //! Channels: subscriptions, publishes across hosts, warm-up and bursts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! to two joined hosts and talk to each other and to Rust peers.
 #![cfg(feature = "gateway")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The relay overlay of big networks: two hops over few links.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashSet, time::Duration};
 
