@@ -11,8 +11,10 @@
 //! and known to gossipsub as a subscriber (the mesh warm-up), or until
 //! `publish_warmup` has passed, and then goes out with flood publishing, so
 //! each subscriber host receives it directly. Publishes on one channel leave
-//! in order. When gossipsub's queues are full the publish waits (the caller's
-//! future stays pending): backpressure instead of loss.
+//! in order. Publishes that no queue group matches come through the publish
+//! lane (`crate::publish_lane`), the rest as commands. When gossipsub's
+//! queues are full the publishes wait here, and once the lane's room is
+//! used up, so do the callers: backpressure instead of loss.
 
 use std::{
     collections::HashSet,
