@@ -344,18 +344,15 @@ impl Host {
             }
         }
         let asked = Instant::now();
-        let key = id.to_string();
-        let id = id.to_string();
-        let loc =
-            match tokio::time::timeout(timeout, self.call(|reply| Command::Find { id, reply }))
-                .await
-            {
-                Ok(r) => r??,
-                Err(_) => return Err(Error::Timeout),
-            };
+        let owned = id.to_string();
+        let find = self.call(|reply| Command::Find { id: owned, reply });
+        let loc = match tokio::time::timeout(timeout, find).await {
+            Ok(r) => r??,
+            Err(_) => return Err(Error::Timeout),
+        };
         if !ttl.is_zero() {
             // Aged from the ask: an answer is no fresher than its question.
-            shared.finds.put(&key, loc.clone(), asked);
+            shared.finds.put(id, loc.clone(), asked);
         }
         Ok(loc)
     }

@@ -250,20 +250,22 @@ impl EventLoop {
         });
     }
 
-    /// Whether a host other than this one subscribes to `channel`.
+    /// Whether a host other than this one subscribes to `channel` (no
+    /// allocation: it runs for every publish).
     fn has_remote_subscribers(&self, channel: &str) -> bool {
-        self.membership
-            .iter()
-            .any(|(_, m)| m.channels.iter().any(|c| matches(c, channel)))
+        self.remote_subscriber_iter(channel).next().is_some()
     }
 
     /// Hosts other than this one that subscribe to `channel`.
     fn remote_subscribers(&self, channel: &str) -> Vec<PeerId> {
+        self.remote_subscriber_iter(channel).collect()
+    }
+
+    fn remote_subscriber_iter<'a>(&'a self, channel: &'a str) -> impl Iterator<Item = PeerId> + 'a {
         self.membership
             .iter()
-            .filter(|(_, m)| m.channels.iter().any(|c| matches(c, channel)))
+            .filter(move |(_, m)| m.channels.iter().any(|c| matches(c, channel)))
             .map(|(h, _)| *h)
-            .collect()
     }
 
     /// Whether gossipsub already heard of a connected subscriber (its
