@@ -18,13 +18,14 @@ use crate::{
     broadcast::BroadcastReport,
     command::{Command, HostInfo, Location, Readiness, SubSink},
     config::HostConfig,
+    core::registration::Change,
     error::{Error, Result},
     event_loop::EventLoop,
     inbox::PeerSlot,
     message::Payload,
     peer::Peer,
     protocol::WireStats,
-    shared::{LocalChange, Shared, Stats},
+    shared::{Shared, Stats},
     subscription::Subscription,
 };
 
@@ -249,7 +250,7 @@ impl Host {
         if !self.inner.shared.registry.insert(slot.clone()) {
             return Err(Error::IdExists(id.to_string()));
         }
-        self.inner.shared.push_change(LocalChange {
+        self.inner.shared.push_change(Change {
             register: true,
             id: slot.id.clone(),
             key: slot.key,
@@ -293,7 +294,7 @@ impl Host {
         let Some(slot) = self.inner.shared.registry.remove(peer.as_ref()) else {
             return Ok(false);
         };
-        self.inner.shared.push_change(LocalChange {
+        self.inner.shared.push_change(Change {
             register: false,
             id: slot.id.clone(),
             key: slot.key,

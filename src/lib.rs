@@ -4,6 +4,8 @@
 
 //! # Module map
 //! - [`Host`] (`host.rs`): the handle; [`Peer`] (`peer.rs`); [`Subscription`].
+//! - `core/`: the protocol's decisions without I/O (tested with a fake
+//!   clock); the event loop feeds them and carries out what they return.
 //! - `event_loop/`: the task that owns the libp2p swarm.
 //! - `delivery/`: direct messages between linked hosts over long-lived
 //!   streams (a link task per destination, a reader per inbound stream).
@@ -25,6 +27,7 @@ mod broadcast;
 mod channel_name;
 mod command;
 mod config;
+mod core;
 mod delivery;
 mod dial_gate;
 mod directory;

@@ -12,16 +12,9 @@ use libp2p::PeerId;
 use tokio::sync::Notify;
 
 use crate::{
-    config::HostConfig, error::Error, inbox::Registry, protocol::WireStats, request::Requests,
+    config::HostConfig, core::registration::Change, error::Error, inbox::Registry,
+    protocol::WireStats, request::Requests,
 };
-
-/// A local directory change waiting to be sent to the holders.
-#[derive(Debug, Clone)]
-pub(crate) struct LocalChange {
-    pub register: bool,
-    pub id: Arc<str>,
-    pub key: u64,
-}
 
 /// Counters a host keeps about itself.
 #[derive(Debug, Default)]
@@ -183,7 +176,7 @@ pub(crate) struct Shared {
     /// This host's incarnation (see [`HostConfig::min_epoch`]).
     pub epoch: u64,
     pub registry: Registry,
-    pub changes: Mutex<Vec<LocalChange>>,
+    pub changes: Mutex<Vec<Change>>,
     pub changes_ready: Notify,
     pub config: RwLock<HostConfig>,
     /// Bumped by every `set_config`: the loop applies what a new
@@ -254,7 +247,7 @@ impl Shared {
 
     /// Queues a directory change; wakes the loop only for the first one,
     /// since a flush takes everything queued.
-    pub fn push_change(&self, change: LocalChange) {
+    pub fn push_change(&self, change: Change) {
         let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let first = changes.is_empty();
         changes.push(change);
@@ -264,7 +257,7 @@ impl Shared {
         }
     }
 
-    pub fn take_changes(&self) -> Vec<LocalChange> {
+    pub fn take_changes(&self) -> Vec<Change> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

@@ -637,7 +637,7 @@ impl EventLoop {
     fn host_gone(&mut self, host: PeerId) {
         self.joiners.remove(&host);
         self.store.drop_host(&host, u64::MAX);
-        self.dir_links.remove(&host);
+        self.registration.forget(&host);
     }
 
     pub(super) fn expire_members(&mut self, now: Instant) {

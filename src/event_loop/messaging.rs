@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
 use crate::{
+    core::outbox::{Pick, Weigh},
     delivery::{
         outbound::{LinkHandle, Refused},
         TaskEvent,
@@ -96,11 +97,10 @@ impl PendingSend {
     }
 }
 
-/// The outbound queue to one host.
-#[derive(Debug, Default)]
-pub(crate) struct Link {
-    queue: VecDeque<PendingSend>,
-    in_flight: bool,
+impl Weigh for PendingSend {
+    fn weight(&self) -> usize {
+        self.wire_size()
+    }
 }
 
 /// What a receiver knows of a sending host's delivery batch.
@@ -306,9 +306,7 @@ impl EventLoop {
     /// Queues a send for `host`; the link is flushed at the end of the
     /// loop's turn, so a burst of commands goes out together.
     pub(super) fn enqueue(&mut self, host: PeerId, p: PendingSend) {
-        let queue = &mut self.links.entry(host).or_default().queue;
-        queue.push_back(p);
-        if queue.len() == 1 {
+        if self.links.push(host, p) {
             self.dirty_links.push(host);
         }
     }
@@ -321,34 +319,32 @@ impl EventLoop {
     }
 
     fn flush_link(&mut self, host: PeerId) {
-        let (max_msgs, max_bytes) = self.shared.with_config(|c| {
-            (
-                c.max_batch_messages,
-                c.max_frame_size.saturating_sub(FRAME_SLACK),
-            )
-        });
-        let Some(link) = self.links.get_mut(&host) else {
-            return;
-        };
-        if link.in_flight {
+        let now = Instant::now();
+        if !self.links.may_send(&host, now) {
             return;
         }
-        if let Some(batch) = link.queue.front().and_then(|p| p.batch) {
+        let handed_back = self
+            .links
+            .get(&host)
+            .and_then(|q| q.items().next())
+            .and_then(|p| p.batch);
+        if let Some(batch) = handed_back {
             // Handed back from a broken stream: that batch again, as it
             // was (even sends whose callers gave up: acks go by position),
             // before anything newer.
-            let mut sends = Vec::new();
-            while link.queue.front().is_some_and(|p| p.batch == Some(batch)) {
-                sends.extend(link.queue.pop_front());
+            let sends = self.links.take(&host, now, |p, _, _| {
+                if p.batch == Some(batch) {
+                    Pick::Take
+                } else {
+                    Pick::Stop
+                }
+            });
+            if let Some(sends) = sends {
+                self.send_batch(host, batch, 0, sends);
             }
-            link.in_flight = true;
-            self.send_batch(host, batch, 0, sends);
             return;
         }
-        let backoff = self
-            .stream_backoff
-            .get(&host)
-            .is_some_and(|t| *t > Instant::now());
+        let backoff = self.stream_backoff.get(&host).is_some_and(|t| *t > now);
         if self.swarm.is_connected(&host) && !backoff {
             self.hand_to_link_task(host);
             return;
@@ -363,33 +359,25 @@ impl EventLoop {
             self.wake_soon = true;
             return;
         }
-        let Some(link) = self.links.get_mut(&host) else {
+        let (max_msgs, max_bytes) = self.shared.with_config(|c| {
+            (
+                c.max_batch_messages,
+                c.max_frame_size.saturating_sub(FRAME_SLACK),
+            )
+        });
+        let sends = self.links.take(&host, now, |p, n, bytes| {
+            if p.reply.is_closed() {
+                // A caller that gave up (timeout, dropped future) is not delivered.
+                Pick::Drop
+            } else if n > 0 && (n >= max_msgs || bytes + p.wire_size() > max_bytes) {
+                Pick::Stop
+            } else {
+                Pick::Take
+            }
+        });
+        let Some(sends) = sends else {
             return;
         };
-        let mut sends = Vec::new();
-        let mut bytes = 0;
-        while let Some(p) = link.queue.front() {
-            let size = p.wire_size();
-            if !sends.is_empty() && (sends.len() >= max_msgs || bytes + size > max_bytes) {
-                break;
-            }
-            let Some(p) = link.queue.pop_front() else {
-                break;
-            };
-            // A caller that gave up (timeout, dropped future) is not delivered.
-            if p.reply.is_closed() {
-                continue;
-            }
-            bytes += size;
-            sends.push(p);
-        }
-        if sends.is_empty() {
-            if link.queue.is_empty() {
-                self.links.remove(&host);
-            }
-            return;
-        }
-        link.in_flight = true;
         // The counter the link tasks use: a batch id names one batch on
         // either path.
         let batch = self.delivery.next_batch.fetch_add(1, Ordering::Relaxed);
@@ -399,15 +387,15 @@ impl EventLoop {
     /// Hands the queue of `host` to its link task (started if there is
     /// none, or it ended).
     fn hand_to_link_task(&mut self, host: PeerId) {
-        let Some(mut link) = self.links.remove(&host) else {
+        let Some(mut queue) = self.links.remove(&host) else {
             return;
         };
-        if link.queue.is_empty() {
+        if queue.is_empty() {
             return;
         }
         self.touch(host);
         let mut started = false;
-        while let Some(mut p) = link.queue.pop_front() {
+        while let Some(mut p) = queue.pop_front() {
             let ticket = p.ticket.take().map(|t| (t, p.env.to.clone()));
             let task = match self.stream_links.entry(host) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -425,18 +413,18 @@ impl EventLoop {
                 Err(Refused::Full(mut p)) => {
                     p.ticket = ticket.map(|(t, _)| t);
                     // The tick hands over the rest.
-                    link.queue.push_front(p);
-                    self.links.insert(host, link);
+                    queue.push_front(p);
+                    self.links.put_back(host, queue.into_iter());
                     self.wake_soon = true;
                     return;
                 }
                 Err(Refused::Ended(mut p)) => {
                     p.ticket = ticket.map(|(t, _)| t);
-                    link.queue.push_front(p);
+                    queue.push_front(p);
                     self.stream_links.remove(&host);
                     if started {
                         // A task that ended at once: keep the queue for the tick.
-                        self.links.insert(host, link);
+                        self.links.put_back(host, queue.into_iter());
                         self.wake_soon = true;
                         return;
                     }
@@ -451,13 +439,7 @@ impl EventLoop {
         self.stream_links.retain(|_, l| !l.ended());
         let now = Instant::now();
         self.stream_backoff.retain(|_, t| *t > now);
-        let waiting: Vec<PeerId> = self
-            .links
-            .iter()
-            .filter(|(_, l)| !l.in_flight && !l.queue.is_empty())
-            .map(|(h, _)| *h)
-            .collect();
-        for host in waiting {
+        for host in self.links.ready(now) {
             self.flush_link(host);
         }
     }
@@ -471,19 +453,19 @@ impl EventLoop {
                 // next sends go as requests, which dial or relay.
                 self.stream_backoff
                     .insert(host, Instant::now() + STREAM_BACKOFF);
-                let mut failed = Vec::new();
-                let link = self.links.entry(host).or_default();
-                for mut p in sends.into_iter().rev() {
+                let (mut again, mut failed) = (Vec::new(), Vec::new());
+                for mut p in sends {
                     p.handed_back += 1;
                     // A written batch goes again whole (as a request, which
                     // ends it either way), never partly failed here.
                     if p.batch.is_none() && p.handed_back > HANDED_BACK {
                         failed.push(p);
                     } else {
-                        link.queue.push_front(p);
+                        again.push(p);
                     }
                 }
-                for p in failed.into_iter().rev() {
+                self.links.put_back(host, again.into_iter());
+                for p in failed {
                     let id = p.env.to.to_string();
                     self.finish_send(p, Err(Error::PeerUnreachable { id, host }));
                 }
@@ -537,9 +519,7 @@ impl EventLoop {
                 return;
             }
         }
-        if let Some(link) = self.links.get_mut(&host) {
-            link.in_flight = false;
-        }
+        self.links.done(&host);
         match result {
             Ok(Response::Delivered(acks)) => {
                 let mut acks = acks.into_iter();
@@ -687,8 +667,8 @@ impl EventLoop {
 
     /// Fails every queued send (on close).
     pub(super) fn fail_all_sends(&mut self) {
-        for (_, link) in self.links.drain() {
-            for p in link.queue {
+        for (_, queue) in self.links.drain() {
+            for p in queue {
                 let _ = p.reply.send(Err(Error::Closed));
             }
         }

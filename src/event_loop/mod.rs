@@ -21,6 +21,7 @@ mod members;
 pub(crate) mod messaging;
 pub(crate) mod ownership;
 mod queues;
+mod registration;
 mod relay;
 
 use std::{
@@ -44,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, SubSink},
+    core::registration::Registration,
     directory::{DirOp, DirectoryStore},
     error::{Error, Result},
     membership::Membership,
@@ -172,7 +174,7 @@ pub(crate) struct EventLoop {
 
     // messaging (host-keyed maps on the send path use foldhash, seeded per
     // map: SipHash over an 80-byte host id per send showed in profiles)
-    links: foldhash::HashMap<PeerId, messaging::Link>,
+    links: crate::core::outbox::Outbox<PeerId, PendingSend>,
     /// The last batches each sending host delivered here, by stream or by
     /// request (shared with the delivery stream readers), with their acks.
     batches: Arc<Mutex<messaging::BatchMemory>>,
@@ -208,16 +210,8 @@ pub(crate) struct EventLoop {
     claims: LruCache<Arc<str>, PeerId>,
     lookups: HashMap<String, lookup::LookupState>,
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
-    dir_links: HashMap<PeerId, lookup::DirLink>,
-    /// Directory requests in flight, over all holders.
-    dir_in_flight: usize,
-    /// A batch waits for one of them to finish.
-    dir_waiting: bool,
-    rebalanced: Vec<(u64, PeerId)>,
-    /// The membership version `rebalanced` was last checked against.
-    rebalanced_version: u64,
-    last_dir_flush: Instant,
-    trim_due: Option<Instant>,
+    /// Directory operations on their way to the holders.
+    registration: Registration,
     /// The view each host last showed in a digest exchange.
     peer_views: HashMap<PeerId, u64>,
     /// Whether recent exchanges showed our view (readiness).
@@ -340,6 +334,7 @@ impl EventLoop {
             crate::rpc_stream::server::spawn_acceptor(req_inbound, request_streams.clone()),
             crate::rpc_stream::server::spawn_exchange_acceptor(exchanges, request_streams.clone()),
         ];
+        let membership = Membership::new(local);
         let mut this = EventLoop {
             swarm,
             commands,
@@ -370,21 +365,12 @@ impl EventLoop {
             claims: LruCache::new(cache_cap.min(CLAIMS)),
             lookups: HashMap::new(),
             kad_lookups: HashMap::new(),
-            dir_links: HashMap::new(),
-            dir_in_flight: 0,
-            dir_waiting: false,
-            rebalanced: vec![],
-            rebalanced_version: 0,
-            // The first changes go out at once; later ones gather.
-            last_dir_flush: Instant::now()
-                .checked_sub(Duration::from_secs(1))
-                .unwrap_or_else(Instant::now),
-            trim_due: None,
+            registration: Registration::new(local, cfg.replication, membership.keys()),
             wake_soon: false,
             peer_views: HashMap::new(),
             agreement: Default::default(),
             advertise: cfg.advertise.clone(),
-            membership: Membership::new(local),
+            membership,
             joins: HashMap::new(),
             rejoin: HashMap::new(),
             lapsed: HashMap::new(),
@@ -416,7 +402,6 @@ impl EventLoop {
             introduced: HashMap::new(),
             shared,
         };
-        this.rebalanced = this.membership.keys().to_vec();
         if let Err(e) = this
             .swarm
             .behaviour_mut()
@@ -1043,9 +1028,8 @@ impl EventLoop {
         self.trim_links(now);
         self.retry_links();
         self.flush_directory();
-        self.rebalance();
-        self.trim_directory(now);
-        self.retry_directory();
+        self.rebalance(now);
+        self.retry_directory(now);
         self.retry_parked();
         self.retry_contests(now);
         self.expire_joins(now);

@@ -34,7 +34,7 @@
 //! to a send for it, which drops the stale location).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -42,6 +42,7 @@ use libp2p::{request_response::OutboundFailure, PeerId};
 
 use super::{EventLoop, Pending, ReqKey};
 use crate::{
+    core::outbox::{Outbox, Pick, Weigh},
     membership::Membership,
     overlay::Overlay,
     protocol::{Relayed, Request, Response},
@@ -108,16 +109,19 @@ pub(crate) enum Slot {
     Forward { bundle: u64, index: usize },
 }
 
-/// Relayed requests waiting for one next hop.
-#[derive(Debug, Default)]
-struct RelayLink {
-    /// The requests, with the host that sent each (`None`: our own).
-    queue: VecDeque<(Relayed, Slot, Option<PeerId>)>,
-    /// Bytes of the requests in `queue` (with [`ITEM_OVERHEAD`] each).
-    bytes: usize,
-    /// The same, per host that sent them (its quota).
-    by_sender: HashMap<PeerId, usize>,
-    in_flight: bool,
+/// A relayed request waiting for its next hop, with the host that sent it
+/// (`None`: our own).
+#[derive(Debug)]
+struct Item {
+    r: Relayed,
+    slot: Slot,
+    sender: Option<PeerId>,
+}
+
+impl Weigh for Item {
+    fn weight(&self) -> usize {
+        item_size(&self.r)
+    }
 }
 
 /// Bytes a relayed request counts for in queues and bundles.
@@ -137,7 +141,11 @@ struct InBundle {
 /// Bundles out and in.
 #[derive(Debug, Default)]
 pub(crate) struct RelayQueues {
-    links: HashMap<PeerId, RelayLink>,
+    /// Requests by next hop, one bundle in flight to each (a failed bundle
+    /// fails its requests: they are not queued again, so no rest applies).
+    links: Outbox<PeerId, Item>,
+    /// Bytes queued per (next hop, sending host): each sender's quota.
+    by_sender: HashMap<(PeerId, PeerId), usize>,
     /// Next hops with requests queued in this loop turn: their bundles go
     /// at its end, so a burst (a directory flush, an inbound bundle) fills
     /// one bundle per next hop instead of sending its first request alone.
@@ -153,45 +161,40 @@ pub(crate) struct RelayQueues {
 impl RelayQueues {
     /// Queues a request for `via`, sent by `sender` (`None`: our own).
     fn push(&mut self, via: PeerId, r: Relayed, slot: Slot, sender: Option<PeerId>) {
-        let link = self.links.entry(via).or_default();
-        let size = item_size(&r);
-        link.bytes += size;
         if let Some(s) = sender {
-            *link.by_sender.entry(s).or_default() += size;
+            *self.by_sender.entry((via, s)).or_default() += item_size(&r);
         }
-        link.queue.push_back((r, slot, sender));
+        self.links.push(via, Item { r, slot, sender });
     }
 
     /// The next bundle for `via` (up to `max_bytes` and [`MAX_BUNDLE`]
     /// requests; at least one), unless one is in flight or none waits; the
     /// link counts as in flight until its answer.
     fn take_bundle(&mut self, via: &PeerId, max_bytes: usize) -> Option<(Vec<Relayed>, Vec<Slot>)> {
-        let link = self.links.get_mut(via)?;
-        if link.in_flight || link.queue.is_empty() {
-            return None;
-        }
-        let (mut items, mut slots, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        while let Some((r, _, _)) = link.queue.front() {
-            let size = item_size(r);
-            if !items.is_empty() && (bytes + size > max_bytes || items.len() >= MAX_BUNDLE) {
-                break;
+        let now = Instant::now();
+        let batch = self.links.take(via, now, |item, n, bytes| {
+            if n > 0 && (bytes + item.weight() > max_bytes || n >= MAX_BUNDLE) {
+                Pick::Stop
+            } else {
+                Pick::Take
             }
-            bytes += size;
-            if let Some((r, slot, sender)) = link.queue.pop_front() {
-                if let Some(s) = sender {
-                    if let Some(b) = link.by_sender.get_mut(&s) {
-                        *b = b.saturating_sub(size);
-                        if *b == 0 {
-                            link.by_sender.remove(&s);
-                        }
+        })?;
+        let (mut items, mut slots) = (
+            Vec::with_capacity(batch.len()),
+            Vec::with_capacity(batch.len()),
+        );
+        for item in batch {
+            if let Some(s) = item.sender {
+                if let Some(b) = self.by_sender.get_mut(&(*via, s)) {
+                    *b = b.saturating_sub(item_size(&item.r));
+                    if *b == 0 {
+                        self.by_sender.remove(&(*via, s));
                     }
                 }
-                items.push(r);
-                slots.push(slot);
             }
+            items.push(item.r);
+            slots.push(item.slot);
         }
-        link.bytes = link.bytes.saturating_sub(bytes);
-        link.in_flight = true;
         Some((items, slots))
     }
 
@@ -199,9 +202,9 @@ impl RelayQueues {
     /// queue to `via` under `cap` bytes, and under the sender's share of
     /// it (an empty queue takes any one request).
     fn admits(&self, via: &PeerId, size: usize, cap: usize, sender: &PeerId) -> bool {
-        self.links.get(via).is_none_or(|l| {
-            let theirs = l.by_sender.get(sender).copied().unwrap_or(0);
-            l.queue.is_empty() || (l.bytes + size <= cap && theirs + size <= cap / SENDER_SHARE)
+        self.links.get(via).is_none_or(|q| {
+            let theirs = self.by_sender.get(&(*via, *sender)).copied().unwrap_or(0);
+            q.items().len() == 0 || (q.bytes() + size <= cap && theirs + size <= cap / SENDER_SHARE)
         })
     }
 }
@@ -458,9 +461,7 @@ impl EventLoop {
         slots: Vec<Slot>,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
-        if let Some(link) = self.relays.links.get_mut(&via) {
-            link.in_flight = false;
-        }
+        self.relays.links.done(&via);
         let answers: Vec<std::result::Result<Response, String>> = match result {
             Ok(Response::Relayed(rs)) if rs.len() == slots.len() => {
                 rs.into_iter().map(Ok).collect()
@@ -487,16 +488,7 @@ impl EventLoop {
         for (slot, answer) in slots.into_iter().zip(answers) {
             self.settle(slot, answer);
         }
-        if self
-            .relays
-            .links
-            .get(&via)
-            .is_some_and(|l| l.queue.is_empty() && !l.in_flight)
-        {
-            self.relays.links.remove(&via);
-        } else {
-            self.flush_relay(via);
-        }
+        self.flush_relay(via);
     }
 
     /// Gives one relayed request its answer.

@@ -1,0 +1,12 @@
+//! The protocol's decisions, without I/O: state machines that take inputs
+//! with `now` and return what the event loop is to do, so each is tested
+//! with a fake clock (the style of iroh-gossip's `proto` and quinn-proto).
+//!
+//! - `outbox`: a queue per destination with one batch in flight, retry
+//!   rests and a cap over all destinations (directory operations, direct
+//!   messages and relayed requests all use it);
+//! - `registration`: which holders get which directory operations, when,
+//!   and what a membership change moves.
+
+pub(crate) mod outbox;
+pub(crate) mod registration;
