@@ -63,7 +63,7 @@ pub(crate) struct Proved {
 
 impl Anchor {
     /// The counter the anchor itself proves.
-    pub fn proved(&self) -> Proved {
+    pub(crate) fn proved(&self) -> Proved {
         Proved {
             beat: self.start,
             proof: self.tip,
@@ -71,7 +71,7 @@ impl Anchor {
     }
 
     /// Whether `beat` is within what this anchor's chain can prove.
-    pub fn covers(&self, beat: u64) -> bool {
+    pub(crate) fn covers(&self, beat: u64) -> bool {
         beat >= self.start && beat - self.start <= CHAIN_LEN
     }
 }
@@ -105,7 +105,7 @@ pub(crate) struct Chain {
 
 impl Chain {
     /// A new chain whose tip proves counter `start`.
-    pub fn new(start: u64) -> Chain {
+    pub(crate) fn new(start: u64) -> Chain {
         let mut seed = Token::default();
         rand::thread_rng().fill_bytes(&mut seed);
         // Values from the seed (proving start + CHAIN_LEN) back to the tip.
@@ -123,7 +123,7 @@ impl Chain {
     }
 
     /// The anchor to sign.
-    pub fn anchor(&self) -> Anchor {
+    pub(crate) fn anchor(&self) -> Anchor {
         Anchor {
             start: self.start,
             tip: self.kept[0],
@@ -131,7 +131,7 @@ impl Chain {
     }
 
     /// The proof of counter `beat`, if this chain covers it.
-    pub fn prove(&self, beat: u64) -> Option<Proved> {
+    pub(crate) fn prove(&self, beat: u64) -> Option<Proved> {
         if !self.anchor().covers(beat) {
             return None;
         }

@@ -92,8 +92,7 @@ pub(crate) fn fan_out(
         if to.is_some_and(|p| !crate::channel_name::matches(p, &slot.id)) {
             return;
         }
-        match crate::event_loop::messaging::deliver(shared, slot, from, payload.clone(), Corr::None)
-        {
+        match crate::delivery::local::deliver(shared, slot, from, payload.clone(), Corr::None) {
             Ok(()) => out.peers += 1,
             Err(_) => out.missed += 1,
         }

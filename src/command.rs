@@ -105,7 +105,7 @@ pub(crate) enum Command {
         shown: String,
         reply: oneshot::Sender<Result<PeerId>>,
     },
-    Send(crate::event_loop::PendingSend),
+    Send(crate::core::send::PendingSend),
     Find {
         id: String,
         reply: oneshot::Sender<Result<Location>>,
@@ -145,7 +145,7 @@ pub(crate) enum Command {
     /// Where a local peer's registration stands (`Peer::registered`).
     Registration {
         id: String,
-        reply: oneshot::Sender<crate::event_loop::ownership::RegStatus>,
+        reply: oneshot::Sender<RegStatus>,
     },
     CachedLocation {
         id: String,
@@ -154,4 +154,17 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// Where a local peer's registration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegStatus {
+    /// Every holder resolves the id to this host.
+    Registered,
+    /// Not yet (not sent, in flight, or contested).
+    Pending,
+    /// Another live host holds the id.
+    Lost(PeerId),
+    /// The peer is not on this host.
+    Removed,
 }

@@ -119,7 +119,7 @@ struct Holding {
 /// Entries this host holds for others (and for itself), bounded in count.
 #[derive(Debug)]
 pub(crate) struct DirectoryStore {
-    entries: HashMap<Arc<str>, Holding, ahash::RandomState>,
+    entries: HashMap<Arc<str>, Holding, foldhash::fast::RandomState>,
     hosts: Vec<PeerId>,
     /// Entries held per host (by interned index): the per-host quota.
     counts: Vec<usize>,
@@ -130,7 +130,7 @@ pub(crate) struct DirectoryStore {
 }
 
 impl DirectoryStore {
-    pub fn new(max_entries: usize, max_per_host: usize) -> Self {
+    pub(crate) fn new(max_entries: usize, max_per_host: usize) -> Self {
         DirectoryStore {
             entries: HashMap::default(),
             hosts: Vec::new(),
@@ -165,7 +165,7 @@ impl DirectoryStore {
 
     /// Applies `ops` made by `host` in epoch `epoch`; returns the
     /// registrations refused.
-    pub fn apply(&mut self, host: PeerId, epoch: u64, ops: Vec<DirOp>) -> Applied {
+    pub(crate) fn apply(&mut self, host: PeerId, epoch: u64, ops: Vec<DirOp>) -> Applied {
         let h = self.intern(host);
         let mut out = Applied::default();
         for op in ops {
@@ -207,20 +207,20 @@ impl DirectoryStore {
     }
 
     /// Keeps only the entries for which `keep(id)` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.entries.retain(|id, _| keep(id));
         self.recount();
     }
 
     /// The host an id lives on, if this store holds it.
-    pub fn lookup(&self, id: &str) -> Option<PeerId> {
+    pub(crate) fn lookup(&self, id: &str) -> Option<PeerId> {
         let e = self.entries.get(id)?;
         self.hosts.get(e.host as usize).copied()
     }
 
     /// Drops every entry of `host` whose epoch is older than `epoch`
     /// (`u64::MAX` drops them all).
-    pub fn drop_host(&mut self, host: &PeerId, before_epoch: u64) {
+    pub(crate) fn drop_host(&mut self, host: &PeerId, before_epoch: u64) {
         let Some(&h) = self.host_index.get(host) else {
             return;
         };
@@ -229,13 +229,13 @@ impl DirectoryStore {
         self.counts[h as usize] = self.entries.values().filter(|e| e.host == h).count();
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Registrations refused because the store, or the registering host's
     /// share of it, was full.
-    pub fn refused(&self) -> u64 {
+    pub(crate) fn refused(&self) -> u64 {
         self.refused
     }
 }

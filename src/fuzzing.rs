@@ -59,7 +59,7 @@ pub fn delivery(data: &[u8]) {
 
 /// A channel frame from gossipsub.
 pub fn channel(data: &[u8]) {
-    crate::event_loop::fuzz_channel_frame(data);
+    round_trip::<crate::protocol::ChannelFrame>(data);
 }
 
 /// A membership record from gossip or a join, checked as a host checks it

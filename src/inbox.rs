@@ -46,7 +46,7 @@ pub(crate) struct PeerSlot {
 }
 
 impl PeerSlot {
-    pub fn new(id: &str, capacity: usize) -> Self {
+    pub(crate) fn new(id: &str, capacity: usize) -> Self {
         PeerSlot {
             id: id.into(),
             key: key_of(id.as_bytes()),
@@ -59,7 +59,7 @@ impl PeerSlot {
     }
 
     /// Puts a message in the inbox, or says why it cannot.
-    pub fn push(&self, msg: Message) -> Result<(), PushError> {
+    pub(crate) fn push(&self, msg: Message) -> Result<(), PushError> {
         if self.removed.load(Ordering::Acquire) {
             return Err(PushError::Removed);
         }
@@ -77,7 +77,7 @@ impl PeerSlot {
     }
 
     /// Takes the next message; `Ready(None)` once the peer is removed and drained.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         if let Some(m) = self.try_recv() {
             return Poll::Ready(Some(m));
         }
@@ -92,7 +92,7 @@ impl PeerSlot {
     }
 
     /// Takes the next message if one waits.
-    pub fn try_recv(&self) -> Option<Message> {
+    pub(crate) fn try_recv(&self) -> Option<Message> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let m = q.pop_front();
         if q.is_empty() && q.capacity() > 64 {
@@ -103,16 +103,16 @@ impl PeerSlot {
     }
 
     /// Number of messages waiting.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub fn mark_removed(&self) {
+    pub(crate) fn mark_removed(&self) {
         self.removed.store(true, Ordering::Release);
         self.waker.wake();
     }
 
-    pub fn is_removed(&self) -> bool {
+    pub(crate) fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
     }
 }
@@ -141,37 +141,38 @@ impl Eq for Entry {}
 /// The peers living on this host, shared by the handles and the event loop.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    // ahash: keyed (ids come from users and remote hosts) and several times
-    // cheaper than SipHash, which dominated creating a million peers.
-    peers: RwLock<HashSet<Entry, ahash::RandomState>>,
+    // foldhash, seeded per map (ids come from users and remote hosts), and
+    // several times cheaper than SipHash, which dominated creating a
+    // million peers.
+    peers: RwLock<HashSet<Entry, foldhash::fast::RandomState>>,
 }
 
 impl Registry {
     /// Inserts a new slot; `false` if the id is taken.
-    pub fn insert(&self, slot: Arc<PeerSlot>) -> bool {
+    pub(crate) fn insert(&self, slot: Arc<PeerSlot>) -> bool {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         peers.insert(Entry(slot))
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<PeerSlot>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<PeerSlot>> {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         peers.get(id).map(|e| e.0.clone())
     }
 
     /// Removes the slot for `id` and marks it removed.
-    pub fn remove(&self, id: &str) -> Option<Arc<PeerSlot>> {
+    pub(crate) fn remove(&self, id: &str) -> Option<Arc<PeerSlot>> {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         let slot = peers.take(id).map(|e| e.0)?;
         slot.mark_removed();
         Some(slot)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Calls `f` with the id and key of every local peer.
-    pub fn for_each(&self, mut f: impl FnMut(&Arc<str>, u64)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<str>, u64)) {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         for e in peers.iter() {
             f(&e.0.id, e.0.key);
@@ -180,7 +181,7 @@ impl Registry {
 
     /// Calls `f` with every local peer's slot (under the read lock: `f`
     /// must not create or remove peers).
-    pub fn for_each_slot(&self, mut f: impl FnMut(&PeerSlot)) {
+    pub(crate) fn for_each_slot(&self, mut f: impl FnMut(&PeerSlot)) {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         for e in peers.iter() {
             f(&e.0);
@@ -188,7 +189,7 @@ impl Registry {
     }
 
     /// Removes every peer (on close).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         for e in peers.drain() {
             e.0.mark_removed();

@@ -48,7 +48,7 @@ pub(crate) struct HostRecord {
 
 impl HostRecord {
     /// Signs the record with the host's key.
-    pub fn sign(&self, key: &Keypair) -> Option<SignedRecord> {
+    pub(crate) fn sign(&self, key: &Keypair) -> Option<SignedRecord> {
         let record = postcard::to_allocvec(self).ok()?;
         let signature = key.sign(&record).ok()?;
         Some(SignedRecord { record, signature })
@@ -202,7 +202,7 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    pub fn new(local: PeerId) -> Self {
+    pub(crate) fn new(local: PeerId) -> Self {
         Membership {
             local,
             members: Default::default(),
@@ -243,17 +243,17 @@ impl Membership {
     }
 
     /// Changes whenever the set of live hosts changes.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version
     }
 
     /// Changes whenever the live hosts or their records change.
-    pub fn records_version(&self) -> u64 {
+    pub(crate) fn records_version(&self) -> u64 {
         self.records_version
     }
 
     /// Applies a verified record of another host.
-    pub fn apply(&mut self, v: &Verified, now: Instant, tombstone_for: Duration) -> Change {
+    pub(crate) fn apply(&mut self, v: &Verified, now: Instant, tombstone_for: Duration) -> Change {
         if v.host == self.local {
             return Change::None;
         }
@@ -326,7 +326,7 @@ impl Membership {
     /// Takes heartbeat counter `proved` of incarnation `epoch` of `host`; a
     /// proved counter higher than the one held renews the host's lease.
     /// Returns whether it did.
-    pub fn heard(
+    pub(crate) fn heard(
         &mut self,
         host: &PeerId,
         epoch: u64,
@@ -344,7 +344,7 @@ impl Membership {
     /// that side's record of the host is older than ours, returns ours (and
     /// our counter) for it; else renews the lease if the counter rose. One
     /// key lookup and one member lookup per entry: digests list every host.
-    pub fn merge_beat(
+    pub(crate) fn merge_beat(
         &mut self,
         b: &Beat,
         now: Instant,
@@ -379,7 +379,7 @@ impl Membership {
     /// record version (this host's own is `own_epoch`, `own_seq`). Two
     /// hosts with the same view can swap compact digests: counters only,
     /// in key order. Recomputed only after a change.
-    pub fn view(&mut self, own_epoch: u64, own_seq: u64) -> u64 {
+    pub(crate) fn view(&mut self, own_epoch: u64, own_seq: u64) -> u64 {
         if let Some((rv, e, s, fp)) = self.view {
             if (rv, e, s) == (self.records_version, own_epoch, own_seq) {
                 return fp;
@@ -412,7 +412,7 @@ impl Membership {
 
     /// The heartbeat counters of every live host in key order (this host's
     /// own is `own_beat`): the body of a compact digest.
-    pub fn counters(&mut self, own: Proved) -> Vec<Proved> {
+    pub(crate) fn counters(&mut self, own: Proved) -> Vec<Proved> {
         let local = self.local;
         self.sort_keys();
         self.sorted
@@ -434,7 +434,12 @@ impl Membership {
     /// [`Self::merge_counters`] returned at a host with the same view): renews the lease of every host whose counter
     /// rose. `false` (the rest not taken) at a position out of range or
     /// out of order.
-    pub fn merge_newer(&mut self, newer: &[(u32, Proved)], now: Instant, budget: &mut u64) -> bool {
+    pub(crate) fn merge_newer(
+        &mut self,
+        newer: &[(u32, Proved)],
+        now: Instant,
+        budget: &mut u64,
+    ) -> bool {
         let local = self.local;
         self.sort_keys();
         let mut next = 0;
@@ -460,7 +465,7 @@ impl Membership {
     /// this host has higher (`own` is this host's), by position in key
     /// order: the answer to that digest. `None` (nothing taken) if it does
     /// not list every live host.
-    pub fn merge_counters(
+    pub(crate) fn merge_counters(
         &mut self,
         counters: &[Proved],
         own: Proved,
@@ -505,7 +510,7 @@ impl Membership {
     /// (512 hosts registering a million peers on two cores) let leases
     /// lapse everywhere, and the moves of directory entries that follow
     /// loaded the network further.
-    pub fn excuse(&mut self, late: Duration, now: Instant) {
+    pub(crate) fn excuse(&mut self, late: Duration, now: Instant) {
         for m in self.members.values_mut() {
             m.last_heard = (m.last_heard + late).min(now);
         }
@@ -513,7 +518,7 @@ impl Membership {
 
     /// Removes hosts not heard of for `lease`; returns them.
     /// Hosts whose counter has not risen for `after`.
-    pub fn silent(&self, now: Instant, after: Duration) -> Vec<PeerId> {
+    pub(crate) fn silent(&self, now: Instant, after: Duration) -> Vec<PeerId> {
         self.members
             .iter()
             .filter(|(_, m)| now.duration_since(m.last_heard) > after)
@@ -522,7 +527,7 @@ impl Membership {
     }
 
     /// Drops `host` (no longer admitted); whether it was a member.
-    pub fn remove(&mut self, host: &PeerId) -> bool {
+    pub(crate) fn remove(&mut self, host: &PeerId) -> bool {
         let was = self.members.swap_remove(host).is_some();
         if was {
             self.unindex(&[*host]);
@@ -530,7 +535,7 @@ impl Membership {
         was
     }
 
-    pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<Lapsed> {
+    pub(crate) fn expire(&mut self, now: Instant, lease: Duration) -> Vec<Lapsed> {
         let gone: Vec<Lapsed> = self
             .members
             .iter()
@@ -552,12 +557,12 @@ impl Membership {
     }
 
     /// Keys of every live host, this one included.
-    pub fn keys(&self) -> &[(u64, PeerId)] {
+    pub(crate) fn keys(&self) -> &[(u64, PeerId)] {
         &self.keys
     }
 
     /// Whether `record` of `host` is not newer than what this table holds.
-    pub fn knows(&self, host: &PeerId, record: &HostRecord) -> bool {
+    pub(crate) fn knows(&self, host: &PeerId, record: &HostRecord) -> bool {
         if *host == self.local {
             return true;
         }
@@ -571,31 +576,31 @@ impl Membership {
             .is_some_and(|m| (record.epoch, record.seq) <= (m.epoch, m.seq))
     }
 
-    pub fn get(&self, host: &PeerId) -> Option<&Member> {
+    pub(crate) fn get(&self, host: &PeerId) -> Option<&Member> {
         self.members.get(host)
     }
 
-    pub fn contains(&self, host: &PeerId) -> bool {
+    pub(crate) fn contains(&self, host: &PeerId) -> bool {
         *host == self.local || self.members.contains_key(host)
     }
 
     /// Other live hosts.
-    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &Member)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&PeerId, &Member)> {
         self.members.iter()
     }
 
     /// Number of live hosts, this one included.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.members.len() + 1
     }
 
     /// Signed records of every other live host.
-    pub fn records(&self) -> Vec<SignedRecord> {
+    pub(crate) fn records(&self) -> Vec<SignedRecord> {
         self.members.values().map(|m| m.signed.clone()).collect()
     }
 
     /// The liveness digest of every other live host.
-    pub fn digest(&self) -> impl Iterator<Item = Beat> + '_ {
+    pub(crate) fn digest(&self) -> impl Iterator<Item = Beat> + '_ {
         self.keys[1..].iter().filter_map(|(key, h)| {
             self.members.get(h).map(|m| Beat {
                 key: *key,

@@ -13,8 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     broadcast::BroadcastReport,
     command::Command,
+    command::RegStatus,
+    core::send::PendingSend,
+    delivery::local::push_local,
     error::{Error, Result},
-    event_loop::{messaging::push_local, ownership::RegStatus, PendingSend},
     host::{validate_id, Host},
     inbox::PeerSlot,
     message::{Message, Payload},

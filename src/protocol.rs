@@ -367,14 +367,14 @@ fn one_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Response>, D:
 /// Counters of rejected inbound frames and refused inbound streams, shared
 /// by all codec instances and stream acceptors of a host.
 #[derive(Debug, Default)]
-pub struct WireStats {
+pub(crate) struct WireStats {
     rejected: AtomicU64,
     refused_streams: AtomicU64,
 }
 
 impl WireStats {
     /// Frames rejected because they were too large or malformed.
-    pub fn rejected_frames(&self) -> u64 {
+    pub(crate) fn rejected_frames(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
 
@@ -385,7 +385,7 @@ impl WireStats {
     /// Inbound streams refused because their host already held as many of
     /// that kind as this host serves at once, or because they came faster
     /// than the acceptor took them.
-    pub fn refused_streams(&self) -> u64 {
+    pub(crate) fn refused_streams(&self) -> u64 {
         self.refused_streams.load(Ordering::Relaxed)
     }
 
@@ -558,6 +558,17 @@ impl libp2p::request_response::Codec for Codec {
     {
         self.write_frame(io, &res).await
     }
+}
+
+/// What a channel publish carries on the wire: one or more payloads
+/// published in this order on the same channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChannelFrame {
+    /// Makes each frame's gossip message id unique.
+    pub nonce: u64,
+    /// The channel (its topic is shared with other channels).
+    pub channel: String,
+    pub payloads: Vec<Payload>,
 }
 
 #[cfg(test)]

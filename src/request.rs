@@ -73,7 +73,7 @@ struct Waiting {
 /// The requests of this host's peers that wait for their replies.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
-    waiting: Mutex<HashMap<u64, Waiting, ahash::RandomState>>,
+    waiting: Mutex<HashMap<u64, Waiting, foldhash::fast::RandomState>>,
 }
 
 /// Ids are random below 2^52: exact as JavaScript numbers (the client
@@ -95,7 +95,7 @@ impl Requests {
     /// Opens a request of `requester` to `responder`; the entry goes when
     /// the returned guard drops (answered, timed out, or the caller gave
     /// up), so nothing outlives its waiter.
-    pub fn open(
+    pub(crate) fn open(
         self: &Arc<Self>,
         requester: &Arc<str>,
         responder: &str,
@@ -126,7 +126,7 @@ impl Requests {
 
     /// Takes the request a reply from `from` to `to` answers: `to` must be
     /// the peer that asked and `from` the one it asked.
-    pub fn take(&self, id: u64, to: &str, from: &str) -> Result<Answer, Unmatched> {
+    pub(crate) fn take(&self, id: u64, to: &str, from: &str) -> Result<Answer, Unmatched> {
         let mut waiting = self.lock();
         let matches = waiting
             .get(&id)
@@ -148,7 +148,9 @@ impl Requests {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting, ahash::RandomState>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting, foldhash::fast::RandomState>> {
         // The map is consistent between calls: a panic elsewhere while it
         // was held cannot leave a half-made entry.
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
@@ -162,13 +164,13 @@ pub(crate) struct Answer(oneshot::Sender<Message>);
 impl Answer {
     /// Whether the requester still waits (it may give up at any instant;
     /// checked so that a reply it no longer takes is counted once).
-    pub fn is_waiting(&self) -> bool {
+    pub(crate) fn is_waiting(&self) -> bool {
         !self.0.is_closed()
     }
 
     /// Hands the reply over; fails if the waiter gave up at this instant
     /// (it has its timeout already).
-    pub fn send(self, reply: Message) -> Result<(), Unmatched> {
+    pub(crate) fn send(self, reply: Message) -> Result<(), Unmatched> {
         self.0.send(reply).map_err(|_| Unmatched::NoRequest)
     }
 }
@@ -182,7 +184,7 @@ pub(crate) struct Open {
 
 impl Open {
     /// The request's correlation id.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 }

@@ -23,8 +23,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
+    core::send::PendingSend,
     delivery::outbound::{LinkHandle, Refused},
-    event_loop::PendingSend,
 };
 
 /// The sending side of a local peer.

@@ -199,7 +199,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(local: PeerId, config: HostConfig, wire: Arc<WireStats>) -> Self {
+    pub(crate) fn new(local: PeerId, config: HostConfig, wire: Arc<WireStats>) -> Self {
         // Nanoseconds: two starts of one identity within a clock tick
         // cannot share an epoch.
         let clock = std::time::SystemTime::now()
@@ -226,14 +226,14 @@ impl Shared {
     }
 
     /// Whether `host` is a live member, as the event loop last saw it.
-    pub fn is_member(&self, host: &PeerId) -> bool {
+    pub(crate) fn is_member(&self, host: &PeerId) -> bool {
         self.members
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(host)
     }
 
-    pub fn config(&self) -> HostConfig {
+    pub(crate) fn config(&self) -> HostConfig {
         self.config
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -241,13 +241,13 @@ impl Shared {
     }
 
     /// Reads one field of the configuration without cloning it all.
-    pub fn with_config<T>(&self, f: impl FnOnce(&HostConfig) -> T) -> T {
+    pub(crate) fn with_config<T>(&self, f: impl FnOnce(&HostConfig) -> T) -> T {
         f(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Queues a directory change; wakes the loop only for the first one,
     /// since a flush takes everything queued.
-    pub fn push_change(&self, change: Change) {
+    pub(crate) fn push_change(&self, change: Change) {
         let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let first = changes.is_empty();
         changes.push(change);
@@ -257,16 +257,16 @@ impl Shared {
         }
     }
 
-    pub fn take_changes(&self) -> Vec<Change> {
+    pub(crate) fn take_changes(&self) -> Vec<Change> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Marks the host closed; returns whether it was already.
-    pub fn mark_closed(&self) -> bool {
+    pub(crate) fn mark_closed(&self) -> bool {
         let was = self.closed.swap(true, Ordering::AcqRel);
         self.publish_lane.close();
         self.closing.notify_waiters();
@@ -275,7 +275,7 @@ impl Shared {
 
     /// Resolves once the host is closed.
     #[cfg(feature = "gateway")]
-    pub async fn until_closed(&self) {
+    pub(crate) async fn until_closed(&self) {
         loop {
             // Registered before the check, so a close between the check and
             // the wait still wakes it.
@@ -289,7 +289,7 @@ impl Shared {
         }
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let c = &self.counters;
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
@@ -429,7 +429,7 @@ pub(crate) struct LatencyRecorder {
 }
 
 impl LatencyRecorder {
-    pub fn record(&self, d: Duration) {
+    pub(crate) fn record(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);

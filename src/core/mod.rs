@@ -5,8 +5,12 @@
 //! - `outbox`: a queue per destination with one batch in flight, retry
 //!   rests and a cap over all destinations (directory operations, direct
 //!   messages and relayed requests all use it);
+//! - `batch_memory`: which delivery batches a receiver has seen;
+//! - `send`: a direct message on its way;
 //! - `registration`: which holders get which directory operations, when,
 //!   and what a membership change moves.
 
+pub(crate) mod batch_memory;
 pub(crate) mod outbox;
 pub(crate) mod registration;
+pub(crate) mod send;

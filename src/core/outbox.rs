@@ -22,13 +22,13 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// No rest: a failed batch may go again at once.
-    pub const NONE: Backoff = Backoff {
+    pub(crate) const NONE: Backoff = Backoff {
         first: Duration::ZERO,
         max: Duration::ZERO,
     };
 
     /// The rest after `failures` failures in a row (at least one).
-    pub fn after(&self, failures: u32) -> Duration {
+    pub(crate) fn after(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(16);
         self.first
             .checked_mul(1u32 << doublings)
@@ -71,12 +71,12 @@ impl<T> Default for Queue<T> {
 
 impl<T: Weigh> Queue<T> {
     /// The items waiting, oldest first.
-    pub fn items(&self) -> impl ExactSizeIterator<Item = &T> {
+    pub(crate) fn items(&self) -> impl ExactSizeIterator<Item = &T> {
         self.items.iter()
     }
 
     /// Bytes of the items waiting.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
@@ -130,7 +130,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Default for Outbox<K, T> {
 impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     /// An outbox whose destinations rest after failures as `backoff` says,
     /// with at most `cap` batches out at once.
-    pub fn new(backoff: Backoff, cap: usize) -> Self {
+    pub(crate) fn new(backoff: Backoff, cap: usize) -> Self {
         Outbox {
             queues: Default::default(),
             backoff,
@@ -142,7 +142,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
 
     /// Queues `item` for `dest`; whether the queue was empty before (the
     /// caller then has a destination to flush).
-    pub fn push(&mut self, dest: K, item: T) -> bool {
+    pub(crate) fn push(&mut self, dest: K, item: T) -> bool {
         let q = self.queues.entry(dest).or_default();
         q.bytes += item.weight();
         q.items.push_back(item);
@@ -150,7 +150,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     }
 
     /// Queues `items` for `dest`, in order.
-    pub fn extend(&mut self, dest: K, items: impl IntoIterator<Item = T>) {
+    pub(crate) fn extend(&mut self, dest: K, items: impl IntoIterator<Item = T>) {
         let q = self.queues.entry(dest).or_default();
         for item in items {
             q.bytes += item.weight();
@@ -160,7 +160,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
 
     /// Puts `items` back at the front of `dest`'s queue, in their order
     /// (they go before anything queued since they were taken).
-    pub fn put_back(&mut self, dest: K, items: impl DoubleEndedIterator<Item = T>) {
+    pub(crate) fn put_back(&mut self, dest: K, items: impl DoubleEndedIterator<Item = T>) {
         let q = self.queues.entry(dest).or_default();
         for item in items.rev() {
             q.push_front(item);
@@ -168,13 +168,13 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     }
 
     /// `dest`'s queue, if it has one.
-    pub fn get(&self, dest: &K) -> Option<&Queue<T>> {
+    pub(crate) fn get(&self, dest: &K) -> Option<&Queue<T>> {
         self.queues.get(dest)
     }
 
     /// Whether a batch for `dest` could go now (none out, something
     /// waiting, its rest over), leaving the cap aside.
-    pub fn may_send(&self, dest: &K, now: Instant) -> bool {
+    pub(crate) fn may_send(&self, dest: &K, now: Instant) -> bool {
         self.queues.get(dest).is_some_and(|q| q.may_send(now))
     }
 
@@ -182,7 +182,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     /// items from the front while `pick` takes them (the first is always
     /// offered; a batch that ends empty is not sent). The queue then
     /// counts as in flight until [`Outbox::done`] or [`Outbox::failed`].
-    pub fn take(
+    pub(crate) fn take(
         &mut self,
         dest: &K,
         now: Instant,
@@ -224,7 +224,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
 
     /// The batch out to `dest` arrived: the queue may send again at once.
     /// An emptied queue is forgotten.
-    pub fn done(&mut self, dest: &K) {
+    pub(crate) fn done(&mut self, dest: &K) {
         self.settle(dest);
         if let Some(q) = self.queues.get_mut(dest) {
             q.failures = 0;
@@ -237,7 +237,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     /// The batch out to `dest` failed: its `items` go back to the front
     /// and the queue rests (longer after each failure in a row); when the
     /// rest ends is returned.
-    pub fn failed(&mut self, dest: K, now: Instant, items: Vec<T>) -> Instant {
+    pub(crate) fn failed(&mut self, dest: K, now: Instant, items: Vec<T>) -> Instant {
         self.settle(&dest);
         self.put_back(dest, items.into_iter());
         let backoff = self.backoff;
@@ -259,7 +259,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
 
     /// Destinations that may send now: their rest is over, none is out,
     /// and something waits (all of them may be held back by the cap again).
-    pub fn ready(&mut self, now: Instant) -> Vec<K> {
+    pub(crate) fn ready(&mut self, now: Instant) -> Vec<K> {
         self.held = false;
         self.queues
             .iter()
@@ -269,12 +269,12 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     }
 
     /// Whether a batch was held back by the cap since the last [`Outbox::ready`].
-    pub fn held(&self) -> bool {
+    pub(crate) fn held(&self) -> bool {
         self.held
     }
 
     /// Forgets `dest`'s queue (a batch out stays counted until its outcome).
-    pub fn remove(&mut self, dest: &K) -> Option<VecDeque<T>> {
+    pub(crate) fn remove(&mut self, dest: &K) -> Option<VecDeque<T>> {
         let q = self.queues.remove(dest)?;
         if q.in_flight {
             // Its outcome will not find the queue: count the slot free now.
@@ -284,7 +284,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
     }
 
     /// Every destination's queue, emptied (on close).
-    pub fn drain(&mut self) -> impl Iterator<Item = (K, VecDeque<T>)> + '_ {
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (K, VecDeque<T>)> + '_ {
         self.out = 0;
         self.queues.drain().map(|(k, q)| (k, q.items))
     }

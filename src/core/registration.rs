@@ -76,7 +76,7 @@ pub(crate) struct Registration {
 
 impl Registration {
     /// The state of a host whose membership has `keys`.
-    pub fn new(local: PeerId, replication: usize, keys: &[(u64, PeerId)]) -> Self {
+    pub(crate) fn new(local: PeerId, replication: usize, keys: &[(u64, PeerId)]) -> Self {
         Registration {
             local,
             replication: replication.max(1),
@@ -97,7 +97,7 @@ impl Registration {
 
     /// Whether local changes must gather a little longer (until
     /// [`DIR_GATHER`] after the last publish); the loop calls again soon.
-    pub fn gathering(&self, now: Instant) -> bool {
+    pub(crate) fn gathering(&self, now: Instant) -> bool {
         self.last_publish
             .is_some_and(|t| now.saturating_duration_since(t) < DIR_GATHER)
     }
@@ -106,7 +106,7 @@ impl Registration {
     /// closest of `keys` to each id's key). Each holder's operations are
     /// appended to its queue once: no host id is hashed or copied per
     /// operation.
-    pub fn publish(
+    pub(crate) fn publish(
         &mut self,
         now: Instant,
         changes: Vec<Change>,
@@ -141,7 +141,13 @@ impl Registration {
 
     /// Gives `holder` these operations: applied here if it is this host,
     /// else queued behind what waits for it and sent when it may.
-    pub fn send(&mut self, now: Instant, holder: PeerId, ops: Vec<DirOp>, out: &mut Vec<DirSend>) {
+    pub(crate) fn send(
+        &mut self,
+        now: Instant,
+        holder: PeerId,
+        ops: Vec<DirOp>,
+        out: &mut Vec<DirSend>,
+    ) {
         if holder == self.local {
             out.push(DirSend::Here(ops));
         } else {
@@ -167,7 +173,7 @@ impl Registration {
     /// go again after a rest while `holder` is still a member, and are
     /// dropped if it is not (its entries move to other holders by
     /// [`Registration::rebalance`]).
-    pub fn on_result(
+    pub(crate) fn on_result(
         &mut self,
         now: Instant,
         holder: PeerId,
@@ -199,7 +205,7 @@ impl Registration {
 
     /// Sends the batches whose rest is over; queues of holders that left
     /// are dropped.
-    pub fn retry(
+    pub(crate) fn retry(
         &mut self,
         now: Instant,
         is_member: impl Fn(&PeerId) -> bool,
@@ -215,7 +221,7 @@ impl Registration {
     }
 
     /// `holder` left: what waited for it is dropped.
-    pub fn forget(&mut self, holder: &PeerId) {
+    pub(crate) fn forget(&mut self, holder: &PeerId) {
         self.queues.remove(holder);
     }
 
@@ -225,7 +231,7 @@ impl Registration {
     /// this host holds after `settle` (time for the owners of entries to
     /// register with their new holders: they learn of the change by the
     /// same gossip). Cheap when nothing changed.
-    pub fn rebalance(
+    pub(crate) fn rebalance(
         &mut self,
         now: Instant,
         version: u64,
@@ -264,7 +270,7 @@ impl Registration {
 
     /// A holder dropped this host's entries (a false lapse): registers
     /// with it again every local peer it is among the closest hosts for.
-    pub fn resync(
+    pub(crate) fn resync(
         &mut self,
         now: Instant,
         holder: PeerId,
@@ -291,7 +297,7 @@ impl Registration {
 
     /// Once the membership has settled after a change: drops the entries
     /// of `store` whose closest hosts no longer include this one; how many.
-    pub fn trim(
+    pub(crate) fn trim(
         &mut self,
         now: Instant,
         keys: &[(u64, PeerId)],

@@ -21,7 +21,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{outbound::bounded, TaskContext, TaskEvent};
 use crate::{
-    event_loop::messaging::{deliver_envs, BatchMemory, Seen},
+    core::batch_memory::{BatchMemory, Seen},
+    delivery::local::deliver_envs,
     message::Payload,
     protocol::{decode_counted, read_frame_body, write_frame, StreamAcks, StreamBatchIn},
 };

@@ -17,6 +17,7 @@
 //! oldest first, and is routed again.
 
 pub(crate) mod inbound;
+pub(crate) mod local;
 pub(crate) mod outbound;
 pub(crate) mod streams;
 
@@ -25,7 +26,7 @@ use std::sync::{atomic::AtomicU64, Arc};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use crate::{event_loop::PendingSend, shared::Shared};
+use crate::{core::send::PendingSend, shared::Shared};
 
 /// Batches one link task keeps in flight on its stream.
 pub(crate) const WINDOW: usize = 4;

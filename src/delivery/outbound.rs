@@ -32,11 +32,9 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::{TaskContext, TaskEvent, WINDOW};
 use crate::{
+    core::send::PendingSend,
+    delivery::local::{finish, no_request},
     error::Error,
-    event_loop::{
-        messaging::{finish, no_request},
-        PendingSend,
-    },
     protocol::{read_frame, write_frame, Ack, StreamAcks, StreamBatchRef},
     shared::bump,
 };

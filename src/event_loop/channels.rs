@@ -23,7 +23,6 @@ use std::{
 };
 
 use libp2p::{gossipsub, PeerId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
 
 use super::EventLoop;
@@ -32,28 +31,12 @@ use crate::{
     command::SubSink,
     error::{Error, Result},
     message::{ChannelMessage, Payload},
+    protocol::ChannelFrame,
     shared::bump,
 };
 
 /// How long to wait before redialling a subscriber host.
 const REDIAL: Duration = Duration::from_secs(1);
-
-/// What a channel publish carries on the wire: one or more payloads
-/// published in this order on the same channel.
-#[derive(Debug, Serialize, Deserialize)]
-struct ChannelFrame {
-    /// Makes each frame's gossip message id unique.
-    nonce: u64,
-    /// The channel (its topic is shared with other channels).
-    channel: String,
-    payloads: Vec<Payload>,
-}
-
-/// The channel frame decoder, for its fuzz target.
-#[cfg(any(feature = "fuzzing", test))]
-pub(crate) fn fuzz_frame(data: &[u8]) {
-    crate::fuzzing::round_trip::<ChannelFrame>(data);
-}
 
 /// A publish waiting for the mesh, for queue room, or to be batched.
 #[derive(Debug)]
@@ -430,7 +413,7 @@ impl EventLoop {
 mod tests {
     use proptest::{collection::vec, prelude::*};
 
-    use super::ChannelFrame;
+    use crate::protocol::ChannelFrame;
     use crate::protocol::{decode_frame, encode_frame};
 
     proptest! {

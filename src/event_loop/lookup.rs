@@ -6,9 +6,10 @@ use std::{collections::VecDeque, sync::Arc};
 use libp2p::{request_response::OutboundFailure, PeerId};
 use tokio::sync::oneshot;
 
-use super::{messaging::PendingSend, EventLoop, Pending};
+use super::{EventLoop, Pending};
 use crate::{
     command::Location,
+    core::send::PendingSend,
     directory::{closest, key_of},
     error::{Error, Result},
     protocol::{Request, Response, WireLocation},

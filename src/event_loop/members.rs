@@ -146,13 +146,13 @@ pub(crate) struct Closing {
 
 impl JoinState {
     /// Whether this join goes through `host`.
-    pub fn is_with(&self, host: &PeerId) -> bool {
+    pub(super) fn is_with(&self, host: &PeerId) -> bool {
         self.peer.as_ref() == Some(host)
     }
 }
 
 impl Closing {
-    pub fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.outstanding == 0
     }
 }

@@ -20,28 +20,25 @@
 //! one it carried sends that) is refused.
 
 use std::{
-    collections::VecDeque,
     sync::atomic::Ordering,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use libp2p::{request_response::OutboundFailure, PeerId};
-use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
+pub(crate) use crate::core::send::PendingSend;
 use crate::{
-    core::outbox::{Pick, Weigh},
+    core::{batch_memory::Seen, outbox::Pick},
     delivery::{
+        local::{deliver_envs, finish, no_request, push_local},
         outbound::{LinkHandle, Refused},
         TaskEvent,
     },
     error::{Error, Result},
-    inbox::{PeerSlot, PushError},
-    message::{Message, Payload},
     protocol::{Ack, Envelope, Request, Response},
-    request::{Corr, Unmatched},
-    shared::{bump, count_failure, Shared},
+    shared::bump,
 };
 
 /// Bytes kept free in a batch frame for the envelope framing itself.
@@ -52,225 +49,6 @@ const RESENDS: u8 = 2;
 const STREAM_BACKOFF: Duration = Duration::from_secs(1);
 /// Times a send may come back from link tasks before it fails.
 const HANDED_BACK: u8 = 4;
-/// Sending hosts whose last batches are remembered.
-pub(crate) const REMEMBERED_SENDERS: std::num::NonZeroUsize =
-    match std::num::NonZeroUsize::new(4096) {
-        Some(n) => n,
-        None => unreachable!(),
-    };
-
-/// A send waiting for its outcome.
-#[derive(Debug)]
-pub(crate) struct PendingSend {
-    pub env: Envelope,
-    pub reply: oneshot::Sender<Result<()>>,
-    /// The host that answered "unknown peer" for this send already (boxed:
-    /// sends are moved between queues often, and a host id is 80 bytes).
-    pub refused_by: Option<Box<PeerId>>,
-    /// Times a link task handed this send back undelivered.
-    pub handed_back: u8,
-    /// The batch a link task wrote this send in before its stream broke:
-    /// the send goes again in that batch, with the same sends in the same
-    /// order, so that a receiver that had it answers from memory instead
-    /// of delivering it twice.
-    pub batch: Option<u64>,
-    /// Counts the send as in the loop's hands for its sender's direct lane
-    /// until it is handed to a link task (see [`crate::send_lane`]).
-    pub ticket: Option<crate::send_lane::LoopTicket>,
-}
-
-impl PendingSend {
-    pub fn new(env: Envelope, reply: oneshot::Sender<Result<()>>) -> Self {
-        PendingSend {
-            env,
-            reply,
-            refused_by: None,
-            handed_back: 0,
-            batch: None,
-            ticket: None,
-        }
-    }
-
-    /// About the bytes the envelope takes in a batch frame.
-    pub fn wire_size(&self) -> usize {
-        self.env.payload.len() + self.env.from.len() + self.env.to.len() + 16
-    }
-}
-
-impl Weigh for PendingSend {
-    fn weight(&self) -> usize {
-        self.wire_size()
-    }
-}
-
-/// What a receiver knows of a sending host's delivery batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Seen {
-    /// Not seen before: deliver it.
-    New,
-    /// Delivered already (a resend, on a new stream or as a request): its
-    /// acks, to answer from memory.
-    Again(Vec<Ack>),
-    /// Older than every remembered batch of that host, whose memory is
-    /// full: it may have been delivered and forgotten, so it is refused (a
-    /// relay replaying what it carried, or a batch overtaken by more than
-    /// the window).
-    Stale,
-}
-
-/// The last `window` delivery batches of each sending host, by `(epoch,
-/// batch)`, with their acks; bounded (least recently heard senders are
-/// forgotten, and a forgotten sender's next batch counts as new). One
-/// memory serves delivery streams and delivery requests, and a sender
-/// numbers the batches of both from one counter: a batch written on a
-/// stream that broke goes again as a request with its id, and is answered
-/// from here if it had arrived. Batches of the two paths may arrive out of
-/// order, so the memory is a window, not a high-water mark: the window
-/// holds more batches than a sender has in flight to one host at once
-/// (four on its stream, one request).
-#[derive(Debug)]
-pub(crate) struct BatchMemory {
-    window: usize,
-    last: lru::LruCache<PeerId, VecDeque<Remembered>>,
-}
-
-/// A delivered batch's id and acks.
-type Remembered = ((u64, u64), Vec<Ack>);
-
-impl BatchMemory {
-    /// Remembers `window` batches for each of `senders` hosts.
-    pub fn new(window: usize, senders: std::num::NonZeroUsize) -> Self {
-        BatchMemory {
-            window: window.max(1),
-            last: lru::LruCache::new(senders),
-        }
-    }
-
-    /// Whether batch `id` of `host` is new, a resend or stale.
-    pub fn check(&mut self, host: PeerId, id: (u64, u64)) -> Seen {
-        let Some(last) = self.last.get(&host) else {
-            return Seen::New;
-        };
-        if let Some((_, acks)) = last.iter().find(|(b, _)| *b == id) {
-            return Seen::Again(acks.clone());
-        }
-        // Until the window is full nothing of this host was forgotten, so
-        // a batch not in it is new whatever its id.
-        match last.front() {
-            Some((oldest, _)) if last.len() >= self.window && *oldest > id => Seen::Stale,
-            _ => Seen::New,
-        }
-    }
-
-    /// Remembers batch `id` of `host` as delivered with `acks` (the oldest
-    /// is forgotten when the window is full).
-    pub fn record(&mut self, host: PeerId, id: (u64, u64), acks: Vec<Ack>) {
-        let last = self.last.get_or_insert_mut(host, VecDeque::new);
-        let at = last.partition_point(|(b, _)| *b < id);
-        last.insert(at, (id, acks));
-        if last.len() > self.window {
-            last.pop_front();
-        }
-    }
-}
-
-/// Puts each message `(from, to, payload, corr)` in its recipient's inbox
-/// (or, for a reply, hands it to the waiting request); one ack per message.
-/// Runs of messages for one recipient look it up once.
-pub(crate) fn deliver_envs<'a>(
-    shared: &Shared,
-    msgs: impl IntoIterator<Item = (&'a str, &'a str, Payload, Corr)>,
-) -> Vec<Ack> {
-    let mut last: Option<(&str, Option<Arc<PeerSlot>>)> = None;
-    msgs.into_iter()
-        .map(|(from, to, payload, corr)| {
-            let slot = match &last {
-                Some((id, slot)) if *id == to => slot.clone(),
-                _ => {
-                    let slot = shared.registry.get(to);
-                    last = Some((to, slot.clone()));
-                    slot
-                }
-            };
-            let Some(slot) = slot else {
-                return Ack::UnknownPeer;
-            };
-            match deliver(shared, &slot, from, payload, corr) {
-                Ok(()) => {
-                    bump(&shared.counters.received_remote);
-                    Ack::Delivered
-                }
-                Err(NotDelivered::Full) => Ack::InboxFull,
-                Err(NotDelivered::Removed) => Ack::UnknownPeer,
-                Err(NotDelivered::NoRequest) => Ack::NoRequest,
-            }
-        })
-        .collect()
-}
-
-/// Why a message was not delivered to a local peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NotDelivered {
-    Full,
-    Removed,
-    NoRequest,
-}
-
-/// Delivers one message to a local peer: a reply to the request waiting
-/// for it, anything else to the inbox.
-pub(crate) fn deliver(
-    shared: &Shared,
-    slot: &PeerSlot,
-    from: &str,
-    payload: Payload,
-    corr: Corr,
-) -> std::result::Result<(), NotDelivered> {
-    let msg = Message::new(from.to_string(), payload, corr);
-    if let Corr::Reply(id) = corr {
-        if slot.is_removed() {
-            return Err(NotDelivered::Removed);
-        }
-        // Counted before the waiter runs: it may read the stats at once.
-        let answered = match shared.requests.take(id, &slot.id, from) {
-            Ok(waiter) if waiter.is_waiting() => {
-                bump(&shared.counters.replies);
-                waiter.send(msg)
-            }
-            _ => Err(Unmatched::NoRequest),
-        };
-        if answered.is_err() {
-            bump(&shared.counters.replies_unmatched);
-        }
-        return answered.map_err(|_| NotDelivered::NoRequest);
-    }
-    slot.push(msg).map_err(|e| match e {
-        PushError::Full => NotDelivered::Full,
-        PushError::Removed => NotDelivered::Removed,
-    })
-}
-
-/// The error a replier gets for a reply no request waits for.
-pub(crate) fn no_request(to: &str, corr: Corr) -> Error {
-    let id = match corr {
-        Corr::Reply(id) | Corr::Request(id) => id,
-        Corr::None => 0,
-    };
-    Error::NoRequest(format!(
-        "peer {to:?} has no request {id} waiting (answered, timed out, or not its request)"
-    ))
-}
-
-/// Answers a send and counts its outcome.
-pub(crate) fn finish(shared: &Shared, p: PendingSend, r: Result<()>) {
-    match &r {
-        Ok(()) => bump(&shared.counters.sent_local),
-        // A caller that gave up has counted its timeout already.
-        Err(e) if !p.reply.is_closed() => count_failure(&shared.counters, e),
-        Err(_) => {}
-    }
-    let _ = p.reply.send(r);
-}
-
 impl EventLoop {
     /// Sends one message: locally if the recipient lives here, else to its host.
     pub(super) fn send(&mut self, p: PendingSend) {
@@ -672,50 +450,5 @@ impl EventLoop {
                 let _ = p.reply.send(Err(Error::Closed));
             }
         }
-    }
-}
-
-/// Delivers a message from `from` to a local slot, with the error a
-/// sender gets.
-pub(crate) fn push_local(
-    shared: &Shared,
-    slot: &crate::inbox::PeerSlot,
-    from: &str,
-    payload: Payload,
-    corr: Corr,
-) -> Result<()> {
-    deliver(shared, slot, from, payload, corr).map_err(|e| match e {
-        NotDelivered::Full => Error::InboxFull(slot.id.to_string()),
-        NotDelivered::Removed => Error::PeerNotFound(slot.id.to_string()),
-        NotDelivered::NoRequest => no_request(&slot.id, corr),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_resent_batch_is_answered_from_memory_and_a_forgotten_one_refused() {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let mut m = BatchMemory::new(2, REMEMBERED_SENDERS);
-        assert_eq!(m.check(a, (5, 1)), Seen::New);
-        m.record(a, (5, 1), vec![Ack::Delivered]);
-        assert_eq!(m.check(a, (5, 1)), Seen::Again(vec![Ack::Delivered]));
-        // Overtaken (a request batch behind a stream batch): not seen, and
-        // nothing of this host forgotten yet, so new.
-        assert_eq!(m.check(a, (5, 0)), Seen::New);
-        m.record(a, (5, 0), vec![Ack::InboxFull]);
-        assert_eq!(m.check(a, (5, 0)), Seen::Again(vec![Ack::InboxFull]));
-        m.record(a, (5, 2), vec![Ack::Delivered]);
-        // Batch 0 was forgotten: a relay replaying it, or a batch of an
-        // earlier incarnation, is refused.
-        assert_eq!(m.check(a, (5, 0)), Seen::Stale);
-        assert_eq!(m.check(a, (4, 9)), Seen::Stale);
-        assert_eq!(m.check(a, (5, 1)), Seen::Again(vec![Ack::Delivered]));
-        // A restart (higher epoch) starts its count again; other senders
-        // are apart.
-        assert_eq!(m.check(a, (6, 0)), Seen::New);
-        assert_eq!(m.check(b, (1, 0)), Seen::New);
     }
 }

@@ -45,18 +45,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, SubSink},
-    core::registration::Registration,
+    core::{batch_memory::BatchMemory, registration::Registration, send::PendingSend},
     directory::{DirOp, DirectoryStore},
     error::{Error, Result},
     membership::Membership,
     rpc_stream::Reply,
     shared::Shared,
 };
-
-pub(crate) use messaging::PendingSend;
-
-#[cfg(any(feature = "fuzzing", test))]
-pub(crate) use channels::fuzz_frame as fuzz_channel_frame;
 
 /// Most commands handled in one turn of the loop before swarm events.
 const COMMAND_BATCH: usize = 256;
@@ -177,7 +172,7 @@ pub(crate) struct EventLoop {
     links: crate::core::outbox::Outbox<PeerId, PendingSend>,
     /// The last batches each sending host delivered here, by stream or by
     /// request (shared with the delivery stream readers), with their acks.
-    batches: Arc<Mutex<messaging::BatchMemory>>,
+    batches: Arc<Mutex<BatchMemory>>,
     /// Hosts whose queue got its first send in this turn of the loop.
     dirty_links: Vec<PeerId>,
     /// Link tasks of the delivery streams, by destination host.
@@ -317,9 +312,9 @@ impl EventLoop {
             epoch,
             next_batch: Default::default(),
         };
-        let batches = Arc::new(Mutex::new(messaging::BatchMemory::new(
+        let batches = Arc::new(Mutex::new(BatchMemory::new(
             2 * crate::delivery::WINDOW,
-            messaging::REMEMBERED_SENDERS,
+            crate::core::batch_memory::REMEMBERED_SENDERS,
         )));
         let acceptor =
             crate::delivery::inbound::spawn_acceptor(inbound, delivery.clone(), batches.clone());

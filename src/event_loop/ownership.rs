@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
 use crate::{
+    command::RegStatus,
     directory::{closest, key_of, DirOp},
     protocol::{Request, Response},
 };
@@ -38,19 +39,6 @@ const SETTLED: Duration = Duration::from_secs(3);
 const MAX_CONTESTED: usize = 65_536;
 /// Lost ids remembered for `registered()`.
 const LOST: usize = 4096;
-
-/// Where a local peer's registration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RegStatus {
-    /// Every holder resolves the id to this host.
-    Registered,
-    /// Not yet (not sent, in flight, or contested).
-    Pending,
-    /// Another live host holds the id.
-    Lost(PeerId),
-    /// The peer is not on this host.
-    Removed,
-}
 
 /// An id another host holds, being registered again.
 #[derive(Debug)]
@@ -91,7 +79,7 @@ impl Default for Ownership {
 
 impl Ownership {
     /// Whether `id` is contested here (it must not be answered as ours).
-    pub fn is_contested(&self, id: &str) -> bool {
+    pub(crate) fn is_contested(&self, id: &str) -> bool {
         self.contested.contains_key(id)
     }
 }

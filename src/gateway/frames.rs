@@ -229,10 +229,10 @@ pub struct Request {
 }
 
 /// The wait for a reply when a request names none.
-pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest wait for a reply a request may ask for: a request holds
 /// one of its connection's in-flight places until then.
-pub const MAX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+pub(super) const MAX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Most peer ids one `peers` answer lists.
 const MAX_LISTED: u64 = 10_000;
@@ -345,7 +345,7 @@ pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
 }
 
 /// Most requests one batch frame may hold.
-pub const MAX_BATCH: usize = 4096;
+pub(super) const MAX_BATCH: usize = 4096;
 
 /// Splits a frame into its requests: a JSON array is a batch (each element
 /// one request's text), anything else is one request.

@@ -69,7 +69,7 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, identity: &TlsIdentity, addr: SocketAddr) -> Self {
+    pub(super) fn new(tcp: TcpListener, identity: &TlsIdentity, addr: SocketAddr) -> Self {
         let (tx, rx) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(identity.config.clone());
         let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));

@@ -117,7 +117,7 @@ struct Use {
 }
 
 impl Allowance {
-    pub fn new(limits: TokenLimits, now: Instant) -> Arc<Self> {
+    pub(super) fn new(limits: TokenLimits, now: Instant) -> Arc<Self> {
         Arc::new(Allowance {
             limits,
             state: Mutex::new(Use {
@@ -134,7 +134,7 @@ impl Allowance {
     }
 
     /// Takes a peer slot; false when the token holds its most.
-    pub fn take_peer(&self) -> bool {
+    pub(super) fn take_peer(&self) -> bool {
         let max = self.limits.max_peers;
         self.with(|u| {
             if max.is_some_and(|m| u.peers >= m) {
@@ -146,12 +146,12 @@ impl Allowance {
     }
 
     /// Gives a peer slot back.
-    pub fn give_peer(&self) {
+    pub(super) fn give_peer(&self) {
         self.with(|u| u.peers = u.peers.saturating_sub(1));
     }
 
     /// Takes one message's credit at `now`; false when over the rate.
-    pub fn take_message(&self, now: Instant) -> bool {
+    pub(super) fn take_message(&self, now: Instant) -> bool {
         let Some(rate) = self.limits.max_rate else {
             return true;
         };
@@ -178,7 +178,12 @@ pub(crate) struct Allowances {
 }
 
 impl Allowances {
-    pub fn for_token(&self, token: &str, limits: TokenLimits, now: Instant) -> Arc<Allowance> {
+    pub(super) fn for_token(
+        &self,
+        token: &str,
+        limits: TokenLimits,
+        now: Instant,
+    ) -> Arc<Allowance> {
         let mut map = self.by_token.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(token.to_string())
             .or_insert_with(|| Allowance::new(limits, now))
