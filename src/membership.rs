@@ -500,7 +500,7 @@ impl Membership {
 
     /// The live host whose key is `key` (not this one).
     #[cfg(test)]
-    pub fn host_of_key(&self, key: u64) -> Option<PeerId> {
+    pub(crate) fn host_of_key(&self, key: u64) -> Option<PeerId> {
         self.by_key.get(&key).copied()
     }
 

@@ -144,7 +144,7 @@ impl Requests {
 
     /// Requests in flight.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 

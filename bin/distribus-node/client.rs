@@ -210,7 +210,7 @@ async fn next_event(
 }
 
 /// Runs one client command.
-pub async fn run(command: ClientCommand) -> Result<(), String> {
+pub(crate) async fn run(command: ClientCommand) -> Result<(), String> {
     let mut conn = Conn::open(command.conn()).await?;
     let result = match command {
         ClientCommand::Send {

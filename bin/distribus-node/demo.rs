@@ -63,7 +63,7 @@ fn err(e: Error) -> String {
 }
 
 /// Runs the demo; returns an error line if a step fails.
-pub async fn run() -> Result<(), String> {
+pub(crate) async fn run() -> Result<(), String> {
     println!("distribus demo: three nodes on 127.0.0.1 in this process\n");
     let tcp = "/ip4/127.0.0.1/tcp/0";
     let ws = "/ip4/127.0.0.1/tcp/0/ws";

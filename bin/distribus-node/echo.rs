@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 /// Creates peer `id` on `host` and answers each message it receives with
 /// the same payload, to the sender. Replies go out one at a time, in order;
 /// a failed reply is logged and the next message is served.
-pub fn spawn(host: &Host, id: &str) -> Result<JoinHandle<()>> {
+pub(crate) fn spawn(host: &Host, id: &str) -> Result<JoinHandle<()>> {
     let peer = host.create(id)?;
     Ok(tokio::spawn(async move {
         while let Some(msg) = peer.recv().await {

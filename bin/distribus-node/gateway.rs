@@ -6,7 +6,7 @@ use distribus::{GatewayConfig, Host, Page, TlsIdentity, Tokens};
 use crate::settings::GatewaySettings;
 
 /// Starts the gateway described by `g` on `host`.
-pub async fn serve(host: &Host, g: &GatewaySettings) -> Result<distribus::Gateway, String> {
+pub(crate) async fn serve(host: &Host, g: &GatewaySettings) -> Result<distribus::Gateway, String> {
     let mut cfg = GatewayConfig::default();
     cfg.grace = g.grace;
     cfg.allow_anonymous = g.anonymous;

@@ -13,7 +13,7 @@ use std::{
 use libp2p::identity::Keypair;
 
 /// Reads a network key file, refused unless only its owner can read it.
-pub fn load_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
+pub(crate) fn load_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("network key file {shown}: {e}"))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -30,7 +30,7 @@ pub fn load_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
 
 /// Writes a new network key to `path` (mode 0600); an existing file is
 /// left alone and refused.
-pub fn write_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
+pub(crate) fn write_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
     let key = distribus::NetworkKey::generate();
     let mut f = OpenOptions::new()
         .write(true)
@@ -45,7 +45,7 @@ pub fn write_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {
 
 /// Reads an allow-list file: one host id per line; blank lines and text
 /// after `#` are ignored. A bad line is an error naming it.
-pub fn load_allow_list(
+pub(crate) fn load_allow_list(
     path: &Path,
 ) -> Result<std::collections::BTreeSet<distribus::PeerId>, String> {
     let shown = path.display();
@@ -66,7 +66,7 @@ pub fn load_allow_list(
 
 /// Loads the key in `path`, or creates one there. Returns the key and
 /// whether it was created.
-pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
+pub(crate) fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
     let shown = path.display();
     match std::fs::metadata(path) {
         Ok(meta) => {
@@ -106,14 +106,14 @@ pub fn load_or_create(path: &Path) -> Result<(Keypair, bool), String> {
 
 /// Where the last epoch of the identity in `identity` is kept:
 /// `<identity>.epoch`, beside it.
-pub fn epoch_file(identity: &Path) -> PathBuf {
+pub(crate) fn epoch_file(identity: &Path) -> PathBuf {
     let mut name = identity.as_os_str().to_owned();
     name.push(".epoch");
     PathBuf::from(name)
 }
 
 /// The epoch kept in `path` (decimal text), `None` if there is no file.
-pub fn load_epoch(path: &Path) -> Result<Option<u64>, String> {
+pub(crate) fn load_epoch(path: &Path) -> Result<Option<u64>, String> {
     let shown = path.display();
     match std::fs::read_to_string(path) {
         Ok(text) => text
@@ -128,7 +128,7 @@ pub fn load_epoch(path: &Path) -> Result<Option<u64>, String> {
 
 /// Keeps `epoch` in `path`: written to a temporary file beside it, synced,
 /// then renamed over it, so a crash leaves the old value or the new one.
-pub fn store_epoch(path: &Path, epoch: u64) -> Result<(), String> {
+pub(crate) fn store_epoch(path: &Path, epoch: u64) -> Result<(), String> {
     let shown = path.display();
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 use crate::settings::LogFormat;
 
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
+pub(crate) fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("bad log filter `{filter}`: {e}"))?;
     let builder = tracing_subscriber::fmt()

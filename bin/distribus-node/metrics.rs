@@ -250,7 +250,7 @@ impl Collector for HostCollector {
 }
 
 /// Encodes every metric in `registry` in the Prometheus/OpenMetrics text format.
-pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+pub(crate) fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
@@ -354,7 +354,7 @@ struct Admin {
 
 /// Serves `host`'s metrics on `addr`; returns the bound address and the
 /// server task. `alone`: the node was not asked to join anyone.
-pub async fn serve(
+pub(crate) async fn serve(
     host: Host,
     addr: SocketAddr,
     alone: bool,

@@ -10,7 +10,7 @@ use crate::{echo, gateway, identity, metrics, settings::Settings};
 
 /// A started node.
 #[derive(Debug)]
-pub struct Node {
+pub(crate) struct Node {
     /// The node's host.
     pub host: Host,
     /// Every address the node listens on, with `/p2p/<host id>`.
@@ -25,7 +25,7 @@ pub struct Node {
 impl Node {
     /// Starts a host with `settings` and identity `key`: listens, joins,
     /// creates the echo peers and serves metrics.
-    pub async fn start(settings: &Settings, key: Keypair) -> Result<Node, String> {
+    pub(crate) async fn start(settings: &Settings, key: Keypair) -> Result<Node, String> {
         let mut cfg = settings.host.clone();
         cfg.keypair = Some(key);
         // A persistent identity keeps its last epoch beside it: the next
@@ -87,7 +87,7 @@ impl Node {
     }
 
     /// The command another node runs to join this one.
-    pub fn join_hint(&self) -> Option<String> {
+    pub(crate) fn join_hint(&self) -> Option<String> {
         self.addrs
             .first()
             .map(|a| format!("join with: distribus-node --join {a}"))
@@ -95,7 +95,7 @@ impl Node {
 
     /// Leaves the network (directory entries withdrawn, connections closed)
     /// within `timeout`.
-    pub async fn shutdown(self, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn shutdown(self, timeout: Duration) -> Result<(), String> {
         if let Some(g) = self.gateway {
             g.close().await;
         }

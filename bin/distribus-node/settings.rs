@@ -16,9 +16,9 @@ use distribus::HostConfig;
 use serde::{Deserialize, Serialize};
 
 /// Default TCP listen address (documented in the README).
-pub const DEFAULT_TCP: &str = "/ip4/127.0.0.1/tcp/7400";
+pub(crate) const DEFAULT_TCP: &str = "/ip4/127.0.0.1/tcp/7400";
 /// Default WebSocket listen address (documented in the README).
-pub const DEFAULT_WS: &str = "/ip4/127.0.0.1/tcp/7401/ws";
+pub(crate) const DEFAULT_WS: &str = "/ip4/127.0.0.1/tcp/7401/ws";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -35,7 +35,7 @@ pub const DEFAULT_WS: &str = "/ip4/127.0.0.1/tcp/7401/ws";
         file > default. `distribus-node config` prints the merged settings \
         as a config file."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to run; without a subcommand the node runs until SIGINT/SIGTERM.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -46,7 +46,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Start a three-node network in this process, send messages across it,
     /// publish on a channel, print what happens, and exit.
     Demo,
@@ -66,7 +66,7 @@ pub enum Command {
 
 /// Where a client command connects.
 #[derive(Debug, Args, Clone)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The node's client gateway.
     #[arg(
         long = "gateway",
@@ -82,7 +82,7 @@ pub struct ClientArgs {
 
 /// The client commands, like the `nats` CLI.
 #[derive(Debug, Subcommand)]
-pub enum ClientCommand {
+pub(crate) enum ClientCommand {
     /// Send a message (JSON, or text) to a peer from a temporary peer on the
     /// node; without MESSAGE, send each line of stdin.
     Send {
@@ -90,7 +90,7 @@ pub enum ClientCommand {
         to: String,
         /// The message.
         message: Option<String>,
-        /// Id of the sending peer. Default: cli-<random>.
+        /// Id of the sending peer. Default: `cli-` and random characters.
         #[arg(long)]
         from: Option<String>,
         /// Where to connect.
@@ -104,7 +104,7 @@ pub enum ClientCommand {
         to: String,
         /// The request.
         message: Option<String>,
-        /// Id of the asking peer. Default: cli-<random>.
+        /// Id of the asking peer. Default: `cli-` and random characters.
         #[arg(long)]
         from: Option<String>,
         /// How long to wait for each reply.
@@ -206,7 +206,7 @@ pub enum ClientCommand {
 
 impl ClientCommand {
     /// Where it connects.
-    pub fn conn(&self) -> &ClientArgs {
+    pub(crate) fn conn(&self) -> &ClientArgs {
         match self {
             ClientCommand::Send { conn, .. }
             | ClientCommand::Request { conn, .. }
@@ -225,7 +225,7 @@ impl ClientCommand {
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -235,7 +235,7 @@ pub enum LogFormat {
 
 /// Node options (each with an environment variable and a file key).
 #[derive(Debug, Args, Default)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// TOML config file; its keys are the long option names with `_` for `-`.
     #[arg(long, global = true, env = "DISTRIBUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -317,7 +317,7 @@ pub struct NodeArgs {
     #[arg(long, env = "DISTRIBUS_GATEWAY_ANONYMOUS")]
     pub gateway_anonymous: bool,
     /// Browser origin allowed to connect to the gateway, e.g.
-    /// https://app.example.com (repeatable). Default: any origin.
+    /// `https://app.example.com` (repeatable). Default: any origin.
     #[arg(
         long,
         env = "DISTRIBUS_GATEWAY_ORIGIN",
@@ -480,7 +480,7 @@ pub struct NodeArgs {
 /// The config file: the same settings, all optional.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -568,7 +568,7 @@ impl FileConfig {
 
 /// The merged settings a node runs with.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Listen addresses.
     pub listen: Vec<String>,
     /// Hosts to join.
@@ -599,7 +599,7 @@ pub struct Settings {
 
 /// How the node serves clients.
 #[derive(Debug, Clone)]
-pub struct GatewaySettings {
+pub(crate) struct GatewaySettings {
     /// Its address.
     pub addr: SocketAddr,
     /// Token file.
@@ -647,7 +647,7 @@ fn log_filter(base: &str, verbose: u8, quiet: u8) -> Result<String, String> {
 impl Settings {
     /// Merges flags and environment (already in `args`), the config file and
     /// the defaults.
-    pub fn resolve(args: NodeArgs) -> Result<Settings, String> {
+    pub(crate) fn resolve(args: NodeArgs) -> Result<Settings, String> {
         let file = match &args.config {
             Some(p) => FileConfig::read(p)?,
             None => FileConfig::default(),
@@ -789,7 +789,7 @@ impl Settings {
     }
 
     /// The settings in config-file form.
-    pub fn to_toml(&self) -> Result<String, String> {
+    pub(crate) fn to_toml(&self) -> Result<String, String> {
         let d = |d: Duration| Some(humantime::format_duration(d).to_string());
         let file = FileConfig {
             listen: Some(self.listen.clone()),

@@ -5,7 +5,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Both shutdown signals, registered at start so that an early signal is
 /// not handled by the default action.
-pub struct Signals {
+pub(crate) struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
@@ -13,7 +13,7 @@ pub struct Signals {
 
 impl Signals {
     /// Registers the handlers.
-    pub fn register() -> Result<Signals, String> {
+    pub(crate) fn register() -> Result<Signals, String> {
         let e = |e: std::io::Error| format!("cannot install signal handlers: {e}");
         Ok(Signals {
             int: signal(SignalKind::interrupt()).map_err(e)?,
@@ -23,7 +23,7 @@ impl Signals {
     }
 
     /// Waits for SIGINT, SIGTERM or SIGHUP; returns its name.
-    pub async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
@@ -32,7 +32,7 @@ impl Signals {
     }
 
     /// Waits for SIGINT or SIGTERM, calling `on_hup` at every SIGHUP.
-    pub async fn shutdown(&mut self, mut on_hup: impl FnMut()) -> &'static str {
+    pub(crate) async fn shutdown(&mut self, mut on_hup: impl FnMut()) -> &'static str {
         loop {
             match self.next().await {
                 "SIGHUP" => on_hup(),
@@ -42,7 +42,7 @@ impl Signals {
     }
 
     /// After the first signal: a second one ends the process at once.
-    pub fn exit_on_next(mut self) {
+    pub(crate) fn exit_on_next(mut self) {
         tokio::spawn(async move {
             let name = self.shutdown(|| {}).await;
             eprintln!("distribus-node: second signal ({name}); exiting now");

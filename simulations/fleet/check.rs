@@ -19,7 +19,7 @@ struct Send {
 
 /// What the records of one scenario show.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Sends started (with an outcome or not).
     pub sends: u64,
     /// Sends acknowledged (in the recipient's inbox).
@@ -51,7 +51,7 @@ pub struct Tally {
 
 impl Tally {
     /// The checks this tally fails, as sentences.
-    pub fn failures(&self) -> Vec<String> {
+    pub(crate) fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.lost > 0 {
             out.push(format!("{} acknowledged sends were lost", self.lost));
@@ -80,7 +80,7 @@ impl Tally {
 
 /// Reads every load's record file in `dir` and checks them. `killed`
 /// gives, per load index, the times (ms) it was killed.
-pub fn tally(
+pub(crate) fn tally(
     dir: &Path,
     loads: usize,
     killed: &HashMap<usize, Vec<u64>>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::{collections::VecDeque, io::ErrorKind, time::Instant};
 
 /// The netfilter queue the fleet's rules send packets to.
-pub const QUEUE: u16 = 7;
+pub(crate) const QUEUE: u16 = 7;
 
 /// How long a packet may wait beyond its delay (the polling interval).
 #[cfg(target_os = "linux")]
@@ -23,7 +23,7 @@ pub fn run(_delay: Duration) -> Result<(), String> {
 /// Holds every packet queued to [`QUEUE`] for `delay`, in arrival order,
 /// until killed.
 #[cfg(target_os = "linux")]
-pub fn run(delay: Duration) -> Result<(), String> {
+pub(crate) fn run(delay: Duration) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("netfilter queue: {what}: {e}");
     let mut queue = nfq::Queue::open().map_err(|e| io("open", e))?;
     queue.bind(QUEUE).map_err(|e| io("bind", e))?;

@@ -15,7 +15,7 @@ use crate::net::Net;
 
 /// The timings every process of the fleet runs with.
 #[derive(Debug, Clone, Copy)]
-pub struct Timings {
+pub(crate) struct Timings {
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Lease.
@@ -31,7 +31,7 @@ const METRICS_PORT: u16 = 9400;
 
 /// How a process is run.
 #[derive(Debug, Clone)]
-pub struct Launch {
+pub(crate) struct Launch {
     /// The node binary.
     pub node_bin: PathBuf,
     /// This binary (for loads).
@@ -49,7 +49,7 @@ pub struct Launch {
 }
 
 /// One running process.
-pub struct Proc {
+pub(crate) struct Proc {
     /// Its slot (namespace).
     pub slot: usize,
     child: Child,
@@ -59,24 +59,24 @@ pub struct Proc {
 
 impl Proc {
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends a signal by name (KILL, STOP, CONT, TERM).
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])
             .status();
     }
 
     /// Whether it has exited.
-    pub fn exited(&mut self) -> bool {
+    pub(crate) fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits (bounded) for it to exit; kills it after `wait`.
-    pub fn wait_exit(&mut self, wait: Duration) {
+    pub(crate) fn wait_exit(&mut self, wait: Duration) {
         let until = Instant::now() + wait;
         while !self.exited() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
@@ -88,7 +88,7 @@ impl Proc {
     }
 
     /// Writes a command line to its stdin (loads).
-    pub fn tell(&mut self, line: &str) {
+    pub(crate) fn tell(&mut self, line: &str) {
         if let Some(stdin) = self.stdin.as_mut() {
             let _ = writeln!(stdin, "{line}");
             let _ = stdin.flush();
@@ -96,7 +96,7 @@ impl Proc {
     }
 
     /// Waits (bounded) for a line of its stdout starting with `prefix`.
-    pub fn wait_line(&self, prefix: &str, wait: Duration) -> Result<String, String> {
+    pub(crate) fn wait_line(&self, prefix: &str, wait: Duration) -> Result<String, String> {
         let until = Instant::now() + wait;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -109,13 +109,13 @@ impl Proc {
     }
 
     /// Resident memory in bytes (0 once gone).
-    pub fn rss(&self) -> u64 {
+    pub(crate) fn rss(&self) -> u64 {
         rss_of(self.pid())
     }
 }
 
 /// Resident memory of process `pid` in bytes (0 once gone).
-pub fn rss_of(pid: u32) -> u64 {
+pub(crate) fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
     status
         .ok()
@@ -137,7 +137,7 @@ impl Drop for Proc {
 
 impl Launch {
     /// The multiaddr of node `i`.
-    pub fn node_addr(i: usize) -> String {
+    pub(crate) fn node_addr(i: usize) -> String {
         format!("/ip4/{}/tcp/{PORT}", Net::ip(i))
     }
 
@@ -191,7 +191,7 @@ impl Launch {
 
     /// Starts node `i`; `clock_back` runs it with its wall clock an hour
     /// behind (libfaketime), as after a clock step.
-    pub fn node(&self, i: usize, clock_back: bool) -> Result<Proc, String> {
+    pub(crate) fn node(&self, i: usize, clock_back: bool) -> Result<Proc, String> {
         let t = self.timings;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &Net::ns(i)]);
@@ -222,7 +222,7 @@ impl Launch {
     }
 
     /// Starts the delayer of slot `slot` (see [`crate::delay`]).
-    pub fn delayer(&self, slot: usize, delay: Duration) -> Result<Proc, String> {
+    pub(crate) fn delayer(&self, slot: usize, delay: Duration) -> Result<Proc, String> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &Net::ns(slot)])
             .arg(&self.fleet_bin)
@@ -234,7 +234,7 @@ impl Launch {
 
     /// Starts load `j` (slot `nodes + j`); it prints `ready` once its peers
     /// are registered and every other load's peers findable.
-    pub fn load(&self, j: usize, incarnation: u64) -> Result<Proc, String> {
+    pub(crate) fn load(&self, j: usize, incarnation: u64) -> Result<Proc, String> {
         let t = self.timings;
         let slot = self.nodes + j;
         let mut cmd = Command::new("ip");
@@ -280,12 +280,12 @@ fn path(p: &Path) -> String {
 }
 
 /// GET `path` of node `i`'s admin port: status code and body.
-pub fn get(i: usize, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(i: usize, path: &str) -> Option<(u16, String)> {
     http_get(&format!("{}:{METRICS_PORT}", Net::ip(i)), path)
 }
 
 /// GET `path` of the HTTP server at `addr` (`ip:port`): status code and body.
-pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let sock = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

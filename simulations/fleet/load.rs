@@ -28,7 +28,7 @@ const MAX_IN_FLIGHT: usize = 4096;
 
 /// The load's options (given by the harness).
 #[derive(Debug, clap::Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// This load's index.
     #[arg(long)]
     pub index: usize,
@@ -68,13 +68,13 @@ pub struct LoadArgs {
 }
 
 /// The peer id of peer `k` on load `j`.
-pub fn peer_id(j: usize, k: usize) -> String {
+pub(crate) fn peer_id(j: usize, k: usize) -> String {
     format!("load{j}.p{k}")
 }
 
 /// Milliseconds since the Unix epoch (the harness and the loads share the
 /// machine's clock).
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -82,7 +82,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The short name of an error kind, for the records.
-pub fn kind(e: &Error) -> String {
+pub(crate) fn kind(e: &Error) -> String {
     let debug = format!("{e:?}");
     debug
         .split(|c: char| !c.is_ascii_alphanumeric())
@@ -115,7 +115,7 @@ fn load_key(path: &PathBuf) -> Result<libp2p::identity::Keypair, String> {
 }
 
 /// Runs the load until `find` is read on stdin (or stdin closes).
-pub async fn run(args: LoadArgs) -> Result<(), String> {
+pub(crate) async fn run(args: LoadArgs) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("distribus=info"));
     let _ = tracing_subscriber::fmt()

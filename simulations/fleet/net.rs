@@ -19,7 +19,7 @@ const BRIDGE: &str = "dflbr0";
 const SUBNET: &str = "10.213.0";
 
 /// Runs a command and fails with its stderr.
-pub fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -61,24 +61,24 @@ fn nft(ns: &str, script: &str) -> Result<(), String> {
 }
 
 /// The fleet's namespaces; removed on drop.
-pub struct Net {
+pub(crate) struct Net {
     slots: usize,
 }
 
 impl Net {
     /// Namespace name of slot `i`.
-    pub fn ns(i: usize) -> String {
+    pub(crate) fn ns(i: usize) -> String {
         format!("{PREFIX}-{i}")
     }
 
     /// IPv4 address of slot `i`.
-    pub fn ip(i: usize) -> String {
+    pub(crate) fn ip(i: usize) -> String {
         format!("{SUBNET}.{}", i + 1)
     }
 
     /// Creates a bridge and `slots` namespaces attached to it (clearing
     /// whatever an earlier run left).
-    pub fn create(slots: usize) -> Result<Net, String> {
+    pub(crate) fn create(slots: usize) -> Result<Net, String> {
         if slots > 200 {
             return Err("at most 200 slots".into());
         }
@@ -121,7 +121,7 @@ impl Net {
 
     /// Drops every packet each slot of `from` sends to a slot of `to` (the
     /// other way still passes: cut both ways for a full partition).
-    pub fn cut(&self, from: &[usize], to: &[usize]) -> Result<(), String> {
+    pub(crate) fn cut(&self, from: &[usize], to: &[usize]) -> Result<(), String> {
         let ips: Vec<String> = to.iter().map(|&i| Net::ip(i)).collect();
         let set = ips.join(", ");
         for &i in from {
@@ -134,7 +134,7 @@ impl Net {
     }
 
     /// Drops `percent` of the packets every slot sends, at random.
-    pub fn loss(&self, percent: u32) -> Result<(), String> {
+    pub(crate) fn loss(&self, percent: u32) -> Result<(), String> {
         for i in 0..self.slots {
             nft(
                 &Net::ns(i),
@@ -146,7 +146,7 @@ impl Net {
 
     /// Queues every packet a slot sends on its link to the delayer in its
     /// namespace (which must be running, see [`crate::delay`]).
-    pub fn queue_to_delayer(&self, slot: usize, on: bool) -> Result<(), String> {
+    pub(crate) fn queue_to_delayer(&self, slot: usize, on: bool) -> Result<(), String> {
         let queue = crate::delay::QUEUE.to_string();
         let link = format!("{PREFIX}n{slot}");
         let op = if on { "-A" } else { "-D" };
@@ -171,12 +171,12 @@ impl Net {
     }
 
     /// How many slots there are.
-    pub fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.slots
     }
 
     /// Removes every fault rule.
-    pub fn heal(&self) -> Result<(), String> {
+    pub(crate) fn heal(&self) -> Result<(), String> {
         for i in 0..self.slots {
             nft(&Net::ns(i), "flush chain inet fleet out\n")?;
         }

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Options of a scale run.
 #[derive(Debug, clap::Args)]
-pub struct ScaleArgs {
+pub(crate) struct ScaleArgs {
     /// `distribus-node` processes.
     #[arg(long, default_value_t = 64)]
     nodes: usize,
@@ -258,7 +258,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the scale measurement; true when every check held.
-pub fn run(args: ScaleArgs) -> Result<bool, String> {
+pub(crate) fn run(args: ScaleArgs) -> Result<bool, String> {
     std::fs::create_dir_all(&args.dir).map_err(|e| e.to_string())?;
     let bin = match &args.node_bin {
         Some(b) => b.clone(),

@@ -99,7 +99,7 @@ fn series(
 }
 
 /// Draws registration time, find latency and memory against size.
-pub fn draw_all(rs: &[Report], dir: &Path) -> Result<(), String> {
+pub(crate) fn draw_all(rs: &[Report], dir: &Path) -> Result<(), String> {
     let by_hosts = |r: &Report| format!("{} hosts", r.hosts);
     let by_peers = |r: &Report| format!("{} peers", r.peers);
     draw(

@@ -2,25 +2,25 @@
 
 use std::time::Duration;
 
-pub use distribus::bench_support::{cpu_seconds, rss_bytes};
+pub(crate) use distribus::bench_support::{cpu_seconds, rss_bytes};
 
 /// Sorted samples with percentile queries.
 #[derive(Debug, Default)]
-pub struct Samples(Vec<f64>);
+pub(crate) struct Samples(Vec<f64>);
 
 impl Samples {
     /// Adds a duration, in milliseconds.
-    pub fn push_ms(&mut self, d: Duration) {
+    pub(crate) fn push_ms(&mut self, d: Duration) {
         self.0.push(d.as_secs_f64() * 1e3);
     }
 
     /// Adds a value.
-    pub fn push(&mut self, v: f64) {
+    pub(crate) fn push(&mut self, v: f64) {
         self.0.push(v);
     }
 
     /// The `p`-th percentile (0–100), nearest rank; 0 when empty.
-    pub fn pct(&mut self, p: f64) -> f64 {
+    pub(crate) fn pct(&mut self, p: f64) -> f64 {
         if self.0.is_empty() {
             return 0.0;
         }
@@ -30,7 +30,7 @@ impl Samples {
     }
 
     /// Joins another set of samples.
-    pub fn extend(&mut self, other: Samples) {
+    pub(crate) fn extend(&mut self, other: Samples) {
         self.0.extend(other.0);
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Everything a run measured. Ratios are 0 to 1; times in seconds or
 /// milliseconds as the names say.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Hosts started.
     pub hosts: usize,
     /// Peers registered.
@@ -161,7 +161,7 @@ fn mib(b: u64) -> f64 {
 
 impl Report {
     /// Whether every find and message succeeded and every publish arrived.
-    pub fn all_ok(&self) -> bool {
+    pub(crate) fn all_ok(&self) -> bool {
         self.find_success_ratio == 1.0
             && self.delivered_ratio == 1.0
             && (self.requests == 0 || self.request_success_ratio == 1.0)
@@ -172,7 +172,7 @@ impl Report {
     }
 
     /// One screen of text.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut s = String::new();
         let mut line = |t: String| {
             s.push_str(&t);

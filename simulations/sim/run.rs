@@ -143,7 +143,7 @@ fn wire(net: &Net) -> Wire {
 }
 
 /// Runs the scenario and returns its report.
-pub async fn run(s: &Scenario) -> Result<Report, String> {
+pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
     let wall = Instant::now();
     let cpu0 = cpu_seconds();
     let rss0 = rss_bytes();
@@ -540,7 +540,7 @@ async fn broadcast_phase(
 }
 
 /// Members of each of the group phase's groups.
-pub const GROUP_SIZE: usize = 100;
+pub(crate) const GROUP_SIZE: usize = 100;
 /// Groups in the group phase.
 const GROUPS: usize = 10;
 

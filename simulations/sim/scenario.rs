@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
              and measures joining, registration, lookups, direct messages, channel \
              publishes and churn."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Scenario file (TOML, keys as the long flags with `_`); flags given on
     /// the command line override it.
     #[arg(long)]
@@ -46,7 +46,7 @@ pub struct Cli {
 
 /// Scenario values given as flags (all optional: file, then defaults).
 #[derive(Debug, Clone, clap::Args, Default)]
-pub struct ScenarioFlags {
+pub(crate) struct ScenarioFlags {
     /// Hosts to start. Default 32.
     #[arg(long)]
     pub hosts: Option<usize>,
@@ -126,7 +126,7 @@ pub struct ScenarioFlags {
 /// The same values in a scenario file.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ScenarioFile {
+pub(crate) struct ScenarioFile {
     hosts: Option<usize>,
     peers: Option<usize>,
     messages: Option<usize>,
@@ -153,7 +153,7 @@ pub struct ScenarioFile {
 
 /// A resolved scenario.
 #[derive(Debug, Clone, Serialize)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     /// Hosts.
     pub hosts: usize,
     /// Peers.
@@ -207,7 +207,7 @@ pub struct Scenario {
 
 /// Durations as milliseconds in JSON.
 mod humantime_serde_ms {
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -222,7 +222,7 @@ fn dur(key: &str, v: Option<String>) -> Result<Option<Duration>, String> {
 
 impl Scenario {
     /// Flags over file over defaults.
-    pub fn resolve(
+    pub(crate) fn resolve(
         flags: ScenarioFlags,
         file: Option<&std::path::Path>,
     ) -> Result<Scenario, String> {

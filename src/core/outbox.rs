@@ -291,7 +291,7 @@ impl<K: Hash + Eq + Copy, T: Weigh> Outbox<K, T> {
 
     /// Batches out now.
     #[cfg(test)]
-    pub fn out(&self) -> usize {
+    pub(crate) fn out(&self) -> usize {
         self.out
     }
 }
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(o.take(&7, t0, under_50), Some(vec![100]));
         o.done(&7);
         let drop_even = |x: &u32, _: usize, _: usize| {
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 Pick::Drop
             } else {
                 Pick::Take

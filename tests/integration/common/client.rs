@@ -15,7 +15,7 @@ use tokio_tungstenite::{
 use super::within;
 
 /// One client connection.
-pub struct Client {
+pub(crate) struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     /// Pushes (`event` frames) read while waiting for answers.
@@ -29,14 +29,14 @@ pub struct Client {
 
 /// An error answer: its code and message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub code: String,
     pub message: String,
 }
 
 impl Client {
     /// Connects without a hello.
-    pub async fn raw(url: &str) -> Client {
+    pub(crate) async fn raw(url: &str) -> Client {
         let (ws, _) = within("connect", tokio_tungstenite::connect_async(url))
             .await
             .expect("connect");
@@ -50,7 +50,7 @@ impl Client {
     }
 
     /// Connects and says hello (with a token or a session to resume).
-    pub async fn hello(url: &str, extra: Value) -> Result<Client, Refused> {
+    pub(crate) async fn hello(url: &str, extra: Value) -> Result<Client, Refused> {
         let mut c = Client::raw(url).await;
         let mut hello = json!({"op": "hello", "version": 1});
         if let (Some(h), Some(e)) = (hello.as_object_mut(), extra.as_object()) {
@@ -61,7 +61,7 @@ impl Client {
     }
 
     /// Connects anonymously, acknowledging events.
-    pub async fn connect(url: &str) -> Client {
+    pub(crate) async fn connect(url: &str) -> Client {
         Client::hello(url, json!({"acks": true}))
             .await
             .expect("hello")
@@ -69,7 +69,7 @@ impl Client {
 
     /// Connects again and takes back the session of `old` (dropped), with
     /// the events it had not taken.
-    pub async fn resume(url: &str, old: (String, u64)) -> Result<Client, Refused> {
+    pub(crate) async fn resume(url: &str, old: (String, u64)) -> Result<Client, Refused> {
         let (session, seen) = old;
         let mut c =
             Client::hello(url, json!({"resume": session, "acks": true, "seq": seen})).await?;
@@ -79,12 +79,12 @@ impl Client {
 
     /// Drops the connection without a close frame, as a network failure
     /// would; returns what [`Client::resume`] needs.
-    pub fn drop_connection(self) -> (String, u64) {
+    pub(crate) fn drop_connection(self) -> (String, u64) {
         (self.session(), self.seen)
     }
 
     /// The session token to resume with.
-    pub fn session(&self) -> String {
+    pub(crate) fn session(&self) -> String {
         self.welcome["session"]
             .as_str()
             .expect("session")
@@ -92,7 +92,7 @@ impl Client {
     }
 
     /// Sends a request without waiting; returns its id.
-    pub async fn start(&mut self, mut req: Value) -> u64 {
+    pub(crate) async fn start(&mut self, mut req: Value) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         req["id"] = json!(id);
@@ -101,7 +101,7 @@ impl Client {
     }
 
     /// Sends a text frame as it is.
-    pub async fn send_text(&mut self, text: String) {
+    pub(crate) async fn send_text(&mut self, text: String) {
         within("write", self.ws.send(Message::text(text)))
             .await
             .expect("write");
@@ -109,7 +109,7 @@ impl Client {
 
     /// The next frame as JSON; `None` when the connection ended. The wait
     /// is bounded as a whole: the gateway's pings do not extend it.
-    pub async fn frame(&mut self) -> Option<Value> {
+    pub(crate) async fn frame(&mut self) -> Option<Value> {
         within("frame", async {
             loop {
                 match self.ws.next().await {
@@ -125,7 +125,7 @@ impl Client {
     }
 
     /// Waits for the answer to request `id`, keeping pushes for later.
-    pub async fn answer(&mut self, id: u64) -> Result<Value, Refused> {
+    pub(crate) async fn answer(&mut self, id: u64) -> Result<Value, Refused> {
         loop {
             let f = self
                 .frame()
@@ -149,13 +149,13 @@ impl Client {
     }
 
     /// Sends a request and waits for its answer.
-    pub async fn call(&mut self, req: Value) -> Result<Value, Refused> {
+    pub(crate) async fn call(&mut self, req: Value) -> Result<Value, Refused> {
         let id = self.start(req).await;
         self.answer(id).await
     }
 
     /// Acknowledges every event up to `seq`.
-    pub async fn ack(&mut self, seq: u64) {
+    pub(crate) async fn ack(&mut self, seq: u64) {
         self.seen = seq;
         self.send_text(json!({"op": "ack", "seq": seq}).to_string())
             .await;
@@ -163,7 +163,7 @@ impl Client {
 
     /// The next push (acknowledged, when numbered; one seen before is
     /// skipped).
-    pub async fn event(&mut self) -> Value {
+    pub(crate) async fn event(&mut self) -> Value {
         loop {
             let e = match self.events.pop_front() {
                 Some(e) => e,
@@ -189,7 +189,7 @@ impl Client {
     }
 
     /// Closes with code 1000: the session ends and its peers go.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let frame = CloseFrame {
             code: 1000u16.into(),
             reason: "bye".into(),

@@ -3,18 +3,18 @@
 #![allow(dead_code)]
 
 #[cfg(feature = "gateway")]
-pub mod client;
-pub mod raw;
+pub(crate) mod client;
+pub(crate) mod raw;
 
 use std::{future::Future, time::Duration};
 
 use distribus::{Host, HostConfig, Multiaddr, Peer, TransportKind};
 
 /// Longest any single wait in a test may take.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// Installs a tracing subscriber once (RUST_LOG controls it).
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -22,7 +22,7 @@ pub fn init_tracing() {
 }
 
 /// A memory-transport host listening on `/memory/0`, and its address.
-pub async fn mem_host(cfg: HostConfig) -> (Host, Multiaddr) {
+pub(crate) async fn mem_host(cfg: HostConfig) -> (Host, Multiaddr) {
     init_tracing();
     let host = Host::new(cfg).await.expect("host");
     let addr = host.listen("/memory/0").await.expect("listen").remove(0);
@@ -30,7 +30,7 @@ pub async fn mem_host(cfg: HostConfig) -> (Host, Multiaddr) {
 }
 
 /// A TCP host on 127.0.0.1 with an OS-chosen port, and its address.
-pub async fn tcp_host(mut cfg: HostConfig) -> (Host, Multiaddr) {
+pub(crate) async fn tcp_host(mut cfg: HostConfig) -> (Host, Multiaddr) {
     init_tracing();
     cfg.transport = TransportKind::Tcp;
     let host = Host::new(cfg).await.expect("host");
@@ -43,7 +43,7 @@ pub async fn tcp_host(mut cfg: HostConfig) -> (Host, Multiaddr) {
 }
 
 /// `n` memory hosts with the test preset.
-pub async fn mem_hosts(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
+pub(crate) async fn mem_hosts(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(mem_host(cfg.clone()).await);
@@ -52,7 +52,7 @@ pub async fn mem_hosts(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
 }
 
 /// `n` memory hosts where every host joined the first, with full membership.
-pub async fn star(n: usize, cfg: &HostConfig) -> Vec<Host> {
+pub(crate) async fn star(n: usize, cfg: &HostConfig) -> Vec<Host> {
     star_with_addrs(n, cfg)
         .await
         .into_iter()
@@ -61,7 +61,7 @@ pub async fn star(n: usize, cfg: &HostConfig) -> Vec<Host> {
 }
 
 /// Like [`star`], with each host's address.
-pub async fn star_with_addrs(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
+pub(crate) async fn star_with_addrs(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr)> {
     let nodes = mem_hosts(n, cfg).await;
     let first = nodes[0].1.to_string();
     for (h, _) in &nodes[1..] {
@@ -72,7 +72,7 @@ pub async fn star_with_addrs(n: usize, cfg: &HostConfig) -> Vec<(Host, Multiaddr
 }
 
 /// Polls `check` every 25 ms until it returns true or `WAIT` passes.
-pub async fn wait_for<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -91,7 +91,7 @@ where
 
 /// `n` in-memory hosts that relay above 4 hosts, joined as a binary tree
 /// (host i joins host (i-1)/2), once every host knows every other.
-pub async fn relaying_tree(n: usize) -> Vec<Host> {
+pub(crate) async fn relaying_tree(n: usize) -> Vec<Host> {
     let mut cfg = HostConfig::for_tests();
     cfg.relay_above = 4;
     let nodes = mem_hosts(n, &cfg).await;
@@ -105,7 +105,7 @@ pub async fn relaying_tree(n: usize) -> Vec<Host> {
 }
 
 /// Waits until every host knows `n` hosts in all (itself included).
-pub async fn wait_membership(hosts: &[&Host], n: usize) {
+pub(crate) async fn wait_membership(hosts: &[&Host], n: usize) {
     for h in hosts {
         wait_for("full membership", || async {
             h.stats().hosts as usize == n
@@ -115,7 +115,7 @@ pub async fn wait_membership(hosts: &[&Host], n: usize) {
 }
 
 /// Waits until `host` can find `id` on `expected`.
-pub async fn wait_found(host: &Host, id: &str, expected: &Host) {
+pub(crate) async fn wait_found(host: &Host, id: &str, expected: &Host) {
     let want = expected.id();
     wait_for(&format!("{id} found on {want}"), || async {
         matches!(host.find(id).await, Ok(l) if l.host == want)
@@ -124,7 +124,7 @@ pub async fn wait_found(host: &Host, id: &str, expected: &Host) {
 }
 
 /// Runs a future with a deadline, failing the test when it passes.
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
@@ -134,7 +134,7 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 /// other's, sends `each` numbered messages from every peer to every other
 /// (all peers at once), and checks that each arrives exactly once and in
 /// order. Returns the peers.
-pub async fn all_to_all_exactly_once(hosts: &[Host], each: u32) -> Vec<Peer> {
+pub(crate) async fn all_to_all_exactly_once(hosts: &[Host], each: u32) -> Vec<Peer> {
     let n = hosts.len();
     let peers: Vec<Peer> = hosts
         .iter()

@@ -15,7 +15,7 @@ use libp2p::{
 
 /// A codec that writes whatever bytes it is given, unframed.
 #[derive(Clone, Default)]
-pub struct RawCodec;
+pub(crate) struct RawCodec;
 
 impl request_response::Codec for RawCodec {
     type Protocol = StreamProtocol;
@@ -60,7 +60,7 @@ impl request_response::Codec for RawCodec {
 
 /// Reads a whole answer (at most 1 MiB); a stream closed without one is
 /// an error.
-pub async fn read_answer<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_answer<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut v = Vec::new();
     io.take(1 << 20).read_to_end(&mut v).await?;
     if v.is_empty() {
@@ -71,15 +71,15 @@ pub async fn read_answer<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<
 }
 
 /// The raw swarm.
-pub type RawSwarm = libp2p::Swarm<request_response::Behaviour<RawCodec>>;
+pub(crate) type RawSwarm = libp2p::Swarm<request_response::Behaviour<RawCodec>>;
 
 /// A raw swarm with a new identity on the memory transport.
-pub fn raw_client() -> RawSwarm {
+pub(crate) fn raw_client() -> RawSwarm {
     raw_client_with(Keypair::generate_ed25519())
 }
 
 /// A raw swarm with identity `key` on the memory transport.
-pub fn raw_client_with(key: Keypair) -> RawSwarm {
+pub(crate) fn raw_client_with(key: Keypair) -> RawSwarm {
     memory_swarm(key, || {
         request_response::Behaviour::<RawCodec>::new(
             [(
@@ -97,7 +97,7 @@ pub fn raw_client_with(key: Keypair) -> RawSwarm {
 
 /// A bare swarm with identity `key` on the memory transport (noise,
 /// yamux), with `behaviour`; idle connections stay 30 s.
-pub fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(
+pub(crate) fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(
     key: Keypair,
     behaviour: impl FnOnce() -> B,
 ) -> libp2p::Swarm<B> {
@@ -118,7 +118,11 @@ pub fn memory_swarm<B: libp2p::swarm::NetworkBehaviour>(
 
 /// Sends `frame` to `host` and waits for its answer (the raw bytes), or the
 /// failure.
-pub async fn ask(swarm: &mut RawSwarm, host: PeerId, frame: Vec<u8>) -> Result<Vec<u8>, String> {
+pub(crate) async fn ask(
+    swarm: &mut RawSwarm,
+    host: PeerId,
+    frame: Vec<u8>,
+) -> Result<Vec<u8>, String> {
     swarm.behaviour_mut().send_request(&host, frame);
     super::within("raw answer", async {
         loop {
