@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use distribus::{bench_support::cpu_seconds, Host, HostConfig};
+use distribus::{testing::cpu_seconds, Host, HostConfig};
 
 const HOSTS: usize = 50;
 /// Peers created per timed run: a bulk load of a million, and a burst of

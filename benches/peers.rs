@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use distribus::{bench_support::rss_bytes, Host, HostConfig, Peer};
+use distribus::{testing::rss_bytes, Host, HostConfig, Peer};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -21,8 +21,6 @@
 
 mod beat_chain;
 mod behaviour;
-#[doc(hidden)]
-pub mod bench_support;
 mod broadcast;
 mod channel_name;
 mod command;
@@ -56,6 +54,8 @@ mod rpc_stream;
 mod send_lane;
 mod shared;
 mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(test)]
 mod wire_props;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-pub(crate) use distribus::bench_support::{cpu_seconds, rss_bytes};
+pub(crate) use distribus::testing::{cpu_seconds, rss_bytes};
 
 /// Sorted samples with percentile queries.
 #[derive(Debug, Default)]

@@ -54,20 +54,15 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// Polls `done` every 20 ms until true or `limit`; returns the time taken.
-async fn until<F, Fut>(what: &str, limit: Duration, mut done: F) -> Result<Duration, String>
+/// Waits until `done` holds, at most `limit`; the time taken.
+async fn until<F, Fut>(what: &str, limit: Duration, done: F) -> Result<Duration, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done().await {
-            return Ok(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!("{what} did not happen within {limit:?}"))
+    distribus::testing::wait_until(what, limit, done)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn error_name(e: &Error) -> String {

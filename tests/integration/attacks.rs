@@ -6,7 +6,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{raw::*, *};
-use distribus::{bench_support::RawMember, Host, HostConfig};
+use distribus::{testing::RawMember, Host, HostConfig};
 use libp2p::identity::Keypair;
 
 /// A raw member that joined `host` at `addr`: its swarm, its wire state,
@@ -17,7 +17,7 @@ async fn raw_member(
 ) -> (
     RawSwarm,
     RawMember,
-    Vec<distribus::bench_support::KnownHost>,
+    Vec<distribus::testing::KnownHost>,
 ) {
     let key = Keypair::generate_ed25519();
     let member = RawMember::new(key.clone());
@@ -260,10 +260,10 @@ async fn a_stranger_cannot_redirect_replies() {
         .await
         .expect("b answered the join");
     let payload = distribus::Payload::postcard(&"from bob, honest").unwrap();
-    let spoofed = distribus::bench_support::encode_delivery(1, "bob", "alice", &payload).unwrap();
+    let spoofed = distribus::testing::encode_delivery(1, "bob", "alice", &payload).unwrap();
     let answer = ask(&mut swarm, b.id(), spoofed).await.expect("delivered");
     assert_eq!(
-        distribus::bench_support::decode_delivered(&answer).unwrap(),
+        distribus::testing::decode_delivered(&answer).unwrap(),
         vec![true]
     );
     let m = within("the spoofed message", alice.recv()).await.unwrap();
@@ -320,9 +320,9 @@ async fn a_member_cannot_forge_the_reply_to_another_peers_request() {
         .expect("b answered the join");
     let lie = distribus::Payload::postcard(&666u32).unwrap();
     let ids = (1..=256).map(|k| seen_id.wrapping_add(k));
-    let forged = distribus::bench_support::encode_replies(1, "bob", "alice", ids, &lie).unwrap();
+    let forged = distribus::testing::encode_replies(1, "bob", "alice", ids, &lie).unwrap();
     let answer = ask(&mut swarm, b.id(), forged).await.expect("answered");
-    let taken = distribus::bench_support::decode_delivered(&answer).unwrap();
+    let taken = distribus::testing::decode_delivered(&answer).unwrap();
     assert_eq!(taken.len(), 256);
     assert!(taken.iter().all(|t| !t), "a forged reply was taken");
     assert_eq!(b.stats().replies_unmatched, 256);

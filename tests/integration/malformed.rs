@@ -98,13 +98,13 @@ async fn malformed_and_oversized_frames_are_rejected_and_counted() {
 /// not put in the inbox twice; the next batch id is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_sent_again_is_not_delivered_twice() {
-    use distribus::bench_support::{decode_delivered, encode_delivery};
+    use distribus::testing::{decode_delivered, encode_delivery};
     let (host, addr) = mem_host(HostConfig::for_tests()).await;
     let v = host.create("v").unwrap();
     let key = libp2p::identity::Keypair::generate_ed25519();
     let mut client = raw_client_with(key.clone());
     client.add_peer_address(host.id(), addr);
-    let member = distribus::bench_support::RawMember::new(key);
+    let member = distribus::testing::RawMember::new(key);
     ask(&mut client, host.id(), member.join(&[]).unwrap())
         .await
         .expect("joined");
@@ -131,7 +131,7 @@ async fn a_batch_sent_again_is_not_delivered_twice() {
 /// own, and the request was delivered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_from_a_stream_sent_again_as_a_request_is_not_delivered_twice() {
-    use distribus::bench_support::{
+    use distribus::testing::{
         decode_delivered, decode_stream_acks, encode_delivery, encode_stream_delivery,
     };
     let (host, addr) = mem_host(HostConfig::for_tests()).await;
@@ -172,7 +172,7 @@ async fn a_batch_from_a_stream_sent_again_as_a_request_is_not_delivered_twice() 
 /// had delivered it delivered it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_stream_broke_goes_again_with_its_id() {
-    use distribus::bench_support::{
+    use distribus::testing::{
         encode_stream_delivered, encode_stream_refusal, stream_batch_id, stream_request_delivery,
     };
     let (host, addr, v, _f) = victim_and_friend(HostConfig::for_tests()).await;
@@ -236,7 +236,7 @@ async fn raw_stream_client(
     addr: libp2p::Multiaddr,
 ) -> libp2p_stream::Control {
     let (control, key) = raw_stream_stranger(host, addr).await;
-    let mut member = distribus::bench_support::RawMember::new(key);
+    let mut member = distribus::testing::RawMember::new(key);
     let mut requests = control
         .clone()
         .open_stream(host, requests_protocol())
@@ -336,7 +336,7 @@ async fn ask_two_lookups(
     a: u64,
     b: u64,
 ) -> std::collections::HashMap<u64, Option<libp2p::PeerId>> {
-    use distribus::bench_support::{decode_stream_location, encode_stream_lookup};
+    use distribus::testing::{decode_stream_location, encode_stream_lookup};
     let mut w = encode_stream_lookup(a, "v").unwrap();
     w.extend(encode_stream_lookup(b, "nobody").unwrap());
     s.write_all(&w).await.unwrap();
@@ -407,7 +407,7 @@ async fn streams_past_a_hosts_share_are_reset_and_counted() {
         .open_stream(victim.id(), requests_protocol())
         .await
         .unwrap();
-    let frame = distribus::bench_support::encode_stream_lookup(3, "v").unwrap();
+    let frame = distribus::testing::encode_stream_lookup(3, "v").unwrap();
     let _ = third.write_all(&frame).await;
     let _ = third.flush().await;
     let answer = within("the third request stream ends", read_body(&mut third)).await;
@@ -469,7 +469,7 @@ async fn malformed_frames_on_a_delivery_stream_end_that_stream_only() {
 /// delivered twice; a batch older than those remembered is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_sent_again_on_a_new_stream_is_not_delivered_twice() {
-    use distribus::bench_support::{decode_stream_acks, encode_stream_delivery};
+    use distribus::testing::{decode_stream_acks, encode_stream_delivery};
     let (host, addr) = mem_host(HostConfig::for_tests()).await;
     let v = host.create("v").unwrap();
     let mut client = raw_stream_client(host.id(), addr).await;
@@ -523,7 +523,7 @@ async fn introduce(
     from: &str,
     to: &str,
 ) {
-    use distribus::bench_support::{decode_stream_acks, encode_stream_delivery};
+    use distribus::testing::{decode_stream_acks, encode_stream_delivery};
     let payload = distribus::Payload::postcard(&0u32).unwrap();
     let mut s = client.open_stream(host, deliver_protocol()).await.unwrap();
     s.write_all(&encode_stream_delivery(1, from, to, &payload).unwrap())
@@ -640,7 +640,7 @@ async fn a_host_that_never_reads_does_not_hold_the_link_task() {
 /// answered. Before, any process that spoke the protocols was served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_member_is_refused_on_every_request_path() {
-    use distribus::bench_support::{
+    use distribus::testing::{
         decode_stream_acks, decode_stream_location, encode_stream_delivery, encode_stream_lookup,
         RawMember,
     };
@@ -775,7 +775,7 @@ async fn a_host_holds_at_most_256_requests_at_once_and_the_rest_are_refused_and_
     });
     swarm.add_peer_address(victim.id(), addr);
     let mut member =
-        distribus::bench_support::RawMember::new(libp2p::identity::Keypair::generate_ed25519());
+        distribus::testing::RawMember::new(libp2p::identity::Keypair::generate_ed25519());
     let lookup = member
         .every_other_request()
         .unwrap()
@@ -796,7 +796,7 @@ async fn a_host_holds_at_most_256_requests_at_once_and_the_rest_are_refused_and_
                     message: request_response::Message::Response { response, .. },
                     ..
                 }) => {
-                    if distribus::bench_support::RawMember::refused_with(
+                    if distribus::testing::RawMember::refused_with(
                         &response,
                         "too many requests at once",
                     ) {

@@ -12,6 +12,8 @@ use std::{
 
 use distribus::{Error, Host, HostConfig, Peer, PeerId};
 
+use crate::common::wait_for;
+
 const BIN: &str = env!("CARGO_BIN_EXE_distribus-node");
 /// Upper bound of any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
@@ -231,21 +233,6 @@ async fn test_host(lease: Duration) -> Host {
     let host = Host::new(cfg).await.unwrap();
     host.listen("/ip4/127.0.0.1/tcp/0").await.unwrap();
     host
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Sends a probe to an echo peer and expects it back.

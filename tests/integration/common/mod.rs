@@ -71,21 +71,14 @@ pub(crate) async fn star_with_addrs(n: usize, cfg: &HostConfig) -> Vec<(Host, Mu
     nodes
 }
 
-/// Polls `check` every 25 ms until it returns true or `WAIT` passes.
-pub(crate) async fn wait_for<F, Fut>(what: &str, mut check: F)
+/// Waits until `check` holds; fails the test after `WAIT`.
+pub(crate) async fn wait_for<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    if let Err(e) = distribus::testing::wait_until(what, WAIT, check).await {
+        panic!("timed out: {e}");
     }
 }
 

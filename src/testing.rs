@@ -1,12 +1,54 @@
-//! Internals exposed for the criterion benches, the simulator and the wire
-//! tests: frame encoding and decoding, and the process's resident memory.
-//! Not part of the API and not covered by semver.
+//! Helpers for tests, benchmarks and the simulator (feature `testing`):
+//! waiting for a condition, wire frames written by hand for the
+//! malformed-input and attack tests, and the process's memory and CPU time.
+//! Not covered by semver.
 
-use std::{io, sync::Arc};
+use std::{
+    future::Future,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::protocol::{
     decode_frame, encode_frame, Ack, Envelope, Request, Response, StreamAcks, StreamBatch,
 };
+
+/// A condition that did not hold in time (see [`wait_until`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what} did not happen within {limit:?}")]
+pub struct TimedOut {
+    /// What was waited for.
+    pub what: String,
+    /// How long.
+    pub limit: Duration,
+}
+
+/// How often [`wait_until`] checks.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Checks `done` every [`POLL`] until it holds or `limit` passes; how long
+/// it took. For what has no event to await (a membership converging,
+/// entries reaching their holders), and never as a measure of speed.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut done: F) -> Result<Duration, TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if done().await {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= limit {
+            return Err(TimedOut {
+                what: what.to_string(),
+                limit,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// Delivery batch number `batch` holding one envelope, as a frame.
 pub fn encode_delivery(batch: u64, from: &str, to: &str, payload: &Payload) -> io::Result<Vec<u8>> {
