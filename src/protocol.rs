@@ -60,7 +60,10 @@ pub(crate) struct Envelope {
 /// A delivery batch on a delivery stream (sender to receiver). `(epoch,
 /// batch)` rises with every batch a host sends over its streams; a batch
 /// sent again over a new stream (the old one broke before its acks came)
-/// is answered from the receiver's memory, not delivered twice.
+/// is answered from the receiver's memory, not delivered twice. (This
+/// owned form is for tests and the fuzz target: senders write
+/// [`StreamBatchRef`], readers decode [`StreamBatchIn`].)
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StreamBatch {
     pub epoch: u64,

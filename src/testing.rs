@@ -30,7 +30,11 @@ pub const POLL: Duration = Duration::from_millis(20);
 /// Checks `done` every [`POLL`] until it holds or `limit` passes; how long
 /// it took. For what has no event to await (a membership converging,
 /// entries reaching their holders), and never as a measure of speed.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut done: F) -> Result<Duration, TimedOut>
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    limit: Duration,
+    mut done: F,
+) -> Result<Duration, TimedOut>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

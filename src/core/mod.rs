@@ -7,10 +7,13 @@
 //!   messages and relayed requests all use it);
 //! - `batch_memory`: which delivery batches a receiver has seen;
 //! - `send`: a direct message on its way;
+//! - `lookup`: the holders asked for an id, in what order, and the
+//!   Kademlia fallback;
 //! - `registration`: which holders get which directory operations, when,
 //!   and what a membership change moves.
 
 pub(crate) mod batch_memory;
+pub(crate) mod lookup;
 pub(crate) mod outbox;
 pub(crate) mod registration;
 pub(crate) mod send;

@@ -1,7 +1,7 @@
 //! Lookups: one hop to the holders of an id, then Kademlia's routing table
 //! and iterative query as the fallback.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{sync::Arc, time::Instant};
 
 use libp2p::{request_response::OutboundFailure, PeerId};
 use tokio::sync::oneshot;
@@ -9,7 +9,10 @@ use tokio::sync::oneshot;
 use super::{EventLoop, Pending};
 use crate::{
     command::Location,
-    core::send::PendingSend,
+    core::{
+        lookup::{Finished, LookupStep, LookupView, Lookups},
+        send::PendingSend,
+    },
     directory::{closest, key_of},
     error::{Error, Result},
     protocol::{Request, Response, WireLocation},
@@ -21,21 +24,6 @@ use crate::{
 pub(crate) enum Waiter {
     Send(PendingSend),
     Find(oneshot::Sender<Result<Location>>),
-}
-
-/// A lookup in progress: the holders left to ask, and who waits.
-#[derive(Debug)]
-pub(crate) struct LookupState {
-    candidates: VecDeque<PeerId>,
-    waiters: Vec<Waiter>,
-    round_trips: u64,
-    /// Holders asked so far.
-    asked: Vec<PeerId>,
-    /// Kademlia fallback: 0 not used, 1 routing table asked, 2 query ran.
-    kad_stage: u8,
-    /// Addresses the answering holder gave for the host found.
-    found_addrs: Vec<libp2p::Multiaddr>,
-    started: std::time::Instant,
 }
 
 impl EventLoop {
@@ -57,105 +45,48 @@ impl EventLoop {
     }
 
     fn start_lookup(&mut self, id: String, waiter: Waiter) {
-        if let Some(l) = self.lookups.get_mut(&id) {
-            l.waiters.push(waiter);
-            return;
-        }
-        let mut candidates = closest(
+        let holders = closest(
             self.membership.keys(),
             key_of(id.as_bytes()),
             self.replication,
         );
-        // Every holder has the entry: ask first those reachable in one hop.
-        candidates.sort_by_key(|h| self.next_hop(*h) != *h);
-        self.lookups.insert(
-            id.clone(),
-            LookupState {
-                candidates: candidates.into(),
-                waiters: vec![waiter],
-                round_trips: 0,
-                asked: Vec::new(),
-                kad_stage: 0,
-                found_addrs: Vec::new(),
-                started: std::time::Instant::now(),
-            },
-        );
-        self.lookup_step(id);
+        let now = Instant::now();
+        let step = self.with_lookups(|l, view| l.start(now, id, waiter, holders, view));
+        self.carry_out_lookup(step);
     }
 
-    /// Asks the next holder, or ends the lookup.
-    fn lookup_step(&mut self, id: String) {
-        loop {
-            let Some(state) = self.lookups.get_mut(&id) else {
-                return;
-            };
-            let Some(holder) = state.candidates.pop_front() else {
-                // The holders in our view do not know the id (our view may
-                // differ from the registering host's, e.g. mid-rebalance):
-                // ask the other members in Kademlia's routing table, closest
-                // to the id first, then those Kademlia's iterative query
-                // finds. Only members are asked (see `on_lookup_result`).
-                let stage = state.kad_stage;
-                let asked = std::mem::take(&mut state.asked);
-                if stage == 0 {
-                    let mut table = self.kad_table_by_distance(key_of(id.as_bytes()));
-                    table.retain(|h| self.membership.contains(h) && !asked.contains(h));
-                    if !table.is_empty() {
-                        if let Some(state) = self.lookups.get_mut(&id) {
-                            state.kad_stage = 1;
-                            state.candidates.extend(table);
-                            state.asked = asked;
-                        }
-                        continue;
-                    }
-                } else if stage == 1 {
-                    if let Some(state) = self.lookups.get_mut(&id) {
-                        state.kad_stage = 2;
-                        state.asked = asked;
-                    }
+    /// Runs `f` on the lookups with this loop as their view.
+    fn with_lookups<R>(&mut self, f: impl FnOnce(&mut Lookups<Waiter>, &EventLoop) -> R) -> R {
+        let mut lookups = std::mem::take(&mut self.lookups);
+        let r = f(&mut lookups, self);
+        self.lookups = lookups;
+        r
+    }
+
+    /// Does what a lookup's step says, until it waits for the network.
+    fn carry_out_lookup(&mut self, mut step: Option<LookupStep<Waiter>>) {
+        let now = Instant::now();
+        while let Some(s) = step.take() {
+            match s {
+                LookupStep::Ask { id, holder } => {
+                    let rid = self.request(holder, Request::Lookup(id.clone()));
+                    self.requests
+                        .insert(rid, Pending::Lookup { id, host: holder });
+                }
+                LookupStep::Table { id, key } => {
+                    let table = self.kad_table_by_distance(key);
+                    step = self.with_lookups(|l, view| l.on_table(now, id, table, view));
+                }
+                LookupStep::Query { id } => {
                     let q = self
                         .swarm
                         .behaviour_mut()
                         .kad
                         .get_closest_peers(id.as_bytes().to_vec());
                     self.kad_lookups.insert(q, id);
-                    return;
                 }
-                self.complete_lookup(&id, None);
-                return;
-            };
-            if state.asked.contains(&holder) {
-                continue;
+                LookupStep::Done(f) => self.complete_lookup(f),
             }
-            if holder != self.shared.local && !self.membership.contains(&holder) {
-                // Kademlia's query may name hosts outside the membership:
-                // their answers would not count, so they are not asked.
-                state.asked.push(holder);
-                continue;
-            }
-            state.asked.push(holder);
-            if holder == self.shared.local {
-                if let Some(host) = self.store.lookup(&id) {
-                    if self.membership.contains(&host) {
-                        self.complete_lookup(&id, Some(host));
-                        return;
-                    }
-                }
-                continue;
-            }
-            // A relayed lookup is two network round trips.
-            let trips = if self.next_hop(holder) == holder {
-                1
-            } else {
-                2
-            };
-            if let Some(state) = self.lookups.get_mut(&id) {
-                state.round_trips += trips;
-            }
-            let rid = self.request(holder, Request::Lookup(id.clone()));
-            self.requests
-                .insert(rid, Pending::Lookup { id, host: holder });
-            return;
         }
     }
 
@@ -166,31 +97,19 @@ impl EventLoop {
         result: std::result::Result<Response, OutboundFailure>,
     ) {
         let found = match result {
-            // Only a member's answer counts (it may have lapsed since it
-            // was asked): anyone reachable could otherwise redirect sends.
-            Ok(Response::Location(Some(w))) if self.membership.contains(&holder) => {
-                PeerId::from_bytes(&w.host).ok().map(|h| (h, w.addrs))
-            }
-            _ => None,
-        };
-        match found {
-            // A location outside our membership is not trusted either: a
-            // member might point sends at a host nobody admitted.
-            Some((host, addrs)) if self.membership.contains(&host) => {
-                let addrs: Vec<libp2p::Multiaddr> = addrs
+            Ok(Response::Location(Some(w))) => PeerId::from_bytes(&w.host).ok().map(|h| {
+                let addrs = w
+                    .addrs
                     .into_iter()
                     .filter_map(|a| libp2p::Multiaddr::try_from(a).ok())
                     .collect();
-                for a in &addrs {
-                    self.swarm.add_peer_address(host, a.clone());
-                }
-                if let Some(l) = self.lookups.get_mut(&id) {
-                    l.found_addrs = addrs;
-                }
-                self.complete_lookup(&id, Some(host))
-            }
-            _ => self.lookup_step(id),
-        }
+                (h, addrs)
+            }),
+            _ => None,
+        };
+        let now = Instant::now();
+        let step = self.with_lookups(|l, view| l.on_answer(now, id, holder, found, view));
+        self.carry_out_lookup(step);
     }
 
     /// The hosts in Kademlia's routing table, closest to `key` first.
@@ -211,33 +130,32 @@ impl EventLoop {
         let Some(id) = self.kad_lookups.remove(&query) else {
             return;
         };
-        if let Some(state) = self.lookups.get_mut(&id) {
-            tracing::debug!(%id, hosts = peers.len(), "kademlia fallback lookup");
-            state.candidates.extend(peers);
-        }
-        self.lookup_step(id);
+        tracing::debug!(%id, hosts = peers.len(), "kademlia fallback lookup");
+        let now = Instant::now();
+        let step = self.with_lookups(|l, view| l.on_closest(now, id, peers, view));
+        self.carry_out_lookup(step);
     }
 
-    fn complete_lookup(&mut self, id: &str, host: Option<PeerId>) {
-        let Some(state) = self.lookups.remove(id) else {
-            return;
-        };
-        if state.round_trips > 0 {
+    fn complete_lookup(&mut self, f: Finished<Waiter>) {
+        let (id, host) = (f.id.as_str(), f.host);
+        if let Some(h) = host {
+            for a in &f.addrs {
+                self.swarm.add_peer_address(h, a.clone());
+            }
+        }
+        if f.round_trips > 0 {
             bump(&self.shared.counters.lookups);
-            self.shared
-                .counters
-                .lookup_latency
-                .record(state.started.elapsed());
+            self.shared.counters.lookup_latency.record(f.took);
             self.shared
                 .counters
                 .lookup_round_trips
-                .fetch_add(state.round_trips, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(f.round_trips, std::sync::atomic::Ordering::Relaxed);
         }
         let id_arc: Arc<str> = Arc::from(id);
         if let Some(h) = host {
             // A holder may still point to a host that just said "unknown
             // peer" (its withdrawal is on the way): do not cache that.
-            let refused = state
+            let refused = f
                 .waiters
                 .iter()
                 .any(|w| matches!(w, Waiter::Send(p) if p.refused_by.as_deref() == Some(&h)));
@@ -245,14 +163,14 @@ impl EventLoop {
                 self.cache.put(id_arc.clone(), h);
             }
         }
-        for w in state.waiters {
+        for w in f.waiters {
             match (w, host) {
                 (Waiter::Find(reply), Some(h)) => {
                     let mut loc = self.location_of(h);
                     if loc.addrs.is_empty() {
-                        loc.addrs = state.found_addrs.clone();
+                        loc.addrs = f.addrs.clone();
                     }
-                    loc.round_trips = u32::try_from(state.round_trips).unwrap_or(u32::MAX);
+                    loc.round_trips = u32::try_from(f.round_trips).unwrap_or(u32::MAX);
                     let _ = reply.send(Ok(loc));
                 }
                 (Waiter::Find(reply), None) => {
@@ -342,17 +260,33 @@ impl EventLoop {
 
     /// Fails every lookup (on close).
     pub(super) fn fail_all_lookups(&mut self) {
-        for (_, state) in self.lookups.drain() {
-            for w in state.waiters {
-                match w {
-                    Waiter::Send(p) => {
-                        let _ = p.reply.send(Err(Error::Closed));
-                    }
-                    Waiter::Find(reply) => {
-                        let _ = reply.send(Err(Error::Closed));
-                    }
+        for w in self.lookups.drain() {
+            match w {
+                Waiter::Send(p) => {
+                    let _ = p.reply.send(Err(Error::Closed));
+                }
+                Waiter::Find(reply) => {
+                    let _ = reply.send(Err(Error::Closed));
                 }
             }
         }
+    }
+}
+
+impl LookupView for EventLoop {
+    fn is_member(&self, host: &PeerId) -> bool {
+        self.membership.contains(host)
+    }
+
+    fn is_local(&self, host: &PeerId) -> bool {
+        *host == self.shared.local
+    }
+
+    fn held_here(&self, id: &str) -> Option<PeerId> {
+        self.store.lookup(id)
+    }
+
+    fn direct(&self, host: &PeerId) -> bool {
+        self.next_hop(*host) == *host
     }
 }

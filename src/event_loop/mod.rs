@@ -5,7 +5,10 @@
 //! changes and a short tick. Work is split by concern into the files beside
 //! this one; each adds methods to [`EventLoop`]:
 //! - `messaging`: direct messages, batched per destination host;
-//! - `lookup`: directory registration batches and one-hop lookups;
+//! - `registration`: directory operations to the holders (see
+//!   [`crate::core::registration`]);
+//! - `lookup`: one-hop lookups and the Kademlia fallback (see
+//!   [`crate::core::lookup`]);
 //! - `members`: join, leave, record announcements, leases and reconnects;
 //! - `beats`: heartbeat digests (liveness and membership anti-entropy);
 //! - `budget`: the link budget (idle links closed, least recently used first);
@@ -203,7 +206,7 @@ pub(crate) struct EventLoop {
     /// by the directory: a send to such a sender asks the holders first and
     /// goes here only when they do not know it (an entry still on its way).
     claims: LruCache<Arc<str>, PeerId>,
-    lookups: HashMap<String, lookup::LookupState>,
+    lookups: crate::core::lookup::Lookups<lookup::Waiter>,
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     /// Directory operations on their way to the holders.
     registration: Registration,
@@ -358,7 +361,7 @@ impl EventLoop {
             ),
             cache: LruCache::new(cache_cap),
             claims: LruCache::new(cache_cap.min(CLAIMS)),
-            lookups: HashMap::new(),
+            lookups: Default::default(),
             kad_lookups: HashMap::new(),
             registration: Registration::new(local, cfg.replication, membership.keys()),
             wake_soon: false,

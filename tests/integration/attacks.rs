@@ -14,11 +14,7 @@ use libp2p::identity::Keypair;
 async fn raw_member(
     host: &Host,
     addr: &libp2p::Multiaddr,
-) -> (
-    RawSwarm,
-    RawMember,
-    Vec<distribus::testing::KnownHost>,
-) {
+) -> (RawSwarm, RawMember, Vec<distribus::testing::KnownHost>) {
     let key = Keypair::generate_ed25519();
     let member = RawMember::new(key.clone());
     let mut swarm = raw_client_with(key);
