@@ -3,21 +3,43 @@
 #![warn(missing_debug_implementations)]
 
 //! # Module map
-//! - [`Host`] (`host.rs`): the handle; [`Peer`] (`peer.rs`); [`Subscription`].
-//! - `core/`: the protocol's decisions without I/O (tested with a fake
-//!   clock); the event loop feeds them and carries out what they return.
-//! - `event_loop/`: the task that owns the libp2p swarm.
-//! - `delivery/`: direct messages between linked hosts over long-lived
-//!   streams (a link task per destination, a reader per inbound stream).
-//! - `directory.rs`: placement by XOR distance and the holder-side store.
-//! - `find_cache.rs`: recent `find` answers, read without the event loop.
-//! - `membership.rs`: signed host records, leases, tombstones.
-//! - `protocol.rs`: wire types and the size-limited codec.
-//! - `inbox.rs`: lazily allocated bounded inboxes and the local registry.
-//! - `publish_lane.rs`: channel publishes handed to the event loop in
-//!   batches, with room for a bounded number.
-//! - `request.rs`: request/reply: correlation ids and the requests waiting
-//!   for their replies.
+//!
+//! The handles, what applications use:
+//! - `host.rs`: [`Host`], the cheap cloneable handle; `peer.rs`: [`Peer`];
+//!   `subscription.rs`: [`Subscription`]; `message.rs`: payloads and
+//!   received messages; `config.rs`: [`HostConfig`]; `error.rs`: [`Error`].
+//! - `command.rs`: the commands the handles send to the event loop, each
+//!   with its reply channel; `shared.rs`: what the handles and the loop
+//!   share (the registry, counters, the lanes).
+//! - `inbox.rs`: the local peers' bounded inboxes and the registry;
+//!   `send_lane.rs`: sends that skip the loop once a link task is known;
+//!   `publish_lane.rs`: publishes handed to the loop in batches;
+//!   `find_cache.rs`: recent `find` answers, read without the loop;
+//!   `request.rs`: request/reply correlation.
+//!
+//! The protocol's decisions, without I/O (`core/`, tested with a fake
+//! clock): `outbox` (a queue per destination), `registration`, `lookup`,
+//! `batch_memory`, `send`; and beside it, as pure: `membership.rs` (signed
+//! records, leases, digests), `directory.rs` (placement by XOR distance and
+//! the holder's store), `overlay.rs` (the relay overlay), `beat_chain.rs`
+//! (heartbeat counters only their host can raise), `relay_proof.rs` (one
+//! signature per relay bundle), `channel_name.rs` (names, wildcards, topics),
+//! `queue_group.rs` (who takes a queue group's publish).
+//!
+//! The I/O:
+//! - `event_loop/`: the task that owns the libp2p swarm, feeds the core and
+//!   carries out what it returns; one file per concern.
+//! - `behaviour.rs`: the libp2p behaviour and transports; `dial_gate.rs`:
+//!   which dials a relaying host accepts; `network_key.rs`: closed networks;
+//!   `link_delay.rs`: simulated latency on the memory transport.
+//! - `delivery/`: direct messages over long-lived streams (a link task per
+//!   destination, a reader per inbound stream) and into local inboxes;
+//!   `rpc_stream/`: overlay requests over long-lived streams.
+//! - `protocol.rs`: the wire types and the size-limited codec.
+//! - `broadcast.rs`: broadcast and group sends.
+//! - `gateway/` (feature `gateway`): WebSocket clients in any language.
+//! - `testing.rs` (feature `testing`), `fuzzing.rs` (feature `fuzzing`):
+//!   helpers for tests, benchmarks, the simulator and the fuzz targets.
 
 mod beat_chain;
 mod behaviour;
