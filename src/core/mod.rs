@@ -5,6 +5,7 @@
 //! - `outbox`: a queue per destination with one batch in flight, retry
 //!   rests and a cap over all destinations (directory operations, direct
 //!   messages and relayed requests all use it);
+//! - `budget`: which idle links close when a host has too many;
 //! - `batch_memory`: which delivery batches a receiver has seen;
 //! - `send`: a direct message on its way;
 //! - `lookup`: the holders asked for an id, in what order, and the
@@ -13,6 +14,7 @@
 //!   and what a membership change moves.
 
 pub(crate) mod batch_memory;
+pub(crate) mod budget;
 pub(crate) mod lookup;
 pub(crate) mod outbox;
 pub(crate) mod registration;

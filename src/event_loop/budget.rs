@@ -1,48 +1,25 @@
-//! The link budget.
-//!
-//! Gossipsub keeps a long-lived stream on every link to a host that speaks
-//! it, so libp2p's idle timeout never closes such a link: a host would end
-//! up linked to every host it ever sent a message, a registration or a
-//! digest to (all of them, in a big network). Links cost memory (buffers of
-//! the muxer, the security layer and each protocol) and the CPU of keeping
-//! them, so above [`HostConfig::link_budget`](crate::HostConfig::link_budget)
-//! links the loop closes the least recently used ones that are idle: no
-//! request of ours in flight on it, nothing sent or asked over it for
-//! [`IDLE`]. Links to hosts this one joined, and to hosts that joined
-//! through it, stay (they hold the network together); a closed link is
-//! dialled again when needed, and a delivery batch caught by a closing link
-//! is sent again without being delivered twice (see `messaging`).
+//! The link budget's I/O (see [`crate::core::budget`]): which links are
+//! busy or must stay, and closing the ones the budget picks. Links to hosts
+//! this one joined, and to hosts that joined through it, stay (they hold the
+//! network together); a delivery batch caught by a closing link is sent
+//! again without being delivered twice (see `messaging`).
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, time::Instant};
 
 use libp2p::PeerId;
 
 use super::{EventLoop, Pending};
-
-/// A link unused for this long may be closed when over budget. Heartbeat
-/// digests do not count as use.
-const IDLE: Duration = Duration::from_secs(5);
-/// A new link is kept at least this long (a join or a first request is
-/// under way on it).
-const GRACE: Duration = Duration::from_secs(1);
-/// How often the budget is checked.
-const EVERY: Duration = Duration::from_millis(500);
+use crate::core::budget::{Keep, LinkBudget, IDLE};
 
 impl EventLoop {
     /// Notes that `host` was just used.
     pub(super) fn touch(&mut self, host: PeerId) {
-        self.last_used.insert(host, Instant::now());
+        self.budget.touch(host, Instant::now());
     }
 
-    /// Notes a new link to `host`: kept for [`GRACE`] if not used.
+    /// Notes a new link to `host` (kept a little while if not used).
     pub(super) fn touch_new(&mut self, host: PeerId) {
-        let now = Instant::now();
-        let as_if = now.checked_sub(IDLE - GRACE).unwrap_or(now);
-        let used = self.last_used.entry(host).or_insert(as_if);
-        *used = (*used).max(as_if);
+        self.budget.touch_new(host, Instant::now());
     }
 
     /// Hosts with one of our requests or delivery batches in flight.
@@ -74,15 +51,16 @@ impl EventLoop {
 
     /// Closes idle links above the budget, least recently used first.
     pub(super) fn trim_links(&mut self, now: Instant) {
-        if now < self.next_trim {
+        if !self.budget.due(now) {
             return;
         }
-        self.next_trim = now + EVERY;
-        self.last_used.retain(|h, _| self.swarm.is_connected(h));
         // Bounded: a joiner that is not (or no longer) a member is forgotten.
         let membership = &self.membership;
         self.joiners.retain(|h| membership.contains(h));
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let Some(mut budget) = self.shared.with_config(|c| c.link_budget) else {
+            self.budget
+                .to_close(now, &connected, usize::MAX, |_| Keep::Always);
             return;
         };
         // In a relaying network the overlay's neighbours are the links to
@@ -90,40 +68,36 @@ impl EventLoop {
         if let Some(o) = self.overlay() {
             budget = budget.min(o.neighbours().count());
         }
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        if connected.len() <= budget {
-            return;
-        }
-        let busy = self.busy_hosts();
+        // Taken out while `keep` reads the rest of the loop.
+        let mut state = std::mem::replace(&mut self.budget, LinkBudget::new(now));
+        let busy = if connected.len() > budget {
+            self.busy_hosts()
+        } else {
+            HashSet::new()
+        };
         // A link from a host that is not a member yet carries a join that
         // may take a while on a busy host: it gets the join's deadline.
         let join_timeout = self.shared.with_config(|c| c.join_timeout);
-        let mut idle: Vec<(Option<Instant>, PeerId)> = connected
-            .into_iter()
-            .filter(|h| {
-                !busy.contains(h)
-                    && !self.rejoin.get(h).is_some_and(|r| r.joined)
-                    && !self.joiners.contains(h)
-                    && !self.joining(h)
-                    && !self.is_neighbour(h)
-            })
-            .map(|h| (self.last_used.get(&h).copied(), h))
-            .filter(|(used, h)| {
-                let idle = if self.membership.contains(h) {
-                    IDLE
-                } else {
-                    join_timeout.max(IDLE)
-                };
-                used.is_none_or(|t| now.duration_since(t) >= idle)
-            })
-            .collect();
-        // Never used first, then oldest use first.
-        idle.sort_unstable_by_key(|(used, _)| *used);
-        let over = self.swarm.connected_peers().count() - budget;
-        for (_, host) in idle.into_iter().take(over) {
+        let keep = |h: &PeerId| {
+            if busy.contains(h)
+                || self.rejoin.get(h).is_some_and(|r| r.joined)
+                || self.joiners.contains(h)
+                || self.joining(h)
+                || self.is_neighbour(h)
+            {
+                Keep::Always
+            } else if self.membership.contains(h) {
+                Keep::IdleAfter(IDLE)
+            } else {
+                Keep::IdleAfter(join_timeout.max(IDLE))
+            }
+        };
+        let close = state.to_close(now, &connected, budget, keep);
+        self.budget = state;
+        for host in close {
             tracing::trace!(%host, "closing an idle link over the budget");
             if self.swarm.disconnect_peer_id(host).is_ok() {
-                self.last_used.remove(&host);
+                self.budget.closed(&host);
             }
         }
     }

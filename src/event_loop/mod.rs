@@ -256,11 +256,10 @@ pub(crate) struct EventLoop {
 
     // budget
     /// When each connected host was last sent or asked something.
-    last_used: foldhash::HashMap<PeerId, Instant>,
+    budget: crate::core::budget::LinkBudget,
     /// Hosts that joined the network through this one: their links stay,
     /// as the links to the hosts this one joined do.
     joiners: std::collections::HashSet<PeerId>,
-    next_trim: Instant,
 
     // relay
     overlay: relay::OverlayState,
@@ -385,9 +384,8 @@ impl EventLoop {
             parked: HashMap::new(),
             ready: Default::default(),
             dialing: HashMap::new(),
-            last_used: Default::default(),
+            budget: crate::core::budget::LinkBudget::new(Instant::now()),
             joiners: Default::default(),
-            next_trim: Instant::now(),
             overlay: Default::default(),
             relays: Default::default(),
             ownership: Default::default(),
