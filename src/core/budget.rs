@@ -79,7 +79,7 @@ impl LinkBudget {
     /// The links to close at `now`: with `connected` links over `budget`,
     /// the idle ones (by `keep`), never used first, then least recently
     /// used, at most as many as are over.
-    pub(crate) fn to_close(
+    pub(crate) fn over_budget(
         &mut self,
         now: Instant,
         connected: &[PeerId],
@@ -128,8 +128,8 @@ mod tests {
         }
         let now = t0 + Duration::from_secs(20);
         let idle = |_: &PeerId| Keep::IdleAfter(IDLE);
-        assert!(b.to_close(now, &hs, 5, idle).is_empty(), "within budget");
-        assert_eq!(b.to_close(now, &hs, 3, idle), vec![hs[0], hs[1]]);
+        assert!(b.over_budget(now, &hs, 5, idle).is_empty(), "within budget");
+        assert_eq!(b.over_budget(now, &hs, 3, idle), vec![hs[0], hs[1]]);
         // A busy link is not closed; the next oldest goes instead.
         let busy = |h: &PeerId| {
             if *h == hs[0] {
@@ -138,7 +138,7 @@ mod tests {
                 Keep::IdleAfter(IDLE)
             }
         };
-        assert_eq!(b.to_close(now, &hs, 3, busy), vec![hs[1], hs[2]]);
+        assert_eq!(b.over_budget(now, &hs, 3, busy), vec![hs[1], hs[2]]);
     }
 
     #[test]
@@ -151,14 +151,14 @@ mod tests {
         // hs[2] never used: first to go.
         let idle = |_: &PeerId| Keep::IdleAfter(IDLE);
         let now = t0 + Duration::from_secs(10);
-        assert_eq!(b.to_close(now, &hs, 0, idle), vec![hs[2], hs[0]]);
+        assert_eq!(b.over_budget(now, &hs, 0, idle), vec![hs[2], hs[0]]);
         // The new link closes once its grace is over, not before.
         let just_before = now + GRACE - Duration::from_millis(1);
-        assert!(!b.to_close(just_before, &hs, 0, idle).contains(&hs[1]));
-        assert!(b.to_close(now + GRACE, &hs, 0, idle).contains(&hs[1]));
+        assert!(!b.over_budget(just_before, &hs, 0, idle).contains(&hs[1]));
+        assert!(b.over_budget(now + GRACE, &hs, 0, idle).contains(&hs[1]));
         // A longer idle time (a joiner's link) keeps it longer.
         let slow = |_: &PeerId| Keep::IdleAfter(Duration::from_secs(30));
-        assert_eq!(b.to_close(now + GRACE, &hs, 0, slow), vec![hs[2]]);
+        assert_eq!(b.over_budget(now + GRACE, &hs, 0, slow), vec![hs[2]]);
     }
 
     #[test]
@@ -170,7 +170,7 @@ mod tests {
         assert!(b.due(t0 + EVERY));
         let h = PeerId::random();
         b.touch(h, t0);
-        b.to_close(t0, &[], 0, |_| Keep::Always);
+        b.over_budget(t0, &[], 0, |_| Keep::Always);
         assert!(
             b.last_used.is_empty(),
             "a link no longer connected is forgotten"

@@ -60,7 +60,7 @@ impl EventLoop {
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let Some(mut budget) = self.shared.with_config(|c| c.link_budget) else {
             self.budget
-                .to_close(now, &connected, usize::MAX, |_| Keep::Always);
+                .over_budget(now, &connected, usize::MAX, |_| Keep::Always);
             return;
         };
         // In a relaying network the overlay's neighbours are the links to
@@ -92,7 +92,7 @@ impl EventLoop {
                 Keep::IdleAfter(join_timeout.max(IDLE))
             }
         };
-        let close = state.to_close(now, &connected, budget, keep);
+        let close = state.over_budget(now, &connected, budget, keep);
         self.budget = state;
         for host in close {
             tracing::trace!(%host, "closing an idle link over the budget");
