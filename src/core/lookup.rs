@@ -260,6 +260,17 @@ mod tests {
         held: HashMap<String, PeerId>,
     }
 
+    impl View {
+        /// Every one of `hosts` a member, reached in one hop.
+        fn all_direct(hosts: &[PeerId]) -> View {
+            View {
+                members: hosts.iter().copied().collect(),
+                direct: hosts.iter().copied().collect(),
+                ..View::default()
+            }
+        }
+    }
+
     impl LookupView for View {
         fn is_member(&self, host: &PeerId) -> bool {
             self.members.contains(host)
@@ -323,11 +334,7 @@ mod tests {
     fn answers_from_or_about_non_members_do_not_count() {
         let hs = hosts(4);
         let stranger = PeerId::random();
-        let view = View {
-            members: hs.iter().copied().collect(),
-            direct: hs.iter().copied().collect(),
-            ..View::default()
-        };
+        let view = View::all_direct(&hs);
         let t0 = Instant::now();
         let mut l = Lookups::default();
         let h = asked(l.start(t0, "p".into(), 0u8, vec![hs[0], hs[1], hs[2]], &view));
@@ -342,11 +349,7 @@ mod tests {
     fn a_miss_everywhere_falls_back_to_the_routing_table_then_the_query_then_ends() {
         let hs = hosts(6);
         let outsider = PeerId::random();
-        let view = View {
-            members: hs.iter().copied().collect(),
-            direct: hs.iter().copied().collect(),
-            ..View::default()
-        };
+        let view = View::all_direct(&hs);
         let t0 = Instant::now();
         let mut l = Lookups::default();
         let h0 = asked(l.start(t0, "p".into(), 0u8, vec![hs[0]], &view));
@@ -373,9 +376,7 @@ mod tests {
         let hs = hosts(3);
         let mut view = View {
             local: Some(hs[0]),
-            members: hs.iter().copied().collect(),
-            direct: hs.iter().copied().collect(),
-            ..View::default()
+            ..View::all_direct(&hs)
         };
         view.held.insert("p".into(), hs[2]);
         let t0 = Instant::now();

@@ -1,7 +1,8 @@
 //! Direct messages between hosts: routing, and the request path.
 //!
-//! Sends to one destination host wait in that host's [`Link`] queue, the one
-//! place that orders them. While the hosts are linked, the queue goes
+//! Sends to one destination host wait in that host's queue of the loop's
+//! outbox ([`crate::core::outbox`]), the one place that orders them.
+//! While the hosts are linked, the queue goes
 //! straight to the destination's link task, which batches and pipelines
 //! over a delivery stream (see [`crate::delivery`]). Otherwise (not linked
 //! yet, or the network relays) a batch goes as a request, possibly through
@@ -28,9 +29,8 @@ use std::{
 use libp2p::{request_response::OutboundFailure, PeerId};
 
 use super::{EventLoop, Pending};
-pub(crate) use crate::core::send::PendingSend;
 use crate::{
-    core::{batch_memory::Seen, outbox::Pick},
+    core::{batch_memory::Seen, outbox::Pick, send::PendingSend},
     delivery::{
         local::{deliver_envs, finish, no_request, push_local},
         outbound::{LinkHandle, Refused},
