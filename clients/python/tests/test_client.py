@@ -213,15 +213,21 @@ async def test_a_dropped_connection_resumes_its_session(nodes):
 
         await eventually(found)
         session = ha.session
-        # Frames the gateway wrote are lost on the way (never read, never
-        # acknowledged), then the connection drops: after the resume they
-        # come again, once each.
-        read = ha._frame
-        ha._frame = lambda f: None
+        # Every frame the gateway writes on this connection from now on is
+        # lost (never read, never acknowledged), then the connection drops:
+        # after the resume they come again, once each. (Only this
+        # connection's: a frame read late would acknowledge those before it,
+        # which a real connection, delivering in order, never does.)
+        lost, read = ha._ws, ha._frame
+
+        def lose_on_old_connection(f):
+            if ha._ws is not lost:
+                read(f)
+
+        ha._frame = lose_on_old_connection
         for n in range(3):
             await talker.send("py-roamer", n)
-        ha._frame = read
-        await ha._ws.close(code=4000, reason="network trouble")
+        await lost.close(code=4000, reason="network trouble")
         await talker.send("py-roamer", "while away")
 
         async def back():
