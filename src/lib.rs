@@ -91,7 +91,7 @@ pub use gateway::{
     Request as ClientRequest, TlsIdentity, TokenLimits, Tokens, PROTOCOL as CLIENT_PROTOCOL,
 };
 pub use host::{parse_address, Host, MAX_ID_LEN};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
 pub use message::{ChannelMessage, Encoding, Message, Payload};
 pub use network_key::NetworkKey;
 pub use peer::Peer;

@@ -6,8 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use distribus::Keypair;
 use distribus::{Error, Host, HostConfig, Peer};
-use libp2p::identity::Keypair;
 
 use crate::{
     node::Node,

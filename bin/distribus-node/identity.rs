@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use libp2p::identity::Keypair;
+use distribus::Keypair;
 
 /// Reads a network key file, refused unless only its owner can read it.
 pub(crate) fn load_network_key(path: &Path) -> Result<distribus::NetworkKey, String> {

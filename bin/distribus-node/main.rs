@@ -16,7 +16,7 @@ mod signals;
 use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
-use libp2p::identity::Keypair;
+use distribus::Keypair;
 
 use crate::{
     node::Node,

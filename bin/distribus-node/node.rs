@@ -2,8 +2,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use distribus::Keypair;
 use distribus::{Host, Multiaddr};
-use libp2p::identity::Keypair;
 use tokio::task::JoinHandle;
 
 use crate::{echo, gateway, identity, metrics, settings::Settings};

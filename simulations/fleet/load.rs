@@ -103,12 +103,12 @@ impl Record {
     }
 }
 
-fn load_key(path: &PathBuf) -> Result<libp2p::identity::Keypair, String> {
+fn load_key(path: &PathBuf) -> Result<distribus::Keypair, String> {
     if let Ok(bytes) = std::fs::read(path) {
-        return libp2p::identity::Keypair::from_protobuf_encoding(&bytes)
+        return distribus::Keypair::from_protobuf_encoding(&bytes)
             .map_err(|e| format!("{}: {e}", path.display()));
     }
-    let key = libp2p::identity::Keypair::generate_ed25519();
+    let key = distribus::Keypair::generate_ed25519();
     let bytes = key.to_protobuf_encoding().map_err(|e| e.to_string())?;
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(key)

@@ -1,8 +1,8 @@
 //! `distribus-sim`: many real distribus hosts in one process, measured.
 //!
 //! ```text
-//! cargo run --release --features sim --bin distribus-sim -- --hosts 64 --peers 100000 --json out.json
-//! cargo run --release --features sim --bin distribus-sim -- --sweep
+//! cargo run --release --bin distribus-sim -- --hosts 64 --peers 100000 --json out.json
+//! cargo run --release --bin distribus-sim -- --sweep
 //! ```
 
 mod chart;

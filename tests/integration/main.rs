@@ -1,5 +1,5 @@
-//! The integration tests: real hosts in this process (and, in `node`,
-//! `distribus-node` processes), one module per area.
+//! The integration tests: real hosts in this process, one module per area
+//! (`distribus-node` processes are tested in bin/distribus-node/tests).
 //!
 //! One test binary rather than one per file: each binary links the whole
 //! library and libp2p, and seventeen of them took about 14 of CI's
@@ -19,7 +19,6 @@ mod malformed;
 mod membership;
 mod messaging;
 mod million;
-mod node;
 mod queue_groups;
 mod relay;
 mod requests;

@@ -1,5 +1,6 @@
 //! `distribus-node` as real processes on loopback, driven by a test-side
 //! host that joins their mesh through the library.
+#![allow(unreachable_pub)]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -12,11 +13,20 @@ use std::{
 
 use distribus::{Error, Host, HostConfig, Peer, PeerId};
 
-use crate::common::wait_for;
-
 const BIN: &str = env!("CARGO_BIN_EXE_distribus-node");
 /// Upper bound of any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until `check` holds; fails the test after `WAIT`.
+async fn wait_for<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if let Err(e) = distribus::testing::wait_until(what, WAIT, check).await {
+        panic!("timed out: {e}");
+    }
+}
 
 /// A `distribus-node` child process, killed when dropped (also when a test
 /// fails).
