@@ -32,6 +32,7 @@ fn settings(listen: &[&str], join: Vec<String>, echo: &str) -> Settings {
         log_filter: String::new(),
         shutdown_timeout: Duration::from_secs(5),
         host: HostConfig::default(),
+        merged: Default::default(),
     }
 }
 

@@ -1,9 +1,9 @@
 //! Command line, environment and config file, merged into one [`Settings`].
 //!
 //! Every node setting has a flag (`--lease`), an environment variable
-//! (`DISTRIBUS_LEASE`) and a config-file key (`lease`). Precedence: flag >
-//! environment > file > default. clap resolves flag over environment; this
-//! module then falls back to the file and to the defaults.
+//! (`DISTRIBUS_LEASE`) and a config-file key (`lease`), all from one field
+//! of [`NodeArgs`]. figment layers them: flag > environment > file >
+//! default.
 
 use std::{
     net::SocketAddr,
@@ -11,8 +11,12 @@ use std::{
     time::Duration,
 };
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use distribus::HostConfig;
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
 use serde::{Deserialize, Serialize};
 
 /// Default TCP listen address (documented in the README).
@@ -30,8 +34,10 @@ pub(crate) const DEFAULT_WS: &str = "/ip4/127.0.0.1/tcp/7401/ws";
         With no arguments it listens on TCP 127.0.0.1:7400 and WebSocket \
         127.0.0.1:7401 and prints the command another node runs to join it. \
         Try `distribus-node demo` for a three-node network in one process.\n\n\
-        Every option can also be set with a DISTRIBUS_* environment variable \
-        or a key in the --config TOML file. Precedence: flag > environment > \
+        Every option can also be set with an environment variable \
+        (DISTRIBUS_ and its name in capitals with _ for -: DISTRIBUS_LEASE=5s; \
+        lists comma-separated) or a key in the --config TOML file (its name \
+        with _ for -). Precedence: flag > environment > \
         file > default. `distribus-node config` prints the merged settings \
         as a config file."
 )]
@@ -233,336 +239,266 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Node options (each with an environment variable and a file key).
-#[derive(Debug, Args, Default)]
+/// Node options. Each is written once, here: clap makes it a flag
+/// (`--lease`), serde a config-file key (`lease`) and an environment
+/// variable (`DISTRIBUS_LEASE`), and [`Settings::resolve`] layers them.
+/// A field that is `None` (or empty, or `false`) was not given.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct NodeArgs {
     /// TOML config file; its keys are the long option names with `_` for `-`.
-    #[arg(long, global = true, env = "DISTRIBUS_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable, or comma-separated in the env var).
     /// Default: /ip4/127.0.0.1/tcp/7400 and /ip4/127.0.0.1/tcp/7401/ws.
-    #[arg(
-        long,
-        env = "DISTRIBUS_LISTEN",
-        value_name = "MULTIADDR",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "MULTIADDR", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "list")]
     pub listen: Vec<String>,
     /// Host to join at start: a multiaddr or a ws://host:port URL
     /// (repeatable). Unreachable hosts are retried in the background.
-    #[arg(
-        long,
-        env = "DISTRIBUS_JOIN",
-        value_name = "ADDR",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "list")]
     pub join: Vec<String>,
     /// Address other hosts should dial to reach this node, when it is not
     /// a listen address (a namespace or container behind a forwarded port,
     /// NAT, a listener on 0.0.0.0): the node's record carries these instead
     /// of its listen addresses (repeatable). Default: the listen addresses.
-    #[arg(
-        long,
-        env = "DISTRIBUS_ADVERTISE",
-        value_name = "MULTIADDR",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "MULTIADDR", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "list")]
     pub advertise: Vec<String>,
     /// Network id; hosts of different networks refuse each other.
     /// Default: distribus.
-    #[arg(long, global = true, env = "DISTRIBUS_NETWORK_ID", value_name = "ID")]
+    #[arg(long, global = true, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network_id: Option<String>,
     /// File holding this node's key, so the host id survives restarts.
     /// Created (mode 0600) when missing. Default: a new key every start.
-    #[arg(long, global = true, env = "DISTRIBUS_IDENTITY", value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<PathBuf>,
     /// Swarm key file of a closed network (make one with `keygen`; mode
     /// 0600): only processes with the same key can connect. Default: an
     /// open network.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_NETWORK_KEY",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network_key: Option<PathBuf>,
     /// File listing the host ids admitted to the membership, one per line
     /// (`#` starts a comment); re-read on SIGHUP. Default: any host.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_ALLOW_HOSTS",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_hosts: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
-    #[arg(long, global = true, env = "DISTRIBUS_METRICS", value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
     /// Serve the client gateway (WebSocket, docs/CLIENT-PROTOCOL.md) on
     /// ADDR, e.g. 127.0.0.1:7402: programs in any language attach peers to
     /// this node. On a non-loopback address it needs --gateway-tokens or
     /// --gateway-anonymous. Default: off.
-    #[arg(long, env = "DISTRIBUS_GATEWAY", value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<SocketAddr>,
     /// File of the gateway's bearer tokens (mode 0600): one per line, with
     /// optional `peers=N rate=N` limits. Default: no tokens.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_GATEWAY_TOKENS",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_tokens: Option<PathBuf>,
     /// Let clients in without a token on a non-loopback gateway address.
-    #[arg(long, env = "DISTRIBUS_GATEWAY_ANONYMOUS")]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     pub gateway_anonymous: bool,
     /// Browser origin allowed to connect to the gateway, e.g.
     /// `https://app.example.com` (repeatable). Default: any origin.
-    #[arg(
-        long,
-        env = "DISTRIBUS_GATEWAY_ORIGIN",
-        value_name = "ORIGIN",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "list")]
     pub gateway_origin: Vec<String>,
     /// How long a dropped client's peers wait for it to reconnect.
     /// Default: 30s.
-    #[arg(long, env = "DISTRIBUS_GATEWAY_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub gateway_grace: Option<Duration>,
     /// Serve the gateway over TLS (wss://) with this PEM certificate chain
     /// (needs --gateway-tls-key).
-    #[arg(
-        long,
-        env = "DISTRIBUS_GATEWAY_TLS_CERT",
-        value_name = "FILE",
-        requires = "gateway_tls_key"
-    )]
+    #[arg(long, value_name = "FILE", requires = "gateway_tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_tls_cert: Option<PathBuf>,
     /// The PEM private key of --gateway-tls-cert.
-    #[arg(
-        long,
-        env = "DISTRIBUS_GATEWAY_TLS_KEY",
-        value_name = "FILE",
-        requires = "gateway_tls_cert"
-    )]
+    #[arg(long, value_name = "FILE", requires = "gateway_tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_tls_key: Option<PathBuf>,
     /// Serve the browser demo page and the JavaScript client at the
     /// gateway's address (http://ADDR/).
-    #[arg(long, env = "DISTRIBUS_GATEWAY_UI")]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     pub gateway_ui: bool,
     /// Create a peer with this id that sends every message back to its
     /// sender: a health probe through directory, routing and delivery
     /// (repeatable).
-    #[arg(
-        long,
-        env = "DISTRIBUS_ECHO_PEER",
-        value_name = "ID",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "list")]
     pub echo_peer: Vec<String>,
     /// Subscribe to this channel and print every message on it to stdout,
     /// one line each: `#channel payload` (repeatable).
-    #[arg(
-        long,
-        env = "DISTRIBUS_SUBSCRIBE",
-        value_name = "CHANNEL",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "CHANNEL", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "list")]
     pub subscribe: Vec<String>,
     /// Log format. Default: text.
-    #[arg(long, global = true, env = "DISTRIBUS_LOG_FORMAT", value_enum)]
+    #[arg(long, global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     /// Log level: error, warn, info, debug or trace. RUST_LOG, when set,
     /// takes over unless this or -v/-q is given. Default: info.
-    #[arg(long, global = true, env = "DISTRIBUS_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
     /// More log output (repeatable).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    #[serde(skip)]
     pub verbose: u8,
     /// Less log output (repeatable).
     #[arg(short, long, global = true, action = ArgAction::Count)]
+    #[serde(skip)]
     pub quiet: u8,
     /// How often the node raises its heartbeat counter and swaps membership digests. Default: 2s.
-    #[arg(long, global = true, env = "DISTRIBUS_HEARTBEAT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
     /// A host not heard of for this long is dropped with its peers.
     /// Default: 20s.
-    #[arg(long, global = true, env = "DISTRIBUS_LEASE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub lease: Option<Duration>,
     /// Deadline of a direct send and of a lookup. Default: 10s.
-    #[arg(long, global = true, env = "DISTRIBUS_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
     /// Longest graceful shutdown before the node exits anyway. Default: 10s.
-    #[arg(long, global = true, env = "DISTRIBUS_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
     /// Largest message or publish payload, in bytes. Default: 1048576.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_MAX_MESSAGE_SIZE",
-        value_name = "BYTES"
-    )]
+    #[arg(long, global = true, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_message_size: Option<usize>,
     /// Most established connections. Default: 1024.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_MAX_CONNECTIONS",
-        value_name = "N"
-    )]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     /// Most established connections to one host. Default: 4.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_MAX_CONNECTIONS_PER_HOST",
-        value_name = "N"
-    )]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_host: Option<u32>,
     /// Most connections being set up at once, inbound and outbound each.
     /// Default: 128.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_MAX_PENDING_CONNECTIONS",
-        value_name = "N"
-    )]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pending_connections: Option<u32>,
     /// Links to other hosts kept before idle ones are closed, least
     /// recently used first (links to joined hosts stay). Default: 256.
-    #[arg(long, global = true, env = "DISTRIBUS_LINK_BUDGET", value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub link_budget: Option<usize>,
     /// In a network of more hosts than this, keep links to about
     /// sqrt(2 x hosts) neighbours and reach the others through them.
     /// Default: 128.
-    #[arg(long, global = true, env = "DISTRIBUS_RELAY_ABOVE", value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_above: Option<usize>,
     /// Refuse new connections while the process uses more than this fraction
     /// of physical memory. Default: 0.9.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_MAX_MEMORY_FRACTION",
-        value_name = "FRACTION"
-    )]
+    #[arg(long, global = true, value_name = "FRACTION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_fraction: Option<f64>,
     /// First delay before redialling a dropped joined host. Default: 1s.
-    #[arg(long, global = true, env = "DISTRIBUS_RECONNECT_DELAY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub reconnect_delay: Option<Duration>,
     /// Factor by which the redial delay grows after each failure (at least
     /// 1). Default: 2.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_RECONNECT_DECAY",
-        value_name = "FACTOR"
-    )]
+    #[arg(long, global = true, value_name = "FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_decay: Option<f64>,
     /// How long a dropped joined host is redialled; after it, cached
     /// locations on that host are forgotten. Default: 5m.
-    #[arg(long, global = true, env = "DISTRIBUS_RECONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub reconnect_timeout: Option<Duration>,
     /// How many hosts hold each directory entry. Every node of a network
     /// must use the same value. Default: 3.
-    #[arg(long, global = true, env = "DISTRIBUS_REPLICATION", value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<usize>,
     /// Messages a peer's inbox holds before senders get InboxFull.
     /// Default: 1024.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUS_INBOX_CAPACITY",
-        value_name = "N"
-    )]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub inbox_capacity: Option<usize>,
 }
 
-/// The config file: the same settings, all optional.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    listen: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    join: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    advertise: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    network_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    identity: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    network_key: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    allow_hosts: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metrics: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_tokens: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_anonymous: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_origin: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_grace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_tls_cert: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_tls_key: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway_ui: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    echo_peer: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    subscribe: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_format: Option<LogFormat>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_level: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    heartbeat: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shutdown_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_message_size: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_connections: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_connections_per_host: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_pending_connections: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    link_budget: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    relay_above: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_memory_fraction: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reconnect_delay: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reconnect_decay: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reconnect_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replication: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inbox_capacity: Option<usize>,
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
-impl FileConfig {
-    fn read(path: &Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            let msg = e.message().replace('\n', " ");
-            format!("config file {}: {msg}", path.display())
-        })
+/// A list from a config file (an array) or the environment (one string,
+/// comma-separated).
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match List::deserialize(d)? {
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        List::Many(v) => v,
+    })
+}
+
+impl NodeArgs {
+    /// The defaults: the library's, except where a node differs (listen
+    /// addresses, a memory ceiling), and the node's own.
+    fn defaults() -> NodeArgs {
+        let host = HostConfig::default();
+        NodeArgs {
+            listen: vec![DEFAULT_TCP.to_string(), DEFAULT_WS.to_string()],
+            network_id: Some(host.network_id),
+            gateway_grace: Some(Duration::from_secs(30)),
+            log_format: Some(LogFormat::Text),
+            heartbeat: Some(host.heartbeat_interval),
+            lease: Some(host.lease),
+            request_timeout: Some(host.request_timeout),
+            shutdown_timeout: Some(Duration::from_secs(10)),
+            max_message_size: Some(host.max_message_size),
+            max_connections: host.max_connections,
+            max_connections_per_host: host.max_connections_per_host,
+            max_pending_connections: host.max_pending_connections,
+            link_budget: host.link_budget,
+            relay_above: Some(host.relay_above),
+            max_memory_fraction: Some(0.9),
+            reconnect_delay: Some(host.reconnect_delay),
+            reconnect_decay: Some(host.reconnect_decay),
+            reconnect_timeout: Some(host.reconnect_timeout),
+            replication: Some(host.replication),
+            inbox_capacity: Some(host.inbox_capacity),
+            ..NodeArgs::default()
+        }
+    }
+
+    /// The names of the options, which are also the file keys and, in
+    /// capitals after `DISTRIBUS_`, the environment variables (clap knows
+    /// them; nothing else lists them).
+    fn keys() -> Vec<String> {
+        Cli::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|k| !["config", "verbose", "quiet", "help", "version"].contains(&k.as_str()))
+            .collect()
     }
 }
 
@@ -595,6 +531,8 @@ pub(crate) struct Settings {
     pub shutdown_timeout: Duration,
     /// Host configuration (without the key).
     pub host: HostConfig,
+    /// The merged options, for `distribus-node config`.
+    pub merged: NodeArgs,
 }
 
 /// How the node serves clients.
@@ -614,14 +552,6 @@ pub(crate) struct GatewaySettings {
     pub ui: bool,
     /// TLS certificate chain and key files.
     pub tls: Option<(PathBuf, PathBuf)>,
-}
-
-fn duration(key: &str, v: Option<String>) -> Result<Option<Duration>, String> {
-    v.map(|s| {
-        humantime::parse_duration(&s)
-            .map_err(|e| format!("config file key `{key}`: {e} (e.g. \"500ms\", \"20s\")"))
-    })
-    .transpose()
 }
 
 /// Turns the base level and -v/-q into filter directives. Other crates
@@ -644,122 +574,90 @@ fn log_filter(base: &str, verbose: u8, quiet: u8) -> Result<String, String> {
     ))
 }
 
-impl Settings {
-    /// Merges flags and environment (already in `args`), the config file and
-    /// the defaults.
-    pub(crate) fn resolve(args: NodeArgs) -> Result<Settings, String> {
-        let file = match &args.config {
-            Some(p) => FileConfig::read(p)?,
-            None => FileConfig::default(),
-        };
-        let list = |cli: Vec<String>, file: Option<Vec<String>>| {
-            if cli.is_empty() {
-                file.unwrap_or_default()
-            } else {
-                cli
-            }
-        };
-        let mut listen = list(args.listen, file.listen);
-        if listen.is_empty() {
-            listen = vec![DEFAULT_TCP.to_string(), DEFAULT_WS.to_string()];
+/// Layers the defaults, the config file, the environment and the flags
+/// (each over the one before) into one set of options.
+fn merge(args: &NodeArgs, file: Option<&Path>) -> Result<NodeArgs, String> {
+    let mut figment = Figment::from(Serialized::defaults(NodeArgs::defaults()));
+    if let Some(path) = file {
+        // A named file must exist (figment would take a missing one as empty).
+        if !path.is_file() {
+            return Err(format!(
+                "cannot read config file {}: not a file",
+                path.display()
+            ));
         }
+        figment = figment.merge(Toml::file(path));
+    }
+    let keys = NodeArgs::keys();
+    figment
+        .merge(
+            Env::prefixed("DISTRIBUS_").filter(move |k| keys.iter().any(|key| k == key.as_str())),
+        )
+        .merge(Serialized::defaults(args))
+        .extract()
+        .map_err(|e| e.to_string().replace('\n', " "))
+}
+
+impl Settings {
+    /// Merges flags, environment, the config file and the defaults.
+    pub(crate) fn resolve(args: NodeArgs) -> Result<Settings, String> {
+        let o = merge(&args, args.config.as_deref())?;
+        let defaults = NodeArgs::defaults();
+        let or_default = |v: Option<Duration>, d: Option<Duration>| v.or(d).unwrap_or_default();
 
         // RUST_LOG applies unless a level is given on the command line or
         // in the environment, file or -v/-q.
-        let explicit = args.log_level.or(file.log_level);
-        let log_filter = match (explicit, std::env::var("RUST_LOG").ok()) {
+        let log_filter = match (&o.log_level, std::env::var("RUST_LOG").ok()) {
             (None, Some(rust_log)) if args.verbose == 0 && args.quiet == 0 => rust_log,
             (level, _) => log_filter(level.as_deref().unwrap_or("info"), args.verbose, args.quiet)?,
         };
 
         let mut host = HostConfig::default();
-        host.max_memory_fraction = Some(0.9);
-        for a in list(args.advertise, file.advertise) {
+        for a in &o.advertise {
             let addr = a
                 .parse()
                 .map_err(|e| format!("advertise: `{a}` is not a multiaddr: {e}"))?;
             host.advertise.push(addr);
         }
-        if let Some(v) = args.network_id.or(file.network_id) {
-            host.network_id = v;
+        if let Some(v) = &o.network_id {
+            host.network_id.clone_from(v);
         }
-        if let Some(v) = args.heartbeat.or(duration("heartbeat", file.heartbeat)?) {
-            host.heartbeat_interval = v;
-        }
-        if let Some(v) = args.lease.or(duration("lease", file.lease)?) {
-            host.lease = v;
-        }
-        if let Some(v) = args
-            .request_timeout
-            .or(duration("request_timeout", file.request_timeout)?)
-        {
-            host.request_timeout = v;
-        }
-        if let Some(v) = args.max_message_size.or(file.max_message_size) {
+        host.heartbeat_interval = or_default(o.heartbeat, defaults.heartbeat);
+        host.lease = or_default(o.lease, defaults.lease);
+        host.request_timeout = or_default(o.request_timeout, defaults.request_timeout);
+        if let Some(v) = o.max_message_size {
             host.max_message_size = v;
             host.max_frame_size = host.max_frame_size.max(v.saturating_add(64 * 1024));
         }
-        if let Some(v) = args.max_connections.or(file.max_connections) {
-            host.max_connections = Some(v);
-        }
-        if let Some(v) = args
-            .max_connections_per_host
-            .or(file.max_connections_per_host)
-        {
-            host.max_connections_per_host = Some(v);
-        }
-        if let Some(v) = args
-            .max_pending_connections
-            .or(file.max_pending_connections)
-        {
-            host.max_pending_connections = Some(v);
-        }
-        if let Some(v) = args.link_budget.or(file.link_budget) {
-            host.link_budget = Some(v);
-        }
-        if let Some(v) = args.relay_above.or(file.relay_above) {
+        host.max_connections = o.max_connections;
+        host.max_connections_per_host = o.max_connections_per_host;
+        host.max_pending_connections = o.max_pending_connections;
+        host.link_budget = o.link_budget;
+        host.max_memory_fraction = o.max_memory_fraction;
+        if let Some(v) = o.relay_above {
             host.relay_above = v;
         }
-        if let Some(v) = args.max_memory_fraction.or(file.max_memory_fraction) {
-            host.max_memory_fraction = Some(v);
-        }
-        if let Some(v) = args
-            .reconnect_delay
-            .or(duration("reconnect_delay", file.reconnect_delay)?)
-        {
-            host.reconnect_delay = v;
-        }
-        if let Some(v) = args.reconnect_decay.or(file.reconnect_decay) {
+        host.reconnect_delay = or_default(o.reconnect_delay, defaults.reconnect_delay);
+        if let Some(v) = o.reconnect_decay {
             host.reconnect_decay = v;
         }
-        if let Some(v) = args
-            .reconnect_timeout
-            .or(duration("reconnect_timeout", file.reconnect_timeout)?)
-        {
-            host.reconnect_timeout = v;
-        }
-        if let Some(v) = args.replication.or(file.replication) {
+        host.reconnect_timeout = or_default(o.reconnect_timeout, defaults.reconnect_timeout);
+        if let Some(v) = o.replication {
             host.replication = v;
         }
-        if let Some(v) = args.inbox_capacity.or(file.inbox_capacity) {
+        if let Some(v) = o.inbox_capacity {
             host.inbox_capacity = v;
         }
         host.validate().map_err(|e| e.to_string())?;
-        let gateway = match args.gateway.or(file.gateway) {
+        let gateway = match o.gateway {
             Some(addr) => Some(GatewaySettings {
                 addr,
-                tokens: args.gateway_tokens.or(file.gateway_tokens),
-                anonymous: args.gateway_anonymous || file.gateway_anonymous.unwrap_or(false),
-                origins: list(args.gateway_origin, file.gateway_origin),
-                grace: args
-                    .gateway_grace
-                    .or(duration("gateway_grace", file.gateway_grace)?)
-                    .unwrap_or(Duration::from_secs(30)),
-                ui: args.gateway_ui || file.gateway_ui.unwrap_or(false),
-                tls: match (
-                    args.gateway_tls_cert.or(file.gateway_tls_cert),
-                    args.gateway_tls_key.or(file.gateway_tls_key),
-                ) {
+                tokens: o.gateway_tokens.clone(),
+                anonymous: o.gateway_anonymous,
+                origins: o.gateway_origin.clone(),
+                grace: or_default(o.gateway_grace, defaults.gateway_grace),
+                ui: o.gateway_ui,
+                tls: match (o.gateway_tls_cert.clone(), o.gateway_tls_key.clone()) {
                     (Some(c), Some(k)) => Some((c, k)),
                     (None, None) => None,
                     _ => return Err("gateway TLS needs both a certificate and a key".into()),
@@ -770,72 +668,25 @@ impl Settings {
 
         Ok(Settings {
             gateway,
-            listen,
-            join: list(args.join, file.join),
-            identity: args.identity.or(file.identity),
-            network_key: args.network_key.or(file.network_key),
-            allow_hosts: args.allow_hosts.or(file.allow_hosts),
-            metrics: args.metrics.or(file.metrics),
-            echo_peers: list(args.echo_peer, file.echo_peer),
-            subscribe: list(args.subscribe, file.subscribe),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            listen: o.listen.clone(),
+            join: o.join.clone(),
+            identity: o.identity.clone(),
+            network_key: o.network_key.clone(),
+            allow_hosts: o.allow_hosts.clone(),
+            metrics: o.metrics,
+            echo_peers: o.echo_peer.clone(),
+            subscribe: o.subscribe.clone(),
+            log_format: o.log_format.unwrap_or_default(),
             log_filter,
-            shutdown_timeout: args
-                .shutdown_timeout
-                .or(duration("shutdown_timeout", file.shutdown_timeout)?)
-                .unwrap_or(Duration::from_secs(10)),
+            shutdown_timeout: or_default(o.shutdown_timeout, defaults.shutdown_timeout),
             host,
+            merged: o,
         })
     }
 
     /// The settings in config-file form.
     pub(crate) fn to_toml(&self) -> Result<String, String> {
-        let d = |d: Duration| Some(humantime::format_duration(d).to_string());
-        let file = FileConfig {
-            listen: Some(self.listen.clone()),
-            join: Some(self.join.clone()),
-            advertise: Some(self.host.advertise.iter().map(|a| a.to_string()).collect()),
-            network_id: Some(self.host.network_id.clone()),
-            identity: self.identity.clone(),
-            network_key: self.network_key.clone(),
-            allow_hosts: self.allow_hosts.clone(),
-            metrics: self.metrics,
-            gateway: self.gateway.as_ref().map(|g| g.addr),
-            gateway_tokens: self.gateway.as_ref().and_then(|g| g.tokens.clone()),
-            gateway_anonymous: self.gateway.as_ref().map(|g| g.anonymous),
-            gateway_origin: self.gateway.as_ref().map(|g| g.origins.clone()),
-            gateway_grace: self.gateway.as_ref().and_then(|g| d(g.grace)),
-            gateway_ui: self.gateway.as_ref().map(|g| g.ui),
-            gateway_tls_cert: self
-                .gateway
-                .as_ref()
-                .and_then(|g| g.tls.clone().map(|t| t.0)),
-            gateway_tls_key: self
-                .gateway
-                .as_ref()
-                .and_then(|g| g.tls.clone().map(|t| t.1)),
-            echo_peer: Some(self.echo_peers.clone()),
-            subscribe: Some(self.subscribe.clone()),
-            log_format: Some(self.log_format),
-            log_level: None,
-            heartbeat: d(self.host.heartbeat_interval),
-            lease: d(self.host.lease),
-            request_timeout: d(self.host.request_timeout),
-            shutdown_timeout: d(self.shutdown_timeout),
-            max_message_size: Some(self.host.max_message_size),
-            max_connections: self.host.max_connections,
-            max_connections_per_host: self.host.max_connections_per_host,
-            max_pending_connections: self.host.max_pending_connections,
-            link_budget: self.host.link_budget,
-            relay_above: Some(self.host.relay_above),
-            max_memory_fraction: self.host.max_memory_fraction,
-            reconnect_delay: d(self.host.reconnect_delay),
-            reconnect_decay: Some(self.host.reconnect_decay),
-            reconnect_timeout: d(self.host.reconnect_timeout),
-            replication: Some(self.host.replication),
-            inbox_capacity: Some(self.host.inbox_capacity),
-        };
-        toml::to_string(&file).map_err(|e| e.to_string())
+        toml::to_string(&self.merged).map_err(|e| e.to_string())
     }
 }
 
@@ -862,9 +713,29 @@ mod tests {
 
     #[test]
     fn file_keys_are_checked() {
-        assert!(toml::from_str::<FileConfig>("lisen = []").is_err());
-        let f: FileConfig = toml::from_str("lease = \"3s\"\nmax_connections = 7").unwrap();
-        assert_eq!(duration("lease", f.lease), Ok(Some(Duration::from_secs(3))));
+        assert!(toml::from_str::<NodeArgs>("lisen = []").is_err());
+        let f: NodeArgs = toml::from_str("lease = \"3s\"\nmax_connections = 7").unwrap();
+        assert_eq!(f.lease, Some(Duration::from_secs(3)));
         assert_eq!(f.max_connections, Some(7));
+    }
+
+    #[test]
+    fn every_option_is_a_key() {
+        let keys = NodeArgs::keys();
+        for key in [
+            "listen",
+            "lease",
+            "gateway_tls_cert",
+            "inbox_capacity",
+            "log_level",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        // Each key deserializes as a field (a clap id that serde does not
+        // know would be refused from the environment).
+        for key in &keys {
+            let err = toml::from_str::<NodeArgs>(&format!("{key} = {{}}")).unwrap_err();
+            assert!(!err.to_string().contains("unknown field"), "{key}: {err}");
+        }
     }
 }

@@ -692,6 +692,12 @@ fn bad_flags_and_identity_files_fail_cleanly() {
     std::fs::write(&bad_config, "lisen = [\"/ip4/127.0.0.1/tcp/0\"]\n").unwrap();
     let (code, _, err) = run_to_end(&["--config", bad_config.to_str().unwrap()], &[]);
     assert_one_line_error(code, &err, "lisen");
+    // A bad value from the environment names its setting.
+    let (code, _, err) = run_to_end(&["config"], &[("DISTRIBUS_MAX_CONNECTIONS", "many")]);
+    assert_one_line_error(code, &err, "MAX_CONNECTIONS");
+    let missing = dir.path().join("missing.toml");
+    let (code, _, err) = run_to_end(&["config", "--config", missing.to_str().unwrap()], &[]);
+    assert_one_line_error(code, &err, "cannot read config file");
 }
 
 #[test]
@@ -740,10 +746,7 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     assert_eq!(out, out2);
 
     // The README's example config file is valid.
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/bin/distribus-node/example.toml"
-    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/example.toml");
     let (code, out, err) = run_to_end(&["config", "--config", example], &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("network_id = \"production\""), "{out}");
