@@ -4,7 +4,7 @@
 //! SHA-256, a host's key the same of its libp2p peer id bytes, and an entry
 //! lives on the `replication` hosts whose keys are closest to the id's key by
 //! XOR distance. Every host knows the full membership (see
-//! [`crate::membership`]), so it computes the holders locally and reaches them
+//! [`crate::core::membership`]), so it computes the holders locally and reaches them
 //! in one hop.
 //!
 //! [`DirectoryStore`] is what a holder keeps. An entry always points to the

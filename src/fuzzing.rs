@@ -66,9 +66,9 @@ pub fn channel(data: &[u8]) {
 /// (decoded, its key parsed, its signature verified), and a digest.
 pub fn record(data: &[u8]) {
     if let Ok(signed) = decode_frame::<crate::protocol::SignedRecord>(data) {
-        let _ = crate::membership::verify(&signed);
+        let _ = crate::core::membership::verify(&signed);
     }
-    let _ = postcard::from_bytes::<crate::membership::HostRecord>(data);
+    let _ = postcard::from_bytes::<crate::core::membership::HostRecord>(data);
     round_trip::<crate::protocol::Digest>(data);
 }
 

@@ -19,8 +19,9 @@
 //!
 //! The protocol's decisions, without I/O (`core/`, tested with a fake
 //! clock): `outbox` (a queue per destination), `registration`, `lookup`,
-//! `budget` (the link budget), `batch_memory`, `send`; and beside it, as
-//! pure: `membership.rs` (signed records, leases, digests), `directory.rs` (placement by XOR distance and
+//! `membership` (signed records, counters, leases), `liveness` (heartbeats,
+//! digest targets, probes), `budget` (the link budget), `batch_memory`,
+//! `send`; and beside it, as pure: `directory.rs` (placement by XOR distance and
 //! the holder's store), `overlay.rs` (the relay overlay), `beat_chain.rs`
 //! (heartbeat counters only their host can raise), `relay_proof.rs` (one
 //! signature per relay bundle), `channel_name.rs` (names, wildcards, topics),
@@ -62,7 +63,6 @@ mod gateway;
 mod host;
 mod inbox;
 mod link_delay;
-mod membership;
 mod message;
 mod network_key;
 mod overlay;

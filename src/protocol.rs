@@ -126,7 +126,7 @@ pub(crate) struct StreamAcks {
 /// A membership record signed by the host it describes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SignedRecord {
-    /// postcard bytes of a [`crate::membership::HostRecord`].
+    /// postcard bytes of a [`crate::core::membership::HostRecord`].
     pub record: Vec<u8>,
     /// Signature of `record` with the host's key.
     pub signature: Vec<u8>,
@@ -254,7 +254,7 @@ pub(crate) struct Beat {
 }
 
 /// A liveness digest: the sender's view fingerprint
-/// ([`crate::membership::Membership::view`]) and its entries.
+/// ([`crate::core::membership::Membership::view`]) and its entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Digest {
     /// Fingerprint of every live host's key and record version, as the

@@ -291,7 +291,7 @@ impl RawMember {
     }
 
     fn own_record_with(&self, channels: Vec<String>) -> io::Result<crate::protocol::SignedRecord> {
-        crate::membership::HostRecord {
+        crate::core::membership::HostRecord {
             public_key: self.key.public().encode_protobuf(),
             epoch: self.epoch,
             seq: 1,
@@ -318,7 +318,7 @@ impl RawMember {
         let mut records = Vec::with_capacity(n + 1);
         for _ in 0..n {
             let key = libp2p::identity::Keypair::generate_ed25519();
-            let record = crate::membership::HostRecord {
+            let record = crate::core::membership::HostRecord {
                 public_key: key.public().encode_protobuf(),
                 epoch: 1,
                 seq: 1,
@@ -405,7 +405,7 @@ impl RawMember {
     /// One request of every kind but a join, as frames (length prefix
     /// included), each with its name: what a member may ask.
     pub fn every_other_request(&mut self) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
-        let mut leaving = crate::membership::HostRecord {
+        let mut leaving = crate::core::membership::HostRecord {
             public_key: self.key.public().encode_protobuf(),
             epoch: self.epoch,
             seq: 2,
@@ -480,7 +480,8 @@ impl RawMember {
         records
             .into_iter()
             .map(|r| {
-                let v = crate::membership::verify(&r).ok_or_else(|| bad("bad record".into()))?;
+                let v =
+                    crate::core::membership::verify(&r).ok_or_else(|| bad("bad record".into()))?;
                 Ok(KnownHost {
                     host: v.host,
                     epoch: v.record.epoch,

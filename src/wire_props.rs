@@ -7,8 +7,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     beat_chain::{Anchor, Proved},
+    core::membership::HostRecord,
     directory::DirOp,
-    membership::HostRecord,
     message::{Encoding, Payload},
     protocol::*,
     relay_proof::Proof,

@@ -11,11 +11,16 @@
 //! - `lookup`: the holders asked for an id, in what order, and the
 //!   Kademlia fallback;
 //! - `registration`: which holders get which directory operations, when,
-//!   and what a membership change moves.
+//!   and what a membership change moves;
+//! - `membership`: signed host records, heartbeat counters and leases;
+//! - `liveness`: when to beat, whom to swap digests with and in what form,
+//!   which silent hosts to probe, and when the membership has converged.
 
 pub(crate) mod batch_memory;
 pub(crate) mod budget;
+pub(crate) mod liveness;
 pub(crate) mod lookup;
+pub(crate) mod membership;
 pub(crate) mod outbox;
 pub(crate) mod registration;
 pub(crate) mod send;

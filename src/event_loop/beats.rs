@@ -1,7 +1,7 @@
 //! Liveness by heartbeat digests: push-pull anti-entropy.
 //!
 //! Once per heartbeat interval a host raises its own counter and swaps
-//! digests with [`FANOUT`] other hosts: for every host it knows, the record
+//! digests with [`crate::core::liveness::FANOUT`] other hosts: for every host it knows, the record
 //! version (epoch, seq) and the highest counter heard. Each side renews the
 //! lease of every host whose counter rose, and sends the signed records the
 //! other side was seen to lack (unknown, or an older version). Counters
@@ -13,7 +13,7 @@
 //!
 //! Compact digests: every digest carries the sender's *view*, a fingerprint
 //! of every live host's key and record version
-//! ([`crate::membership::Membership::view`]). To a host whose last digest
+//! ([`crate::core::membership::Membership::view`]). To a host whose last digest
 //! showed the same view, a host sends only the proved counters, in key
 //! order (under half the bytes; members reached by position, no key
 //! look-ups); the answer carries only the counters the asker was seen to
@@ -24,7 +24,7 @@
 //! cost from 0.8–0.95 to about 0.5 of a core.
 //!
 //! Digests go to connected hosts, so liveness costs few new connections;
-//! every [`MIX_EVERY`] rounds (or when no host is connected) one more goes to
+//! every fourth round (or when no host is connected) one more goes to
 //! a random unconnected member, so the exchange crosses the whole network
 //! even where links form separate clusters. Digests do not count as use of
 //! a link for the link budget.
@@ -38,30 +38,18 @@
 use std::time::Instant;
 
 use libp2p::{request_response::OutboundFailure, PeerId};
-use rand::seq::SliceRandom;
 
 use super::{members::Source, EventLoop, Pending};
 use crate::{
     beat_chain::{Chain, Proved},
+    core::liveness::Form,
     protocol::{Beat, Digest, DigestBody, Request, Response, SignedRecord},
 };
 
-/// Hosts each digest exchange round talks to.
-pub(super) const FANOUT: usize = 3;
-/// Every this many rounds one exchange goes to a random member.
-const MIX_EVERY: u64 = 4;
-/// Random draws looking for an unconnected member to mix with.
-const MIX_DRAWS: usize = 8;
 /// Most digest entries read from one digest.
 const MAX_DIGEST: usize = 1 << 20;
 /// Most records sent in one answer or push; the rest follow next round.
 const MAX_RECORDS: usize = 1024;
-/// Share of the lease after which a silent host is probed directly.
-const SUSPECT_AFTER: f64 = 0.6;
-/// Most hosts probed per heartbeat.
-const MAX_PROBES: usize = 64;
-/// Most other hosts' views remembered (to choose the digest form).
-const MAX_PEER_VIEWS: usize = 4096;
 /// Hashes one digest may cost to check its counters' proofs: a fixed part
 /// plus a part per entry. An honest entry costs one or two (its counter
 /// rose by one or two since the last digest), but the first proof of a host
@@ -72,42 +60,6 @@ const MAX_PEER_VIEWS: usize = 4096;
 const HASHES_PER_DIGEST: u64 = 65_536;
 const HASHES_PER_ENTRY: u64 = 16;
 
-/// Consecutive digest exchanges that must show this host's own view before
-/// it calls its membership converged.
-const AGREEING_EXCHANGES: u32 = 3;
-/// An agreement older than this many heartbeats no longer counts.
-const AGREEMENT_BEATS: u32 = 3;
-
-/// Whether the views other hosts show in digest exchanges match this
-/// host's own: the library's notion of a converged membership (`/readyz`).
-/// Hosts that agree on the view hold the same records at the same versions.
-#[derive(Debug, Default)]
-pub(super) struct Agreement {
-    /// Exchanges in a row that showed our view.
-    agreeing: u32,
-    /// When the last of them was.
-    last: Option<Instant>,
-}
-
-impl Agreement {
-    fn note(&mut self, same: bool, now: Instant) {
-        if same {
-            self.agreeing = self.agreeing.saturating_add(1);
-            self.last = Some(now);
-        } else {
-            self.agreeing = 0;
-        }
-    }
-
-    /// Converged: the last few exchanges agreed, the latest recently.
-    pub(super) fn converged(&self, now: Instant, heartbeat: std::time::Duration) -> bool {
-        self.agreeing >= AGREEING_EXCHANGES
-            && self
-                .last
-                .is_some_and(|t| now.duration_since(t) <= heartbeat * AGREEMENT_BEATS)
-    }
-}
-
 /// The hash budget for checking a digest of `entries` entries.
 fn hash_budget(entries: usize) -> u64 {
     HASHES_PER_DIGEST + HASHES_PER_ENTRY * entries as u64
@@ -116,11 +68,11 @@ fn hash_budget(entries: usize) -> u64 {
 impl EventLoop {
     /// One heartbeat: raise the counter and exchange digests.
     pub(super) fn heartbeat(&mut self) {
-        self.beat += 1;
-        if !self.chain.anchor().covers(self.beat) {
+        let beat = self.liveness.beat();
+        if !self.chain.anchor().covers(beat) {
             // The chain ran out: a new one, whose tip proves this counter,
             // goes out in a new record.
-            self.chain = Chain::new(self.beat);
+            self.chain = Chain::new(beat);
             self.announce();
         }
         let targets = self.beat_targets();
@@ -136,7 +88,7 @@ impl EventLoop {
         let view = self.own_view();
         let (mut full, mut compact) = (None, None);
         for host in targets {
-            let same = self.peer_views.get(&host) == Some(&view);
+            let same = self.liveness.form(&host, view) == Form::Compact;
             let d = if same {
                 compact
                     .get_or_insert_with(|| self.compact_digest(view))
@@ -164,12 +116,8 @@ impl EventLoop {
 
     /// Remembers the view `host` last showed.
     fn note_view(&mut self, host: PeerId, view: u64) {
-        let same = view == self.own_view();
-        self.agreement.note(same, Instant::now());
-        if self.peer_views.len() >= MAX_PEER_VIEWS && !self.peer_views.contains_key(&host) {
-            self.peer_views.clear();
-        }
-        self.peer_views.insert(host, view);
+        let own = self.own_view();
+        self.liveness.note_view(host, view, own, Instant::now());
     }
 
     fn full_digest(&mut self, view: u64) -> Digest {
@@ -186,10 +134,8 @@ impl EventLoop {
         }
     }
 
-    /// Up to [`FANOUT`] connected members, plus a random unconnected one
-    /// every [`MIX_EVERY`] rounds or when none is connected.
+    /// Whom this beat's digests go to ([`crate::core::liveness::Liveness::targets`]).
     fn beat_targets(&self) -> Vec<PeerId> {
-        let mut rng = rand::thread_rng();
         // From the links (a few dozen), not the membership (hundreds).
         let connected: Vec<PeerId> = self
             .swarm
@@ -197,20 +143,12 @@ impl EventLoop {
             .filter(|h| self.membership.contains(h) && **h != self.local())
             .copied()
             .collect();
-        let mut out: Vec<PeerId> = connected
-            .choose_multiple(&mut rng, FANOUT)
-            .copied()
-            .collect();
-        if self.beat.is_multiple_of(MIX_EVERY) || out.is_empty() {
-            // A random unconnected member: a few random draws, not a scan.
-            let others = &self.membership.keys()[1..];
-            let pick = (0..MIX_DRAWS)
-                .filter_map(|_| others.choose(&mut rng))
-                .map(|(_, h)| *h)
-                .find(|h| !self.swarm.is_connected(h));
-            out.extend(pick);
-        }
-        out
+        self.liveness.targets(
+            &connected,
+            self.membership.keys(),
+            |h| self.swarm.is_connected(h),
+            &mut rand::thread_rng(),
+        )
     }
 
     /// This host's digest: itself first, then every member.
@@ -233,7 +171,7 @@ impl EventLoop {
     pub(super) fn own_proved(&self) -> Proved {
         // The chain covers the counter: `heartbeat` starts a new one first.
         self.chain
-            .prove(self.beat)
+            .prove(self.liveness.beat())
             .unwrap_or_else(|| self.chain.anchor().proved())
     }
 
@@ -370,30 +308,18 @@ impl EventLoop {
         }
     }
 
-    /// Suspicion before a lapse: a host silent for [`SUSPECT_AFTER`] of the
-    /// lease is asked directly (through a relay if need be) for its digest,
-    /// which carries its own counter first; if it answers, its lease is
-    /// renewed. Counters spread in O(log hosts) rounds, and on a loaded
-    /// host (hundreds of hosts sharing two cores) rounds stretch: without
-    /// the probe, live hosts lapsed by the thousand at 512 hosts, and every
-    /// lapse and return moves directory entries. A crashed host does not
-    /// answer and lapses at the lease as before.
+    /// Suspicion before a lapse: each host [`crate::core::liveness::Liveness::probes`] names is
+    /// asked directly (through a relay if need be) for its digest, which
+    /// carries its own counter first; if it answers, its lease is renewed.
+    /// Without the probe, live hosts lapsed by the thousand at 512 hosts
+    /// on two cores, and every lapse and return moves directory entries.
     pub(super) fn probe_silent(&mut self, now: Instant, lease: std::time::Duration) {
-        self.probed
-            .retain(|_, at| now.duration_since(*at) < lease.mul_f64(1.0 - SUSPECT_AFTER));
-        let suspects: Vec<PeerId> = self
-            .membership
-            .silent(now, lease.mul_f64(SUSPECT_AFTER))
-            .into_iter()
-            .filter(|h| !self.probed.contains_key(h))
-            .take(MAX_PROBES)
-            .collect();
+        let suspects = self.liveness.probes(now, lease, &self.membership);
         if suspects.is_empty() {
             return;
         }
-        for host in &suspects {
+        for _ in &suspects {
             crate::shared::bump(&self.shared.counters.liveness_probes);
-            self.probed.insert(*host, now);
         }
         self.send_digests(suspects);
     }
@@ -405,30 +331,5 @@ impl EventLoop {
         for (r, proved) in records {
             self.apply_signed(r, Source::Synced(*proved), &mut budget);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn agreement_needs_recent_consecutive_matching_views() {
-        let (t0, beat) = (Instant::now(), Duration::from_secs(1));
-        let mut a = Agreement::default();
-        assert!(!a.converged(t0, beat), "nothing heard yet");
-        a.note(true, t0);
-        a.note(true, t0);
-        assert!(
-            !a.converged(t0, beat),
-            "two agreeing exchanges are not enough"
-        );
-        a.note(true, t0);
-        assert!(a.converged(t0, beat));
-        assert!(a.converged(t0 + beat * 3, beat));
-        assert!(!a.converged(t0 + beat * 4, beat), "an old agreement lapses");
-        a.note(false, t0);
-        assert!(!a.converged(t0, beat), "one differing view resets it");
     }
 }

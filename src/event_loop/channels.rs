@@ -63,12 +63,12 @@ impl EventLoop {
     pub(super) fn subscribe(&mut self, channel: String, sink: SubSink) -> crate::Result<()> {
         // Every channel is listed in this host's signed record, and other
         // hosts refuse records listing more than this.
-        if self.subs.len() >= crate::membership::MAX_RECORD_CHANNELS
+        if self.subs.len() >= crate::core::membership::MAX_RECORD_CHANNELS
             && !self.subs.contains_key(&channel)
         {
             return Err(crate::Error::InvalidChannel(format!(
                 "{channel:?}: this host subscribes to {} channels already, the most a host record carries",
-                crate::membership::MAX_RECORD_CHANNELS
+                crate::core::membership::MAX_RECORD_CHANNELS
             )));
         }
         let sinks = self.subs.entry(channel.clone()).or_default();

@@ -16,8 +16,8 @@ use super::{EventLoop, Pending};
 use crate::beat_chain::Proved;
 use crate::{
     command::{HostInfo, Readiness},
+    core::membership::{verify, verify_unless, Change, HostRecord, Verified},
     error::{Error, Result},
-    membership::{verify, verify_unless, Change, HostRecord, Verified},
     protocol::{identify_version, Request, Response, SignedRecord},
 };
 
@@ -378,7 +378,7 @@ impl EventLoop {
         // `apply_signed`): a joiner's snapshot is mostly those.
         if records.len() <= MAX_JOIN_RECORDS {
             records.retain(|r| {
-                !crate::membership::is_known(r, |h, rec| self.membership.knows(h, rec))
+                !crate::core::membership::is_known(r, |h, rec| self.membership.knows(h, rec))
             });
             if records.len() <= INLINE_RECORDS {
                 let response = self.on_join_request(peer, records);
@@ -519,7 +519,7 @@ impl EventLoop {
     /// Why this host refuses `v` under its limits, if it does.
     fn refusal(&self, v: &Verified) -> Option<&'static str> {
         let r = &v.record;
-        if r.channels.len() + r.queues.len() > crate::membership::MAX_RECORD_CHANNELS
+        if r.channels.len() + r.queues.len() > crate::core::membership::MAX_RECORD_CHANNELS
             || r.channels.iter().any(|c| c.len() > crate::MAX_ID_LEN)
             || r.queues
                 .iter()
@@ -642,7 +642,6 @@ impl EventLoop {
 
     pub(super) fn expire_members(&mut self, now: Instant) {
         let (lease, delay) = self.shared.with_config(|c| (c.lease, c.reconnect_delay));
-        self.probe_silent(now, lease);
         for gone in self.membership.expire(now, lease) {
             let host = gone.host;
             tracing::info!(%host, "host lease lapsed");
@@ -680,6 +679,8 @@ impl EventLoop {
                 }
             }
         }
+        // Then the living hosts that have been silent a while are asked.
+        self.probe_silent(now, lease);
     }
 
     /// This host's current record: the last one announced, or a new one.
@@ -850,7 +851,7 @@ impl EventLoop {
         let interval = self.shared.with_config(|c| c.heartbeat_interval);
         Readiness {
             members: self.membership.len().saturating_sub(1),
-            converged: self.agreement.converged(Instant::now(), interval),
+            converged: self.liveness.converged(Instant::now(), interval),
         }
     }
 

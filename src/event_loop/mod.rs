@@ -48,10 +48,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, SubSink},
-    core::{batch_memory::BatchMemory, registration::Registration, send::PendingSend},
+    core::{
+        batch_memory::BatchMemory, liveness::Liveness, membership::Membership,
+        registration::Registration, send::PendingSend,
+    },
     directory::{DirOp, DirectoryStore},
     error::{Error, Result},
-    membership::Membership,
     rpc_stream::Reply,
     shared::Shared,
 };
@@ -210,10 +212,6 @@ pub(crate) struct EventLoop {
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     /// Directory operations on their way to the holders.
     registration: Registration,
-    /// The view each host last showed in a digest exchange.
-    peer_views: HashMap<PeerId, u64>,
-    /// Whether recent exchanges showed our view (readiness).
-    agreement: beats::Agreement,
     /// Addresses put in our record instead of the listen addresses.
     advertise: Vec<libp2p::Multiaddr>,
     /// Something waits for the next tick: it comes after [`FAST_TICK`],
@@ -228,16 +226,14 @@ pub(crate) struct EventLoop {
     /// turns out alive, it is asked to register its entries again.
     /// The incarnation and last proved counter each was dropped with.
     lapsed: HashMap<PeerId, (u64, crate::beat_chain::Proved)>,
-    /// This host's heartbeat counter.
-    beat: u64,
-    /// The hash chain that proves it (see [`crate::beat_chain`]).
+    /// Heartbeats, digest targets and forms, probes, convergence.
+    liveness: Liveness,
+    /// The hash chain that proves this host's counter (see
+    /// [`crate::beat_chain`]).
     chain: crate::beat_chain::Chain,
     /// This host's key, and its record as last announced.
     own_key: u64,
     own_signed: Option<crate::protocol::SignedRecord>,
-    next_heartbeat: Instant,
-    /// Silent hosts probed directly before their lease lapses, and when.
-    probed: HashMap<PeerId, Instant>,
     closing: Option<members::Closing>,
 
     // channels
@@ -364,19 +360,15 @@ impl EventLoop {
             kad_lookups: HashMap::new(),
             registration: Registration::new(local, cfg.replication, membership.keys()),
             wake_soon: false,
-            peer_views: HashMap::new(),
-            agreement: Default::default(),
             advertise: cfg.advertise.clone(),
             membership,
             joins: HashMap::new(),
             rejoin: HashMap::new(),
             lapsed: HashMap::new(),
-            beat: 0,
+            liveness: Liveness::new(Instant::now()),
             chain: crate::beat_chain::Chain::new(0),
             own_key: crate::directory::host_key(&local),
             own_signed: None,
-            next_heartbeat: Instant::now(),
-            probed: HashMap::new(),
             closing: None,
             subs: HashMap::new(),
             wild: Vec::new(),
@@ -1004,16 +996,12 @@ impl EventLoop {
             self.config_seen = changes;
             self.enforce_allow_list();
         }
-        if now >= self.next_heartbeat {
+        let interval = self.shared.with_config(|c| c.heartbeat_interval);
+        if let Some(late) = self.liveness.due(now, interval, SLOW_TICK) {
             // Late beyond the tick's own granularity: this loop was held up.
-            let late = now
-                .saturating_duration_since(self.next_heartbeat)
-                .saturating_sub(SLOW_TICK);
             if !late.is_zero() {
                 self.membership.excuse(late, now);
             }
-            let interval = self.shared.with_config(|c| c.heartbeat_interval);
-            self.next_heartbeat = now + interval;
             self.heartbeat();
             self.expire_members(now);
             self.keep_neighbours();

@@ -110,12 +110,12 @@ impl EventLoop {
     ) -> Result<()> {
         let key = (pattern, group);
         if !self.queues.local.contains_key(&key)
-            && self.subs.len() + self.queues.len() >= crate::membership::MAX_RECORD_CHANNELS
+            && self.subs.len() + self.queues.len() >= crate::core::membership::MAX_RECORD_CHANNELS
         {
             return Err(Error::InvalidChannel(format!(
                 "{:?}: this host subscribes to {} channels and queue groups already, the most a host record carries",
                 key.0,
-                crate::membership::MAX_RECORD_CHANNELS
+                crate::core::membership::MAX_RECORD_CHANNELS
             )));
         }
         self.queues.local.entry(key).or_default().sinks.push(sink);

@@ -42,8 +42,8 @@ use libp2p::{request_response::OutboundFailure, PeerId};
 
 use super::{EventLoop, Pending, ReqKey};
 use crate::{
+    core::membership::Membership,
     core::outbox::{Outbox, Pick, Weigh},
-    membership::Membership,
     overlay::Overlay,
     protocol::{Relayed, Request, Response},
     rpc_stream::Reply,
@@ -618,7 +618,7 @@ mod tests {
     fn membership_with(local: PeerId, keys: &[&Keypair]) -> Membership {
         let mut m = Membership::new(local);
         for k in keys {
-            let v = crate::membership::tests::record(k, 1, 1, false);
+            let v = crate::core::membership::tests::record(k, 1, 1, false);
             m.apply(&v, Instant::now(), Duration::from_secs(1));
         }
         m
