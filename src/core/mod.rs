@@ -14,7 +14,9 @@
 //!   and what a membership change moves;
 //! - `membership`: signed host records, heartbeat counters and leases;
 //! - `liveness`: when to beat, whom to swap digests with and in what form,
-//!   which silent hosts to probe, and when the membership has converged.
+//!   which silent hosts to probe, and when the membership has converged;
+//! - `redial`: which dropped joined hosts and lapsed members to dial
+//!   again, when, and when to give up.
 
 pub(crate) mod batch_memory;
 pub(crate) mod budget;
@@ -22,5 +24,6 @@ pub(crate) mod liveness;
 pub(crate) mod lookup;
 pub(crate) mod membership;
 pub(crate) mod outbox;
+pub(crate) mod redial;
 pub(crate) mod registration;
 pub(crate) mod send;

@@ -80,7 +80,7 @@ impl EventLoop {
         let join_timeout = self.shared.with_config(|c| c.join_timeout);
         let keep = |h: &PeerId| {
             if busy.contains(h)
-                || self.rejoin.get(h).is_some_and(|r| r.joined)
+                || self.redials.is_joined(h)
                 || self.joiners.contains(h)
                 || self.joining(h)
                 || self.is_neighbour(h)

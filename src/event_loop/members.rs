@@ -16,7 +16,10 @@ use super::{EventLoop, Pending};
 use crate::beat_chain::Proved;
 use crate::{
     command::{HostInfo, Readiness},
-    core::membership::{verify, verify_unless, Change, HostRecord, Verified},
+    core::{
+        membership::{verify, verify_unless, Change, HostRecord, Verified},
+        redial::Timing,
+    },
     error::{Error, Result},
     protocol::{identify_version, Request, Response, SignedRecord},
 };
@@ -25,8 +28,6 @@ use crate::{
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
 /// Most lapsed hosts remembered for a resync.
 const MAX_LAPSED: usize = 65_536;
-/// Most hosts redialled at once (joined ones and lapsed ones).
-const MAX_REDIALS: usize = 4096;
 /// Most records taken from one join or membership answer.
 pub(super) const MAX_JOIN_RECORDS: usize = 65_536;
 /// Joins of more records than this have their signatures checked on a
@@ -114,28 +115,6 @@ pub(crate) enum Source {
     Synced(Proved),
 }
 
-/// A joined host that we redial when its connection drops.
-#[derive(Debug)]
-pub(crate) struct Rejoin {
-    addr: Multiaddr,
-    attempt: u32,
-    down_since: Option<Instant>,
-    next_dial: Option<Instant>,
-    /// A host this one joined (kept linked and redialled whenever its
-    /// link drops), not just a member that lapsed (redialled until it is
-    /// back or the reconnect timeout passes, so that the two sides of a
-    /// healed partition find each other again).
-    pub(super) joined: bool,
-}
-
-/// The wait before redial `attempt` (from 1): `delay` grown by `decay` per
-/// failed attempt, but never past the lease, so that hosts find each other
-/// within about a lease of a fault healing, however long it lasted.
-pub(super) fn redial_wait(delay: Duration, decay: f64, attempt: u32, lease: Duration) -> Duration {
-    let grown = delay.mul_f64(decay.powi(attempt.min(64) as i32).min(1e6));
-    grown.min(lease.max(delay))
-}
-
 /// A close in progress.
 #[derive(Debug)]
 pub(crate) struct Closing {
@@ -192,12 +171,8 @@ impl EventLoop {
         }
         // A lapsed host stays on the redial list until it is a member again
         // (its join may fail); a joined one waits for its next drop.
-        if let Some(r) = self.rejoin.get_mut(&peer).filter(|r| r.joined) {
-            if r.down_since.take().is_some() {
-                tracing::info!(%peer, "reconnected to joined host");
-            }
-            r.attempt = 0;
-            r.next_dial = None;
+        if self.redials.up(&peer) {
+            tracing::info!(%peer, "reconnected to joined host");
         }
         self.dialing.remove(&peer);
     }
@@ -218,15 +193,9 @@ impl EventLoop {
         self.dialing.remove(&peer);
         // Its stream broke with the connection; the task reports and ends.
         self.request_clients.remove(&peer);
-        let delay = self.shared.with_config(|c| c.reconnect_delay);
-        if let Some(r) = self.rejoin.get_mut(&peer).filter(|r| r.joined) {
-            if r.down_since.is_none() {
-                tracing::info!(%peer, "lost connection to joined host; redialling");
-                let now = Instant::now();
-                r.down_since = Some(now);
-                r.attempt = 0;
-                r.next_dial = Some(now + delay);
-            }
+        let timing = self.redial_timing();
+        if self.redials.down(&peer, Instant::now(), &timing) {
+            tracing::info!(%peer, "lost connection to joined host; redialling");
         }
     }
 
@@ -284,7 +253,7 @@ impl EventLoop {
             self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
         }
         let joining = self.joins.get(&conn).is_some_and(|j| j.peer == Some(peer));
-        let rejoined = self.rejoin.contains_key(&peer);
+        let rejoined = self.redials.contains(&peer);
         if joining || rejoined {
             self.send_join(peer);
         }
@@ -328,16 +297,7 @@ impl EventLoop {
                 continue;
             };
             if outcome.is_ok() {
-                self.rejoin.insert(
-                    host,
-                    Rejoin {
-                        addr: j.addr.clone(),
-                        attempt: 0,
-                        down_since: None,
-                        next_dial: None,
-                        joined: true,
-                    },
-                );
+                self.redials.joined(host, j.addr.clone());
             }
             if let Some(reply) = j.reply.take() {
                 let _ = reply.send(outcome.clone().map_err(|reason| Error::Join {
@@ -593,7 +553,7 @@ impl EventLoop {
                 tracing::debug!(%host, "host left");
                 self.lapsed.remove(&host);
                 self.host_gone(host);
-                self.rejoin.remove(&host);
+                self.redials.remove(&host);
                 self.forget_locations(host);
             }
         }
@@ -627,7 +587,7 @@ impl EventLoop {
             tracing::info!(%host, "host removed from the allow-list; dropping it");
             self.membership.remove(&host);
             self.lapsed.remove(&host);
-            self.rejoin.remove(&host);
+            self.redials.remove(&host);
             self.host_gone(host);
             self.forget_locations(host);
             let _ = self.swarm.disconnect_peer_id(host);
@@ -641,7 +601,8 @@ impl EventLoop {
     }
 
     pub(super) fn expire_members(&mut self, now: Instant) {
-        let (lease, delay) = self.shared.with_config(|c| (c.lease, c.reconnect_delay));
+        let lease = self.shared.with_config(|c| c.lease);
+        let timing = self.redial_timing();
         for gone in self.membership.expire(now, lease) {
             let host = gone.host;
             tracing::info!(%host, "host lease lapsed");
@@ -650,33 +611,10 @@ impl EventLoop {
             if self.lapsed.len() < MAX_LAPSED {
                 self.lapsed.insert(host, (gone.epoch, gone.proved));
             }
-            // A lapsed host may be alive behind a partition, and neither
-            // side would talk to the other again (each digests with its
-            // own members only): it is redialled until it is back or the
-            // reconnect timeout passes. A joined host keeps its cached
-            // locations until then; any other loses them now.
-            if let Some(r) = self.rejoin.get_mut(&host) {
-                if r.down_since.is_none() {
-                    // Its connection may still look open (packets dropped
-                    // silently): redial now, not at a disconnect.
-                    r.down_since = Some(now);
-                    r.attempt = 0;
-                    r.next_dial = Some(now + delay);
-                }
-            } else {
+            // Redialled (core::redial): a joined host keeps its cached
+            // locations until it is given up; any other loses them now.
+            if !self.redials.lapsed(host, gone.addr, now, &timing) {
                 self.forget_locations(host);
-                if let Some(addr) = gone.addr.filter(|_| self.rejoin.len() < MAX_REDIALS) {
-                    self.rejoin.insert(
-                        host,
-                        Rejoin {
-                            addr,
-                            attempt: 0,
-                            down_since: Some(now),
-                            next_dial: Some(now + delay),
-                            joined: false,
-                        },
-                    );
-                }
             }
         }
         // Then the living hosts that have been silent a while are asked.
@@ -748,47 +686,28 @@ impl EventLoop {
     /// A redialled host is a member again: a joined one waits for its next
     /// drop, a lapsed one is no longer redialled.
     fn back(&mut self, host: PeerId) {
-        match self.rejoin.get_mut(&host) {
-            Some(r) if r.joined => {
-                r.down_since = None;
-                r.attempt = 0;
-                r.next_dial = None;
-            }
-            Some(_) => {
-                self.rejoin.remove(&host);
-            }
-            None => {}
-        }
+        self.redials.back(&host);
     }
 
-    /// Redials dropped joined hosts with backoff; gives up after the timeout.
+    /// The redial timing from the configuration.
+    fn redial_timing(&self) -> Timing {
+        self.shared.with_config(|c| Timing {
+            delay: c.reconnect_delay,
+            decay: c.reconnect_decay,
+            timeout: c.reconnect_timeout,
+            lease: c.lease,
+        })
+    }
+
+    /// Redials dropped joined hosts and lapsed members when their wait is
+    /// over; gives up on those down past the timeout.
     pub(super) fn redial(&mut self, now: Instant) {
-        let (delay, decay, timeout, lease) = self.shared.with_config(|c| {
-            (
-                c.reconnect_delay,
-                c.reconnect_decay,
-                c.reconnect_timeout,
-                c.lease,
-            )
-        });
-        let mut give_up = Vec::new();
-        let mut dial = Vec::new();
-        for (peer, r) in self.rejoin.iter_mut() {
-            let Some(since) = r.down_since else { continue };
-            // Redials keep to their delays, however short.
+        let due = self.redials.due(now, &self.redial_timing());
+        if due.waiting {
+            // Redials keep to their waits, however short.
             self.wake_soon = true;
-            if now.duration_since(since) > timeout {
-                give_up.push(*peer);
-                continue;
-            }
-            if r.next_dial.is_some_and(|t| t <= now) {
-                r.attempt += 1;
-                let wait = redial_wait(delay, decay, r.attempt, lease);
-                r.next_dial = Some(now + wait);
-                dial.push((*peer, r.addr.clone()));
-            }
         }
-        for (peer, addr) in dial {
+        for (peer, addr) in due.dial {
             if self.swarm.is_connected(&peer) {
                 // A connection that outlived a partition (or a lapse on one
                 // side only): no new connection, so no identify to start a
@@ -802,8 +721,8 @@ impl EventLoop {
                 tracing::debug!(%peer, error = %e, "redial failed");
             }
         }
-        for peer in give_up {
-            if self.rejoin.remove(&peer).is_some_and(|r| r.joined) {
+        for (peer, joined) in due.gave_up {
+            if joined {
                 tracing::info!(%peer, "joined host did not come back; forgetting its peers");
             }
             self.forget_locations(peer);
@@ -895,23 +814,5 @@ impl EventLoop {
                 let _ = r.send(());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redial_waits_grow_by_the_decay_up_to_the_lease() {
-        let (d, lease) = (Duration::from_secs(1), Duration::from_secs(20));
-        let waits: Vec<u64> = (1..=7)
-            .map(|a| redial_wait(d, 2.0, a, lease).as_secs())
-            .collect();
-        assert_eq!(waits, [2, 4, 8, 16, 20, 20, 20]);
-        assert_eq!(redial_wait(d, 2.0, u32::MAX, lease), lease);
-        // A first delay longer than the lease is kept.
-        let long = Duration::from_secs(60);
-        assert_eq!(redial_wait(long, 2.0, 3, lease), long);
     }
 }

@@ -49,7 +49,7 @@ use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, SubSink},
     core::{
-        batch_memory::BatchMemory, liveness::Liveness, membership::Membership,
+        batch_memory::BatchMemory, liveness::Liveness, membership::Membership, redial::Redials,
         registration::Registration, send::PendingSend,
     },
     directory::{DirOp, DirectoryStore},
@@ -221,7 +221,8 @@ pub(crate) struct EventLoop {
     // members
     membership: Membership,
     joins: HashMap<ConnectionId, members::JoinState>,
-    rejoin: HashMap<PeerId, members::Rejoin>,
+    /// Joined hosts and lapsed members to dial again.
+    redials: Redials,
     /// Hosts whose lease lapsed here (their entries were dropped); if one
     /// turns out alive, it is asked to register its entries again.
     /// The incarnation and last proved counter each was dropped with.
@@ -363,7 +364,7 @@ impl EventLoop {
             advertise: cfg.advertise.clone(),
             membership,
             joins: HashMap::new(),
-            rejoin: HashMap::new(),
+            redials: Redials::default(),
             lapsed: HashMap::new(),
             liveness: Liveness::new(Instant::now()),
             chain: crate::beat_chain::Chain::new(0),
