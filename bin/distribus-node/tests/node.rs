@@ -618,6 +618,14 @@ async fn metrics_answer_and_move_with_traffic() {
 }
 
 /// Runs the binary to completion (bounded) and returns exit code and stderr.
+/// Starts a node on an ephemeral port with `flag FILE`, to the end (a
+/// refused file ends it at once): its exit code and stderr.
+fn start_with_file(flag: &str, file: &std::path::Path) -> (Option<i32>, String) {
+    let file = file.to_str().expect("a UTF-8 path");
+    let (code, _, err) = run_to_end(&["--listen", "/ip4/127.0.0.1/tcp/0", flag, file], &[]);
+    (code, err)
+}
+
 fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut cmd = base_command(args);
     for (k, v) in env {
@@ -854,15 +862,7 @@ async fn nodes_with_a_network_key_admit_only_hosts_that_hold_it() {
     let open = dir.path().join("open.key");
     std::fs::copy(&key, &open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, err) = run_to_end(
-        &[
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--network-key",
-            open.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, err) = start_with_file("--network-key", &open);
     assert_one_line_error(code, &err, "chmod 600");
 
     let a = start(&["--network-key", key_s]);
@@ -904,15 +904,7 @@ async fn an_allow_list_is_read_at_start_and_again_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("allow");
     std::fs::write(&list, "not-a-host-id\n").unwrap();
-    let (code, _, err) = run_to_end(
-        &[
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--allow-hosts",
-            list.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, err) = start_with_file("--allow-hosts", &list);
     assert_one_line_error(code, &err, "line 1");
 
     let t = test_host(Duration::from_secs(3)).await;
