@@ -23,6 +23,10 @@ use serde::{Deserialize, Serialize};
 pub(crate) const DEFAULT_TCP: &str = "/ip4/127.0.0.1/tcp/7400";
 /// Default WebSocket listen address (documented in the README).
 pub(crate) const DEFAULT_WS: &str = "/ip4/127.0.0.1/tcp/7401/ws";
+/// How long a dropped client's peers wait for it, unless set.
+const GATEWAY_GRACE: Duration = Duration::from_secs(30);
+/// Longest graceful shutdown, unless set.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -468,12 +472,12 @@ impl NodeArgs {
         NodeArgs {
             listen: vec![DEFAULT_TCP.to_string(), DEFAULT_WS.to_string()],
             network_id: Some(host.network_id),
-            gateway_grace: Some(Duration::from_secs(30)),
+            gateway_grace: Some(GATEWAY_GRACE),
             log_format: Some(LogFormat::Text),
             heartbeat: Some(host.heartbeat_interval),
             lease: Some(host.lease),
             request_timeout: Some(host.request_timeout),
-            shutdown_timeout: Some(Duration::from_secs(10)),
+            shutdown_timeout: Some(SHUTDOWN_TIMEOUT),
             max_message_size: Some(host.max_message_size),
             max_connections: host.max_connections,
             max_connections_per_host: host.max_connections_per_host,
@@ -602,8 +606,6 @@ impl Settings {
     /// Merges flags, environment, the config file and the defaults.
     pub(crate) fn resolve(args: NodeArgs) -> Result<Settings, String> {
         let o = merge(&args, args.config.as_deref())?;
-        let defaults = NodeArgs::defaults();
-        let or_default = |v: Option<Duration>, d: Option<Duration>| v.or(d).unwrap_or_default();
 
         // RUST_LOG applies unless a level is given on the command line or
         // in the environment, file or -v/-q.
@@ -622,9 +624,9 @@ impl Settings {
         if let Some(v) = &o.network_id {
             host.network_id.clone_from(v);
         }
-        host.heartbeat_interval = or_default(o.heartbeat, defaults.heartbeat);
-        host.lease = or_default(o.lease, defaults.lease);
-        host.request_timeout = or_default(o.request_timeout, defaults.request_timeout);
+        host.heartbeat_interval = o.heartbeat.unwrap_or(host.heartbeat_interval);
+        host.lease = o.lease.unwrap_or(host.lease);
+        host.request_timeout = o.request_timeout.unwrap_or(host.request_timeout);
         if let Some(v) = o.max_message_size {
             host.max_message_size = v;
             host.max_frame_size = host.max_frame_size.max(v.saturating_add(64 * 1024));
@@ -637,11 +639,11 @@ impl Settings {
         if let Some(v) = o.relay_above {
             host.relay_above = v;
         }
-        host.reconnect_delay = or_default(o.reconnect_delay, defaults.reconnect_delay);
+        host.reconnect_delay = o.reconnect_delay.unwrap_or(host.reconnect_delay);
         if let Some(v) = o.reconnect_decay {
             host.reconnect_decay = v;
         }
-        host.reconnect_timeout = or_default(o.reconnect_timeout, defaults.reconnect_timeout);
+        host.reconnect_timeout = o.reconnect_timeout.unwrap_or(host.reconnect_timeout);
         if let Some(v) = o.replication {
             host.replication = v;
         }
@@ -655,7 +657,7 @@ impl Settings {
                 tokens: o.gateway_tokens.clone(),
                 anonymous: o.gateway_anonymous,
                 origins: o.gateway_origin.clone(),
-                grace: or_default(o.gateway_grace, defaults.gateway_grace),
+                grace: o.gateway_grace.unwrap_or(GATEWAY_GRACE),
                 ui: o.gateway_ui,
                 tls: match (o.gateway_tls_cert.clone(), o.gateway_tls_key.clone()) {
                     (Some(c), Some(k)) => Some((c, k)),
@@ -678,7 +680,7 @@ impl Settings {
             subscribe: o.subscribe.clone(),
             log_format: o.log_format.unwrap_or_default(),
             log_filter,
-            shutdown_timeout: or_default(o.shutdown_timeout, defaults.shutdown_timeout),
+            shutdown_timeout: o.shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
             host,
             merged: o,
         })
