@@ -89,7 +89,7 @@ pub(crate) fn fan_out(
 ) -> Fanned {
     let mut out = Fanned::default();
     shared.registry.for_each_slot(|slot| {
-        if to.is_some_and(|p| !crate::channel_name::matches(p, &slot.id)) {
+        if to.is_some_and(|p| !crate::channel_name::matches(p, slot.id())) {
             return;
         }
         match crate::delivery::local::deliver(shared, slot, from, payload.clone(), Corr::None) {

@@ -1,10 +1,12 @@
 //! Local peers: a bounded, lazily allocated inbox per peer and the registry
 //! of the peers living on this host.
 //!
-//! An idle peer must cost little: a host may hold a million of them. The
-//! inbox is a `VecDeque` that allocates only when a message waits, a waker,
-//! and the peer's id; the registry is a set keyed by the id inside the slot,
-//! so the id is stored once.
+//! An idle peer must cost little: a host may hold a million of them. A
+//! peer is one allocation holding its id, its directory key, a removed
+//! flag and a lock over an empty pointer; its inbox queue, the waker of a
+//! waiting receiver and its send lane are allocated behind that pointer
+//! when it first receives, waits or sends to another host. The registry is
+//! a set keyed by the id inside the slot, so the id is stored once.
 
 use std::{
     borrow::Borrow,
@@ -12,14 +14,14 @@ use std::{
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, RwLock,
+        Mutex, MutexGuard, RwLock,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
-use futures::task::AtomicWaker;
+use triomphe::HeaderSlice;
 
-use crate::{directory::key_of, message::Message};
+use crate::{directory::key_of, message::Message, send_lane::SendLane};
 
 /// Why a message could not be put in an inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,110 +32,167 @@ pub(crate) enum PushError {
     Removed,
 }
 
-/// One local peer: its id, its directory key and its inbox.
+/// One local peer: its id, its directory key and its inbox. Cloning
+/// shares it.
+///
+/// The id sits in the same allocation as the rest (a `triomphe` header
+/// and string, with one reference count): 64 bytes in all for a 12-byte
+/// id, where a `std::sync::Arc` of the slot and a separate `Arc<str>` of
+/// the id took 192.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerSlot(triomphe::Arc<HeaderSlice<Header, str>>);
+
 #[derive(Debug)]
-pub(crate) struct PeerSlot {
-    pub id: Arc<str>,
+pub(crate) struct Header {
     /// XOR-metric key of the id (see [`crate::directory::key_of`]).
-    pub key: u64,
+    key: u64,
+    /// Most messages the inbox holds.
     capacity: u32,
-    queue: Mutex<VecDeque<Message>>,
-    waker: AtomicWaker,
     removed: AtomicBool,
-    /// The direct lane of this peer's remote sends (see
-    /// [`crate::send_lane`]).
-    pub lane: crate::send_lane::LaneCell,
+    busy: Mutex<Option<Box<Busy>>>,
+}
+
+/// What a peer holds once it has received, waited or sent remotely.
+#[derive(Debug, Default)]
+struct Busy {
+    queue: VecDeque<Message>,
+    waker: Option<Waker>,
+    lane: Option<SendLane>,
 }
 
 impl PeerSlot {
     pub(crate) fn new(id: &str, capacity: usize) -> Self {
-        PeerSlot {
-            id: id.into(),
+        let header = Header {
             key: key_of(id.as_bytes()),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
-            queue: Mutex::new(VecDeque::new()),
-            waker: AtomicWaker::new(),
             removed: AtomicBool::new(false),
-            lane: Default::default(),
-        }
+            busy: Mutex::new(None),
+        };
+        PeerSlot(triomphe::Arc::from_header_and_str(header, id))
+    }
+
+    /// The peer's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.0.slice
+    }
+
+    /// XOR-metric key of the id.
+    pub(crate) fn key(&self) -> u64 {
+        self.0.header.key
+    }
+
+    fn busy(&self) -> MutexGuard<'_, Option<Box<Busy>>> {
+        // A poisoned lock only means another thread panicked while pushing
+        // or popping a VecDeque or setting a field, which leaves them
+        // consistent: keep using it.
+        self.0.header.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts a message in the inbox, or says why it cannot.
     pub(crate) fn push(&self, msg: Message) -> Result<(), PushError> {
-        if self.removed.load(Ordering::Acquire) {
+        if self.is_removed() {
             return Err(PushError::Removed);
         }
-        {
-            // A poisoned lock only means another thread panicked while pushing
-            // or popping a VecDeque, which leaves it consistent: keep using it.
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= self.capacity as usize {
+        let waker = {
+            let mut busy = self.busy();
+            let b = busy.get_or_insert_with(Default::default);
+            if b.queue.len() >= self.0.header.capacity as usize {
                 return Err(PushError::Full);
             }
-            q.push_back(msg);
+            b.queue.push_back(msg);
+            b.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.waker.wake();
         Ok(())
     }
 
     /// Takes the next message; `Ready(None)` once the peer is removed and drained.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        if let Some(m) = self.try_recv() {
+        let mut busy = self.busy();
+        if let Some(m) = pop(&mut busy) {
             return Poll::Ready(Some(m));
         }
-        self.waker.register(cx.waker());
-        if let Some(m) = self.try_recv() {
-            return Poll::Ready(Some(m));
-        }
-        if self.removed.load(Ordering::Acquire) {
+        // `mark_removed` sets the flag before it takes the waker under this
+        // lock, so a removal is seen here or wakes the waker set below.
+        if self.is_removed() {
             return Poll::Ready(None);
+        }
+        let b = busy.get_or_insert_with(Default::default);
+        match &mut b.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
 
     /// Takes the next message if one waits.
     pub(crate) fn try_recv(&self) -> Option<Message> {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let m = q.pop_front();
-        if q.is_empty() && q.capacity() > 64 {
-            // Give back a burst's memory so an idle peer stays small.
-            *q = VecDeque::new();
-        }
-        m
+        pop(&mut self.busy())
     }
 
     /// Number of messages waiting.
     pub(crate) fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.busy().as_ref().map_or(0, |b| b.queue.len())
+    }
+
+    /// Runs `f` on the peer's send lane (allocated with the sender's id on
+    /// first use) under the peer's lock.
+    pub(crate) fn with_lane<R>(&self, f: impl FnOnce(&mut SendLane) -> R) -> R {
+        let mut busy = self.busy();
+        let b = busy.get_or_insert_with(Default::default);
+        f(b.lane.get_or_insert_with(|| SendLane::new(self.id())))
+    }
+
+    /// Runs `f` on the peer's send lane if it has one.
+    pub(crate) fn if_lane(&self, f: impl FnOnce(&mut SendLane)) {
+        if let Some(lane) = self.busy().as_mut().and_then(|b| b.lane.as_mut()) {
+            f(lane);
+        }
     }
 
     pub(crate) fn mark_removed(&self) {
-        self.removed.store(true, Ordering::Release);
-        self.waker.wake();
+        self.0.header.removed.store(true, Ordering::Release);
+        let waker = self.busy().as_mut().and_then(|b| b.waker.take());
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     pub(crate) fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
+        self.0.header.removed.load(Ordering::Acquire)
     }
+}
+
+/// Takes the next message of an inbox.
+fn pop(busy: &mut Option<Box<Busy>>) -> Option<Message> {
+    let q = &mut busy.as_mut()?.queue;
+    let m = q.pop_front();
+    if q.is_empty() && q.capacity() > 64 {
+        // Give back a burst's memory so an idle peer stays small.
+        *q = VecDeque::new();
+    }
+    m
 }
 
 /// A registry entry, hashed and compared by the peer id.
 #[derive(Debug, Clone)]
-struct Entry(Arc<PeerSlot>);
+struct Entry(PeerSlot);
 
 impl Borrow<str> for Entry {
     fn borrow(&self) -> &str {
-        &self.0.id
+        self.0.id()
     }
 }
 impl Hash for Entry {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id.hash(state)
+        self.0.id().hash(state)
     }
 }
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
+        self.0.id() == other.0.id()
     }
 }
 impl Eq for Entry {}
@@ -149,18 +208,18 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// Inserts a new slot; `false` if the id is taken.
-    pub(crate) fn insert(&self, slot: Arc<PeerSlot>) -> bool {
+    pub(crate) fn insert(&self, slot: PeerSlot) -> bool {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         peers.insert(Entry(slot))
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<Arc<PeerSlot>> {
+    pub(crate) fn get(&self, id: &str) -> Option<PeerSlot> {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         peers.get(id).map(|e| e.0.clone())
     }
 
     /// Removes the slot for `id` and marks it removed.
-    pub(crate) fn remove(&self, id: &str) -> Option<Arc<PeerSlot>> {
+    pub(crate) fn remove(&self, id: &str) -> Option<PeerSlot> {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         let slot = peers.take(id).map(|e| e.0)?;
         slot.mark_removed();
@@ -172,10 +231,10 @@ impl Registry {
     }
 
     /// Calls `f` with the id and key of every local peer.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<str>, u64)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, u64)) {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         for e in peers.iter() {
-            f(&e.0.id, e.0.key);
+            f(e.0.id(), e.0.key());
         }
     }
 

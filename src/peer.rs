@@ -34,23 +34,23 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Peer {
     host: Host,
-    slot: Arc<PeerSlot>,
+    slot: PeerSlot,
 }
 
 impl AsRef<str> for Peer {
     fn as_ref(&self) -> &str {
-        &self.slot.id
+        self.slot.id()
     }
 }
 
 impl Peer {
-    pub(crate) fn new(host: Host, slot: Arc<PeerSlot>) -> Self {
+    pub(crate) fn new(host: Host, slot: PeerSlot) -> Self {
         Peer { host, slot }
     }
 
     /// The peer's id.
     pub fn id(&self) -> &str {
-        &self.slot.id
+        self.slot.id()
     }
 
     /// The host the peer lives on.
@@ -133,7 +133,7 @@ impl Peer {
     ) -> impl std::future::Future<Output = Result<Message>> + Send + 'static {
         let deadline = tokio::time::Instant::now() + timeout;
         let shared = &self.host.inner.shared;
-        let (open, reply) = shared.requests.open(&self.slot.id, to);
+        let (open, reply) = shared.requests.open(self.slot.id(), to);
         let started = self.start_send(to, payload, Corr::Request(open.id()));
         let host = self.host.clone();
         async move {
@@ -215,7 +215,7 @@ impl Peer {
             return Err(Error::Closed);
         }
         if self.slot.is_removed() {
-            return Err(Error::PeerNotFound(self.slot.id.to_string()));
+            return Err(Error::PeerNotFound(self.slot.id().to_string()));
         }
         validate_id(to)?;
         let (limit, timeout) = shared.with_config(|c| (c.max_message_size, c.request_timeout));
@@ -227,7 +227,7 @@ impl Peer {
         }
         // Same host: straight into the inbox, no event loop, no network.
         if let Some(slot) = shared.registry.get(to) {
-            let r = push_local(shared, &slot, &self.slot.id, payload, corr);
+            let r = push_local(shared, &slot, self.slot.id(), payload, corr);
             match &r {
                 Ok(()) => bump(&shared.counters.sent_local),
                 Err(e) => count_failure(&shared.counters, e),
@@ -235,9 +235,9 @@ impl Peer {
             return r.map(|()| Started::Done);
         }
         let (tx, rx) = oneshot::channel();
-        let make = |route_id: Option<Arc<str>>| {
+        let make = |from: Arc<str>, route_id: Option<Arc<str>>| {
             let env = Envelope {
-                from: self.slot.id.clone(),
+                from,
                 to: route_id.unwrap_or_else(|| Arc::from(to)),
                 payload,
                 corr,
@@ -323,10 +323,10 @@ impl Peer {
     /// A broadcast (`to` is `None`) or a group send from this peer.
     async fn fan_out(&self, to: Option<String>, payload: Payload) -> Result<BroadcastReport> {
         if self.slot.is_removed() {
-            return Err(Error::PeerNotFound(self.slot.id.to_string()));
+            return Err(Error::PeerNotFound(self.slot.id().to_string()));
         }
         self.host
-            .broadcast_from(self.slot.id.clone(), to, payload)
+            .broadcast_from(Arc::from(self.slot.id()), to, payload)
             .await
     }
 

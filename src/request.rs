@@ -97,12 +97,12 @@ impl Requests {
     /// up), so nothing outlives its waiter.
     pub(crate) fn open(
         self: &Arc<Self>,
-        requester: &Arc<str>,
+        requester: &str,
         responder: &str,
     ) -> (Open, oneshot::Receiver<Message>) {
         let (tx, rx) = oneshot::channel();
         let waiting = Waiting {
-            requester: requester.clone(),
+            requester: requester.into(),
             responder: responder.into(),
             answer: tx,
         };

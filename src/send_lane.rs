@@ -14,22 +14,26 @@
 //! the loop hands it to a link task or finishes it); then every earlier
 //! send is already in the link task's queue, and the new one goes behind
 //! it. The lane state lives behind the peer's lock, allocated at its first
-//! remote send, so an idle peer costs 16 bytes more.
+//! remote send, so it costs an idle peer nothing.
 //!
 //! A route goes when its link task has ended (the send goes through the
 //! loop, which starts a new one) and when the recipient's host answers
 //! "unknown peer" (the loop resolves the recipient again).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use crate::{
     core::send::PendingSend,
     delivery::outbound::{LinkHandle, Refused},
+    inbox::PeerSlot,
 };
 
 /// The sending side of a local peer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SendLane {
+    /// The peer's id, shared by the envelopes of its remote sends (the
+    /// slot holds the id inline, where it cannot be shared).
+    from: Arc<str>,
     /// Sends of this peer in the event loop's hands (not yet handed to a
     /// link task, nor finished).
     via_loop: u32,
@@ -38,23 +42,19 @@ pub(crate) struct SendLane {
     route: Option<(Arc<str>, LinkHandle)>,
 }
 
-/// A peer's lane, allocated at its first remote send.
-#[derive(Debug, Default)]
-pub(crate) struct LaneCell(Mutex<Option<Box<SendLane>>>);
-
-impl LaneCell {
-    fn lock(&self) -> MutexGuard<'_, Option<Box<SendLane>>> {
-        // The lane is two plain fields; a panic elsewhere cannot leave it
-        // half-updated.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+impl SendLane {
+    pub(crate) fn new(from: &str) -> Self {
+        SendLane {
+            from: Arc::from(from),
+            via_loop: 0,
+            route: None,
+        }
     }
 
     /// Forgets the route to `to`, if that is where it goes.
-    pub(crate) fn forget(&self, to: &str) {
-        if let Some(lane) = self.lock().as_mut() {
-            if lane.route.as_ref().is_some_and(|(r, _)| **r == *to) {
-                lane.route = None;
-            }
+    pub(crate) fn forget(&mut self, to: &str) {
+        if self.route.as_ref().is_some_and(|(r, _)| **r == *to) {
+            self.route = None;
         }
     }
 }
@@ -62,37 +62,38 @@ impl LaneCell {
 /// Sends `make()`'s send to `to` on the direct lane if it may take it:
 /// the link task gets it while the peer's lock is held, so no later send of
 /// the same peer can overtake it. Otherwise returns it with its
-/// [`LoopTicket`], to go through the event loop. `make` gets the route's
-/// copy of the recipient id, if there is a route to `to` (no new
-/// allocation).
+/// [`LoopTicket`], to go through the event loop. `make` gets the sender's
+/// id and the route's copy of the recipient id, if there is a route to
+/// `to` (no new allocation).
 pub(crate) fn take(
-    owner: &Arc<crate::inbox::PeerSlot>,
+    owner: &PeerSlot,
     to: &str,
     counters: &crate::shared::Counters,
-    make: impl FnOnce(Option<Arc<str>>) -> PendingSend,
+    make: impl FnOnce(Arc<str>, Option<Arc<str>>) -> PendingSend,
 ) -> Option<PendingSend> {
-    let mut guard = owner.lane.lock();
-    let lane = guard.get_or_insert_with(Default::default);
-    let direct = match lane.route.as_ref() {
-        Some((id, link)) if lane.via_loop == 0 && **id == *to => Some((id.clone(), link)),
-        _ => None,
-    };
-    let mut p = match direct {
-        Some((id, link)) => match link.forward(make(Some(id))) {
-            Ok(()) => {
-                crate::shared::bump(&counters.lane_sends);
-                return None;
-            }
-            Err(Refused::Full(back)) => back,
-            Err(Refused::Ended(back)) => {
-                lane.route = None;
-                back
-            }
-        },
-        None => make(None),
-    };
-    lane.via_loop += 1;
-    drop(guard);
+    let mut p = owner.with_lane(|lane| {
+        let from = lane.from.clone();
+        let direct = match lane.route.as_ref() {
+            Some((id, link)) if lane.via_loop == 0 && **id == *to => Some((id.clone(), link)),
+            _ => None,
+        };
+        let p = match direct {
+            Some((id, link)) => match link.forward(make(from, Some(id))) {
+                Ok(()) => {
+                    crate::shared::bump(&counters.lane_sends);
+                    return None;
+                }
+                Err(Refused::Full(back)) => back,
+                Err(Refused::Ended(back)) => {
+                    lane.route = None;
+                    back
+                }
+            },
+            None => make(from, None),
+        };
+        lane.via_loop += 1;
+        Some(p)
+    })?;
     p.ticket = Some(LoopTicket(Some(owner.clone())));
     Some(p)
 }
@@ -100,7 +101,7 @@ pub(crate) fn take(
 /// Counts one send of a peer as in the event loop's hands until dropped
 /// or released.
 #[derive(Debug)]
-pub(crate) struct LoopTicket(Option<Arc<crate::inbox::PeerSlot>>);
+pub(crate) struct LoopTicket(Option<PeerSlot>);
 
 impl LoopTicket {
     /// The loop handed the send to `to` to `link`: later sends of the
@@ -108,11 +109,10 @@ impl LoopTicket {
     /// is in the loop's hands).
     pub(crate) fn release_to(mut self, to: Arc<str>, link: &LinkHandle) {
         if let Some(owner) = self.0.take() {
-            let mut guard = owner.lane.lock();
-            if let Some(lane) = guard.as_mut() {
+            owner.if_lane(|lane| {
                 lane.via_loop = lane.via_loop.saturating_sub(1);
                 lane.route = Some((to, link.clone()));
-            }
+            });
         }
     }
 }
@@ -120,9 +120,7 @@ impl LoopTicket {
 impl Drop for LoopTicket {
     fn drop(&mut self) {
         if let Some(owner) = self.0.take() {
-            if let Some(lane) = owner.lane.lock().as_mut() {
-                lane.via_loop = lane.via_loop.saturating_sub(1);
-            }
+            owner.if_lane(|lane| lane.via_loop = lane.via_loop.saturating_sub(1));
         }
     }
 }

@@ -237,7 +237,7 @@ impl Registration {
         version: u64,
         keys: &[(u64, PeerId)],
         settle: Duration,
-        each_local: impl FnOnce(&mut dyn FnMut(&Arc<str>, u64)),
+        each_local: impl FnOnce(&mut dyn FnMut(&str, u64)),
         out: &mut Vec<DirSend>,
     ) {
         // Called every tick: compare versions, not the key lists (O(hosts)).
@@ -259,7 +259,7 @@ impl Registration {
                     moves
                         .entry(h)
                         .or_default()
-                        .push(DirOp::Register(id.clone()));
+                        .push(DirOp::Register(Arc::from(id)));
                 }
             }
         });
@@ -275,7 +275,7 @@ impl Registration {
         now: Instant,
         holder: PeerId,
         keys: &[(u64, PeerId)],
-        each_local: impl FnOnce(&mut dyn FnMut(&Arc<str>, u64)),
+        each_local: impl FnOnce(&mut dyn FnMut(&str, u64)),
         out: &mut Vec<DirSend>,
     ) -> usize {
         let r = self.replication;
@@ -287,7 +287,7 @@ impl Registration {
         each_local(&mut |id, key| {
             closest_indices(keys, key, r, &mut best);
             if best.iter().any(|&(_, i)| i as usize == target) {
-                ops.push(DirOp::Register(id.clone()));
+                ops.push(DirOp::Register(Arc::from(id)));
             }
         });
         let n = ops.len();

@@ -2,8 +2,6 @@
 //! message ends with (a local send, a delivery stream, a delivery request,
 //! a broadcast).
 
-use std::sync::Arc;
-
 use crate::{
     core::send::PendingSend,
     error::{Error, Result},
@@ -21,7 +19,7 @@ pub(crate) fn deliver_envs<'a>(
     shared: &Shared,
     msgs: impl IntoIterator<Item = (&'a str, &'a str, Payload, Corr)>,
 ) -> Vec<Ack> {
-    let mut last: Option<(&str, Option<Arc<PeerSlot>>)> = None;
+    let mut last: Option<(&str, Option<PeerSlot>)> = None;
     msgs.into_iter()
         .map(|(from, to, payload, corr)| {
             let slot = match &last {
@@ -71,7 +69,7 @@ pub(crate) fn deliver(
             return Err(NotDelivered::Removed);
         }
         // Counted before the waiter runs: it may read the stats at once.
-        let answered = match shared.requests.take(id, &slot.id, from) {
+        let answered = match shared.requests.take(id, slot.id(), from) {
             Ok(waiter) if waiter.is_waiting() => {
                 bump(&shared.counters.replies);
                 waiter.send(msg)
@@ -121,8 +119,8 @@ pub(crate) fn push_local(
     corr: Corr,
 ) -> Result<()> {
     deliver(shared, slot, from, payload, corr).map_err(|e| match e {
-        NotDelivered::Full => Error::InboxFull(slot.id.to_string()),
-        NotDelivered::Removed => Error::PeerNotFound(slot.id.to_string()),
-        NotDelivered::NoRequest => no_request(&slot.id, corr),
+        NotDelivered::Full => Error::InboxFull(slot.id().to_string()),
+        NotDelivered::Removed => Error::PeerNotFound(slot.id().to_string()),
+        NotDelivered::NoRequest => no_request(slot.id(), corr),
     })
 }

@@ -358,7 +358,7 @@ impl EventLoop {
     fn on_unknown_peer(&mut self, host: PeerId, mut p: PendingSend) {
         // Its sender's direct lane to the recipient went to that host too.
         if let Some(owner) = self.shared.registry.get(&p.env.from) {
-            owner.lane.forget(&p.env.to);
+            owner.if_lane(|lane| lane.forget(&p.env.to));
         }
         if self.cache.peek(&p.env.to) == Some(&host) {
             self.cache.pop(&p.env.to);

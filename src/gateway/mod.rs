@@ -191,117 +191,131 @@ impl Host {
     /// unless [`GatewayConfig::allow_anonymous`] is set, and fails with
     /// [`Error::Listen`] if the address cannot be bound.
     pub async fn serve_clients(&self, addr: &str, config: GatewayConfig) -> Result<Gateway> {
-        let sock: SocketAddr = addr.parse().map_err(|e| Error::InvalidAddress {
-            addr: addr.to_string(),
-            reason: format!("{e} (expected ip:port)"),
-        })?;
-        if !sock.ip().is_loopback() && config.tokens.is_none() && !config.allow_anonymous {
-            return Err(Error::Config(format!(
-                "the gateway on {sock} would let anyone who reaches it in: give it tokens, \
-                 listen on a loopback address, or allow anonymous clients explicitly"
-            )));
-        }
-        if config.max_in_flight == 0 || config.max_sessions == 0 {
-            return Err(Error::Config(
-                "max_in_flight and max_sessions must be at least 1".into(),
-            ));
-        }
-        let message = self.config().max_message_size;
-        let max_frame = config.max_frame.unwrap_or(message + (64 << 10));
-        let listener = tokio::net::TcpListener::bind(sock)
-            .await
-            .map_err(|e| Error::Listen {
+        self.start_gateway(addr, config).await
+    }
+
+    /// The body of [`Host::serve_clients`], boxed so that the server's
+    /// state machines are compiled here, not in every crate that awaits
+    /// it (see `Host::start`).
+    fn start_gateway<'a>(
+        &'a self,
+        addr: &'a str,
+        config: GatewayConfig,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Gateway>> + Send + 'a>> {
+        Box::pin(async move {
+            let sock: SocketAddr = addr.parse().map_err(|e| Error::InvalidAddress {
+                addr: addr.to_string(),
+                reason: format!("{e} (expected ip:port)"),
+            })?;
+            if !sock.ip().is_loopback() && config.tokens.is_none() && !config.allow_anonymous {
+                return Err(Error::Config(format!(
+                    "the gateway on {sock} would let anyone who reaches it in: give it tokens, \
+                     listen on a loopback address, or allow anonymous clients explicitly"
+                )));
+            }
+            if config.max_in_flight == 0 || config.max_sessions == 0 {
+                return Err(Error::Config(
+                    "max_in_flight and max_sessions must be at least 1".into(),
+                ));
+            }
+            let message = self.config().max_message_size;
+            let max_frame = config.max_frame.unwrap_or(message + (64 << 10));
+            let listener =
+                tokio::net::TcpListener::bind(sock)
+                    .await
+                    .map_err(|e| Error::Listen {
+                        addr: sock.to_string(),
+                        reason: e.to_string(),
+                    })?;
+            let bound = listener.local_addr().map_err(|e| Error::Listen {
                 addr: sock.to_string(),
                 reason: e.to_string(),
             })?;
-        let bound = listener.local_addr().map_err(|e| Error::Listen {
-            addr: sock.to_string(),
-            reason: e.to_string(),
-        })?;
-        let index = Arc::new(
-            config
-                .pages_index()
-                .unwrap_or_else(|| bytes::Bytes::from_static(INDEX)),
-        );
-        let shared = Arc::new(Shared {
-            host: self.clone(),
-            config: Settled {
-                max_frame,
-                max_in_flight: config.max_in_flight,
-                grace: config.grace,
-                max_sessions: config.max_sessions,
-                tokens: config.tokens,
-                origins: config.origins,
-                write_timeout: config.write_timeout,
-                hello_timeout: config.hello_timeout,
-                ping_interval: config.ping_interval,
-                ack_window: config.ack_window.max(1),
-            },
-            sessions: Arc::default(),
-            allowances: Default::default(),
-        });
-        let mut app = Router::new().route("/", get(upgrade));
-        for page in config.pages {
-            let Page {
-                path,
-                content_type,
-                body,
-            } = page;
-            if path == "/" {
-                continue;
-            }
-            app = app.route(
-                &path,
-                get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) }),
+            let index = Arc::new(
+                config
+                    .pages_index()
+                    .unwrap_or_else(|| bytes::Bytes::from_static(INDEX)),
             );
-        }
-        let app = app.with_state((shared, index));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let host = self.clone();
-        let until = async move {
-            // Ends with the handle, or with the host.
-            tokio::select! {
-                _ = stopped => {}
-                _ = host.inner.shared.until_closed() => {}
+            let shared = Arc::new(Shared {
+                host: self.clone(),
+                config: Settled {
+                    max_frame,
+                    max_in_flight: config.max_in_flight,
+                    grace: config.grace,
+                    max_sessions: config.max_sessions,
+                    tokens: config.tokens,
+                    origins: config.origins,
+                    write_timeout: config.write_timeout,
+                    hello_timeout: config.hello_timeout,
+                    ping_interval: config.ping_interval,
+                    ack_window: config.ack_window.max(1),
+                },
+                sessions: Arc::default(),
+                allowances: Default::default(),
+            });
+            let mut app = Router::new().route("/", get(upgrade));
+            for page in config.pages {
+                let Page {
+                    path,
+                    content_type,
+                    body,
+                } = page;
+                if path == "/" {
+                    continue;
+                }
+                app = app.route(
+                    &path,
+                    get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) }),
+                );
             }
-        };
-        let tls = config.tls.is_some();
-        let task = match config.tls {
-            Some(identity) => {
-                let listener = tls::TlsListener::new(listener, &identity, bound);
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app)
-                        .with_graceful_shutdown(until)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "client gateway stopped");
-                    }
-                })
-            }
-            None => {
-                use axum::serve::ListenerExt;
-                // Small frames one after another (a ping-pong) would
-                // otherwise wait on Nagle's algorithm and the client's
-                // delayed ACK: 44 ms round trips measured before this.
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app)
-                        .with_graceful_shutdown(until)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "client gateway stopped");
-                    }
-                })
-            }
-        };
-        tracing::info!(addr = %bound, "client gateway");
-        Ok(Gateway {
-            addr: bound,
-            tls,
-            stop: Some(stop),
-            task,
+            let app = app.with_state((shared, index));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let host = self.clone();
+            let until = async move {
+                // Ends with the handle, or with the host.
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = host.inner.shared.until_closed() => {}
+                }
+            };
+            let tls = config.tls.is_some();
+            let task = match config.tls {
+                Some(identity) => {
+                    let listener = tls::TlsListener::new(listener, &identity, bound);
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app)
+                            .with_graceful_shutdown(until)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "client gateway stopped");
+                        }
+                    })
+                }
+                None => {
+                    use axum::serve::ListenerExt;
+                    // Small frames one after another (a ping-pong) would
+                    // otherwise wait on Nagle's algorithm and the client's
+                    // delayed ACK: 44 ms round trips measured before this.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app)
+                            .with_graceful_shutdown(until)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "client gateway stopped");
+                        }
+                    })
+                }
+            };
+            tracing::info!(addr = %bound, "client gateway");
+            Ok(Gateway {
+                addr: bound,
+                tls,
+                stop: Some(stop),
+                task,
+            })
         })
     }
 }
