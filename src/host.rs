@@ -265,7 +265,7 @@ impl Host {
         }
         self.inner.shared.push_change(Change {
             register: true,
-            id: Arc::from(slot.id()),
+            id: crate::directory::Id::from(slot.id()),
             key: slot.key(),
         });
         Ok(Peer::new(self.clone(), slot))
@@ -309,7 +309,7 @@ impl Host {
         };
         self.inner.shared.push_change(Change {
             register: false,
-            id: Arc::from(slot.id()),
+            id: crate::directory::Id::from(slot.id()),
             key: slot.key(),
         });
         Ok(true)

@@ -7,15 +7,12 @@
 //! side trims. The event loop turns [`DirSend`]s into requests and reports
 //! their outcomes back.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
 use super::outbox::{Backoff, Outbox, Pick, Weigh};
-use crate::directory::{closest, closest_indices, key_of, DirOp, DirectoryStore};
+use crate::directory::{closest, closest_indices, key_of, DirOp, DirectoryStore, Id};
 
 /// Most operations in one directory request.
 pub(crate) const MAX_DIR_BATCH: usize = 65_536;
@@ -44,7 +41,7 @@ impl Weigh for DirOp {}
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
     pub register: bool,
-    pub id: Arc<str>,
+    pub id: Id,
     pub key: u64,
 }
 
@@ -259,7 +256,7 @@ impl Registration {
                     moves
                         .entry(h)
                         .or_default()
-                        .push(DirOp::Register(Arc::from(id)));
+                        .push(DirOp::Register(Id::from(id)));
                 }
             }
         });
@@ -287,7 +284,7 @@ impl Registration {
         each_local(&mut |id, key| {
             closest_indices(keys, key, r, &mut best);
             if best.iter().any(|&(_, i)| i as usize == target) {
-                ops.push(DirOp::Register(Arc::from(id)));
+                ops.push(DirOp::Register(Id::from(id)));
             }
         });
         let n = ops.len();
@@ -347,17 +344,17 @@ mod tests {
         v.into_iter().take(r).map(|(_, h)| h).collect()
     }
 
-    fn ids(n: usize) -> Vec<(Arc<str>, u64)> {
+    fn ids(n: usize) -> Vec<(Id, u64)> {
         (0..n)
             .map(|i| {
-                let id: Arc<str> = Arc::from(format!("peer-{i}"));
+                let id = Id::from(format!("peer-{i}"));
                 let key = key_of(id.as_bytes());
                 (id, key)
             })
             .collect()
     }
 
-    fn changes(ids: &[(Arc<str>, u64)]) -> Vec<Change> {
+    fn changes(ids: &[(Id, u64)]) -> Vec<Change> {
         ids.iter()
             .map(|(id, key)| Change {
                 register: true,
@@ -521,7 +518,7 @@ mod tests {
             |f| peers.iter().for_each(|(id, k)| f(id, *k)),
             &mut out,
         );
-        let mut expected: BTreeMap<PeerId, BTreeSet<Arc<str>>> = BTreeMap::new();
+        let mut expected: BTreeMap<PeerId, BTreeSet<Id>> = BTreeMap::new();
         for (id, key) in &peers {
             let was = brute_closest(&old, *key, 3);
             for h in brute_closest(&new, *key, 3) {
@@ -535,7 +532,7 @@ mod tests {
             vec![&joiner],
             "only the joiner gains"
         );
-        let mut got: BTreeMap<PeerId, BTreeSet<Arc<str>>> = BTreeMap::new();
+        let mut got: BTreeMap<PeerId, BTreeSet<Id>> = BTreeMap::new();
         for s in &out {
             let DirSend::To { holder, ops } = s else {
                 panic!("nothing is applied here");

@@ -14,7 +14,6 @@
 use std::{
     collections::HashMap,
     num::NonZeroUsize,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,7 +24,7 @@ use tokio::sync::oneshot;
 use super::{EventLoop, Pending};
 use crate::{
     command::RegStatus,
-    directory::{closest, key_of, DirOp},
+    directory::{closest, key_of, DirOp, Id},
     protocol::{Request, Response},
 };
 
@@ -60,8 +59,8 @@ struct Check {
 /// The ownership state of the loop.
 #[derive(Debug)]
 pub(crate) struct Ownership {
-    contested: HashMap<Arc<str>, Contest>,
-    lost: LruCache<Arc<str>, PeerId>,
+    contested: HashMap<Id, Contest>,
+    lost: LruCache<Id, PeerId>,
     checks: HashMap<u64, Check>,
     next_check: u64,
 }
@@ -86,7 +85,7 @@ impl Ownership {
 
 impl EventLoop {
     /// Holders named other hosts as owners of these ids.
-    pub(super) fn on_conflicts(&mut self, conflicts: Vec<(Arc<str>, PeerId)>) {
+    pub(super) fn on_conflicts(&mut self, conflicts: Vec<(Id, PeerId)>) {
         let now = Instant::now();
         for (id, owner) in conflicts {
             if owner == self.local() || self.shared.registry.get(&id).is_none() {
@@ -143,7 +142,7 @@ impl EventLoop {
     }
 
     /// Gives up an id another host holds: the local peer goes.
-    fn lose(&mut self, id: Arc<str>, owner: PeerId) {
+    fn lose(&mut self, id: Id, owner: PeerId) {
         tracing::info!(%id, %owner, "peer id belongs to another host; local peer removed");
         self.ownership.contested.remove(&id);
         self.tell_holders(&id, DirOp::Withdraw(id.clone()));

@@ -78,11 +78,11 @@ impl EventLoop {
                     .registrations_refused
                     .fetch_add(u64::from(*full), std::sync::atomic::Ordering::Relaxed);
             }
-            let conflicts: Vec<(std::sync::Arc<str>, PeerId)> = conflicts
+            let conflicts: Vec<(crate::directory::Id, PeerId)> = conflicts
                 .iter()
                 .filter_map(|(id, h)| {
                     Some((
-                        std::sync::Arc::from(id.as_str()),
+                        crate::directory::Id::from(id.as_str()),
                         PeerId::from_bytes(h).ok()?,
                     ))
                 })
