@@ -276,7 +276,11 @@ impl DirectoryStore {
                         self.entries.remove(&*id);
                         self.origins[e as usize].entries -= 1;
                         self.counts[h as usize] -= 1;
-                        self.release(e);
+                        // This batch's own origin stays live until its
+                        // end: later operations may still name it.
+                        if e != o {
+                            self.release(e);
+                        }
                     }
                 }
             }
@@ -424,6 +428,19 @@ mod tests {
         assert_eq!(s.lookup("x"), Some(a));
         s.apply(a, 999, vec![DirOp::Withdraw("x".into())]);
         assert_eq!((s.len(), s.origin_index.len()), (0, 0));
+        // A batch that empties its origin and then registers again keeps
+        // it: another host's origin must not take its index.
+        let b = PeerId::random();
+        let ops = vec![
+            DirOp::Register("p".into()),
+            DirOp::Withdraw("p".into()),
+            DirOp::Register("q".into()),
+        ];
+        s.apply(a, 1000, ops);
+        s.apply(b, 1, vec![DirOp::Register("r".into())]);
+        assert_eq!(s.lookup("q"), Some(a));
+        assert_eq!(s.lookup("r"), Some(b));
+        assert_eq!(s.lookup("p"), None);
     }
 
     #[test]
