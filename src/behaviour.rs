@@ -251,17 +251,19 @@ pub(crate) async fn build_swarm(
     cfg: &HostConfig,
     stats: Arc<WireStats>,
 ) -> Result<Built> {
-    let terr = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
+    fn terr<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+        Error::Transport(crate::Cause::new(e))
+    }
     let protocol = crate::protocol::deliver_protocol(&cfg.network_id)
-        .ok_or_else(|| Error::Transport("invalid network id".into()))?;
+        .ok_or_else(|| Error::Transport(crate::Cause::msg("invalid network id")))?;
     let (streams, opener, inbound) =
         crate::delivery::streams::Behaviour::new(protocol, stats.clone());
     let protocol = crate::protocol::request_stream_protocol(&cfg.network_id)
-        .ok_or_else(|| Error::Transport("invalid network id".into()))?;
+        .ok_or_else(|| Error::Transport(crate::Cause::msg("invalid network id")))?;
     let (request_streams, req_opener, req_inbound) =
         crate::delivery::streams::Behaviour::new(protocol, stats.clone());
     let protocol = rpc_protocol(&cfg.network_id)
-        .ok_or_else(|| Error::Transport("invalid network id".into()))?;
+        .ok_or_else(|| Error::Transport(crate::Cause::msg("invalid network id")))?;
     // Never opens streams: requests go out by request-response.
     let (exchanges, _, exchanges_inbound) =
         crate::delivery::streams::Behaviour::new(protocol, stats.clone());
@@ -272,9 +274,9 @@ pub(crate) async fn build_swarm(
         (TransportKind::Tcp, Some(psk)) => SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(|k| closed_tcp_and_ws(k, psk))
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
         (TransportKind::Tcp, None) => SwarmBuilder::with_existing_identity(key)
@@ -284,14 +286,14 @@ pub(crate) async fn build_swarm(
                 noise::Config::new,
                 yamux::Config::default,
             )
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_dns()
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_websocket(noise::Config::new, yamux::Config::default)
             .await
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
         (TransportKind::Memory, psk) => SwarmBuilder::with_existing_identity(key)
@@ -316,9 +318,9 @@ pub(crate) async fn build_swarm(
                         .multiplex(yamux::Config::default()))
                 },
             )
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
-            .map_err(|e| terr(&e))?
+            .map_err(terr)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
     };

@@ -1,6 +1,61 @@
 //! Typed errors of the public API.
 
+use std::{fmt, sync::Arc};
+
 use libp2p::PeerId;
+
+/// The underlying cause of an [`Error`], returned by its `source()`: the
+/// error of the codec, transport or listener that failed, or a remote
+/// host's reason given as text.
+///
+/// It is shared (an `Arc`), so `Error` stays `Clone`; two causes are equal
+/// when their messages are.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps an error as a cause.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(e))
+    }
+
+    /// A cause known only as text (a refusal a remote host sent).
+    pub fn msg(m: impl Into<String>) -> Self {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = m.into().into();
+        Cause(Arc::from(boxed))
+    }
+
+    /// The wrapped error, to downcast (`cause.get_ref().downcast_ref::<T>()`).
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
 
 /// Every way a distribus operation can fail.
 ///
@@ -61,35 +116,40 @@ pub enum Error {
     /// The recipient's bounded inbox is full; the message was not delivered.
     #[error("the inbox of peer {0:?} is full")]
     InboxFull(String),
-    /// The payload could not be encoded.
-    #[error("could not encode the payload: {0}")]
-    Encode(String),
-    /// The payload could not be decoded into the requested type.
-    #[error("could not decode the payload: {0}")]
-    Decode(String),
+    /// The payload could not be encoded (the codec's error is the source).
+    #[error("could not encode the payload")]
+    Encode(#[source] Cause),
+    /// The payload could not be decoded into the requested type (the
+    /// codec's error is the source).
+    #[error("could not decode the payload")]
+    Decode(#[source] Cause),
     /// A multiaddr or URL could not be parsed or used.
-    #[error("invalid address {addr:?}: {reason}")]
+    #[error("invalid address {addr:?}")]
     InvalidAddress {
         /// The address as given.
         addr: String,
         /// Why it was refused.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// Listening on the address failed (for example the port is busy).
-    #[error("cannot listen on {addr}: {reason}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: String,
-        /// The transport's reason.
-        reason: String,
+        /// The transport's error.
+        #[source]
+        source: Cause,
     },
     /// Joining a host failed (dial error, refused, or no answer in time).
-    #[error("cannot join {addr}: {reason}")]
+    #[error("cannot join {addr}")]
     Join {
         /// The address that was dialled.
         addr: String,
-        /// Why the join failed.
-        reason: String,
+        /// Why the join failed: the dial error, the remote host's refusal,
+        /// or a timeout.
+        #[source]
+        source: Cause,
     },
     /// The remote host belongs to another network id.
     #[error("cannot join {addr}: it belongs to network {theirs:?}, this host to network {ours:?}")]
@@ -121,12 +181,39 @@ pub enum Error {
         /// The group's name.
         group: String,
     },
-    /// Publishing on a channel failed.
-    #[error("publish failed: {0}")]
-    Publish(String),
+    /// Publishing on a channel failed (gossipsub's error is the source).
+    #[error("publish failed")]
+    Publish(#[source] Cause),
     /// The swarm could not be built.
-    #[error("transport error: {0}")]
-    Transport(String),
+    #[error("transport error")]
+    Transport(#[source] Cause),
+}
+
+impl Error {
+    /// The message followed by each cause in turn, `: `-separated, as a log
+    /// line or a command line tool shows an error
+    /// (`"cannot join /memory/9: Failed to negotiate transport protocol(s): …"`).
+    pub fn report(&self) -> String {
+        report(self)
+    }
+}
+
+/// `e` and its causes, `: `-separated.
+pub(crate) fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    // Bounded: a chain of causes is finite, but a buggy `source()` could
+    // loop; 16 is far deeper than any real chain.
+    for _ in 0..16 {
+        let Some(cause) = next else { break };
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Shorthand for results of distribus operations.

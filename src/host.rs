@@ -77,7 +77,7 @@ pub(crate) fn validate_id(id: &str) -> Result<()> {
 pub fn parse_address(addr: &str) -> Result<Multiaddr> {
     let invalid = |reason: &str| Error::InvalidAddress {
         addr: addr.to_string(),
-        reason: reason.to_string(),
+        source: crate::Cause::msg(reason),
     };
     if let Some(rest) = addr
         .strip_prefix("ws://")
@@ -103,7 +103,10 @@ pub fn parse_address(addr: &str) -> Result<Multiaddr> {
         return Ok(m);
     }
     addr.parse::<Multiaddr>()
-        .map_err(|e| invalid(&e.to_string()))
+        .map_err(|e| Error::InvalidAddress {
+            addr: addr.to_string(),
+            source: crate::Cause::new(e),
+        })
 }
 
 impl Host {
@@ -245,7 +248,7 @@ impl Host {
             Ok(r) => r?,
             Err(_) => Err(Error::Join {
                 addr: shown,
-                reason: "no answer in time".into(),
+                source: crate::Cause::msg("no answer in time"),
             }),
         }
     }

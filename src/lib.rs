@@ -84,7 +84,7 @@ mod wire_props;
 pub use broadcast::BroadcastReport;
 pub use command::{HostInfo, Location, Readiness};
 pub use config::{HostConfig, TransportKind};
-pub use error::{Error, Result};
+pub use error::{Cause, Error, Result};
 #[cfg(feature = "gateway")]
 pub use gateway::{
     decode_request, Gateway, GatewayConfig, Op as ClientOp, Page, Refusal,

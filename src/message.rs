@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    error::{Error, Result},
+    error::{Cause, Error, Result},
     peer::Peer,
     request::{Corr, RequestId},
 };
@@ -36,7 +36,7 @@ pub struct Payload {
 impl Payload {
     /// Encodes a value with postcard.
     pub fn postcard<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))?;
+        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(Cause::new(e)))?;
         Ok(Payload {
             encoding: Encoding::Postcard,
             bytes: bytes.into(),
@@ -45,7 +45,7 @@ impl Payload {
 
     /// Encodes a value as JSON (for `serde_json::Value` and browser clients).
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        let bytes = serde_json::to_vec(value).map_err(|e| Error::Encode(e.to_string()))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Encode(Cause::new(e)))?;
         Ok(Payload {
             encoding: Encoding::Json,
             bytes: bytes.into(),
@@ -56,10 +56,10 @@ impl Payload {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         match self.encoding {
             Encoding::Postcard => {
-                postcard::from_bytes(&self.bytes).map_err(|e| Error::Decode(e.to_string()))
+                postcard::from_bytes(&self.bytes).map_err(|e| Error::Decode(Cause::new(e)))
             }
             Encoding::Json => {
-                serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode(e.to_string()))
+                serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode(Cause::new(e)))
             }
         }
     }
@@ -186,6 +186,23 @@ mod tests {
         let v = serde_json::json!({"a": [1, 2, {"b": null}], "c": "d"});
         let p = Payload::json(&v).unwrap();
         assert_eq!(p.decode::<serde_json::Value>().unwrap(), v);
+    }
+
+    #[test]
+    fn a_decode_error_keeps_the_codec_error_as_its_source() {
+        let p = Payload::json(&"not a number").unwrap();
+        let e = p.decode::<u32>().unwrap_err();
+        let Error::Decode(cause) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(cause
+            .get_ref()
+            .downcast_ref::<serde_json::Error>()
+            .is_some());
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source, Some(cause.to_string()));
+        assert_eq!(e.to_string(), "could not decode the payload");
+        assert_eq!(e.report(), format!("could not decode the payload: {cause}"));
     }
 
     #[test]

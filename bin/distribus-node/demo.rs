@@ -60,7 +60,7 @@ async fn recv(peer: &Peer) -> Result<distribus::Message, String> {
 }
 
 fn err(e: Error) -> String {
-    format!("demo: {e}")
+    format!("demo: {}", e.report())
 }
 
 /// Runs the demo; returns an error line if a step fails.

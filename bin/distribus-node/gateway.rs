@@ -26,7 +26,7 @@ pub(crate) async fn serve(host: &Host, g: &GatewaySettings) -> Result<distribus:
     }
     host.serve_clients(&g.addr.to_string(), cfg)
         .await
-        .map_err(|e| format!("cannot serve clients on {}: {e}", g.addr))
+        .map_err(|e| format!("cannot serve clients on {}: {}", g.addr, e.report()))
 }
 
 /// The browser demo (a chat with a live list of hosts and peers) and the

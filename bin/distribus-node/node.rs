@@ -37,7 +37,7 @@ impl Node {
                 cfg.min_epoch = cfg.min_epoch.max(last);
             }
         }
-        let host = Host::new(cfg).await.map_err(|e| e.to_string())?;
+        let host = Host::new(cfg).await.map_err(|e| e.report())?;
         if let Some(file) = &epoch_file {
             identity::store_epoch(file, host.epoch())?;
         }
@@ -46,19 +46,20 @@ impl Node {
             let got = host
                 .listen(l)
                 .await
-                .map_err(|e| format!("cannot listen on {l}: {e}"))?;
+                .map_err(|e| format!("cannot listen on {l}: {}", e.report()))?;
             addrs.extend(got);
         }
         let mut tasks = Vec::new();
         for id in &settings.echo_peers {
-            let task = echo::spawn(&host, id).map_err(|e| format!("echo peer `{id}`: {e}"))?;
+            let task =
+                echo::spawn(&host, id).map_err(|e| format!("echo peer `{id}`: {}", e.report()))?;
             tasks.push(task);
         }
         for channel in &settings.subscribe {
             let sub = host
                 .subscribe(channel)
                 .await
-                .map_err(|e| format!("cannot subscribe to `{channel}`: {e}"))?;
+                .map_err(|e| format!("cannot subscribe to `{channel}`: {}", e.report()))?;
             tasks.push(tokio::spawn(print_channel(sub)));
         }
         let metrics = match settings.metrics {
@@ -105,7 +106,7 @@ impl Node {
         }
         match closed {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("closing the host: {e}")),
+            Ok(Err(e)) => Err(format!("closing the host: {}", e.report())),
             Err(_) => Err(format!("host did not close within {timeout:?}")),
         }
     }
@@ -139,7 +140,7 @@ async fn join_all(host: &Host, addrs: &[String], tasks: &mut Vec<JoinHandle<()>>
                 joined = true;
             }
             Err(e) => {
-                tracing::warn!(addr = %a, error = %e, "join failed; retrying in the background");
+                tracing::warn!(addr = %a, error = %e.report(), "join failed; retrying in the background");
                 failed.push(a.clone());
             }
         }
@@ -159,7 +160,7 @@ async fn join_all(host: &Host, addrs: &[String], tasks: &mut Vec<JoinHandle<()>>
                         return;
                     }
                     Err(distribus::Error::Closed) => return,
-                    Err(e) => tracing::warn!(addr = %a, error = %e, "join failed"),
+                    Err(e) => tracing::warn!(addr = %a, error = %e.report(), "join failed"),
                 }
             }
             delay = (delay * 2).min(Duration::from_secs(30));

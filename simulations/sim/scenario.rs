@@ -121,6 +121,11 @@ pub(crate) struct ScenarioFlags {
     /// How long the idle cost is measured (longer is steadier). Default 3s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_window: Option<Duration>,
+    /// Hosts started and joined at once, each wave once the last one's
+    /// joins have answered. Default: all of them, as a fleet starts after
+    /// a power cut; 1 starts them one by one.
+    #[arg(long)]
+    pub join_wave: Option<usize>,
 }
 
 /// The same values in a scenario file.
@@ -149,6 +154,7 @@ pub(crate) struct ScenarioFile {
     phase_timeout: Option<String>,
     settle: Option<String>,
     idle_window: Option<String>,
+    join_wave: Option<usize>,
 }
 
 /// A resolved scenario.
@@ -197,6 +203,8 @@ pub(crate) struct Scenario {
     /// Longest phase wait.
     #[serde(with = "humantime_serde_ms")]
     pub phase_timeout: Duration,
+    /// Hosts started and joined at once.
+    pub join_wave: usize,
     /// Wait after joining before the idle window.
     #[serde(with = "humantime_serde_ms")]
     pub settle: Duration,
@@ -284,6 +292,7 @@ impl Scenario {
                 .idle_window
                 .or(dur("idle_window", f.idle_window)?)
                 .unwrap_or(Duration::from_secs(3)),
+            join_wave: flags.join_wave.or(f.join_wave).unwrap_or(hosts),
         };
         if s.hosts < 2 {
             return Err("--hosts must be at least 2".into());
@@ -293,6 +302,9 @@ impl Scenario {
         }
         if s.peers < 2 {
             return Err("--peers must be at least 2".into());
+        }
+        if s.join_wave == 0 {
+            return Err("--join-wave must be at least 1".into());
         }
         if s.churn >= s.hosts {
             return Err("--churn must be less than --hosts".into());

@@ -334,7 +334,7 @@ impl EventLoop {
                 payloads: queue.iter().take(n).map(|p| p.payload.clone()).collect(),
             };
             let outcome = match postcard::to_allocvec(&frame) {
-                Err(e) => Err(Error::Encode(e.to_string())),
+                Err(e) => Err(Error::Encode(crate::Cause::new(e))),
                 Ok(bytes) => match self
                     .swarm
                     .behaviour_mut()
@@ -346,7 +346,7 @@ impl EventLoop {
                     // local subscribers had it; nothing else to do.
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
                     Err(gossipsub::PublishError::AllQueuesFull(_)) => return, // backpressure
-                    Err(e) => Err(Error::Publish(e.to_string())),
+                    Err(e) => Err(Error::Publish(crate::Cause::new(e))),
                 },
             };
             if let Err(e) = &outcome {

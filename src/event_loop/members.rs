@@ -148,7 +148,7 @@ impl EventLoop {
         if let Err(e) = self.dial(opts) {
             let _ = reply.send(Err(Error::Join {
                 addr: shown,
-                reason: e.to_string(),
+                source: crate::Cause::new(e),
             }));
             return;
         }
@@ -183,7 +183,7 @@ impl EventLoop {
             if let Some(reply) = j.reply.take() {
                 let _ = reply.send(Err(Error::Join {
                     addr: j.shown,
-                    reason: "the remote host closed the connection".into(),
+                    source: crate::Cause::msg("the remote host closed the connection"),
                 }));
             }
         }
@@ -203,17 +203,17 @@ impl EventLoop {
         &mut self,
         conn: ConnectionId,
         peer: Option<PeerId>,
-        reason: String,
+        error: libp2p::swarm::DialError,
     ) {
         if let Some(peer) = peer {
             self.dialing.remove(&peer);
         }
-        tracing::debug!(?peer, %reason, "dial failed");
+        tracing::debug!(?peer, %error, "dial failed");
         if let Some(mut j) = self.joins.remove(&conn) {
             if let Some(reply) = j.reply.take() {
                 let _ = reply.send(Err(Error::Join {
                     addr: j.shown,
-                    reason,
+                    source: crate::Cause::new(error),
                 }));
             }
         }
@@ -302,7 +302,7 @@ impl EventLoop {
             if let Some(reply) = j.reply.take() {
                 let _ = reply.send(outcome.clone().map_err(|reason| Error::Join {
                     addr: j.shown.clone(),
-                    reason,
+                    source: crate::Cause::msg(reason),
                 }));
             }
         }
@@ -741,7 +741,7 @@ impl EventLoop {
                 if let Some(reply) = j.reply.take() {
                     let _ = reply.send(Err(Error::Join {
                         addr: j.shown,
-                        reason: "no answer in time".into(),
+                        source: crate::Cause::msg("no answer in time"),
                     }));
                 }
             }

@@ -727,7 +727,7 @@ impl EventLoop {
         if let Some(reason) = crate::behaviour::busy_tcp_port(&addr) {
             let _ = reply.send(Err(Error::Listen {
                 addr: addr.to_string(),
-                reason,
+                source: crate::Cause::msg(reason),
             }));
             return;
         }
@@ -739,7 +739,7 @@ impl EventLoop {
             Err(e) => {
                 let _ = reply.send(Err(Error::Listen {
                     addr: addr.to_string(),
-                    reason: transport_reason(&e),
+                    source: transport_cause(e),
                 }));
             }
         }
@@ -793,9 +793,9 @@ impl EventLoop {
                 if let Some(reply) = self.listens.remove(&listener_id) {
                     let _ = reply.send(Err(Error::Listen {
                         addr: format!("{addresses:?}"),
-                        reason: match reason {
-                            Ok(()) => "listener closed".into(),
-                            Err(e) => e.to_string(),
+                        source: match reason {
+                            Ok(()) => crate::Cause::msg("listener closed"),
+                            Err(e) => crate::Cause::new(e),
                         },
                     }));
                 }
@@ -804,7 +804,7 @@ impl EventLoop {
                 if let Some(reply) = self.listens.remove(&listener_id) {
                     let _ = reply.send(Err(Error::Listen {
                         addr: String::new(),
-                        reason: error.to_string(),
+                        source: crate::Cause::new(error),
                     }));
                 }
             }
@@ -834,7 +834,7 @@ impl EventLoop {
                 connection_id,
                 peer_id,
                 error,
-            } => self.on_dial_failed(connection_id, peer_id, error.to_string()),
+            } => self.on_dial_failed(connection_id, peer_id, error),
             other => tracing::trace!(event = ?other, "swarm event"),
         }
     }
@@ -1027,11 +1027,13 @@ impl EventLoop {
 }
 
 /// A readable reason from a transport error.
-fn transport_reason<E: std::fmt::Display>(e: &libp2p::TransportError<E>) -> String {
+fn transport_cause<E: std::error::Error + Send + Sync + 'static>(
+    e: libp2p::TransportError<E>,
+) -> crate::Cause {
     match e {
-        libp2p::TransportError::MultiaddrNotSupported(a) => {
-            format!("address {a} is not supported by this host's transports")
-        }
-        libp2p::TransportError::Other(e) => e.to_string(),
+        libp2p::TransportError::MultiaddrNotSupported(a) => crate::Cause::msg(format!(
+            "address {a} is not supported by this host's transports"
+        )),
+        libp2p::TransportError::Other(e) => crate::Cause::new(e),
     }
 }

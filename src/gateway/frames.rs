@@ -66,7 +66,7 @@ impl Refusal {
 
 impl From<&Error> for Refusal {
     fn from(e: &Error) -> Self {
-        Refusal::new(code(e), e.to_string())
+        Refusal::new(code(e), e.report())
     }
 }
 

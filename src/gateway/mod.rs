@@ -205,7 +205,7 @@ impl Host {
         Box::pin(async move {
             let sock: SocketAddr = addr.parse().map_err(|e| Error::InvalidAddress {
                 addr: addr.to_string(),
-                reason: format!("{e} (expected ip:port)"),
+                source: crate::Cause::msg(format!("{e} (expected ip:port)")),
             })?;
             if !sock.ip().is_loopback() && config.tokens.is_none() && !config.allow_anonymous {
                 return Err(Error::Config(format!(
@@ -225,11 +225,11 @@ impl Host {
                     .await
                     .map_err(|e| Error::Listen {
                         addr: sock.to_string(),
-                        reason: e.to_string(),
+                        source: crate::Cause::new(e),
                     })?;
             let bound = listener.local_addr().map_err(|e| Error::Listen {
                 addr: sock.to_string(),
-                reason: e.to_string(),
+                source: crate::Cause::new(e),
             })?;
             let index = Arc::new(
                 config

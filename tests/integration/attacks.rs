@@ -487,8 +487,8 @@ async fn an_allow_list_admits_only_the_hosts_on_it() {
 
     b.join(&a_addr.to_string()).await.expect("b is on the list");
     match c.join(&a_addr.to_string()).await {
-        Err(distribus::Error::Join { reason, .. }) => {
-            assert!(reason.contains("allow-list"), "{reason}")
+        Err(distribus::Error::Join { source, .. }) => {
+            assert!(source.to_string().contains("allow-list"), "{source}")
         }
         other => panic!("c joined a host whose allow-list lacks it: {other:?}"),
     }

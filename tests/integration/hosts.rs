@@ -66,9 +66,9 @@ async fn a_second_host_cannot_listen_on_a_port_the_first_holds() {
         for again in ["", "/ws"] {
             let busy = format!("/ip4/127.0.0.1/tcp/{port}{again}");
             match second.listen(&busy).await {
-                Err(Error::Listen { addr, reason }) => {
+                Err(Error::Listen { addr, source }) => {
                     assert_eq!(addr, busy);
-                    assert!(reason.contains("in use"), "{reason}");
+                    assert!(source.to_string().contains("in use"), "{source}");
                 }
                 other => panic!("listening on {busy} again: {other:?}"),
             }
@@ -128,6 +128,20 @@ async fn joining_a_dead_address_fails_in_bounded_time() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Join { .. }), "{err:?}");
+    // The dial error is kept as the source, not flattened into the message.
+    let source = std::error::Error::source(&err).expect("a join error has its cause");
+    assert!(
+        source.downcast_ref::<distribus::Cause>().is_some_and(|c| c
+            .get_ref()
+            .downcast_ref::<libp2p::swarm::DialError>()
+            .is_some()),
+        "{source:?}"
+    );
+    assert!(
+        err.report().starts_with(&format!("{err}: ")),
+        "{}",
+        err.report()
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
     // Memory transport: nothing listens on this port.
     let (m, _) = mem_host(HostConfig::for_tests()).await;

@@ -911,8 +911,8 @@ async fn an_allow_list_is_read_at_start_and_again_on_sighup() {
     std::fs::write(&list, "# nobody yet\n").unwrap();
     let a = start(&["--allow-hosts", list.to_str().unwrap()]);
     match t.join(a.addr()).await {
-        Err(distribus::Error::Join { reason, .. }) => {
-            assert!(reason.contains("allow-list"), "{reason}")
+        Err(distribus::Error::Join { source, .. }) => {
+            assert!(source.to_string().contains("allow-list"), "{source}")
         }
         other => panic!("joined a node whose allow-list lacks it: {other:?}"),
     }
