@@ -75,11 +75,11 @@ fn error_name(e: &Error) -> String {
 
 /// Starts a host on the memory transport and returns it with its address.
 async fn start_host(cfg: &HostConfig) -> Result<(Host, String), String> {
-    let h = Host::new(cfg.clone()).await.map_err(|e| e.to_string())?;
+    let h = Host::new(cfg.clone()).await.map_err(|e| e.report())?;
     let addr = h
         .listen("/memory/0")
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.report())?
         .into_iter()
         .next()
         .ok_or("no listen address")?;
@@ -154,8 +154,8 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
 
     // 1. Join: host i joins a random earlier host (a random tree), so the
     // membership has to spread; then wait until every host knows all.
-    // Hosts start in waves of `join_wave` at once (all by default, as a
-    // fleet restarts); a wave's joins run together.
+    // Hosts start in waves of `join_wave` at once (one by one by default;
+    // all at once as a fleet restarts); a wave's joins run together.
     let pb = bar(s.hosts as u64, "join");
     let mut net = Net {
         hosts: Vec::new(),
@@ -180,7 +180,11 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
         let joins = (first.max(1)..net.hosts.len()).map(|i| {
             let to = rng.gen_range(0..i);
             let (h, addr) = (net.hosts[i].clone(), net.addrs[to].clone());
-            async move { h.join(&addr).await.map_err(|e| format!("join: {e}")) }
+            async move {
+                h.join(&addr)
+                    .await
+                    .map_err(|e| format!("join: {}", e.report()))
+            }
         });
         for joined in futures::future::join_all(joins.collect::<Vec<_>>()).await {
             joined?;
@@ -236,7 +240,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
     for p in 0..s.peers {
         let peer = net.hosts[p % s.hosts]
             .create(&peer_id(p))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.report())?;
         net.peers.push(Some(peer));
     }
     until("registration", s.phase_timeout, || {
@@ -528,7 +532,7 @@ async fn broadcast_phase(
         let report = net.hosts[from]
             .broadcast(&(n as u32))
             .await
-            .map_err(|e| format!("broadcast {n}: {e}"))?;
+            .map_err(|e| format!("broadcast {n}: {}", e.report()))?;
         took.push(t.elapsed().as_secs_f64() * 1e3);
         least = least.min(report.peers as f64 / living.len().max(1) as f64);
         if !report.failed.is_empty() {
@@ -540,7 +544,7 @@ async fn broadcast_phase(
     for p in &living {
         let mut got = Vec::with_capacity(s.broadcasts);
         while let Some(m) = p.try_recv() {
-            got.push(m.decode::<u32>().map_err(|e| e.to_string())?);
+            got.push(m.decode::<u32>().map_err(|e| e.report())?);
         }
         if got == (0..s.broadcasts as u32).collect::<Vec<_>>() {
             complete += 1;
@@ -574,7 +578,10 @@ async fn group_phase(
     for i in 0..GROUPS * GROUP_SIZE {
         let host = &net.hosts[alive[i % alive.len()]];
         let id = format!("room.{}.m{i}", i % GROUPS);
-        members.push(host.create(&id).map_err(|e| format!("create {id}: {e}"))?);
+        members.push(
+            host.create(&id)
+                .map_err(|e| format!("create {id}: {}", e.report()))?,
+        );
     }
     let mut took = Vec::with_capacity(s.group_sends);
     let mut sent = vec![Vec::new(); GROUPS];
@@ -586,7 +593,7 @@ async fn group_phase(
         let report = net.hosts[from]
             .send_group(&format!("room.{g}.*"), &(n as u32))
             .await
-            .map_err(|e| format!("group send {n}: {e}"))?;
+            .map_err(|e| format!("group send {n}: {}", e.report()))?;
         took.push(t.elapsed().as_secs_f64() * 1e3);
         least = least.min(report.peers as f64 / GROUP_SIZE as f64);
         sent[g].push(n as u32);
@@ -597,7 +604,7 @@ async fn group_phase(
     for (i, p) in members.iter().enumerate() {
         let mut got = Vec::new();
         while let Some(m) = p.try_recv() {
-            got.push(m.decode::<u32>().map_err(|e| e.to_string())?);
+            got.push(m.decode::<u32>().map_err(|e| e.report())?);
         }
         if got == sent[i % GROUPS] {
             complete += 1;
@@ -648,7 +655,7 @@ async fn queue_phase(
                 net.hosts[h]
                     .subscribe_queue(CHANNEL, GROUP)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.report())?,
             );
         }
     }
@@ -683,7 +690,7 @@ async fn queue_phase(
             async move { host.publish(CHANNEL, &n).await }
         });
         for res in futures::future::join_all(batch).await {
-            res.map_err(|e| format!("queue publish: {e}"))?;
+            res.map_err(|e| format!("queue publish: {}", e.report()))?;
         }
         pb.inc(u64::from(end - next));
         next = end;
@@ -695,7 +702,7 @@ async fn queue_phase(
     for m in &mut members {
         let mut n_got = 0;
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(20), m.recv()).await {
-            let n = msg.decode::<u32>().map_err(|e| e.to_string())?;
+            let n = msg.decode::<u32>().map_err(|e| e.report())?;
             if let Some(t) = times.get_mut(n as usize) {
                 *t += 1;
             }
@@ -734,7 +741,7 @@ async fn publish_phase(
         let mut sub = net.hosts[h]
             .subscribe(if i % 2 == 1 { PATTERN } else { CHANNEL })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.report())?;
         let want = s.publishes;
         tasks.push(tokio::spawn(async move {
             let mut lat = Samples::default();
@@ -778,7 +785,7 @@ async fn publish_phase(
         pub_host
             .publish(CHANNEL, &now)
             .await
-            .map_err(|e| format!("publish: {e}"))?;
+            .map_err(|e| format!("publish: {}", e.report()))?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -872,9 +879,9 @@ async fn churn_phase(
         let addr = net.addrs[alive[rng.gen_range(0..alive.len())]].clone();
         h.join(&addr)
             .await
-            .map_err(|e| format!("churn join: {e}"))?;
+            .map_err(|e| format!("churn join: {}", e.report()))?;
         for k in 0..per_host {
-            new_peers.push(h.create(&format!("c{i}-{k}")).map_err(|e| e.to_string())?);
+            new_peers.push(h.create(&format!("c{i}-{k}")).map_err(|e| e.report())?);
         }
         fresh.push(h);
     }

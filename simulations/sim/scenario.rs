@@ -122,8 +122,8 @@ pub(crate) struct ScenarioFlags {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_window: Option<Duration>,
     /// Hosts started and joined at once, each wave once the last one's
-    /// joins have answered. Default: all of them, as a fleet starts after
-    /// a power cut; 1 starts them one by one.
+    /// joins have answered. Default 1 (one by one); the host count starts
+    /// them all at once, as a fleet restarts after a power cut.
     #[arg(long)]
     pub join_wave: Option<usize>,
 }
@@ -292,7 +292,7 @@ impl Scenario {
                 .idle_window
                 .or(dur("idle_window", f.idle_window)?)
                 .unwrap_or(Duration::from_secs(3)),
-            join_wave: flags.join_wave.or(f.join_wave).unwrap_or(hosts),
+            join_wave: flags.join_wave.or(f.join_wave).unwrap_or(1),
         };
         if s.hosts < 2 {
             return Err("--hosts must be at least 2".into());

@@ -15,6 +15,8 @@
 //! - `membership`: signed host records, heartbeat counters and leases;
 //! - `liveness`: when to beat, whom to swap digests with and in what form,
 //!   which silent hosts to probe, and when the membership has converged;
+//! - `publish`: channel publishes waiting for the mesh, batched into
+//!   frames, and the callers held by backpressure;
 //! - `redial`: which dropped joined hosts and lapsed members to dial
 //!   again, when, and when to give up.
 
@@ -24,6 +26,7 @@ pub(crate) mod liveness;
 pub(crate) mod lookup;
 pub(crate) mod membership;
 pub(crate) mod outbox;
+pub(crate) mod publish;
 pub(crate) mod redial;
 pub(crate) mod registration;
 pub(crate) mod send;

@@ -38,21 +38,9 @@ use crate::{
 /// How long to wait before redialling a subscriber host.
 const REDIAL: Duration = Duration::from_secs(1);
 
-/// A publish waiting for the mesh, for queue room, or to be batched.
-#[derive(Debug)]
-pub(crate) struct Parked {
-    payload: Payload,
-    /// Held while the queue is over [`PUBLISH_QUEUE`]: the caller waits.
-    reply: Option<oneshot::Sender<Result<()>>>,
-    /// It came by the publish lane, whose room it holds until it leaves.
-    lane: bool,
-    deadline: Instant,
-}
-
-/// Publishes queued per channel before callers have to wait.
-const PUBLISH_QUEUE: usize = 1024;
-/// Target size of one gossip frame of batched publishes.
-const BATCH_BYTES: usize = 64 * 1024;
+/// The caller of a publish command, answered once it may go on (see
+/// [`crate::core::publish`]).
+pub(crate) type PublishReply = oneshot::Sender<Result<()>>;
 
 /// The gossipsub topic a publish on `channel` goes on.
 fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
@@ -202,7 +190,7 @@ impl EventLoop {
         bump(&self.shared.counters.published);
         let lane = reply.is_none();
         let reply = reply.map(|r| self.publish_to_queues(&channel, &payload, r));
-        if !self.parked.contains_key(&channel)
+        if !self.publishes.has_parked(&channel)
             && !self.has_remote_subscribers(&channel)
             && !self.gossip_has_subscribers(&channel)
         {
@@ -215,22 +203,15 @@ impl EventLoop {
             return;
         }
         let warmup = self.shared.with_config(|c| c.publish_warmup);
-        let queue = self.parked.entry(channel).or_default();
         // Accepted into the bounded queue: the caller goes on. Past the
         // bound it waits until the queue drains (backpressure).
-        let reply = match reply {
-            Some(r) if queue.len() < PUBLISH_QUEUE => {
-                let _ = r.send(Ok(()));
-                None
-            }
-            other => other,
-        };
-        queue.push_back(Parked {
-            payload,
-            reply,
-            lane,
-            deadline: Instant::now() + warmup,
-        });
+        let now = Instant::now();
+        if let Some(r) = self
+            .publishes
+            .park(channel, payload, reply, lane, now, warmup)
+        {
+            let _ = r.send(Ok(()));
+        }
     }
 
     /// Whether a host other than this one subscribes to `channel` (no
@@ -301,37 +282,19 @@ impl EventLoop {
     /// share a frame (gossipsub costs per message, not per byte), and a lone
     /// publish leaves at once, with no timer to wait for.
     fn drain_parked(&mut self, channel: &str) {
-        let ready = self.ready.contains(channel) || self.mesh_ready(channel);
+        let ready = self.publishes.is_ready(channel) || self.mesh_ready(channel);
         if ready {
-            self.ready.insert(channel.to_string());
+            self.publishes.set_ready(channel);
         }
         let now = Instant::now();
         let topic = channel_topic(channel);
         let max = self.shared.with_config(|c| c.max_message_size);
-        loop {
-            let Some(queue) = self.parked.get_mut(channel) else {
-                return;
-            };
-            let Some(front) = queue.front() else {
-                self.parked.remove(channel);
-                return;
-            };
-            if !ready && front.deadline > now {
-                return;
-            }
-            let mut n = 0;
-            let mut bytes = 0;
-            for p in queue.iter() {
-                if n > 0 && (bytes + p.payload.len() > BATCH_BYTES.min(max) || n >= 4096) {
-                    break;
-                }
-                bytes += p.payload.len() + 8;
-                n += 1;
-            }
+        while let Some(payloads) = self.publishes.next_batch(channel, ready, now, max) {
+            let n = payloads.len();
             let frame = ChannelFrame {
                 nonce: rand::random(),
                 channel: channel.to_string(),
-                payloads: queue.iter().take(n).map(|p| p.payload.clone()).collect(),
+                payloads,
             };
             let outcome = match postcard::to_allocvec(&frame) {
                 Err(e) => Err(Error::Encode(crate::Cause::new(e))),
@@ -350,29 +313,22 @@ impl EventLoop {
                 },
             };
             if let Err(e) = &outcome {
-                tracing::warn!(%channel, error = %e, "publish failed");
+                tracing::warn!(%channel, error = %e.report(), "publish failed");
             }
-            let mut left = 0;
-            for p in queue.drain(..n) {
-                left += usize::from(p.lane);
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(outcome.clone());
-                }
+            let taken = self.publishes.take(channel, n);
+            for reply in taken.sent {
+                let _ = reply.send(outcome.clone());
             }
-            self.shared.publish_lane.release(left);
-            // Callers that waited past the bound go on once they are within it.
-            for p in queue.iter_mut().take(PUBLISH_QUEUE) {
-                if let Some(reply) = p.reply.take() {
-                    let _ = reply.send(Ok(()));
-                }
+            self.shared.publish_lane.release(taken.lane);
+            for reply in taken.released {
+                let _ = reply.send(Ok(()));
             }
         }
     }
 
     /// Retries every channel with parked publishes.
     pub(super) fn retry_parked(&mut self) {
-        let channels: Vec<String> = self.parked.keys().cloned().collect();
-        for c in channels {
+        for c in self.publishes.channels() {
             self.drain_parked(&c);
         }
     }
@@ -399,12 +355,8 @@ impl EventLoop {
 
     pub(super) fn fail_all_publishes(&mut self) {
         self.shared.publish_lane.close();
-        for (_, q) in self.parked.drain() {
-            for p in q {
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(Err(Error::Closed));
-                }
-            }
+        for reply in self.publishes.drain_waiters() {
+            let _ = reply.send(Err(Error::Closed));
         }
     }
 }

@@ -518,7 +518,7 @@ impl EventLoop {
             self.membership.get(&host).map(|m| &m.channels) != channels_before.as_ref();
         if channels_changed {
             // Publishes wait until gossipsub reaches the new subscriber set.
-            self.ready.clear();
+            self.publishes.unready();
         }
         match change {
             Change::None => return,

@@ -28,7 +28,7 @@ mod registration;
 mod relay;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     num::NonZeroUsize,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -245,10 +245,9 @@ pub(crate) struct EventLoop {
     wild: Vec<String>,
     /// Gossipsub topics joined, with how many patterns need each.
     topic_refs: HashMap<String, usize>,
-    parked: HashMap<String, VecDeque<channels::Parked>>,
-    /// Channels whose known subscriber hosts all reach us through gossipsub;
-    /// cleared when membership or connections change.
-    ready: std::collections::HashSet<String>,
+    /// Channel publishes waiting for the mesh or to be batched, and which
+    /// channels' meshes are ready (forgotten when membership or links change).
+    publishes: crate::core::publish::Publishes<channels::PublishReply>,
     dialing: HashMap<PeerId, Instant>,
 
     // budget
@@ -374,8 +373,7 @@ impl EventLoop {
             subs: HashMap::new(),
             wild: Vec::new(),
             topic_refs: HashMap::new(),
-            parked: HashMap::new(),
-            ready: Default::default(),
+            publishes: Default::default(),
             dialing: HashMap::new(),
             budget: crate::core::budget::LinkBudget::new(Instant::now()),
             joiners: Default::default(),
@@ -447,7 +445,7 @@ impl EventLoop {
             }
             self.flush_dirty_links();
             self.flush_dirty_relays();
-            if !self.parked.is_empty() {
+            if !self.publishes.is_empty() {
                 self.retry_parked();
             }
             if self.wake_soon {
@@ -826,7 +824,7 @@ impl EventLoop {
             } => {
                 self.on_connection_closed(connection_id);
                 if num_established == 0 {
-                    self.ready.clear();
+                    self.publishes.unready();
                     self.on_disconnected(peer_id);
                 }
             }
@@ -1006,9 +1004,11 @@ impl EventLoop {
             self.heartbeat();
             self.expire_members(now);
             self.keep_neighbours();
+            // Once a beat, not every tick: an ended client is replaced when
+            // next used anyway, and this only bounds the map.
+            self.request_clients.retain(|_, c| !c.ended());
         }
         self.refresh_overlay(now);
-        self.request_clients.retain(|_, c| !c.ended());
         self.redial(now);
         self.trim_links(now);
         self.retry_links();
