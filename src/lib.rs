@@ -21,7 +21,7 @@
 //! clock): `outbox` (a queue per destination), `registration`, `lookup`,
 //! `membership` (signed records, counters, leases), `liveness` (heartbeats,
 //! digest targets, probes), `budget` (the link budget), `batch_memory`,
-//! `send`; and beside it, as pure: `directory.rs` (placement by XOR distance and
+//! `send`, `publish` (channel publishes waiting for the mesh, batched); and beside it, as pure: `directory.rs` (placement by XOR distance and
 //! the holder's store), `overlay.rs` (the relay overlay), `beat_chain.rs`
 //! (heartbeat counters only their host can raise), `relay_proof.rs` (one
 //! signature per relay bundle), `channel_name.rs` (names, wildcards, topics),
