@@ -538,6 +538,9 @@ async fn metrics_answer_and_move_with_traffic() {
     t.join(a.addr()).await.unwrap();
     let probe = t.create("probe").unwrap();
     wait_found(&t, "echo-a").await;
+    // Lookups the node made before the round trips (joining can make one:
+    // an ownership check of its echo peer's id) are not the replies'.
+    let lookups_before = sample(&a.scrape(), "distribus_lookup_duration_seconds_count");
     for i in 0..5 {
         echo_round_trip(&probe, "echo-a", &format!("m{i}")).await;
     }
@@ -579,7 +582,7 @@ async fn metrics_answer_and_move_with_traffic() {
     // no lookup was needed, and the histogram says so.
     assert_eq!(
         sample(&after, "distribus_lookup_duration_seconds_count"),
-        0.0
+        lookups_before
     );
     // A broadcast reaches the node's echo peer, and the node counts it.
     let report = probe.broadcast_json(&"to all").await.unwrap();
