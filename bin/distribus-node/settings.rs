@@ -377,6 +377,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
+    /// How long `find` answers from its last answer for the same peer
+    /// without asking the directory; 0s: every find asks. Default: 1s.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub find_cache_ttl: Option<Duration>,
     /// Longest graceful shutdown before the node exits anyway. Default: 10s.
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
@@ -477,6 +482,7 @@ impl NodeArgs {
             heartbeat: Some(host.heartbeat_interval),
             lease: Some(host.lease),
             request_timeout: Some(host.request_timeout),
+            find_cache_ttl: Some(host.find_cache_ttl),
             shutdown_timeout: Some(SHUTDOWN_TIMEOUT),
             max_message_size: Some(host.max_message_size),
             max_connections: host.max_connections,
@@ -627,6 +633,7 @@ impl Settings {
         host.heartbeat_interval = o.heartbeat.unwrap_or(host.heartbeat_interval);
         host.lease = o.lease.unwrap_or(host.lease);
         host.request_timeout = o.request_timeout.unwrap_or(host.request_timeout);
+        host.find_cache_ttl = o.find_cache_ttl.unwrap_or(host.find_cache_ttl);
         if let Some(v) = o.max_message_size {
             host.max_message_size = v;
             host.max_frame_size = host.max_frame_size.max(v.saturating_add(64 * 1024));

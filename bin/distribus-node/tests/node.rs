@@ -748,6 +748,7 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     assert_eq!(line("max_connections"), "max_connections = 11"); // file
     assert_eq!(line("heartbeat"), "heartbeat = \"2s\""); // file
     assert_eq!(line("request_timeout"), "request_timeout = \"10s\""); // default
+    assert_eq!(line("find_cache_ttl"), "find_cache_ttl = \"1s\""); // default
     assert!(out.contains("/ip4/127.0.0.1/tcp/7400"), "{out}"); // default listen
                                                                // The printed settings are a valid config file.
     let again = dir.path().join("again.toml");
