@@ -254,16 +254,14 @@ pub(crate) async fn build_swarm(
     fn terr<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
         Error::Transport(crate::Cause::new(e))
     }
-    let protocol = crate::protocol::deliver_protocol(&cfg.network_id)
-        .ok_or_else(|| Error::Transport(crate::Cause::msg("invalid network id")))?;
+    let bad_id = || Error::Transport(crate::Cause::msg("invalid network id"));
+    let protocol = crate::protocol::deliver_protocol(&cfg.network_id).ok_or_else(bad_id)?;
     let (streams, opener, inbound) =
         crate::delivery::streams::Behaviour::new(protocol, stats.clone());
-    let protocol = crate::protocol::request_stream_protocol(&cfg.network_id)
-        .ok_or_else(|| Error::Transport(crate::Cause::msg("invalid network id")))?;
+    let protocol = crate::protocol::request_stream_protocol(&cfg.network_id).ok_or_else(bad_id)?;
     let (request_streams, req_opener, req_inbound) =
         crate::delivery::streams::Behaviour::new(protocol, stats.clone());
-    let protocol = rpc_protocol(&cfg.network_id)
-        .ok_or_else(|| Error::Transport(crate::Cause::msg("invalid network id")))?;
+    let protocol = rpc_protocol(&cfg.network_id).ok_or_else(bad_id)?;
     // Never opens streams: requests go out by request-response.
     let (exchanges, _, exchanges_inbound) =
         crate::delivery::streams::Behaviour::new(protocol, stats.clone());

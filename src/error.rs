@@ -194,26 +194,21 @@ impl Error {
     /// line or a command line tool shows an error
     /// (`"cannot join /memory/9: Failed to negotiate transport protocol(s): …"`).
     pub fn report(&self) -> String {
-        report(self)
-    }
-}
-
-/// `e` and its causes, `: `-separated.
-pub(crate) fn report(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    // Bounded: a chain of causes is finite, but a buggy `source()` could
-    // loop; 16 is far deeper than any real chain.
-    for _ in 0..16 {
-        let Some(cause) = next else { break };
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        // Bounded: a chain of causes is finite, but a buggy `source()` could
+        // loop; 16 is far deeper than any real chain.
+        for _ in 0..16 {
+            let Some(cause) = next else { break };
+            let text = cause.to_string();
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            next = cause.source();
         }
-        next = cause.source();
+        out
     }
-    out
 }
 
 /// Shorthand for results of distribus operations.

@@ -186,7 +186,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
                     .map_err(|e| format!("join: {}", e.report()))
             }
         });
-        for joined in futures::future::join_all(joins.collect::<Vec<_>>()).await {
+        for joined in futures::future::join_all(joins).await {
             joined?;
         }
         pb.inc(wave as u64);

@@ -170,16 +170,21 @@ impl<T> Publishes<T> {
         let Some(queue) = self.parked.get_mut(channel) else {
             return taken;
         };
-        for p in queue.drain(..n.min(queue.len())) {
+        let n = n.min(queue.len());
+        for p in queue.drain(..n) {
             taken.lane += usize::from(p.lane);
             taken.sent.extend(p.waiter);
         }
-        // Callers that waited past the bound go on once within it.
-        taken.released = queue
-            .iter_mut()
-            .take(PUBLISH_QUEUE)
-            .filter_map(|p| p.waiter.take())
-            .collect();
+        // Callers that waited past the bound go on once within it. A held
+        // caller sat at the bound or beyond, so only the `n` places just
+        // inside it can hold one now (no scan of the whole window per frame).
+        let window = PUBLISH_QUEUE.saturating_sub(n)..PUBLISH_QUEUE.min(queue.len());
+        if !window.is_empty() {
+            taken.released = queue
+                .range_mut(window)
+                .filter_map(|p| p.waiter.take())
+                .collect();
+        }
         if queue.is_empty() {
             self.parked.remove(channel);
         }
