@@ -640,8 +640,8 @@ impl EventLoop {
         }
     }
 
-    /// Dials, letting the dial through the gate of a relaying network (see
-    /// `dial_gate`): every dial of the loop's own goes through here.
+    /// Dials, letting the dial through the gate (see `dial_gate`): every
+    /// dial of the loop's own goes through here.
     fn dial(
         &mut self,
         opts: libp2p::swarm::dial_opts::DialOpts,

@@ -263,7 +263,8 @@ impl EventLoop {
             .overlay
             .current
             .as_ref()
-            .map(|o| o.neighbours().copied().collect());
+            .map(|o| o.neighbours().copied().collect())
+            .unwrap_or_default();
         self.swarm.behaviour_mut().gate.set_neighbours(neighbours);
         self.overlay.version = Some(version);
         self.overlay.next_compute = Some(now + RECOMPUTE_EVERY);
