@@ -5,10 +5,10 @@
 //! and its queries contact twenty or more hosts each. Those links are not
 //! wanted in a network of any size: each costs a noise handshake and stream
 //! set-up on both sides. In a small network they linked every host to
-//! every other during the join (at 128 hosts in one process, 7,318
-//! connections and 43 s to join; with the gate, 185 and 4.2 s), long before
-//! any request needed them; in a relaying network ([`crate::overlay`]) the
-//! link budget closed them again a few seconds later. So outbound dials are
+//! every other during the join, long before any request needed them (the
+//! join figures are in `docs/PERFORMANCE.md`); in a relaying network
+//! ([`crate::overlay`]) the link budget closed them again a few seconds
+//! later. So outbound dials are
 //! allowed only for dials the event loop made itself (registered by
 //! connection id) and to the overlay's neighbours; others are denied, which
 //! Kademlia takes as an unreachable host for that query (its routing table
