@@ -24,11 +24,10 @@
 //! cost from 0.8–0.95 to about 0.5 of a core.
 //!
 //! Digests go to connected hosts, so liveness costs few new connections;
-//! in a network that does not relay, every fourth round (or when no host is
-//! connected) one more goes to a random unconnected member, so the exchange
-//! crosses the whole network even where links form separate clusters (a
-//! relaying network's links are the overlay's, which join every host within
-//! two hops). Digests do not count as use of a link for the link budget.
+//! every fourth round (or when no host is connected) one more goes to
+//! a random unconnected member, so the exchange crosses the whole network
+//! even where links form separate clusters. Digests do not count as use of
+//! a link for the link budget.
 //!
 //! Trust: records carry their host's signature and cannot be forged, and
 //! every counter carries a proof from its host's hash chain
@@ -147,7 +146,6 @@ impl EventLoop {
         self.liveness.targets(
             &connected,
             self.membership.keys(),
-            self.overlay().is_none(),
             |h| self.swarm.is_connected(h),
             &mut rand::thread_rng(),
         )
