@@ -8,12 +8,11 @@
 //! every other during the join, long before any request needed them (the
 //! join figures are in `docs/PERFORMANCE.md`); in a relaying network
 //! ([`crate::overlay`]) the link budget closed them again a few seconds
-//! later. So outbound dials are
-//! allowed only for dials the event loop made itself (registered by
-//! connection id) and to the overlay's neighbours; others are denied, which
-//! Kademlia takes as an unreachable host for that query (its routing table
-//! is left as it was). The loop dials a member when a request of its own
-//! needs it, so links form where requests go.
+//! later. So outbound dials are allowed only for dials the event loop made
+//! itself (registered by connection id) and to the overlay's neighbours;
+//! others are denied, which Kademlia takes as an unreachable host for that
+//! query (its routing table is left as it was). The loop dials a member
+//! when a request of its own needs it, so links form where requests go.
 
 use std::{
     collections::HashSet,
