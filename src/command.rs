@@ -36,6 +36,11 @@ pub struct HostInfo {
     pub queues: Vec<crate::QueueGroup>,
     /// Whether this host has an open connection to it.
     pub connected: bool,
+    /// Whether the relay overlay keeps a link to it (this host reaches
+    /// other hosts through a neighbour once it is not linked to them);
+    /// `false` for every host while the network is too small to relay
+    /// ([`HostConfig::relay_above`](crate::HostConfig::relay_above)).
+    pub neighbour: bool,
 }
 
 /// Addresses as their text.
@@ -48,12 +53,13 @@ fn addr_texts(addrs: &[Multiaddr]) -> Vec<String> {
 impl serde::Serialize for HostInfo {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("HostInfo", 5)?;
+        let mut st = s.serialize_struct("HostInfo", 6)?;
         st.serialize_field("host", &self.host.to_string())?;
         st.serialize_field("addrs", &addr_texts(&self.addrs))?;
         st.serialize_field("channels", &self.channels)?;
         st.serialize_field("queues", &self.queues)?;
         st.serialize_field("connected", &self.connected)?;
+        st.serialize_field("neighbour", &self.neighbour)?;
         st.end()
     }
 }

@@ -24,10 +24,11 @@
 //! cost from 0.8–0.95 to about 0.5 of a core.
 //!
 //! Digests go to connected hosts, so liveness costs few new connections;
-//! every fourth round (or when no host is connected) one more goes to
-//! a random unconnected member, so the exchange crosses the whole network
-//! even where links form separate clusters. Digests do not count as use of
-//! a link for the link budget.
+//! in a network that does not relay, every fourth round (or when no host is
+//! connected) one more goes to a random unconnected member, so the exchange
+//! crosses the whole network even where links form separate clusters (a
+//! relaying network's links are the overlay's, which join every host within
+//! two hops). Digests do not count as use of a link for the link budget.
 //!
 //! Trust: records carry their host's signature and cannot be forged, and
 //! every counter carries a proof from its host's hash chain
@@ -146,6 +147,7 @@ impl EventLoop {
         self.liveness.targets(
             &connected,
             self.membership.keys(),
+            self.overlay().is_none(),
             |h| self.swarm.is_connected(h),
             &mut rand::thread_rng(),
         )

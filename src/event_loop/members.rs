@@ -758,6 +758,7 @@ impl EventLoop {
                 channels: m.channels.clone(),
                 queues: m.queues.clone(),
                 connected: self.swarm.is_connected(h),
+                neighbour: self.is_neighbour(h),
             })
             .collect();
         out.sort_by_key(|i| i.host);

@@ -18,18 +18,44 @@ async fn drain(peer: &Peer) -> Vec<(String, u32)> {
 }
 
 /// 12 hosts joined as a tree, relaying above 4 hosts, three peers each: a
-/// broadcast from a peer, then one from a host, reach every peer once, and
-/// the reports count every host and peer.
+/// broadcast from a peer, then one from a host, each on a host that is not
+/// linked to every other, reach every peer once (partly through relays),
+/// and the reports count every host and peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_reaches_every_peer_on_every_host_once_through_relays() {
     const N: usize = 12;
     let hosts = relaying_tree(N).await;
+    // Once every host has its overlay, registrations to hosts that are
+    // not neighbours go through relays instead of opening links.
+    for h in &hosts {
+        wait_for("the overlay", || async {
+            h.members().await.unwrap().iter().any(|m| m.neighbour)
+        })
+        .await;
+    }
     let peers: Vec<Peer> = (0..N * 3)
         .map(|i| hosts[i % N].create(&format!("p{i}")).unwrap())
         .collect();
+    for (i, p) in peers.iter().enumerate() {
+        wait_found(&hosts[(i + 1) % N], p.id(), &hosts[i % N]).await;
+    }
+    // A host with a member it is neither linked to nor keeps a link to
+    // must send that member its broadcast through a relay.
+    let mut senders = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let members = h.members().await.unwrap();
+        if members.iter().any(|m| !m.connected && !m.neighbour) {
+            senders.push(i);
+        }
+    }
+    assert!(
+        senders.len() >= 2,
+        "hosts with unlinked members: {senders:?}"
+    );
+    let (first, second) = (senders[0], senders[1]);
     let relayed_before: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
 
-    let report = within("broadcast", peers[0].broadcast(&7u32))
+    let report = within("broadcast", peers[first].broadcast(&7u32))
         .await
         .unwrap();
     assert_eq!(
@@ -37,28 +63,29 @@ async fn a_broadcast_reaches_every_peer_on_every_host_once_through_relays() {
         (N, 3 * N as u64, 0)
     );
     assert!(report.failed.is_empty(), "{report:?}");
-    let report = within("broadcast", hosts[5].broadcast(&8u32))
+    let relayed_first: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
+    assert!(
+        relayed_first > relayed_before,
+        "no broadcast went through a relay"
+    );
+    let report = within("broadcast", hosts[second].broadcast(&8u32))
         .await
         .unwrap();
     assert_eq!((report.hosts, report.peers), (N, 3 * N as u64));
 
-    let from_host = hosts[5].id().to_string();
+    let from_peer = peers[first].id().to_string();
+    let from_host = hosts[second].id().to_string();
     for p in &peers {
         assert_eq!(
             drain(p).await,
-            vec![("p0".to_string(), 7), (from_host.clone(), 8)],
+            vec![(from_peer.clone(), 7), (from_host.clone(), 8)],
             "what {} received",
             p.id()
         );
     }
-    let relayed: u64 = hosts.iter().map(|h| h.stats().relayed).sum();
-    assert!(
-        relayed > relayed_before,
-        "no broadcast went through a relay"
-    );
     let delivered: u64 = hosts.iter().map(|h| h.stats().broadcast_delivered).sum();
     assert_eq!(delivered, 2 * 3 * N as u64);
-    assert_eq!(hosts[0].stats().broadcasts, 1);
+    assert_eq!(hosts[first].stats().broadcasts, 1);
 }
 
 /// Full inboxes are counted as missed, a crashed host is named, and with

@@ -44,7 +44,7 @@ export interface Location {
 
 export interface Members {
   self: string;
-  hosts: { host: string; addrs: string[]; channels: string[]; connected: boolean }[];
+  hosts: { host: string; addrs: string[]; channels: string[]; connected: boolean; neighbour: boolean }[];
 }
 
 export class Peer {
