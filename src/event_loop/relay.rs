@@ -272,12 +272,19 @@ impl EventLoop {
 
     /// Dials neighbours that are not linked (a few per heartbeat), so the
     /// overlay's links exist before requests need them.
+    ///
+    /// Of two neighbours only the one with the lower id dials: when both
+    /// did, they often dialled each other at once and kept two connections
+    /// (about 2,400 of 24,000 in a 512-host join, which took a fifth
+    /// longer). A request still dials whichever way it goes.
     pub(super) fn keep_neighbours(&mut self) {
         let Some(o) = self.overlay() else {
             return;
         };
+        let local = self.local();
         let missing: Vec<PeerId> = o
             .neighbours()
+            .filter(|h| local < **h)
             .filter(|h| !self.swarm.is_connected(h))
             .take(DIALS_PER_ROUND)
             .copied()
