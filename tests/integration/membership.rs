@@ -242,3 +242,45 @@ async fn a_restart_after_the_clock_stepped_back_is_taken_at_once() {
     alice.send("bob", &2u32).await.unwrap();
     assert_eq!(within("bob", bob.recv()).await.unwrap().from, "alice");
 }
+
+/// Six hosts joined as a chain, in a network too small to relay: once all
+/// know all, each is still linked only to the hosts it joined or that
+/// joined it. Links form where requests go; Kademlia's bootstrap and
+/// queries after a join do not link every host to every other (the dial
+/// gate denies every dial the event loop did not make).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_links_only_the_hosts_that_joined_each_other() {
+    const N: usize = 6;
+    let mut cfg = HostConfig::for_tests();
+    // Digests go to linked hosts, and every fourth one to a random other
+    // member (which links them): slow beats keep that out of this test.
+    cfg.heartbeat_interval = Duration::from_secs(10);
+    cfg.lease = Duration::from_secs(60);
+    let nodes = mem_hosts(N, &cfg).await;
+    for i in 1..N {
+        let to = nodes[i - 1].1.to_string();
+        nodes[i].0.join(&to).await.expect("join");
+    }
+    let hosts: Vec<&distribus::Host> = nodes.iter().map(|(h, _)| h).collect();
+    wait_membership(&hosts, N).await;
+    // Time for the bootstrap and the queries a join starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, h) in hosts.iter().enumerate() {
+        let linked: Vec<usize> = h
+            .members()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| m.connected)
+            .filter_map(|m| hosts.iter().position(|o| o.id() == m.host))
+            .collect();
+        let mut chain: Vec<usize> = [i.checked_sub(1), Some(i + 1).filter(|&j| j < N)]
+            .into_iter()
+            .flatten()
+            .collect();
+        chain.sort();
+        let mut linked = linked;
+        linked.sort();
+        assert_eq!(linked, chain, "host {i}'s links");
+    }
+}
