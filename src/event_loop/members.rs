@@ -749,6 +749,7 @@ impl EventLoop {
     }
 
     pub(super) fn members_info(&self) -> Vec<HostInfo> {
+        let overlay = self.overlay();
         let mut out: Vec<HostInfo> = self
             .membership
             .iter()
@@ -758,7 +759,7 @@ impl EventLoop {
                 channels: m.channels.clone(),
                 queues: m.queues.clone(),
                 connected: self.swarm.is_connected(h),
-                neighbour: self.is_neighbour(h),
+                neighbour: overlay.is_some_and(|o| o.is_neighbour(h)),
             })
             .collect();
         out.sort_by_key(|i| i.host);
