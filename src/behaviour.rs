@@ -200,13 +200,15 @@ pub(crate) type Built = (
     tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
 );
 
-/// TCP and WebSocket (with DNS) for a closed network: the pnet handshake
-/// under `psk` comes first on every connection, then noise and yamux as on
-/// an open one. (libp2p's `SwarmBuilder` has no pnet step for its TCP and
+/// TCP and WebSocket (with DNS), each connection metered
+/// ([`crate::metered`]); on a closed network the pnet handshake under `psk`
+/// comes first, then noise and yamux as on an open one. (libp2p's
+/// `SwarmBuilder` has no step to wrap the raw connection of its TCP and
 /// WebSocket phases, so the transport is composed here.)
-fn closed_tcp_and_ws(
+fn tcp_and_ws(
     k: &Keypair,
-    psk: libp2p::pnet::PreSharedKey,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+    stats: Arc<WireStats>,
 ) -> std::result::Result<
     libp2p::core::transport::Boxed<(libp2p::PeerId, libp2p::core::muxing::StreamMuxerBox)>,
     Box<dyn std::error::Error + Send + Sync>,
@@ -215,7 +217,8 @@ fn closed_tcp_and_ws(
     let ws = libp2p::websocket::Config::new(libp2p::dns::tokio::Transport::system(tcp())?);
     let base = ws.or_transport(libp2p::dns::tokio::Transport::system(tcp())?);
     Ok(base
-        .and_then(move |conn, _| libp2p::pnet::PnetConfig::new(psk).handshake(conn))
+        .map(move |conn, _| crate::metered::Metered::new(conn, stats.clone()))
+        .and_then(move |conn, _| private(conn, psk))
         .upgrade(upgrade::Version::V1)
         .authenticate(noise::Config::new(k)?)
         .multiplex(yamux::Config::default())
@@ -269,26 +272,9 @@ pub(crate) async fn build_swarm(
     let idle = cfg.idle_connection_timeout;
     let psk = cfg.network_key.map(|k| k.0);
     let swarm = match (cfg.transport, psk) {
-        (TransportKind::Tcp, Some(psk)) => SwarmBuilder::with_existing_identity(key)
+        (TransportKind::Tcp, psk) => SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_other_transport(|k| closed_tcp_and_ws(k, psk))
-            .map_err(terr)?
-            .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
-            .map_err(terr)?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        (TransportKind::Tcp, None) => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(terr)?
-            .with_dns()
-            .map_err(terr)?
-            .with_websocket(noise::Config::new, yamux::Config::default)
-            .await
+            .with_other_transport(|k| tcp_and_ws(k, psk, stats.clone()))
             .map_err(terr)?
             .with_behaviour(|k| build_behaviour(k, cfg, stats, streams))
             .map_err(terr)?
@@ -299,9 +285,11 @@ pub(crate) async fn build_swarm(
             .with_other_transport(
                 |k| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
                     let (delay, loss) = (cfg.link_delay, cfg.link_loss);
+                    let metered = stats.clone();
                     Ok(MemoryTransport::default()
                         .map(move |conn, _| {
                             use futures::future::Either;
+                            let conn = crate::metered::Metered::new(conn, metered.clone());
                             if delay.is_zero() && loss == 0.0 {
                                 Either::Left(conn)
                             } else {

@@ -64,6 +64,7 @@ mod host;
 mod inbox;
 mod link_delay;
 mod message;
+mod metered;
 mod network_key;
 mod overlay;
 mod peer;

@@ -25,8 +25,6 @@
 //! destination, and simply dials it. The relayed request is signed by its
 //! origin, so the destination checks who sent it (see `event_loop::relay`).
 
-use std::collections::HashSet;
-
 use libp2p::PeerId;
 
 use crate::directory::host_key;
@@ -38,7 +36,7 @@ pub(crate) struct Overlay {
     local: (u64, PeerId),
     /// Every live host (this one included), by key.
     sorted: Vec<(u64, PeerId)>,
-    neighbours: HashSet<PeerId>,
+    neighbours: foldhash::HashSet<PeerId>,
 }
 
 /// Group bits for `hosts` hosts: the smallest `b` with `2 · 4^b ≥ hosts`.
@@ -61,7 +59,7 @@ impl Overlay {
             bits: group_bits(sorted.len()),
             local: (host_key(&local), local),
             sorted,
-            neighbours: HashSet::new(),
+            neighbours: Default::default(),
         };
         o.neighbours = o.compute_neighbours();
         o
@@ -95,10 +93,10 @@ impl Overlay {
             .map(|&(_, h)| h)
     }
 
-    fn compute_neighbours(&self) -> HashSet<PeerId> {
+    fn compute_neighbours(&self) -> foldhash::HashSet<PeerId> {
         let (lk, local) = self.local;
         let own = self.group_of(lk);
-        let mut n: HashSet<PeerId> = self.group(own).iter().map(|&(_, h)| h).collect();
+        let mut n: foldhash::HashSet<PeerId> = self.group(own).iter().map(|&(_, h)| h).collect();
         let groups = if self.bits == 0 {
             1u64
         } else {

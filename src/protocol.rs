@@ -373,6 +373,8 @@ fn one_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Response>, D:
 pub(crate) struct WireStats {
     rejected: AtomicU64,
     refused_streams: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
 }
 
 impl WireStats {
@@ -394,6 +396,24 @@ impl WireStats {
 
     pub(crate) fn count_refused_stream(&self) {
         self.refused_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes written to all connections ([`crate::metered`]).
+    pub(crate) fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from all connections.
+    pub(crate) fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_sent(&self, n: usize) {
+        self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_received(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

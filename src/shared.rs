@@ -38,6 +38,7 @@ pub(crate) struct Counters {
     pub relayed: AtomicU64,
     pub relay_refused: AtomicU64,
     pub liveness_probes: AtomicU64,
+    pub longest_silence_ms: AtomicU64,
     pub directory_batches: AtomicU64,
     pub requests_sent: AtomicU64,
     pub stream_requests: AtomicU64,
@@ -95,6 +96,11 @@ pub struct Stats {
     /// answer can be written at once; otherwise, and for delivery and
     /// request streams, the stream is reset (their senders open another).
     pub refused_streams: u64,
+    /// Bytes this host wrote to its connections, as the transport carries
+    /// them (with encryption, multiplexing and every protocol's framing).
+    pub bytes_sent: u64,
+    /// Bytes this host read from its connections, likewise.
+    pub bytes_received: u64,
     /// Peers living on this host.
     pub local_peers: u64,
     /// Directory entries this host holds (for itself and others).
@@ -115,6 +121,12 @@ pub struct Stats {
     /// Silent hosts this host asked directly whether they are alive
     /// (before letting their lease lapse).
     pub liveness_probes: u64,
+    /// How long, in milliseconds, the most silent live member had gone
+    /// without its heartbeat counter rising here, as of this host's last
+    /// heartbeat: the margin left against the lease
+    /// ([`HostConfig::lease`](crate::HostConfig::lease)). Silent hosts are
+    /// probed from six tenths of the lease.
+    pub longest_silence_ms: u64,
     /// Directory batches (registrations and withdrawals) this host sent
     /// to holders.
     pub directory_batches: u64,
@@ -306,6 +318,8 @@ impl Shared {
             lookup_latency: c.lookup_latency.snapshot(),
             rejected_frames: self.wire.rejected_frames(),
             refused_streams: self.wire.refused_streams(),
+            bytes_sent: self.wire.bytes_sent(),
+            bytes_received: self.wire.bytes_received(),
             local_peers: self.registry.len() as u64,
             directory_entries: r(&c.directory_entries),
             directory_refused: r(&c.directory_refused),
@@ -315,6 +329,7 @@ impl Shared {
             relayed: r(&c.relayed),
             relay_refused: r(&c.relay_refused),
             liveness_probes: r(&c.liveness_probes),
+            longest_silence_ms: r(&c.longest_silence_ms),
             directory_batches: r(&c.directory_batches),
             requests_sent: r(&c.requests_sent),
             stream_requests: r(&c.stream_requests),

@@ -223,6 +223,18 @@ impl Collector for HostCollector {
         )?;
         counter(
             e,
+            "distribus_bytes_sent",
+            "Bytes written to this host's connections (with encryption and framing).",
+            s.bytes_sent,
+        )?;
+        counter(
+            e,
+            "distribus_bytes_received",
+            "Bytes read from this host's connections (with encryption and framing).",
+            s.bytes_received,
+        )?;
+        counter(
+            e,
             "distribus_relay_refused",
             "Other hosts' requests refused by this relay because its queue to their next hop was full.",
             s.relay_refused,

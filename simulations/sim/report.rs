@@ -119,6 +119,15 @@ pub(crate) struct Report {
     /// Request-response exchanges per second in that idle window (all
     /// hosts): digests, probes and the relay bundles carrying them.
     pub idle_requests_per_s: f64,
+    /// Bytes each host sent per second in that idle window, on average, as
+    /// its connections carried them (`Stats::bytes_sent`).
+    pub idle_bytes_per_host_s: f64,
+    /// The longest any host went without hearing a live member's counter
+    /// rise, sampled every second of that idle window: how close liveness
+    /// came to its lease (silent hosts are probed from 0.6 of it).
+    pub idle_longest_silence_s: f64,
+    /// The lease the hosts ran with.
+    pub lease_s: f64,
     /// Requests sent during registration (all hosts), those of them that
     /// went on request streams, the relay bundles among them, and the
     /// directory batches (direct or relayed) hosts sent to holders.
@@ -280,12 +289,14 @@ impl Report {
             ));
         }
         line(format!(
-            "  idle        {:.2} cores busy while nothing is sent, once joined and settled ({} liveness probes then, {} in the run)",
-            self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes
+            "  idle        {:.2} cores busy while nothing is sent, once joined and settled ({} liveness probes then, {} in the run); longest silence {:.1} s of a {:.0} s lease",
+            self.idle_cpu_cores, self.idle_liveness_probes, self.liveness_probes,
+            self.idle_longest_silence_s, self.lease_s
         ));
         line(format!(
-            "  requests    {:.0}/s idle; {} while registering ({} on request streams; {} relay bundles, {} directory batches)",
+            "  requests    {:.0}/s idle ({:.1} KB/s sent per host); {} while registering ({} on request streams; {} relay bundles, {} directory batches)",
             self.idle_requests_per_s,
+            self.idle_bytes_per_host_s / 1e3,
             self.register_requests,
             self.register_stream_requests,
             self.register_relay_bundles,

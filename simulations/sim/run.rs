@@ -116,6 +116,7 @@ struct Wire {
     relay_bundles: u64,
     directory_batches: u64,
     lapses: u64,
+    bytes_sent: u64,
 }
 
 fn wire(net: &Net) -> Wire {
@@ -125,6 +126,7 @@ fn wire(net: &Net) -> Wire {
         relay_bundles: 0,
         directory_batches: 0,
         lapses: 0,
+        bytes_sent: 0,
     };
     for (h, _) in net.hosts.iter().zip(&net.alive).filter(|(_, a)| **a) {
         let s = h.stats();
@@ -133,6 +135,7 @@ fn wire(net: &Net) -> Wire {
         w.relay_bundles += s.relay_bundles;
         w.directory_batches += s.directory_batches;
         w.lapses += s.leases_lapsed;
+        w.bytes_sent += s.bytes_sent;
     }
     w
 }
@@ -149,6 +152,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
         peers: s.peers,
         seed: s.seed,
         churn: s.churn,
+        lease_s: cfg.lease.as_secs_f64(),
         ..Report::default()
     };
 
@@ -222,10 +226,21 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
     // machine with them.
     tokio::time::sleep(s.settle).await;
     let (idle_cpu, idle_probes, idle_wire) = (cpu_seconds(), probes(&net), wire(&net));
-    tokio::time::sleep(s.idle_window).await;
+    // Sampled through the window: each host's gauge is as of its last beat.
+    let idle_end = Instant::now() + s.idle_window;
+    while let Some(left) = idle_end.checked_duration_since(Instant::now()) {
+        let silence = net.hosts.iter().map(|h| h.stats().longest_silence_ms);
+        r.idle_longest_silence_s = r
+            .idle_longest_silence_s
+            .max(silence.max().unwrap_or(0) as f64 / 1e3);
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+    }
     let window = s.idle_window.as_secs_f64().max(1e-3);
     r.idle_cpu_cores = (cpu_seconds() - idle_cpu) / window;
-    r.idle_requests_per_s = (wire(&net).requests - idle_wire.requests) as f64 / window;
+    let idle_end = wire(&net);
+    r.idle_requests_per_s = (idle_end.requests - idle_wire.requests) as f64 / window;
+    r.idle_bytes_per_host_s =
+        (idle_end.bytes_sent - idle_wire.bytes_sent) as f64 / window / s.hosts as f64;
     r.idle_liveness_probes = probes(&net) - idle_probes;
     pb.finish_and_clear();
     let rss_joined = rss_bytes();

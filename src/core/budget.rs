@@ -88,8 +88,12 @@ impl LinkBudget {
     ) -> Vec<PeerId> {
         // A set, not `connected.contains`: that was links² comparisons of
         // 38-byte ids twice a second per host.
-        let linked: foldhash::HashSet<&PeerId> = connected.iter().collect();
-        self.last_used.retain(|h, _| linked.contains(h));
+        // Closed links leave the map as they close (`closed`); this only
+        // bounds it should one be missed.
+        if self.last_used.len() > connected.len() {
+            let linked: foldhash::HashSet<&PeerId> = connected.iter().collect();
+            self.last_used.retain(|h, _| linked.contains(h));
+        }
         if connected.len() <= budget {
             return Vec::new();
         }

@@ -535,6 +535,17 @@ impl Membership {
         was
     }
 
+    /// How long the most silent member has gone without its counter
+    /// rising here (zero with no other member): the margin left against
+    /// the lease.
+    pub(crate) fn longest_silence(&self, now: Instant) -> Duration {
+        self.members
+            .values()
+            .map(|m| now.saturating_duration_since(m.last_heard))
+            .max()
+            .unwrap_or_default()
+    }
+
     pub(crate) fn expire(&mut self, now: Instant, lease: Duration) -> Vec<Lapsed> {
         let gone: Vec<Lapsed> = self
             .members
@@ -935,5 +946,21 @@ pub(crate) mod tests {
             1
         );
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn the_longest_silence_is_the_most_silent_members() {
+        let now = Instant::now();
+        let mut m = Membership::new(PeerId::random());
+        assert_eq!(m.longest_silence(now), Duration::ZERO);
+        for (i, k) in [Keypair::generate_ed25519(), Keypair::generate_ed25519()]
+            .iter()
+            .enumerate()
+        {
+            let heard = now + Duration::from_secs(i as u64);
+            m.apply(&record(k, 1, 1, false), heard, Duration::from_secs(1));
+        }
+        let later = now + Duration::from_secs(5);
+        assert_eq!(m.longest_silence(later), Duration::from_secs(5));
     }
 }

@@ -4,7 +4,7 @@
 //! network together); a delivery batch caught by a closing link is sent
 //! again without being delivered twice (see `messaging`).
 
-use std::{collections::HashSet, time::Instant};
+use std::time::Instant;
 
 use libp2p::PeerId;
 
@@ -23,7 +23,7 @@ impl EventLoop {
     }
 
     /// Hosts with one of our requests or delivery batches in flight.
-    fn busy_hosts(&self) -> HashSet<PeerId> {
+    fn busy_hosts(&self) -> foldhash::HashSet<PeerId> {
         let streaming = self
             .stream_links
             .iter()
@@ -70,20 +70,18 @@ impl EventLoop {
         }
         // Taken out while `keep` reads the rest of the loop.
         let mut state = std::mem::replace(&mut self.budget, LinkBudget::new(now));
-        let busy = if connected.len() > budget {
-            self.busy_hosts()
-        } else {
-            HashSet::new()
-        };
+        // Built only if a link that is not a neighbour is looked at: most
+        // links of a relaying network are neighbours.
+        let busy = std::cell::OnceCell::new();
         // A link from a host that is not a member yet carries a join that
         // may take a while on a busy host: it gets the join's deadline.
         let join_timeout = self.shared.with_config(|c| c.join_timeout);
         let keep = |h: &PeerId| {
-            if busy.contains(h)
+            if self.is_neighbour(h)
                 || self.redials.is_joined(h)
                 || self.joiners.contains(h)
+                || busy.get_or_init(|| self.busy_hosts()).contains(h)
                 || self.joining(h)
-                || self.is_neighbour(h)
             {
                 Keep::Always
             } else if self.membership.contains(h) {

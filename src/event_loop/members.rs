@@ -191,6 +191,7 @@ impl EventLoop {
 
     pub(super) fn on_disconnected(&mut self, peer: PeerId) {
         self.dialing.remove(&peer);
+        self.budget.closed(&peer);
         // Its stream broke with the connection; the task reports and ends.
         self.request_clients.remove(&peer);
         let timing = self.redial_timing();
@@ -619,6 +620,11 @@ impl EventLoop {
         }
         // Then the living hosts that have been silent a while are asked.
         self.probe_silent(now, lease);
+        let silence = self.membership.longest_silence(now).as_millis();
+        self.shared.counters.longest_silence_ms.store(
+            u64::try_from(silence).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// This host's current record: the last one announced, or a new one.
