@@ -90,6 +90,12 @@ impl Collector for HostCollector {
             "Hosts with an open connection to this one.",
             s.connected_hosts,
         )?;
+        gauge(
+            e,
+            "distribus_longest_silence_milliseconds",
+            "How long the most silent live host had gone without its heartbeat counter rising, at the last heartbeat (hosts lapse at the lease).",
+            s.longest_silence_ms,
+        )?;
         counter(
             e,
             "distribus_connections_opened",

@@ -230,16 +230,19 @@ impl EventLoop {
     /// Recomputes the overlay after a membership change (at most every
     /// [`RECOMPUTE_EVERY`]: during a join wave the membership changes many
     /// times a second, and a slightly stale overlay only costs a direct
-    /// request or an extra dial).
+    /// request or an extra dial). Crossing `relay_above` either way is
+    /// taken at once: until then every request goes direct and links the
+    /// hosts the overlay would keep apart.
     pub(super) fn refresh_overlay(&mut self, now: Instant) {
         let version = self.membership.version();
+        let above = self.shared.with_config(|c| c.relay_above);
+        let was_relaying = self.overlay.current.is_some();
+        let crossing = (self.membership.len() > above) != was_relaying;
         if self.overlay.version == Some(version)
-            || self.overlay.next_compute.is_some_and(|t| now < t)
+            || (!crossing && self.overlay.next_compute.is_some_and(|t| now < t))
         {
             return;
         }
-        let above = self.shared.with_config(|c| c.relay_above);
-        let was_relaying = self.overlay.current.is_some();
         if self.membership.len() <= above {
             self.overlay.current = None;
         } else {

@@ -52,13 +52,7 @@ async fn two_hosts_exchange_typed_and_json_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_on_the_wire_are_counted_per_direction_over_tcp() {
     const SIZE: usize = 300_000;
-    let cfg = HostConfig::for_tests();
-    let (a, _) = tcp_host(cfg.clone()).await;
-    let (b, b_addr) = tcp_host(cfg).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
+    let (a, b, alice, bob) = alice_and_bob().await;
     let (a0, b0) = (a.stats(), b.stats());
     assert!(a0.bytes_sent > 0 && a0.bytes_received > 0, "{a0:?}");
     alice.send("bob", &vec![7u8; SIZE]).await.unwrap();

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use distribus::{Error, Host, HostConfig, Peer};
+use distribus::{Error, Peer};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 /// Answers every request to `peer` with its number plus one, until the
@@ -23,19 +23,6 @@ fn serve_increment(peer: Peer) -> tokio::task::JoinHandle<u32> {
         }
         plain
     })
-}
-
-/// Two joined hosts on TCP loopback, alice on the first and bob on the
-/// second, bob found from alice's host.
-async fn alice_and_bob() -> (Host, Host, Peer, Peer) {
-    let cfg = HostConfig::for_tests();
-    let (a, _) = tcp_host(cfg.clone()).await;
-    let (b, b_addr) = tcp_host(cfg).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
-    (a, b, alice, bob)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

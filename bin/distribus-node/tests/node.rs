@@ -578,6 +578,15 @@ async fn metrics_answer_and_move_with_traffic() {
     assert!(sample(&after, "distribus_messages_sent_total{path=\"remote\"}") >= 5.0);
     assert!(sample(&after, "distribus_hosts") >= 2.0);
     assert!(sample(&after, "distribus_connected_hosts") >= 1.0);
+    // The probe's messages came in and the echoes went out over TCP.
+    for bytes in [
+        "distribus_bytes_sent_total",
+        "distribus_bytes_received_total",
+    ] {
+        assert!(sample(&after, bytes) > sample(&before, bytes), "{bytes}");
+    }
+    // Exported (`sample` fails on a missing series), under the 20 s lease.
+    assert!(sample(&after, "distribus_longest_silence_milliseconds") < 20_000.0);
     // The node answered from the location the probe's messages carried:
     // no lookup was needed, and the histogram says so.
     assert_eq!(

@@ -171,3 +171,16 @@ pub(crate) async fn all_to_all_exactly_once(hosts: &[Host], each: u32) -> Vec<Pe
     }
     peers
 }
+
+/// Two joined hosts on TCP loopback, alice on the first and bob on the
+/// second, bob found from alice's host.
+pub(crate) async fn alice_and_bob() -> (Host, Host, Peer, Peer) {
+    let cfg = HostConfig::for_tests();
+    let (a, _) = tcp_host(cfg.clone()).await;
+    let (b, b_addr) = tcp_host(cfg).await;
+    a.join(&b_addr.to_string()).await.unwrap();
+    let alice = a.create("alice").unwrap();
+    let bob = b.create("bob").unwrap();
+    wait_found(&a, "bob", &b).await;
+    (a, b, alice, bob)
+}
