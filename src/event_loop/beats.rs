@@ -87,9 +87,13 @@ impl EventLoop {
     /// with our view, full to any other (each form built once).
     fn send_digests(&mut self, targets: Vec<PeerId>) {
         let view = self.own_view();
+        let (now, heartbeat) = (
+            Instant::now(),
+            self.shared.with_config(|c| c.heartbeat_interval),
+        );
         let (mut full, mut compact) = (None, None);
         for host in targets {
-            let same = self.liveness.form(&host, view) == Form::Compact;
+            let same = self.liveness.form(&host, view, now, heartbeat) == Form::Compact;
             let d = if same {
                 compact
                     .get_or_insert_with(|| self.compact_digest(view))
