@@ -27,6 +27,14 @@ impl<T> Metered<T> {
     }
 }
 
+/// `r`, after adding the bytes it moved with `add`.
+fn tally(r: Poll<io::Result<usize>>, add: impl FnOnce(usize)) -> Poll<io::Result<usize>> {
+    if let Poll::Ready(Ok(n)) = r {
+        add(n);
+    }
+    r
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -34,10 +42,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.stats.count_received(n);
-        }
-        r
+        tally(r, |n| self.stats.count_received(n))
     }
 
     fn poll_read_vectored(
@@ -46,10 +51,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
         bufs: &mut [io::IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_read_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.stats.count_received(n);
-        }
-        r
+        tally(r, |n| self.stats.count_received(n))
     }
 }
 
@@ -60,10 +62,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.stats.count_sent(n);
-        }
-        r
+        tally(r, |n| self.stats.count_sent(n))
     }
 
     fn poll_write_vectored(
@@ -72,10 +71,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.stats.count_sent(n);
-        }
-        r
+        tally(r, |n| self.stats.count_sent(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -109,7 +109,7 @@ fn links(net: &Net) -> u64 {
 }
 
 /// Request counts summed over the live hosts.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Wire {
     requests: u64,
     stream_requests: u64,
@@ -120,14 +120,7 @@ struct Wire {
 }
 
 fn wire(net: &Net) -> Wire {
-    let mut w = Wire {
-        requests: 0,
-        stream_requests: 0,
-        relay_bundles: 0,
-        directory_batches: 0,
-        lapses: 0,
-        bytes_sent: 0,
-    };
+    let mut w = Wire::default();
     for (h, _) in net.hosts.iter().zip(&net.alive).filter(|(_, a)| **a) {
         let s = h.stats();
         w.requests += s.requests_sent;
