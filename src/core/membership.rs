@@ -71,7 +71,22 @@ pub(crate) const MAX_RECORD_CHANNELS: usize = 4096;
 
 /// Checks a signed record; `None` if it does not decode or its signature is wrong.
 pub(crate) fn verify(signed: &SignedRecord) -> Option<Verified> {
-    verify_unless(signed, |_, _| false)
+    verify_unless(signed, |_, _| false, |_| None)
+}
+
+/// The host id a record's encoded key names, without decoding the key: a
+/// key's id is its own protobuf encoding inlined in an identity multihash
+/// (every ed25519 key's is). Decoding an ed25519 key is a point
+/// decompression, two thirds of a signature check; most records a host
+/// receives are ones it holds, which need only the id. `None` for a
+/// longer encoding (hashed ids; such keys are decoded).
+fn inline_id(public_key: &[u8]) -> Option<PeerId> {
+    // libp2p inlines encodings of up to 42 bytes.
+    if public_key.len() > 42 {
+        return None;
+    }
+    let hash = libp2p::multihash::Multihash::<64>::wrap(0x00, public_key).ok()?;
+    PeerId::from_multihash(hash).ok()
 }
 
 /// Whether `signed` decodes to a record that `known(host, record)` says is
@@ -84,20 +99,48 @@ pub(crate) fn is_known(
     let Ok(record) = postcard::from_bytes::<HostRecord>(&signed.record) else {
         return false;
     };
-    PublicKey::try_decode_protobuf(&record.public_key)
-        .is_ok_and(|key| known(&key.to_peer_id(), &record))
+    match inline_id(&record.public_key) {
+        Some(host) => known(&host, &record),
+        None => PublicKey::try_decode_protobuf(&record.public_key)
+            .is_ok_and(|key| known(&key.to_peer_id(), &record)),
+    }
 }
 
 /// Like [`verify`], but first asks `known(host, record)` whether the record
 /// is already known (not newer than what we hold); then it is not checked
 /// (signature checks are the costly part of membership) and `None` returns.
+/// `held(host)` may give the host's key already decoded (a member's), so a
+/// newer record of a member is not decoded again.
 pub(crate) fn verify_unless(
     signed: &SignedRecord,
-    known: impl FnOnce(&PeerId, &HostRecord) -> bool,
+    mut known: impl FnMut(&PeerId, &HostRecord) -> bool,
+    held: impl FnOnce(&PeerId) -> Option<PublicKey>,
 ) -> Option<Verified> {
     let record: HostRecord = postcard::from_bytes(&signed.record).ok()?;
-    let key = PublicKey::try_decode_protobuf(&record.public_key).ok()?;
-    if known(&key.to_peer_id(), &record) || !key.verify(&signed.record, &signed.signature) {
+    // An id taken from the bytes is only used to skip known records and to
+    // find a held key that encodes to the same bytes; a non-canonical
+    // encoding names no member and is decoded below.
+    let inline = inline_id(&record.public_key);
+    if let Some(host) = inline {
+        if known(&host, &record) {
+            return None;
+        }
+    }
+    let held = inline
+        .and_then(|h| held(&h))
+        .filter(|k| k.encode_protobuf() == record.public_key);
+    let key = match held {
+        Some(k) => k,
+        None => {
+            let key = PublicKey::try_decode_protobuf(&record.public_key).ok()?;
+            let host = key.to_peer_id();
+            if inline != Some(host) && known(&host, &record) {
+                return None;
+            }
+            key
+        }
+    };
+    if !key.verify(&signed.record, &signed.signature) {
         return None;
     }
     Some(Verified {
@@ -666,6 +709,42 @@ pub(crate) mod tests {
         assert!(verify(&forged).is_none());
         forged.record[0] ^= 1;
         assert!(verify(&forged).is_none());
+    }
+
+    #[test]
+    fn known_records_are_skipped_by_the_id_in_their_key_bytes_and_held_keys_must_match() {
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let host = a.public().to_peer_id();
+        assert_eq!(inline_id(&a.public().encode_protobuf()), Some(host));
+        let signed = record(&a, 1, 2, false).signed;
+        // Known: skipped before any decoding or check, named by its id.
+        let mut asked = Vec::new();
+        let known = |h: &PeerId, r: &HostRecord| {
+            asked.push((*h, r.seq));
+            true
+        };
+        assert!(verify_unless(&signed, known, |_| None).is_none());
+        assert_eq!(asked, vec![(host, 2)]);
+        // Newer: checked with the held key when it is the record's own...
+        let v = verify_unless(&signed, |_, _| false, |_| Some(a.public())).unwrap();
+        assert_eq!((v.host, v.record.seq), (host, 2));
+        // ...and a held key that is not the record's is not used.
+        let v = verify_unless(&signed, |_, _| false, |_| Some(b.public())).unwrap();
+        assert_eq!(v.key, a.public());
+        // A record signed by another key fails with either key held.
+        let mut forged = signed.clone();
+        forged.signature = b.sign(&forged.record).unwrap();
+        assert!(verify_unless(&forged, |_, _| false, |_| Some(a.public())).is_none());
+        assert!(verify_unless(&forged, |_, _| false, |_| None).is_none());
+        // Key bytes that are no key: no id, and the record is refused.
+        assert!(inline_id(&[0xff; 43]).is_none());
+        let mut bad = record(&a, 1, 3, false).record;
+        bad.public_key = vec![8, 1, 18, 3, 1, 2, 3];
+        let bad = SignedRecord {
+            record: postcard::to_allocvec(&bad).unwrap(),
+            signature: vec![0; 64],
+        };
+        assert!(verify_unless(&bad, |_, _| false, |_| Some(a.public())).is_none());
     }
 
     #[test]

@@ -307,8 +307,14 @@ impl EventLoop {
                 }));
             }
         }
+        // Now there is someone to gossip the record to. It is the one
+        // sent with the join, not signed anew: a new version would be
+        // checked again by every host (a third of a 512-host join's
+        // signature checks).
         if outcome.is_ok() {
-            self.announce();
+            if let Some(r) = self.own_signed() {
+                self.gossip_record(r);
+            }
         }
     }
 
@@ -459,11 +465,13 @@ impl EventLoop {
     pub(super) fn apply_signed(&mut self, r: &SignedRecord, source: Source, budget: &mut u64) {
         let mut known = false;
         let (membership, lapsed) = (&self.membership, &self.lapsed);
-        match verify_unless(r, |h, rec| {
+        let known_or_revived = |h: &PeerId, rec: &HostRecord| {
             known =
                 unproved_revival(lapsed, source, h, rec.epoch, budget) || membership.knows(h, rec);
             known
-        }) {
+        };
+        let held = |h: &PeerId| membership.get(h).map(|m| m.key.clone());
+        match verify_unless(r, known_or_revived, held) {
             Some(v) => {
                 let (host, epoch) = (v.host, v.record.epoch);
                 self.apply_verified(v, source);

@@ -1003,7 +1003,7 @@ impl EventLoop {
             }
             self.heartbeat();
             self.expire_members(now);
-            self.keep_neighbours();
+            self.keep_neighbours(now);
             // Once a beat, not every tick: an ended client is replaced when
             // next used anyway, and this only bounds the map.
             self.request_clients.retain(|_, c| !c.ended());

@@ -44,7 +44,7 @@ use super::{EventLoop, Pending, ReqKey};
 use crate::{
     core::membership::Membership,
     core::outbox::{Outbox, Pick, Weigh},
-    overlay::Overlay,
+    overlay::{Overlay, Settling},
     protocol::{Relayed, Request, Response},
     rpc_stream::Reply,
 };
@@ -215,7 +215,13 @@ pub(crate) struct OverlayState {
     current: Option<Overlay>,
     version: Option<u64>,
     next_compute: Option<Instant>,
+    /// Which missing links to neighbours are due.
+    settling: Settling,
 }
+
+/// Neighbours outside this host's group are dialled once the neighbours
+/// have not changed for this many heartbeats (see [`Settling`]).
+const STABLE_BEATS: u32 = 2;
 
 impl EventLoop {
     /// The overlay, if the network is large enough to relay.
@@ -262,13 +268,17 @@ impl EventLoop {
                 tracing::warn!(error = %e, "cannot subscribe to the membership topic");
             }
         }
-        let neighbours = self
+        let neighbours: foldhash::HashSet<PeerId> = self
             .overlay
             .current
             .as_ref()
             .map(|o| o.neighbours().copied().collect())
             .unwrap_or_default();
-        self.swarm.behaviour_mut().gate.set_neighbours(neighbours);
+        self.overlay.settling.update(&neighbours, now);
+        self.swarm
+            .behaviour_mut()
+            .gate
+            .set_neighbours(neighbours.into_iter().collect());
         self.overlay.version = Some(version);
         self.overlay.next_compute = Some(now + RECOMPUTE_EVERY);
     }
@@ -280,14 +290,17 @@ impl EventLoop {
     /// did, they often dialled each other at once and kept two connections
     /// (a 512-host join opened about 23,500 connections instead of 20,500).
     /// A request still dials whichever way it goes.
-    pub(super) fn keep_neighbours(&mut self) {
+    pub(super) fn keep_neighbours(&mut self, now: Instant) {
         let Some(o) = self.overlay() else {
             return;
         };
         let local = self.local();
+        let stable = self.shared.with_config(|c| c.heartbeat_interval) * STABLE_BEATS;
+        let settling = &self.overlay.settling;
         let missing: Vec<PeerId> = o
             .neighbours()
             .filter(|h| local < **h)
+            .filter(|h| settling.due(h, o.in_own_group(h), now, stable))
             .filter(|h| !self.swarm.is_connected(h))
             .take(DIALS_PER_ROUND)
             .copied()
