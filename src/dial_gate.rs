@@ -39,7 +39,7 @@ const MAX_PENDING: usize = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct Behaviour {
     /// The overlay's neighbours (none while the network does not relay).
-    neighbours: HashSet<PeerId>,
+    neighbours: foldhash::HashSet<PeerId>,
     /// Connection ids of dials the event loop made.
     ours: HashSet<ConnectionId>,
 }
@@ -59,7 +59,7 @@ impl std::error::Error for NotOurDial {}
 impl Behaviour {
     /// The overlay's neighbours, whose dials pass (empty while the network
     /// does not relay).
-    pub(crate) fn set_neighbours(&mut self, neighbours: HashSet<PeerId>) {
+    pub(crate) fn set_neighbours(&mut self, neighbours: foldhash::HashSet<PeerId>) {
         self.neighbours = neighbours;
     }
 

@@ -275,10 +275,7 @@ impl EventLoop {
             .map(|o| o.neighbours().copied().collect())
             .unwrap_or_default();
         self.overlay.settling.update(&neighbours, now);
-        self.swarm
-            .behaviour_mut()
-            .gate
-            .set_neighbours(neighbours.into_iter().collect());
+        self.swarm.behaviour_mut().gate.set_neighbours(neighbours);
         self.overlay.version = Some(version);
         self.overlay.next_compute = Some(now + RECOMPUTE_EVERY);
     }
@@ -300,8 +297,8 @@ impl EventLoop {
         let missing: Vec<PeerId> = o
             .neighbours()
             .filter(|h| local < **h)
-            .filter(|h| settling.due(h, o.in_own_group(h), now, stable))
             .filter(|h| !self.swarm.is_connected(h))
+            .filter(|h| settling.due(h, o.in_own_group(h), now, stable))
             .take(DIALS_PER_ROUND)
             .copied()
             .collect();
