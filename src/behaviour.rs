@@ -197,7 +197,10 @@ pub(crate) type Built = (
     Swarm<Behaviour>,
     StreamEnds,
     StreamEnds,
-    tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+    (
+        tokio::sync::mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+        crate::rpc_stream::server::Refusals,
+    ),
 );
 
 /// TCP and WebSocket (with DNS), each connection metered
@@ -259,15 +262,24 @@ pub(crate) async fn build_swarm(
     }
     let bad_id = || Error::Transport(crate::Cause::msg("invalid network id"));
     let protocol = crate::protocol::deliver_protocol(&cfg.network_id).ok_or_else(bad_id)?;
+    // A delivery or request stream past what is taken is dropped: its
+    // sender opens another.
+    let dropped: crate::delivery::streams::Refuse = Arc::new(drop);
     let (streams, opener, inbound) =
-        crate::delivery::streams::Behaviour::new(protocol, stats.clone());
+        crate::delivery::streams::Behaviour::new(protocol, stats.clone(), dropped.clone());
     let protocol = crate::protocol::request_stream_protocol(&cfg.network_id).ok_or_else(bad_id)?;
     let (request_streams, req_opener, req_inbound) =
-        crate::delivery::streams::Behaviour::new(protocol, stats.clone());
+        crate::delivery::streams::Behaviour::new(protocol, stats.clone(), dropped);
     let protocol = rpc_protocol(&cfg.network_id).ok_or_else(bad_id)?;
-    // Never opens streams: requests go out by request-response.
-    let (exchanges, _, exchanges_inbound) =
-        crate::delivery::streams::Behaviour::new(protocol, stats.clone());
+    // Never opens streams: requests go out by request-response. An
+    // exchange past what is taken is answered with a refusal.
+    let refusals = crate::rpc_stream::server::Refusals::new(cfg.max_frame_size);
+    let refuse = refusals.clone();
+    let (exchanges, _, exchanges_inbound) = crate::delivery::streams::Behaviour::new(
+        protocol,
+        stats.clone(),
+        Arc::new(move |s| refuse.refuse(s)),
+    );
     let streams = (streams, request_streams, exchanges);
     let idle = cfg.idle_connection_timeout;
     let psk = cfg.network_key.map(|k| k.0);
@@ -314,7 +326,7 @@ pub(crate) async fn build_swarm(
         swarm,
         (opener, inbound),
         (req_opener, req_inbound),
-        exchanges_inbound,
+        (exchanges_inbound, refusals),
     ))
 }
 

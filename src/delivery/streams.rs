@@ -65,16 +65,23 @@ pub(crate) struct Behaviour {
     inbound: mpsc::Sender<(PeerId, Stream)>,
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     wire: Arc<WireStats>,
+    overflow: Refuse,
 }
+
+/// What becomes of a stream this host does not take: answered with the
+/// protocol's refusal where it has one, or dropped. It must not wait.
+pub(crate) type Refuse = Arc<dyn Fn(Stream) + Send + Sync>;
 
 impl Behaviour {
     /// The behaviour, the handle that opens streams and the receiver of
     /// inbound streams.
-    /// Inbound streams dropped because the acceptor's queue is full are
-    /// counted in `wire`.
+    /// Inbound streams that find the acceptor's queue full go to
+    /// `overflow`, counted in `wire`: a burst that outruns the acceptor is
+    /// refused as the acceptor itself would refuse it.
     pub(crate) fn new(
         protocol: StreamProtocol,
         wire: Arc<WireStats>,
+        overflow: Refuse,
     ) -> (Self, Opener, mpsc::Receiver<(PeerId, Stream)>) {
         let (tx, opens) = mpsc::channel(OPEN_QUEUE);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -84,6 +91,7 @@ impl Behaviour {
             inbound,
             connections: HashMap::new(),
             wire,
+            overflow,
         };
         (b, Opener { tx }, inbound_rx)
     }
@@ -94,6 +102,7 @@ impl Behaviour {
             protocol: self.protocol.clone(),
             inbound: self.inbound.clone(),
             wire: self.wire.clone(),
+            overflow: self.overflow.clone(),
             requested: VecDeque::new(),
             negotiating: VecDeque::new(),
         }
@@ -184,6 +193,7 @@ pub(crate) struct Handler {
     protocol: StreamProtocol,
     inbound: mpsc::Sender<(PeerId, Stream)>,
     wire: Arc<WireStats>,
+    overflow: Refuse,
     /// Requests not yet turned into stream requests.
     requested: VecDeque<Reply>,
     /// Requests whose stream is being negotiated (any stream answers any
@@ -232,9 +242,11 @@ impl ConnectionHandler for Handler {
                 ..
             }) => {
                 let peer = self.peer;
-                if self.inbound.try_send((peer, stream)).is_err() {
+                if let Err(e) = self.inbound.try_send((peer, stream)) {
                     self.wire.count_refused_stream();
-                    tracing::debug!(host = %peer, protocol = %self.protocol, "inbound stream queue full; dropped one");
+                    tracing::debug!(host = %peer, protocol = %self.protocol, "inbound stream queue full; refused one");
+                    let (_, stream) = e.into_inner();
+                    (self.overflow)(stream);
                 }
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {

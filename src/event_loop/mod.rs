@@ -290,7 +290,10 @@ impl EventLoop {
         (opener, inbound): crate::behaviour::StreamEnds,
         ((req_opener, req_inbound), exchanges): (
             crate::behaviour::StreamEnds,
-            mpsc::Receiver<(PeerId, libp2p::Stream)>,
+            (
+                mpsc::Receiver<(PeerId, libp2p::Stream)>,
+                crate::rpc_stream::server::Refusals,
+            ),
         ),
     ) -> Self {
         let cfg = shared.config();

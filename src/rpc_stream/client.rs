@@ -286,8 +286,11 @@ mod tests {
             }
         });
 
-        let (behaviour, opener, _inbound) =
-            crate::delivery::streams::Behaviour::new(protocol(), Default::default());
+        let (behaviour, opener, _inbound) = crate::delivery::streams::Behaviour::new(
+            protocol(),
+            Default::default(),
+            Arc::new(drop),
+        );
         let mut ours = SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_other_transport(transport)

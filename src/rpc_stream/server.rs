@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::{
     io::{ReadHalf, WriteHalf},
-    AsyncWriteExt,
+    AsyncReadExt, AsyncWriteExt,
 };
 use libp2p::{PeerId, Stream};
 use tokio::{
@@ -54,12 +54,14 @@ pub(crate) fn spawn_acceptor(
 /// behaviour (it dials hosts that are not connected). Served here rather
 /// than by that behaviour because it drops the streams past its cap with a
 /// log line only; here each is refused with an answer (see
-/// [`refuse_exchange`]), and counted.
+/// [`Refusals`]), and counted.
 pub(crate) fn spawn_exchange_acceptor(
-    incoming: mpsc::Receiver<(PeerId, Stream)>,
+    (incoming, refusals): (mpsc::Receiver<(PeerId, Stream)>, Refusals),
     ctx: RpcContext,
 ) -> JoinHandle<()> {
-    spawn_limited(incoming, ctx, EXCHANGES_PER_HOST, exchange, refuse_exchange)
+    spawn_limited(incoming, ctx, EXCHANGES_PER_HOST, exchange, move |s| {
+        refusals.refuse(s)
+    })
 }
 
 /// Runs `serve` on each stream of `incoming`, `per_host` at a time per
@@ -69,7 +71,7 @@ fn spawn_limited<F, Fut>(
     ctx: RpcContext,
     per_host: usize,
     serve: F,
-    refuse: fn(Stream),
+    refuse: impl Fn(Stream) + Send + 'static,
 ) -> JoinHandle<()>
 where
     F: Fn(PeerId, Stream, RpcContext) -> Fut + Send + 'static,
@@ -155,34 +157,63 @@ fn answer_frame(
 /// Why an exchange past [`EXCHANGES_PER_HOST`] is refused.
 pub(crate) const TOO_MANY_EXCHANGES: &str = "too many requests at once";
 
-/// Refusals being written at once, over all remote hosts: past this, an
-/// exchange past the cap is dropped unanswered (still counted).
+/// Refusals being answered at once, over all remote hosts of one host:
+/// past this, an exchange past the cap is dropped unanswered (still
+/// counted).
 const REFUSING: usize = 64;
-/// How long a refusal may take to go out.
-const REFUSAL_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
-static REFUSALS: Semaphore = Semaphore::const_new(REFUSING);
+/// How long a refusal may take: to go out, and for the requester to finish
+/// writing its request.
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Answers an exchange past the cap with a refusal, then drops it. The
-/// write gets its own short task: done in place (when it could be made at
-/// once) it was lost whenever the connection was busy, as in a burst of
-/// the very requests the cap refuses. At most [`REFUSING`] such tasks run
-/// for at most [`REFUSAL_WRITE`], so the refusals hold little of what the
-/// cap bounds.
-fn refuse_exchange(mut stream: Stream) {
-    let Ok(permit) = REFUSALS.try_acquire() else {
-        return;
-    };
-    let Ok(frame) = encode_frame(&Response::Refused(TOO_MANY_EXCHANGES.into())) else {
-        return;
-    };
-    tokio::spawn(async move {
-        let _permit = permit;
-        let write = async {
-            stream.write_all(&frame).await?;
-            stream.close().await
+/// Answers exchanges past the cap with a refusal (one host's; clones share
+/// the bound).
+///
+/// Each refusal gets its own short task: written in place (when it could
+/// be made at once) it was lost whenever the connection was busy, as in a
+/// burst of the very requests the cap refuses. The task then waits for the
+/// requester's side to end before dropping the stream: a stream dropped
+/// while its request is still arriving is reset by yamux when the next
+/// bytes come, and a requester still writing then sees a broken stream,
+/// not the refusal. At most [`REFUSING`] such tasks run, for at most
+/// [`REFUSAL_TIME`], reading at most one frame's bytes, so the refusals
+/// hold little of what the cap bounds.
+#[derive(Clone)]
+pub(crate) struct Refusals {
+    permits: Arc<Semaphore>,
+    max_frame: usize,
+}
+
+impl Refusals {
+    /// Refusals of requests of at most `max_frame` bytes.
+    pub(crate) fn new(max_frame: usize) -> Self {
+        Refusals {
+            permits: Arc::new(Semaphore::new(REFUSING)),
+            max_frame,
+        }
+    }
+
+    /// Answers `stream` with a refusal, then drops it (see [`Refusals`]).
+    pub(crate) fn refuse(&self, mut stream: Stream) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return;
         };
-        let _ = tokio::time::timeout(REFUSAL_WRITE, write).await;
-    });
+        let Ok(frame) = encode_frame(&Response::Refused(TOO_MANY_EXCHANGES.into())) else {
+            return;
+        };
+        let request_bytes = self.max_frame as u64 + 4;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = async {
+                stream.write_all(&frame).await?;
+                stream.close().await?;
+                // The request is not read, only let finish (bounded: a
+                // frame's length prefix and body).
+                let mut rest = (&mut stream).take(request_bytes);
+                futures::io::copy(&mut rest, &mut futures::io::sink()).await
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
+        });
+    }
 }
 
 /// Serves the requests of one stream from `host` until it ends.

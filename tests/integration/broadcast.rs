@@ -25,14 +25,9 @@ async fn drain(peer: &Peer) -> Vec<(String, u32)> {
 async fn a_broadcast_reaches_every_peer_on_every_host_once_through_relays() {
     const N: usize = 12;
     let hosts = relaying_tree(N).await;
-    // Once every host has its overlay, registrations to hosts that are
-    // not neighbours go through relays instead of opening links.
-    for h in &hosts {
-        wait_for("the overlay", || async {
-            h.members().await.unwrap().iter().any(|m| m.neighbour)
-        })
-        .await;
-    }
+    // Once every host has its overlay's links, registrations to hosts that
+    // are not neighbours go through relays instead of opening links.
+    wait_overlay_linked(&hosts).await;
     let peers: Vec<Peer> = (0..N * 3)
         .map(|i| hosts[i % N].create(&format!("p{i}")).unwrap())
         .collect();

@@ -753,8 +753,11 @@ impl request_response::Codec for SlowCodec {
 /// victim's at once, as a request stream holds 256 requests in flight: of
 /// 300 slow requests opened together, the victim takes 256 (and answers
 /// them) and refuses the others, each counted in `Stats::refused_streams`
-/// and answered as a refusal where the answer fits at once. Before, libp2p
-/// dropped the streams past its cap with a log line only: nothing counted.
+/// and answered as a refusal. Before, libp2p dropped the streams past its
+/// cap with a log line only: nothing counted. Under load, a burst that
+/// outran the acceptor was dropped unanswered, and refusals were reset
+/// while the slow requests were still being written: now both are refused
+/// with an answer (this failed under eight parallel runs before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_holds_at_most_256_requests_at_once_and_the_rest_are_refused_and_counted() {
     let (victim, addr) = mem_host(HostConfig::for_tests()).await;

@@ -6,7 +6,7 @@
 pub(crate) mod client;
 pub(crate) mod raw;
 
-use std::{future::Future, time::Duration};
+use std::{collections::HashSet, future::Future, time::Duration};
 
 use distribus::{Host, HostConfig, Multiaddr, Peer, TransportKind};
 
@@ -95,6 +95,34 @@ pub(crate) async fn relaying_tree(n: usize) -> Vec<Host> {
     let hosts: Vec<Host> = nodes.into_iter().map(|(h, _)| h).collect();
     wait_membership(&hosts.iter().collect::<Vec<_>>(), n).await;
     hosts
+}
+
+/// Waits until the relay overlay's links are up: every link that either
+/// end keeps as a neighbour link is open. From then on, with the
+/// membership still, no new link opens (a host reaches the rest through
+/// relays), so a test can tell which sends must be relayed.
+pub(crate) async fn wait_overlay_linked(hosts: &[Host]) {
+    wait_for("the overlay's links", || async {
+        let mut wanted = HashSet::new();
+        let mut linked = HashSet::new();
+        for h in hosts {
+            for m in h.members().await.unwrap() {
+                let pair = if h.id() < m.host {
+                    (h.id(), m.host)
+                } else {
+                    (m.host, h.id())
+                };
+                if m.neighbour {
+                    wanted.insert(pair);
+                }
+                if m.connected {
+                    linked.insert(pair);
+                }
+            }
+        }
+        !wanted.is_empty() && wanted.is_subset(&linked)
+    })
+    .await;
 }
 
 /// Waits until every host knows `n` hosts in all (itself included).
