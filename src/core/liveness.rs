@@ -12,8 +12,13 @@ use rand::{seq::SliceRandom, Rng};
 
 use super::membership::Membership;
 
-/// Hosts each digest exchange round talks to.
+/// Hosts each digest exchange round talks to while the membership
+/// converges (records still spread with the digests).
 pub(crate) const FANOUT: usize = 3;
+/// Hosts each round talks to once converged, when digests only renew
+/// leases. Every exchange carries every host's counter, so an idle
+/// network's cost is in proportion to this.
+pub(crate) const STEADY_FANOUT: usize = 2;
 /// Every this many rounds one exchange goes to a random member.
 const MIX_EVERY: u64 = 4;
 /// Random draws looking for an unconnected member to mix with.
@@ -96,6 +101,11 @@ impl Liveness {
         Some(late)
     }
 
+    /// When the next heartbeat is due.
+    pub(crate) fn next_beat(&self) -> Instant {
+        self.next_beat
+    }
+
     /// Whether this beat also goes to a random member (every
     /// [`MIX_EVERY`] rounds), so that the exchange crosses the network
     /// even where links form separate clusters.
@@ -103,7 +113,17 @@ impl Liveness {
         self.beat.is_multiple_of(MIX_EVERY)
     }
 
-    /// Whom this beat's digests go to: up to [`FANOUT`] of the `connected`
+    /// How many of its links a round talks to at `now`: [`FANOUT`] while
+    /// converging, [`STEADY_FANOUT`] once converged.
+    pub(crate) fn fanout(&self, now: Instant, heartbeat: Duration) -> usize {
+        if self.converged(now, heartbeat) {
+            STEADY_FANOUT
+        } else {
+            FANOUT
+        }
+    }
+
+    /// Whom this beat's digests go to: up to `fanout` of the `connected`
     /// members, plus a random unconnected one of `members` when none is
     /// connected, or every [`MIX_EVERY`] rounds if `mix`. `members` is the
     /// membership's key list (this host first).
@@ -117,11 +137,12 @@ impl Liveness {
         &self,
         connected: &[PeerId],
         members: &[(u64, PeerId)],
+        fanout: usize,
         mix: bool,
         is_connected: impl Fn(&PeerId) -> bool,
         rng: &mut R,
     ) -> Vec<PeerId> {
-        let mut out: Vec<PeerId> = connected.choose_multiple(rng, FANOUT).copied().collect();
+        let mut out: Vec<PeerId> = connected.choose_multiple(rng, fanout).copied().collect();
         if (mix && self.mixes()) || out.is_empty() {
             // A few random draws, not a scan of the membership.
             let others = members.get(1..).unwrap_or_default();
@@ -331,7 +352,7 @@ mod tests {
         let mut l = Liveness::new(t0);
         for round in 1..=8u64 {
             l.due(t0 + SEC * round as u32, SEC, TICK);
-            let t = l.targets(&connected, m.keys(), true, is_connected, &mut rng);
+            let t = l.targets(&connected, m.keys(), FANOUT, true, is_connected, &mut rng);
             let (linked, other): (Vec<PeerId>, Vec<PeerId>) =
                 t.iter().partition(|h| connected.contains(h));
             assert_eq!(linked.len(), FANOUT, "round {round}");
@@ -343,13 +364,13 @@ mod tests {
             );
             assert!(other.iter().all(|h| hosts.contains(h)));
             // A relaying network keeps to its links, every round.
-            let t = l.targets(&connected, m.keys(), false, is_connected, &mut rng);
+            let t = l.targets(&connected, m.keys(), FANOUT, false, is_connected, &mut rng);
             assert_eq!(t.len(), FANOUT, "round {round}");
             assert!(t.iter().all(|h| connected.contains(h)), "round {round}");
         }
         // With no link at all, one random member every round, mixing or not.
         for mix in [true, false] {
-            let t = l.targets(&[], m.keys(), mix, |_| false, &mut rng);
+            let t = l.targets(&[], m.keys(), FANOUT, mix, |_| false, &mut rng);
             assert_eq!(t.len(), 1);
             assert!(hosts.contains(&t[0]));
         }
@@ -391,6 +412,39 @@ mod tests {
         l.note_view(a, 7, 5, later);
         assert_eq!(l.form(&c, 5, later, beat), Form::Full);
         assert_eq!(l.form(&b, 5, later, beat), Form::Full);
+    }
+
+    #[test]
+    fn rounds_talk_to_fewer_links_once_converged_and_more_again_when_views_differ() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (t0, beat) = (Instant::now(), SEC);
+        let (m, hosts) = members(20, t0);
+        let connected: Vec<PeerId> = hosts[..10].to_vec();
+        let is_connected = |h: &PeerId| connected.contains(h);
+        let mut l = Liveness::new(t0);
+        let round = |l: &Liveness, now, rng: &mut StdRng| {
+            let f = l.fanout(now, beat);
+            l.targets(&connected, m.keys(), f, false, is_connected, rng)
+                .len()
+        };
+        assert_eq!(round(&l, t0, &mut rng), FANOUT, "converging");
+        for _ in 0..AGREEING_EXCHANGES {
+            l.note_view(hosts[0], 9, 9, t0);
+        }
+        assert_eq!(round(&l, t0, &mut rng), STEADY_FANOUT, "converged");
+        let stale = t0 + beat * (AGREEMENT_BEATS + 1);
+        assert_eq!(round(&l, stale, &mut rng), FANOUT, "agreement too old");
+        l.note_view(hosts[1], 8, 9, t0);
+        assert_eq!(round(&l, t0, &mut rng), FANOUT, "a view differs");
+    }
+
+    #[test]
+    fn the_next_beat_is_an_interval_after_the_last() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0);
+        assert_eq!(l.next_beat(), t0, "the first beat is due at once");
+        l.due(t0 + TICK, SEC, TICK);
+        assert_eq!(l.next_beat(), t0 + TICK + SEC);
     }
 
     #[test]

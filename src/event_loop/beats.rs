@@ -148,9 +148,11 @@ impl EventLoop {
             .filter(|h| self.membership.contains(h) && **h != self.local())
             .copied()
             .collect();
+        let heartbeat = self.shared.with_config(|c| c.heartbeat_interval);
         self.liveness.targets(
             &connected,
             self.membership.keys(),
+            self.liveness.fanout(Instant::now(), heartbeat),
             self.overlay().is_none(),
             |h| self.swarm.is_connected(h),
             &mut rand::thread_rng(),
