@@ -4,7 +4,10 @@
 //! - bytes of RSS per idle peer (printed, not timed);
 //! - `find` answered from its last answer (the find cache), and `find`
 //!   that takes one network round trip to the holder (the find cache off,
-//!   a location cache of one entry, ids cycling).
+//!   a location cache of one entry, ids cycling);
+//! - `create_unique` on one of three hosts (replication 3): a create
+//!   answered once every holder has the entry, one at a time (what a
+//!   gateway client's `create` waits for).
 //!
 //! `cargo bench --bench peers`
 
@@ -136,5 +139,51 @@ fn find(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, creation, find);
+fn registration(c: &mut Criterion) {
+    let rt = runtime();
+    let hosts = rt.block_on(async {
+        let cfg = HostConfig::for_tests();
+        let a = Host::new(cfg.clone()).await.expect("host");
+        let addr = a.listen("/memory/0").await.expect("listen").remove(0);
+        let mut hosts = vec![a];
+        for _ in 0..2 {
+            let h = Host::new(cfg.clone()).await.expect("host");
+            h.join(&addr.to_string()).await.expect("join");
+            hosts.push(h);
+        }
+        for h in &hosts {
+            while h.stats().hosts < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        hosts
+    });
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("registration");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("create_unique", |bench| {
+        bench.to_async(&rt).iter_custom(|iters| {
+            let a = hosts[0].clone();
+            let first = next;
+            next += iters;
+            async move {
+                let start = Instant::now();
+                for i in first..first + iters {
+                    let p = a.create_unique(&format!("u{i}")).await.expect("registered");
+                    std::mem::forget(p);
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    rt.block_on(async {
+        for h in hosts {
+            let _ = h.close().await;
+        }
+    });
+}
+
+criterion_group!(benches, creation, find, registration);
 criterion_main!(benches);

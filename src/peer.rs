@@ -377,10 +377,14 @@ impl Peer {
         let id = self.id().to_string();
         loop {
             let asked = id.clone();
-            let status = host
-                .call(|reply| Command::Registration { id: asked, reply })
-                .await?;
-            match status {
+            // The loop answers once the id is registered, or news of it
+            // came and it is still pending; `Pending` at once only while
+            // the id is contested (or too many checks wait).
+            let call = host.call(|reply| Command::Registration { id: asked, reply });
+            let Ok(status) = tokio::time::timeout_at(deadline, call).await else {
+                return Err(Error::Timeout);
+            };
+            match status? {
                 RegStatus::Registered => return Ok(()),
                 RegStatus::Lost(owner) => return Err(Error::IdTaken { id, host: owner }),
                 RegStatus::Removed => return Err(Error::PeerNotFound(id)),
@@ -423,7 +427,8 @@ async fn wait_started(host: &Host, started: Started) -> Result<()> {
     }
 }
 
-/// How often [`Peer::registered`] asks the holders again.
+/// How long [`Peer::registered`] waits before asking again after a
+/// `Pending` answer.
 const REGISTRATION_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How a send started.

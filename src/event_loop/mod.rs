@@ -1024,6 +1024,7 @@ impl EventLoop {
         self.retry_directory(now);
         self.retry_parked();
         self.retry_contests(now);
+        self.recheck_parked(now);
         self.expire_joins(now);
         if let Some(c) = self.closing.as_mut() {
             if now >= c.deadline {

@@ -45,10 +45,12 @@ impl EventLoop {
             match send {
                 DirSend::Here(ops) => {
                     let local = self.local();
+                    let news = self.registration_news(&ops);
                     let applied = self.store.apply(local, self.epoch, ops);
                     if !applied.conflicts.is_empty() {
                         self.on_conflicts(applied.conflicts);
                     }
+                    self.recheck(news);
                 }
                 DirSend::To { holder, ops } => {
                     bump(&self.shared.counters.directory_batches);
@@ -95,7 +97,10 @@ impl EventLoop {
             result,
             Ok(Response::DirectoryOk | Response::DirectoryApplied { .. })
         );
-        if !ok {
+        if ok {
+            let news = self.registration_news(&ops);
+            self.recheck(news);
+        } else {
             tracing::debug!(%holder, result = ?result.err(), "directory batch failed");
         }
         let still_member = self.membership.contains(&holder);
