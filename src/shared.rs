@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
     pub failures: [AtomicU64; FailureReason::COUNT],
     pub published: AtomicU64,
+    pub publishes_failed: AtomicU64,
     pub channel_delivered: AtomicU64,
     pub channel_missed: AtomicU64,
     pub lookups: AtomicU64,
@@ -76,6 +77,12 @@ pub struct Stats {
     pub failures: Failures,
     /// Channel publishes accepted.
     pub published: u64,
+    /// Accepted channel publishes that gossipsub then refused (other than
+    /// for want of room, which only delays them): lost to the other hosts'
+    /// subscribers. An awaited publish also returns the error; a publish
+    /// taken by the publish lane had already returned, so this count is
+    /// the only trace of its loss.
+    pub publishes_failed: u64,
     /// Channel messages put in a local subscription.
     pub channel_delivered: u64,
     /// Channel messages a local subscription missed because it was full.
@@ -92,9 +99,10 @@ pub struct Stats {
     /// streams) refused because their host already held as many of that
     /// kind as this host serves at once (256 exchanges, 4 delivery streams,
     /// 2 request streams), or because they came faster than the acceptor
-    /// took them. A refused exchange is answered with a refusal when the
-    /// answer can be written at once; otherwise, and for delivery and
-    /// request streams, the stream is reset (their senders open another).
+    /// took them. A refused exchange is answered with a refusal (up to 64
+    /// being answered at once, each for at most 5 s; past that it is
+    /// reset); delivery and request streams are reset (their senders open
+    /// another).
     pub refused_streams: u64,
     /// Bytes this host wrote to its connections, as the transport carries
     /// them (with encryption, multiplexing and every protocol's framing).
@@ -311,6 +319,7 @@ impl Shared {
             failed: r(&c.failed),
             failures: Failures::from_counters(&c.failures),
             published: r(&c.published),
+            publishes_failed: r(&c.publishes_failed),
             channel_delivered: r(&c.channel_delivered),
             channel_missed: r(&c.channel_missed),
             lookups: r(&c.lookups),

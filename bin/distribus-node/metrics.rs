@@ -130,6 +130,12 @@ impl Collector for HostCollector {
         )?;
         counter(
             e,
+            "distribus_publishes_failed",
+            "Accepted channel publishes that gossipsub refused: lost to other hosts' subscribers.",
+            s.publishes_failed,
+        )?;
+        counter(
+            e,
             "distribus_channel_messages_delivered",
             "Channel messages put in a local subscription.",
             s.channel_delivered,

@@ -314,6 +314,10 @@ impl EventLoop {
             };
             if let Err(e) = &outcome {
                 tracing::warn!(%channel, error = %e.report(), "publish failed");
+                self.shared
+                    .counters
+                    .publishes_failed
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             }
             let taken = self.publishes.take(channel, n);
             for reply in taken.sent {
