@@ -289,7 +289,8 @@ impl EventLoop {
     /// Makes these parked checks again.
     pub(super) fn recheck(&mut self, due: Vec<(Id, Vec<Parked>)>) {
         for (id, waiting) in due {
-            self.ownership.parked_count -= waiting.len();
+            let own = &mut self.ownership;
+            own.parked_count = own.parked_count.saturating_sub(waiting.len());
             for p in waiting {
                 // A caller that gave up is not asked about.
                 if !p.reply.is_closed() {
