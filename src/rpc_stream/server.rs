@@ -181,6 +181,8 @@ const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 pub(crate) struct Refusals {
     permits: Arc<Semaphore>,
     max_frame: usize,
+    /// The refusal's frame, encoded once (`None` if it could not be).
+    frame: Option<Arc<[u8]>>,
 }
 
 impl Refusals {
@@ -189,15 +191,18 @@ impl Refusals {
         Refusals {
             permits: Arc::new(Semaphore::new(REFUSING)),
             max_frame,
+            frame: encode_frame(&Response::Refused(TOO_MANY_EXCHANGES.into()))
+                .ok()
+                .map(Arc::from),
         }
     }
 
     /// Answers `stream` with a refusal, then drops it (see [`Refusals`]).
     pub(crate) fn refuse(&self, mut stream: Stream) {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Some(frame) = self.frame.clone() else {
             return;
         };
-        let Ok(frame) = encode_frame(&Response::Refused(TOO_MANY_EXCHANGES.into())) else {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return;
         };
         let request_bytes = self.max_frame as u64 + 4;
