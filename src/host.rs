@@ -18,14 +18,13 @@ use crate::{
     broadcast::BroadcastReport,
     command::{Command, HostInfo, Location, Readiness, SubSink},
     config::HostConfig,
-    core::registration::Change,
     error::{Error, Result},
     event_loop::EventLoop,
     inbox::PeerSlot,
     message::Payload,
     peer::Peer,
     protocol::WireStats,
-    shared::{Shared, Stats},
+    shared::{Shared, SlotChange, Stats},
     subscription::Subscription,
 };
 
@@ -266,10 +265,10 @@ impl Host {
         if !self.inner.shared.registry.insert(slot.clone()) {
             return Err(Error::IdExists(id.to_string()));
         }
-        self.inner.shared.push_change(Change {
+        self.inner.shared.push_change(SlotChange {
             register: true,
             id: crate::directory::Id::from(slot.id()),
-            key: slot.key(),
+            slot: slot.clone(),
         });
         Ok(Peer::new(self.clone(), slot))
     }
@@ -310,10 +309,10 @@ impl Host {
         let Some(slot) = self.inner.shared.registry.remove(peer.as_ref()) else {
             return Ok(false);
         };
-        self.inner.shared.push_change(Change {
+        self.inner.shared.push_change(SlotChange {
             register: false,
             id: crate::directory::Id::from(slot.id()),
-            key: slot.key(),
+            slot,
         });
         Ok(true)
     }

@@ -12,7 +12,7 @@ use libp2p::PeerId;
 use tokio::sync::Notify;
 
 use crate::{
-    config::HostConfig, core::registration::Change, error::Error, inbox::Registry,
+    config::HostConfig, core::registration::Change, error::Error, inbox::PeerSlot, inbox::Registry,
     protocol::WireStats, request::Requests,
 };
 
@@ -190,13 +190,29 @@ pub struct Stats {
     pub broadcast_missed: u64,
 }
 
+/// A peer created (`register`) or removed on this host, for the directory.
+#[derive(Debug)]
+pub(crate) struct SlotChange {
+    /// Created (else removed).
+    pub register: bool,
+    /// Its id, as the directory keeps it.
+    pub id: crate::directory::Id,
+    /// Its slot, whose key the loop works out.
+    pub slot: PeerSlot,
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub local: PeerId,
     /// This host's incarnation (see [`HostConfig::min_epoch`]).
     pub epoch: u64,
     pub registry: Registry,
-    pub changes: Mutex<Vec<Change>>,
+    /// Peers created or removed since the loop last looked. The loop works
+    /// out each id's directory key (a SHA-256, a tenth of `create`'s time)
+    /// itself. The id is copied here, not on the loop: copied on the loop's
+    /// thread, ids held by the directory cost 7 more bytes of RSS per peer
+    /// (another allocator arena).
+    pub changes: Mutex<Vec<SlotChange>>,
     pub changes_ready: Notify,
     pub config: RwLock<HostConfig>,
     /// Bumped by every `set_config`: the loop applies what a new
@@ -267,7 +283,7 @@ impl Shared {
 
     /// Queues a directory change; wakes the loop only for the first one,
     /// since a flush takes everything queued.
-    pub(crate) fn push_change(&self, change: Change) {
+    pub(crate) fn push_change(&self, change: SlotChange) {
         let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let first = changes.is_empty();
         changes.push(change);
@@ -277,8 +293,22 @@ impl Shared {
         }
     }
 
+    /// The changes pushed since the last call, as the directory takes
+    /// them (keys worked out on the caller's thread, the loop's).
     pub(crate) fn take_changes(&self) -> Vec<Change> {
-        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
+        // The list is taken whole and grows from empty again: handing the
+        // producer back an emptied list with room (or taking with room
+        // reserved) was no faster for a million creates and kept up to
+        // 10 bytes per peer more resident.
+        let taken = std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()));
+        taken
+            .into_iter()
+            .map(|c| Change {
+                register: c.register,
+                id: c.id,
+                key: c.slot.key(),
+            })
+            .collect()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
