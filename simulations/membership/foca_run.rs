@@ -90,6 +90,8 @@ struct World {
     late: f64,
     messages: u64,
     bytes: u64,
+    /// Events foca answered with an error.
+    refused: u64,
     /// (observer, host) pairs declared down, once counting.
     downs: Option<HashSet<(usize, u32)>>,
 }
@@ -148,20 +150,16 @@ fn run_until(hosts: &mut [Host], ids: &[Id], world: &mut World, until: Duration)
             break;
         };
         world.now = e.at;
-        let (node, result) = match e.kind {
-            Kind::Deliver { to, data } => {
-                (to, hosts[to].handle_data(&data, Rt { world, node: to }))
-            }
-            Kind::Timer { node, timer } => {
-                (node, hosts[node].handle_timer(timer, Rt { world, node }))
-            }
-            Kind::Announce { node, to } => {
-                (node, hosts[node].announce(ids[to], Rt { world, node }))
-            }
+        let result = match e.kind {
+            Kind::Deliver { to, data } => hosts[to].handle_data(&data, Rt { world, node: to }),
+            Kind::Timer { node, timer } => hosts[node].handle_timer(timer, Rt { world, node }),
+            Kind::Announce { node, to } => hosts[node].announce(ids[to], Rt { world, node }),
         };
         // foca refuses, e.g., a message for an identity it renewed; the
-        // run goes on as a network would.
-        let _ = (node, result);
+        // run goes on as a network would, and counts them.
+        if result.is_err() {
+            world.refused += 1;
+        }
     }
     world.now = until;
 }
@@ -199,6 +197,7 @@ pub(crate) fn run(n: usize, args: &Args) -> anyhow::Result<Outcome> {
         late: 0.0,
         messages: 0,
         bytes: 0,
+        refused: 0,
         downs: None,
     };
     // Every host joins a random earlier one, all within the first
@@ -258,5 +257,6 @@ pub(crate) fn run(n: usize, args: &Args) -> anyhow::Result<Outcome> {
     }
     out.false_downs = world.downs.map_or(0, |d| d.len() as u64);
     out.false_suspicions = suspected.len() as u64;
+    out.refused = world.refused;
     Ok(out)
 }

@@ -91,6 +91,9 @@ pub(crate) struct Outcome {
     /// Hosts suspected at some sample of the loaded window (foca only):
     /// (observer, host) pairs.
     pub false_suspicions: u64,
+    /// Events the library answered with an error in the whole run (foca
+    /// only; chitchat logs them).
+    pub refused: u64,
 }
 
 /// CPU seconds the calling thread has used, from /proc (nanoseconds;
