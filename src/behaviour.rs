@@ -115,6 +115,12 @@ fn build_behaviour(
     kad_cfg
         .set_query_timeout(cfg.request_timeout)
         .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)))
+        // No records or providers are stored in Kademlia (only its routing
+        // table and closest-host lookups are used): without these jobs an
+        // idle host arms none of their timers.
+        .set_replication_interval(None)
+        .set_publication_interval(None)
+        .set_provider_publication_interval(None)
         .set_replication_factor(NonZeroUsize::new(cfg.replication).ok_or("replication 0")?);
     let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
     // Loopback and memory hosts have no confirmed external address; without
