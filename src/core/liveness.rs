@@ -202,6 +202,11 @@ impl Liveness {
                 .is_some_and(|t| now.duration_since(t) <= heartbeat * AGREEMENT_BEATS)
     }
 
+    /// When `host` was last probed, if within the lease's last part.
+    pub(crate) fn probed_at(&self, host: &PeerId) -> Option<Instant> {
+        self.probed.get(host).copied()
+    }
+
     /// The hosts to probe at `now`: silent for [`SUSPECT_AFTER`] of the
     /// lease and not probed in the rest of it, at most [`MAX_PROBES`].
     /// Counters spread in O(log hosts) rounds, and on a loaded host rounds

@@ -614,7 +614,11 @@ impl EventLoop {
         let timing = self.redial_timing();
         for gone in self.membership.expire(now, lease) {
             let host = gone.host;
-            tracing::info!(%host, "host lease lapsed");
+            let probed = self
+                .liveness
+                .probed_at(&host)
+                .map(|t| now.saturating_duration_since(t));
+            tracing::info!(%host, ?probed, "host lease lapsed");
             crate::shared::bump(&self.shared.counters.leases_lapsed);
             self.host_gone(host);
             if self.lapsed.len() < MAX_LAPSED {
