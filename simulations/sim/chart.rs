@@ -98,7 +98,8 @@ fn series(
     out
 }
 
-/// Draws registration time, find latency and memory against size.
+/// Draws registration time, find latency and memory against size, and
+/// each of them, the join and the idle cost against the host count.
 pub(crate) fn draw_all(rs: &[Report], dir: &Path) -> Result<(), String> {
     let by_hosts = |r: &Report| format!("{} hosts", r.hosts);
     let by_peers = |r: &Report| format!("{} peers", r.peers);
@@ -132,6 +133,48 @@ pub(crate) fn draw_all(rs: &[Report], dir: &Path) -> Result<(), String> {
             series: series(rs, by_hosts, |r| {
                 (r.peers as f64, r.rss_bytes as f64 / 1048576.0)
             }),
+        },
+    )?;
+    draw(
+        dir,
+        &Chart {
+            file: "register-hosts.svg",
+            title: "Time to register every peer, against hosts",
+            x_label: "hosts",
+            y_label: "seconds",
+            series: series(rs, by_peers, |r| (r.hosts as f64, r.register_s)),
+        },
+    )?;
+    draw(
+        dir,
+        &Chart {
+            file: "memory-hosts.svg",
+            title: "Process RSS at the end of the run, against hosts",
+            x_label: "hosts",
+            y_label: "MiB",
+            series: series(rs, by_peers, |r| {
+                (r.hosts as f64, r.rss_bytes as f64 / 1048576.0)
+            }),
+        },
+    )?;
+    draw(
+        dir,
+        &Chart {
+            file: "join.svg",
+            title: "Join: until every host knows every host (one by one)",
+            x_label: "hosts",
+            y_label: "seconds",
+            series: series(rs, by_peers, |r| (r.hosts as f64, r.join_s)),
+        },
+    )?;
+    draw(
+        dir,
+        &Chart {
+            file: "idle.svg",
+            title: "Idle CPU of all hosts once joined",
+            x_label: "hosts",
+            y_label: "cores",
+            series: series(rs, by_peers, |r| (r.hosts as f64, r.idle_cpu_cores)),
         },
     )?;
     Ok(())

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --bin distribus-sim -- --hosts 64 --peers 100000 --json out.json
 //! cargo run --release --bin distribus-sim -- --sweep
+//! cargo run --release --bin distribus-sim -- --charts-from simulations/results/sweep.json
 //! ```
 
 mod chart;
@@ -27,7 +28,13 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let result = if cli.sweep { sweep(&cli) } else { single(&cli) };
+    let result = if let Some(from) = &cli.charts_from {
+        charts_from(from, &cli.out)
+    } else if cli.sweep {
+        sweep(&cli)
+    } else {
+        single(&cli)
+    };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -41,6 +48,17 @@ fn main() -> ExitCode {
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Draws the charts of the sweep results in `from` into `out`.
+fn charts_from(from: &Path, out: &Path) -> Result<bool, String> {
+    let text = std::fs::read_to_string(from)
+        .map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    let results: Vec<Report> =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", from.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    chart::draw_all(&results, out)?;
+    Ok(true)
 }
 
 /// One scenario in this process. Returns whether the check passed.

@@ -39,6 +39,10 @@ pub(crate) struct Cli {
     /// Where a sweep writes `sweep.json` and the charts.
     #[arg(long, default_value = "simulations/results")]
     pub out: PathBuf,
+    /// Draw the charts of a sweep already run (its `sweep.json`) into
+    /// --out, without running anything.
+    #[arg(long)]
+    pub charts_from: Option<PathBuf>,
     /// The scenario.
     #[command(flatten)]
     pub flags: ScenarioFlags,

@@ -60,3 +60,43 @@ fn thirty_two_hosts_lose_nothing_under_churn() {
         assert!(stdout.contains(phase), "no {phase} figures in:\n{stdout}");
     }
 }
+
+/// The committed sweep's charts can be drawn again from its results
+/// alone: one SVG per chart, each with a line per series (peer counts).
+#[test]
+fn a_sweeps_charts_are_drawn_from_its_results() {
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let sweep = concat!(env!("CARGO_MANIFEST_DIR"), "/results/sweep.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_distribus-sim"))
+        .arg("--charts-from")
+        .arg(sweep)
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .expect("run distribus-sim");
+    assert!(
+        status.success(),
+        "distribus-sim --charts-from failed: {status}"
+    );
+    for chart in [
+        "register.svg",
+        "find.svg",
+        "memory.svg",
+        "register-hosts.svg",
+        "memory-hosts.svg",
+        "join.svg",
+        "idle.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.path().join(chart))
+            .unwrap_or_else(|e| panic!("{chart} was not drawn: {e}"));
+        // Each series is a polyline and is named in the legend.
+        assert!(
+            svg.matches("<polyline").count() >= 3,
+            "{chart}: too few lines"
+        );
+        assert!(
+            svg.contains("peers") || svg.contains("hosts"),
+            "{chart}: no legend"
+        );
+    }
+}
