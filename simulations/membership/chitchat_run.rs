@@ -39,19 +39,20 @@ struct Net {
     inner: ChannelTransport,
     /// The late share, as `f64` bits (0: none).
     late: Arc<AtomicU64>,
+    /// Seed of the first socket's late choices; each next one adds 1.
     seed: u64,
+    /// Sockets opened so far.
+    opened: Arc<AtomicU64>,
 }
 
 #[async_trait]
 impl Transport for Net {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let inner = self.inner.open(listen_addr).await?;
-        let seed = self.seed
-            ^ u64::from(listen_addr.port())
-            ^ (u64::from(u32::from(match listen_addr.ip() {
-                std::net::IpAddr::V4(ip) => ip,
-                std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-            })) << 16);
+        // Hosts open their sockets one after another: each its own stream.
+        let seed = self
+            .seed
+            .wrapping_add(self.opened.fetch_add(1, Ordering::Relaxed));
         Ok(Box::new(LateSocket {
             inner,
             late: self.late.clone(),
@@ -117,7 +118,8 @@ fn addr(i: usize) -> SocketAddr {
     ))
 }
 
-/// Counts of every host's live and dead hosts.
+/// Every host's count of live hosts (itself included) and the ids of the
+/// hosts it holds dead.
 async fn views(handles: &[ChitchatHandle]) -> Vec<(usize, Vec<String>)> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
@@ -136,6 +138,7 @@ async fn run_async(n: usize, args: &Args) -> anyhow::Result<Outcome> {
         inner: ChannelTransport::default(),
         late: Arc::new(AtomicU64::new(0f64.to_bits())),
         seed: args.seed ^ 0x5eed,
+        opened: Arc::new(AtomicU64::new(0)),
     };
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut handles = Vec::with_capacity(n);
