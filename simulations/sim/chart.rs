@@ -98,84 +98,66 @@ fn series(
     out
 }
 
+/// What a chart's x axis is; the other size names its series.
+#[derive(Clone, Copy)]
+enum Against {
+    Peers,
+    Hosts,
+}
+
+/// A chart: file, title, x axis, y label and the y of a run.
+type Spec = (
+    &'static str,
+    &'static str,
+    Against,
+    &'static str,
+    fn(&Report) -> f64,
+);
+
+// One chart a line, as a table reads.
+#[rustfmt::skip]
+const CHARTS: [Spec; 7] = [
+    ("register.svg", "Time to register every peer", Against::Peers, "seconds", |r| r.register_s),
+    ("find.svg", "find latency, 99th percentile", Against::Hosts, "milliseconds", |r| r.find_p99_ms),
+    ("memory.svg", "Process RSS at the end of the run", Against::Peers, "MiB", mib),
+    ("register-hosts.svg", "Time to register every peer", Against::Hosts, "seconds", |r| r.register_s),
+    ("memory-hosts.svg", "Process RSS at the end of the run", Against::Hosts, "MiB", mib),
+    ("join.svg", "Join (one by one) until every host knows all", Against::Hosts, "seconds", |r| r.join_s),
+    ("idle.svg", "Idle CPU of all hosts once joined", Against::Hosts, "cores", |r| r.idle_cpu_cores),
+];
+
+fn mib(r: &Report) -> f64 {
+    r.rss_bytes as f64 / 1048576.0
+}
+
 /// Draws registration time, find latency and memory against size, and
 /// each of them, the join and the idle cost against the host count.
 pub(crate) fn draw_all(rs: &[Report], dir: &Path) -> Result<(), String> {
-    let by_hosts = |r: &Report| format!("{} hosts", r.hosts);
-    let by_peers = |r: &Report| format!("{} peers", r.peers);
-    draw(
-        dir,
-        &Chart {
-            file: "register.svg",
-            title: "Time to register every peer",
-            x_label: "peers",
-            y_label: "seconds",
-            series: series(rs, by_hosts, |r| (r.peers as f64, r.register_s)),
-        },
-    )?;
-    draw(
-        dir,
-        &Chart {
-            file: "find.svg",
-            title: "find latency, 99th percentile",
-            x_label: "hosts",
-            y_label: "milliseconds",
-            series: series(rs, by_peers, |r| (r.hosts as f64, r.find_p99_ms)),
-        },
-    )?;
-    draw(
-        dir,
-        &Chart {
-            file: "memory.svg",
-            title: "Process RSS at the end of the run",
-            x_label: "peers",
-            y_label: "MiB",
-            series: series(rs, by_hosts, |r| {
-                (r.peers as f64, r.rss_bytes as f64 / 1048576.0)
-            }),
-        },
-    )?;
-    draw(
-        dir,
-        &Chart {
-            file: "register-hosts.svg",
-            title: "Time to register every peer, against hosts",
-            x_label: "hosts",
-            y_label: "seconds",
-            series: series(rs, by_peers, |r| (r.hosts as f64, r.register_s)),
-        },
-    )?;
-    draw(
-        dir,
-        &Chart {
-            file: "memory-hosts.svg",
-            title: "Process RSS at the end of the run, against hosts",
-            x_label: "hosts",
-            y_label: "MiB",
-            series: series(rs, by_peers, |r| {
-                (r.hosts as f64, r.rss_bytes as f64 / 1048576.0)
-            }),
-        },
-    )?;
-    draw(
-        dir,
-        &Chart {
-            file: "join.svg",
-            title: "Join: until every host knows every host (one by one)",
-            x_label: "hosts",
-            y_label: "seconds",
-            series: series(rs, by_peers, |r| (r.hosts as f64, r.join_s)),
-        },
-    )?;
-    draw(
-        dir,
-        &Chart {
-            file: "idle.svg",
-            title: "Idle CPU of all hosts once joined",
-            x_label: "hosts",
-            y_label: "cores",
-            series: series(rs, by_peers, |r| (r.hosts as f64, r.idle_cpu_cores)),
-        },
-    )?;
+    for (file, title, against, y_label, y) in CHARTS {
+        type Name = fn(&Report) -> String;
+        let (x_label, name, x): (&str, Name, fn(&Report) -> f64) = match against {
+            Against::Peers => (
+                "peers",
+                |r| format!("{} hosts", r.hosts),
+                |r| r.peers as f64,
+            ),
+            Against::Hosts => (
+                "hosts",
+                |r| format!("{} peers", r.peers),
+                |r| r.hosts as f64,
+            ),
+        };
+        let series = series(rs, name, |r| (x(r), y(r)));
+        draw(
+            dir,
+            &Chart {
+                file,
+                title,
+                x_label,
+                y_label,
+                series,
+            },
+        )?;
+    }
     Ok(())
 }
