@@ -274,3 +274,52 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_finds_each_peer_by_id_refuses_a_taken_id_and_forgets_a_removed_one() {
+        let registry = Registry::default();
+        let ids: Vec<String> = (0..5000).map(|i| format!("peer-{i}")).collect();
+        for id in &ids {
+            assert!(registry.insert(PeerSlot::new(id, 8)), "{id} is new");
+        }
+        // Growing the table (5,000 entries) placed every entry anew.
+        assert_eq!(registry.len(), ids.len());
+        assert!(!registry.insert(PeerSlot::new("peer-42", 8)), "taken");
+        for id in &ids {
+            let slot = registry.get(id).expect("registered");
+            assert_eq!(slot.id(), id);
+        }
+        assert!(registry.get("peer-5000").is_none());
+
+        let removed = registry.remove("peer-7").expect("there");
+        assert!(removed.is_removed());
+        assert!(registry.get("peer-7").is_none());
+        assert!(registry.remove("peer-7").is_none(), "already gone");
+        assert!(registry.insert(PeerSlot::new("peer-7", 8)), "free again");
+        assert_eq!(registry.len(), ids.len());
+    }
+
+    #[test]
+    fn a_peers_key_is_its_ids_key_whenever_it_is_first_asked_for() {
+        let registry = Registry::default();
+        for id in ["a", "room.42.alice", "peer-000001"] {
+            assert!(registry.insert(PeerSlot::new(id, 8)));
+        }
+        // Asked through the registry before the slot was ever asked.
+        let mut seen = Vec::new();
+        registry.for_each(|id, key| {
+            assert_eq!(key, key_of(id.as_bytes()), "{id}");
+            seen.push(id.to_string());
+        });
+        seen.sort();
+        assert_eq!(seen, ["a", "peer-000001", "room.42.alice"]);
+        // And again, now cached in the slot.
+        let slot = registry.get("room.42.alice").expect("there");
+        assert_eq!(slot.key(), key_of(b"room.42.alice"));
+        assert_eq!(slot.key(), slot.key());
+    }
+}
