@@ -36,9 +36,9 @@ struct Args {
     /// Host counts to run.
     #[arg(long, value_delimiter = ',', default_value = "64,512")]
     hosts: Vec<usize>,
-    /// Which libraries: foca, chitchat or both.
-    #[arg(long, default_value = "both")]
-    system: String,
+    /// Which libraries to run.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    system: Which,
     /// Length of the idle and of the loaded window (virtual time).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     window: Duration,
@@ -54,6 +54,14 @@ struct Args {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// The libraries a run can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    Foca,
+    Chitchat,
+    Both,
 }
 
 /// What a run measured.
@@ -139,12 +147,12 @@ fn main() -> anyhow::Result<()> {
     let mut all = Vec::new();
     for &hosts in &args.hosts {
         anyhow::ensure!(hosts >= 2, "at least 2 hosts");
-        if args.system == "both" || args.system == "foca" {
+        if args.system != Which::Chitchat {
             let o = foca_run::run(hosts, &args)?;
             print(&o);
             all.push(o);
         }
-        if args.system == "both" || args.system == "chitchat" {
+        if args.system != Which::Foca {
             let o = chitchat_run::run(hosts, &args)?;
             print(&o);
             all.push(o);
