@@ -241,8 +241,20 @@ const MAX_LISTED: u64 = 10_000;
 /// no id) is refused with the id 0; a request with an id but bad fields is
 /// refused with its id, so the client can match the refusal.
 pub fn decode(text: &str) -> Result<Request, (u64, Refusal)> {
-    let flat: Flat =
-        serde_json::from_str(text).map_err(|e| (0, Refusal::bad(format!("not a request: {e}"))))?;
+    let flat: Flat = serde_json::from_str(text).map_err(|e| {
+        // A field of the wrong type fails the whole request; its answer
+        // still goes to its id when it has one, so the client's call ends
+        // with the error instead of waiting for ever.
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: Option<u64>,
+        }
+        let id = serde_json::from_str::<IdOnly>(text)
+            .ok()
+            .and_then(|r| r.id)
+            .unwrap_or(0);
+        (id, Refusal::bad(format!("not a request: {e}")))
+    })?;
     // An acknowledgement has no id: it is never answered.
     if flat.op == "ack" {
         let seq = flat
@@ -549,7 +561,10 @@ mod tests {
         assert_eq!((id, r.code), (3, "bad_request"));
         let (id, r) = decode(r#"{"op":"explode","id":4}"#).unwrap_err();
         assert_eq!((id, r.code), (4, "bad_request"));
-        assert!(decode(r#"{"op":"ping","id":5,"extra":1}"#).is_err());
+        assert_eq!(decode(r#"{"op":"ping","id":5,"extra":1}"#).unwrap_err().0, 5);
+        // A field of the wrong type: still answered to its id.
+        let (id, r) = decode(r#"{"op":"send","id":6,"from":"a","to":42,"data":1}"#).unwrap_err();
+        assert_eq!((id, r.code), (6, "bad_request"));
         // Deep nesting: a field decoded into a value is refused (serde_json
         // stops at 128 levels); raw data is skipped without recursion.
         let nest = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));

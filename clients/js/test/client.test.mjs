@@ -30,6 +30,17 @@ test('peers on two nodes send to each other, like the original distribus', async
   assert.deepEqual((await many).map(([, m]) => m.i), Array.from({ length: 200 }, (_, i) => i));
 
   await assert.rejects(peer1.send('nobody', 1), (e) => e instanceof DistribusError && e.code === 'not_found');
+  // Sends JSON cannot write are refused one by one; the batch they went
+  // in with is delivered.
+  const rest = collect((cb) => peer2.on('message', cb), 2);
+  const mixed = await Promise.allSettled([
+    peer1.send('peer2', 'before'), peer1.send(42, 'x'), peer1.send('peer2', () => 1), peer1.send('peer2', 'after'),
+  ]);
+  assert.deepEqual(mixed.map((r) => r.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled']);
+  assert.equal(mixed[1].reason.code, 'bad_request');
+  assert.equal(mixed[2].reason.code, 'bad_request');
+  assert.deepEqual((await rest).map(([, m]) => m), ['before', 'after']);
+  await assert.rejects(peer1.send('peer2', 1n), TypeError);
   await assert.rejects(hostA.create('peer1'), (e) => e.code === 'id_exists');
 
   const members = await hostA.members();
