@@ -561,7 +561,10 @@ mod tests {
         assert_eq!((id, r.code), (3, "bad_request"));
         let (id, r) = decode(r#"{"op":"explode","id":4}"#).unwrap_err();
         assert_eq!((id, r.code), (4, "bad_request"));
-        assert_eq!(decode(r#"{"op":"ping","id":5,"extra":1}"#).unwrap_err().0, 5);
+        assert_eq!(
+            decode(r#"{"op":"ping","id":5,"extra":1}"#).unwrap_err().0,
+            5
+        );
         // A field of the wrong type: still answered to its id.
         let (id, r) = decode(r#"{"op":"send","id":6,"from":"a","to":42,"data":1}"#).unwrap_err();
         assert_eq!((id, r.code), (6, "bad_request"));
