@@ -30,8 +30,9 @@ test('peers on two nodes send to each other, like the original distribus', async
   assert.deepEqual((await many).map(([, m]) => m.i), Array.from({ length: 200 }, (_, i) => i));
 
   await assert.rejects(peer1.send('nobody', 1), (e) => e instanceof DistribusError && e.code === 'not_found');
-  // Sends JSON cannot write are refused one by one; the batch they went
-  // in with is delivered.
+  // Sends the gateway cannot decode (an id that is not a string, a message
+  // JSON cannot write) are refused, each to its own id; the other sends of
+  // their batch frame are delivered.
   const rest = collect((cb) => peer2.on('message', cb), 2);
   const mixed = await Promise.allSettled([
     peer1.send('peer2', 'before'), peer1.send(42, 'x'), peer1.send('peer2', () => 1), peer1.send('peer2', 'after'),
