@@ -45,6 +45,64 @@ pub(crate) fn host_key(host: &PeerId) -> u64 {
     key_of(&host.to_bytes())
 }
 
+/// Like [`closest_indices`] over `sorted`, the members ordered by key:
+/// the indices are positions in `sorted`. The hosts sharing the top `b`
+/// bits of `key` lie next to each other there, and each is closer than any
+/// host outside them, so only the narrowest such run that still holds `n`
+/// hosts is read: about `2n` keys and a few binary searches instead of
+/// every member. Per-peer paths (each created peer, each local peer when
+/// the membership changes, each held entry at a trim) run this once per
+/// peer, so with every member read a change of membership at 1,024 hosts
+/// cost each host `peers × 1,024` steps.
+pub(crate) fn closest_sorted(
+    sorted: &[(u64, PeerId)],
+    key: u64,
+    n: usize,
+    best: &mut Vec<(u64, u32)>,
+) {
+    debug_assert!(sorted.windows(2).all(|w| w[0].0 <= w[1].0));
+    // The run of hosts whose key starts with `key`'s top `bits` bits.
+    let run = |bits: u32| -> (usize, usize) {
+        let (low, high) = match bits {
+            0 => (0, u64::MAX),
+            64 => (key, key),
+            b => {
+                let low = key & (u64::MAX << (64 - b));
+                (low, low | (u64::MAX >> b))
+            }
+        };
+        (
+            sorted.partition_point(|&(k, _)| k < low),
+            sorted.partition_point(|&(k, _)| k <= high),
+        )
+    };
+    // The most shared bits whose run still holds `n` hosts (runs only
+    // shrink as bits are added). Keys are hashes, so a run of `bits` holds
+    // about `hosts / 2^bits`: start there and step, two or three runs in
+    // all (at most 65 when keys bunch).
+    if n == 0 || sorted.len() <= n {
+        closest_in(sorted, 0..sorted.len(), key, n, best);
+        return;
+    }
+    let size = |bits: u32| {
+        let (a, b) = run(bits);
+        b - a
+    };
+    let mut bits = (sorted.len() / n).ilog2().min(64);
+    if size(bits) >= n {
+        while bits < 64 && size(bits + 1) >= n {
+            bits += 1;
+        }
+    } else {
+        // `size(0)` is every host, more than `n`.
+        while bits > 0 && size(bits) < n {
+            bits -= 1;
+        }
+    }
+    let (a, b) = run(bits);
+    closest_in(sorted, a..b, key, n, best);
+}
+
 /// The `n` hosts of `members` closest to `key`, closest first.
 pub(crate) fn closest(members: &[(u64, PeerId)], key: u64, n: usize) -> Vec<PeerId> {
     let mut best = Vec::with_capacity(n + 1);
@@ -62,11 +120,25 @@ pub(crate) fn closest_indices(
     n: usize,
     best: &mut Vec<(u64, u32)>,
 ) {
+    closest_in(members, 0..members.len(), key, n, best);
+}
+
+/// The `n` of `members[range]` closest to `key`, into `best` as
+/// `(distance, index into members)`, closest first.
+fn closest_in(
+    members: &[(u64, PeerId)],
+    range: std::ops::Range<usize>,
+    key: u64,
+    n: usize,
+    best: &mut Vec<(u64, u32)>,
+) {
     best.clear();
     if n == 0 {
         return;
     }
-    for (i, &(k, _)) in members.iter().enumerate() {
+    let start = range.start;
+    for (i, &(k, _)) in members[range].iter().enumerate() {
+        let i = start + i;
         let d = k ^ key;
         if best.len() == n {
             if best.last().is_some_and(|&(bd, _)| d >= bd) {
@@ -351,6 +423,36 @@ mod tests {
             assert_eq!(closest(&hs, key, 3), want);
         }
         assert_eq!(closest(&hs[..2], 7, 3).len(), 2);
+    }
+
+    proptest::proptest! {
+        /// The search over sorted keys finds the hosts a full scan finds,
+        /// also for keys bunched under a shared prefix and for every size
+        /// from an empty membership up.
+        #[test]
+        fn the_sorted_search_finds_what_a_full_scan_finds(
+            raw in proptest::collection::vec(proptest::num::u64::ANY, 0..80),
+            bunch in 0u32..64,
+            key in proptest::num::u64::ANY,
+            n in 0usize..6,
+        ) {
+            // Half the keys share their top `bunch` bits with `key`.
+            let mask = if bunch == 0 { 0 } else { u64::MAX << (64 - bunch) };
+            let mut members: Vec<(u64, PeerId)> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| {
+                    let k = if i % 2 == 0 { (key & mask) | (k & !mask) } else { k };
+                    (k, PeerId::random())
+                })
+                .collect();
+            members.sort_unstable();
+            members.dedup_by_key(|(k, _)| *k);
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            closest_indices(&members, key, n, &mut want);
+            closest_sorted(&members, key, n, &mut got);
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

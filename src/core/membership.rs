@@ -615,6 +615,13 @@ impl Membership {
         &self.keys
     }
 
+    /// The same ordered by key, for [`crate::directory::closest_sorted`]
+    /// (sorted again only after a host joined or left).
+    pub(crate) fn sorted_keys(&mut self) -> &[(u64, PeerId)] {
+        self.sort_keys();
+        &self.sorted.1
+    }
+
     /// Whether `record` of `host` is not newer than what this table holds.
     pub(crate) fn knows(&self, host: &PeerId, record: &HostRecord) -> bool {
         if *host == self.local {

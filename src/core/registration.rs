@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::outbox::{Backoff, Outbox, Pick, Weigh};
-use crate::directory::{closest, closest_indices, key_of, DirOp, DirectoryStore, Id};
+use crate::directory::{closest_sorted, key_of, DirOp, DirectoryStore, Id};
 
 /// Most operations in one directory request.
 pub(crate) const MAX_DIR_BATCH: usize = 65_536;
@@ -100,7 +100,8 @@ impl Registration {
     }
 
     /// Sends the local `changes` to their holders (the replication
-    /// closest of `keys` to each id's key). Each holder's operations are
+    /// closest of `keys`, every live host ordered by key, to each id's
+    /// key). Each holder's operations are
     /// appended to its queue once: no host id is hashed or copied per
     /// operation.
     pub(crate) fn publish(
@@ -117,7 +118,7 @@ impl Registration {
         let mut per_holder: Vec<Vec<DirOp>> = vec![Vec::new(); keys.len()];
         let mut best = Vec::with_capacity(self.replication + 1);
         for c in changes {
-            closest_indices(keys, c.key, self.replication, &mut best);
+            closest_sorted(keys, c.key, self.replication, &mut best);
             let op = if c.register {
                 DirOp::Register(c.id)
             } else {
@@ -222,7 +223,8 @@ impl Registration {
         self.queues.remove(holder);
     }
 
-    /// After the membership (at `version`, with `keys`) changed: registers
+    /// After the membership (at `version`, with `keys` ordered by key)
+    /// changed: registers
     /// every local peer (`each_local` lists them with their keys) with the
     /// holders that became responsible for it, and schedules trimming what
     /// this host holds after `settle` (time for the owners of entries to
@@ -249,10 +251,13 @@ impl Registration {
         let old = std::mem::replace(&mut self.placed, keys.to_vec());
         let r = self.replication;
         let mut moves: foldhash::HashMap<PeerId, Vec<DirOp>> = Default::default();
+        let (mut before, mut after) = (Vec::with_capacity(r + 1), Vec::with_capacity(r + 1));
         each_local(&mut |id, key| {
-            let before = closest(&old, key, r);
-            for h in closest(keys, key, r) {
-                if !before.contains(&h) {
+            closest_sorted(&old, key, r, &mut before);
+            closest_sorted(keys, key, r, &mut after);
+            for &(_, i) in &after {
+                let h = keys[i as usize].1;
+                if !before.iter().any(|&(_, j)| old[j as usize].1 == h) {
                     moves
                         .entry(h)
                         .or_default()
@@ -266,7 +271,8 @@ impl Registration {
     }
 
     /// A holder dropped this host's entries (a false lapse): registers
-    /// with it again every local peer it is among the closest hosts for.
+    /// with it again every local peer it is among the closest hosts for
+    /// (of `keys`, ordered by key).
     pub(crate) fn resync(
         &mut self,
         now: Instant,
@@ -282,7 +288,7 @@ impl Registration {
         let mut ops = Vec::new();
         let mut best = Vec::with_capacity(r + 1);
         each_local(&mut |id, key| {
-            closest_indices(keys, key, r, &mut best);
+            closest_sorted(keys, key, r, &mut best);
             if best.iter().any(|&(_, i)| i as usize == target) {
                 ops.push(DirOp::Register(Id::from(id)));
             }
@@ -293,7 +299,8 @@ impl Registration {
     }
 
     /// Once the membership has settled after a change: drops the entries
-    /// of `store` whose closest hosts no longer include this one; how many.
+    /// of `store` whose closest hosts (of `keys`, ordered by key) no longer
+    /// include this one; how many.
     pub(crate) fn trim(
         &mut self,
         now: Instant,
@@ -314,7 +321,7 @@ impl Registration {
         let before = store.len();
         let mut best = Vec::with_capacity(r + 1);
         store.retain(|id| {
-            closest_indices(keys, key_of(id.as_bytes()), r, &mut best);
+            closest_sorted(keys, key_of(id.as_bytes()), r, &mut best);
             best.iter().any(|&(_, i)| i as usize == me)
         });
         before - store.len()

@@ -26,7 +26,7 @@ impl EventLoop {
         let changes = self.shared.take_changes();
         let mut out = Vec::new();
         self.registration
-            .publish(now, changes, self.membership.keys(), &mut out);
+            .publish(now, changes, self.membership.sorted_keys(), &mut out);
         self.carry_out(out);
     }
 
@@ -128,7 +128,7 @@ impl EventLoop {
         self.registration.rebalance(
             now,
             self.membership.version(),
-            self.membership.keys(),
+            self.membership.sorted_keys(),
             settle,
             |f| registry.for_each(|id, key| f(id, key)),
             &mut out,
@@ -136,7 +136,7 @@ impl EventLoop {
         self.carry_out(out);
         let dropped = self
             .registration
-            .trim(now, self.membership.keys(), &mut self.store);
+            .trim(now, self.membership.sorted_keys(), &mut self.store);
         if dropped > 0 {
             tracing::debug!(dropped, "trimmed directory after a membership change");
         }
@@ -153,7 +153,7 @@ impl EventLoop {
         let entries = self.registration.resync(
             Instant::now(),
             holder,
-            self.membership.keys(),
+            self.membership.sorted_keys(),
             |f| registry.for_each(|id, key| f(id, key)),
             &mut out,
         );
