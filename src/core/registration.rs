@@ -63,8 +63,8 @@ pub(crate) struct Registration {
     queues: Outbox<PeerId, DirOp>,
     /// When the last local changes went out (they gather after it).
     last_publish: Option<Instant>,
-    /// The member keys the local entries were last placed for, and the
-    /// membership version they were checked against.
+    /// The member keys (ordered by key) the local entries were last
+    /// placed for, and the membership version they were checked against.
     placed: Vec<(u64, PeerId)>,
     placed_version: u64,
     /// When the holder side drops what it no longer holds.
@@ -74,12 +74,15 @@ pub(crate) struct Registration {
 impl Registration {
     /// The state of a host whose membership has `keys`.
     pub(crate) fn new(local: PeerId, replication: usize, keys: &[(u64, PeerId)]) -> Self {
+        // Kept ordered by key, as `rebalance` is given them.
+        let mut placed = keys.to_vec();
+        placed.sort_unstable();
         Registration {
             local,
             replication: replication.max(1),
             queues: Outbox::new(DIR_RETRY, MAX_DIR_IN_FLIGHT),
             last_publish: None,
-            placed: keys.to_vec(),
+            placed,
             placed_version: 0,
             trim_due: None,
         }
