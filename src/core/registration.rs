@@ -104,9 +104,8 @@ impl Registration {
 
     /// Sends the local `changes` to their holders (the replication
     /// closest of `keys`, every live host ordered by key, to each id's
-    /// key). Each holder's operations are
-    /// appended to its queue once: no host id is hashed or copied per
-    /// operation.
+    /// key). Each holder's operations are appended to its queue once: no
+    /// host id is hashed or copied per operation.
     pub(crate) fn publish(
         &mut self,
         now: Instant,
@@ -227,12 +226,11 @@ impl Registration {
     }
 
     /// After the membership (at `version`, with `keys` ordered by key)
-    /// changed: registers
-    /// every local peer (`each_local` lists them with their keys) with the
-    /// holders that became responsible for it, and schedules trimming what
-    /// this host holds after `settle` (time for the owners of entries to
-    /// register with their new holders: they learn of the change by the
-    /// same gossip). Cheap when nothing changed.
+    /// changed: registers every local peer (`each_local` lists them with
+    /// their keys) with the holders that became responsible for it, and
+    /// schedules trimming what this host holds after `settle` (time for the
+    /// owners of entries to register with their new holders: they learn of
+    /// the change by the same gossip). Cheap when nothing changed.
     pub(crate) fn rebalance(
         &mut self,
         now: Instant,
