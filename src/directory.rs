@@ -45,12 +45,13 @@ pub(crate) fn host_key(host: &PeerId) -> u64 {
     key_of(&host.to_bytes())
 }
 
-/// Like [`closest_indices`] over `sorted`, the members ordered by key:
-/// the indices are positions in `sorted`. The hosts sharing the top `b`
-/// bits of `key` lie next to each other there, and each is closer than any
-/// host outside them, so only the narrowest such run that still holds `n`
-/// hosts is read: about `2n` keys and a few binary searches instead of
-/// every member. Per-peer paths (each created peer, each local peer when
+/// The `n` hosts of `sorted` (the members ordered by key) closest to
+/// `key`, into `best` (cleared first) as `(distance, position in
+/// sorted)`, closest first. The hosts sharing the top `b` bits of `key`
+/// lie next to each other there, and each is closer than any host outside
+/// them, so only the narrowest such run that still holds `n` hosts is
+/// read: about `2n` keys and a few binary searches instead of every
+/// member. Per-peer paths (each created peer, each local peer when
 /// the membership changes, each held entry at a trim) run this once per
 /// peer, so with every member read a change of membership at 1,024 hosts
 /// cost each host `peers × 1,024` steps.
@@ -84,43 +85,31 @@ pub(crate) fn closest_sorted(
         closest_in(sorted, 0..sorted.len(), key, n, best);
         return;
     }
-    let size = |bits: u32| {
-        let (a, b) = run(bits);
-        b - a
-    };
     let mut bits = (sorted.len() / n).ilog2().min(64);
-    if size(bits) >= n {
-        while bits < 64 && size(bits + 1) >= n {
-            bits += 1;
+    let mut found = run(bits);
+    if found.1 - found.0 >= n {
+        while bits < 64 {
+            let narrower = run(bits + 1);
+            if narrower.1 - narrower.0 < n {
+                break;
+            }
+            (bits, found) = (bits + 1, narrower);
         }
     } else {
-        // `size(0)` is every host, more than `n`.
-        while bits > 0 && size(bits) < n {
+        // The run of 0 bits is every host, more than `n`: this ends.
+        while found.1 - found.0 < n {
             bits -= 1;
+            found = run(bits);
         }
     }
-    let (a, b) = run(bits);
-    closest_in(sorted, a..b, key, n, best);
+    closest_in(sorted, found.0..found.1, key, n, best);
 }
 
 /// The `n` hosts of `members` closest to `key`, closest first.
 pub(crate) fn closest(members: &[(u64, PeerId)], key: u64, n: usize) -> Vec<PeerId> {
     let mut best = Vec::with_capacity(n + 1);
-    closest_indices(members, key, n, &mut best);
+    closest_in(members, 0..members.len(), key, n, &mut best);
     best.iter().map(|&(_, i)| members[i as usize].1).collect()
-}
-
-/// Like [`closest`], but as `(distance, index into members)` pairs written
-/// to `best` (cleared first): no allocation once `best` has room for `n`,
-/// and no host ids copied, for the per-peer paths (every create, every
-/// held entry at a trim).
-pub(crate) fn closest_indices(
-    members: &[(u64, PeerId)],
-    key: u64,
-    n: usize,
-    best: &mut Vec<(u64, u32)>,
-) {
-    closest_in(members, 0..members.len(), key, n, best);
 }
 
 /// The `n` of `members[range]` closest to `key`, into `best` as
@@ -449,7 +438,7 @@ mod tests {
             members.sort_unstable();
             members.dedup_by_key(|(k, _)| *k);
             let (mut want, mut got) = (Vec::new(), Vec::new());
-            closest_indices(&members, key, n, &mut want);
+            closest_in(&members, 0..members.len(), key, n, &mut want);
             closest_sorted(&members, key, n, &mut got);
             proptest::prop_assert_eq!(got, want);
         }
