@@ -169,7 +169,7 @@ pub(crate) enum Request {
     /// heard from it again: register again the entries it should hold.
     Resync,
     /// Liveness: the heartbeat counters of every host the sender knows,
-    /// its own included (see [`crate::event_loop`]'s `beats`).
+    /// its own included (see [`crate::core::members`]).
     Beats(Digest),
     /// Membership records the receiver was seen to lack, each with the
     /// newest heartbeat counter the sender knows for it.

@@ -2,8 +2,8 @@
 //! held up before it), whom to swap digests with and in which form, which
 //! silent hosts to probe before their lease lapses, and whether the
 //! membership has converged. The counters and leases themselves live in
-//! [`super::membership::Membership`]; the digests' wire form and the
-//! exchange are the event loop's (`event_loop/beats.rs`).
+//! [`super::membership::Membership`]; the digests and their exchange in
+//! [`super::members`].
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //! signature matches the host it names, so no host can speak for another.
 //!
 //! Liveness is a heartbeat counter per host, raised by the host itself once
-//! per interval and spread in digests (see the event loop's `beats`). A host
+//! per interval and spread in digests (see [`crate::core::members`]). A host
 //! whose counter has not risen for a lease is dropped; a leaving record drops
 //! it at once and leaves a tombstone so stale records cannot revive it.
 

@@ -12,6 +12,9 @@
 //!   Kademlia fallback;
 //! - `registration`: which holders get which directory operations, when,
 //!   and what a membership change moves;
+//! - `members`: one host's membership and liveness protocol: its own
+//!   record, heartbeat digests, leases, joins and leaves (on `membership`
+//!   and `liveness`);
 //! - `membership`: signed host records, heartbeat counters and leases;
 //! - `liveness`: when to beat, whom to swap digests with and in what form,
 //!   which silent hosts to probe, and when the membership has converged;
@@ -24,6 +27,7 @@ pub(crate) mod batch_memory;
 pub(crate) mod budget;
 pub(crate) mod liveness;
 pub(crate) mod lookup;
+pub(crate) mod members;
 pub(crate) mod membership;
 pub(crate) mod outbox;
 pub(crate) mod publish;

@@ -55,7 +55,8 @@ impl EventLoop {
             failed: Vec::new(),
         };
         let others: Vec<PeerId> = self
-            .membership
+            .members
+            .membership()
             .iter()
             .map(|(h, _)| *h)
             .filter(|h| *h != local)

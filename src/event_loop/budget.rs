@@ -55,7 +55,7 @@ impl EventLoop {
             return;
         }
         // Bounded: a joiner that is not (or no longer) a member is forgotten.
-        let membership = &self.membership;
+        let membership = &self.members.membership();
         self.joiners.retain(|h| membership.contains(h));
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let Some(mut budget) = self.shared.with_config(|c| c.link_budget) else {
@@ -84,7 +84,7 @@ impl EventLoop {
                 || self.joining(h)
             {
                 Keep::Always
-            } else if self.membership.contains(h) {
+            } else if self.members.membership().contains(h) {
                 Keep::IdleAfter(IDLE)
             } else {
                 Keep::IdleAfter(join_timeout.max(IDLE))

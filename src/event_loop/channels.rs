@@ -226,7 +226,8 @@ impl EventLoop {
     }
 
     fn remote_subscriber_iter<'a>(&'a self, channel: &'a str) -> impl Iterator<Item = PeerId> + 'a {
-        self.membership
+        self.members
+            .membership()
             .iter()
             .filter(move |(_, m)| m.channels.iter().any(|c| matches(c, channel)))
             .map(|(h, _)| *h)

@@ -46,7 +46,7 @@ impl EventLoop {
 
     fn start_lookup(&mut self, id: String, waiter: Waiter) {
         let holders = closest(
-            self.membership.keys(),
+            self.members.membership().keys(),
             key_of(id.as_bytes()),
             self.replication,
         );
@@ -212,7 +212,7 @@ impl EventLoop {
             // still be on its way to the other holders).
             Some(h) if h == local => ours().then_some(local),
             // The first live host to register the id, not a local duplicate.
-            Some(h) => self.membership.contains(&h).then_some(h),
+            Some(h) => self.members.membership().contains(&h).then_some(h),
             None => ours().then_some(local),
         };
         Response::Location(host.map(|h| {
@@ -227,7 +227,8 @@ impl EventLoop {
     /// The location of a host, with the addresses this host knows for it.
     pub(super) fn location_of(&self, host: PeerId) -> Location {
         let addrs = if host != self.local() {
-            self.membership
+            self.members
+                .membership()
                 .get(&host)
                 .map(|m| m.addrs.clone())
                 .unwrap_or_default()
@@ -275,7 +276,7 @@ impl EventLoop {
 
 impl LookupView for EventLoop {
     fn is_member(&self, host: &PeerId) -> bool {
-        self.membership.contains(host)
+        self.members.membership().contains(host)
     }
 
     fn is_local(&self, host: &PeerId) -> bool {

@@ -1,6 +1,8 @@
-//! Membership in the event loop: join, announcements of changed records,
-//! leases, graceful leave, and redialling dropped joined hosts. Heartbeats
-//! are in `beats`.
+//! Membership in the event loop: joins (dial, identify, the snapshot swap),
+//! graceful leave, redialling dropped joined hosts, and carrying out what
+//! the membership protocol ([`crate::core::members`]) decides: its
+//! requests, record gossip, and what a host that joined, left or lapsed
+//! changes in the other concerns.
 
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,11 @@ use libp2p::{
 use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
-use crate::beat_chain::Proved;
 use crate::{
     command::{HostInfo, Readiness},
     core::{
-        membership::{verify, verify_unless, Change, HostRecord, Verified},
+        members::{Asked, Content, Effect, Links, Settings, Verified, MAX_JOIN_RECORDS},
+        membership::verify,
         redial::Timing,
     },
     error::{Error, Result},
@@ -26,10 +28,6 @@ use crate::{
 
 /// How long a leaving host waits for the others to acknowledge.
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
-/// Most lapsed hosts remembered for a resync.
-const MAX_LAPSED: usize = 65_536;
-/// Most records taken from one join or membership answer.
-pub(super) const MAX_JOIN_RECORDS: usize = 65_536;
 /// Joins of more records than this have their signatures checked on a
 /// blocking thread, not on the loop (an ed25519 check is ~50 µs: 20,000
 /// records held the loop for about a second).
@@ -65,28 +63,6 @@ impl Default for JoinChecks {
     }
 }
 
-/// Whether a record of `host`'s incarnation `epoch` from `source` would
-/// revive a host that lapsed here without proof of life. A lapsed host
-/// comes back in the same incarnation only with a counter proved since (or
-/// by joining again itself): else a host still trusting a dead one (or
-/// lying) would revive it here again and again.
-fn unproved_revival(
-    lapsed: &std::collections::HashMap<PeerId, (u64, Proved)>,
-    source: Source,
-    host: &PeerId,
-    epoch: u64,
-    budget: &mut u64,
-) -> bool {
-    match (source, lapsed.get(host)) {
-        (Source::Synced(p), Some((e, last))) => {
-            epoch == *e && !crate::beat_chain::verify(last, &p, budget)
-        }
-        (Source::Direct(from), Some((e, _))) if from != *host => epoch == *e,
-        (Source::Gossip, Some((e, _))) => epoch == *e,
-        _ => false,
-    }
-}
-
 /// The gossip topic every host joins for membership records.
 pub(super) fn topic() -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new("members")
@@ -100,19 +76,6 @@ pub(crate) struct JoinState {
     peer: Option<PeerId>,
     deadline: Instant,
     reply: Option<oneshot::Sender<Result<PeerId>>>,
-}
-
-/// Where a membership record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// Straight from a host (join snapshot, leave), named: spread it by
-    /// gossip.
-    Direct(PeerId),
-    /// From membership gossip: gossipsub spreads it on.
-    Gossip,
-    /// From a heartbeat digest exchange, with the newest proved counter
-    /// the sender knows for it.
-    Synced(Proved),
 }
 
 /// A close in progress.
@@ -263,10 +226,7 @@ impl EventLoop {
     /// Sends `peer` every record we hold, ours included; its answer carries
     /// the records it holds, so both sides end with one membership.
     fn send_join(&mut self, peer: PeerId) {
-        let mut records = self.membership.records();
-        if let Some(own) = self.own_signed() {
-            records.push(own);
-        }
+        let records = self.members.join_records();
         let id = self.request(peer, Request::Join(records));
         self.requests.insert(id, Pending::Join { host: peer });
     }
@@ -278,9 +238,10 @@ impl EventLoop {
     ) {
         let outcome = match result {
             Ok(Response::Members(records)) => {
-                for r in records.iter().take(MAX_JOIN_RECORDS) {
-                    self.apply_signed(r, Source::Direct(host), &mut 0);
-                }
+                let mut out = Vec::new();
+                self.members
+                    .take_join(host, &records, Instant::now(), &mut out);
+                self.carry_out_members(out);
                 Ok(host)
             }
             Ok(Response::Refused(why)) => Err(why),
@@ -312,7 +273,7 @@ impl EventLoop {
         // checked again by every host (a third of a 512-host join's
         // signature checks).
         if outcome.is_ok() {
-            if let Some(r) = self.own_signed() {
+            if let Some(r) = self.members.own_signed() {
                 self.gossip_record(r);
             }
         }
@@ -326,9 +287,10 @@ impl EventLoop {
                 records.len()
             ));
         }
-        for r in &records {
-            self.apply_signed(r, Source::Direct(peer), &mut 0);
-        }
+        let mut out = Vec::new();
+        self.members
+            .take_join(peer, &records, Instant::now(), &mut out);
+        self.carry_out_members(out);
         self.joined_through_us(peer)
     }
 
@@ -344,9 +306,7 @@ impl EventLoop {
         // Records this host holds already are not checked again (as in
         // `apply_signed`): a joiner's snapshot is mostly those.
         if records.len() <= MAX_JOIN_RECORDS {
-            records.retain(|r| {
-                !crate::core::membership::is_known(r, |h, rec| self.membership.knows(h, rec))
-            });
+            records.retain(|r| !self.members.knows_record(r));
             if records.len() <= INLINE_RECORDS {
                 let response = self.on_join_request(peer, records);
                 self.publish_members();
@@ -383,16 +343,14 @@ impl EventLoop {
     /// A big join's checked records: applied like a small join's, then
     /// the join is answered.
     pub(super) fn on_join_checked(&mut self, checked: CheckedJoin) {
+        self.sync_config();
         let Some((peer, responder)) = self.join_checks.pending.remove(&checked.ticket) else {
             return;
         };
-        let source = Source::Direct(peer);
-        for v in checked.verified {
-            let stale = unproved_revival(&self.lapsed, source, &v.host, v.record.epoch, &mut 0);
-            if !stale && !self.membership.knows(&v.host, &v.record) {
-                self.apply_verified(v, source);
-            }
-        }
+        let mut out = Vec::new();
+        self.members
+            .take_checked_join(peer, checked.verified, Instant::now(), &mut out);
+        self.carry_out_members(out);
         let response = self.joined_through_us(peer);
         self.publish_members();
         self.answer(peer, responder, response);
@@ -402,32 +360,15 @@ impl EventLoop {
     fn joined_through_us(&mut self, peer: PeerId) -> Response {
         tracing::debug!(%peer, "host joined through us");
         self.joiners.insert(peer);
-        let mut ours = self.membership.records();
-        if let Some(own) = self.own_signed() {
-            ours.push(own);
-        }
-        Response::Members(ours)
+        Response::Members(self.members.join_records())
     }
 
-    /// `host` refused a request of ours as a non-member (it never heard
-    /// of us, or our lease lapsed there): we join it with our own record,
-    /// at most once per lease.
+    /// `host` refused a request of ours as a non-member: we join it with
+    /// our own record, at most once per lease.
     pub(super) fn introduce(&mut self, host: PeerId) {
-        let now = Instant::now();
-        let lease = self.shared.with_config(|c| c.lease);
-        if self.introduced.get(&host).is_some_and(|t| now < *t + lease) {
-            return;
-        }
-        if self.introduced.len() >= MAX_LAPSED {
-            self.introduced.clear();
-        }
-        self.introduced.insert(host, now);
-        let Some(own) = self.own_signed() else {
-            return;
-        };
-        tracing::info!(%host, "refused as a non-member; introducing this host");
-        let id = self.request(host, Request::Join(vec![own]));
-        self.requests.insert(id, Pending::Introduce { host });
+        let mut out = Vec::new();
+        self.members.introduce(host, Instant::now(), &mut out);
+        self.carry_out_members(out);
     }
 
     /// The answer to [`Self::introduce`]: the host's membership.
@@ -437,251 +378,221 @@ impl EventLoop {
         result: std::result::Result<Response, OutboundFailure>,
     ) {
         if let Ok(Response::Members(records)) = result {
-            for r in records.iter().take(MAX_JOIN_RECORDS) {
-                self.apply_signed(r, Source::Direct(host), &mut 0);
-            }
+            let mut out = Vec::new();
+            self.members
+                .take_join(host, &records, Instant::now(), &mut out);
+            self.carry_out_members(out);
         }
     }
 
     pub(super) fn on_leave_request(&mut self, peer: PeerId, record: SignedRecord) -> Response {
-        match verify(&record) {
-            Some(v) if v.host == peer && v.record.leaving => {
-                self.apply_verified(v, Source::Direct(peer));
-                Response::LeaveOk
-            }
-            _ => Response::Refused("not the sender's own leaving record".into()),
-        }
+        let mut out = Vec::new();
+        let response = self
+            .members
+            .on_leave(peer, &record, Instant::now(), &mut out);
+        self.carry_out_members(out);
+        response
     }
 
     pub(super) fn on_member_gossip(&mut self, data: &[u8]) {
-        match crate::protocol::decode_frame::<SignedRecord>(data) {
-            Ok(r) => self.apply_signed(&r, Source::Gossip, &mut 0),
-            Err(e) => tracing::debug!(error = %e, "malformed membership gossip"),
+        let mut out = Vec::new();
+        self.members.on_gossip(data, Instant::now(), &mut out);
+        self.carry_out_members(out);
+    }
+
+    /// A digest from `peer`, answered with ours.
+    pub(super) fn on_beats(&mut self, peer: PeerId, digest: crate::protocol::Digest) -> Response {
+        self.members.on_beats(peer, digest, Instant::now())
+    }
+
+    /// Records a digest exchange found us lacking.
+    pub(super) fn on_records(&mut self, records: Vec<(SignedRecord, crate::beat_chain::Proved)>) {
+        let mut out = Vec::new();
+        self.members.take_records(records, Instant::now(), &mut out);
+        self.carry_out_members(out);
+    }
+
+    /// The answer to our digest.
+    pub(super) fn on_beats_result(
+        &mut self,
+        host: PeerId,
+        compact: bool,
+        result: std::result::Result<Response, OutboundFailure>,
+    ) {
+        if let Ok(answer) = result {
+            let mut out = Vec::new();
+            self.members
+                .on_beats_answer(host, compact, answer, Instant::now(), &mut out);
+            self.carry_out_members(out);
         }
     }
 
-    /// Checks and applies a record; records already known are not checked.
-    /// A synced record's counter is checked within `budget` hashes.
-    pub(super) fn apply_signed(&mut self, r: &SignedRecord, source: Source, budget: &mut u64) {
-        let mut known = false;
-        let (membership, lapsed) = (&self.membership, &self.lapsed);
-        let known_or_revived = |h: &PeerId, rec: &HostRecord| {
-            known =
-                unproved_revival(lapsed, source, h, rec.epoch, budget) || membership.knows(h, rec);
-            known
+    /// The membership's timer: if a heartbeat was due, digests went out,
+    /// lapsed leases were dropped and silent hosts probed. Returns whether
+    /// it was due.
+    pub(super) fn beat(&mut self, now: Instant, granularity: Duration) -> bool {
+        if now < self.members.next_beat() {
+            return false;
+        }
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let relaying = self.overlay().is_some();
+        let swarm = &self.swarm;
+        let is_connected = |h: &PeerId| swarm.is_connected(h);
+        let links = Links {
+            connected: &connected,
+            relaying,
+            is_connected: &is_connected,
         };
-        let held = |h: &PeerId| membership.get(h).map(|m| m.key.clone());
-        match verify_unless(r, known_or_revived, held) {
-            Some(v) => {
-                let (host, epoch) = (v.host, v.record.epoch);
-                self.apply_verified(v, source);
-                if let Source::Synced(p) = source {
-                    self.membership
-                        .heard(&host, epoch, &p, Instant::now(), budget);
+        let mut out = Vec::new();
+        let due = self
+            .members
+            .tick(now, granularity, &links, &mut rand::thread_rng(), &mut out);
+        self.carry_out_members(out);
+        let silence = self.members.membership().longest_silence(now).as_millis();
+        self.shared.counters.longest_silence_ms.store(
+            u64::try_from(silence).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        due
+    }
+
+    /// Carries out what the membership protocol decided.
+    pub(super) fn carry_out_members(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Ask {
+                    host,
+                    request,
+                    asked,
+                } => {
+                    let id = self.request(host, request);
+                    let pending = match asked {
+                        Asked::Beats { compact } => Pending::Beats { host, compact },
+                        Asked::Records => Pending::Records,
+                        Asked::Resync => Pending::Resync,
+                        Asked::Introduce => Pending::Introduce { host },
+                    };
+                    self.requests.insert(id, pending);
                 }
-            }
-            None if known => {}
-            None => tracing::warn!("dropping a malformed or badly signed membership record"),
-        }
-    }
-
-    /// Why this host refuses `v` under its limits, if it does.
-    fn refusal(&self, v: &Verified) -> Option<&'static str> {
-        let r = &v.record;
-        if r.channels.len() + r.queues.len() > crate::core::membership::MAX_RECORD_CHANNELS
-            || r.channels.iter().any(|c| c.len() > crate::MAX_ID_LEN)
-            || r.queues
-                .iter()
-                .any(|q| q.pattern.len() > crate::MAX_ID_LEN || q.group.len() > crate::MAX_ID_LEN)
-        {
-            return Some("the record lists too many channels or too long a name");
-        }
-        let (allowed, max_hosts) = self.shared.with_config(|c| {
-            (
-                c.allowed_hosts
-                    .as_ref()
-                    .is_none_or(|list| list.contains(&v.host)),
-                c.max_hosts,
-            )
-        });
-        if !allowed {
-            return Some("the host is not on the allow-list");
-        }
-        if !r.leaving && !self.membership.contains(&v.host) && self.membership.len() >= max_hosts {
-            return Some("the membership is at max_hosts");
-        }
-        None
-    }
-
-    fn apply_verified(&mut self, v: Verified, source: Source) {
-        if let Some(why) = self.refusal(&v) {
-            crate::shared::bump(&self.shared.counters.records_refused);
-            tracing::debug!(host = %v.host, why, "refused a host record");
-            return;
-        }
-        let tombstone = self.shared.with_config(|c| c.lease) * 4;
-        let host = v.host;
-        let channels_before = self.membership.get(&host).map(|m| m.channels.clone());
-        let change = self.membership.apply(&v, Instant::now(), tombstone);
-        let channels_changed =
-            self.membership.get(&host).map(|m| &m.channels) != channels_before.as_ref();
-        if channels_changed {
-            // Publishes wait until gossipsub reaches the new subscriber set.
-            self.publishes.unready();
-        }
-        match change {
-            Change::None => return,
-            Change::Joined | Change::Updated => {
-                // Kademlia's table gets every member: fed only the hosts we
-                // are linked to, it stays under K entries and bootstraps
-                // (dialling hosts) again after every new link.
-                if let Some(m) = self.membership.get(&host) {
-                    for a in m.addrs.clone() {
+                Effect::Spread(r) => self.gossip_record(r),
+                Effect::Addresses { host, addrs } => {
+                    // Kademlia's table gets every member: fed only the hosts
+                    // we are linked to, it stays under K entries and
+                    // bootstraps (dialling hosts) again after every new link.
+                    for a in addrs {
                         self.swarm.add_peer_address(host, a.clone());
                         self.swarm.behaviour_mut().kad.add_address(&host, a);
                     }
                 }
-                if change == Change::Joined {
-                    tracing::debug!(%host, "host joined the membership");
-                    self.back(host);
-                    if self.lapsed.remove(&host).is_some() {
-                        // It was alive after all (heartbeats late): the
-                        // entries dropped at its lapse must come back.
-                        tracing::info!(%host, "lapsed host is back; asking it to resync");
-                        let id = self.request(host, Request::Resync);
-                        self.requests.insert(id, Pending::Resync);
+                Effect::Joined(host) => self.redials.back(&host),
+                Effect::Restarted { host, epoch } => {
+                    self.redials.back(&host);
+                    self.store.drop_host(&host, epoch);
+                }
+                Effect::Left(host) => {
+                    self.host_gone(host);
+                    self.redials.remove(&host);
+                    self.forget_locations(host);
+                }
+                Effect::Lapsed(gone) => {
+                    let (host, now) = (gone.host, Instant::now());
+                    let probed = self
+                        .members
+                        .probed_at(&host)
+                        .map(|t| now.saturating_duration_since(t));
+                    tracing::info!(%host, ?probed, "host lease lapsed");
+                    crate::shared::bump(&self.shared.counters.leases_lapsed);
+                    self.host_gone(host);
+                    // Redialled (core::redial): a joined host keeps its
+                    // cached locations until it is given up; any other
+                    // loses them now.
+                    let timing = self.redial_timing();
+                    if !self.redials.lapsed(host, gone.addr, now, &timing) {
+                        self.forget_locations(host);
                     }
                 }
-            }
-            Change::Restarted { .. } => {
-                self.lapsed.remove(&host);
-                self.back(host);
-                self.store.drop_host(&host, v.record.epoch);
-            }
-            Change::Left => {
-                tracing::debug!(%host, "host left");
-                self.lapsed.remove(&host);
-                self.host_gone(host);
-                self.redials.remove(&host);
-                self.forget_locations(host);
+                Effect::Disallowed(host) => {
+                    self.redials.remove(&host);
+                    self.host_gone(host);
+                    self.forget_locations(host);
+                    let _ = self.swarm.disconnect_peer_id(host);
+                }
+                Effect::ChannelsChanged => {
+                    // Publishes wait until gossipsub reaches the new
+                    // subscriber set.
+                    self.publishes.unready();
+                }
+                Effect::Refused { host, why } => {
+                    crate::shared::bump(&self.shared.counters.records_refused);
+                    tracing::debug!(%host, why, "refused a host record");
+                }
+                Effect::Probed(host) => {
+                    tracing::debug!(%host, "probing a silent host");
+                    crate::shared::bump(&self.shared.counters.liveness_probes);
+                }
             }
         }
-        if matches!(source, Source::Direct(_)) {
-            // Spread what we learned directly, so the whole network hears it.
-            self.gossip_record(v.signed);
-        }
+    }
+
+    /// Whether the allow-list (if any) admits `host`.
+    pub(super) fn allowed(&self, host: &PeerId) -> bool {
+        self.members.allowed(host)
+    }
+
+    /// The membership settings from the configuration.
+    pub(super) fn member_settings(shared: &crate::shared::Shared) -> Settings {
+        shared.with_config(|c| Settings {
+            lease: c.lease,
+            heartbeat: c.heartbeat_interval,
+            max_hosts: c.max_hosts,
+            allowed: c.allowed_hosts.clone(),
+        })
+    }
+
+    /// The configuration changed: drops the members a new allow-list no
+    /// longer admits, and their connections.
+    pub(super) fn reconfigure_members(&mut self) {
+        self.members.configure(Self::member_settings(&self.shared));
+        let mut out = Vec::new();
+        self.members.enforce_allow_list(&mut out);
+        self.carry_out_members(out);
     }
 
     /// Drops what this host holds for a host that left or lapsed.
-    /// Whether the allow-list (if any) admits `host`.
-    pub(super) fn allowed(&self, host: &PeerId) -> bool {
-        *host == self.local()
-            || self.shared.with_config(|c| {
-                c.allowed_hosts
-                    .as_ref()
-                    .is_none_or(|list| list.contains(host))
-            })
-    }
-
-    /// Drops the members a new allow-list no longer admits, and their
-    /// connections.
-    pub(super) fn enforce_allow_list(&mut self) {
-        let gone: Vec<PeerId> = self
-            .membership
-            .iter()
-            .map(|(h, _)| *h)
-            .filter(|h| !self.allowed(h))
-            .collect();
-        for host in gone {
-            tracing::info!(%host, "host removed from the allow-list; dropping it");
-            self.membership.remove(&host);
-            self.lapsed.remove(&host);
-            self.redials.remove(&host);
-            self.host_gone(host);
-            self.forget_locations(host);
-            let _ = self.swarm.disconnect_peer_id(host);
-        }
-    }
-
     fn host_gone(&mut self, host: PeerId) {
         self.joiners.remove(&host);
         self.store.drop_host(&host, u64::MAX);
         self.registration.forget(&host);
     }
 
-    pub(super) fn expire_members(&mut self, now: Instant) {
-        let lease = self.shared.with_config(|c| c.lease);
-        let timing = self.redial_timing();
-        for gone in self.membership.expire(now, lease) {
-            let host = gone.host;
-            let probed = self
-                .liveness
-                .probed_at(&host)
-                .map(|t| now.saturating_duration_since(t));
-            tracing::info!(%host, ?probed, "host lease lapsed");
-            crate::shared::bump(&self.shared.counters.leases_lapsed);
-            self.host_gone(host);
-            if self.lapsed.len() < MAX_LAPSED {
-                self.lapsed.insert(host, (gone.epoch, gone.proved));
-            }
-            // Redialled (core::redial): a joined host keeps its cached
-            // locations until it is given up; any other loses them now.
-            if !self.redials.lapsed(host, gone.addr, now, &timing) {
-                self.forget_locations(host);
-            }
-        }
-        // Then the living hosts that have been silent a while are asked.
-        self.probe_silent(now, lease);
-        let silence = self.membership.longest_silence(now).as_millis();
-        self.shared.counters.longest_silence_ms.store(
-            u64::try_from(silence).unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    /// This host's current record: the last one announced, or a new one.
-    pub(super) fn own_signed(&mut self) -> Option<SignedRecord> {
-        if self.own_signed.is_none() {
-            self.own_signed = self.own_record(false);
-        }
-        self.own_signed.clone()
-    }
-
-    /// This host's record, signed, with a fresh sequence number.
-    pub(super) fn own_record(&mut self, leaving: bool) -> Option<SignedRecord> {
-        self.seq += 1;
+    /// What this host's record says of it now.
+    pub(super) fn record_content(&self) -> Content {
         let mut channels: Vec<String> = self.subs.keys().cloned().collect();
         channels.sort();
-        let record = HostRecord {
-            public_key: self.key.public().encode_protobuf(),
-            epoch: self.epoch,
-            seq: self.seq,
+        Content {
             addrs: if self.advertise.is_empty() {
                 self.swarm
                     .listeners()
                     .chain(self.swarm.external_addresses())
-                    .map(|a| a.to_vec())
+                    .cloned()
                     .collect()
             } else {
                 // Listen addresses may be unreachable from other hosts
                 // (0.0.0.0, a namespace behind a forwarded port).
-                self.advertise.iter().map(|a| a.to_vec()).collect()
+                self.advertise.clone()
             },
             channels,
             queues: self.queues.interests(),
-            leaving,
-            anchor: self.chain.anchor(),
-        };
-        record.sign(&self.key)
+        }
     }
 
     /// Publishes this host's record after a change (addresses, channels,
-    /// joined), and keeps it as the current one.
+    /// queue groups), and keeps it as the current one.
     pub(super) fn announce(&mut self) {
-        self.own_signed = self.own_record(false);
-        if let Some(r) = self.own_signed.clone() {
-            self.gossip_record(r);
-        }
+        let mut out = Vec::new();
+        let content = self.record_content();
+        self.members.announce(content, &mut out);
+        self.carry_out_members(out);
     }
 
     fn gossip_record(&mut self, r: SignedRecord) {
@@ -699,12 +610,6 @@ impl EventLoop {
             | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => tracing::debug!(error = %e, "membership gossip not sent"),
         }
-    }
-
-    /// A redialled host is a member again: a joined one waits for its next
-    /// drop, a lapsed one is no longer redialled.
-    fn back(&mut self, host: PeerId) {
-        self.redials.back(&host);
     }
 
     /// The redial timing from the configuration.
@@ -769,7 +674,8 @@ impl EventLoop {
     pub(super) fn members_info(&self) -> Vec<HostInfo> {
         let overlay = self.overlay();
         let mut out: Vec<HostInfo> = self
-            .membership
+            .members
+            .membership()
             .iter()
             .map(|(h, m)| HostInfo {
                 host: *h,
@@ -787,17 +693,16 @@ impl EventLoop {
     /// Whether this host has joined others and agrees with them on the
     /// membership ([`crate::Host::readiness`]).
     pub(super) fn readiness(&self) -> Readiness {
-        let interval = self.shared.with_config(|c| c.heartbeat_interval);
         Readiness {
-            members: self.membership.len().saturating_sub(1),
-            converged: self.liveness.converged(Instant::now(), interval),
+            members: self.members.membership().len().saturating_sub(1),
+            converged: self.members.converged(Instant::now()),
         }
     }
 
     /// Leaves gracefully: tells every connected host, then stops.
     pub(super) fn start_close(&mut self, reply: oneshot::Sender<()>) {
         let mut outstanding = 0;
-        if let Some(record) = self.own_record(true) {
+        if let Some(record) = self.members.leaving_record() {
             self.gossip_record(record.clone());
             let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
             for p in peers {

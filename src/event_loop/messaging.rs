@@ -270,7 +270,7 @@ impl EventLoop {
 
     fn send_batch(&mut self, host: PeerId, batch: u64, attempt: u8, sends: Vec<PendingSend>) {
         let envs = sends.iter().map(|p| p.env.clone()).collect();
-        let epoch = self.epoch;
+        let epoch = self.members.epoch();
         let id = self.request(host, Request::Deliver { epoch, batch, envs });
         self.requests.insert(
             id,

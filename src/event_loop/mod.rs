@@ -9,13 +9,13 @@
 //!   [`crate::core::registration`]);
 //! - `lookup`: one-hop lookups and the Kademlia fallback (see
 //!   [`crate::core::lookup`]);
-//! - `members`: join, leave, record announcements, leases and reconnects;
-//! - `beats`: heartbeat digests (liveness and membership anti-entropy);
+//! - `members`: joins, leave and reconnects, and what the membership
+//!   protocol decides (see [`crate::core::members`]: records, leases,
+//!   heartbeat digests);
 //! - `budget`: the link budget (idle links closed, least recently used first);
 //! - `relay`: requests through the relay overlay of big networks;
 //! - `channels`: subscriptions and publishes over gossipsub.
 
-mod beats;
 mod broadcast;
 mod budget;
 mod channels;
@@ -49,8 +49,8 @@ use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, SubSink},
     core::{
-        batch_memory::BatchMemory, liveness::Liveness, membership::Membership, redial::Redials,
-        registration::Registration, send::PendingSend,
+        batch_memory::BatchMemory, members::Members, redial::Redials, registration::Registration,
+        send::PendingSend,
     },
     directory::{DirOp, DirectoryStore},
     error::{Error, Result},
@@ -165,8 +165,6 @@ pub(crate) struct EventLoop {
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     key: Keypair,
-    epoch: u64,
-    seq: u64,
     replication: usize,
     requests: HashMap<ReqKey, Pending>,
     listens: HashMap<libp2p::core::transport::ListenerId, oneshot::Sender<Result<Vec<Multiaddr>>>>,
@@ -221,22 +219,11 @@ pub(crate) struct EventLoop {
     wake_soon: bool,
 
     // members
-    membership: Membership,
+    /// Membership and liveness: the records, leases and heartbeat digests.
+    members: Members,
     joins: HashMap<ConnectionId, members::JoinState>,
     /// Joined hosts and lapsed members to dial again.
     redials: Redials,
-    /// Hosts whose lease lapsed here (their entries were dropped); if one
-    /// turns out alive, it is asked to register its entries again.
-    /// The incarnation and last proved counter each was dropped with.
-    lapsed: HashMap<PeerId, (u64, crate::beat_chain::Proved)>,
-    /// Heartbeats, digest targets and forms, probes, convergence.
-    liveness: Liveness,
-    /// The hash chain that proves this host's counter (see
-    /// [`crate::beat_chain`]).
-    chain: crate::beat_chain::Chain,
-    /// This host's key, and its record as last announced.
-    own_key: u64,
-    own_signed: Option<crate::protocol::SignedRecord>,
     closing: Option<members::Closing>,
 
     // channels
@@ -279,8 +266,6 @@ pub(crate) struct EventLoop {
     config_seen: u64,
     /// Big joins whose signatures are being checked off the loop.
     join_checks: members::JoinChecks,
-    /// Hosts that refused us as a non-member and were sent a join, and when.
-    introduced: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -332,13 +317,16 @@ impl EventLoop {
             crate::rpc_stream::server::spawn_acceptor(req_inbound, request_streams.clone()),
             crate::rpc_stream::server::spawn_exchange_acceptor(exchanges, request_streams.clone()),
         ];
-        let membership = Membership::new(local);
         let mut this = EventLoop {
             swarm,
             commands,
+            members: Members::new(
+                key.clone(),
+                epoch,
+                Self::member_settings(&shared),
+                Instant::now(),
+            ),
             key,
-            epoch,
-            seq: 0,
             replication: cfg.replication,
             requests: HashMap::new(),
             listens: HashMap::new(),
@@ -363,17 +351,15 @@ impl EventLoop {
             claims: LruCache::new(cache_cap.min(CLAIMS)),
             lookups: Default::default(),
             kad_lookups: HashMap::new(),
-            registration: Registration::new(local, cfg.replication, membership.keys()),
+            registration: Registration::new(
+                local,
+                cfg.replication,
+                &[(crate::directory::host_key(&local), local)],
+            ),
             wake_soon: false,
             advertise: cfg.advertise.clone(),
-            membership,
             joins: HashMap::new(),
             redials: Redials::default(),
-            lapsed: HashMap::new(),
-            liveness: Liveness::new(Instant::now()),
-            chain: crate::beat_chain::Chain::new(0),
-            own_key: crate::directory::host_key(&local),
-            own_signed: None,
             closing: None,
             subs: HashMap::new(),
             wild: Vec::new(),
@@ -391,7 +377,6 @@ impl EventLoop {
             records_version: u64::MAX,
             config_seen: 0,
             join_checks: Default::default(),
-            introduced: HashMap::new(),
             shared,
         };
         if let Err(e) = this
@@ -446,7 +431,7 @@ impl EventLoop {
                     self.on_tick();
                     let next = if self.wake_soon { FAST_TICK } else { SLOW_TICK };
                     let now = Instant::now();
-                    let beat = self.liveness.next_beat().saturating_duration_since(now);
+                    let beat = self.members.next_beat().saturating_duration_since(now);
                     tick.as_mut().reset(tokio::time::Instant::from_std(now + next.min(beat)));
                 }
             }
@@ -484,7 +469,8 @@ impl EventLoop {
         let c = &self.shared.counters;
         c.directory_entries.store(self.store.len() as u64, Relaxed);
         c.directory_refused.store(self.store.refused(), Relaxed);
-        c.hosts.store(self.membership.len() as u64, Relaxed);
+        c.hosts
+            .store(self.members.membership().len() as u64, Relaxed);
         c.connected
             .store(self.swarm.connected_peers().count() as u64, Relaxed);
     }
@@ -493,13 +479,19 @@ impl EventLoop {
     /// before any answer goes out, so that a host that has just been
     /// answered its join finds its delivery batches taken.
     fn publish_members(&mut self) {
-        if self.records_version != self.membership.records_version() {
-            self.records_version = self.membership.records_version();
+        if self.records_version != self.members.membership().records_version() {
+            self.records_version = self.members.membership().records_version();
             self.publish_queue_patterns();
         }
-        if self.members_version != self.membership.version() {
-            self.members_version = self.membership.version();
-            let set = self.membership.keys().iter().map(|(_, h)| *h).collect();
+        if self.members_version != self.members.membership().version() {
+            self.members_version = self.members.membership().version();
+            let set = self
+                .members
+                .membership()
+                .keys()
+                .iter()
+                .map(|(_, h)| *h)
+                .collect();
             *self
                 .shared
                 .members
@@ -570,6 +562,7 @@ impl EventLoop {
 
     /// An answer or an inbound request from the request streams.
     fn on_rpc_event(&mut self, ev: crate::rpc_stream::RpcEvent) {
+        self.sync_config();
         use crate::rpc_stream::RpcEvent;
         match ev {
             RpcEvent::Answer { id, result } => {
@@ -600,7 +593,7 @@ impl EventLoop {
             return;
         }
         // Only a join is served to a host that is not a member.
-        if !matches!(request, Request::Join(_)) && !self.membership.contains(&peer) {
+        if !matches!(request, Request::Join(_)) && !self.members.membership().contains(&peer) {
             crate::shared::bump(&self.shared.counters.refused_non_members);
             tracing::debug!(%peer, "refused a request of a host that is not a member");
             self.answer(peer, responder, Response::Refused(NOT_MEMBER.into()));
@@ -632,7 +625,8 @@ impl EventLoop {
             return;
         }
         let addrs = self
-            .membership
+            .members
+            .membership()
             .get(&host)
             .map(|m| m.addrs.clone())
             .unwrap_or_default();
@@ -751,6 +745,7 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.sync_config();
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
@@ -922,7 +917,7 @@ impl EventLoop {
             }
             Request::Beats(beats) => self.on_beats(peer, beats),
             Request::Records(records) => {
-                self.take_records(records);
+                self.on_records(records);
                 Response::RecordsOk
             }
             Request::Relay(_) => Response::RelayFailed("relayed twice".into()),
@@ -992,24 +987,23 @@ impl EventLoop {
         }
     }
 
-    fn on_tick(&mut self) {
-        let now = Instant::now();
+    /// Takes a changed configuration (an atomic load when unchanged): the
+    /// membership's settings and allow-list apply from the next event on.
+    fn sync_config(&mut self) {
         let changes = self
             .shared
             .config_changes
             .load(std::sync::atomic::Ordering::Relaxed);
         if changes != self.config_seen {
             self.config_seen = changes;
-            self.enforce_allow_list();
+            self.reconfigure_members();
         }
-        let interval = self.shared.with_config(|c| c.heartbeat_interval);
-        if let Some(late) = self.liveness.due(now, interval, SLOW_TICK) {
-            // Late beyond the tick's own granularity: this loop was held up.
-            if !late.is_zero() {
-                self.membership.excuse(late, now);
-            }
-            self.heartbeat();
-            self.expire_members(now);
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.sync_config();
+        if self.beat(now, SLOW_TICK) {
             self.keep_neighbours(now);
             // Once a beat, not every tick: an ended client is replaced when
             // next used anyway, and this only bounds the map.

@@ -181,7 +181,7 @@ impl EventLoop {
     /// Sends `op` about `id` to each of its holders.
     fn tell_holders(&mut self, id: &str, op: DirOp) {
         let holders = closest(
-            self.membership.keys(),
+            self.members.membership().keys(),
             key_of(id.as_bytes()),
             self.replication,
         );
@@ -205,7 +205,7 @@ impl EventLoop {
             return;
         }
         let holders = closest(
-            self.membership.keys(),
+            self.members.membership().keys(),
             key_of(id.as_bytes()),
             self.replication,
         );

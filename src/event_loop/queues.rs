@@ -146,7 +146,7 @@ impl EventLoop {
     /// knows of: publishes on channels they match come as commands.
     pub(super) fn publish_queue_patterns(&mut self) {
         let mut v: Vec<String> = self.queues.local.keys().map(|(p, _)| p.clone()).collect();
-        for (_, m) in self.membership.iter() {
+        for (_, m) in self.members.membership().iter() {
             v.extend(m.queues.iter().map(|q| q.pattern.clone()));
         }
         v.sort_unstable();
@@ -216,7 +216,7 @@ impl EventLoop {
                     .push((local, members));
             }
         }
-        for (host, m) in self.membership.iter() {
+        for (host, m) in self.members.membership().iter() {
             if *host == local {
                 continue;
             }

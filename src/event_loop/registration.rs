@@ -26,7 +26,7 @@ impl EventLoop {
         let changes = self.shared.take_changes();
         let mut out = Vec::new();
         self.registration
-            .publish(now, changes, self.membership.sorted_keys(), &mut out);
+            .publish(now, changes, self.members.sorted_keys(), &mut out);
         self.carry_out(out);
     }
 
@@ -46,7 +46,7 @@ impl EventLoop {
                 DirSend::Here(ops) => {
                     let local = self.local();
                     let news = self.registration_news(&ops);
-                    let applied = self.store.apply(local, self.epoch, ops);
+                    let applied = self.store.apply(local, self.members.epoch(), ops);
                     if !applied.conflicts.is_empty() {
                         self.on_conflicts(applied.conflicts);
                     }
@@ -55,7 +55,7 @@ impl EventLoop {
                 DirSend::To { holder, ops } => {
                     bump(&self.shared.counters.directory_batches);
                     let req = Request::Directory {
-                        epoch: self.epoch,
+                        epoch: self.members.epoch(),
                         ops: ops.clone(),
                     };
                     let id = self.request(holder, req);
@@ -103,7 +103,7 @@ impl EventLoop {
         } else {
             tracing::debug!(%holder, result = ?result.err(), "directory batch failed");
         }
-        let still_member = self.membership.contains(&holder);
+        let still_member = self.members.membership().contains(&holder);
         let mut out = Vec::new();
         self.registration
             .on_result(Instant::now(), holder, ops, ok, still_member, &mut out);
@@ -113,7 +113,7 @@ impl EventLoop {
     /// Resends directory batches whose rest is over.
     pub(super) fn retry_directory(&mut self, now: Instant) {
         let mut out = Vec::new();
-        let membership = &self.membership;
+        let membership = &self.members.membership();
         self.registration
             .retry(now, |h| membership.contains(h), &mut out);
         self.carry_out(out);
@@ -127,8 +127,8 @@ impl EventLoop {
         let registry = &self.shared.registry;
         self.registration.rebalance(
             now,
-            self.membership.version(),
-            self.membership.sorted_keys(),
+            self.members.membership().version(),
+            self.members.sorted_keys(),
             settle,
             |f| registry.for_each(|id, key| f(id, key)),
             &mut out,
@@ -136,7 +136,7 @@ impl EventLoop {
         self.carry_out(out);
         let dropped = self
             .registration
-            .trim(now, self.membership.sorted_keys(), &mut self.store);
+            .trim(now, self.members.sorted_keys(), &mut self.store);
         if dropped > 0 {
             tracing::debug!(dropped, "trimmed directory after a membership change");
         }
@@ -145,7 +145,7 @@ impl EventLoop {
     /// A holder dropped this host's entries at a false lapse: register with
     /// it again every local peer it is among the closest hosts for.
     pub(super) fn resync_holder(&mut self, holder: PeerId) {
-        if !self.membership.contains(&holder) {
+        if !self.members.membership().contains(&holder) {
             return;
         }
         let mut out = Vec::new();
@@ -153,7 +153,7 @@ impl EventLoop {
         let entries = self.registration.resync(
             Instant::now(),
             holder,
-            self.membership.sorted_keys(),
+            self.members.sorted_keys(),
             |f| registry.for_each(|id, key| f(id, key)),
             &mut out,
         );

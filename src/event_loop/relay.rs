@@ -227,7 +227,7 @@ impl EventLoop {
     /// The overlay, if the network is large enough to relay.
     pub(super) fn overlay(&self) -> Option<&Overlay> {
         let above = self.shared.with_config(|c| c.relay_above);
-        if self.membership.len() <= above {
+        if self.members.membership().len() <= above {
             return None;
         }
         self.overlay.current.as_ref()
@@ -240,19 +240,20 @@ impl EventLoop {
     /// taken at once: until then every request goes direct and links the
     /// hosts the overlay would keep apart.
     pub(super) fn refresh_overlay(&mut self, now: Instant) {
-        let version = self.membership.version();
+        let version = self.members.membership().version();
         let above = self.shared.with_config(|c| c.relay_above);
         let was_relaying = self.overlay.current.is_some();
-        let crossing = (self.membership.len() > above) != was_relaying;
+        let crossing = (self.members.membership().len() > above) != was_relaying;
         if self.overlay.version == Some(version)
             || (!crossing && self.overlay.next_compute.is_some_and(|t| now < t))
         {
             return;
         }
-        if self.membership.len() <= above {
+        if self.members.membership().len() <= above {
             self.overlay.current = None;
         } else {
-            self.overlay.current = Some(Overlay::new(self.membership.keys(), self.local()));
+            self.overlay.current =
+                Some(Overlay::new(self.members.membership().keys(), self.local()));
         }
         // Membership records travel on a gossipsub topic of every host in a
         // small network; a relaying one leaves it (each host in one mesh
@@ -414,7 +415,7 @@ impl EventLoop {
         for (index, r) in items.into_iter().enumerate() {
             let to = PeerId::from_bytes(&r.to).ok();
             if to == Some(local) {
-                let response = match open(&self.membership, peer, &r) {
+                let response = match open(self.members.membership(), peer, &r) {
                     Ok((origin, req)) => self.on_request(origin, req),
                     Err(why) => {
                         tracing::debug!(%peer, %why, "relayed request refused");
@@ -428,8 +429,12 @@ impl EventLoop {
                 None => Some("bad destination id"),
                 Some(_) if r.origin != peer.to_bytes() => Some("relayed requests are relayed once"),
                 Some(_) if r.proof.is_none() => Some("unsigned"),
-                Some(to) if !self.membership.contains(&to) => Some("destination is not a member"),
-                Some(_) if !self.membership.contains(&peer) => Some("origin is not a member"),
+                Some(to) if !self.members.membership().contains(&to) => {
+                    Some("destination is not a member")
+                }
+                Some(_) if !self.members.membership().contains(&peer) => {
+                    Some("origin is not a member")
+                }
                 Some(_) => None,
             };
             match (refused, to) {
