@@ -19,7 +19,9 @@
 //!
 //! The protocol's decisions, without I/O (`core/`, tested with a fake
 //! clock): `outbox` (a queue per destination), `registration`, `lookup`,
-//! `membership` (signed records, counters, leases), `liveness` (heartbeats,
+//! `members` (one host's membership protocol: its record, heartbeat
+//! digests, leases, joins), `membership` (signed records, counters,
+//! leases), `liveness` (heartbeats,
 //! digest targets, probes), `budget` (the link budget), `batch_memory`,
 //! `send`, `publish` (channel publishes waiting for the mesh, batched); and beside it, as pure: `directory.rs` (placement by XOR distance and
 //! the holder's store), `overlay.rs` (the relay overlay), `beat_chain.rs`
@@ -39,8 +41,11 @@
 //! - `protocol.rs`: the wire types and the size-limited codec.
 //! - `broadcast.rs`: broadcast and group sends.
 //! - `gateway/` (feature `gateway`): WebSocket clients in any language.
-//! - `testing.rs` (feature `testing`), `fuzzing.rs` (feature `fuzzing`):
-//!   helpers for tests, benchmarks, the simulator and the fuzz targets.
+//! - `testing/` (feature `testing`), `fuzzing.rs` (feature `fuzzing`):
+//!   helpers for tests, benchmarks, the simulator and the fuzz targets;
+//!   `testing/model.rs` is a discrete-event model that runs the core's
+//!   membership, registration and lookup for thousands of hosts in
+//!   simulated time.
 
 mod beat_chain;
 mod behaviour;

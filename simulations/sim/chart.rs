@@ -7,12 +7,12 @@ use plotters::prelude::*;
 use crate::report::Report;
 
 /// One chart: x and y of each series, log-scaled x.
-struct Chart<'a> {
-    file: &'a str,
-    title: &'a str,
-    x_label: &'a str,
-    y_label: &'a str,
-    series: Vec<(String, Vec<(f64, f64)>)>,
+pub(crate) struct Chart<'a> {
+    pub file: &'a str,
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 const COLORS: [RGBColor; 6] = [
@@ -24,7 +24,7 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-fn draw(dir: &Path, c: &Chart) -> Result<(), String> {
+pub(crate) fn draw(dir: &Path, c: &Chart) -> Result<(), String> {
     let path = dir.join(c.file);
     let points = c.series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);

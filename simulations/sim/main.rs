@@ -4,10 +4,12 @@
 //! cargo run --release --bin distribus-sim -- --hosts 64 --peers 100000 --json out.json
 //! cargo run --release --bin distribus-sim -- --sweep
 //! cargo run --release --bin distribus-sim -- --charts-from simulations/results/sweep.json
+//! cargo run --release --bin distribus-sim -- --model --model-hosts 64,1024 --seed 1
 //! ```
 
 mod chart;
 mod measure;
+mod model;
 mod report;
 mod run;
 mod scenario;
@@ -30,6 +32,8 @@ fn main() -> ExitCode {
         .try_init();
     let result = if let Some(from) = &cli.charts_from {
         charts_from(from, &cli.out)
+    } else if cli.model {
+        model::run_all(&cli)
     } else if cli.sweep {
         sweep(&cli)
     } else {
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

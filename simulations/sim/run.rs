@@ -24,7 +24,7 @@ fn peer_id(n: usize) -> String {
 }
 
 /// Host settings for simulated networks.
-fn host_config(s: &Scenario) -> HostConfig {
+pub(crate) fn host_config(s: &Scenario) -> HostConfig {
     let mut c = HostConfig::for_tests();
     c.link_budget = (s.link_budget > 0).then_some(s.link_budget);
     c.relay_above = s.relay_above;
@@ -74,7 +74,7 @@ fn error_name(e: &Error) -> String {
 }
 
 /// Starts a host on the memory transport and returns it with its address.
-async fn start_host(cfg: &HostConfig) -> Result<(Host, String), String> {
+pub(crate) async fn start_host(cfg: &HostConfig) -> Result<(Host, String), String> {
     let h = Host::new(cfg.clone()).await.map_err(|e| e.report())?;
     let addr = h
         .listen("/memory/0")

@@ -43,6 +43,21 @@ pub(crate) struct Cli {
     /// --out, without running anything.
     #[arg(long)]
     pub charts_from: Option<PathBuf>,
+    /// Run the discrete-event model of the protocol core instead of real
+    /// hosts (`distribus::testing::model`): one run per --model-hosts,
+    /// `model.json` and its charts into --out.
+    #[arg(long)]
+    pub model: bool,
+    /// Host counts of the model.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,512,1024,2048")]
+    pub model_hosts: Vec<usize>,
+    /// Cores the model's hosts share (0: a core per host, as in a fleet;
+    /// 2: as the simulator's hosts in one process on this machine).
+    #[arg(long, default_value_t = 0)]
+    pub model_cores: usize,
+    /// Hosts that start and join at once in the model (1: one by one).
+    #[arg(long, default_value_t = 1)]
+    pub model_wave: usize,
     /// The scenario.
     #[command(flatten)]
     pub flags: ScenarioFlags,

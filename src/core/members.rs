@@ -197,6 +197,8 @@ pub(crate) struct Members {
     /// Hosts that refused us as a non-member and were sent a join, and when.
     introduced: HashMap<PeerId, Instant>,
     settings: Settings,
+    /// Record signatures checked (the costly part of membership).
+    checks: u64,
 }
 
 /// Whether a record of `host`'s incarnation `epoch` from `source` would
@@ -240,12 +242,23 @@ impl Members {
             lapsed: HashMap::new(),
             introduced: HashMap::new(),
             settings,
+            checks: 0,
         }
     }
 
     /// Takes changed settings.
     pub(crate) fn configure(&mut self, settings: Settings) {
         self.settings = settings;
+    }
+
+    /// This host.
+    pub(crate) fn local(&self) -> PeerId {
+        self.local
+    }
+
+    /// How many record signatures this host has checked.
+    pub(crate) fn checks(&self) -> u64 {
+        self.checks
     }
 
     /// The membership table.
@@ -302,6 +315,11 @@ impl Members {
             anchor: self.chain.anchor(),
         };
         record.sign(&self.key)
+    }
+
+    /// What our first record will say, before anything is announced.
+    pub(crate) fn describe(&mut self, content: Content) {
+        self.content = content;
     }
 
     /// What we say of ourselves changed: a new record, kept as the current
@@ -652,7 +670,11 @@ impl Members {
             known
         };
         let held = |h: &PeerId| membership.get(h).map(|m| m.key.clone());
-        match verify_unless(r, known_or_revived, held) {
+        let verified = verify_unless(r, known_or_revived, held);
+        if !known {
+            self.checks += 1;
+        }
+        match verified {
             Some(v) => {
                 let (host, epoch) = (v.host, v.record.epoch);
                 self.apply_verified(v, source, now, out);
@@ -849,6 +871,7 @@ impl Members {
         now: Instant,
         out: &mut Vec<Effect>,
     ) -> Response {
+        self.checks += 1;
         match verify(record) {
             Some(v) if v.host == from && v.record.leaving => {
                 self.apply_verified(v, Source::Direct(from), now, out);

@@ -379,6 +379,9 @@ impl EventLoop {
             join_checks: Default::default(),
             shared,
         };
+        // The advertised addresses, if configured, from the first record on.
+        let content = this.record_content();
+        this.members.describe(content);
         if let Err(e) = this
             .swarm
             .behaviour_mut()

@@ -1,7 +1,10 @@
 //! Helpers for tests, benchmarks and the simulator (feature `testing`):
 //! waiting for a condition, wire frames written by hand for the
-//! malformed-input and attack tests, and the process's memory and CPU time.
-//! Not covered by semver.
+//! malformed-input and attack tests, the process's memory and CPU time,
+//! and a discrete-event model of thousands of hosts running the protocol
+//! core ([`model`]). Not covered by semver.
+
+pub mod model;
 
 use std::{
     future::Future,
