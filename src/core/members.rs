@@ -164,13 +164,11 @@ pub(crate) enum Effect {
 
 /// This host's links, as the digest targets need them.
 pub(crate) struct Links<'a> {
-    /// The connected hosts.
+    /// The connected hosts (a few dozen: a scan is cheap).
     pub connected: &'a [PeerId],
     /// Whether the network relays (its links are the overlay's, which
     /// cross the whole network: no random member is mixed in).
     pub relaying: bool,
-    /// Whether this host is connected to a host.
-    pub is_connected: &'a dyn Fn(&PeerId) -> bool,
 }
 
 /// One host's membership and liveness (see the module docs).
@@ -409,7 +407,7 @@ impl Members {
             self.membership.keys(),
             self.liveness.fanout(now, self.settings.heartbeat),
             !links.relaying,
-            links.is_connected,
+            |h| links.connected.contains(h),
             rng,
         )
     }
@@ -1033,11 +1031,9 @@ mod tests {
                         .filter(|j| *j != i && !self.down[*j])
                         .map(|j| self.id(j))
                         .collect();
-                    let is_connected = |h: &PeerId| connected.contains(h);
                     let links = Links {
                         connected: &connected,
                         relaying: false,
-                        is_connected: &is_connected,
                     };
                     let mut out = Vec::new();
                     let now = self.now;

@@ -435,13 +435,9 @@ impl EventLoop {
             return false;
         }
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        let relaying = self.overlay().is_some();
-        let swarm = &self.swarm;
-        let is_connected = |h: &PeerId| swarm.is_connected(h);
         let links = Links {
             connected: &connected,
-            relaying,
-            is_connected: &is_connected,
+            relaying: self.overlay().is_some(),
         };
         let mut out = Vec::new();
         let due = self

@@ -29,7 +29,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeSet, BinaryHeap, HashMap, HashSet},
+    collections::{BTreeSet, BinaryHeap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -288,6 +288,7 @@ struct Model<'a> {
     rng: StdRng,
     hosts: Vec<Host>,
     keys: Vec<Keypair>,
+    ids: Vec<PeerId>,
     index: HashMap<PeerId, usize>,
     queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
     events: HashMap<usize, Ev>,
@@ -324,17 +325,15 @@ impl<'a> Model<'a> {
                 Keypair::ed25519_from_bytes(secret).expect("32 bytes make an ed25519 key")
             })
             .collect();
-        let index = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.public().to_peer_id(), i))
-            .collect();
+        let ids: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+        let index = ids.iter().enumerate().map(|(i, p)| (*p, i)).collect();
         Model {
             cfg,
             base: Instant::now(),
             rng,
             hosts: Vec::with_capacity(cfg.hosts),
             keys,
+            ids,
             index,
             queue: BinaryHeap::new(),
             events: HashMap::new(),
@@ -573,17 +572,10 @@ impl<'a> Model<'a> {
         let start = t.max(self.hosts[i].busy_until);
         self.refresh_links(i);
         let relaying = self.relaying(i);
-        let connected: Vec<PeerId> = self.hosts[i]
-            .links
-            .iter()
-            .map(|j| self.keys[*j].public().to_peer_id())
-            .collect();
-        let linked: HashSet<PeerId> = connected.iter().copied().collect();
-        let is_connected = |p: &PeerId| linked.contains(p);
+        let connected: Vec<PeerId> = self.hosts[i].links.iter().map(|j| self.ids[*j]).collect();
         let links = Links {
             connected: &connected,
             relaying,
-            is_connected: &is_connected,
         };
         let mut out = Vec::new();
         let before = self.hosts[i].members.checks();
