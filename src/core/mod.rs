@@ -16,6 +16,8 @@
 //!   record, heartbeat digests, leases, joins and leaves (on `membership`
 //!   and `liveness`);
 //! - `membership`: signed host records, heartbeat counters and leases;
+//! - `neighbours`: the relay overlay this host is in, when it is
+//!   recomputed, and which of its neighbours it dials when;
 //! - `liveness`: when to beat, whom to swap digests with and in what form,
 //!   which silent hosts to probe, and when the membership has converged;
 //! - `publish`: channel publishes waiting for the mesh, batched into
@@ -29,6 +31,7 @@ pub(crate) mod liveness;
 pub(crate) mod lookup;
 pub(crate) mod members;
 pub(crate) mod membership;
+pub(crate) mod neighbours;
 pub(crate) mod outbox;
 pub(crate) mod publish;
 pub(crate) mod redial;

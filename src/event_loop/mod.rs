@@ -247,7 +247,7 @@ pub(crate) struct EventLoop {
     joiners: std::collections::HashSet<PeerId>,
 
     // relay
-    overlay: relay::OverlayState,
+    overlay: crate::core::neighbours::Neighbours,
     relays: relay::RelayQueues,
 
     // ownership

@@ -33,10 +33,7 @@
 //! withdrawn id could come back until the origin answers "unknown peer"
 //! to a send for it, which drops the stale location).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Instant};
 
 use libp2p::{request_response::OutboundFailure, PeerId};
 
@@ -44,15 +41,11 @@ use super::{EventLoop, Pending, ReqKey};
 use crate::{
     core::membership::Membership,
     core::outbox::{Outbox, Pick, Weigh},
-    overlay::{Overlay, Settling},
+    overlay::Overlay,
     protocol::{Relayed, Request, Response},
     rpc_stream::Reply,
 };
 
-/// The overlay is recomputed at most this often while the membership changes.
-const RECOMPUTE_EVERY: Duration = Duration::from_millis(500);
-/// Most neighbours dialled per heartbeat.
-const DIALS_PER_ROUND: usize = 32;
 /// Most relays remembered as unreachable.
 const MAX_AVOIDED: usize = 1024;
 /// Most requests in one bundle.
@@ -209,100 +202,51 @@ impl RelayQueues {
     }
 }
 
-/// The overlay as last computed, and for which membership.
-#[derive(Debug, Default)]
-pub(crate) struct OverlayState {
-    current: Option<Overlay>,
-    version: Option<u64>,
-    next_compute: Option<Instant>,
-    /// Which missing links to neighbours are due.
-    settling: Settling,
-}
-
-/// Neighbours outside this host's group are dialled once the neighbours
-/// have not changed for this many heartbeats (see [`Settling`]).
-const STABLE_BEATS: u32 = 2;
-
 impl EventLoop {
     /// The overlay, if the network is large enough to relay.
     pub(super) fn overlay(&self) -> Option<&Overlay> {
         let above = self.shared.with_config(|c| c.relay_above);
-        if self.members.membership().len() <= above {
-            return None;
-        }
-        self.overlay.current.as_ref()
+        self.overlay.overlay(self.members.membership().len(), above)
     }
 
-    /// Recomputes the overlay after a membership change (at most every
-    /// [`RECOMPUTE_EVERY`]: during a join wave the membership changes many
-    /// times a second, and a slightly stale overlay only costs a direct
-    /// request or an extra dial). Crossing `relay_above` either way is
-    /// taken at once: until then every request goes direct and links the
-    /// hosts the overlay would keep apart.
+    /// Recomputes the overlay after a membership change (see
+    /// [`crate::core::neighbours`]), and follows a change of mode.
     pub(super) fn refresh_overlay(&mut self, now: Instant) {
-        let version = self.members.membership().version();
         let above = self.shared.with_config(|c| c.relay_above);
-        let was_relaying = self.overlay.current.is_some();
-        let crossing = (self.members.membership().len() > above) != was_relaying;
-        if self.overlay.version == Some(version)
-            || (!crossing && self.overlay.next_compute.is_some_and(|t| now < t))
-        {
+        let local = self.local();
+        let Some(r) = self
+            .overlay
+            .refresh(now, self.members.membership(), local, above)
+        else {
             return;
-        }
-        if self.members.membership().len() <= above {
-            self.overlay.current = None;
-        } else {
-            self.overlay.current =
-                Some(Overlay::new(self.members.membership().keys(), self.local()));
-        }
+        };
         // Membership records travel on a gossipsub topic of every host in a
         // small network; a relaying one leaves it (each host in one mesh
         // of all costs heartbeats and IHAVE gossip on every link) and
         // spreads records by digest anti-entropy alone.
-        let relaying = self.overlay.current.is_some();
-        if relaying != was_relaying {
+        if r.relaying != r.was_relaying {
             let gs = &mut self.swarm.behaviour_mut().gossipsub;
             let topic = super::members::topic();
-            if relaying {
+            if r.relaying {
                 gs.unsubscribe(&topic);
             } else if let Err(e) = gs.subscribe(&topic) {
                 tracing::warn!(error = %e, "cannot subscribe to the membership topic");
             }
         }
-        let neighbours: foldhash::HashSet<PeerId> = self
-            .overlay
-            .current
-            .as_ref()
-            .map(|o| o.neighbours().copied().collect())
-            .unwrap_or_default();
-        self.overlay.settling.update(&neighbours, now);
-        self.swarm.behaviour_mut().gate.set_neighbours(neighbours);
-        self.overlay.version = Some(version);
-        self.overlay.next_compute = Some(now + RECOMPUTE_EVERY);
+        self.swarm.behaviour_mut().gate.set_neighbours(r.neighbours);
     }
 
-    /// Dials neighbours that are not linked (a few per heartbeat), so the
-    /// overlay's links exist before requests need them.
-    ///
-    /// Of two neighbours only the one with the lower id dials: when both
-    /// did, they often dialled each other at once and kept two connections
-    /// (a 512-host join opened about 23,500 connections instead of 20,500).
-    /// A request still dials whichever way it goes.
+    /// Dials the neighbours that are due (see [`crate::core::neighbours`]),
+    /// so the overlay's links exist before requests need them.
     pub(super) fn keep_neighbours(&mut self, now: Instant) {
-        let Some(o) = self.overlay() else {
+        if self.overlay().is_none() {
             return;
-        };
-        let local = self.local();
-        let stable = self.shared.with_config(|c| c.heartbeat_interval) * STABLE_BEATS;
-        let settling = &self.overlay.settling;
-        let missing: Vec<PeerId> = o
-            .neighbours()
-            .filter(|h| local < **h)
-            .filter(|h| !self.swarm.is_connected(h))
-            .filter(|h| settling.due(h, o.in_own_group(h), now, stable))
-            .take(DIALS_PER_ROUND)
-            .copied()
-            .collect();
+        }
+        let heartbeat = self.shared.with_config(|c| c.heartbeat_interval);
+        let swarm = &self.swarm;
+        let missing = self
+            .overlay
+            .to_dial(now, self.local(), heartbeat, |h| swarm.is_connected(h));
         for h in missing {
             self.dial_member(h);
         }

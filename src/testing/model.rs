@@ -9,9 +9,12 @@
 //! random earlier host, as `distribus-sim` does, or in waves), their
 //! records spread (by gossip below [`ModelConfig::relay_above`] hosts, by
 //! the digests' anti-entropy above, as in a real host), and heartbeat
-//! digests keep the leases. Links are those a real host keeps: the hosts it
-//! has talked to below `relay_above`, the relay overlay's neighbours above
-//! (a request to another host goes through a relay, one more hop). Once the
+//! digests keep the leases. Links are opened as a real host opens them: by
+//! any request below `relay_above`; above, by the core's choice of overlay
+//! neighbours to dial ([`crate::core::neighbours`]) and by requests to
+//! neighbours, while a request to any other host goes through the
+//! overlay's next hop (one more hop). Links are not closed (a real host's
+//! link budget of 256 rarely binds below 1,024 hosts). Once the
 //! network has idled, every host creates its share of the peers and the
 //! core's registration sends them to their holders, whose stores apply
 //! them; then finds run the core's lookup against those stores.
@@ -40,10 +43,10 @@ use crate::{
     core::{
         lookup::{LookupStep, LookupView, Lookups},
         members::{Asked, Effect, Links, Members, Settings},
+        neighbours::Neighbours,
         registration::{Change, DirSend, Registration},
     },
     directory::{closest, key_of, DirOp, DirectoryStore},
-    overlay::Overlay,
     protocol::{DigestBody, Request, Response},
 };
 
@@ -271,7 +274,8 @@ struct Host {
     store: DirectoryStore,
     /// Ordered, so that runs of one seed are the same.
     links: BTreeSet<usize>,
-    overlay: Option<(u64, Overlay)>,
+    /// The relay overlay and which neighbours to dial (the core's).
+    neighbours: Neighbours,
     busy_until: Duration,
     busy: Duration,
     sent_bytes: u64,
@@ -484,7 +488,7 @@ impl<'a> Model<'a> {
                         store: DirectoryStore::new(usize::MAX, usize::MAX),
                         members,
                         links: BTreeSet::new(),
-                        overlay: None,
+                        neighbours: Neighbours::default(),
                         busy_until: t,
                         busy: Duration::ZERO,
                         sent_bytes: 0,
@@ -537,40 +541,53 @@ impl<'a> Model<'a> {
         self.hosts[i].members.membership().len() > self.cfg.relay_above
     }
 
-    /// Host `i`'s links now: in a relaying network the overlay's
-    /// neighbours (recomputed when the membership changed).
-    fn refresh_links(&mut self, i: usize) {
+    /// Host `i`'s overlay at `t`, recomputed by the core when the
+    /// membership changed, and the neighbours it dials now (as a real
+    /// host does once a beat): each a link at both ends.
+    fn keep_neighbours(&mut self, i: usize, t: Duration) {
+        let now = self.base + t;
+        let h = &mut self.hosts[i];
+        let local = h.members.local();
+        h.neighbours
+            .refresh(now, h.members.membership(), local, self.cfg.relay_above);
         if !self.relaying(i) {
             return;
         }
-        let version = self.hosts[i].members.membership().version();
-        if self.hosts[i]
-            .overlay
-            .as_ref()
-            .is_some_and(|(v, _)| *v == version)
-        {
-            return;
+        let h = &self.hosts[i];
+        let index = &self.index;
+        let dial = h.neighbours.to_dial(now, local, self.cfg.heartbeat, |p| {
+            index.get(p).is_some_and(|j| h.links.contains(j))
+        });
+        for p in dial {
+            if let Some(j) = self.index.get(&p).copied() {
+                self.link(i, j, t);
+            }
         }
-        let h = &mut self.hosts[i];
-        let o = Overlay::new(h.members.membership().keys(), h.members.local());
-        let links: BTreeSet<usize> = o
-            .neighbours()
-            .filter_map(|p| self.index.get(p).copied())
-            .collect();
-        let new = links.difference(&h.links).count();
-        h.links = links;
-        h.overlay = Some((version, o));
-        // Each new neighbour costs a handshake here (and one there, which
-        // its own overlay counts).
-        let t = h.busy_until;
-        for _ in 0..new {
+    }
+
+    /// A link between `i` and `j` from `t`, if there was none.
+    fn link(&mut self, i: usize, j: usize, t: Duration) {
+        if j < self.hosts.len() && self.hosts[i].links.insert(j) {
             self.link_cost(i, t);
+            if self.hosts[j].links.insert(i) {
+                self.link_cost(j, t);
+            }
         }
+    }
+
+    /// Whether a request from `i` to `j` goes in one hop: linked, or the
+    /// overlay (if `i` relays) names `j` itself as the next hop.
+    fn direct(&self, i: usize, j: usize) -> bool {
+        let h = &self.hosts[i];
+        h.links.contains(&j)
+            || h.neighbours
+                .overlay(h.members.membership().len(), self.cfg.relay_above)
+                .is_none_or(|o| o.next_hop(self.ids[j]) == self.ids[j])
     }
 
     fn tick(&mut self, i: usize, t: Duration) {
         let start = t.max(self.hosts[i].busy_until);
-        self.refresh_links(i);
+        self.keep_neighbours(i, start);
         let relaying = self.relaying(i);
         let connected: Vec<PeerId> = self.hosts[i].links.iter().map(|j| self.ids[*j]).collect();
         let links = Links {
@@ -929,12 +946,11 @@ impl<'a> Model<'a> {
             }
             Msg::Gossip(f) => f.len(),
         } as u64;
-        let relayed = self.relaying(i) && !self.hosts[i].links.contains(&j);
-        if !relayed && self.hosts[i].links.insert(j) {
-            self.link_cost(i, t);
-            if j < self.hosts.len() && !self.relaying(j) && self.hosts[j].links.insert(i) {
-                self.link_cost(j, t);
-            }
+        // Through the overlay's next hop if not direct (its own link to
+        // `j` is one of its neighbours, dialled by itself).
+        let relayed = !self.direct(i, j);
+        if !relayed {
+            self.link(i, j, t);
         }
         let h = &mut self.hosts[i];
         h.sent_bytes += if relayed { bytes * 2 } else { bytes };
@@ -1003,12 +1019,10 @@ impl LookupView for FindView<'_, '_> {
     }
 
     fn direct(&self, host: &PeerId) -> bool {
-        !self.model.relaying(self.at)
-            || self
-                .model
-                .index
-                .get(host)
-                .is_some_and(|j| self.model.hosts[self.at].links.contains(j))
+        self.model
+            .index
+            .get(host)
+            .is_none_or(|j| self.model.direct(self.at, *j))
     }
 }
 
