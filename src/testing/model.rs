@@ -1,12 +1,14 @@
 //! A discrete-event model of a network of hosts that runs the protocol
-//! core itself ([`crate::core::members`]), not a second implementation of
-//! it: simulated time, a seeded random generator, a latency and loss model
-//! for every message, and a CPU cost model, so thousands of hosts run in
-//! one process in seconds of wall time.
+//! core itself, not a second implementation of it: each host is the
+//! core's [`crate::core::members`], [`crate::core::neighbours`],
+//! [`crate::core::registration`] and [`crate::core::lookup`], driven by
+//! simulated time, a seeded random generator, a latency and loss model for
+//! every message, and a CPU cost model, so thousands of hosts run in one
+//! process.
 //!
 //! What it models: membership, the directory's registrations and finds.
-//! Hosts join (one at a time, each a
-//! random earlier host, as `distribus-sim` does, or in waves), their
+//! Hosts join (one at a time, each a random earlier host, as
+//! `distribus-sim` does, or in waves), their
 //! records spread (by gossip below [`ModelConfig::relay_above`] hosts, by
 //! the digests' anti-entropy above, as in a real host), and heartbeat
 //! digests keep the leases. Links are opened as a real host opens them: by
@@ -326,7 +328,8 @@ impl<'a> Model<'a> {
             .map(|_| {
                 let mut secret = [0u8; 32];
                 rng.fill(&mut secret);
-                Keypair::ed25519_from_bytes(secret).expect("32 bytes make an ed25519 key")
+                // Any 32 bytes are an ed25519 secret key.
+                Keypair::ed25519_from_bytes(secret).unwrap_or_else(|_| Keypair::generate_ed25519())
             })
             .collect();
         let ids: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
