@@ -530,11 +530,6 @@ impl EventLoop {
         }
     }
 
-    /// Whether the allow-list (if any) admits `host`.
-    pub(super) fn allowed(&self, host: &PeerId) -> bool {
-        self.members.allowed(host)
-    }
-
     /// The membership settings from the configuration.
     pub(super) fn member_settings(shared: &crate::shared::Shared) -> Settings {
         shared.with_config(|c| Settings {

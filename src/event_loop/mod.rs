@@ -589,7 +589,7 @@ impl EventLoop {
         responder: Reply,
     ) {
         use crate::protocol::{Request, Response, NOT_ALLOWED, NOT_MEMBER};
-        if !self.allowed(&peer) {
+        if !self.members.allowed(&peer) {
             crate::shared::bump(&self.shared.counters.refused_non_members);
             tracing::debug!(%peer, "refused a request of a host not on the allow-list");
             self.answer(peer, responder, Response::Refused(NOT_ALLOWED.into()));

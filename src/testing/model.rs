@@ -256,6 +256,33 @@ enum Kind {
     Join,
 }
 
+/// An event due at `t`, ordered by time, then by when it was scheduled.
+struct Scheduled {
+    t: Duration,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.t, self.seq) == (other.t, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(other.t, other.seq))
+    }
+}
+
 enum Ev {
     /// Hosts `from..to` start and join.
     Start {
@@ -296,8 +323,8 @@ struct Model<'a> {
     keys: Vec<Keypair>,
     ids: Vec<PeerId>,
     index: HashMap<PeerId, usize>,
-    queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
-    events: HashMap<usize, Ev>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Order among events of the same time: first scheduled, first run.
     next_event: u64,
     /// Free time of each shared core.
     cores: Vec<Duration>,
@@ -343,7 +370,6 @@ impl<'a> Model<'a> {
             ids,
             index,
             queue: BinaryHeap::new(),
-            events: HashMap::new(),
             next_event: 0,
             cores: vec![Duration::ZERO; cfg.cores.unwrap_or(0)],
             started: 0,
@@ -359,10 +385,12 @@ impl<'a> Model<'a> {
     }
 
     fn at(&mut self, t: Duration, ev: Ev) {
-        let id = self.next_event as usize;
         self.next_event += 1;
-        self.events.insert(id, ev);
-        self.queue.push(Reverse((t, self.next_event, id)));
+        self.queue.push(Reverse(Scheduled {
+            t,
+            seq: self.next_event,
+            ev,
+        }));
     }
 
     fn settings(&self) -> Settings {
@@ -383,16 +411,12 @@ impl<'a> Model<'a> {
                 to: wave.min(self.cfg.hosts),
             },
         );
-        let mut joined_at = None;
         // When the idle window starts, and each host's requests, bytes and
         // CPU then.
         let mut idle: Option<(Duration, Vec<Marks>)> = None;
         let mut last_join = Duration::ZERO;
         let mut registering: Option<(Duration, u64)> = None;
-        while let Some(Reverse((t, _, id))) = self.queue.pop() {
-            let Some(ev) = self.events.remove(&id) else {
-                continue;
-            };
+        while let Some(Reverse(Scheduled { t, ev, .. })) = self.queue.pop() {
             if t > self.cfg.limit {
                 break;
             }
@@ -401,8 +425,8 @@ impl<'a> Model<'a> {
                 last_join = t;
             }
             self.handle(t, ev);
-            if joined_at.is_none() && self.started == self.cfg.hosts && self.full == self.started {
-                joined_at = Some(t);
+            if !self.report.converged && self.started == self.cfg.hosts && self.full == self.started
+            {
                 self.report.converged = true;
                 self.report.join_s = t.as_secs_f64();
                 self.report.join_heartbeats = t.as_secs_f64() / self.cfg.heartbeat.as_secs_f64();
