@@ -22,6 +22,8 @@
 //!   which silent hosts to probe, and when the membership has converged;
 //! - `publish`: channel publishes waiting for the mesh, batched into
 //!   frames, and the callers held by backpressure;
+//! - `relay`: requests through the overlay's contacts: bundles per next
+//!   hop, what a contact forwards or refuses, and relays to go around;
 //! - `redial`: which dropped joined hosts and lapsed members to dial
 //!   again, when, and when to give up.
 
@@ -36,4 +38,5 @@ pub(crate) mod outbox;
 pub(crate) mod publish;
 pub(crate) mod redial;
 pub(crate) mod registration;
+pub(crate) mod relay;
 pub(crate) mod send;

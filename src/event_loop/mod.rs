@@ -130,7 +130,7 @@ enum Pending {
     /// host forwards): one slot per request.
     RelayBundle {
         via: PeerId,
-        slots: Vec<relay::Slot>,
+        slots: Vec<crate::core::relay::Slot>,
     },
     /// One host's part of a broadcast of ours.
     Broadcast {
@@ -164,7 +164,6 @@ pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
-    key: Keypair,
     replication: usize,
     requests: HashMap<ReqKey, Pending>,
     listens: HashMap<libp2p::core::transport::ListenerId, oneshot::Sender<Result<Vec<Multiaddr>>>>,
@@ -248,7 +247,7 @@ pub(crate) struct EventLoop {
 
     // relay
     overlay: crate::core::neighbours::Neighbours,
-    relays: relay::RelayQueues,
+    relays: crate::core::relay::Relays<crate::rpc_stream::Reply>,
 
     // ownership
     ownership: ownership::Ownership,
@@ -326,7 +325,6 @@ impl EventLoop {
                 Self::member_settings(&shared),
                 Instant::now(),
             ),
-            key,
             replication: cfg.replication,
             requests: HashMap::new(),
             listens: HashMap::new(),
@@ -369,7 +367,7 @@ impl EventLoop {
             budget: crate::core::budget::LinkBudget::new(Instant::now()),
             joiners: Default::default(),
             overlay: Default::default(),
-            relays: Default::default(),
+            relays: crate::core::relay::Relays::new(key),
             ownership: Default::default(),
             broadcasts: Default::default(),
             queues: Default::default(),
