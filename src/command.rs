@@ -100,6 +100,12 @@ pub(crate) struct SubSink {
     pub missed: Arc<AtomicU64>,
 }
 
+impl crate::core::subscriptions::Subscriber for SubSink {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Command {
     Listen {

@@ -24,6 +24,8 @@
 //!   frames, and the callers held by backpressure;
 //! - `relay`: requests through the overlay's contacts: bundles per next
 //!   hop, what a contact forwards or refuses, and relays to go around;
+//! - `subscriptions`: which local subscribers a publish reaches, once
+//!   each, and which gossipsub topics the host is in;
 //! - `redial`: which dropped joined hosts and lapsed members to dial
 //!   again, when, and when to give up.
 
@@ -40,3 +42,4 @@ pub(crate) mod redial;
 pub(crate) mod registration;
 pub(crate) mod relay;
 pub(crate) mod send;
+pub(crate) mod subscriptions;

@@ -1,9 +1,9 @@
 //! Channels: local subscriptions and publishes over gossipsub.
 //!
-//! Subscriptions take NATS-style patterns (`sensors.*.temp`, `logs.>`);
-//! publishes travel on the gossipsub topic of their channel's first token
-//! (see [`crate::channel_name`]) and each host delivers a publish to every
-//! local subscription whose pattern matches its channel, once each.
+//! Which subscriptions a publish reaches and which topics this host is in
+//! are decided by [`crate::core::subscriptions`]; each host delivers a
+//! publish to every local subscription whose pattern matches its channel,
+//! once each.
 //!
 //! Every host announces the channels it subscribes to in its membership
 //! record. A publish is delivered to this host's own subscriptions at once;
@@ -29,6 +29,7 @@ use super::EventLoop;
 use crate::{
     channel_name::{self, matches},
     command::SubSink,
+    core::subscriptions::Changed,
     error::{Error, Result},
     message::{ChannelMessage, Payload},
     protocol::ChannelFrame,
@@ -49,90 +50,38 @@ fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
 
 impl EventLoop {
     pub(super) fn subscribe(&mut self, channel: String, sink: SubSink) -> crate::Result<()> {
-        // Every channel is listed in this host's signed record, and other
-        // hosts refuse records listing more than this.
-        if self.subs.len() >= crate::core::membership::MAX_RECORD_CHANNELS
-            && !self.subs.contains_key(&channel)
-        {
-            return Err(crate::Error::InvalidChannel(format!(
-                "{channel:?}: this host subscribes to {} channels already, the most a host record carries",
-                crate::core::membership::MAX_RECORD_CHANNELS
-            )));
-        }
-        let sinks = self.subs.entry(channel.clone()).or_default();
-        sinks.push(sink);
-        if sinks.len() == 1 {
-            if channel_name::is_pattern(&channel) {
-                self.wild.push(channel.clone());
-            }
-            // A topic is joined while any pattern of this host needs it.
-            for t in channel_name::topics_of_pattern(&channel) {
-                let n = self.topic_refs.entry(t.clone()).or_default();
-                *n += 1;
-                if *n == 1 {
-                    let topic = gossipsub::IdentTopic::new(t);
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
-                        tracing::warn!(%channel, error = %e, "gossipsub subscribe failed");
-                    }
-                }
-            }
-            self.announce();
+        if let Some(changed) = self.subs.subscribe(channel, sink, self.queues.len())? {
+            self.follow_topics(changed);
         }
         Ok(())
     }
 
     pub(super) fn unsubscribe(&mut self, channel: &str, id: Option<u64>) {
-        let Some(sinks) = self.subs.get_mut(channel) else {
-            return;
-        };
-        match id {
-            Some(id) => sinks.retain(|s| s.id != id),
-            None => sinks.clear(),
+        if let Some(changed) = self.subs.unsubscribe(channel, id) {
+            self.follow_topics(changed);
         }
-        if sinks.is_empty() {
-            self.subs.remove(channel);
-            self.wild.retain(|p| p != channel);
-            for t in channel_name::topics_of_pattern(channel) {
-                let Some(n) = self.topic_refs.get_mut(&t) else {
-                    continue;
-                };
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.topic_refs.remove(&t);
-                    let topic = gossipsub::IdentTopic::new(t);
-                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                }
+    }
+
+    /// Joins and leaves the gossipsub topics the subscriptions need, and
+    /// announces the new set of channels in this host's record.
+    fn follow_topics(&mut self, changed: Changed) {
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        for t in changed.join {
+            if let Err(e) = gs.subscribe(&gossipsub::IdentTopic::new(&t)) {
+                tracing::warn!(topic = %t, error = %e, "gossipsub subscribe failed");
             }
-            self.announce();
         }
+        for t in changed.leave {
+            gs.unsubscribe(&gossipsub::IdentTopic::new(t));
+        }
+        self.announce();
     }
 
     /// Delivers to every local subscription whose pattern matches
-    /// `channel`, once each.
+    /// `channel`, once each, and drops the ones whose reader is gone.
     fn deliver_local(&mut self, channel: &str, payload: &Payload) {
-        if self.wild.is_empty() {
-            self.deliver_to(channel, channel, payload);
-            return;
-        }
-        let mut patterns: Vec<String> = self
-            .wild
-            .iter()
-            .filter(|p| matches(p, channel))
-            .cloned()
-            .collect();
-        patterns.push(channel.to_string());
-        for p in patterns {
-            self.deliver_to(&p, channel, payload);
-        }
-    }
-
-    /// Delivers to the subscriptions of `pattern`, pruning dropped ones.
-    fn deliver_to(&mut self, pattern: &str, channel: &str, payload: &Payload) {
-        let Some(sinks) = self.subs.get_mut(pattern) else {
-            return;
-        };
         let counters = &self.shared.counters;
-        sinks.retain(|s| {
+        let changed = self.subs.deliver(channel, |s| {
             // Room is reserved, and the delivery counted, before the
             // message is handed over: a reader that got it sees it counted.
             match s.tx.try_reserve() {
@@ -152,8 +101,8 @@ impl EventLoop {
                 Err(TrySendError::Closed(())) => false,
             }
         });
-        if sinks.is_empty() {
-            self.unsubscribe(pattern, None);
+        if changed != Changed::default() {
+            self.follow_topics(changed);
         }
     }
 

@@ -558,7 +558,7 @@ impl EventLoop {
 
     /// What this host's record says of it now.
     pub(super) fn record_content(&self) -> Content {
-        let mut channels: Vec<String> = self.subs.keys().cloned().collect();
+        let mut channels: Vec<String> = self.subs.patterns().cloned().collect();
         channels.sort();
         Content {
             addrs: if self.advertise.is_empty() {
@@ -723,8 +723,6 @@ impl EventLoop {
         self.shared.mark_closed();
         self.shared.registry.clear();
         self.subs.clear();
-        self.wild.clear();
-        self.topic_refs.clear();
         if let Some(c) = self.closing.take() {
             for r in c.replies {
                 let _ = r.send(());

@@ -227,12 +227,8 @@ pub(crate) struct EventLoop {
 
     // channels
     /// Subscriptions by pattern (a channel name is a pattern that matches
-    /// itself).
-    subs: HashMap<String, Vec<SubSink>>,
-    /// The patterns of `subs` with a wildcard.
-    wild: Vec<String>,
-    /// Gossipsub topics joined, with how many patterns need each.
-    topic_refs: HashMap<String, usize>,
+    /// itself), and the gossipsub topics they need.
+    subs: crate::core::subscriptions::Subscriptions<SubSink>,
     /// Channel publishes waiting for the mesh or to be batched, and which
     /// channels' meshes are ready (forgotten when membership or links change).
     publishes: crate::core::publish::Publishes<channels::PublishReply>,
@@ -359,9 +355,7 @@ impl EventLoop {
             joins: HashMap::new(),
             redials: Redials::default(),
             closing: None,
-            subs: HashMap::new(),
-            wild: Vec::new(),
-            topic_refs: HashMap::new(),
+            subs: Default::default(),
             publishes: Default::default(),
             dialing: HashMap::new(),
             budget: crate::core::budget::LinkBudget::new(Instant::now()),

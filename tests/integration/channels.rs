@@ -132,9 +132,9 @@ async fn oversized_publish_is_refused() {
     ));
 }
 
-/// A host record lists every channel its host subscribes to, and other
-/// hosts refuse records listing more than 4,096: so a host subscribes to
-/// at most 4,096 channels, and the next is a clear error (more
+/// A host record lists every channel and queue group its host subscribes
+/// to, and other hosts refuse records listing more than 4,096 in all: so a
+/// host subscribes to at most 4,096, and the next is a clear error (more
 /// subscriptions on a channel it has are fine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_subscribes_to_at_most_4096_channels() {
@@ -154,6 +154,16 @@ async fn a_host_subscribes_to_at_most_4096_channels() {
     let _again = h.subscribe("c7").await.expect("a channel it has");
     drop(subs.pop());
     let _room = h.subscribe("one-more").await.expect("room again");
+    // A queue group counts as one more entry of the record.
+    drop(subs.pop());
+    let _worker = h.subscribe_queue("jobs", "workers").await.expect("room");
+    match h.subscribe("past-the-record").await {
+        Err(distribus::Error::InvalidChannel(why)) => assert!(why.contains("4096"), "{why}"),
+        other => panic!(
+            "subscribed past the record's limit: {:?}",
+            other.map(|_| ())
+        ),
+    }
 }
 
 /// A subscription that does not read keeps `subscription_capacity`
