@@ -8,6 +8,9 @@
 //! - `budget`: which idle links close when a host has too many;
 //! - `batch_memory`: which delivery batches a receiver has seen;
 //! - `send`: a direct message on its way;
+//! - `messaging`: direct messages' queues per destination host, the switch
+//!   between link tasks and request batches, and what an answer means for
+//!   each send;
 //! - `lookup`: the holders asked for an id, in what order, and the
 //!   Kademlia fallback;
 //! - `registration`: which holders get which directory operations, when,
@@ -35,6 +38,7 @@ pub(crate) mod liveness;
 pub(crate) mod lookup;
 pub(crate) mod members;
 pub(crate) mod membership;
+pub(crate) mod messaging;
 pub(crate) mod neighbours;
 pub(crate) mod outbox;
 pub(crate) mod publish;

@@ -1,54 +1,33 @@
-//! Direct messages between hosts: routing, and the request path.
-//!
-//! Sends to one destination host wait in that host's queue of the loop's
-//! outbox ([`crate::core::outbox`]), the one place that orders them.
-//! While the hosts are linked, the queue goes
-//! straight to the destination's link task, which batches and pipelines
-//! over a delivery stream (see [`crate::delivery`]). Otherwise (not linked
-//! yet, or the network relays) a batch goes as a request, possibly through
-//! a relay, at most one per destination in flight, so messages from one
-//! peer to another arrive in send order; a switch between the two waits
-//! until the other has nothing in flight. The receiver answers a batch with
-//! one ack per envelope, given after the envelope is in the recipient's
-//! inbox (or refused).
-//!
-//! A link may close while a batch is travelling (the remote host closed it
-//! over its link budget, or the connection broke): the batch is then sent
-//! again, with the same batch id, over a new link. The receiver remembers
-//! the last batches of each sending host and their acks, so a batch it
-//! already delivered is answered from memory, not delivered twice. Batch
-//! ids rise per sender and epoch, so an older batch (only a relay replaying
-//! one it carried sends that) is refused.
+//! Direct messages between hosts, between the swarm, the link tasks and the
+//! core: which path a destination's queue takes and what an answer means
+//! are decided by [`crate::core::messaging`] (which describes the
+//! protocol); this file hands queues to link tasks, sends request batches,
+//! and answers the callers.
 
-use std::{
-    sync::atomic::Ordering,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::atomic::Ordering, sync::Arc, time::Instant};
 
 use libp2p::{request_response::OutboundFailure, PeerId};
 
 use super::{EventLoop, Pending};
 use crate::{
-    core::{batch_memory::Seen, outbox::Pick, send::PendingSend},
+    core::{
+        batch_memory::Seen,
+        messaging::{Failure, Limits, Link, Outcome, Route, Settled},
+        send::PendingSend,
+    },
     delivery::{
         local::{deliver_envs, finish, no_request, push_local},
         outbound::{LinkHandle, Refused},
         TaskEvent,
     },
     error::{Error, Result},
-    protocol::{Ack, Envelope, Request, Response},
+    protocol::{Envelope, Request, Response},
     shared::bump,
 };
 
 /// Bytes kept free in a batch frame for the envelope framing itself.
 const FRAME_SLACK: usize = 64 * 1024;
-/// Sends of one batch after the first when its link closes under it.
-const RESENDS: u8 = 2;
-/// After a link task gave up, sends to that host go as requests this long.
-const STREAM_BACKOFF: Duration = Duration::from_secs(1);
-/// Times a send may come back from link tasks before it fails.
-const HANDED_BACK: u8 = 4;
+
 impl EventLoop {
     /// Sends one message: locally if the recipient lives here, else to its host.
     pub(super) fn send(&mut self, p: PendingSend) {
@@ -84,93 +63,51 @@ impl EventLoop {
     /// Queues a send for `host`; the link is flushed at the end of the
     /// loop's turn, so a burst of commands goes out together.
     pub(super) fn enqueue(&mut self, host: PeerId, p: PendingSend) {
-        if self.links.push(host, p) {
-            self.dirty_links.push(host);
-        }
+        self.messaging.enqueue(host, p);
     }
 
     /// Flushes the links that got sends in this turn of the loop.
     pub(super) fn flush_dirty_links(&mut self) {
-        for host in std::mem::take(&mut self.dirty_links) {
+        for host in self.messaging.take_dirty() {
             self.flush_link(host);
         }
     }
 
+    /// Sends what waits for `host` on the path the core chooses.
     fn flush_link(&mut self, host: PeerId) {
-        let now = Instant::now();
-        if !self.links.may_send(&host, now) {
-            return;
-        }
-        let handed_back = self
-            .links
-            .get(&host)
-            .and_then(|q| q.items().next())
-            .and_then(|p| p.batch);
-        if let Some(batch) = handed_back {
-            // Handed back from a broken stream: that batch again, as it
-            // was (even sends whose callers gave up: acks go by position),
-            // before anything newer.
-            let sends = self.links.take(&host, now, |p, _, _| {
-                if p.batch == Some(batch) {
-                    Pick::Take
-                } else {
-                    Pick::Stop
-                }
-            });
-            if let Some(sends) = sends {
+        let limits = self.shared.with_config(|c| Limits {
+            messages: c.max_batch_messages,
+            bytes: c.max_frame_size.saturating_sub(FRAME_SLACK),
+        });
+        let link = Link {
+            connected: self.swarm.is_connected(&host),
+            stream_busy: self
+                .stream_links
+                .get(&host)
+                .is_some_and(|l| l.outstanding() > 0),
+        };
+        match self.messaging.route(host, link, limits, Instant::now()) {
+            Route::Nothing => {}
+            // The tick tries again.
+            Route::Wait => self.wake_soon = true,
+            Route::Stream(queue) => self.hand_to_link_task(host, queue),
+            Route::Again { batch, sends } => self.send_batch(host, batch, 0, sends),
+            Route::Request(sends) => {
+                // The counter the link tasks use: a batch id names one
+                // batch on either path.
+                let batch = self.delivery.next_batch.fetch_add(1, Ordering::Relaxed);
                 self.send_batch(host, batch, 0, sends);
             }
-            return;
         }
-        let backoff = self.stream_backoff.get(&host).is_some_and(|t| *t > now);
-        if self.swarm.is_connected(&host) && !backoff {
-            self.hand_to_link_task(host);
-            return;
-        }
-        if self
-            .stream_links
-            .get(&host)
-            .is_some_and(|l| l.outstanding() > 0)
-        {
-            // The link task's sends finish or come back first (order);
-            // the tick tries again.
-            self.wake_soon = true;
-            return;
-        }
-        let (max_msgs, max_bytes) = self.shared.with_config(|c| {
-            (
-                c.max_batch_messages,
-                c.max_frame_size.saturating_sub(FRAME_SLACK),
-            )
-        });
-        let sends = self.links.take(&host, now, |p, n, bytes| {
-            if p.reply.is_closed() {
-                // A caller that gave up (timeout, dropped future) is not delivered.
-                Pick::Drop
-            } else if n > 0 && (n >= max_msgs || bytes + p.wire_size() > max_bytes) {
-                Pick::Stop
-            } else {
-                Pick::Take
-            }
-        });
-        let Some(sends) = sends else {
-            return;
-        };
-        // The counter the link tasks use: a batch id names one batch on
-        // either path.
-        let batch = self.delivery.next_batch.fetch_add(1, Ordering::Relaxed);
-        self.send_batch(host, batch, 0, sends);
     }
 
     /// Hands the queue of `host` to its link task (started if there is
     /// none, or it ended).
-    fn hand_to_link_task(&mut self, host: PeerId) {
-        let Some(mut queue) = self.links.remove(&host) else {
-            return;
-        };
-        if queue.is_empty() {
-            return;
-        }
+    fn hand_to_link_task(
+        &mut self,
+        host: PeerId,
+        mut queue: std::collections::VecDeque<PendingSend>,
+    ) {
         self.touch(host);
         let mut started = false;
         while let Some(mut p) = queue.pop_front() {
@@ -192,7 +129,7 @@ impl EventLoop {
                     p.ticket = ticket.map(|(t, _)| t);
                     // The tick hands over the rest.
                     queue.push_front(p);
-                    self.links.put_back(host, queue.into_iter());
+                    self.messaging.put_back(host, queue.into_iter());
                     self.wake_soon = true;
                     return;
                 }
@@ -202,7 +139,7 @@ impl EventLoop {
                     self.stream_links.remove(&host);
                     if started {
                         // A task that ended at once: keep the queue for the tick.
-                        self.links.put_back(host, queue.into_iter());
+                        self.messaging.put_back(host, queue.into_iter());
                         self.wake_soon = true;
                         return;
                     }
@@ -215,9 +152,7 @@ impl EventLoop {
     /// forgets link tasks that ended.
     pub(super) fn retry_links(&mut self) {
         self.stream_links.retain(|_, l| !l.ended());
-        let now = Instant::now();
-        self.stream_backoff.retain(|_, t| *t > now);
-        for host in self.links.ready(now) {
+        for host in self.messaging.ready(Instant::now()) {
             self.flush_link(host);
         }
     }
@@ -229,20 +164,7 @@ impl EventLoop {
             TaskEvent::Unsent { host, sends } => {
                 // The link (often one that is closing) took no stream: the
                 // next sends go as requests, which dial or relay.
-                self.stream_backoff
-                    .insert(host, Instant::now() + STREAM_BACKOFF);
-                let (mut again, mut failed) = (Vec::new(), Vec::new());
-                for mut p in sends {
-                    p.handed_back += 1;
-                    // A written batch goes again whole (as a request, which
-                    // ends it either way), never partly failed here.
-                    if p.batch.is_none() && p.handed_back > HANDED_BACK {
-                        failed.push(p);
-                    } else {
-                        again.push(p);
-                    }
-                }
-                self.links.put_back(host, again.into_iter());
+                let failed = self.messaging.on_unsent(host, sends, Instant::now());
                 for p in failed {
                     let id = p.env.to.to_string();
                     self.finish_send(p, Err(Error::PeerUnreachable { id, host }));
@@ -290,65 +212,46 @@ impl EventLoop {
         sends: Vec<PendingSend>,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
-        if let Err(OutboundFailure::ConnectionClosed | OutboundFailure::Io(_)) = &result {
-            if attempt < RESENDS && self.closing.is_none() {
+        let result = result.map_err(|failure| {
+            tracing::debug!(%host, batch, %failure, "delivery batch failed");
+            match failure {
+                OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => Failure::LinkClosed,
+                OutboundFailure::Timeout => Failure::Timeout,
+                _ => Failure::Unreachable,
+            }
+        });
+        let closing = self.closing.is_some();
+        let outcomes = match self
+            .messaging
+            .on_result(host, attempt, sends, result, closing)
+        {
+            Settled::Resend { attempt, sends } => {
                 tracing::debug!(%host, batch, "link closed under a batch; sending it again");
-                self.send_batch(host, batch, attempt + 1, sends);
+                self.send_batch(host, batch, attempt, sends);
                 return;
             }
-        }
-        self.links.done(&host);
-        match result {
-            Ok(Response::Delivered(acks)) => {
-                let mut acks = acks.into_iter();
-                for p in sends {
-                    match acks.next() {
-                        Some(Ack::Delivered) => {
-                            bump(&self.shared.counters.sent_remote);
-                            let _ = p.reply.send(Ok(()));
-                        }
-                        Some(Ack::InboxFull) => {
-                            let e = Error::InboxFull(p.env.to.to_string());
-                            self.finish_send(p, Err(e));
-                        }
-                        Some(Ack::NoRequest) => {
-                            let e = no_request(&p.env.to, p.env.corr);
-                            self.finish_send(p, Err(e));
-                        }
-                        Some(Ack::UnknownPeer) => self.on_unknown_peer(host, p),
-                        None => {
-                            let e = Error::PeerUnreachable {
-                                id: p.env.to.to_string(),
-                                host,
-                            };
-                            self.finish_send(p, Err(e));
-                        }
-                    }
+            Settled::Done(outcomes) => outcomes,
+        };
+        for (p, outcome) in outcomes {
+            let e = match outcome {
+                Outcome::Delivered => {
+                    bump(&self.shared.counters.sent_remote);
+                    let _ = p.reply.send(Ok(()));
+                    continue;
                 }
-            }
-            Ok(other) => {
-                tracing::warn!(%host, response = ?other, "unexpected answer to a delivery");
-                for p in sends {
-                    let e = Error::PeerUnreachable {
-                        id: p.env.to.to_string(),
-                        host,
-                    };
-                    self.finish_send(p, Err(e));
+                Outcome::UnknownPeer => {
+                    self.on_unknown_peer(host, p);
+                    continue;
                 }
-            }
-            Err(failure) => {
-                tracing::debug!(%host, %failure, "delivery batch failed");
-                for p in sends {
-                    let e = match failure {
-                        OutboundFailure::Timeout => Error::Timeout,
-                        _ => Error::PeerUnreachable {
-                            id: p.env.to.to_string(),
-                            host,
-                        },
-                    };
-                    self.finish_send(p, Err(e));
-                }
-            }
+                Outcome::InboxFull => Error::InboxFull(p.env.to.to_string()),
+                Outcome::NoRequest => no_request(&p.env.to, p.env.corr),
+                Outcome::Timeout => Error::Timeout,
+                Outcome::Unreachable => Error::PeerUnreachable {
+                    id: p.env.to.to_string(),
+                    host,
+                },
+            };
+            self.finish_send(p, Err(e));
         }
         self.flush_link(host);
     }
@@ -445,10 +348,8 @@ impl EventLoop {
 
     /// Fails every queued send (on close).
     pub(super) fn fail_all_sends(&mut self) {
-        for (_, queue) in self.links.drain() {
-            for p in queue {
-                let _ = p.reply.send(Err(Error::Closed));
-            }
+        for p in self.messaging.drain() {
+            let _ = p.reply.send(Err(Error::Closed));
         }
     }
 }

@@ -173,17 +173,13 @@ pub(crate) struct EventLoop {
 
     // messaging (host-keyed maps on the send path use foldhash, seeded per
     // map: SipHash over an 80-byte host id per send showed in profiles)
-    links: crate::core::outbox::Outbox<PeerId, PendingSend>,
+    /// Sends by destination host, and which path each queue takes.
+    messaging: crate::core::messaging::Messaging,
     /// The last batches each sending host delivered here, by stream or by
     /// request (shared with the delivery stream readers), with their acks.
     batches: Arc<Mutex<BatchMemory>>,
-    /// Hosts whose queue got its first send in this turn of the loop.
-    dirty_links: Vec<PeerId>,
     /// Link tasks of the delivery streams, by destination host.
     stream_links: foldhash::HashMap<PeerId, crate::delivery::outbound::LinkHandle>,
-    /// Hosts whose link task gave up lately, and until when their sends
-    /// go as requests.
-    stream_backoff: foldhash::HashMap<PeerId, Instant>,
     /// What the delivery tasks share.
     delivery: crate::delivery::TaskContext,
     /// Reports of the delivery tasks.
@@ -325,11 +321,9 @@ impl EventLoop {
             requests: HashMap::new(),
             listens: HashMap::new(),
             listener_ids: Vec::new(),
-            links: Default::default(),
+            messaging: Default::default(),
             batches,
-            dirty_links: Vec::new(),
             stream_links: Default::default(),
-            stream_backoff: Default::default(),
             delivery,
             task_events,
             acceptors,
