@@ -104,6 +104,10 @@ impl crate::core::subscriptions::Subscriber for SubSink {
     fn id(&self) -> u64 {
         self.id
     }
+
+    fn is_gone(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 #[derive(Debug)]

@@ -29,6 +29,8 @@
 //!   hop, what a contact forwards or refuses, and relays to go around;
 //! - `subscriptions`: which local subscribers a publish reaches, once
 //!   each, and which gossipsub topics the host is in;
+//! - `queue_groups`: this host's members of queue groups, whose turn a
+//!   publish is, and its hand-over from host to host until one takes it;
 //! - `redial`: which dropped joined hosts and lapsed members to dial
 //!   again, when, and when to give up.
 
@@ -42,6 +44,7 @@ pub(crate) mod messaging;
 pub(crate) mod neighbours;
 pub(crate) mod outbox;
 pub(crate) mod publish;
+pub(crate) mod queue_groups;
 pub(crate) mod redial;
 pub(crate) mod registration;
 pub(crate) mod relay;

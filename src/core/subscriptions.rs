@@ -20,6 +20,11 @@ use crate::{
 pub(crate) trait Subscriber {
     /// The subscription's id.
     fn id(&self) -> u64;
+
+    /// Whether its reader is gone (it is then dropped).
+    fn is_gone(&self) -> bool {
+        false
+    }
 }
 
 /// What a subscription change asks of the loop: the topics to join or

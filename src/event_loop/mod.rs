@@ -247,7 +247,7 @@ pub(crate) struct EventLoop {
     // broadcast
     broadcasts: broadcast::Broadcasts,
     // queues
-    queues: queues::Queues,
+    queues: crate::core::queue_groups::QueueGroups<SubSink, queues::QueueReply>,
     /// The membership version last copied to the shared member set.
     members_version: u64,
     /// The membership's records version the publish lane's queue group

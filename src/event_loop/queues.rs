@@ -1,102 +1,37 @@
-//! Queue groups: this host's members, and the hand-over of publishes to
-//! one member of each matching group (see [`crate::queue_group`]).
+//! Queue groups between the swarm and the core: this host's members'
+//! queues, and the requests that hand a publish from host to host (the
+//! choices are [`crate::core::queue_groups`]'s; the protocol is described
+//! in [`crate::queue_group`]).
 
-use std::collections::HashMap;
-
-use libp2p::{request_response::OutboundFailure, PeerId};
-use tokio::sync::{mpsc::error::TrySendError, oneshot};
+use libp2p::request_response::OutboundFailure;
+use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
 use crate::{
     channel_name::{check_name, check_pattern, matches},
     command::SubSink,
+    core::queue_groups::Step,
     error::{Error, Result},
     message::{ChannelMessage, Payload},
-    protocol::{Request, Response},
-    queue_group::{order, QueueGroup},
+    protocol::Response,
     shared::bump,
 };
 
-/// A group's key: its pattern and its name.
-type Key = (String, String);
+/// The publisher of a hand-over, answered once a member has it.
+pub(crate) type QueueReply = oneshot::Sender<Result<()>>;
 
-/// One group's members on this host.
-#[derive(Default)]
-struct Local {
-    sinks: Vec<SubSink>,
-    /// The member whose turn is next.
-    next: usize,
-}
-
-/// A publish on its way to one member of one group.
-struct Flight {
-    channel: String,
-    key: Key,
-    payload: Payload,
-    /// The hosts to try, first choice first.
-    hosts: Vec<PeerId>,
-    /// The next of `hosts` to try.
-    next: usize,
-    reply: oneshot::Sender<Result<()>>,
-}
-
-/// The queue groups concern's state.
-#[derive(Default)]
-pub(crate) struct Queues {
-    local: HashMap<Key, Local>,
-    /// Each group's turn counter, per publishing host.
-    turns: HashMap<Key, u64>,
-    flights: HashMap<u64, Flight>,
-    next_flight: u64,
-}
-
-impl Queues {
-    /// This host's groups, for its record.
-    pub(crate) fn interests(&self) -> Vec<QueueGroup> {
-        let mut v: Vec<QueueGroup> = self
-            .local
-            .iter()
-            .map(|((pattern, group), l)| QueueGroup {
-                pattern: pattern.clone(),
-                group: group.clone(),
-                members: u32::try_from(l.sinks.len()).unwrap_or(u32::MAX),
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Groups this host has members of.
-    pub(crate) fn len(&self) -> usize {
-        self.local.len()
-    }
-
-    /// Gives `payload` to one member of the local group `key`, in turn;
-    /// whether one took it (members whose queue is full are passed over,
-    /// ended ones dropped).
-    fn deliver_one(&mut self, key: &Key, channel: &str, payload: &Payload) -> bool {
-        let Some(l) = self.local.get_mut(key) else {
-            return false;
-        };
-        l.sinks.retain(|s| !s.tx.is_closed());
-        let n = l.sinks.len();
-        for i in 0..n {
-            let at = (l.next + i) % n;
-            let s = &l.sinks[at];
-            match s.tx.try_reserve() {
-                Ok(room) => {
-                    room.send(ChannelMessage {
-                        channel: channel.to_string(),
-                        payload: payload.clone(),
-                    });
-                    l.next = (at + 1) % n;
-                    return true;
-                }
-                // Another member (or host) takes it instead.
-                Err(TrySendError::Full(()) | TrySendError::Closed(())) => {}
-            }
+/// Offers a publish to one member's queue: whether it took it (a full or
+/// closed queue passes it on to another member or host).
+fn offer(s: &SubSink, channel: &str, payload: &Payload) -> bool {
+    match s.tx.try_reserve() {
+        Ok(room) => {
+            room.send(ChannelMessage {
+                channel: channel.to_string(),
+                payload: payload.clone(),
+            });
+            true
         }
-        false
+        Err(_) => false,
     }
 }
 
@@ -108,17 +43,8 @@ impl EventLoop {
         group: String,
         sink: SubSink,
     ) -> Result<()> {
-        let key = (pattern, group);
-        if !self.queues.local.contains_key(&key)
-            && self.subs.len() + self.queues.len() >= crate::core::membership::MAX_RECORD_CHANNELS
-        {
-            return Err(Error::InvalidChannel(format!(
-                "{:?}: this host subscribes to {} channels and queue groups already, the most a host record carries",
-                key.0,
-                crate::core::membership::MAX_RECORD_CHANNELS
-            )));
-        }
-        self.queues.local.entry(key).or_default().sinks.push(sink);
+        self.queues
+            .subscribe((pattern, group), sink, self.subs.len())?;
         self.publish_queue_patterns();
         // The record carries each group's member count.
         self.announce();
@@ -127,16 +53,7 @@ impl EventLoop {
 
     /// Ends a member (`id`) or every member of a group on `pattern`.
     pub(super) fn unsubscribe_queue(&mut self, pattern: String, group: String, id: Option<u64>) {
-        let key = (pattern, group);
-        let Some(l) = self.queues.local.get_mut(&key) else {
-            return;
-        };
-        match id {
-            Some(id) => l.sinks.retain(|s| s.id != id),
-            None => l.sinks.clear(),
-        }
-        if l.sinks.is_empty() {
-            self.queues.local.remove(&key);
+        if self.queues.unsubscribe(&(pattern, group), id) {
             self.publish_queue_patterns();
         }
         self.announce();
@@ -145,7 +62,7 @@ impl EventLoop {
     /// Tells the publish lane the patterns of every queue group this host
     /// knows of: publishes on channels they match come as commands.
     pub(super) fn publish_queue_patterns(&mut self) {
-        let mut v: Vec<String> = self.queues.local.keys().map(|(p, _)| p.clone()).collect();
+        let mut v: Vec<String> = self.queues.patterns().cloned().collect();
         for (_, m) in self.members.membership().iter() {
             v.extend(m.queues.iter().map(|q| q.pattern.clone()));
         }
@@ -164,29 +81,31 @@ impl EventLoop {
         payload: &Payload,
         reply: oneshot::Sender<Result<()>>,
     ) -> oneshot::Sender<Result<()>> {
-        let groups = self.queue_hosts(channel);
-        if groups.is_empty() {
+        let mut handed = Vec::new();
+        let local = self.local();
+        let remote = self
+            .members
+            .membership()
+            .iter()
+            .map(|(h, m)| (*h, &m.queues[..]));
+        let steps = self.queues.hand_over(
+            channel,
+            payload,
+            local,
+            remote,
+            &mut rand::thread_rng(),
+            || {
+                let (tx, rx) = oneshot::channel();
+                handed.push(rx);
+                tx
+            },
+            &mut offer,
+        );
+        if handed.is_empty() {
             return reply;
         }
-        let mut handed = Vec::with_capacity(groups.len());
-        for (key, candidates) in groups {
-            let turn = self
-                .queues
-                .turns
-                .entry(key.clone())
-                .or_insert_with(rand::random::<u64>);
-            *turn = turn.wrapping_add(1);
-            let hosts = order(&candidates, *turn);
-            let (tx, rx) = oneshot::channel();
-            handed.push(rx);
-            self.try_next_host(Flight {
-                channel: channel.to_string(),
-                key,
-                payload: payload.clone(),
-                hosts,
-                next: 0,
-                reply: tx,
-            });
+        for step in steps {
+            self.queue_step(step);
         }
         let (rest, rest_done) = oneshot::channel();
         tokio::spawn(async move {
@@ -202,71 +121,31 @@ impl EventLoop {
         rest
     }
 
-    /// Every group matching `channel`, with its hosts (sorted) and their
-    /// member counts.
-    fn queue_hosts(&self, channel: &str) -> Vec<(Key, Vec<(PeerId, u32)>)> {
-        let local = self.local();
-        let mut groups: HashMap<Key, Vec<(PeerId, u32)>> = HashMap::new();
-        for (key, l) in &self.queues.local {
-            if matches(&key.0, channel) {
-                let members = u32::try_from(l.sinks.len()).unwrap_or(u32::MAX);
-                groups
-                    .entry(key.clone())
-                    .or_default()
-                    .push((local, members));
+    /// Does what a hand-over decided.
+    fn queue_step(&mut self, step: Step<QueueReply>) {
+        match step {
+            Step::Ask {
+                flight,
+                host,
+                request,
+            } => {
+                let rid = self.request(host, request);
+                self.requests
+                    .insert(rid, Pending::Queue { id: flight, host });
             }
-        }
-        for (host, m) in self.members.membership().iter() {
-            if *host == local {
-                continue;
-            }
-            for i in &m.queues {
-                if i.members > 0 && matches(&i.pattern, channel) {
-                    groups
-                        .entry((i.pattern.clone(), i.group.clone()))
-                        .or_default()
-                        .push((*host, i.members));
+            Step::Done {
+                reply,
+                result,
+                here,
+            } => {
+                if here {
+                    bump(&self.shared.counters.queue_delivered);
+                } else if result.is_err() {
+                    bump(&self.shared.counters.queue_unavailable);
                 }
+                let _ = reply.send(result);
             }
         }
-        let mut out: Vec<_> = groups.into_iter().collect();
-        for (_, hosts) in &mut out {
-            hosts.sort();
-        }
-        out
-    }
-
-    /// Offers the flight to its next host: at once if it is this one, by a
-    /// request otherwise; fails it when no host is left.
-    fn try_next_host(&mut self, mut f: Flight) {
-        let local = self.local();
-        while let Some(&host) = f.hosts.get(f.next) {
-            f.next += 1;
-            if host != local {
-                let req = Request::Queue {
-                    channel: f.channel.clone(),
-                    pattern: f.key.0.clone(),
-                    group: f.key.1.clone(),
-                    payload: f.payload.clone(),
-                };
-                let rid = self.request(host, req);
-                let id = self.queues.next_flight;
-                self.queues.next_flight += 1;
-                self.requests.insert(rid, Pending::Queue { id, host });
-                self.queues.flights.insert(id, f);
-                return;
-            }
-            if self.queues.deliver_one(&f.key, &f.channel, &f.payload) {
-                bump(&self.shared.counters.queue_delivered);
-                let _ = f.reply.send(Ok(()));
-                return;
-            }
-        }
-        bump(&self.shared.counters.queue_unavailable);
-        let _ = f.reply.send(Err(Error::QueueUnavailable {
-            pattern: f.key.0,
-            group: f.key.1,
-        }));
     }
 
     /// Another host hands us a publish for one member of a local group.
@@ -284,8 +163,9 @@ impl EventLoop {
             self.shared.wire.count_rejected();
             return Response::Refused("not a channel of the group's pattern".into());
         }
-        let key = (pattern, group);
-        let taken = self.queues.deliver_one(&key, &channel, &payload);
+        let taken = self
+            .queues
+            .take(&(pattern, group), &channel, &payload, &mut offer);
         if taken {
             bump(&self.shared.counters.queue_delivered);
         }
@@ -298,13 +178,10 @@ impl EventLoop {
         id: u64,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
-        let Some(f) = self.queues.flights.remove(&id) else {
-            return;
-        };
-        if let Ok(Response::QueueTaken(true)) = result {
-            let _ = f.reply.send(Ok(()));
-            return;
+        let taken = matches!(result, Ok(Response::QueueTaken(true)));
+        let local = self.local();
+        if let Some(step) = self.queues.on_answer(id, taken, local, &mut offer) {
+            self.queue_step(step);
         }
-        self.try_next_host(f);
     }
 }
