@@ -148,11 +148,13 @@ impl Messaging {
     /// took streams lately) the queue goes to the link task; otherwise a
     /// request batch of up to `limits` goes once the link task has nothing
     /// out. Sends whose callers gave up are dropped from request batches.
+    /// `link` and `limits` are asked for only when needed (this runs for
+    /// every destination with sends in every turn of the loop).
     pub(crate) fn route(
         &mut self,
         host: PeerId,
-        link: Link,
-        limits: Limits,
+        link: impl FnOnce() -> Link,
+        limits: impl FnOnce() -> Limits,
         now: Instant,
     ) -> Route {
         if !self.links.may_send(&host, now) {
@@ -178,6 +180,7 @@ impl Messaging {
             };
         }
         let backoff = self.stream_backoff.get(&host).is_some_and(|t| *t > now);
+        let link = link();
         if link.connected && !backoff {
             return match self.links.remove(&host) {
                 Some(queue) if !queue.is_empty() => Route::Stream(queue),
@@ -187,6 +190,7 @@ impl Messaging {
         if link.stream_busy {
             return Route::Wait;
         }
+        let limits = limits();
         let sends = self.links.take(&host, now, |p, n, bytes| {
             if p.reply.is_closed() {
                 // A caller that gave up (timeout, dropped future) is not delivered.
@@ -352,7 +356,7 @@ mod tests {
         let _callers = queue(&mut m, host, &["1", "2", "3", "4"]);
         assert_eq!(m.take_dirty(), vec![host], "one flush per host and turn");
         assert!(m.take_dirty().is_empty());
-        let Route::Stream(q) = m.route(host, LINKED, LIMITS, now) else {
+        let Route::Stream(q) = m.route(host, || LINKED, || LIMITS, now) else {
             panic!("linked: the whole queue goes to the link task");
         };
         assert_eq!(q.len(), 4);
@@ -363,14 +367,17 @@ mod tests {
             connected: false,
             stream_busy: true,
         };
-        assert!(matches!(m.route(host, busy, LIMITS, now), Route::Wait));
+        assert!(matches!(
+            m.route(host, || busy, || LIMITS, now),
+            Route::Wait
+        ));
         // Then request batches of at most three, one in flight.
-        let Route::Request(first) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(first) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("a request batch");
         };
         assert_eq!(tos(&first), ["5", "6", "7"]);
         assert!(matches!(
-            m.route(host, UNLINKED, LIMITS, now),
+            m.route(host, || UNLINKED, || LIMITS, now),
             Route::Nothing
         ));
         let acks = Response::Delivered(vec![Ack::Delivered; 3]);
@@ -378,7 +385,7 @@ mod tests {
             panic!("answered");
         };
         assert!(done.iter().all(|(_, o)| *o == Outcome::Delivered));
-        let Route::Request(next) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(next) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("the next batch once the first is answered");
         };
         assert_eq!(tos(&next), ["8"]);
@@ -389,7 +396,7 @@ mod tests {
         let (mut m, host, now) = (Messaging::default(), PeerId::random(), Instant::now());
         let mut callers = queue(&mut m, host, &["1", "2", "3"]);
         drop(callers.remove(1));
-        let Route::Request(batch) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(batch) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("a batch");
         };
         assert_eq!(tos(&batch), ["1", "3"]);
@@ -400,14 +407,14 @@ mod tests {
         let (mut m, host, t0) = (Messaging::default(), PeerId::random(), Instant::now());
         let (p, _caller) = send("1");
         assert!(m.on_unsent(host, vec![p], t0).is_empty());
-        let Route::Request(batch) = m.route(host, LINKED, LIMITS, t0) else {
+        let Route::Request(batch) = m.route(host, || LINKED, || LIMITS, t0) else {
             panic!("linked, but the stream failed: a request");
         };
         let acks = Response::Delivered(vec![Ack::Delivered]);
         m.on_result(host, 0, batch, Ok(acks), false);
         let _callers = queue(&mut m, host, &["2"]);
         let later = t0 + STREAM_BACKOFF - Duration::from_millis(1);
-        let Route::Request(second) = m.route(host, LINKED, LIMITS, later) else {
+        let Route::Request(second) = m.route(host, || LINKED, || LIMITS, later) else {
             panic!("still a request within the second");
         };
         let acks = Response::Delivered(vec![Ack::Delivered]);
@@ -417,7 +424,7 @@ mod tests {
         let then = t0 + STREAM_BACKOFF;
         assert_eq!(m.ready(then), vec![host]);
         assert!(matches!(
-            m.route(host, LINKED, LIMITS, then),
+            m.route(host, || LINKED, || LIMITS, then),
             Route::Stream(_)
         ));
     }
@@ -438,7 +445,7 @@ mod tests {
         // its send goes again all the same.
         drop(callers.remove(0));
         m.on_unsent(host, written, now);
-        let Route::Again { batch, sends } = m.route(host, LINKED, LIMITS, now) else {
+        let Route::Again { batch, sends } = m.route(host, || LINKED, || LIMITS, now) else {
             panic!("the handed-back batch first");
         };
         assert_eq!((batch, tos(&sends)), (7, vec!["w1".into(), "w2".into()]));
@@ -464,7 +471,7 @@ mod tests {
     fn a_batch_whose_link_closes_is_sent_twice_more_then_fails() {
         let (mut m, host, now) = (Messaging::default(), PeerId::random(), Instant::now());
         let _callers = queue(&mut m, host, &["1"]);
-        let Route::Request(mut sends) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(mut sends) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("a batch");
         };
         for attempt in 0..RESENDS {
@@ -487,7 +494,7 @@ mod tests {
         assert_eq!(done[0].1, Outcome::Unreachable);
         // A closing host sends nothing again.
         let _callers = queue(&mut m, host, &["2"]);
-        let Route::Request(sends) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(sends) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("a batch");
         };
         assert!(matches!(
@@ -500,7 +507,7 @@ mod tests {
     fn acks_settle_the_sends_by_position() {
         let (mut m, host, now) = (Messaging::default(), PeerId::random(), Instant::now());
         let _callers = queue(&mut m, host, &["1", "2", "3"]);
-        let Route::Request(sends) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(sends) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("a batch");
         };
         let acks = Response::Delivered(vec![Ack::UnknownPeer, Ack::InboxFull]);
@@ -521,7 +528,7 @@ mod tests {
         );
         // A timed-out batch times out each of its sends.
         let _callers = queue(&mut m, host, &["4"]);
-        let Route::Request(sends) = m.route(host, UNLINKED, LIMITS, now) else {
+        let Route::Request(sends) = m.route(host, || UNLINKED, || LIMITS, now) else {
             panic!("a batch");
         };
         let Settled::Done(done) = m.on_result(host, 0, sends, Err(Failure::Timeout), false) else {

@@ -75,16 +75,16 @@ impl EventLoop {
 
     /// Sends what waits for `host` on the path the core chooses.
     fn flush_link(&mut self, host: PeerId) {
-        let limits = self.shared.with_config(|c| Limits {
-            messages: c.max_batch_messages,
-            bytes: c.max_frame_size.saturating_sub(FRAME_SLACK),
-        });
-        let link = Link {
-            connected: self.swarm.is_connected(&host),
-            stream_busy: self
-                .stream_links
-                .get(&host)
-                .is_some_and(|l| l.outstanding() > 0),
+        let (shared, swarm, tasks) = (&self.shared, &self.swarm, &self.stream_links);
+        let limits = || {
+            shared.with_config(|c| Limits {
+                messages: c.max_batch_messages,
+                bytes: c.max_frame_size.saturating_sub(FRAME_SLACK),
+            })
+        };
+        let link = || Link {
+            connected: swarm.is_connected(&host),
+            stream_busy: tasks.get(&host).is_some_and(|l| l.outstanding() > 0),
         };
         match self.messaging.route(host, link, limits, Instant::now()) {
             Route::Nothing => {}
