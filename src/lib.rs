@@ -21,13 +21,17 @@
 //! clock): `outbox` (a queue per destination), `registration`, `lookup`,
 //! `members` (one host's membership protocol: its record, heartbeat
 //! digests, leases, joins), `membership` (signed records, counters,
-//! leases), `liveness` (heartbeats,
-//! digest targets, probes), `budget` (the link budget), `batch_memory`,
-//! `send`, `publish` (channel publishes waiting for the mesh, batched); and beside it, as pure: `directory.rs` (placement by XOR distance and
+//! leases), `liveness` (heartbeats, digest targets, probes), `neighbours`
+//! (the overlay's links), `relay` (relayed requests' bundles), `messaging`
+//! (direct messages' queues and paths), `subscriptions` (which local
+//! subscribers a publish reaches), `publish` (channel publishes waiting
+//! for the mesh, batched), `queue_groups` (who takes a queue group's
+//! publish), `redial`, `budget` (the link budget), `batch_memory`, `send`;
+//! and beside it, as pure: `directory.rs` (placement by XOR distance and
 //! the holder's store), `overlay.rs` (the relay overlay), `beat_chain.rs`
 //! (heartbeat counters only their host can raise), `relay_proof.rs` (one
 //! signature per relay bundle), `channel_name.rs` (names, wildcards, topics),
-//! `queue_group.rs` (who takes a queue group's publish).
+//! `queue_group.rs` (the order in which a group's hosts are tried).
 //!
 //! The I/O:
 //! - `event_loop/`: the task that owns the libp2p swarm, feeds the core and

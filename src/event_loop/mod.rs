@@ -3,8 +3,10 @@
 //!
 //! The loop `select!`s fairly over commands, swarm events, local directory
 //! changes and a short tick. Work is split by concern into the files beside
-//! this one; each adds methods to [`EventLoop`]:
-//! - `messaging`: direct messages, batched per destination host;
+//! this one; each adds methods to [`EventLoop`] that feed a machine of
+//! [`crate::core`] and carry out what it returns:
+//! - `messaging`: direct messages (see [`crate::core::messaging`]): queues
+//!   handed to link tasks, request batches, callers answered;
 //! - `registration`: directory operations to the holders (see
 //!   [`crate::core::registration`]);
 //! - `lookup`: one-hop lookups and the Kademlia fallback (see
@@ -13,8 +15,13 @@
 //!   protocol decides (see [`crate::core::members`]: records, leases,
 //!   heartbeat digests);
 //! - `budget`: the link budget (idle links closed, least recently used first);
-//! - `relay`: requests through the relay overlay of big networks;
-//! - `channels`: subscriptions and publishes over gossipsub.
+//! - `relay`: the overlay's links and requests through its contacts (see
+//!   [`crate::core::neighbours`] and [`crate::core::relay`]);
+//! - `channels`: subscriptions and publishes over gossipsub (see
+//!   [`crate::core::subscriptions`] and [`crate::core::publish`]);
+//! - `queues`: queue groups (see [`crate::core::queue_groups`]);
+//! - `broadcast`: broadcasts and group sends; `ownership`: registration
+//!   checks and contested ids.
 
 mod broadcast;
 mod budget;
