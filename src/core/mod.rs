@@ -5,6 +5,8 @@
 //! - `outbox`: a queue per destination with one batch in flight, retry
 //!   rests and a cap over all destinations (directory operations, direct
 //!   messages and relayed requests all use it);
+//! - `broadcasts`: the report of each broadcast of this host as hosts
+//!   answer, and the broadcasts of others taken already;
 //! - `budget`: which idle links close when a host has too many;
 //! - `batch_memory`: which delivery batches a receiver has seen;
 //! - `send`: a direct message on its way;
@@ -35,6 +37,7 @@
 //!   again, when, and when to give up.
 
 pub(crate) mod batch_memory;
+pub(crate) mod broadcasts;
 pub(crate) mod budget;
 pub(crate) mod liveness;
 pub(crate) mod lookup;

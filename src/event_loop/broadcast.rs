@@ -1,32 +1,22 @@
 //! Broadcasts this host makes, and those other hosts send it (see
-//! [`crate::broadcast`]).
+//! [`crate::broadcast`]; the reports and what was taken already are
+//! [`crate::core::broadcasts`]'s).
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use libp2p::{request_response::OutboundFailure, PeerId};
 use tokio::sync::oneshot;
 
 use super::{EventLoop, Pending};
 use crate::{
-    broadcast::{fan_out, BroadcastReport, Taken},
-    error::{Error, Result},
+    broadcast::{fan_out, BroadcastReport},
+    error::Result,
     message::Payload,
     protocol::{Request, Response},
 };
 
-/// A broadcast of this host, waiting for the other hosts' answers.
-struct Outgoing {
-    report: BroadcastReport,
-    waiting: usize,
-    reply: oneshot::Sender<Result<BroadcastReport>>,
-}
-
-/// The broadcast concern's state.
-#[derive(Default)]
-pub(crate) struct Broadcasts {
-    outgoing: HashMap<u64, Outgoing>,
-    taken: Taken,
-}
+/// The caller of a broadcast, answered once every host has answered.
+pub(crate) type BroadcastReply = oneshot::Sender<Result<BroadcastReport>>;
 
 impl EventLoop {
     /// Delivers to the local peers (those matching `to`, if given) and
@@ -46,14 +36,7 @@ impl EventLoop {
         crate::shared::bump(counter);
         let local = self.local();
         let id = rand::random::<u64>();
-        self.broadcasts.taken.first_time(local, id);
         let here = fan_out(&self.shared, &from, to.as_deref(), &payload);
-        let report = BroadcastReport {
-            hosts: 1,
-            peers: here.peers,
-            missed: here.missed,
-            failed: Vec::new(),
-        };
         let others: Vec<PeerId> = self
             .members
             .membership()
@@ -61,29 +44,20 @@ impl EventLoop {
             .map(|(h, _)| *h)
             .filter(|h| *h != local)
             .collect();
-        if others.is_empty() {
-            let _ = reply.send(Ok(report));
+        if let Some((reply, answer)) = self.broadcasts.start(local, id, here, others.len(), reply) {
+            let _ = reply.send(answer);
             return;
         }
-        for host in &others {
+        for host in others {
             let req = Request::Broadcast {
                 id,
                 from: from.to_string(),
                 to: to.clone(),
                 payload: payload.clone(),
             };
-            let rid = self.request(*host, req);
-            self.requests
-                .insert(rid, Pending::Broadcast { id, host: *host });
+            let rid = self.request(host, req);
+            self.requests.insert(rid, Pending::Broadcast { id, host });
         }
-        self.broadcasts.outgoing.insert(
-            id,
-            Outgoing {
-                report,
-                waiting: others.len(),
-                reply,
-            },
-        );
     }
 
     /// Another member's broadcast: delivered to every local peer (matching
@@ -102,7 +76,7 @@ impl EventLoop {
                 return Response::Refused("not a group pattern".into());
             }
         }
-        if !self.broadcasts.taken.first_time(origin, id) {
+        if !self.broadcasts.first_time(origin, id) {
             return Response::Broadcast {
                 peers: 0,
                 missed: 0,
@@ -122,30 +96,12 @@ impl EventLoop {
         host: PeerId,
         result: std::result::Result<Response, OutboundFailure>,
     ) {
-        let Some(out) = self.broadcasts.outgoing.get_mut(&id) else {
-            return;
+        let reached = match result {
+            Ok(Response::Broadcast { peers, missed }) => Some((peers, missed)),
+            _ => None,
         };
-        match result {
-            Ok(Response::Broadcast { peers, missed }) => {
-                out.report.hosts += 1;
-                out.report.peers += peers;
-                out.report.missed += missed;
-            }
-            _ => out.report.failed.push(host),
-        }
-        out.waiting = out.waiting.saturating_sub(1);
-        if out.waiting > 0 {
-            return;
-        }
-        if let Some(out) = self.broadcasts.outgoing.remove(&id) {
-            let mut report = out.report;
-            report.failed.sort();
-            let answer = if report.hosts == 1 {
-                Err(Error::Partitioned(report.failed.len()))
-            } else {
-                Ok(report)
-            };
-            let _ = out.reply.send(answer);
+        if let Some((reply, answer)) = self.broadcasts.on_answer(id, host, reached) {
+            let _ = reply.send(answer);
         }
     }
 }

@@ -20,7 +20,8 @@
 //! - `channels`: subscriptions and publishes over gossipsub (see
 //!   [`crate::core::subscriptions`] and [`crate::core::publish`]);
 //! - `queues`: queue groups (see [`crate::core::queue_groups`]);
-//! - `broadcast`: broadcasts and group sends; `ownership`: registration
+//! - `broadcast`: broadcasts and group sends (see
+//!   [`crate::core::broadcasts`]); `ownership`: registration
 //!   checks and contested ids.
 
 mod broadcast;
@@ -252,7 +253,7 @@ pub(crate) struct EventLoop {
     ownership: ownership::Ownership,
 
     // broadcast
-    broadcasts: broadcast::Broadcasts,
+    broadcasts: crate::core::broadcasts::Broadcasts<broadcast::BroadcastReply>,
     // queues
     queues: crate::core::queue_groups::QueueGroups<SubSink, queues::QueueReply>,
     /// The membership version last copied to the shared member set.
