@@ -26,7 +26,8 @@
 //! (direct messages' queues and paths), `subscriptions` (which local
 //! subscribers a publish reaches), `publish` (channel publishes waiting
 //! for the mesh, batched), `queue_groups` (who takes a queue group's
-//! publish), `broadcasts` (reports, broadcasts taken), `redial`, `budget`
+//! publish), `broadcasts` (reports, broadcasts taken), `ownership` (ids
+//! another host holds, registration checks), `redial`, `budget`
 //! (the link budget), `batch_memory`, `send`;
 //! and beside it, as pure: `directory.rs` (placement by XOR distance and
 //! the holder's store), `overlay.rs` (the relay overlay), `beat_chain.rs`

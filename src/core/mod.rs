@@ -25,6 +25,8 @@
 //!   recomputed, and which of its neighbours it dials when;
 //! - `liveness`: when to beat, whom to swap digests with and in what form,
 //!   which silent hosts to probe, and when the membership has converged;
+//! - `ownership`: ids another host holds (withdrawn, tried again, lost)
+//!   and registration checks, parked until news of their id;
 //! - `publish`: channel publishes waiting for the mesh, batched into
 //!   frames, and the callers held by backpressure;
 //! - `relay`: requests through the overlay's contacts: bundles per next
@@ -46,6 +48,7 @@ pub(crate) mod membership;
 pub(crate) mod messaging;
 pub(crate) mod neighbours;
 pub(crate) mod outbox;
+pub(crate) mod ownership;
 pub(crate) mod publish;
 pub(crate) mod queue_groups;
 pub(crate) mod redial;

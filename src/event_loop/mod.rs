@@ -22,7 +22,7 @@
 //! - `queues`: queue groups (see [`crate::core::queue_groups`]);
 //! - `broadcast`: broadcasts and group sends (see
 //!   [`crate::core::broadcasts`]); `ownership`: registration
-//!   checks and contested ids.
+//!   checks and contested ids (see [`crate::core::ownership`]).
 
 mod broadcast;
 mod budget;
@@ -250,7 +250,7 @@ pub(crate) struct EventLoop {
     relays: crate::core::relay::Relays<crate::rpc_stream::Reply>,
 
     // ownership
-    ownership: ownership::Ownership,
+    ownership: crate::core::ownership::Ownership<ownership::CheckReply>,
 
     // broadcast
     broadcasts: crate::core::broadcasts::Broadcasts<broadcast::BroadcastReply>,
