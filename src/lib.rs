@@ -19,6 +19,7 @@
 //!
 //! The protocol's decisions, without I/O (`core/`, tested with a fake
 //! clock): `outbox` (a queue per destination), `registration`, `lookup`,
+//! `locations` (known and claimed locations of peers),
 //! `members` (one host's membership protocol: its record, heartbeat
 //! digests, leases, joins), `membership` (signed records, counters,
 //! leases), `liveness` (heartbeats, digest targets, probes), `neighbours`

@@ -13,6 +13,8 @@
 //! - `messaging`: direct messages' queues per destination host, the switch
 //!   between link tasks and request batches, and what an answer means for
 //!   each send;
+//! - `locations`: where peers live as the directory said, and senders'
+//!   claims kept apart until the directory agrees;
 //! - `lookup`: the holders asked for an id, in what order, and the
 //!   Kademlia fallback;
 //! - `registration`: which holders get which directory operations, when,
@@ -42,6 +44,7 @@ pub(crate) mod batch_memory;
 pub(crate) mod broadcasts;
 pub(crate) mod budget;
 pub(crate) mod liveness;
+pub(crate) mod locations;
 pub(crate) mod lookup;
 pub(crate) mod members;
 pub(crate) mod membership;

@@ -160,7 +160,7 @@ impl EventLoop {
                 .iter()
                 .any(|w| matches!(w, Waiter::Send(p) if p.refused_by.as_deref() == Some(&h)));
             if h != self.local() && !refused {
-                self.cache.put(id_arc.clone(), h);
+                self.locations.learned(id_arc.clone(), h);
             }
         }
         for w in f.waiters {
@@ -187,7 +187,7 @@ impl EventLoop {
                 (Waiter::Send(p), None) => {
                     // Unknown to the holders: a sender that wrote from
                     // that host moments ago (its entry is on its way).
-                    match self.claims.peek(id).copied() {
+                    match self.locations.claim(id) {
                         Some(h) if p.refused_by.as_deref() != Some(&h) => self.enqueue(h, p),
                         _ => {
                             let e = Error::PeerNotFound(id.to_string());
@@ -247,16 +247,7 @@ impl EventLoop {
     /// Forgets cached and claimed locations on `host`.
     pub(super) fn forget_locations(&mut self, host: PeerId) {
         self.shared.finds.forget_host(&host);
-        for map in [&mut self.cache, &mut self.claims] {
-            let stale: Vec<Arc<str>> = map
-                .iter()
-                .filter(|(_, h)| **h == host)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in stale {
-                map.pop(&id);
-            }
-        }
+        self.locations.forget_host(host);
     }
 
     /// Fails every lookup (on close).

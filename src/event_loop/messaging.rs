@@ -32,12 +32,12 @@ impl EventLoop {
     /// Sends one message: locally if the recipient lives here, else to its host.
     pub(super) fn send(&mut self, p: PendingSend) {
         let local = self.local();
-        let mut cached = self.cache.get(&p.env.to).copied();
+        let mut cached = self.locations.get(&p.env.to);
         if cached.is_none() {
             // A reply to a message that just came over a delivery stream:
             // its reader reported the sender's host before delivering.
             self.take_task_events();
-            cached = self.cache.get(&p.env.to).copied();
+            cached = self.locations.get(&p.env.to);
         }
         // A location cached on another host goes there without a registry
         // look-up (the sender's handle looked already): a peer that moved
@@ -263,9 +263,7 @@ impl EventLoop {
         if let Some(owner) = self.shared.registry.get(&p.env.from) {
             owner.if_lane(|lane| lane.forget(&p.env.to));
         }
-        if self.cache.peek(&p.env.to) == Some(&host) {
-            self.cache.pop(&p.env.to);
-        }
+        self.locations.not_on(&p.env.to, host);
         self.shared.finds.forget(&p.env.to);
         if p.refused_by.is_some() {
             let e = Error::PeerNotFound(p.env.to.to_string());
@@ -280,28 +278,12 @@ impl EventLoop {
         finish(&self.shared, p, r);
     }
 
-    /// Remembers that `host` says it delivers for `from`.
-    ///
-    /// The connection proves which host sent a message, not that the host
-    /// owns the sender's id: a host could name any `from` and receive the
-    /// replies meant for it. So the claim is cached as a location only when
-    /// this host's directory store (it holds the id) agrees; otherwise it is
-    /// kept apart and used only when the holders do not know the id yet.
+    /// Remembers that `host` says it delivers for `from`: a location
+    /// only where this host's directory store agrees (see
+    /// [`crate::core::locations`]).
     pub(super) fn note_sender(&mut self, from: Arc<str>, host: PeerId) {
-        match self.store.lookup(&from) {
-            Some(owner) if owner == host => {
-                if self.cache.peek(&from) != Some(&host) {
-                    self.cache.put(from, host);
-                }
-            }
-            Some(_) => {}
-            None if self.cache.peek(&from) == Some(&host) => {}
-            None => {
-                if self.claims.peek(&from) != Some(&host) {
-                    self.claims.put(from, host);
-                }
-            }
-        }
+        let holder_says = self.store.lookup(&from);
+        self.locations.note_sender(from, host, holder_says);
     }
 
     /// Puts every envelope of an inbound batch in its recipient's inbox.

@@ -50,7 +50,6 @@ use libp2p::{
     swarm::{ConnectionId, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
-use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -77,7 +76,7 @@ const FAST_TICK: Duration = Duration::from_millis(20);
 /// ticking every 100 ms spent about a twentieth of a core more than every
 /// 250 ms, and every 20 ms 0.15 to 0.2 more.
 const SLOW_TICK: Duration = Duration::from_millis(250);
-/// Claimed sender locations kept (see `messaging::note_sender`): a claim
+/// Claimed sender locations kept (see [`crate::core::locations`]): a claim
 /// matters only until the sender's entry reaches its holders. (`lru`
 /// allocates its table for the whole capacity up front.)
 const CLAIMS: NonZeroUsize = match NonZeroUsize::new(4096) {
@@ -206,11 +205,10 @@ pub(crate) struct EventLoop {
 
     // lookup
     store: DirectoryStore,
-    cache: LruCache<Arc<str>, PeerId>,
-    /// Where inbound messages said their senders live, not yet confirmed
-    /// by the directory: a send to such a sender asks the holders first and
-    /// goes here only when they do not know it (an entry still on its way).
-    claims: LruCache<Arc<str>, PeerId>,
+    /// Where peers live as the directory said, and where senders claimed
+    /// to live (a send to such a sender asks the holders first and goes
+    /// there only when they do not know it: an entry still on its way).
+    locations: crate::core::locations::Locations,
     lookups: crate::core::lookup::Lookups<lookup::Waiter>,
     kad_lookups: HashMap<libp2p::kad::QueryId, String>,
     /// Directory operations on their way to the holders.
@@ -343,8 +341,7 @@ impl EventLoop {
                 cfg.max_directory_entries,
                 cfg.max_directory_entries_per_host,
             ),
-            cache: LruCache::new(cache_cap),
-            claims: LruCache::new(cache_cap.min(CLAIMS)),
+            locations: crate::core::locations::Locations::new(cache_cap, cache_cap.min(CLAIMS)),
             lookups: Default::default(),
             kad_lookups: HashMap::new(),
             registration: Registration::new(
@@ -713,7 +710,7 @@ impl EventLoop {
             }
             Command::Registration { id, reply } => self.check_registration(id, reply),
             Command::CachedLocation { id, reply } => {
-                let _ = reply.send(self.cache.peek(id.as_str()).copied());
+                let _ = reply.send(self.locations.peek(id.as_str()));
             }
             Command::Close { reply } => self.start_close(reply),
         }
@@ -889,9 +886,7 @@ impl EventLoop {
                 // A cached location this holder sees withdrawn is stale.
                 for op in &ops {
                     if let crate::directory::DirOp::Withdraw(id) = op {
-                        if self.cache.peek(&**id) == Some(&peer) {
-                            self.cache.pop(&**id);
-                        }
+                        self.locations.not_on(id, peer);
                         self.shared.finds.forget(id);
                     }
                 }
