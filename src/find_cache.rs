@@ -81,14 +81,7 @@ impl FindCache {
         if map.is_empty() {
             return;
         }
-        let stale: Vec<String> = map
-            .iter()
-            .filter(|(_, (loc, _))| loc.host == *host)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in stale {
-            map.pop(&id);
-        }
+        crate::core::locations::remove_where(&mut map, |(loc, _)| loc.host == *host);
     }
 }
 

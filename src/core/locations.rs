@@ -87,15 +87,24 @@ impl Locations {
     /// Forgets every location and claim on `host` (it left or lapsed).
     pub(crate) fn forget_host(&mut self, host: PeerId) {
         for map in [&mut self.cache, &mut self.claims] {
-            let stale: Vec<Arc<str>> = map
-                .iter()
-                .filter(|(_, h)| **h == host)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in stale {
-                map.pop(&id);
-            }
+            remove_where(map, |h| *h == host);
         }
+    }
+}
+
+/// Removes the entries of `map` whose value `stale` picks (`lru` has no
+/// `retain`).
+pub(crate) fn remove_where<K, V>(map: &mut LruCache<K, V>, stale: impl Fn(&V) -> bool)
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    let keys: Vec<K> = map
+        .iter()
+        .filter(|(_, v)| stale(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in keys {
+        map.pop(&k);
     }
 }
 

@@ -216,18 +216,6 @@ impl<S: Subscriber, R> QueueGroups<S, R> {
         Some(self.advance(f, local, hand))
     }
 
-    /// Another host hands over a publish on `channel` for one member of
-    /// this host's group `key`: whether one took it.
-    pub(crate) fn take(
-        &mut self,
-        key: &Key,
-        channel: &str,
-        payload: &Payload,
-        hand: &mut impl FnMut(&S, &str, &Payload) -> bool,
-    ) -> bool {
-        self.deliver_one(key, channel, payload, hand)
-    }
-
     /// Every group matching `channel`, with its hosts (sorted) and their
     /// member counts.
     fn groups<'a>(
@@ -292,7 +280,7 @@ impl<S: Subscriber, R> QueueGroups<S, R> {
                     request,
                 };
             }
-            if self.deliver_one(&f.key, &f.channel, &f.payload, hand) {
+            if self.take(&f.key, &f.channel, &f.payload, hand) {
                 return Step::Done {
                     reply: f.reply,
                     result: Ok(()),
@@ -310,10 +298,11 @@ impl<S: Subscriber, R> QueueGroups<S, R> {
         }
     }
 
-    /// Gives the publish to one member of the local group `key`, in turn;
-    /// whether one took it (members whose queue is full are passed over,
-    /// gone ones dropped).
-    fn deliver_one(
+    /// Gives a publish on `channel` to one member of this host's group
+    /// `key`, in turn (another host handed it over, or it is this host's
+    /// turn); whether one took it (members whose queue is full are passed
+    /// over, gone ones dropped).
+    pub(crate) fn take(
         &mut self,
         key: &Key,
         channel: &str,

@@ -854,6 +854,7 @@ mod tests {
             proof: Some(proof),
         }
     }
+
     #[test]
     fn only_what_the_origin_signed_is_taken() {
         let (a, relay, dest) = (
