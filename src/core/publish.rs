@@ -4,15 +4,19 @@
 //!
 //! The caller of a publish goes on as soon as its publish is queued, while
 //! the channel's queue holds fewer than [`PUBLISH_QUEUE`]; past that it
-//! waits (backpressure) until enough of the queue has left. Whether the mesh
-//! is ready and the publishing itself are the event loop's (gossipsub);
-//! this type decides what waits, what leaves together, and whom to release.
+//! waits (backpressure) until enough of the queue has left. Which hosts
+//! subscribe and which gossipsub knows, and the publishing itself, are the
+//! event loop's (gossipsub); this type decides whether the mesh is ready,
+//! which subscriber hosts to dial, what waits, what leaves together, and
+//! whom to release.
 //! `T` is what answers a waiting caller (a reply channel in the loop).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
+
+use libp2p::PeerId;
 
 use crate::message::Payload;
 
@@ -24,6 +28,8 @@ pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 const BATCH_COUNT: usize = 4096;
 /// Bytes counted per publish beside its payload (its length and framing).
 const OVERHEAD: usize = 8;
+/// How long to wait before dialling a subscriber host again.
+const REDIAL: Duration = Duration::from_secs(1);
 
 /// A publish waiting for the mesh, for queue room, or to be batched.
 #[derive(Debug)]
@@ -59,6 +65,9 @@ pub(crate) struct Publishes<T> {
     /// Channels whose mesh reached every subscriber host since the last
     /// change of subscribers or links ([`Publishes::unready`]).
     ready: HashSet<String>,
+    /// Subscriber hosts dialled for a mesh, and when they may be dialled
+    /// again (forgotten once a dial ends: [`Publishes::dial_ended`]).
+    dialing: HashMap<PeerId, Instant>,
 }
 
 impl<T> Default for Publishes<T> {
@@ -66,6 +75,7 @@ impl<T> Default for Publishes<T> {
         Publishes {
             parked: HashMap::new(),
             ready: HashSet::new(),
+            dialing: HashMap::new(),
         }
     }
 }
@@ -125,6 +135,37 @@ impl<T> Publishes<T> {
         if !self.ready.contains(channel) {
             self.ready.insert(channel.to_string());
         }
+    }
+
+    /// Whether a channel's mesh reaches every host of `subscribers`
+    /// (gossipsub knows those in `known` as subscribers of its topic), and
+    /// which of the others to dial now: those not `connected`, at most
+    /// once per [`REDIAL`] each.
+    pub(crate) fn check_mesh(
+        &mut self,
+        subscribers: impl IntoIterator<Item = PeerId>,
+        known: &HashSet<PeerId>,
+        connected: impl Fn(&PeerId) -> bool,
+        now: Instant,
+    ) -> (bool, Vec<PeerId>) {
+        let (mut ready, mut dial) = (true, Vec::new());
+        for h in subscribers {
+            if known.contains(&h) {
+                continue;
+            }
+            ready = false;
+            if !connected(&h) && self.dialing.get(&h).is_none_or(|t| *t <= now) {
+                self.dialing.insert(h, now + REDIAL);
+                dial.push(h);
+            }
+        }
+        (ready, dial)
+    }
+
+    /// A connection to `host` opened or closed, or a dial to it failed: it
+    /// may be dialled again at once.
+    pub(crate) fn dial_ended(&mut self, host: &PeerId) {
+        self.dialing.remove(host);
     }
 
     /// Subscribers or links changed: every channel's mesh is checked again.
@@ -323,5 +364,26 @@ mod tests {
         waiting.sort_unstable();
         assert_eq!(waiting, vec![PUBLISH_QUEUE, PUBLISH_QUEUE + 1]);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_subscriber_host_outside_the_mesh_is_dialled_once_a_second_until_linked() {
+        let mut p = Publishes::<()>::default();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let known: HashSet<PeerId> = [a].into();
+        let linked = |h: &PeerId| *h == b;
+        let (ready, dial) = p.check_mesh([a, b, c], &known, linked, t0);
+        assert!(!ready);
+        assert_eq!(dial, vec![c], "b is linked: gossipsub hears of it soon");
+        let soon = t0 + REDIAL - Duration::from_millis(1);
+        assert!(p.check_mesh([c], &known, linked, soon).1.is_empty());
+        assert_eq!(p.check_mesh([c], &known, linked, t0 + REDIAL).1, vec![c]);
+        // A failed dial may be tried again at once.
+        p.dial_ended(&c);
+        assert_eq!(p.check_mesh([c], &known, linked, t0 + REDIAL).1, vec![c]);
+        // Every subscriber known: ready, nobody dialled.
+        let all: HashSet<PeerId> = [a, b, c].into();
+        assert_eq!(p.check_mesh([a, b, c], &all, linked, t0), (true, vec![]));
     }
 }

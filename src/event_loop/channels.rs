@@ -16,11 +16,7 @@
 //! queues are full the publishes wait here, and once the lane's room is
 //! used up, so do the callers: backpressure instead of loss.
 
-use std::{
-    collections::HashSet,
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::atomic::Ordering, time::Instant};
 
 use libp2p::{gossipsub, PeerId};
 use tokio::sync::{mpsc::error::TrySendError, oneshot};
@@ -35,9 +31,6 @@ use crate::{
     protocol::ChannelFrame,
     shared::bump,
 };
-
-/// How long to wait before redialling a subscriber host.
-const REDIAL: Duration = Duration::from_secs(1);
 
 /// The caller of a publish command, answered once it may go on (see
 /// [`crate::core::publish`]).
@@ -209,17 +202,15 @@ impl EventLoop {
             .filter(|(_, topics)| topics.contains(&&hash))
             .map(|(p, _)| *p)
             .collect();
-        let mut ready = true;
-        let now = Instant::now();
-        for h in subscribers {
-            if known.contains(&h) {
-                continue;
-            }
-            ready = false;
-            if !self.swarm.is_connected(&h) && self.dialing.get(&h).is_none_or(|t| *t <= now) {
-                self.dialing.insert(h, now + REDIAL);
-                self.dial_member(h);
-            }
+        let swarm = &self.swarm;
+        let (ready, dial) = self.publishes.check_mesh(
+            subscribers,
+            &known,
+            |h| swarm.is_connected(h),
+            Instant::now(),
+        );
+        for h in dial {
+            self.dial_member(h);
         }
         ready
     }

@@ -137,7 +137,7 @@ impl EventLoop {
         if self.redials.up(&peer) {
             tracing::info!(%peer, "reconnected to joined host");
         }
-        self.dialing.remove(&peer);
+        self.publishes.dial_ended(&peer);
     }
 
     /// A connection closed: a join waiting on it fails.
@@ -153,7 +153,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_disconnected(&mut self, peer: PeerId) {
-        self.dialing.remove(&peer);
+        self.publishes.dial_ended(&peer);
         self.budget.closed(&peer);
         // Its stream broke with the connection; the task reports and ends.
         self.request_clients.remove(&peer);
@@ -170,7 +170,7 @@ impl EventLoop {
         error: libp2p::swarm::DialError,
     ) {
         if let Some(peer) = peer {
-            self.dialing.remove(&peer);
+            self.publishes.dial_ended(&peer);
         }
         tracing::debug!(?peer, %error, "dial failed");
         if let Some(mut j) = self.joins.remove(&conn) {

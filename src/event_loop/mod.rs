@@ -234,7 +234,6 @@ pub(crate) struct EventLoop {
     /// Channel publishes waiting for the mesh or to be batched, and which
     /// channels' meshes are ready (forgotten when membership or links change).
     publishes: crate::core::publish::Publishes<channels::PublishReply>,
-    dialing: HashMap<PeerId, Instant>,
 
     // budget
     /// When each connected host was last sent or asked something.
@@ -356,7 +355,6 @@ impl EventLoop {
             closing: None,
             subs: Default::default(),
             publishes: Default::default(),
-            dialing: HashMap::new(),
             budget: crate::core::budget::LinkBudget::new(Instant::now()),
             joiners: Default::default(),
             overlay: Default::default(),
