@@ -27,7 +27,7 @@ impl EventLoop {
         from: Arc<str>,
         to: Option<String>,
         payload: Payload,
-        reply: oneshot::Sender<Result<BroadcastReport>>,
+        reply: BroadcastReply,
     ) {
         let counter = match to {
             Some(_) => &self.shared.counters.group_sends,

@@ -62,7 +62,8 @@ impl EventLoop {
         } else {
             Vec::new()
         };
-        let local_holds = self.store.lookup(&id) == Some(local);
+        // Only asked when this host is one of the holders.
+        let local_holds = holders.contains(&local) && self.store.lookup(&id) == Some(local);
         let mut out = Vec::new();
         self.ownership.check(
             Id::from(id.as_str()),

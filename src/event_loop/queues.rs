@@ -79,8 +79,8 @@ impl EventLoop {
         &mut self,
         channel: &str,
         payload: &Payload,
-        reply: oneshot::Sender<Result<()>>,
-    ) -> oneshot::Sender<Result<()>> {
+        reply: QueueReply,
+    ) -> QueueReply {
         let mut handed = Vec::new();
         let local = self.local();
         let remote = self
