@@ -64,9 +64,9 @@ async fn two_hosts() -> (Host, Host, Peer) {
 }
 
 /// Runs `iters` calls of `op` with 1,024 in flight; the time they took.
-async fn pipelined<T, Fut>(iters: u64, op: impl Fn() -> Fut) -> Duration
+async fn pipelined<T, E: std::fmt::Debug, Fut>(iters: u64, op: impl Fn() -> Fut) -> Duration
 where
-    Fut: std::future::Future<Output = distribus::Result<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let start = Instant::now();
     stream::iter(0..iters)

@@ -55,7 +55,7 @@ fn creation(c: &mut Criterion) {
     });
     g.finish();
     drop(kept);
-    rt.block_on(async { host.close().await.expect("close") });
+    rt.block_on(async { host.close().await });
 }
 
 fn find(c: &mut Criterion) {

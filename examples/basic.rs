@@ -18,5 +18,6 @@ async fn main() -> Result<(), distribus::Error> {
         let text: String = msg.decode()?;
         println!("received message from {}: {}", msg.from, text);
     }
-    host.close().await
+    host.close().await;
+    Ok(())
 }

@@ -70,8 +70,8 @@ async fn main() -> Result<(), Error> {
         Ok(()) => println!("unexpected: delivered to nobody"),
     }
 
-    beta.close().await?;
-    alpha.close().await?;
+    beta.close().await;
+    alpha.close().await;
     println!("both hosts closed; demo done");
     Ok(())
 }

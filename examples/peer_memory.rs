@@ -56,7 +56,8 @@ async fn run(hold_entries: bool) -> Result<(), Error> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("{} {}", (rss() - before) / PEERS, took.as_secs_f64());
-    host.close().await
+    host.close().await;
+    Ok(())
 }
 
 /// Runs this program again for one run and reads what it printed.

@@ -17,5 +17,6 @@ async fn main() -> Result<(), distribus::Error> {
         let text: String = msg.decode()?;
         println!("received news message: {text}");
     }
-    host.close().await
+    host.close().await;
+    Ok(())
 }

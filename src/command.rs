@@ -114,24 +114,24 @@ impl crate::core::subscriptions::Subscriber for SubSink {
 pub(crate) enum Command {
     Listen {
         addr: Multiaddr,
-        reply: oneshot::Sender<Result<Vec<Multiaddr>>>,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, crate::ListenError>>,
     },
     Join {
         addr: Multiaddr,
         shown: String,
-        reply: oneshot::Sender<Result<PeerId>>,
+        reply: oneshot::Sender<Result<PeerId, crate::JoinError>>,
     },
     Send(crate::core::send::PendingSend),
     Find {
         id: String,
-        reply: oneshot::Sender<Result<Location>>,
+        reply: oneshot::Sender<Result<Location, crate::FindError>>,
     },
     Subscribe {
         channel: String,
         /// A queue group's name: the sink is one of its members.
         group: Option<String>,
         sink: SubSink,
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<Result<(), crate::SubscribeError>>,
     },
     Unsubscribe {
         channel: String,
@@ -143,14 +143,14 @@ pub(crate) enum Command {
     Publish {
         channel: String,
         payload: Payload,
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<Result<(), crate::PublishError>>,
     },
     Broadcast {
         from: std::sync::Arc<str>,
         /// A pattern of peer ids (a group send); `None` is every peer.
         to: Option<String>,
         payload: Payload,
-        reply: oneshot::Sender<Result<crate::BroadcastReport>>,
+        reply: oneshot::Sender<Result<crate::BroadcastReport, crate::BroadcastError>>,
     },
     Members {
         reply: oneshot::Sender<Vec<HostInfo>>,

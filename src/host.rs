@@ -18,7 +18,10 @@ use crate::{
     broadcast::BroadcastReport,
     command::{Command, HostInfo, Location, Readiness, SubSink},
     config::HostConfig,
-    error::{Error, Result},
+    error::{
+        BroadcastError, Cause, Closed, CreateError, Error, FindError, JoinError, ListenError,
+        PublishError, Result, SubscribeError,
+    },
     event_loop::EventLoop,
     inbox::PeerSlot,
     message::Payload,
@@ -58,26 +61,33 @@ pub(crate) struct Inner {
     next_sub: AtomicU64,
 }
 
-/// Checks a peer id: non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes.
-pub(crate) fn validate_id(id: &str) -> Result<()> {
+/// Checks a peer id: non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes; the
+/// error is the reason, for each operation's `InvalidId`.
+pub(crate) fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
-        return Err(Error::InvalidId("the id is empty".into()));
+        return Err("the id is empty".into());
     }
     if id.len() > MAX_ID_LEN {
-        return Err(Error::InvalidId(format!(
+        return Err(format!(
             "the id is {} bytes long; the limit is {MAX_ID_LEN}",
             id.len()
-        )));
+        ));
     }
     Ok(())
 }
 
 /// Parses a multiaddr, or a `ws://host:port` URL as the JavaScript original took.
 pub fn parse_address(addr: &str) -> Result<Multiaddr> {
-    let invalid = |reason: &str| Error::InvalidAddress {
+    parse_multiaddr(addr).map_err(|source| Error::InvalidAddress {
         addr: addr.to_string(),
-        source: crate::Cause::msg(reason),
-    };
+        source,
+    })
+}
+
+/// [`parse_address`], with the reason it failed, for each operation's
+/// `InvalidAddress`.
+fn parse_multiaddr(addr: &str) -> Result<Multiaddr, Cause> {
+    let invalid = |reason: &str| Cause::msg(reason);
     if let Some(rest) = addr
         .strip_prefix("ws://")
         .or_else(|| addr.strip_prefix("wss://").map(|_| ""))
@@ -101,11 +111,7 @@ pub fn parse_address(addr: &str) -> Result<Multiaddr> {
         m.push(Protocol::Ws("/".into()));
         return Ok(m);
     }
-    addr.parse::<Multiaddr>()
-        .map_err(|e| Error::InvalidAddress {
-            addr: addr.to_string(),
-            source: crate::Cause::new(e),
-        })
+    addr.parse::<Multiaddr>().map_err(Cause::new)
 }
 
 impl Host {
@@ -200,9 +206,9 @@ impl Host {
         Ok(())
     }
 
-    fn check_open(&self) -> Result<()> {
+    fn check_open(&self) -> Result<(), Closed> {
         if self.inner.shared.is_closed() {
-            Err(Error::Closed)
+            Err(Closed)
         } else {
             Ok(())
         }
@@ -212,18 +218,25 @@ impl Host {
     pub(crate) async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T> {
+    ) -> Result<T, Closed> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
-        self.inner.commands.send(make(tx)).await?;
-        Ok(rx.await?)
+        self.inner
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Closed)?;
+        rx.await.map_err(|_| Closed)
     }
 
     /// Listens on a multiaddr such as `/ip4/127.0.0.1/tcp/0`,
     /// `/ip4/127.0.0.1/tcp/0/ws` or `/memory/0`. Returns the address actually
     /// bound, ending in `/p2p/<host id>`: give it to other hosts' `join`.
-    pub async fn listen(&self, addr: &str) -> Result<Vec<Multiaddr>> {
-        let addr = parse_address(addr)?;
+    pub async fn listen(&self, addr: &str) -> Result<Vec<Multiaddr>, ListenError> {
+        let addr = parse_multiaddr(addr).map_err(|source| ListenError::InvalidAddress {
+            addr: addr.to_string(),
+            source,
+        })?;
         self.call(|reply| Command::Listen { addr, reply }).await?
     }
 
@@ -231,12 +244,15 @@ impl Host {
     ///
     /// Resolves once the two hosts are connected, have checked they share a
     /// network id, and have swapped their membership, so this host knows the
-    /// whole network. Fails with [`Error::NetworkMismatch`] for a host of
-    /// another network and [`Error::Join`] for a dead address, within
+    /// whole network. Fails with [`JoinError::NetworkMismatch`] for a host
+    /// of another network and [`JoinError::Join`] for a dead address, within
     /// `join_timeout`. Returns the joined host's id.
-    pub async fn join(&self, addr: &str) -> Result<PeerId> {
+    pub async fn join(&self, addr: &str) -> Result<PeerId, JoinError> {
         let shown = addr.to_string();
-        let parsed = parse_address(addr)?;
+        let parsed = parse_multiaddr(addr).map_err(|source| JoinError::InvalidAddress {
+            addr: shown.clone(),
+            source,
+        })?;
         let timeout = self.inner.shared.with_config(|c| c.join_timeout);
         let call = self.call(|reply| Command::Join {
             addr: parsed,
@@ -245,9 +261,9 @@ impl Host {
         });
         match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
             Ok(r) => r?,
-            Err(_) => Err(Error::Join {
+            Err(_) => Err(JoinError::Join {
                 addr: shown,
-                source: crate::Cause::msg("no answer in time"),
+                source: Cause::msg("no answer in time"),
             }),
         }
     }
@@ -255,15 +271,16 @@ impl Host {
     /// Creates a peer with this id on this host.
     ///
     /// Costs no network round trip: the directory learns of the peer in the
-    /// background, in batches. Fails with [`Error::IdExists`] if the id is
-    /// taken on this host and [`Error::InvalidId`] if it is not valid.
-    pub fn create(&self, id: &str) -> Result<Peer> {
+    /// background, in batches. Fails with [`CreateError::IdExists`] if the
+    /// id is taken on this host and [`CreateError::InvalidId`] if it is not
+    /// valid.
+    pub fn create(&self, id: &str) -> Result<Peer, CreateError> {
         self.check_open()?;
-        validate_id(id)?;
+        validate_id(id).map_err(CreateError::InvalidId)?;
         let capacity = self.inner.shared.with_config(|c| c.inbox_capacity);
         let slot = PeerSlot::new(id, capacity);
         if !self.inner.shared.registry.insert(slot.clone()) {
-            return Err(Error::IdExists(id.to_string()));
+            return Err(CreateError::IdExists(id.to_string()));
         }
         self.inner.shared.push_change(SlotChange {
             register: true,
@@ -276,10 +293,10 @@ impl Host {
     /// Creates a peer and waits until the whole network resolves its id to
     /// this host ([`Peer::registered`]).
     ///
-    /// Fails with [`Error::IdTaken`] if another live host registered the
-    /// id first (the local peer is then removed), and with the errors of
-    /// [`Host::create`].
-    pub async fn create_unique(&self, id: &str) -> Result<Peer> {
+    /// Fails with [`CreateError::IdTaken`] if another live host registered
+    /// the id first (the local peer is then removed), and with the errors of
+    /// [`Host::create`] and [`Peer::registered`].
+    pub async fn create_unique(&self, id: &str) -> Result<Peer, CreateError> {
         let peer = self.create(id)?;
         match peer.registered().await {
             Ok(()) => Ok(peer),
@@ -304,7 +321,7 @@ impl Host {
 
     /// Removes a peer (by id or by handle) and withdraws it from the
     /// directory. Its receivers end. Returns whether it existed.
-    pub fn remove(&self, peer: impl AsRef<str>) -> Result<bool> {
+    pub fn remove(&self, peer: impl AsRef<str>) -> Result<bool, Closed> {
         self.check_open()?;
         let Some(slot) = self.inner.shared.registry.remove(peer.as_ref()) else {
             return Ok(false);
@@ -335,8 +352,8 @@ impl Host {
     }
 
     /// Where a peer lives: from this host's own peers, or one hop to the
-    /// holders of its directory entry. [`Error::PeerNotFound`] if no host
-    /// holds it.
+    /// holders of its directory entry. [`FindError::PeerNotFound`] if no
+    /// host holds it.
     ///
     /// An answer is reused, without asking again, for
     /// [`HostConfig::find_cache_ttl`] (1 s by default; its `round_trips` is
@@ -344,8 +361,8 @@ impl Host {
     /// there, or the peer moved from or to this host: within that time a
     /// peer that moved between two other hosts may still be reported where
     /// it was.
-    pub async fn find(&self, id: &str) -> Result<Location> {
-        validate_id(id)?;
+    pub async fn find(&self, id: &str) -> Result<Location, FindError> {
+        validate_id(id).map_err(FindError::InvalidId)?;
         let shared = &self.inner.shared;
         let (timeout, ttl) = shared.with_config(|c| (c.request_timeout, c.find_cache_ttl));
         if !ttl.is_zero() {
@@ -364,7 +381,7 @@ impl Host {
         let find = self.call(|reply| Command::Find { id: owned, reply });
         let loc = match tokio::time::timeout(timeout, find).await {
             Ok(r) => r??,
-            Err(_) => return Err(Error::Timeout),
+            Err(_) => return Err(FindError::Timeout),
         };
         if !ttl.is_zero() {
             // Aged from the ask: an answer is no fresher than its question.
@@ -375,7 +392,7 @@ impl Host {
 
     /// Subscribes to a channel. The subscription is a stream of every message
     /// published on the channel from now on, on any host; dropping it ends it.
-    pub async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, SubscribeError> {
         self.subscribe_to(channel, None).await
     }
 
@@ -390,16 +407,25 @@ impl Host {
     /// take it (gone, unreachable) too: the next member takes it, so when a
     /// member's host dies the others take over. The publisher's `publish`
     /// resolves once a member of every matching group has it, and fails with
-    /// [`Error::QueueUnavailable`] when no member of a group could take it.
+    /// [`PublishError::QueueUnavailable`] when no member of a group could
+    /// take it.
     /// Plain subscriptions of the channel get every publish as usual.
-    pub async fn subscribe_queue(&self, channel: &str, group: &str) -> Result<Subscription> {
-        crate::queue_group::check_group_name(group)?;
+    pub async fn subscribe_queue(
+        &self,
+        channel: &str,
+        group: &str,
+    ) -> Result<Subscription, SubscribeError> {
+        crate::queue_group::check_group_name(group).map_err(SubscribeError::InvalidChannel)?;
         self.subscribe_to(channel, Some(group.to_string())).await
     }
 
     /// A subscription to `channel`, or a member of its queue group `group`.
-    async fn subscribe_to(&self, channel: &str, group: Option<String>) -> Result<Subscription> {
-        crate::channel_name::check_pattern(channel)?;
+    async fn subscribe_to(
+        &self,
+        channel: &str,
+        group: Option<String>,
+    ) -> Result<Subscription, SubscribeError> {
+        crate::channel_name::check_pattern(channel).map_err(SubscribeError::InvalidChannel)?;
         self.check_open()?;
         let capacity = self.inner.shared.with_config(|c| c.subscription_capacity);
         let (tx, rx) = mpsc::channel(capacity);
@@ -428,8 +454,8 @@ impl Host {
 
     /// Ends every subscription of this host on `channel` (memberships of
     /// its queue groups end when their [`Subscription`] is dropped).
-    pub async fn unsubscribe(&self, channel: &str) -> Result<()> {
-        crate::channel_name::check_pattern(channel)?;
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), SubscribeError> {
+        crate::channel_name::check_pattern(channel).map_err(SubscribeError::InvalidChannel)?;
         self.check_open()?;
         self.inner
             .commands
@@ -450,7 +476,11 @@ impl Host {
     /// it. Right after a join it waits (up to `publish_warmup`) for the mesh
     /// to reach the channel's subscribers; under load it waits for queue
     /// room.
-    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, value: &T) -> Result<()> {
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        value: &T,
+    ) -> Result<(), PublishError> {
         self.publish_payload(channel, Payload::postcard(value)?)
             .await
     }
@@ -460,16 +490,20 @@ impl Host {
         &self,
         channel: &str,
         value: &T,
-    ) -> Result<()> {
+    ) -> Result<(), PublishError> {
         self.publish_payload(channel, Payload::json(value)?).await
     }
 
     /// Publishes an encoded payload.
-    pub async fn publish_payload(&self, channel: &str, payload: Payload) -> Result<()> {
-        crate::channel_name::check_name(channel)?;
+    pub async fn publish_payload(
+        &self,
+        channel: &str,
+        payload: Payload,
+    ) -> Result<(), PublishError> {
+        crate::channel_name::check_name(channel).map_err(PublishError::InvalidChannel)?;
         let limit = self.inner.shared.with_config(|c| c.max_message_size);
         if payload.len() > limit {
-            return Err(Error::MessageTooLarge {
+            return Err(PublishError::MessageTooLarge {
                 size: payload.len(),
                 limit,
             });
@@ -495,9 +529,12 @@ impl Host {
     /// inboxes and answers with how many have it. Resolves when every host
     /// has answered or failed, with what it reached ([`BroadcastReport`]:
     /// peers whose inbox was full missed it; hosts that did not answer are
-    /// named). Fails with [`Error::Partitioned`] when there are other hosts
-    /// and none took it, and [`Error::MessageTooLarge`].
-    pub async fn broadcast<T: Serialize + ?Sized>(&self, value: &T) -> Result<BroadcastReport> {
+    /// named). Fails with [`BroadcastError::Partitioned`] when there are
+    /// other hosts and none took it, and [`BroadcastError::MessageTooLarge`].
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.broadcast_payload(Payload::postcard(value)?).await
     }
 
@@ -505,12 +542,15 @@ impl Host {
     pub async fn broadcast_json<T: Serialize + ?Sized>(
         &self,
         value: &T,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.broadcast_payload(Payload::json(value)?).await
     }
 
     /// Broadcasts an encoded payload (see [`Host::broadcast`]).
-    pub async fn broadcast_payload(&self, payload: Payload) -> Result<BroadcastReport> {
+    pub async fn broadcast_payload(
+        &self,
+        payload: Payload,
+    ) -> Result<BroadcastReport, BroadcastError> {
         let from: std::sync::Arc<str> = std::sync::Arc::from(self.id().to_string());
         self.broadcast_from(from, None, payload).await
     }
@@ -522,7 +562,7 @@ impl Host {
         &self,
         pattern: &str,
         value: &T,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.send_group_payload(pattern, Payload::postcard(value)?)
             .await
     }
@@ -532,7 +572,7 @@ impl Host {
         &self,
         pattern: &str,
         value: &T,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.send_group_payload(pattern, Payload::json(value)?)
             .await
     }
@@ -542,7 +582,7 @@ impl Host {
         &self,
         pattern: &str,
         payload: Payload,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         let from: std::sync::Arc<str> = std::sync::Arc::from(self.id().to_string());
         self.broadcast_from(from, Some(pattern.to_string()), payload)
             .await
@@ -555,16 +595,16 @@ impl Host {
         from: std::sync::Arc<str>,
         to: Option<String>,
         payload: Payload,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         if let Some(p) = &to {
-            crate::channel_name::check_group(p)?;
+            crate::channel_name::check_group(p).map_err(BroadcastError::InvalidPattern)?;
         }
         let (limit, timeout) = self
             .inner
             .shared
             .with_config(|c| (c.max_message_size, c.request_timeout));
         if payload.len() > limit {
-            return Err(Error::MessageTooLarge {
+            return Err(BroadcastError::MessageTooLarge {
                 size: payload.len(),
                 limit,
             });
@@ -579,23 +619,23 @@ impl Host {
         });
         match tokio::time::timeout(timeout * 3, call).await {
             Ok(r) => r?,
-            Err(_) => Err(Error::Timeout),
+            Err(_) => Err(BroadcastError::Timeout),
         }
     }
 
     /// The other live hosts this host knows.
-    pub async fn members(&self) -> Result<Vec<HostInfo>> {
+    pub async fn members(&self) -> Result<Vec<HostInfo>, Closed> {
         self.call(|reply| Command::Members { reply }).await
     }
 
     /// Whether this host has joined others and its membership has converged
     /// with theirs (what `distribus-node`'s `/readyz` answers).
-    pub async fn readiness(&self) -> Result<Readiness> {
+    pub async fn readiness(&self) -> Result<Readiness, Closed> {
         self.call(|reply| Command::Readiness { reply }).await
     }
 
     /// The host this host's location cache holds for `id`, if any.
-    pub async fn cached_location(&self, id: &str) -> Result<Option<PeerId>> {
+    pub async fn cached_location(&self, id: &str) -> Result<Option<PeerId>, Closed> {
         let id = id.to_string();
         self.call(|reply| Command::CachedLocation { id, reply })
             .await
@@ -608,10 +648,10 @@ impl Host {
 
     /// Leaves the network gracefully: the other hosts are told at once and
     /// forget this host's peers; then the event loop stops. Afterwards every
-    /// method returns [`Error::Closed`]. Closing twice is fine.
-    pub async fn close(&self) -> Result<()> {
+    /// method fails with its `Closed`. Closing twice is fine.
+    pub async fn close(&self) {
         if self.inner.shared.mark_closed() {
-            return Ok(());
+            return;
         }
         let (tx, rx) = oneshot::channel();
         if self
@@ -623,7 +663,6 @@ impl Host {
         {
             let _ = rx.await;
         }
-        Ok(())
     }
 
     /// Whether [`Host::close`] was called or the event loop ended.

@@ -97,7 +97,10 @@ mod wire_props;
 pub use broadcast::BroadcastReport;
 pub use command::{HostInfo, Location, Readiness};
 pub use config::{HostConfig, TransportKind};
-pub use error::{Cause, Error, Result};
+pub use error::{
+    BroadcastError, Cause, Closed, CreateError, DecodeError, EncodeError, Error, FindError,
+    JoinError, ListenError, PublishError, Result, SendError, SubscribeError,
+};
 #[cfg(feature = "gateway")]
 pub use gateway::{
     decode_request, Gateway, GatewayConfig, Op as ClientOp, Page, Refusal,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    error::{Cause, Error, Result},
+    error::{Cause, DecodeError, EncodeError, SendError},
     peer::Peer,
     request::{Corr, RequestId},
 };
@@ -35,8 +35,8 @@ pub struct Payload {
 
 impl Payload {
     /// Encodes a value with postcard.
-    pub fn postcard<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Encode(Cause::new(e)))?;
+    pub fn postcard<T: Serialize + ?Sized>(value: &T) -> Result<Self, EncodeError> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| EncodeError(Cause::new(e)))?;
         Ok(Payload {
             encoding: Encoding::Postcard,
             bytes: bytes.into(),
@@ -44,8 +44,8 @@ impl Payload {
     }
 
     /// Encodes a value as JSON (for `serde_json::Value` and browser clients).
-    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        let bytes = serde_json::to_vec(value).map_err(|e| Error::Encode(Cause::new(e)))?;
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, EncodeError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| EncodeError(Cause::new(e)))?;
         Ok(Payload {
             encoding: Encoding::Json,
             bytes: bytes.into(),
@@ -53,13 +53,13 @@ impl Payload {
     }
 
     /// Decodes the payload into `T` with the encoding it was sent in.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         match self.encoding {
             Encoding::Postcard => {
-                postcard::from_bytes(&self.bytes).map_err(|e| Error::Decode(Cause::new(e)))
+                postcard::from_bytes(&self.bytes).map_err(|e| DecodeError(Cause::new(e)))
             }
             Encoding::Json => {
-                serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode(Cause::new(e)))
+                serde_json::from_slice(&self.bytes).map_err(|e| DecodeError(Cause::new(e)))
             }
         }
     }
@@ -102,7 +102,7 @@ impl Message {
     }
 
     /// Decodes the payload into `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         self.payload.decode()
     }
 
@@ -121,22 +121,30 @@ impl Message {
     /// with a value encoded with postcard.
     ///
     /// Resolves once the reply is with the waiting requester. Errors as
-    /// [`crate::Peer::send`], and [`Error::NoRequest`] when this message is
+    /// [`crate::Peer::send`], and [`SendError::NoRequest`] when this message is
     /// not a request or its requester no longer waits (it was answered or
-    /// timed out); [`Error::PeerNotFound`] when the requester is gone.
-    pub async fn reply<T: Serialize + ?Sized>(&self, peer: &Peer, value: &T) -> Result<()> {
+    /// timed out); [`SendError::PeerNotFound`] when the requester is gone.
+    pub async fn reply<T: Serialize + ?Sized>(
+        &self,
+        peer: &Peer,
+        value: &T,
+    ) -> Result<(), SendError> {
         self.reply_payload(peer, Payload::postcard(value)?).await
     }
 
     /// Replies with a value encoded as JSON (see [`Message::reply`]).
-    pub async fn reply_json<T: Serialize + ?Sized>(&self, peer: &Peer, value: &T) -> Result<()> {
+    pub async fn reply_json<T: Serialize + ?Sized>(
+        &self,
+        peer: &Peer,
+        value: &T,
+    ) -> Result<(), SendError> {
         self.reply_payload(peer, Payload::json(value)?).await
     }
 
     /// Replies with an encoded payload (see [`Message::reply`]).
-    pub async fn reply_payload(&self, peer: &Peer, payload: Payload) -> Result<()> {
+    pub async fn reply_payload(&self, peer: &Peer, payload: Payload) -> Result<(), SendError> {
         let Some(id) = self.request else {
-            return Err(Error::NoRequest(format!(
+            return Err(SendError::NoRequest(format!(
                 "the message from {:?} is not a request",
                 self.from
             )));
@@ -156,7 +164,7 @@ pub struct ChannelMessage {
 
 impl ChannelMessage {
     /// Decodes the payload into `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         self.payload.decode()
     }
 }
@@ -192,9 +200,7 @@ mod tests {
     fn a_decode_error_keeps_the_codec_error_as_its_source() {
         let p = Payload::json(&"not a number").unwrap();
         let e = p.decode::<u32>().unwrap_err();
-        let Error::Decode(cause) = &e else {
-            panic!("{e:?}")
-        };
+        let DecodeError(cause) = &e;
         assert!(cause
             .get_ref()
             .downcast_ref::<serde_json::Error>()
@@ -208,9 +214,6 @@ mod tests {
     #[test]
     fn postcard_is_not_self_describing() {
         let p = Payload::postcard(&5u32).unwrap();
-        assert!(matches!(
-            p.decode::<serde_json::Value>(),
-            Err(Error::Decode(_))
-        ));
+        assert!(p.decode::<serde_json::Value>().is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     command::RegStatus,
     core::send::PendingSend,
     delivery::local::push_local,
-    error::{Error, Result},
+    error::{BroadcastError, CreateError, Result, SendError},
     host::{validate_id, Host},
     inbox::PeerSlot,
     message::{Message, Payload},
@@ -61,23 +61,28 @@ impl Peer {
     /// Sends a value, encoded with postcard, to the peer `to`, wherever it lives.
     ///
     /// Resolves `Ok` once the message is in the recipient's inbox. Errors:
-    /// [`Error::PeerNotFound`], [`Error::PeerUnreachable`], [`Error::Timeout`],
-    /// [`Error::MessageTooLarge`], [`Error::InboxFull`], [`Error::Closed`].
+    /// [`SendError::PeerNotFound`], [`SendError::PeerUnreachable`],
+    /// [`SendError::Timeout`], [`SendError::MessageTooLarge`],
+    /// [`SendError::InboxFull`], [`SendError::Closed`].
     /// Messages from one peer to another arrive in the order they were sent:
     /// sends awaited one after another always, and sends whose futures run
     /// concurrently in the order they were first polled, while the host's
     /// command queue (4096 commands) has room.
-    pub async fn send<T: Serialize + ?Sized>(&self, to: &str, value: &T) -> Result<()> {
+    pub async fn send<T: Serialize + ?Sized>(&self, to: &str, value: &T) -> Result<(), SendError> {
         self.send_payload(to, Payload::postcard(value)?).await
     }
 
     /// Sends a value encoded as JSON (for example a `serde_json::Value`).
-    pub async fn send_json<T: Serialize + ?Sized>(&self, to: &str, value: &T) -> Result<()> {
+    pub async fn send_json<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        value: &T,
+    ) -> Result<(), SendError> {
         self.send_payload(to, Payload::json(value)?).await
     }
 
     /// Sends an encoded payload.
-    pub async fn send_payload(&self, to: &str, payload: Payload) -> Result<()> {
+    pub async fn send_payload(&self, to: &str, payload: Payload) -> Result<(), SendError> {
         // Everything before the wait is synchronous, so the future keeps
         // little state: with 1,024 sends in flight, moving big futures
         // into their tasks showed in profiles.
@@ -90,14 +95,14 @@ impl Peer {
     ///
     /// The reply is taken only from `to` and never enters this peer's
     /// inbox. Errors: those of [`Peer::send`] for the request, and
-    /// [`Error::Timeout`] when no reply comes within `timeout` (counted
-    /// from the call; the replier then gets [`Error::NoRequest`]).
+    /// [`SendError::Timeout`] when no reply comes within `timeout` (counted
+    /// from the call; the replier then gets [`SendError::NoRequest`]).
     pub async fn request<T: Serialize + ?Sized>(
         &self,
         to: &str,
         value: &T,
         timeout: std::time::Duration,
-    ) -> Result<Message> {
+    ) -> Result<Message, SendError> {
         self.request_payload(to, Payload::postcard(value)?, timeout)
             .await
     }
@@ -108,7 +113,7 @@ impl Peer {
         to: &str,
         value: &T,
         timeout: std::time::Duration,
-    ) -> Result<Message> {
+    ) -> Result<Message, SendError> {
         self.request_payload(to, Payload::json(value)?, timeout)
             .await
     }
@@ -119,7 +124,7 @@ impl Peer {
         to: &str,
         payload: Payload,
         timeout: std::time::Duration,
-    ) -> Result<Message> {
+    ) -> Result<Message, SendError> {
         self.begin_request(to, payload, timeout).await
     }
 
@@ -130,7 +135,7 @@ impl Peer {
         to: &str,
         payload: Payload,
         timeout: std::time::Duration,
-    ) -> impl std::future::Future<Output = Result<Message>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Message, SendError>> + Send + 'static {
         let deadline = tokio::time::Instant::now() + timeout;
         let shared = &self.host.inner.shared;
         let (open, reply) = shared.requests.open(self.slot.id(), to);
@@ -141,7 +146,7 @@ impl Peer {
             bump(&host.inner.shared.counters.requests);
             let exchange = async {
                 wait_started(&host, started).await?;
-                reply.await.map_err(Error::from)
+                reply.await.map_err(SendError::from)
             };
             let answer = tokio::time::timeout_at(deadline, exchange).await;
             // The entry goes before the caller sees the outcome: a reply
@@ -150,8 +155,8 @@ impl Peer {
             match answer {
                 Ok(r) => r,
                 Err(_) => {
-                    count_failure(&host.inner.shared.counters, &Error::Timeout);
-                    Err(Error::Timeout)
+                    count_failure(&host.inner.shared.counters, &SendError::Timeout);
+                    Err(SendError::Timeout)
                 }
             }
         }
@@ -162,19 +167,24 @@ impl Peer {
     /// [`Message::reply`] says it shorter).
     ///
     /// Resolves once the reply is with the waiting requester. Errors: those
-    /// of [`Peer::send`], and [`Error::NoRequest`] when `to` does not wait
+    /// of [`Peer::send`], and [`SendError::NoRequest`] when `to` does not wait
     /// for a reply of this peer to `id` (answered, timed out).
     pub async fn reply<T: Serialize + ?Sized>(
         &self,
         to: &str,
         id: RequestId,
         value: &T,
-    ) -> Result<()> {
+    ) -> Result<(), SendError> {
         self.reply_payload(to, id, Payload::postcard(value)?).await
     }
 
     /// Replies with an encoded payload (see [`Peer::reply`]).
-    pub async fn reply_payload(&self, to: &str, id: RequestId, payload: Payload) -> Result<()> {
+    pub async fn reply_payload(
+        &self,
+        to: &str,
+        id: RequestId,
+        payload: Payload,
+    ) -> Result<(), SendError> {
         let started = self.start_send(to, payload, Corr::Reply(id.0))?;
         wait_started(&self.host, started).await
     }
@@ -187,7 +197,7 @@ impl Peer {
         &self,
         to: &str,
         payload: Payload,
-    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send + 'static {
         let started = self.start_send(to, payload, Corr::None);
         let host = self.host.clone();
         async move { wait_started(&host, started?).await }
@@ -200,7 +210,7 @@ impl Peer {
         to: &str,
         id: RequestId,
         payload: Payload,
-    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send + 'static {
         let started = self.start_send(to, payload, Corr::Reply(id.0));
         let host = self.host.clone();
         async move { wait_started(&host, started?).await }
@@ -209,18 +219,18 @@ impl Peer {
     /// Checks a send and delivers it locally or hands it to the event loop
     /// (in this first poll when the queue has room, so sends started in
     /// order are queued in order even when their futures run concurrently).
-    fn start_send(&self, to: &str, payload: Payload, corr: Corr) -> Result<Started> {
+    fn start_send(&self, to: &str, payload: Payload, corr: Corr) -> Result<Started, SendError> {
         let shared = &self.host.inner.shared;
         if shared.is_closed() {
-            return Err(Error::Closed);
+            return Err(SendError::Closed);
         }
         if self.slot.is_removed() {
-            return Err(Error::PeerNotFound(self.slot.id().to_string()));
+            return Err(SendError::PeerNotFound(self.slot.id().to_string()));
         }
-        validate_id(to)?;
+        validate_id(to).map_err(SendError::InvalidId)?;
         let (limit, timeout) = shared.with_config(|c| (c.max_message_size, c.request_timeout));
         if payload.len() > limit {
-            return Err(Error::MessageTooLarge {
+            return Err(SendError::MessageTooLarge {
                 size: payload.len(),
                 limit,
             });
@@ -254,14 +264,17 @@ impl Peer {
             Err(mpsc::error::TrySendError::Full(cmd)) => {
                 Ok(Started::Full(Box::new((cmd, rx, timeout))))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
         }
     }
 
     /// Delivers a value, encoded with postcard, to every peer on every live
     /// host, this one included, once each, from this peer (see
     /// [`Host::broadcast`]).
-    pub async fn broadcast<T: Serialize + ?Sized>(&self, value: &T) -> Result<BroadcastReport> {
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.broadcast_payload(Payload::postcard(value)?).await
     }
 
@@ -269,12 +282,15 @@ impl Peer {
     pub async fn broadcast_json<T: Serialize + ?Sized>(
         &self,
         value: &T,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.broadcast_payload(Payload::json(value)?).await
     }
 
     /// Broadcasts an encoded payload, from this peer.
-    pub async fn broadcast_payload(&self, payload: Payload) -> Result<BroadcastReport> {
+    pub async fn broadcast_payload(
+        &self,
+        payload: Payload,
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.fan_out(None, payload).await
     }
 
@@ -289,14 +305,14 @@ impl Peer {
     /// if it matches). Peers' ids live on their own hosts, so every host is
     /// asked, as for a [`Peer::broadcast`]: the report says how many
     /// peers have it, how many missed it (inbox full) and which hosts did
-    /// not answer. Fails with [`Error::InvalidPattern`],
-    /// [`Error::Partitioned`] (no other host took it) and
-    /// [`Error::MessageTooLarge`].
+    /// not answer. Fails with [`BroadcastError::InvalidPattern`],
+    /// [`BroadcastError::Partitioned`] (no other host took it) and
+    /// [`BroadcastError::MessageTooLarge`].
     pub async fn send_group<T: Serialize + ?Sized>(
         &self,
         pattern: &str,
         value: &T,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.send_group_payload(pattern, Payload::postcard(value)?)
             .await
     }
@@ -306,7 +322,7 @@ impl Peer {
         &self,
         pattern: &str,
         value: &T,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.send_group_payload(pattern, Payload::json(value)?)
             .await
     }
@@ -316,14 +332,18 @@ impl Peer {
         &self,
         pattern: &str,
         payload: Payload,
-    ) -> Result<BroadcastReport> {
+    ) -> Result<BroadcastReport, BroadcastError> {
         self.fan_out(Some(pattern.to_string()), payload).await
     }
 
     /// A broadcast (`to` is `None`) or a group send from this peer.
-    async fn fan_out(&self, to: Option<String>, payload: Payload) -> Result<BroadcastReport> {
+    async fn fan_out(
+        &self,
+        to: Option<String>,
+        payload: Payload,
+    ) -> Result<BroadcastReport, BroadcastError> {
         if self.slot.is_removed() {
-            return Err(Error::PeerNotFound(self.slot.id().to_string()));
+            return Err(BroadcastError::PeerNotFound(self.slot.id().to_string()));
         }
         self.host
             .broadcast_from(Arc::from(self.slot.id()), to, payload)
@@ -337,7 +357,7 @@ impl Peer {
         &self,
         to: Option<String>,
         payload: Payload,
-    ) -> futures::future::BoxFuture<'static, Result<BroadcastReport>> {
+    ) -> futures::future::BoxFuture<'static, Result<BroadcastReport, BroadcastError>> {
         let peer = self.clone();
         Box::pin(async move { peer.fan_out(to, payload).await })
     }
@@ -366,11 +386,12 @@ impl Peer {
     ///
     /// An id belongs to the first live host that registered it. If another
     /// host holds it, this peer is removed (its receivers end) and this
-    /// fails with [`Error::IdTaken`] naming that host; a duplicate never
-    /// takes the first's messages. Fails with [`Error::PeerNotFound`] if
-    /// the peer was removed, and [`Error::Timeout`] if the holders do not
+    /// fails with [`CreateError::IdTaken`] naming that host; a duplicate
+    /// never takes the first's messages. Fails with
+    /// [`CreateError::PeerNotFound`] if the peer was removed, and
+    /// [`CreateError::Timeout`] if the holders do not
     /// all confirm within twice the configured `request_timeout`.
-    pub async fn registered(&self) -> Result<()> {
+    pub async fn registered(&self) -> Result<(), CreateError> {
         let host = self.host();
         let wait = host.config().request_timeout * 2;
         let deadline = tokio::time::Instant::now() + wait;
@@ -382,16 +403,16 @@ impl Peer {
             // the id is contested (or too many checks wait).
             let call = host.call(|reply| Command::Registration { id: asked, reply });
             let Ok(status) = tokio::time::timeout_at(deadline, call).await else {
-                return Err(Error::Timeout);
+                return Err(CreateError::Timeout);
             };
             match status? {
                 RegStatus::Registered => return Ok(()),
-                RegStatus::Lost(owner) => return Err(Error::IdTaken { id, host: owner }),
-                RegStatus::Removed => return Err(Error::PeerNotFound(id)),
+                RegStatus::Lost(owner) => return Err(CreateError::IdTaken { id, host: owner }),
+                RegStatus::Removed => return Err(CreateError::PeerNotFound(id)),
                 RegStatus::Pending => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout);
+                return Err(CreateError::Timeout);
             }
             tokio::time::sleep(REGISTRATION_POLL).await;
         }
@@ -399,7 +420,7 @@ impl Peer {
 }
 
 /// Waits for the answer of a started send.
-async fn wait_started(host: &Host, started: Started) -> Result<()> {
+async fn wait_started(host: &Host, started: Started) -> Result<(), SendError> {
     let answer = match started {
         Started::Done => return Ok(()),
         Started::Queued { rx, timeout } => tokio::time::timeout(timeout, rx).await,
@@ -410,7 +431,7 @@ async fn wait_started(host: &Host, started: Started) -> Result<()> {
             let commands = host.inner.commands.clone();
             let call = async move {
                 commands.send(cmd).await?;
-                Ok::<_, Error>(rx.await)
+                Ok::<_, SendError>(rx.await)
             };
             match tokio::time::timeout(timeout, Box::pin(call)).await {
                 Ok(r) => Ok(r?),
@@ -421,8 +442,8 @@ async fn wait_started(host: &Host, started: Started) -> Result<()> {
     match answer {
         Ok(r) => r?,
         Err(_) => {
-            count_failure(&host.inner.shared.counters, &Error::Timeout);
-            Err(Error::Timeout)
+            count_failure(&host.inner.shared.counters, &SendError::Timeout);
+            Err(SendError::Timeout)
         }
     }
 }
@@ -431,18 +452,21 @@ async fn wait_started(host: &Host, started: Started) -> Result<()> {
 /// `Pending` answer.
 const REGISTRATION_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Where a send's outcome comes from.
+type Outcome = oneshot::Receiver<Result<(), SendError>>;
+
 /// How a send started.
 enum Started {
     /// Delivered on this host.
     Done,
     /// Queued for the event loop; the answer comes on `rx`.
     Queued {
-        rx: oneshot::Receiver<Result<()>>,
+        rx: Outcome,
         timeout: std::time::Duration,
     },
     /// The event loop's queue is full: the command still has to go
     /// (boxed: a send returns this enum, and the common cases are small).
-    Full(Box<(Command, oneshot::Receiver<Result<()>>, std::time::Duration)>),
+    Full(Box<(Command, Outcome, std::time::Duration)>),
 }
 
 impl Stream for Peer {

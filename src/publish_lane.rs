@@ -22,11 +22,7 @@ use std::sync::{Mutex, RwLock};
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::{
-    channel_name::matches,
-    error::{Error, Result},
-    message::Payload,
-};
+use crate::{channel_name::matches, error::PublishError, message::Payload};
 
 /// Publishes the lane and the loop hold before callers wait.
 pub(crate) const LANE_ROOM: usize = 8192;
@@ -66,10 +62,14 @@ impl PublishLane {
             .any(|p| matches(p, channel))
     }
 
-    /// Queues a publish once there is room; fails with [`Error::Closed`]
+    /// Queues a publish once there is room; fails with [`PublishError::Closed`]
     /// once the host is closed.
-    pub(crate) async fn push(&self, channel: String, payload: Payload) -> Result<()> {
-        let permit = self.room.acquire().await.map_err(|_| Error::Closed)?;
+    pub(crate) async fn push(&self, channel: String, payload: Payload) -> Result<(), PublishError> {
+        let permit = self
+            .room
+            .acquire()
+            .await
+            .map_err(|_| PublishError::Closed)?;
         // The loop gives the room back when gossipsub has the publish.
         permit.forget();
         let was_empty = {
@@ -95,7 +95,7 @@ impl PublishLane {
         }
     }
 
-    /// Fails every waiting and later push with [`Error::Closed`].
+    /// Fails every waiting and later push with [`PublishError::Closed`].
     pub(crate) fn close(&self) {
         self.room.close();
     }
@@ -129,7 +129,10 @@ mod tests {
         waiting.await.unwrap();
         assert_eq!(lane.take().len(), 1);
         lane.close();
-        assert!(matches!(lane.push("a".into(), p).await, Err(Error::Closed)));
+        assert!(matches!(
+            lane.push("a".into(), p).await,
+            Err(PublishError::Closed)
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! member's subscription has it: when the chosen host cannot take it (gone,
 //! unreachable, or every member's queue full), the next host is asked, so
 //! when a member's host dies the rest take over. `publish` resolves after
-//! every group has it, or fails with [`crate::Error::QueueUnavailable`]
+//! every group has it, or fails with [`crate::PublishError::QueueUnavailable`]
 //! when no member of a group could take it.
 //!
 //! The choice is this module's pure part: [`order`] turns the group's
@@ -32,12 +32,12 @@ pub struct QueueGroup {
 }
 
 /// Checks a queue group's name: 1 to 256 bytes.
-pub(crate) fn check_group_name(group: &str) -> crate::Result<()> {
+pub(crate) fn check_group_name(group: &str) -> Result<(), String> {
     if group.is_empty() || group.len() > crate::host::MAX_ID_LEN {
-        return Err(crate::Error::InvalidChannel(format!(
+        return Err(format!(
             "queue group {group:?}: names are 1 to {} bytes",
             crate::host::MAX_ID_LEN
-        )));
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! when it comes from the peer that was asked and is addressed to the peer
 //! that asked. A reply that matches nothing (the request was answered,
 //! timed out or never made) is refused, so the replier learns it with
-//! [`crate::Error::NoRequest`] instead of its reply vanishing.
+//! [`crate::SendError::NoRequest`] instead of its reply vanishing.
 
 use std::{
     collections::HashMap,

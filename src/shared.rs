@@ -12,8 +12,8 @@ use libp2p::PeerId;
 use tokio::sync::Notify;
 
 use crate::{
-    config::HostConfig, core::registration::Change, error::Error, inbox::PeerSlot, inbox::Registry,
-    protocol::WireStats, request::Requests,
+    config::HostConfig, core::registration::Change, error::SendError, inbox::PeerSlot,
+    inbox::Registry, protocol::WireStats, request::Requests,
 };
 
 /// Counters a host keeps about itself.
@@ -406,14 +406,17 @@ pub(crate) enum FailureReason {
 impl FailureReason {
     const COUNT: usize = 6;
 
-    fn of(e: &Error) -> Self {
+    fn of(e: &SendError) -> Self {
         match e {
-            Error::PeerNotFound(_) => Self::NotFound,
-            Error::PeerUnreachable { .. } => Self::Unreachable,
-            Error::Timeout => Self::Timeout,
-            Error::MessageTooLarge { .. } => Self::TooLarge,
-            Error::InboxFull(_) => Self::InboxFull,
-            _ => Self::Other,
+            SendError::PeerNotFound(_) => Self::NotFound,
+            SendError::PeerUnreachable { .. } => Self::Unreachable,
+            SendError::Timeout => Self::Timeout,
+            SendError::MessageTooLarge { .. } => Self::TooLarge,
+            SendError::InboxFull(_) => Self::InboxFull,
+            SendError::Closed
+            | SendError::InvalidId(_)
+            | SendError::NoRequest(_)
+            | SendError::Encode(_) => Self::Other,
         }
     }
 }
@@ -463,7 +466,7 @@ impl Failures {
 }
 
 /// Counts a failed send, in total and by reason.
-pub(crate) fn count_failure(c: &Counters, e: &Error) {
+pub(crate) fn count_failure(c: &Counters, e: &SendError) {
     bump(&c.failed);
     bump(&c.failures[FailureReason::of(e) as usize]);
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use distribus::Keypair;
-use distribus::{Error, Host, HostConfig, Peer};
+use distribus::{Error, FindError, Host, HostConfig, Peer};
 
 use crate::{
     node::Node,
@@ -59,7 +59,8 @@ async fn recv(peer: &Peer) -> Result<distribus::Message, String> {
         .ok_or_else(|| format!("demo: {} was closed", peer.id()))
 }
 
-fn err(e: Error) -> String {
+fn err(e: impl Into<Error>) -> String {
+    let e: Error = e.into();
     format!("demo: {}", e.report())
 }
 
@@ -196,7 +197,10 @@ pub(crate) async fn run() -> Result<(), String> {
 
     gamma.shutdown(Duration::from_secs(5)).await?;
     let took = until("gamma's peers to be forgotten", || async {
-        matches!(alpha.host.find("carol").await, Err(Error::PeerNotFound(_)))
+        matches!(
+            alpha.host.find("carol").await,
+            Err(FindError::PeerNotFound(_))
+        )
     })
     .await?;
     println!("gamma closed; alpha no longer finds carol after {took:.1?}");

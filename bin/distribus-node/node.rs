@@ -105,8 +105,7 @@ impl Node {
             t.abort();
         }
         match closed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("closing the host: {}", e.report())),
+            Ok(()) => Ok(()),
             Err(_) => Err(format!("host did not close within {timeout:?}")),
         }
     }
@@ -159,7 +158,7 @@ async fn join_all(host: &Host, addrs: &[String], tasks: &mut Vec<JoinHandle<()>>
                         tracing::info!(addr = %a, host = %h, "joined");
                         return;
                     }
-                    Err(distribus::Error::Closed) => return,
+                    Err(distribus::JoinError::Closed) => return,
                     Err(e) => tracing::warn!(addr = %a, error = %e.report(), "join failed"),
                 }
             }

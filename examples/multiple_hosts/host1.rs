@@ -18,5 +18,6 @@ async fn main() -> Result<(), distribus::Error> {
             break;
         }
     }
-    host1.close().await
+    host1.close().await;
+    Ok(())
 }

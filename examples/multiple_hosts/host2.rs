@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use distribus::{Error, Host, HostConfig};
+use distribus::{Error, Host, HostConfig, SendError};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -18,16 +18,17 @@ async fn main() -> Result<(), Error> {
     loop {
         match peer2.send("peer1", "hello").await {
             Ok(()) => break,
-            Err(Error::PeerNotFound(_)) if tries < 50 => {
+            Err(SendError::PeerNotFound(_)) if tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     if let Some(msg) = peer2.recv().await {
         let text: String = msg.decode()?;
         println!("peer2 received message from {}: {}", msg.from, text);
     }
-    host2.close().await
+    host2.close().await;
+    Ok(())
 }

@@ -82,8 +82,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The short name of an error kind, for the records.
-pub(crate) fn kind(e: &Error) -> String {
-    let debug = format!("{e:?}");
+pub(crate) fn kind(e: &(impl std::fmt::Debug + Clone + Into<Error>)) -> String {
+    let debug = format!("{:?}", e.clone().into());
     debug
         .split(|c: char| !c.is_ascii_alphanumeric())
         .next()

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distribus::{Error, Host, HostConfig, Peer, PeerId};
+use distribus::{Error, FindError, Host, HostConfig, Peer, PeerId};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
@@ -386,7 +386,10 @@ async fn send_random(
             async move {
                 let t = Instant::now();
                 let res = match peer {
-                    Some(p) => p.send(&peer_id(to), &[7u8; 48][..]).await,
+                    Some(p) => p
+                        .send(&peer_id(to), &[7u8; 48][..])
+                        .await
+                        .map_err(Error::from),
                     None => Err(Error::Closed),
                 };
                 pb.inc(1);
@@ -492,7 +495,7 @@ async fn request_phase(s: &Scenario, net: &Net, rng: &mut StdRng, r: &mut Report
                         .map_err(|_| Error::Timeout)?
                         .ok_or(Error::Closed)?;
                     let n: u32 = m.decode()?;
-                    m.reply(&replier, &(n + 1)).await
+                    m.reply(&replier, &(n + 1)).await.map_err(Error::from)
                 };
                 let (got, answered) = tokio::join!(asker.request(&to_id, &7u32, wait), answer);
                 pb.inc(1);
@@ -866,7 +869,7 @@ async fn churn_phase(
         let probe = probe.clone();
         async move {
             for id in dead.iter() {
-                if !matches!(probe.find(id).await, Err(Error::PeerNotFound(_))) {
+                if !matches!(probe.find(id).await, Err(FindError::PeerNotFound(_))) {
                     return false;
                 }
             }

@@ -9,7 +9,7 @@ use libp2p::PeerId;
 
 use crate::{
     broadcast::{BroadcastReport, Fanned, Taken},
-    error::{Error, Result},
+    error::BroadcastError,
 };
 
 /// A broadcast of this host, waiting for the other hosts' answers; `R`
@@ -37,7 +37,7 @@ impl<R> Default for Broadcasts<R> {
 }
 
 /// A broadcast's caller and its answer.
-pub(crate) type Answer<R> = (R, Result<BroadcastReport>);
+pub(crate) type Answer<R> = (R, Result<BroadcastReport, BroadcastError>);
 
 impl<R> Broadcasts<R> {
     /// Starts broadcast `id` of this host (`local`), which reached `here`
@@ -79,7 +79,7 @@ impl<R> Broadcasts<R> {
 
     /// `host`'s answer to broadcast `id`: the peers it reached and missed,
     /// or `None` if it failed. Returns the caller's answer once every host
-    /// has answered: the report, or [`Error::Partitioned`] when no other
+    /// has answered: the report, or [`BroadcastError::Partitioned`] when no other
     /// host took it.
     pub(crate) fn on_answer(
         &mut self,
@@ -104,7 +104,7 @@ impl<R> Broadcasts<R> {
         let mut report = out.report;
         report.failed.sort();
         let answer = if report.hosts == 1 {
-            Err(Error::Partitioned(report.failed.len()))
+            Err(BroadcastError::Partitioned(report.failed.len()))
         } else {
             Ok(report)
         };
@@ -147,7 +147,7 @@ mod tests {
         b.start(local, 1, here(2), 2, ());
         b.on_answer(1, h1, None);
         let (_, answer) = b.on_answer(1, h2, None).unwrap();
-        assert!(matches!(answer, Err(Error::Partitioned(2))));
+        assert!(matches!(answer, Err(BroadcastError::Partitioned(2))));
         let (_, alone) = b.start(local, 2, here(2), 0, ()).unwrap();
         assert_eq!(alone.unwrap().peers, 2);
     }

@@ -317,7 +317,7 @@ mod tests {
     };
 
     /// A send to peer `to`, with the receiver its caller waits on.
-    fn send(to: &str) -> (PendingSend, oneshot::Receiver<crate::Result<()>>) {
+    fn send(to: &str) -> (PendingSend, oneshot::Receiver<Result<(), crate::SendError>>) {
         let (tx, rx) = oneshot::channel();
         let env = Envelope {
             from: "a".into(),
@@ -336,7 +336,7 @@ mod tests {
         m: &mut Messaging,
         host: PeerId,
         tos: &[&str],
-    ) -> Vec<oneshot::Receiver<crate::Result<()>>> {
+    ) -> Vec<oneshot::Receiver<Result<(), crate::SendError>>> {
         tos.iter()
             .map(|to| {
                 let (p, rx) = send(to);

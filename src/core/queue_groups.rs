@@ -17,7 +17,7 @@ use rand::Rng;
 use crate::{
     channel_name::matches,
     core::{membership::MAX_RECORD_CHANNELS, subscriptions::Subscriber},
-    error::{Error, Result},
+    error::{PublishError, SubscribeError},
     message::Payload,
     protocol::Request,
     queue_group::{order, QueueGroup},
@@ -59,10 +59,10 @@ pub(crate) enum Step<R> {
         request: Request,
     },
     /// The hand-over is over: a member has it (`here`: one on this
-    /// host), or none could take it ([`Error::QueueUnavailable`]).
+    /// host), or none could take it ([`PublishError::QueueUnavailable`]).
     Done {
         reply: R,
-        result: Result<()>,
+        result: Result<(), PublishError>,
         here: bool,
     },
 }
@@ -94,13 +94,18 @@ impl<S: Subscriber, R> QueueGroups<S, R> {
     /// channels this host's record lists besides its groups: the record
     /// carries at most [`MAX_RECORD_CHANNELS`] in all, so a new group
     /// beyond is refused.
-    pub(crate) fn subscribe(&mut self, key: Key, sink: S, others: usize) -> Result<()> {
+    pub(crate) fn subscribe(
+        &mut self,
+        key: Key,
+        sink: S,
+        others: usize,
+    ) -> Result<(), SubscribeError> {
         if let Some(l) = self.local.get_mut(&key) {
             l.sinks.push(sink);
             return Ok(());
         }
         if self.local.len() + others >= MAX_RECORD_CHANNELS {
-            return Err(Error::InvalidChannel(format!(
+            return Err(SubscribeError::InvalidChannel(format!(
                 "{:?}: a host record lists at most {MAX_RECORD_CHANNELS} channels and queue groups, and this host has {}",
                 key.0,
                 self.local.len() + others
@@ -290,7 +295,7 @@ impl<S: Subscriber, R> QueueGroups<S, R> {
         }
         Step::Done {
             reply: f.reply,
-            result: Err(Error::QueueUnavailable {
+            result: Err(PublishError::QueueUnavailable {
                 pattern: f.key.0,
                 group: f.key.1,
             }),
@@ -482,7 +487,7 @@ mod tests {
         // No host could take it: the publisher learns it.
         let Some(Step::Done {
             reply: 5,
-            result: Err(Error::QueueUnavailable { group, .. }),
+            result: Err(PublishError::QueueUnavailable { group, .. }),
             ..
         }) = g.on_answer(flight, false, local, &mut offer)
         else {
@@ -538,7 +543,7 @@ mod tests {
         let err = g
             .subscribe(("a".into(), "b".into()), member(1), MAX_RECORD_CHANNELS - 1)
             .unwrap_err();
-        assert!(matches!(err, Error::InvalidChannel(_)));
+        assert!(matches!(err, SubscribeError::InvalidChannel(_)));
         g.subscribe(key(), member(2), MAX_RECORD_CHANNELS).unwrap();
     }
 }

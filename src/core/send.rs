@@ -5,13 +5,13 @@ use libp2p::PeerId;
 use tokio::sync::oneshot;
 
 use super::outbox::Weigh;
-use crate::{error::Result, protocol::Envelope};
+use crate::{error::SendError, protocol::Envelope};
 
 /// A send waiting for its outcome.
 #[derive(Debug)]
 pub(crate) struct PendingSend {
     pub env: Envelope,
-    pub reply: oneshot::Sender<Result<()>>,
+    pub reply: oneshot::Sender<Result<(), SendError>>,
     /// The host that answered "unknown peer" for this send already (boxed:
     /// sends are moved between queues often, and a host id is 80 bytes).
     pub refused_by: Option<Box<PeerId>>,
@@ -28,7 +28,7 @@ pub(crate) struct PendingSend {
 }
 
 impl PendingSend {
-    pub(crate) fn new(env: Envelope, reply: oneshot::Sender<Result<()>>) -> Self {
+    pub(crate) fn new(env: Envelope, reply: oneshot::Sender<Result<(), SendError>>) -> Self {
         PendingSend {
             env,
             reply,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::{
     channel_name::{self, matches},
     core::membership::MAX_RECORD_CHANNELS,
-    error::{Error, Result},
+    error::SubscribeError,
 };
 
 /// A subscriber, told apart from the others of its channel by an id.
@@ -68,13 +68,13 @@ impl<S: Subscriber> Subscriptions<S> {
         pattern: String,
         sink: S,
         others: usize,
-    ) -> Result<Option<Changed>> {
+    ) -> Result<Option<Changed>, SubscribeError> {
         if let Some(sinks) = self.subs.get_mut(&pattern) {
             sinks.push(sink);
             return Ok(None);
         }
         if self.subs.len() + others >= MAX_RECORD_CHANNELS {
-            return Err(Error::InvalidChannel(format!(
+            return Err(SubscribeError::InvalidChannel(format!(
                 "{pattern:?}: a host record lists at most {MAX_RECORD_CHANNELS} channels and queue groups, and this host has {}",
                 self.subs.len() + others
             )));
@@ -286,7 +286,7 @@ mod tests {
         }
         // With ten queue groups the record is full.
         let err = s.subscribe("one.more".into(), sink(0), 10).unwrap_err();
-        assert!(matches!(err, Error::InvalidChannel(_)), "{err}");
+        assert!(matches!(err, SubscribeError::InvalidChannel(_)), "{err}");
         // Another subscriber of a channel listed already still joins.
         assert!(s.subscribe("c0".into(), sink(1), 10).unwrap().is_none());
     }

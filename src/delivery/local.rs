@@ -4,7 +4,7 @@
 
 use crate::{
     core::send::PendingSend,
-    error::{Error, Result},
+    error::SendError,
     inbox::{PeerSlot, PushError},
     message::{Message, Payload},
     protocol::Ack,
@@ -88,18 +88,18 @@ pub(crate) fn deliver(
 }
 
 /// The error a replier gets for a reply no request waits for.
-pub(crate) fn no_request(to: &str, corr: Corr) -> Error {
+pub(crate) fn no_request(to: &str, corr: Corr) -> SendError {
     let id = match corr {
         Corr::Reply(id) | Corr::Request(id) => id,
         Corr::None => 0,
     };
-    Error::NoRequest(format!(
+    SendError::NoRequest(format!(
         "peer {to:?} has no request {id} waiting (answered, timed out, or not its request)"
     ))
 }
 
 /// Answers a send and counts its outcome.
-pub(crate) fn finish(shared: &Shared, p: PendingSend, r: Result<()>) {
+pub(crate) fn finish(shared: &Shared, p: PendingSend, r: Result<(), SendError>) {
     match &r {
         Ok(()) => bump(&shared.counters.sent_local),
         // A caller that gave up has counted its timeout already.
@@ -117,10 +117,10 @@ pub(crate) fn push_local(
     from: &str,
     payload: Payload,
     corr: Corr,
-) -> Result<()> {
+) -> Result<(), SendError> {
     deliver(shared, slot, from, payload, corr).map_err(|e| match e {
-        NotDelivered::Full => Error::InboxFull(slot.id().to_string()),
-        NotDelivered::Removed => Error::PeerNotFound(slot.id().to_string()),
+        NotDelivered::Full => SendError::InboxFull(slot.id().to_string()),
+        NotDelivered::Removed => SendError::PeerNotFound(slot.id().to_string()),
         NotDelivered::NoRequest => no_request(slot.id(), corr),
     })
 }

@@ -8,7 +8,7 @@
 //! and sends them again (the receiver answers a batch it already delivered
 //! from memory); if no stream opens, it stops taking sends and hands every
 //! unanswered one back to the loop, oldest first. A batch unanswered within
-//! the request timeout fails its sends with [`Error::Timeout`] and the
+//! the request timeout fails its sends with [`SendError::Timeout`] and the
 //! stream is dropped. After [`IDLE`] without sends the task closes its
 //! stream and ends (the loop starts a new one on the next send).
 
@@ -34,7 +34,7 @@ use super::{TaskContext, TaskEvent, WINDOW};
 use crate::{
     core::send::PendingSend,
     delivery::local::{finish, no_request},
-    error::Error,
+    error::SendError,
     protocol::{read_frame, write_frame, Ack, StreamAcks, StreamBatchRef},
     shared::bump,
 };
@@ -287,7 +287,7 @@ impl LinkTask {
                     let _ = p.reply.send(Ok(()));
                 }
                 Some(Ack::InboxFull) => {
-                    let e = Error::InboxFull(p.env.to.to_string());
+                    let e = SendError::InboxFull(p.env.to.to_string());
                     finish(shared, p, Err(e));
                 }
                 Some(Ack::NoRequest) => {
@@ -299,12 +299,12 @@ impl LinkTask {
                     if let Err(mpsc::error::SendError(TaskEvent::Unresolved { send, .. })) =
                         self.ctx.events.send(ev).await
                     {
-                        finish(shared, send, Err(Error::Closed));
+                        finish(shared, send, Err(SendError::Closed));
                     }
                 }
                 None => {
                     let id = p.env.to.to_string();
-                    finish(shared, p, Err(Error::PeerUnreachable { id, host }));
+                    finish(shared, p, Err(SendError::PeerUnreachable { id, host }));
                 }
             }
         }
@@ -327,7 +327,7 @@ impl LinkTask {
                     finish(
                         &self.ctx.shared,
                         p,
-                        Err(Error::PeerUnreachable { id, host }),
+                        Err(SendError::PeerUnreachable { id, host }),
                     );
                 }
             } else {
@@ -373,7 +373,7 @@ impl LinkTask {
         for b in std::mem::take(&mut self.in_flight) {
             self.outstanding.fetch_sub(b.sends.len(), Ordering::Relaxed);
             for p in b.sends {
-                finish(&self.ctx.shared, p, Err(Error::Timeout));
+                finish(&self.ctx.shared, p, Err(SendError::Timeout));
             }
         }
     }
@@ -409,7 +409,7 @@ impl LinkTask {
             self.ctx.events.send(ev).await
         {
             for p in sends {
-                finish(&self.ctx.shared, p, Err(Error::Closed));
+                finish(&self.ctx.shared, p, Err(SendError::Closed));
             }
         }
     }

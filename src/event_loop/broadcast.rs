@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The caller of a broadcast, answered once every host has answered.
-pub(crate) type BroadcastReply = oneshot::Sender<Result<BroadcastReport>>;
+pub(crate) type BroadcastReply = oneshot::Sender<Result<BroadcastReport, crate::BroadcastError>>;
 
 impl EventLoop {
     /// Delivers to the local peers (those matching `to`, if given) and

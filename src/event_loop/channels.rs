@@ -26,7 +26,7 @@ use crate::{
     channel_name::{self, matches},
     command::SubSink,
     core::subscriptions::Changed,
-    error::{Error, Result},
+    error::PublishError,
     message::{ChannelMessage, Payload},
     protocol::ChannelFrame,
     shared::bump,
@@ -34,7 +34,7 @@ use crate::{
 
 /// The caller of a publish command, answered once it may go on (see
 /// [`crate::core::publish`]).
-pub(crate) type PublishReply = oneshot::Sender<Result<()>>;
+pub(crate) type PublishReply = oneshot::Sender<Result<(), PublishError>>;
 
 /// The gossipsub topic a publish on `channel` goes on.
 fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
@@ -42,7 +42,11 @@ fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
 }
 
 impl EventLoop {
-    pub(super) fn subscribe(&mut self, channel: String, sink: SubSink) -> crate::Result<()> {
+    pub(super) fn subscribe(
+        &mut self,
+        channel: String,
+        sink: SubSink,
+    ) -> Result<(), crate::SubscribeError> {
         if let Some(changed) = self.subs.subscribe(channel, sink, self.queues.len())? {
             self.follow_topics(changed);
         }
@@ -101,12 +105,7 @@ impl EventLoop {
 
     /// A publish command: one that matches a queue group, answered once
     /// the groups have it.
-    pub(super) fn publish(
-        &mut self,
-        channel: String,
-        payload: Payload,
-        reply: oneshot::Sender<Result<()>>,
-    ) {
+    pub(super) fn publish(&mut self, channel: String, payload: Payload, reply: PublishReply) {
         // Lane publishes made before this one leave before it.
         self.take_publish_lane();
         self.publish_one(channel, payload, Some(reply));
@@ -122,12 +121,7 @@ impl EventLoop {
     /// Delivers a publish locally, hands it to the queue groups it matches
     /// (commands only), and parks it for gossipsub if another host may
     /// subscribe. `reply` is `None` for a lane publish.
-    fn publish_one(
-        &mut self,
-        channel: String,
-        payload: Payload,
-        reply: Option<oneshot::Sender<Result<()>>>,
-    ) {
+    fn publish_one(&mut self, channel: String, payload: Payload, reply: Option<PublishReply>) {
         self.deliver_local(&channel, &payload);
         bump(&self.shared.counters.published);
         let lane = reply.is_none();
@@ -238,7 +232,7 @@ impl EventLoop {
                 payloads,
             };
             let outcome = match postcard::to_allocvec(&frame) {
-                Err(e) => Err(Error::Encode(crate::Cause::new(e))),
+                Err(e) => Err(PublishError::Encode(crate::Cause::new(e))),
                 Ok(bytes) => match self
                     .swarm
                     .behaviour_mut()
@@ -250,7 +244,7 @@ impl EventLoop {
                     // local subscribers had it; nothing else to do.
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
                     Err(gossipsub::PublishError::AllQueuesFull(_)) => return, // backpressure
-                    Err(e) => Err(Error::Publish(crate::Cause::new(e))),
+                    Err(e) => Err(PublishError::Publish(crate::Cause::new(e))),
                 },
             };
             if let Err(e) = &outcome {
@@ -301,7 +295,7 @@ impl EventLoop {
     pub(super) fn fail_all_publishes(&mut self) {
         self.shared.publish_lane.close();
         for reply in self.publishes.drain_waiters() {
-            let _ = reply.send(Err(Error::Closed));
+            let _ = reply.send(Err(PublishError::Closed));
         }
     }
 }

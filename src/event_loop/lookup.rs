@@ -14,7 +14,7 @@ use crate::{
         send::PendingSend,
     },
     directory::{closest, key_of},
-    error::{Error, Result},
+    error::{FindError, SendError},
     protocol::{Request, Response, WireLocation},
     shared::bump,
 };
@@ -23,14 +23,14 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Waiter {
     Send(PendingSend),
-    Find(oneshot::Sender<Result<Location>>),
+    Find(oneshot::Sender<Result<Location, FindError>>),
 }
 
 impl EventLoop {
     /// `find`: where does this peer live? Asks the holders, not the
     /// cache: the cache serves sends, whose failures correct it, while a
     /// find must not report a peer where it no longer is.
-    pub(super) fn find(&mut self, id: String, reply: oneshot::Sender<Result<Location>>) {
+    pub(super) fn find(&mut self, id: String, reply: oneshot::Sender<Result<Location, FindError>>) {
         if self.shared.registry.get(&id).is_some() && !self.ownership.is_contested(&id) {
             let _ = reply.send(Ok(self.location_of(self.local())));
             return;
@@ -174,7 +174,7 @@ impl EventLoop {
                     let _ = reply.send(Ok(loc));
                 }
                 (Waiter::Find(reply), None) => {
-                    let _ = reply.send(Err(Error::PeerNotFound(id.to_string())));
+                    let _ = reply.send(Err(FindError::PeerNotFound(id.to_string())));
                 }
                 (Waiter::Send(p), Some(h)) if p.refused_by.as_deref() != Some(&h) => {
                     if h == self.local() {
@@ -190,13 +190,13 @@ impl EventLoop {
                     match self.locations.claim(id) {
                         Some(h) if p.refused_by.as_deref() != Some(&h) => self.enqueue(h, p),
                         _ => {
-                            let e = Error::PeerNotFound(id.to_string());
+                            let e = SendError::PeerNotFound(id.to_string());
                             self.finish_send(p, Err(e));
                         }
                     }
                 }
                 (Waiter::Send(p), Some(_)) => {
-                    let e = Error::PeerNotFound(id.to_string());
+                    let e = SendError::PeerNotFound(id.to_string());
                     self.finish_send(p, Err(e));
                 }
             }
@@ -255,10 +255,10 @@ impl EventLoop {
         for w in self.lookups.drain() {
             match w {
                 Waiter::Send(p) => {
-                    let _ = p.reply.send(Err(Error::Closed));
+                    let _ = p.reply.send(Err(SendError::Closed));
                 }
                 Waiter::Find(reply) => {
-                    let _ = reply.send(Err(Error::Closed));
+                    let _ = reply.send(Err(FindError::Closed));
                 }
             }
         }

@@ -22,7 +22,7 @@ use crate::{
         membership::verify,
         redial::Timing,
     },
-    error::{Error, Result},
+    error::JoinError,
     protocol::{identify_version, Request, Response, SignedRecord},
 };
 
@@ -75,7 +75,7 @@ pub(crate) struct JoinState {
     shown: String,
     peer: Option<PeerId>,
     deadline: Instant,
-    reply: Option<oneshot::Sender<Result<PeerId>>>,
+    reply: Option<oneshot::Sender<Result<PeerId, JoinError>>>,
 }
 
 /// A close in progress.
@@ -104,12 +104,12 @@ impl EventLoop {
         &mut self,
         addr: Multiaddr,
         shown: String,
-        reply: oneshot::Sender<Result<PeerId>>,
+        reply: oneshot::Sender<Result<PeerId, JoinError>>,
     ) {
         let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
         let conn = opts.connection_id();
         if let Err(e) = self.dial(opts) {
-            let _ = reply.send(Err(Error::Join {
+            let _ = reply.send(Err(JoinError::Join {
                 addr: shown,
                 source: crate::Cause::new(e),
             }));
@@ -144,7 +144,7 @@ impl EventLoop {
     pub(super) fn on_connection_closed(&mut self, conn: ConnectionId) {
         if let Some(mut j) = self.joins.remove(&conn) {
             if let Some(reply) = j.reply.take() {
-                let _ = reply.send(Err(Error::Join {
+                let _ = reply.send(Err(JoinError::Join {
                     addr: j.shown,
                     source: crate::Cause::msg("the remote host closed the connection"),
                 }));
@@ -175,7 +175,7 @@ impl EventLoop {
         tracing::debug!(?peer, %error, "dial failed");
         if let Some(mut j) = self.joins.remove(&conn) {
             if let Some(reply) = j.reply.take() {
-                let _ = reply.send(Err(Error::Join {
+                let _ = reply.send(Err(JoinError::Join {
                     addr: j.shown,
                     source: crate::Cause::new(error),
                 }));
@@ -197,7 +197,7 @@ impl EventLoop {
                         .map(|(n, _)| n.to_string())
                         .unwrap_or_else(|| v.to_string())
                 };
-                let _ = reply.send(Err(Error::NetworkMismatch {
+                let _ = reply.send(Err(JoinError::NetworkMismatch {
                     addr: j.shown,
                     ours: strip(&ours),
                     theirs: strip(&info.protocol_version),
@@ -262,7 +262,7 @@ impl EventLoop {
                 self.redials.joined(host, j.addr.clone());
             }
             if let Some(reply) = j.reply.take() {
-                let _ = reply.send(outcome.clone().map_err(|reason| Error::Join {
+                let _ = reply.send(outcome.clone().map_err(|reason| JoinError::Join {
                     addr: j.shown.clone(),
                     source: crate::Cause::msg(reason),
                 }));
@@ -653,7 +653,7 @@ impl EventLoop {
         for c in late {
             if let Some(mut j) = self.joins.remove(&c) {
                 if let Some(reply) = j.reply.take() {
-                    let _ = reply.send(Err(Error::Join {
+                    let _ = reply.send(Err(JoinError::Join {
                         addr: j.shown,
                         source: crate::Cause::msg("no answer in time"),
                     }));
@@ -713,7 +713,7 @@ impl EventLoop {
         self.shared.registry.clear();
         for (_, mut j) in self.joins.drain() {
             if let Some(r) = j.reply.take() {
-                let _ = r.send(Err(Error::Closed));
+                let _ = r.send(Err(JoinError::Closed));
             }
         }
     }

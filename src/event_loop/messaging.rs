@@ -20,7 +20,7 @@ use crate::{
         outbound::{LinkHandle, Refused},
         TaskEvent,
     },
-    error::{Error, Result},
+    error::SendError,
     protocol::{Envelope, Request, Response},
     shared::bump,
 };
@@ -167,7 +167,7 @@ impl EventLoop {
                 let failed = self.messaging.on_unsent(host, sends, Instant::now());
                 for p in failed {
                     let id = p.env.to.to_string();
-                    self.finish_send(p, Err(Error::PeerUnreachable { id, host }));
+                    self.finish_send(p, Err(SendError::PeerUnreachable { id, host }));
                 }
                 self.flush_link(host);
             }
@@ -243,10 +243,10 @@ impl EventLoop {
                     self.on_unknown_peer(host, p);
                     continue;
                 }
-                Outcome::InboxFull => Error::InboxFull(p.env.to.to_string()),
+                Outcome::InboxFull => SendError::InboxFull(p.env.to.to_string()),
                 Outcome::NoRequest => no_request(&p.env.to, p.env.corr),
-                Outcome::Timeout => Error::Timeout,
-                Outcome::Unreachable => Error::PeerUnreachable {
+                Outcome::Timeout => SendError::Timeout,
+                Outcome::Unreachable => SendError::PeerUnreachable {
                     id: p.env.to.to_string(),
                     host,
                 },
@@ -266,7 +266,7 @@ impl EventLoop {
         self.locations.not_on(&p.env.to, host);
         self.shared.finds.forget(&p.env.to);
         if p.refused_by.is_some() {
-            let e = Error::PeerNotFound(p.env.to.to_string());
+            let e = SendError::PeerNotFound(p.env.to.to_string());
             self.finish_send(p, Err(e));
             return;
         }
@@ -274,7 +274,7 @@ impl EventLoop {
         self.resolve_for_send(p);
     }
 
-    pub(super) fn finish_send(&self, p: PendingSend, r: Result<()>) {
+    pub(super) fn finish_send(&self, p: PendingSend, r: Result<(), SendError>) {
         finish(&self.shared, p, r);
     }
 
@@ -331,7 +331,7 @@ impl EventLoop {
     /// Fails every queued send (on close).
     pub(super) fn fail_all_sends(&mut self) {
         for p in self.messaging.drain() {
-            let _ = p.reply.send(Err(Error::Closed));
+            let _ = p.reply.send(Err(SendError::Closed));
         }
     }
 }

@@ -60,7 +60,7 @@ use crate::{
         send::PendingSend,
     },
     directory::{DirOp, DirectoryStore},
-    error::{Error, Result},
+    error::ListenError,
     rpc_stream::Reply,
     shared::Shared,
 };
@@ -173,7 +173,10 @@ pub(crate) struct EventLoop {
     commands: mpsc::Receiver<Command>,
     replication: usize,
     requests: HashMap<ReqKey, Pending>,
-    listens: HashMap<libp2p::core::transport::ListenerId, oneshot::Sender<Result<Vec<Multiaddr>>>>,
+    listens: HashMap<
+        libp2p::core::transport::ListenerId,
+        oneshot::Sender<Result<Vec<Multiaddr>, ListenError>>,
+    >,
     /// Every listener opened, removed when the loop ends (the memory
     /// transport frees its port only on removal).
     listener_ids: Vec<libp2p::core::transport::ListenerId>,
@@ -714,9 +717,13 @@ impl EventLoop {
         }
     }
 
-    fn listen(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<Vec<Multiaddr>>>) {
+    fn listen(
+        &mut self,
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, ListenError>>,
+    ) {
         if let Some(reason) = crate::behaviour::busy_tcp_port(&addr) {
-            let _ = reply.send(Err(Error::Listen {
+            let _ = reply.send(Err(ListenError::Listen {
                 addr: addr.to_string(),
                 source: crate::Cause::msg(reason),
             }));
@@ -728,7 +735,7 @@ impl EventLoop {
                 self.listens.insert(id, reply);
             }
             Err(e) => {
-                let _ = reply.send(Err(Error::Listen {
+                let _ = reply.send(Err(ListenError::Listen {
                     addr: addr.to_string(),
                     source: transport_cause(e),
                 }));
@@ -783,7 +790,7 @@ impl EventLoop {
                 reason,
             } => {
                 if let Some(reply) = self.listens.remove(&listener_id) {
-                    let _ = reply.send(Err(Error::Listen {
+                    let _ = reply.send(Err(ListenError::Listen {
                         addr: format!("{addresses:?}"),
                         source: match reason {
                             Ok(()) => crate::Cause::msg("listener closed"),
@@ -794,7 +801,7 @@ impl EventLoop {
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 if let Some(reply) = self.listens.remove(&listener_id) {
-                    let _ = reply.send(Err(Error::Listen {
+                    let _ = reply.send(Err(ListenError::Listen {
                         addr: String::new(),
                         source: crate::Cause::new(error),
                     }));

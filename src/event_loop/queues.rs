@@ -11,14 +11,14 @@ use crate::{
     channel_name::{check_name, check_pattern, matches},
     command::SubSink,
     core::queue_groups::Step,
-    error::{Error, Result},
+    error::{PublishError, SubscribeError},
     message::{ChannelMessage, Payload},
     protocol::Response,
     shared::bump,
 };
 
 /// The publisher of a hand-over, answered once a member has it.
-pub(crate) type QueueReply = oneshot::Sender<Result<()>>;
+pub(crate) type QueueReply = oneshot::Sender<Result<(), PublishError>>;
 
 /// Offers a publish to one member's queue: whether it took it (a full or
 /// closed queue passes it on to another member or host).
@@ -42,7 +42,7 @@ impl EventLoop {
         pattern: String,
         group: String,
         sink: SubSink,
-    ) -> Result<()> {
+    ) -> Result<(), SubscribeError> {
         self.queues
             .subscribe((pattern, group), sink, self.subs.len())?;
         self.publish_queue_patterns();
@@ -109,9 +109,9 @@ impl EventLoop {
         }
         let (rest, rest_done) = oneshot::channel();
         tokio::spawn(async move {
-            let mut out = rest_done.await.unwrap_or(Err(Error::Closed));
+            let mut out = rest_done.await.unwrap_or(Err(PublishError::Closed));
             for h in handed {
-                let r = h.await.unwrap_or(Err(Error::Closed));
+                let r = h.await.unwrap_or(Err(PublishError::Closed));
                 if out.is_ok() {
                     out = r;
                 }

@@ -64,9 +64,11 @@ impl Refusal {
     }
 }
 
-impl From<&Error> for Refusal {
-    fn from(e: &Error) -> Self {
-        Refusal::new(code(e), e.report())
+/// Any operation's error, by the code of the [`Error`] it converts into.
+impl<E: Clone + Into<Error>> From<&E> for Refusal {
+    fn from(e: &E) -> Self {
+        let e: Error = e.clone().into();
+        Refusal::new(code(&e), e.report())
     }
 }
 

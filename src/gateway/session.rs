@@ -659,7 +659,7 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
     };
     let id = req.id;
     let host = &shared.host;
-    let answer = move |r: crate::Result<()>| match r {
+    let answer = move |r: crate::Result<(), crate::Error>| match r {
         Ok(()) => frames::done(id),
         Err(e) => frames::error(id, &Refusal::from(&e)),
     };
@@ -679,7 +679,7 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
                 let wait = async move {
                     match p.registered().await {
                         Ok(()) => frames::ok(id, &serde_json::json!({ "registered": true })),
-                        Err(crate::Error::Timeout) => {
+                        Err(crate::CreateError::Timeout) => {
                             frames::ok(id, &serde_json::json!({ "registered": false }))
                         }
                         Err(e) => frames::error(id, &Refusal::from(&e)),
@@ -693,14 +693,17 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
         Op::Remove { peer } => match st.peers.remove(peer.as_str()) {
             Some(_) => {
                 st.allowance.give_peer();
-                answer(host.remove(&peer).map(|_| ()))
+                answer(host.remove(&peer).map(|_| ()).map_err(Into::into))
             }
             None => frames::error(id, &not_ours(&peer)),
         },
         Op::Send { from, to, data } => match sender(st, &from) {
             Ok(p) => {
-                conn.in_flight
-                    .push(p.begin_send(&to, data).map(answer).boxed());
+                conn.in_flight.push(
+                    p.begin_send(&to, data)
+                        .map(move |r| answer(r.map_err(Into::into)))
+                        .boxed(),
+                );
                 return Ok(None);
             }
             Err(r) => frames::error(id, &r),
@@ -729,7 +732,8 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
         } => match sender(st, &from) {
             Ok(p) => {
                 let sent = p.begin_reply(&to, request, data);
-                conn.in_flight.push(sent.map(answer).boxed());
+                conn.in_flight
+                    .push(sent.map(move |r| answer(r.map_err(Into::into))).boxed());
                 return Ok(None);
             }
             Err(r) => frames::error(id, &r),
@@ -740,7 +744,11 @@ async fn request(conn: &mut Conn, st: &mut State, text: &str) -> Result<Option<E
             } else {
                 let host = host.clone();
                 let published = async move { host.publish_payload(&channel, data).await };
-                conn.in_flight.push(published.map(answer).boxed());
+                conn.in_flight.push(
+                    published
+                        .map(move |r| answer(r.map_err(Into::into)))
+                        .boxed(),
+                );
                 return Ok(None);
             }
         }

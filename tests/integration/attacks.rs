@@ -142,7 +142,7 @@ async fn a_duplicate_id_neither_steals_nor_hides_the_first() {
 
     let dup = b.create("alice").expect("created locally at once");
     match within("b's registration", dup.registered()).await {
-        Err(distribus::Error::IdTaken { id, host }) => {
+        Err(distribus::CreateError::IdTaken { id, host }) => {
             assert_eq!((id.as_str(), host), ("alice", a.id()))
         }
         other => panic!("b's duplicate alice was not refused: {other:?}"),
@@ -156,7 +156,7 @@ async fn a_duplicate_id_neither_steals_nor_hides_the_first() {
     // create_unique says the same.
     assert!(matches!(
         within("b again", b.create_unique("alice")).await,
-        Err(distribus::Error::IdTaken { .. })
+        Err(distribus::CreateError::IdTaken { .. })
     ));
 
     for i in 0..20u32 {
@@ -214,7 +214,7 @@ async fn a_stranger_without_the_network_key_cannot_connect() {
             let (stranger, _) = tcp_host(keyed(stranger_key)).await;
             let r = stranger.join(&addr.to_string()).await;
             assert!(
-                matches!(r, Err(distribus::Error::Join { .. })),
+                matches!(r, Err(distribus::JoinError::Join { .. })),
                 "{addr} with key {stranger_key:?}: {r:?}"
             );
             assert_eq!(stranger.stats().hosts, 1);
@@ -494,7 +494,7 @@ async fn an_allow_list_admits_only_the_hosts_on_it() {
 
     b.join(&a_addr.to_string()).await.expect("b is on the list");
     match c.join(&a_addr.to_string()).await {
-        Err(distribus::Error::Join { source, .. }) => {
+        Err(distribus::JoinError::Join { source, .. }) => {
             assert!(source.to_string().contains("allow-list"), "{source}")
         }
         other => panic!("c joined a host whose allow-list lacks it: {other:?}"),

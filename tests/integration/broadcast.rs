@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use distribus::{Error, Host, HostConfig, Peer};
+use distribus::{BroadcastError, Host, HostConfig, Peer};
 
 /// Takes what `peer` has now (after a moment for stragglers).
 async fn drain(peer: &Peer) -> Vec<(String, u32)> {
@@ -136,7 +136,7 @@ async fn a_broadcast_says_what_it_missed_and_fails_when_partitioned() {
     let b_id = b.id();
     drop((b, b1, full));
     match within("broadcast", a1.broadcast(&3u32)).await {
-        Err(Error::Partitioned(n)) => assert!(n >= 1, "{n}"),
+        Err(BroadcastError::Partitioned(n)) => assert!(n >= 1, "{n}"),
         other => panic!("expected Partitioned, got {other:?} (b was {b_id})"),
     }
     // The local peers have it all the same.
@@ -199,7 +199,7 @@ async fn a_group_send_reaches_the_matching_peers_on_every_host_and_no_others() {
         assert!(
             matches!(
                 lobby.send_group(bad, &0u32).await,
-                Err(Error::InvalidPattern(_))
+                Err(BroadcastError::InvalidPattern(_))
             ),
             "{bad:?}"
         );

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use distribus::{Error, Host, HostConfig};
+use distribus::{Host, HostConfig, PublishError, SubscribeError};
 
 /// Waits until `host` knows that `subscriber` subscribes to `channel`.
 async fn wait_subscribed(host: &Host, subscriber: &Host, channel: &str) {
@@ -99,7 +99,7 @@ async fn dropping_or_unsubscribing_ends_subscriptions() {
     .await;
     assert!(matches!(
         a.subscribe("").await,
-        Err(Error::InvalidChannel(_))
+        Err(SubscribeError::InvalidChannel(_))
     ));
 }
 
@@ -128,7 +128,7 @@ async fn oversized_publish_is_refused() {
     let h = Host::new(cfg).await.unwrap();
     assert!(matches!(
         h.publish("x", &vec![0u8; 100]).await,
-        Err(Error::MessageTooLarge { .. })
+        Err(PublishError::MessageTooLarge { .. })
     ));
 }
 
@@ -148,7 +148,9 @@ async fn a_host_subscribes_to_at_most_4096_channels() {
         );
     }
     match h.subscribe("one-more").await {
-        Err(distribus::Error::InvalidChannel(why)) => assert!(why.contains("4096"), "{why}"),
+        Err(distribus::SubscribeError::InvalidChannel(why)) => {
+            assert!(why.contains("4096"), "{why}")
+        }
         other => panic!("subscribed past the limit: {:?}", other.map(|_| ())),
     }
     let _again = h.subscribe("c7").await.expect("a channel it has");
@@ -158,7 +160,9 @@ async fn a_host_subscribes_to_at_most_4096_channels() {
     drop(subs.pop());
     let _worker = h.subscribe_queue("jobs", "workers").await.expect("room");
     match h.subscribe("past-the-record").await {
-        Err(distribus::Error::InvalidChannel(why)) => assert!(why.contains("4096"), "{why}"),
+        Err(distribus::SubscribeError::InvalidChannel(why)) => {
+            assert!(why.contains("4096"), "{why}")
+        }
         other => panic!(
             "subscribed past the record's limit: {:?}",
             other.map(|_| ())
@@ -254,13 +258,19 @@ async fn wildcard_subscriptions_get_what_they_match_once_each() {
     // Wildcards are for subscriptions; names are tokens.
     for bad in ["sensors.*", "logs.>", "a..b", ".a", ""] {
         assert!(
-            matches!(a.publish(bad, &0u32).await, Err(Error::InvalidChannel(_))),
+            matches!(
+                a.publish(bad, &0u32).await,
+                Err(PublishError::InvalidChannel(_))
+            ),
             "publish {bad:?}"
         );
     }
     for bad in ["a.>.b", "a..b", "a."] {
         assert!(
-            matches!(a.subscribe(bad).await, Err(Error::InvalidChannel(_))),
+            matches!(
+                a.subscribe(bad).await,
+                Err(SubscribeError::InvalidChannel(_))
+            ),
             "subscribe {bad:?}"
         );
     }

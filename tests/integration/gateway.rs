@@ -124,7 +124,7 @@ async fn clients_on_two_hosts_and_a_rust_peer_talk_to_each_other() {
     wait_for("alice withdrawn", || async {
         matches!(
             b.find("alice").await,
-            Err(distribus::Error::PeerNotFound(_))
+            Err(distribus::FindError::PeerNotFound(_))
         )
     })
     .await;
@@ -525,7 +525,7 @@ async fn a_dropped_client_resumes_its_session_and_misses_nothing() {
     wait_for("roamer withdrawn after the grace period", || async {
         matches!(
             b.find("roamer").await,
-            Err(distribus::Error::PeerNotFound(_))
+            Err(distribus::FindError::PeerNotFound(_))
         )
     })
     .await;
@@ -552,7 +552,7 @@ async fn a_client_that_does_not_acknowledge_holds_at_most_its_window() {
     for k in 0..1000u32 {
         match sender.send_json("slow", &k).await {
             Ok(()) => accepted += 1,
-            Err(distribus::Error::InboxFull(_)) => full += 1,
+            Err(distribus::SendError::InboxFull(_)) => full += 1,
             Err(e) => panic!("unexpected {e}"),
         }
     }
@@ -591,7 +591,7 @@ async fn a_client_that_does_not_read_cannot_grow_the_node() {
     for _ in 0..4000 {
         match sender.send_json("lazy", &blob).await {
             Ok(()) => delivered += 1,
-            Err(distribus::Error::InboxFull(_)) => {
+            Err(distribus::SendError::InboxFull(_)) => {
                 full += 1;
                 if full > 50 {
                     break;

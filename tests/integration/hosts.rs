@@ -5,7 +5,10 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use distribus::{Error, Host, HostConfig, TransportKind};
+use distribus::{
+    CreateError, Error, FindError, Host, HostConfig, JoinError, ListenError, PublishError,
+    SendError, TransportKind,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_on_tcp_and_websocket_returns_full_addresses() {
@@ -33,14 +36,14 @@ async fn listening_on_a_busy_port_is_a_clear_error() {
         .listen(&format!("/ip4/127.0.0.1/tcp/{port}"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Listen { .. }), "{err:?}");
+    assert!(matches!(err, ListenError::Listen { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&port.to_string()) || err.to_string().contains("in use"),
         "{err}"
     );
     assert!(matches!(
         h.listen("/bogus").await,
-        Err(Error::InvalidAddress { .. })
+        Err(ListenError::InvalidAddress { .. })
     ));
 }
 
@@ -66,7 +69,7 @@ async fn a_second_host_cannot_listen_on_a_port_the_first_holds() {
         for again in ["", "/ws"] {
             let busy = format!("/ip4/127.0.0.1/tcp/{port}{again}");
             match second.listen(&busy).await {
-                Err(Error::Listen { addr, source }) => {
+                Err(ListenError::Listen { addr, source }) => {
                     assert_eq!(addr, busy);
                     assert!(source.to_string().contains("in use"), "{source}");
                 }
@@ -127,7 +130,7 @@ async fn joining_a_dead_address_fails_in_bounded_time() {
         .join(&format!("/ip4/127.0.0.1/tcp/{port}"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Join { .. }), "{err:?}");
+    assert!(matches!(err, JoinError::Join { .. }), "{err:?}");
     // The dial error is kept as the source, not flattened into the message.
     let source = std::error::Error::source(&err).expect("a join error has its cause");
     assert!(
@@ -146,7 +149,7 @@ async fn joining_a_dead_address_fails_in_bounded_time() {
     // Memory transport: nothing listens on this port.
     let (m, _) = mem_host(HostConfig::for_tests()).await;
     let err = m.join("/memory/987654321").await.unwrap_err();
-    assert!(matches!(err, Error::Join { .. }), "{err:?}");
+    assert!(matches!(err, JoinError::Join { .. }), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +162,7 @@ async fn hosts_of_different_networks_refuse_each_other() {
     let (_b, b_addr) = mem_host(two).await;
     let err = a.join(&b_addr.to_string()).await.unwrap_err();
     match &err {
-        Error::NetworkMismatch { ours, theirs, .. } => {
+        JoinError::NetworkMismatch { ours, theirs, .. } => {
             assert_eq!(ours, "red");
             assert_eq!(theirs, "blue");
         }
@@ -182,26 +185,32 @@ async fn close_makes_others_forget_its_peers_at_once() {
     c.find("bob").await.unwrap(); // cached on c now
 
     let t = Instant::now();
-    b.close().await.unwrap();
+    b.close().await;
     // Others forget b's peers well before any lease.
     wait_for("a forgets bob", || async {
-        matches!(a.find("bob").await, Err(Error::PeerNotFound(_)))
+        matches!(a.find("bob").await, Err(FindError::PeerNotFound(_)))
     })
     .await;
     wait_for("c forgets bob", || async {
-        matches!(carol.send("bob", &1u8).await, Err(Error::PeerNotFound(_)))
+        matches!(
+            carol.send("bob", &1u8).await,
+            Err(SendError::PeerNotFound(_))
+        )
     })
     .await;
     assert!(t.elapsed() < Duration::from_secs(10));
     wait_membership(&[&a, &c], 2).await;
 
     // The closed host's API is closed.
-    assert_eq!(b.create("x").unwrap_err(), Error::Closed);
-    assert_eq!(b.find("carol").await.unwrap_err(), Error::Closed);
-    assert_eq!(b.join("/memory/1").await.unwrap_err(), Error::Closed);
-    assert!(matches!(b.publish("ch", &1u8).await, Err(Error::Closed)));
+    assert_eq!(b.create("x").unwrap_err(), CreateError::Closed);
+    assert_eq!(b.find("carol").await.unwrap_err(), FindError::Closed);
+    assert_eq!(b.join("/memory/1").await.unwrap_err(), JoinError::Closed);
+    assert!(matches!(
+        b.publish("ch", &1u8).await,
+        Err(PublishError::Closed)
+    ));
     assert!(b.get("bob").is_none());
-    b.close().await.unwrap();
+    b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +227,7 @@ async fn config_reads_and_runtime_fields_change() {
     let err = p.send("p", &vec![0u8; 200]).await.unwrap_err();
     assert_eq!(
         err,
-        Error::MessageTooLarge {
+        SendError::MessageTooLarge {
             size: 202,
             limit: 100
         }
@@ -253,5 +262,5 @@ async fn set_config_with_no_key_keeps_the_key() {
         host.set_config(other),
         Err(distribus::Error::Config(_))
     ));
-    host.close().await.unwrap();
+    host.close().await;
 }

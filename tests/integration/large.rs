@@ -82,7 +82,7 @@ async fn fifty_hosts_sparse_random_peers_reach_each_other_and_channels_deliver()
                 Ok(()) => break,
                 // Registrations are batched in the background: just created
                 // peers may not be registered yet.
-                Err(distribus::Error::PeerNotFound(_)) if Instant::now() < deadline => {
+                Err(distribus::SendError::PeerNotFound(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await
                 }
                 Err(e) => panic!("send {n} from {} to {}: {e}", from.id(), to.id()),

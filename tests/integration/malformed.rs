@@ -570,7 +570,10 @@ async fn a_host_that_never_acks_times_out_and_its_stream_is_dropped() {
     let mut seen = silent_peer_x(&host, addr, &v).await;
 
     let first = within("first send ends", v.send("x", &1u32)).await;
-    assert!(matches!(first, Err(distribus::Error::Timeout)), "{first:?}");
+    assert!(
+        matches!(first, Err(distribus::SendError::Timeout)),
+        "{first:?}"
+    );
     within("a first stream", seen.recv()).await.unwrap();
     // A caller's own timeout may end a send just before the link task's
     // (same length, started a little later), so the next send can still
@@ -579,7 +582,7 @@ async fn a_host_that_never_acks_times_out_and_its_stream_is_dropped() {
     let mut again = false;
     for k in 2..6u32 {
         let r = within("a later send ends", v.send("x", &k)).await;
-        assert!(matches!(r, Err(distribus::Error::Timeout)), "{r:?}");
+        assert!(matches!(r, Err(distribus::SendError::Timeout)), "{r:?}");
         if seen.try_recv().is_ok() {
             again = true;
             break;
@@ -601,7 +604,7 @@ async fn a_host_without_delivery_streams_is_unreachable_not_a_hang() {
     introduce(&mut client, host.id(), "x", "v").await;
     let r = within("the send ends well before the timeout", v.send("x", &1u32)).await;
     assert!(
-        matches!(r, Err(distribus::Error::PeerUnreachable { .. })),
+        matches!(r, Err(distribus::SendError::PeerUnreachable { .. })),
         "{r:?}"
     );
 }

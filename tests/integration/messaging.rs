@@ -3,7 +3,7 @@
 use crate::common;
 
 use common::*;
-use distribus::{Error, Host, HostConfig};
+use distribus::{CreateError, FindError, Host, HostConfig, SendError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,11 +190,11 @@ async fn unknown_removed_and_moved_peers() {
     let alice = a.create("alice").unwrap();
     assert_eq!(
         alice.send("nobody", &1u8).await.unwrap_err(),
-        Error::PeerNotFound("nobody".into())
+        SendError::PeerNotFound("nobody".into())
     );
     assert_eq!(
         a.find("nobody").await.unwrap_err(),
-        Error::PeerNotFound("nobody".into())
+        FindError::PeerNotFound("nobody".into())
     );
 
     let bob = b.create("bob").unwrap();
@@ -209,7 +209,10 @@ async fn unknown_removed_and_moved_peers() {
     );
     assert!(bob.recv().await.is_none(), "receiver ends after remove");
     wait_for("bob withdrawn", || async {
-        matches!(alice.send("bob", &2u8).await, Err(Error::PeerNotFound(_)))
+        matches!(
+            alice.send("bob", &2u8).await,
+            Err(SendError::PeerNotFound(_))
+        )
     })
     .await;
     assert_eq!(a.cached_location("bob").await.unwrap(), None);
@@ -263,7 +266,7 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     // Oversized.
     let err = alice.send("bob", &vec![1u8; 2000]).await.unwrap_err();
     assert!(
-        matches!(err, Error::MessageTooLarge { limit: 1000, .. }),
+        matches!(err, SendError::MessageTooLarge { limit: 1000, .. }),
         "{err:?}"
     );
     // Full inbox, remote and local.
@@ -271,7 +274,7 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     alice.send("bob", &2u8).await.unwrap();
     assert_eq!(
         alice.send("bob", &3u8).await.unwrap_err(),
-        Error::InboxFull("bob".into())
+        SendError::InboxFull("bob".into())
     );
     let _ = a.create("al2").unwrap();
     let al2 = a.get("al2").unwrap();
@@ -279,7 +282,7 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     alice.send("al2", &1u8).await.unwrap();
     assert_eq!(
         alice.send("al2", &1u8).await.unwrap_err(),
-        Error::InboxFull("al2".into())
+        SendError::InboxFull("al2".into())
     );
     assert_eq!(al2.pending(), 2);
     // Nothing was lost: bob reads the first two in order.
@@ -298,7 +301,10 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     b.set_config(big_ok).unwrap();
     let carol = b.create("carol").unwrap();
     let big = vec![7u8; 3 << 20];
-    assert_eq!(alice.send("carol", &big).await.unwrap_err(), Error::Timeout);
+    assert_eq!(
+        alice.send("carol", &big).await.unwrap_err(),
+        SendError::Timeout
+    );
     a.set_config(normal).unwrap();
 
     // Unreachable: b stops without leaving; bob's location is still known.
@@ -308,7 +314,7 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
         .await
         .unwrap_err();
     match err {
-        Error::PeerUnreachable { id, host } => {
+        SendError::PeerUnreachable { id, host } => {
             assert_eq!(id, "bob");
             assert_eq!(host, b_id);
         }
@@ -328,11 +334,14 @@ async fn peers_ids_and_streams() {
     use futures::StreamExt;
     let h = distribus::Host::new(HostConfig::for_tests()).await.unwrap();
     let p = h.create("p").unwrap();
-    assert_eq!(h.create("p").unwrap_err(), Error::IdExists("p".into()));
-    assert!(matches!(h.create(""), Err(Error::InvalidId(_))));
+    assert_eq!(
+        h.create("p").unwrap_err(),
+        CreateError::IdExists("p".into())
+    );
+    assert!(matches!(h.create(""), Err(CreateError::InvalidId(_))));
     assert!(matches!(
         h.create(&"x".repeat(257)),
-        Err(Error::InvalidId(_))
+        Err(CreateError::InvalidId(_))
     ));
     h.create(&"x".repeat(256)).unwrap();
     assert!(h.get("nope").is_none());
@@ -346,7 +355,7 @@ async fn peers_ids_and_streams() {
     assert!(again.next().await.is_none());
     assert_eq!(
         p.send("p", &1u8).await.unwrap_err(),
-        Error::PeerNotFound("p".into())
+        SendError::PeerNotFound("p".into())
     );
 }
 

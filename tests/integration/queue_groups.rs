@@ -7,7 +7,7 @@ use crate::common;
 use std::{collections::BTreeMap, time::Duration};
 
 use common::*;
-use distribus::{Error, Host, HostConfig, Subscription};
+use distribus::{Host, HostConfig, PublishError, SubscribeError, Subscription};
 
 /// Waits until `host` knows that `member`'s host has `n` members of
 /// `group` on `pattern`.
@@ -120,7 +120,7 @@ async fn a_group_that_cannot_take_a_publish_fails_it_and_recovers() {
     a.publish("tasks.x", &1u32).await.unwrap();
     a.publish("tasks.y", &2u32).await.unwrap();
     match a.publish("tasks.z", &3u32).await {
-        Err(Error::QueueUnavailable { pattern, group }) => {
+        Err(PublishError::QueueUnavailable { pattern, group }) => {
             assert_eq!((pattern.as_str(), group.as_str()), ("tasks.*", "solo"))
         }
         other => panic!("expected QueueUnavailable, got {other:?}"),
@@ -138,7 +138,7 @@ async fn a_group_that_cannot_take_a_publish_fails_it_and_recovers() {
     // publish with no group is just a publish.
     assert!(matches!(
         b.subscribe_queue("tasks", "").await,
-        Err(Error::InvalidChannel(_))
+        Err(SubscribeError::InvalidChannel(_))
     ));
     drop(solo);
     wait_for("the group is gone", || async {

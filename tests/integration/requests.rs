@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use distribus::{Error, Peer};
+use distribus::{Peer, SendError};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 /// Answers every request to `peer` with its number plus one, until the
@@ -70,12 +70,12 @@ async fn an_unanswered_request_times_out_and_its_late_reply_is_an_error_to_the_r
 
     let asked = alice.request("bob", &1u32, Duration::from_millis(300));
     let (answer, request) = tokio::join!(asked, within("bob receives", bob.recv()));
-    assert_eq!(answer.unwrap_err(), Error::Timeout);
+    assert_eq!(answer.unwrap_err(), SendError::Timeout);
     let request = request.unwrap();
     assert!(request.is_request());
     // The requester stopped waiting: the replier is told, across hosts.
     match request.reply(&bob, &2u32).await {
-        Err(Error::NoRequest(_)) => {}
+        Err(SendError::NoRequest(_)) => {}
         other => panic!("late reply: {other:?}"),
     }
     assert_eq!(a.stats().replies_unmatched, 1);
@@ -84,7 +84,7 @@ async fn an_unanswered_request_times_out_and_its_late_reply_is_an_error_to_the_r
 
     // A request to nobody fails as a send does, at once.
     match alice.request("nobody", &1u32, Duration::from_secs(5)).await {
-        Err(Error::PeerNotFound(id)) => assert_eq!(id, "nobody"),
+        Err(SendError::PeerNotFound(id)) => assert_eq!(id, "nobody"),
         other => panic!("request to nobody: {other:?}"),
     }
 }
@@ -99,7 +99,7 @@ async fn a_reply_to_a_removed_requester_is_not_found() {
     let request = within("bob receives", bob.recv()).await.unwrap();
     a.remove("alice").unwrap();
     match request.reply(&bob, &2u32).await {
-        Err(Error::PeerNotFound(id)) => assert_eq!(id, "alice"),
+        Err(SendError::PeerNotFound(id)) => assert_eq!(id, "alice"),
         other => panic!("reply to a removed requester: {other:?}"),
     }
     waiting.abort();
@@ -119,7 +119,7 @@ async fn only_the_asked_peer_can_answer_and_a_plain_message_cannot_be_answered()
     let id = request.request_id().unwrap();
     // Another peer that learnt the id cannot answer for bob.
     match mallory.reply("alice", id, &666u32).await {
-        Err(Error::NoRequest(_)) => {}
+        Err(SendError::NoRequest(_)) => {}
         other => panic!("mallory's reply: {other:?}"),
     }
     // Bob's reply does.
@@ -131,7 +131,7 @@ async fn only_the_asked_peer_can_answer_and_a_plain_message_cannot_be_answered()
     );
     // Answered once: a second reply is refused.
     match request.reply(&bob, &3u32).await {
-        Err(Error::NoRequest(_)) => {}
+        Err(SendError::NoRequest(_)) => {}
         other => panic!("second reply: {other:?}"),
     }
 
@@ -140,7 +140,7 @@ async fn only_the_asked_peer_can_answer_and_a_plain_message_cannot_be_answered()
     let plain = within("bob receives", bob.recv()).await.unwrap();
     assert_eq!(plain.request_id(), None);
     match plain.reply(&bob, &6u32).await {
-        Err(Error::NoRequest(_)) => {}
+        Err(SendError::NoRequest(_)) => {}
         other => panic!("reply to a plain message: {other:?}"),
     }
     assert_eq!(alice.pending(), 0);

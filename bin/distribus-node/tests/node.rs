@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distribus::{Error, Host, HostConfig, Peer, PeerId};
+use distribus::{FindError, Host, HostConfig, Peer, PeerId, SendError};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distribus-node");
 /// Upper bound of any single wait in these tests.
@@ -324,7 +324,7 @@ async fn three_nodes_mesh_through_one_bootstrap() {
     for n in [&a, &b, &c] {
         assert_eq!(n.wait_line("#news"), r#"#news {"n":1}"#);
     }
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +353,7 @@ async fn restart_with_the_same_identity_keeps_the_host_id() {
     a.signal("TERM");
     assert!(a.wait_exit().success());
     wait_for("echo-a withdrawn", || async {
-        matches!(t.find("echo-a").await, Err(Error::PeerNotFound(_)))
+        matches!(t.find("echo-a").await, Err(FindError::PeerNotFound(_)))
     })
     .await;
     // The epoch is kept beside the key. Set an hour ahead, as if this
@@ -397,7 +397,7 @@ async fn restart_with_the_same_identity_keeps_the_host_id() {
     .await;
     wait_found(&t, "echo-a").await;
     echo_round_trip(&probe, "echo-a", "after").await;
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,7 +444,10 @@ async fn kill_9_fails_fast_then_expires_then_recovers() {
         .unwrap()
         .expect("a send to the killed node failed");
     assert!(
-        matches!(err, Error::PeerUnreachable { .. } | Error::PeerNotFound(_)),
+        matches!(
+            err,
+            SendError::PeerUnreachable { .. } | SendError::PeerNotFound(_)
+        ),
         "got {err:?}"
     );
     assert!(took <= Duration::from_secs(4), "failed after {took:?}");
@@ -455,7 +458,7 @@ async fn kill_9_fails_fast_then_expires_then_recovers() {
 
     // After the lease, c's entries are gone from the directory.
     wait_for("echo-c to expire", || async {
-        matches!(t.find("echo-c").await, Err(Error::PeerNotFound(_)))
+        matches!(t.find("echo-c").await, Err(FindError::PeerNotFound(_)))
     })
     .await;
 
@@ -464,7 +467,7 @@ async fn kill_9_fails_fast_then_expires_then_recovers() {
     wait_found(&t, "echo-c").await;
     echo_round_trip(&probe, "echo-c", "back").await;
     drop(b);
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +516,7 @@ async fn sigterm_exits_0_and_others_forget_at_once() {
         "{logs}"
     );
     wait_for("echo-b forgotten", || async {
-        matches!(t.find("echo-b").await, Err(Error::PeerNotFound(_)))
+        matches!(t.find("echo-b").await, Err(FindError::PeerNotFound(_)))
     })
     .await;
     assert!(
@@ -522,7 +525,7 @@ async fn sigterm_exits_0_and_others_forget_at_once() {
         sent.elapsed()
     );
     assert!(!t.members().await.unwrap().iter().any(|m| m.host == b.id));
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,7 +629,7 @@ async fn metrics_answer_and_move_with_traffic() {
     let none = a.json("/admin/peers?limit=0");
     assert_eq!(none["peers"], serde_json::json!([]), "{none}");
     assert!(a.get("/admin/peers?limit=x").starts_with("HTTP/1.1 400"));
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 /// Runs the binary to completion (bounded) and returns exit code and stderr.
@@ -906,7 +909,7 @@ async fn nodes_with_a_network_key_admit_only_hosts_that_hold_it() {
         stranger.join(a.addr()).await.is_err(),
         "a host without the key joined"
     );
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 /// `--allow-hosts FILE`: a host not on the list cannot join the node; once
@@ -924,7 +927,7 @@ async fn an_allow_list_is_read_at_start_and_again_on_sighup() {
     std::fs::write(&list, "# nobody yet\n").unwrap();
     let a = start(&["--allow-hosts", list.to_str().unwrap()]);
     match t.join(a.addr()).await {
-        Err(distribus::Error::Join { source, .. }) => {
+        Err(distribus::JoinError::Join { source, .. }) => {
             assert!(source.to_string().contains("allow-list"), "{source}")
         }
         other => panic!("joined a node whose allow-list lacks it: {other:?}"),
@@ -936,7 +939,7 @@ async fn an_allow_list_is_read_at_start_and_again_on_sighup() {
     })
     .await;
     wait_members(&t, 1).await;
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 /// A loopback TCP forwarder: accepts on an ephemeral port and pipes each
@@ -1031,7 +1034,7 @@ async fn readyz_follows_membership_and_others_dial_the_advertised_address() {
         forwarded.load(std::sync::atomic::Ordering::Relaxed) >= 1,
         "nobody dialled the advertised address"
     );
-    t.close().await.unwrap();
+    t.close().await;
 }
 
 /// A loopback TCP forwarder to `target` that can freeze: while frozen it
