@@ -38,7 +38,9 @@
 //!
 //! The I/O:
 //! - `event_loop/`: the task that owns the libp2p swarm, feeds the core and
-//!   carries out what it returns; one file per concern.
+//!   carries out what it returns: `mod.rs` the state and the `select!`;
+//!   `commands.rs`, `swarm.rs` and `requests.rs` the translation from the
+//!   handles, the swarm and other hosts; one file per concern besides.
 //! - `behaviour.rs`: the libp2p behaviour and transports; `dial_gate.rs`:
 //!   which dials a relaying host accepts; `network_key.rs`: closed networks;
 //!   `link_delay.rs`: simulated latency on the memory transport.

@@ -1,10 +1,17 @@
 //! The event loop: one task per host owns the libp2p swarm and all state that
 //! is not shared, and serves the handles' commands.
 //!
-//! The loop `select!`s fairly over commands, swarm events, local directory
-//! changes and a short tick. Work is split by concern into the files beside
-//! this one; each adds methods to [`EventLoop`] that feed a machine of
-//! [`crate::core`] and carry out what it returns:
+//! This file holds the loop's state and its `select!`, fair over commands,
+//! swarm events, local directory changes and a short tick. Three files
+//! translate between the outside and the concerns:
+//! - `commands`: each command of the handles to the concern that serves it;
+//! - `swarm`: the swarm's events to the concerns, listening and dialling;
+//! - `requests`: requests to other hosts (a request stream,
+//!   request-response or a relay) and the dispatch of inbound requests and
+//!   answers, after the membership check every inbound request passes.
+//!
+//! The rest is split by concern; each file adds methods to [`EventLoop`]
+//! that feed a machine of [`crate::core`] and carry out what it returns:
 //! - `messaging`: direct messages (see [`crate::core::messaging`]): queues
 //!   handed to link tasks, request batches, callers answered;
 //! - `registration`: directory operations to the holders (see
@@ -27,6 +34,7 @@
 mod broadcast;
 mod budget;
 mod channels;
+mod commands;
 mod lookup;
 mod members;
 pub(crate) mod messaging;
@@ -34,6 +42,8 @@ pub(crate) mod ownership;
 mod queues;
 mod registration;
 mod relay;
+mod requests;
+mod swarm;
 
 use std::{
     collections::HashMap,
@@ -43,25 +53,18 @@ use std::{
 };
 
 use futures::StreamExt;
-use libp2p::{
-    gossipsub, identify,
-    identity::Keypair,
-    request_response::{self, OutboundRequestId},
-    swarm::{ConnectionId, SwarmEvent},
-    Multiaddr, PeerId, Swarm,
-};
+use libp2p::{identity::Keypair, swarm::ConnectionId, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
+use self::requests::{Pending, ReqKey};
 use crate::{
-    behaviour::{Behaviour, BehaviourEvent},
+    behaviour::Behaviour,
     command::{Command, SubSink},
     core::{
         batch_memory::BatchMemory, members::Members, redial::Redials, registration::Registration,
-        send::PendingSend,
     },
-    directory::{DirOp, DirectoryStore},
+    directory::DirectoryStore,
     error::ListenError,
-    rpc_stream::Reply,
     shared::Shared,
 };
 
@@ -86,85 +89,6 @@ const CLAIMS: NonZeroUsize = match NonZeroUsize::new(4096) {
 /// Reports of the delivery tasks waiting for the loop, at most (readers
 /// drop theirs when full; link tasks wait).
 const TASK_EVENTS: usize = 1024;
-
-/// Key of an outbound request: a request-response request of ours, or one
-/// carried in a relay bundle (see `relay`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ReqKey {
-    Rr(OutboundRequestId),
-    Relayed(u64),
-    /// On a request stream (see [`crate::rpc_stream`]).
-    Stream(u64),
-}
-
-/// What an outbound request was for.
-#[derive(Debug)]
-enum Pending {
-    Deliver {
-        host: PeerId,
-        batch: u64,
-        attempt: u8,
-        sends: Vec<PendingSend>,
-    },
-    Directory {
-        host: PeerId,
-        ops: Vec<DirOp>,
-    },
-    Lookup {
-        id: String,
-        host: PeerId,
-    },
-    Join {
-        host: PeerId,
-    },
-    Leave,
-    Resync,
-    Beats {
-        host: PeerId,
-        /// The digest sent was compact.
-        compact: bool,
-    },
-    Records,
-    /// A join sent to a host that refused us as a non-member.
-    Introduce {
-        host: PeerId,
-    },
-    /// A lookup of a registration check (see `ownership`).
-    RegCheck {
-        check: u64,
-    },
-    /// A bundle of relayed requests sent to `via` (ours, or others' this
-    /// host forwards): one slot per request.
-    RelayBundle {
-        via: PeerId,
-        slots: Vec<crate::core::relay::Slot>,
-    },
-    /// One host's part of a broadcast of ours.
-    Broadcast {
-        id: u64,
-        host: PeerId,
-    },
-    /// A publish handed to a host of a queue group.
-    Queue {
-        id: u64,
-        host: PeerId,
-    },
-}
-
-impl Pending {
-    /// The host the request went to, where the pending request names it.
-    fn host(&self) -> Option<PeerId> {
-        match self {
-            Pending::Deliver { host, .. }
-            | Pending::Directory { host, .. }
-            | Pending::Lookup { host, .. }
-            | Pending::Beats { host, .. }
-            | Pending::Broadcast { host, .. }
-            | Pending::Queue { host, .. } => Some(*host),
-            _ => None,
-        }
-    }
-}
 
 /// The loop's state. Fields are grouped by the file that uses them.
 pub(crate) struct EventLoop {
@@ -499,491 +423,6 @@ impl EventLoop {
         self.shared.local
     }
 
-    /// Sends a request to `host`, first dialling it at the addresses of its
-    /// membership record if not connected (the swarm's own address sources,
-    /// kad's buckets and identify's cache, do not hold every member).
-    /// In a big network it may go through a relay (see `relay`).
-    fn request(&mut self, host: PeerId, req: crate::protocol::Request) -> ReqKey {
-        let liveness = req.is_liveness();
-        if !liveness {
-            self.touch(host);
-        }
-        let via = if req.is_relayable() {
-            self.next_hop(host)
-        } else {
-            host
-        };
-        if via != host {
-            if let Some(key) = self.relay_own(via, host, &req) {
-                return key;
-            }
-        }
-        self.dial_member(host);
-        self.send_request(host, req)
-    }
-
-    /// Sends a request to `host` as it is: on its request stream if
-    /// connected, else (or when the stream's queue is full) by
-    /// request-response, which dials.
-    fn send_request(&mut self, host: PeerId, req: crate::protocol::Request) -> ReqKey {
-        crate::shared::bump(&self.shared.counters.requests_sent);
-        let mut req = req;
-        if req.uses_streams() && self.swarm.is_connected(&host) {
-            let id = self.next_stream_request;
-            self.next_stream_request += 1;
-            use std::collections::hash_map::Entry;
-            let spawn = || {
-                crate::rpc_stream::client::ClientHandle::spawn(host, self.request_streams.clone())
-            };
-            let client = match self.request_clients.entry(host) {
-                Entry::Occupied(mut e) => {
-                    if e.get().ended() {
-                        e.insert(spawn());
-                    }
-                    e.into_mut()
-                }
-                Entry::Vacant(e) => e.insert(spawn()),
-            };
-            match client.send(id, req) {
-                Ok(()) => {
-                    crate::shared::bump(&self.shared.counters.stream_requests);
-                    return ReqKey::Stream(id);
-                }
-                Err(back) => req = back,
-            }
-        }
-        ReqKey::Rr(self.swarm.behaviour_mut().rpc.send_request(&host, req))
-    }
-
-    /// An answer or an inbound request from the request streams.
-    fn on_rpc_event(&mut self, ev: crate::rpc_stream::RpcEvent) {
-        self.sync_config();
-        use crate::rpc_stream::RpcEvent;
-        match ev {
-            RpcEvent::Answer { id, result } => {
-                if let Some(p) = self.requests.remove(&ReqKey::Stream(id)) {
-                    self.on_response(p, result);
-                }
-            }
-            RpcEvent::Request {
-                host,
-                request,
-                reply,
-            } => self.on_inbound_request(host, request, reply),
-        }
-    }
-
-    /// A request from `peer`, by request-response or on a request stream.
-    fn on_inbound_request(
-        &mut self,
-        peer: PeerId,
-        request: crate::protocol::Request,
-        responder: Reply,
-    ) {
-        use crate::protocol::{Request, Response, NOT_ALLOWED, NOT_MEMBER};
-        if !self.members.allowed(&peer) {
-            crate::shared::bump(&self.shared.counters.refused_non_members);
-            tracing::debug!(%peer, "refused a request of a host not on the allow-list");
-            self.answer(peer, responder, Response::Refused(NOT_ALLOWED.into()));
-            return;
-        }
-        // Only a join is served to a host that is not a member.
-        if !matches!(request, Request::Join(_)) && !self.members.membership().contains(&peer) {
-            crate::shared::bump(&self.shared.counters.refused_non_members);
-            tracing::debug!(%peer, "refused a request of a host that is not a member");
-            self.answer(peer, responder, Response::Refused(NOT_MEMBER.into()));
-            return;
-        }
-        if !request.is_liveness() {
-            self.touch(peer);
-        }
-        let request = match request {
-            Request::Relay(items) => {
-                self.on_relay(peer, items, responder);
-                return;
-            }
-            Request::Join(records) if records.len() > members::INLINE_RECORDS => {
-                self.check_join_off_loop(peer, records, responder);
-                return;
-            }
-            other => other,
-        };
-        let response = self.on_request(peer, request);
-        self.publish_members();
-        self.answer(peer, responder, response);
-    }
-
-    /// Dials a member at its record's addresses unless connected or dialling.
-    /// A failed dial fails the requests waiting for it, which say why.
-    fn dial_member(&mut self, host: PeerId) {
-        if self.swarm.is_connected(&host) {
-            return;
-        }
-        let addrs = self
-            .members
-            .membership()
-            .get(&host)
-            .map(|m| m.addrs.clone())
-            .unwrap_or_default();
-        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(host)
-            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
-            .addresses(addrs)
-            .extend_addresses_through_behaviour()
-            .build();
-        match self.dial(opts) {
-            Ok(()) => tracing::trace!(%host, "dialling a member"),
-            Err(e) => tracing::trace!(%host, error = %e, "not dialled"),
-        }
-    }
-
-    /// Dials, letting the dial through the gate (see `dial_gate`): every
-    /// dial of the loop's own goes through here.
-    fn dial(
-        &mut self,
-        opts: libp2p::swarm::dial_opts::DialOpts,
-    ) -> std::result::Result<(), libp2p::swarm::DialError> {
-        let id = opts.connection_id();
-        self.swarm.behaviour_mut().gate.allow(id);
-        let r = self.swarm.dial(opts);
-        if r.is_err() {
-            self.swarm.behaviour_mut().gate.forget(id);
-        }
-        r
-    }
-
-    fn on_command(&mut self, cmd: Command) {
-        if self.closing.is_some() {
-            // Every reply channel is dropped, which the handle reads as Closed.
-            if let Command::Close { reply } = cmd {
-                if let Some(c) = self.closing.as_mut() {
-                    c.replies.push(reply);
-                }
-            }
-            return;
-        }
-        match cmd {
-            Command::Listen { addr, reply } => self.listen(addr, reply),
-            Command::Join { addr, shown, reply } => self.join(addr, shown, reply),
-            Command::Send(p) => self.send(p),
-            Command::Find { id, reply } => self.find(id, reply),
-            Command::Subscribe {
-                channel,
-                group: None,
-                sink,
-                reply,
-            } => {
-                let _ = reply.send(self.subscribe(channel, sink));
-            }
-            Command::Subscribe {
-                channel,
-                group: Some(group),
-                sink,
-                reply,
-            } => {
-                let _ = reply.send(self.subscribe_queue(channel, group, sink));
-            }
-            Command::Unsubscribe {
-                channel,
-                group: None,
-                id,
-            } => self.unsubscribe(&channel, id),
-            Command::Unsubscribe {
-                channel,
-                group: Some(group),
-                id,
-            } => self.unsubscribe_queue(channel, group, id),
-            Command::Publish {
-                channel,
-                payload,
-                reply,
-            } => self.publish(channel, payload, reply),
-            Command::Broadcast {
-                from,
-                to,
-                payload,
-                reply,
-            } => self.start_broadcast(from, to, payload, reply),
-            Command::Members { reply } => {
-                let _ = reply.send(self.members_info());
-            }
-            Command::Readiness { reply } => {
-                let _ = reply.send(self.readiness());
-            }
-            Command::Registration { id, reply } => self.check_registration(id, reply),
-            Command::CachedLocation { id, reply } => {
-                let _ = reply.send(self.locations.peek(id.as_str()));
-            }
-            Command::Close { reply } => self.start_close(reply),
-        }
-    }
-
-    fn listen(
-        &mut self,
-        addr: Multiaddr,
-        reply: oneshot::Sender<Result<Vec<Multiaddr>, ListenError>>,
-    ) {
-        if let Some(reason) = crate::behaviour::busy_tcp_port(&addr) {
-            let _ = reply.send(Err(ListenError::Listen {
-                addr: addr.to_string(),
-                source: crate::Cause::msg(reason),
-            }));
-            return;
-        }
-        match self.swarm.listen_on(addr.clone()) {
-            Ok(id) => {
-                self.listener_ids.push(id);
-                self.listens.insert(id, reply);
-            }
-            Err(e) => {
-                let _ = reply.send(Err(ListenError::Listen {
-                    addr: addr.to_string(),
-                    source: transport_cause(e),
-                }));
-            }
-        }
-    }
-
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        self.sync_config();
-        match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                connection_id,
-            })) => self.on_identify(peer_id, connection_id, info),
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(
-                libp2p::kad::Event::OutboundQueryProgressed {
-                    id,
-                    result: libp2p::kad::QueryResult::GetClosestPeers(r),
-                    ..
-                },
-            )) => {
-                let peers = match r {
-                    Ok(ok) => ok.peers,
-                    Err(libp2p::kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                };
-                let local = self.local();
-                let peers = peers
-                    .into_iter()
-                    .map(|p| p.peer_id)
-                    .filter(|p| *p != local)
-                    .collect();
-                self.on_kad_closest(id, peers);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(_)) => {}
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
-                let full = address.with_p2p(self.local()).unwrap_or_else(|a| a);
-                if let Some(reply) = self.listens.remove(&listener_id) {
-                    let _ = reply.send(Ok(vec![full]));
-                }
-                self.announce();
-            }
-            SwarmEvent::ListenerClosed {
-                listener_id,
-                addresses,
-                reason,
-            } => {
-                if let Some(reply) = self.listens.remove(&listener_id) {
-                    let _ = reply.send(Err(ListenError::Listen {
-                        addr: format!("{addresses:?}"),
-                        source: match reason {
-                            Ok(()) => crate::Cause::msg("listener closed"),
-                            Err(e) => crate::Cause::new(e),
-                        },
-                    }));
-                }
-            }
-            SwarmEvent::ListenerError { listener_id, error } => {
-                if let Some(reply) = self.listens.remove(&listener_id) {
-                    let _ = reply.send(Err(ListenError::Listen {
-                        addr: String::new(),
-                        source: crate::Cause::new(error),
-                    }));
-                }
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                ..
-            } => {
-                crate::shared::bump(&self.shared.counters.connections_opened);
-                // A new link gets a grace before the budget may close it.
-                self.touch_new(peer_id);
-                self.on_connected(peer_id, connection_id)
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established,
-                connection_id,
-                ..
-            } => {
-                self.on_connection_closed(connection_id);
-                if num_established == 0 {
-                    self.publishes.unready();
-                    self.on_disconnected(peer_id);
-                }
-            }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id,
-                error,
-            } => self.on_dial_failed(connection_id, peer_id, error),
-            other => tracing::trace!(event = ?other, "swarm event"),
-        }
-    }
-
-    fn on_rpc(
-        &mut self,
-        ev: request_response::Event<crate::protocol::Request, crate::protocol::Response>,
-    ) {
-        use request_response::{Event, Message};
-        match ev {
-            // Inbound exchanges are served by the exchange acceptor; this
-            // behaviour only requests.
-            Event::Message {
-                peer,
-                message: Message::Request { .. },
-                ..
-            } => tracing::debug!(%peer, "request-response request on the requesting side"),
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(p) = self.requests.remove(&ReqKey::Rr(request_id)) {
-                    self.on_response(p, Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some(p) = self.requests.remove(&ReqKey::Rr(request_id)) {
-                    self.on_response(p, Err(error));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound request failed");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn on_request(
-        &mut self,
-        peer: PeerId,
-        request: crate::protocol::Request,
-    ) -> crate::protocol::Response {
-        use crate::protocol::{Request, Response};
-        match request {
-            Request::Deliver { epoch, batch, envs } => {
-                self.deliver_inbound(peer, (epoch, batch), envs)
-            }
-            Request::Directory { epoch, ops } => {
-                // A cached location this holder sees withdrawn is stale.
-                for op in &ops {
-                    if let crate::directory::DirOp::Withdraw(id) = op {
-                        self.locations.not_on(id, peer);
-                        self.shared.finds.forget(id);
-                    }
-                }
-                let applied = self.store.apply(peer, epoch, ops);
-                Response::DirectoryApplied {
-                    conflicts: applied
-                        .conflicts
-                        .into_iter()
-                        .map(|(id, h)| (id.to_string(), h.to_bytes()))
-                        .collect(),
-                    full: applied.full,
-                }
-            }
-            Request::Lookup(id) => self.answer_lookup(&id),
-            Request::Join(records) => self.on_join_request(peer, records),
-            Request::Leave(record) => self.on_leave_request(peer, record),
-            Request::Resync => {
-                self.resync_holder(peer);
-                Response::DirectoryOk
-            }
-            Request::Beats(beats) => self.on_beats(peer, beats),
-            Request::Records(records) => {
-                self.on_records(records);
-                Response::RecordsOk
-            }
-            Request::Relay(_) => Response::RelayFailed("relayed twice".into()),
-            Request::Broadcast {
-                id,
-                from,
-                to,
-                payload,
-            } => self.on_broadcast_request(peer, id, from, to, payload),
-            Request::Queue {
-                channel,
-                pattern,
-                group,
-                payload,
-            } => self.on_queue_request(channel, pattern, group, payload),
-        }
-    }
-
-    fn on_response(
-        &mut self,
-        pending: Pending,
-        result: std::result::Result<crate::protocol::Response, request_response::OutboundFailure>,
-    ) {
-        if let Ok(crate::protocol::Response::Refused(why)) = &result {
-            if why == crate::protocol::NOT_MEMBER {
-                if let Some(host) = pending.host() {
-                    self.introduce(host);
-                }
-            }
-        }
-        match pending {
-            Pending::Deliver {
-                host,
-                batch,
-                attempt,
-                sends,
-            } => self.on_deliver_result(host, (batch, attempt), sends, result),
-            Pending::Directory { host, ops } => self.on_directory_result(host, ops, result),
-            Pending::Lookup { id, host } => self.on_lookup_result(id, host, result),
-            Pending::Join { host } => self.on_join_result(host, result),
-            Pending::Introduce { host } => self.on_introduced(host, result),
-            Pending::Resync | Pending::Records => {}
-            Pending::RegCheck { check } => self.on_reg_check_result(check, result),
-            Pending::RelayBundle { via, slots } => self.on_bundle_result(via, slots, result),
-            Pending::Beats { host, compact } => self.on_beats_result(host, compact, result),
-            Pending::Broadcast { id, host } => self.on_broadcast_result(id, host, result),
-            Pending::Queue { id, .. } => self.on_queue_result(id, result),
-            Pending::Leave => {
-                if let Some(c) = self.closing.as_mut() {
-                    c.outstanding = c.outstanding.saturating_sub(1);
-                }
-            }
-        }
-    }
-
-    fn on_gossip(&mut self, ev: gossipsub::Event) {
-        match ev {
-            gossipsub::Event::Message { message, .. } => {
-                if message.topic == members::topic().hash() {
-                    self.on_member_gossip(&message.data);
-                } else {
-                    self.on_channel_message(message);
-                }
-            }
-            gossipsub::Event::Subscribed { .. } => self.retry_parked(),
-            _ => {}
-        }
-    }
-
     /// Takes a changed configuration (an atomic load when unchanged): the
     /// membership's settings and allow-list apply from the next event on.
     fn sync_config(&mut self) {
@@ -1022,17 +461,5 @@ impl EventLoop {
                 c.outstanding = 0;
             }
         }
-    }
-}
-
-/// A readable reason from a transport error.
-fn transport_cause<E: std::error::Error + Send + Sync + 'static>(
-    e: libp2p::TransportError<E>,
-) -> crate::Cause {
-    match e {
-        libp2p::TransportError::MultiaddrNotSupported(a) => crate::Cause::msg(format!(
-            "address {a} is not supported by this host's transports"
-        )),
-        libp2p::TransportError::Other(e) => crate::Cause::new(e),
     }
 }
