@@ -57,136 +57,263 @@ impl PartialEq for Cause {
 
 impl Eq for Cause {}
 
-/// Every way a distribus operation can fail.
-///
-/// The enum is `#[non_exhaustive]`: match the variants you handle and keep a
-/// catch-all arm.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The host was closed (by [`crate::Host::close`]) or its event loop ended.
-    #[error("the host is closed")]
-    Closed,
-    /// A peer with this id already exists on this host.
-    #[error("a peer with id {0:?} already exists on this host")]
-    IdExists(String),
-    /// Another live host registered this peer id first: the directory
-    /// keeps the first (see [`crate::Peer::registered`]).
-    #[error("peer id {id:?} belongs to host {host}, which registered it first")]
-    IdTaken {
-        /// The id.
-        id: String,
-        /// The host that holds it.
-        host: PeerId,
-    },
-    /// The peer id is not valid: it must be non-empty UTF-8 of at most 256 bytes.
-    #[error("invalid peer id: {0}")]
-    InvalidId(String),
-    /// No host in the network holds a peer with this id.
-    #[error("peer {0:?} was not found")]
-    PeerNotFound(String),
-    /// The host that holds the peer could not be reached.
-    #[error("peer {id:?} is on host {host} which cannot be reached")]
-    PeerUnreachable {
-        /// The peer that was addressed.
-        id: String,
-        /// The host that holds it.
-        host: PeerId,
-    },
-    /// A reply found no request waiting for it: the message was not a
-    /// request, or its requester was answered already or stopped waiting
-    /// (timed out). The reply was not delivered.
-    #[error("no request waits for this reply: {0}")]
-    NoRequest(String),
-    /// A broadcast reached no other host: every one of the other live
-    /// hosts (this many) failed to take it. The local peers have it.
-    #[error("the broadcast reached none of the {0} other live hosts")]
-    Partitioned(usize),
-    /// The operation did not complete within its deadline.
-    #[error("the operation timed out")]
-    Timeout,
-    /// The encoded message is larger than the configured limit.
-    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    MessageTooLarge {
-        /// Size of the encoded payload.
-        size: usize,
-        /// The configured `max_message_size`.
-        limit: usize,
-    },
-    /// The recipient's bounded inbox is full; the message was not delivered.
-    #[error("the inbox of peer {0:?} is full")]
-    InboxFull(String),
-    /// The payload could not be encoded (the codec's error is the source).
-    #[error("could not encode the payload")]
-    Encode(#[source] Cause),
-    /// The payload could not be decoded into the requested type (the
-    /// codec's error is the source).
-    #[error("could not decode the payload")]
-    Decode(#[source] Cause),
-    /// A multiaddr or URL could not be parsed or used.
-    #[error("invalid address {addr:?}")]
-    InvalidAddress {
-        /// The address as given.
-        addr: String,
-        /// Why it was refused.
-        #[source]
-        source: Cause,
-    },
-    /// Listening on the address failed (for example the port is busy).
-    #[error("cannot listen on {addr}")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// The transport's error.
-        #[source]
-        source: Cause,
-    },
-    /// Joining a host failed (dial error, refused, or no answer in time).
-    #[error("cannot join {addr}")]
-    Join {
-        /// The address that was dialled.
-        addr: String,
-        /// Why the join failed: the dial error, the remote host's refusal,
-        /// or a timeout.
-        #[source]
-        source: Cause,
-    },
-    /// The remote host belongs to another network id.
-    #[error("cannot join {addr}: it belongs to network {theirs:?}, this host to network {ours:?}")]
-    NetworkMismatch {
-        /// The address that was dialled.
-        addr: String,
-        /// Our network id.
-        ours: String,
-        /// The remote host's network id.
-        theirs: String,
-    },
-    /// The configuration is invalid, or a field that cannot change at run time was changed.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// A channel name is invalid (empty or longer than 256 bytes).
-    #[error("invalid channel name: {0}")]
-    InvalidChannel(String),
-    /// A pattern of peer ids for a group send is invalid (empty tokens,
-    /// `>` not last, or longer than 256 bytes).
-    #[error("invalid group pattern: {0}")]
-    InvalidPattern(String),
-    /// No member of a queue group could take a publish: every one of its
-    /// hosts failed, or every member's queue was full. The group's other
-    /// subscribers (and plain ones) got it as usual.
-    #[error("no member of queue group {group:?} on {pattern:?} could take the message")]
-    QueueUnavailable {
-        /// The group's channel pattern.
-        pattern: String,
-        /// The group's name.
-        group: String,
-    },
-    /// Publishing on a channel failed (gossipsub's error is the source).
-    #[error("publish failed")]
-    Publish(#[source] Cause),
-    /// The swarm could not be built.
-    #[error("transport error")]
-    Transport(#[source] Cause),
+/// Declares an error enum from the catalogue in its arms: each failure's
+/// fields, message and cause are written once, and each operation's enum
+/// lists the names of the failures it has. It also writes `From` into each
+/// enum named after `into`, as an exhaustive match: a failure the wider
+/// enum does not have is a compile error, never a case lost in a
+/// conversion.
+macro_rules! failures {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident into [$($wide:ident),*] { $($var:ident),* $(,)? }
+    ) => {
+        failures!(@step [$(#[$meta])*] $name [$($wide),*] [] [] $($var)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Closed $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The host was closed (by [`crate::Host::close`]) or its event loop ended.
+            #[error("the host is closed")]
+            Closed,
+        ] [$($arm)* [Closed]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] IdExists $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// A peer with this id already exists on this host.
+            #[error("a peer with id {0:?} already exists on this host")]
+            IdExists(String),
+        ] [$($arm)* [IdExists (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] IdTaken $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// Another live host registered this peer id first: the directory
+            /// keeps the first (see [`crate::Peer::registered`]).
+            #[error("peer id {id:?} belongs to host {host}, which registered it first")]
+            IdTaken {
+                /// The id.
+                id: String,
+                /// The host that holds it.
+                host: PeerId,
+            },
+        ] [$($arm)* [IdTaken { id, host }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] InvalidId $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The peer id is not valid: it must be non-empty UTF-8 of at most 256 bytes.
+            #[error("invalid peer id: {0}")]
+            InvalidId(String),
+        ] [$($arm)* [InvalidId (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] PeerNotFound $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// No host in the network holds a peer with this id.
+            #[error("peer {0:?} was not found")]
+            PeerNotFound(String),
+        ] [$($arm)* [PeerNotFound (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] PeerUnreachable $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The host that holds the peer could not be reached.
+            #[error("peer {id:?} is on host {host} which cannot be reached")]
+            PeerUnreachable {
+                /// The peer that was addressed.
+                id: String,
+                /// The host that holds it.
+                host: PeerId,
+            },
+        ] [$($arm)* [PeerUnreachable { id, host }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] NoRequest $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// A reply found no request waiting for it: the message was not a
+            /// request, or its requester was answered already or stopped waiting
+            /// (timed out). The reply was not delivered.
+            #[error("no request waits for this reply: {0}")]
+            NoRequest(String),
+        ] [$($arm)* [NoRequest (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Partitioned $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// A broadcast reached no other host: every one of the other live
+            /// hosts (this many) failed to take it. The local peers have it.
+            #[error("the broadcast reached none of the {0} other live hosts")]
+            Partitioned(usize),
+        ] [$($arm)* [Partitioned (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Timeout $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The operation did not complete within its deadline.
+            #[error("the operation timed out")]
+            Timeout,
+        ] [$($arm)* [Timeout]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] MessageTooLarge $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The encoded message is larger than the configured limit.
+            #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+            MessageTooLarge {
+                /// Size of the encoded payload.
+                size: usize,
+                /// The configured `max_message_size`.
+                limit: usize,
+            },
+        ] [$($arm)* [MessageTooLarge { size, limit }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] InboxFull $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The recipient's bounded inbox is full; the message was not delivered.
+            #[error("the inbox of peer {0:?} is full")]
+            InboxFull(String),
+        ] [$($arm)* [InboxFull (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Encode $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The payload could not be encoded (the codec's error is the source).
+            #[error("could not encode the payload")]
+            Encode(#[source] Cause),
+        ] [$($arm)* [Encode (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Decode $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The payload could not be decoded into the requested type (the
+            /// codec's error is the source).
+            #[error("could not decode the payload")]
+            Decode(#[source] Cause),
+        ] [$($arm)* [Decode (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] InvalidAddress $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// A multiaddr or URL could not be parsed or used.
+            #[error("invalid address {addr:?}")]
+            InvalidAddress {
+                /// The address as given.
+                addr: String,
+                /// Why it was refused.
+                #[source]
+                source: Cause,
+            },
+        ] [$($arm)* [InvalidAddress { addr, source }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Listen $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// Listening on the address failed (for example the port is busy).
+            #[error("cannot listen on {addr}")]
+            Listen {
+                /// The address.
+                addr: String,
+                /// The transport's error.
+                #[source]
+                source: Cause,
+            },
+        ] [$($arm)* [Listen { addr, source }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Join $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// Joining a host failed (dial error, refused, or no answer in time).
+            #[error("cannot join {addr}")]
+            Join {
+                /// The address that was dialled.
+                addr: String,
+                /// Why the join failed: the dial error, the remote host's refusal,
+                /// or a timeout.
+                #[source]
+                source: Cause,
+            },
+        ] [$($arm)* [Join { addr, source }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] NetworkMismatch $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The remote host belongs to another network id.
+            #[error("cannot join {addr}: it belongs to network {theirs:?}, this host to network {ours:?}")]
+            NetworkMismatch {
+                /// The address that was dialled.
+                addr: String,
+                /// Our network id.
+                ours: String,
+                /// The remote host's network id.
+                theirs: String,
+            },
+        ] [$($arm)* [NetworkMismatch { addr, ours, theirs }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Config $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The configuration is invalid, or a field that cannot change at run time was changed.
+            #[error("invalid configuration: {0}")]
+            Config(String),
+        ] [$($arm)* [Config (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] InvalidChannel $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// A channel name is invalid (empty or longer than 256 bytes).
+            #[error("invalid channel name: {0}")]
+            InvalidChannel(String),
+        ] [$($arm)* [InvalidChannel (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] InvalidPattern $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// A pattern of peer ids for a group send is invalid (empty tokens,
+            /// `>` not last, or longer than 256 bytes).
+            #[error("invalid group pattern: {0}")]
+            InvalidPattern(String),
+        ] [$($arm)* [InvalidPattern (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] QueueUnavailable $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// No member of a queue group could take a publish: every one of its
+            /// hosts failed, or every member's queue was full. The group's other
+            /// subscribers (and plain ones) got it as usual.
+            #[error("no member of queue group {group:?} on {pattern:?} could take the message")]
+            QueueUnavailable {
+                /// The group's channel pattern.
+                pattern: String,
+                /// The group's name.
+                group: String,
+            },
+        ] [$($arm)* [QueueUnavailable { pattern, group }]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Publish $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// Publishing on a channel failed (gossipsub's error is the source).
+            #[error("publish failed")]
+            Publish(#[source] Cause),
+        ] [$($arm)* [Publish (x)]] $($rest)*);
+    };
+    (@step $meta:tt $name:ident $wide:tt [$($def:tt)*] [$($arm:tt)*] Transport $($rest:ident)*) => {
+        failures!(@step $meta $name $wide [$($def)*
+            /// The swarm could not be built.
+            #[error("transport error")]
+            Transport(#[source] Cause),
+        ] [$($arm)* [Transport (x)]] $($rest)*);
+    };
+    (@step [$($meta:tt)*] $name:ident [$($wide:ident),*] [$($def:tt)*] $arms:tt) => {
+        $($meta)*
+        #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+        #[non_exhaustive]
+        pub enum $name { $($def)* }
+        $(failures!(@from $name $wide $arms);)*
+    };
+    (@from $name:ident $wide:ident [$([$v:ident $($pat:tt)?])*]) => {
+        impl From<$name> for $wide {
+            fn from(e: $name) -> Self {
+                match e {
+                    $($name::$v $($pat)? => $wide::$v $($pat)?,)*
+                }
+            }
+        }
+    };
+}
+
+failures! {
+    /// Every way a distribus operation can fail: the union of each
+    /// operation's own error ([`SendError`], [`FindError`], …), which all
+    /// convert into it, so `?` works in a function returning [`Result`]. Its
+    /// own uses are the host's start and configuration.
+    ///
+    /// The enum is `#[non_exhaustive]`: match the variants you handle and keep a
+    /// catch-all arm.
+    pub enum Error into [] {
+        Closed, IdExists, IdTaken, InvalidId, PeerNotFound, PeerUnreachable, NoRequest, Partitioned, Timeout, MessageTooLarge, InboxFull, Encode, Decode, InvalidAddress, Listen, Join, NetworkMismatch, Config, InvalidChannel, InvalidPattern, QueueUnavailable, Publish, Transport,
+    }
 }
 
 impl Error {
@@ -217,8 +344,9 @@ fn report(e: &dyn std::error::Error) -> String {
 }
 
 /// The host was closed (by [`crate::Host::close`]) or its event loop
-/// ended: the one way the operations that only talk to this host's event
-/// loop can fail ([`crate::Host::members`], [`crate::Host::close`], …).
+/// ended: the one way the calls that only ask this host can fail
+/// ([`crate::Host::members`], [`crate::Host::readiness`],
+/// [`crate::Host::remove`], …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the host is closed")]
 pub struct Closed;
@@ -235,288 +363,77 @@ pub struct EncodeError(#[source] pub Cause);
 #[error("could not decode the payload")]
 pub struct DecodeError(#[source] pub Cause);
 
-/// Why a send, a request or a reply failed ([`crate::Peer::send`],
-/// [`crate::Peer::request`], [`crate::Peer::reply`],
-/// [`crate::Message::reply`]). The variants mean what [`Error`]'s of the
-/// same name mean, and convert into them.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The recipient id is not valid (empty, or longer than 256 bytes).
-    #[error("invalid peer id: {0}")]
-    InvalidId(String),
-    /// No host holds the recipient (or the sending peer was removed).
-    #[error("peer {0:?} was not found")]
-    PeerNotFound(String),
-    /// The recipient's host could not be reached.
-    #[error("peer {id:?} is on host {host} which cannot be reached")]
-    PeerUnreachable {
-        /// The peer that was addressed.
-        id: String,
-        /// The host that holds it.
-        host: PeerId,
-    },
-    /// Replies only: no request of the recipient waits for this reply
-    /// (answered already, or timed out). The reply was not delivered.
-    #[error("no request waits for this reply: {0}")]
-    NoRequest(String),
-    /// No acknowledgement (for a request: no reply) in time.
-    #[error("the operation timed out")]
-    Timeout,
-    /// The payload is larger than `max_message_size`.
-    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    MessageTooLarge {
-        /// Size of the encoded payload.
-        size: usize,
-        /// The configured `max_message_size`.
-        limit: usize,
-    },
-    /// The recipient's inbox is full; the message was not delivered.
-    #[error("the inbox of peer {0:?} is full")]
-    InboxFull(String),
-    /// The value could not be encoded.
-    #[error("could not encode the payload")]
-    Encode(#[source] Cause),
+failures! {
+    /// Why a send, a request or a reply failed ([`crate::Peer::send`],
+    /// [`crate::Peer::request`], [`crate::Peer::reply`],
+    /// [`crate::Message::reply`]). `NoRequest` comes from replies only;
+    /// `Timeout` is the missing acknowledgement, or for a request the
+    /// missing reply; `PeerNotFound` also when the sending peer was removed.
+    pub enum SendError into [Error] {
+        Closed, InvalidId, PeerNotFound, PeerUnreachable, NoRequest, Timeout, MessageTooLarge,
+        InboxFull, Encode,
+    }
 }
 
-/// Why [`crate::Host::find`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FindError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The id is not valid (empty, or longer than 256 bytes).
-    #[error("invalid peer id: {0}")]
-    InvalidId(String),
-    /// No host holds a peer with this id.
-    #[error("peer {0:?} was not found")]
-    PeerNotFound(String),
-    /// The directory's holders did not answer in time.
-    #[error("the operation timed out")]
-    Timeout,
+failures! {
+    /// Why [`crate::Host::find`] failed. `Timeout`: the directory's
+    /// holders did not answer in time.
+    pub enum FindError into [Error, SendError] {
+        Closed, InvalidId, PeerNotFound, Timeout,
+    }
 }
 
-/// Why [`crate::Host::create`], [`crate::Host::create_unique`] or
-/// [`crate::Peer::registered`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CreateError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The id is not valid (empty, or longer than 256 bytes).
-    #[error("invalid peer id: {0}")]
-    InvalidId(String),
-    /// A peer with this id already exists on this host.
-    #[error("a peer with id {0:?} already exists on this host")]
-    IdExists(String),
-    /// Waiting for registration only: another live host registered the
-    /// id first (the local peer was removed).
-    #[error("peer id {id:?} belongs to host {host}, which registered it first")]
-    IdTaken {
-        /// The id.
-        id: String,
-        /// The host that holds it.
-        host: PeerId,
-    },
-    /// Waiting for registration only: the peer was removed meanwhile.
-    #[error("peer {0:?} was not found")]
-    PeerNotFound(String),
-    /// Waiting for registration only: the holders did not all confirm in
-    /// time.
-    #[error("the operation timed out")]
-    Timeout,
+failures! {
+    /// Why [`crate::Host::create`], [`crate::Host::create_unique`] or
+    /// [`crate::Peer::registered`] failed. `IdTaken`, `PeerNotFound` (the
+    /// peer was removed meanwhile) and `Timeout` (the holders did not all
+    /// confirm in time) come only from waiting for the registration.
+    pub enum CreateError into [Error] {
+        Closed, InvalidId, IdExists, IdTaken, PeerNotFound, Timeout,
+    }
 }
 
-/// Why [`crate::Host::subscribe`], [`crate::Host::subscribe_queue`] or
-/// [`crate::Host::unsubscribe`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SubscribeError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The channel pattern or group name is invalid, or the host is at its
-    /// limit of 4,096 channels and groups.
-    #[error("invalid channel name: {0}")]
-    InvalidChannel(String),
+failures! {
+    /// Why [`crate::Host::subscribe`], [`crate::Host::subscribe_queue`] or
+    /// [`crate::Host::unsubscribe`] failed. `InvalidChannel` also names an
+    /// invalid queue group, and a host at its limit of 4,096 channels and
+    /// groups.
+    pub enum SubscribeError into [Error] {
+        Closed, InvalidChannel,
+    }
 }
 
-/// Why [`crate::Host::publish`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The channel name is invalid (wildcards are for subscriptions).
-    #[error("invalid channel name: {0}")]
-    InvalidChannel(String),
-    /// The payload is larger than `max_message_size`.
-    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    MessageTooLarge {
-        /// Size of the encoded payload.
-        size: usize,
-        /// The configured `max_message_size`.
-        limit: usize,
-    },
-    /// The value could not be encoded.
-    #[error("could not encode the payload")]
-    Encode(#[source] Cause),
-    /// No member of a queue group could take the message (the other
-    /// subscribers got it).
-    #[error("no member of queue group {group:?} on {pattern:?} could take the message")]
-    QueueUnavailable {
-        /// The group's channel pattern.
-        pattern: String,
-        /// The group's name.
-        group: String,
-    },
-    /// Gossipsub refused the message (its error is the source).
-    #[error("publish failed")]
-    Publish(#[source] Cause),
+failures! {
+    /// Why [`crate::Host::publish`] failed. `InvalidChannel` also for a
+    /// name with wildcards (they are for subscriptions).
+    pub enum PublishError into [Error] {
+        Closed, InvalidChannel, MessageTooLarge, Encode, QueueUnavailable, Publish,
+    }
 }
 
-/// Why a broadcast or a group send failed ([`crate::Host::broadcast`],
-/// [`crate::Peer::send_group`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BroadcastError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// Group sends only: the pattern is invalid.
-    #[error("invalid group pattern: {0}")]
-    InvalidPattern(String),
-    /// From a peer only: the sending peer was removed.
-    #[error("peer {0:?} was not found")]
-    PeerNotFound(String),
-    /// No other live host (this many) took it; the local peers have it.
-    #[error("the broadcast reached none of the {0} other live hosts")]
-    Partitioned(usize),
-    /// The hosts did not all answer or fail in time.
-    #[error("the operation timed out")]
-    Timeout,
-    /// The payload is larger than `max_message_size`.
-    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    MessageTooLarge {
-        /// Size of the encoded payload.
-        size: usize,
-        /// The configured `max_message_size`.
-        limit: usize,
-    },
-    /// The value could not be encoded.
-    #[error("could not encode the payload")]
-    Encode(#[source] Cause),
+failures! {
+    /// Why a broadcast or a group send failed ([`crate::Host::broadcast`],
+    /// [`crate::Peer::send_group`]). `InvalidPattern` comes from group
+    /// sends only, `PeerNotFound` (the sending peer was removed) from a
+    /// peer's only; `Timeout`: the hosts did not all answer or fail in time.
+    pub enum BroadcastError into [Error] {
+        Closed, InvalidPattern, PeerNotFound, Partitioned, Timeout, MessageTooLarge, Encode,
+    }
 }
 
-/// Why [`crate::Host::join`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum JoinError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The address could not be parsed.
-    #[error("invalid address {addr:?}")]
-    InvalidAddress {
-        /// The address as given.
-        addr: String,
-        /// Why it was refused.
-        #[source]
-        source: Cause,
-    },
-    /// The dial failed, the remote host refused, or no answer in time.
-    #[error("cannot join {addr}")]
-    Join {
-        /// The address that was dialled.
-        addr: String,
-        /// The dial error, the remote host's refusal, or a timeout.
-        #[source]
-        source: Cause,
-    },
-    /// The remote host belongs to another network id.
-    #[error("cannot join {addr}: it belongs to network {theirs:?}, this host to network {ours:?}")]
-    NetworkMismatch {
-        /// The address that was dialled.
-        addr: String,
-        /// Our network id.
-        ours: String,
-        /// The remote host's network id.
-        theirs: String,
-    },
+failures! {
+    /// Why [`crate::Host::join`] failed.
+    pub enum JoinError into [Error] {
+        Closed, InvalidAddress, Join, NetworkMismatch,
+    }
 }
 
-/// Why [`crate::Host::listen`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ListenError {
-    /// The host was closed.
-    #[error("the host is closed")]
-    Closed,
-    /// The address could not be parsed.
-    #[error("invalid address {addr:?}")]
-    InvalidAddress {
-        /// The address as given.
-        addr: String,
-        /// Why it was refused.
-        #[source]
-        source: Cause,
-    },
-    /// The transport could not listen there (for example the port is busy).
-    #[error("cannot listen on {addr}")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// The transport's error.
-        #[source]
-        source: Cause,
-    },
+failures! {
+    /// Why [`crate::Host::listen`] failed.
+    pub enum ListenError into [Error] {
+        Closed, InvalidAddress, Listen,
+    }
 }
-
-/// `From` between two error enums whose variants have the same names and
-/// fields: the listed variants of `$from` become those of `$to`. The match
-/// is exhaustive, so a variant added to `$from` and not listed here (or
-/// missing from `$to`) is a compile error, never a lost case.
-macro_rules! widen {
-    ($from:ident => $to:ident { $($v:ident $(($x:ident))? $({ $($f:ident),* })?),* $(,)? }) => {
-        impl From<$from> for $to {
-            fn from(e: $from) -> Self {
-                match e {
-                    $($from::$v $(($x))? $({ $($f),* })? => $to::$v $(($x))? $({ $($f),* })?,)*
-                }
-            }
-        }
-    };
-}
-
-widen!(SendError => Error {
-    Closed, InvalidId(x), PeerNotFound(x), PeerUnreachable { id, host }, NoRequest(x), Timeout,
-    MessageTooLarge { size, limit }, InboxFull(x), Encode(x),
-});
-widen!(FindError => Error { Closed, InvalidId(x), PeerNotFound(x), Timeout });
-widen!(FindError => SendError { Closed, InvalidId(x), PeerNotFound(x), Timeout });
-widen!(CreateError => Error {
-    Closed, InvalidId(x), IdExists(x), IdTaken { id, host }, PeerNotFound(x), Timeout,
-});
-widen!(SubscribeError => Error { Closed, InvalidChannel(x) });
-widen!(PublishError => Error {
-    Closed, InvalidChannel(x), MessageTooLarge { size, limit }, Encode(x),
-    QueueUnavailable { pattern, group }, Publish(x),
-});
-widen!(BroadcastError => Error {
-    Closed, InvalidPattern(x), PeerNotFound(x), Partitioned(x), Timeout,
-    MessageTooLarge { size, limit }, Encode(x),
-});
-widen!(JoinError => Error {
-    Closed, InvalidAddress { addr, source }, Join { addr, source },
-    NetworkMismatch { addr, ours, theirs },
-});
-widen!(ListenError => Error { Closed, InvalidAddress { addr, source }, Listen { addr, source } });
 
 /// The same `report` on every operation's error.
 macro_rules! reports {
