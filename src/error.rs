@@ -291,6 +291,33 @@ macro_rules! failures {
         #[non_exhaustive]
         pub enum $name { $($def)* }
         $(failures!(@from $name $wide $arms);)*
+
+        impl $name {
+            /// The message followed by each cause in turn, `: `-separated, as
+            /// a log line or a command line tool shows an error
+            /// (`"cannot join /memory/9: Failed to negotiate transport protocol(s): …"`).
+            pub fn report(&self) -> String {
+                report(self)
+            }
+        }
+
+        // Every operation can find its host closed (a `Closed` case is in
+        // each enum), also as the event loop's channels ending.
+        impl From<Closed> for $name {
+            fn from(_: Closed) -> Self {
+                $name::Closed
+            }
+        }
+        impl<T> From<tokio::sync::mpsc::error::SendError<T>> for $name {
+            fn from(_: tokio::sync::mpsc::error::SendError<T>) -> Self {
+                $name::Closed
+            }
+        }
+        impl From<tokio::sync::oneshot::error::RecvError> for $name {
+            fn from(_: tokio::sync::oneshot::error::RecvError) -> Self {
+                $name::Closed
+            }
+        }
     };
     (@from $name:ident $wide:ident [$([$v:ident $($pat:tt)?])*]) => {
         impl From<$name> for $wide {
@@ -313,15 +340,6 @@ failures! {
     /// catch-all arm.
     pub enum Error into [] {
         Closed, IdExists, IdTaken, InvalidId, PeerNotFound, PeerUnreachable, NoRequest, Partitioned, Timeout, MessageTooLarge, InboxFull, Encode, Decode, InvalidAddress, Listen, Join, NetworkMismatch, Config, InvalidChannel, InvalidPattern, QueueUnavailable, Publish, Transport,
-    }
-}
-
-impl Error {
-    /// The message followed by each cause in turn, `: `-separated, as a log
-    /// line or a command line tool shows an error
-    /// (`"cannot join /memory/9: Failed to negotiate transport protocol(s): …"`).
-    pub fn report(&self) -> String {
-        report(self)
     }
 }
 
@@ -435,65 +453,19 @@ failures! {
     }
 }
 
-/// The same `report` on every operation's error.
-macro_rules! reports {
-    ($($t:ident),*) => {$(
-        impl $t {
-            /// The message followed by each cause in turn, `: `-separated
-            /// (see [`Error::report`]).
-            pub fn report(&self) -> String {
-                report(self)
-            }
-        }
-    )*};
+impl EncodeError {
+    /// The message followed by the codec's error (see [`Error::report`]).
+    pub fn report(&self) -> String {
+        report(self)
+    }
 }
 
-reports!(
-    EncodeError,
-    DecodeError,
-    SendError,
-    FindError,
-    CreateError,
-    SubscribeError,
-    PublishError,
-    BroadcastError,
-    JoinError,
-    ListenError
-);
-
-/// `Closed` (and the channel errors that mean the event loop is gone) into
-/// each error that has a `Closed` variant.
-macro_rules! closed_into {
-    ($($t:ident),*) => {$(
-        impl From<Closed> for $t {
-            fn from(_: Closed) -> Self {
-                $t::Closed
-            }
-        }
-        impl<T> From<tokio::sync::mpsc::error::SendError<T>> for $t {
-            fn from(_: tokio::sync::mpsc::error::SendError<T>) -> Self {
-                $t::Closed
-            }
-        }
-        impl From<tokio::sync::oneshot::error::RecvError> for $t {
-            fn from(_: tokio::sync::oneshot::error::RecvError) -> Self {
-                $t::Closed
-            }
-        }
-    )*};
+impl DecodeError {
+    /// The message followed by the codec's error (see [`Error::report`]).
+    pub fn report(&self) -> String {
+        report(self)
+    }
 }
-
-closed_into!(
-    Error,
-    SendError,
-    FindError,
-    CreateError,
-    SubscribeError,
-    PublishError,
-    BroadcastError,
-    JoinError,
-    ListenError
-);
 
 /// An encoding failure into each error that has an `Encode` variant.
 macro_rules! encode_into {
