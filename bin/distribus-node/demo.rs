@@ -31,6 +31,7 @@ fn settings(listen: &[&str], join: Vec<String>, echo: &str) -> Settings {
         log_format: LogFormat::Text,
         log_filter: String::new(),
         shutdown_timeout: Duration::from_secs(5),
+        threads: None,
         host: HostConfig::default(),
         merged: Default::default(),
     }

@@ -54,19 +54,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The runtime, with `threads` workers (None: tokio's default, one per
+/// core, which `TOKIO_WORKER_THREADS` also sets).
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 /// Runs `fut` as a task on a new runtime (not on the blocking main thread).
-fn block_on<F>(fut: F) -> Result<(), String>
+fn block_on<F>(threads: Option<usize>, fut: F) -> Result<(), String>
 where
     F: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
-    runtime()?.block_on(async move {
+    runtime(threads)?.block_on(async move {
         tokio::spawn(fut)
             .await
             .map_err(|e| format!("node task failed: {e}"))?
@@ -102,7 +108,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )?;
             // Not spawned: a client command runs on this thread (its future
             // need not be Send).
-            runtime()?.block_on(client::run(command))
+            runtime(settings.threads)?.block_on(client::run(command))
         }
         Some(Command::Demo) => {
             let filter = if chatty {
@@ -111,11 +117,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 "warn"
             };
             logging::init(LogFormat::Text, filter)?;
-            block_on(demo::run())
+            block_on(settings.threads, demo::run())
         }
         None => {
             logging::init(settings.log_format, &settings.log_filter)?;
-            block_on(serve(settings))
+            block_on(settings.threads, serve(settings))
         }
     }
 }

@@ -443,6 +443,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, global = true, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbox_capacity: Option<usize>,
+    /// Worker threads of the node's runtime. On a machine the node shares
+    /// with its clients or other nodes, fewer threads mean fewer hand-offs
+    /// between CPUs (lower latency). Default: one per core.
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -539,6 +545,8 @@ pub(crate) struct Settings {
     pub log_filter: String,
     /// Longest graceful shutdown.
     pub shutdown_timeout: Duration,
+    /// Worker threads of the runtime (None: one per core).
+    pub threads: Option<usize>,
     /// Host configuration (without the key).
     pub host: HostConfig,
     /// The merged options, for `distribus-node config`.
@@ -688,6 +696,10 @@ impl Settings {
             log_format: o.log_format.unwrap_or_default(),
             log_filter,
             shutdown_timeout: o.shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+            threads: match o.threads {
+                Some(0) => return Err("threads must be at least 1".into()),
+                t => t,
+            },
             host,
             merged: o,
         })

@@ -281,6 +281,7 @@ async fn three_nodes_mesh_through_one_bootstrap() {
         "--subscribe",
         "news",
     ]);
+    // One node on a single worker thread: everything still works there.
     let c = start(&[
         "--join",
         a.addr(),
@@ -288,6 +289,8 @@ async fn three_nodes_mesh_through_one_bootstrap() {
         "echo-c",
         "--subscribe",
         "news",
+        "--threads",
+        "1",
     ]);
     let t = test_host(Duration::from_secs(3)).await;
     t.join(a.addr()).await.unwrap();
@@ -780,7 +783,7 @@ fn precedence_is_flag_then_env_then_file_then_default() {
 /// environment and file like every other option, reach the host's
 /// configuration, and are checked.
 #[test]
-fn reconnect_replication_and_inbox_options_are_settable_and_checked() {
+fn reconnect_replication_inbox_and_thread_options_are_settable_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("node.toml");
     std::fs::write(&file, "reconnect_timeout = \"1m\"\ninbox_capacity = 64\n").unwrap();
@@ -794,7 +797,7 @@ fn reconnect_replication_and_inbox_options_are_settable_and_checked() {
             "--reconnect-decay",
             "1.5",
         ],
-        &[("DISTRIBUS_REPLICATION", "5")],
+        &[("DISTRIBUS_REPLICATION", "5"), ("DISTRIBUS_THREADS", "2")],
     );
     assert_eq!(code, Some(0), "{err}");
     for line in [
@@ -803,6 +806,7 @@ fn reconnect_replication_and_inbox_options_are_settable_and_checked() {
         "reconnect_timeout = \"1m\"",
         "replication = 5",
         "inbox_capacity = 64",
+        "threads = 2",
     ] {
         assert!(out.lines().any(|l| l == line), "no `{line}` in\n{out}");
     }
@@ -810,6 +814,8 @@ fn reconnect_replication_and_inbox_options_are_settable_and_checked() {
     assert_one_line_error(code, &err, "reconnect_decay must be at least 1");
     let (code, _, err) = run_to_end(&["config", "--replication", "0"], &[]);
     assert_one_line_error(code, &err, "replication must be at least 1");
+    let (code, _, err) = run_to_end(&["config", "--threads", "0"], &[]);
+    assert_one_line_error(code, &err, "threads must be at least 1");
 }
 
 #[test]

@@ -246,8 +246,11 @@ export class Host extends Emitter {
       this._pending.set(id, { resolve, reject });
       // Requests made in one turn of the event loop go as one batch frame:
       // one WebSocket frame (and one write) instead of one per request.
+      // A full batch goes at once, so the node works on it while this
+      // turn makes the next.
       this._outbox.push(JSON.stringify(req));
       if (this._outbox.length === 1) queueMicrotask(() => this._flush());
+      else if (this._outbox.length >= MAX_BATCH && this.options.batch) this._flush();
     });
   }
 

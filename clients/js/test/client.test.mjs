@@ -24,10 +24,12 @@ test('peers on two nodes send to each other, like the original distribus', async
   await peer1.send('peer2', 'Hi');
   assert.deepEqual(await got, [['peer1', 'Hi']]);
 
-  // Pipelined: every send in flight at once, each answered, in order.
-  const many = collect((cb) => peer1.on('message', cb), 200);
-  await Promise.all(Array.from({ length: 200 }, (_, i) => peer2.send('peer1', { i })));
-  assert.deepEqual((await many).map(([, m]) => m.i), Array.from({ length: 200 }, (_, i) => i));
+  // Pipelined: every send in flight at once, each answered, in order; more
+  // than one batch frame holds (1,024), so the first frame goes while this
+  // turn still makes the rest (under the ack window plus the inbox).
+  const many = collect((cb) => peer1.on('message', cb), 1500);
+  await Promise.all(Array.from({ length: 1500 }, (_, i) => peer2.send('peer1', { i })));
+  assert.deepEqual((await many).map(([, m]) => m.i), Array.from({ length: 1500 }, (_, i) => i));
 
   await assert.rejects(peer1.send('nobody', 1), (e) => e instanceof DistribusError && e.code === 'not_found');
   // Sends the gateway cannot decode (an id that is not a string, a message
