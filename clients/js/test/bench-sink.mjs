@@ -10,7 +10,8 @@ let target = 0;
 let count = 0;
 sink.on('message', () => {
   count++;
-  if (count === target) process.send({ type: 'done', count });
+  // The wall clock, comparable with the parent's (as the original's host B).
+  if (count === target) process.send({ type: 'done', count, t: performance.timeOrigin + performance.now() });
 });
 process.on('message', (m) => {
   if (m.type === 'arm') {
