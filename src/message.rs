@@ -156,8 +156,9 @@ impl Message {
 /// A message received on a channel subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelMessage {
-    /// The channel it was published on.
-    pub channel: String,
+    /// The channel it was published on (shared by every copy of one
+    /// frame's publishes: one allocation per frame, not per delivery).
+    pub channel: std::sync::Arc<str>,
     /// The payload as published.
     pub payload: Payload,
 }

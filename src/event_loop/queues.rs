@@ -26,7 +26,7 @@ fn offer(s: &SubSink, channel: &str, payload: &Payload) -> bool {
     match s.tx.try_reserve() {
         Ok(room) => {
             room.send(ChannelMessage {
-                channel: channel.to_string(),
+                channel: channel.into(),
                 payload: payload.clone(),
             });
             true

@@ -117,7 +117,7 @@ async fn publishing_right_after_join_is_not_lost() {
             .await
             .unwrap();
         assert_eq!(m.decode::<i32>().unwrap(), round);
-        assert_eq!(m.channel, "live");
+        assert_eq!(&*m.channel, "live");
     }
 }
 
@@ -205,7 +205,7 @@ async fn take(s: &mut distribus::Subscription, n: usize) -> Vec<(String, u32)> {
     let mut got = Vec::new();
     for _ in 0..n {
         let m = within("publish", s.recv()).await.unwrap();
-        got.push((m.channel.clone(), m.decode::<u32>().unwrap()));
+        got.push((m.channel.to_string(), m.decode::<u32>().unwrap()));
     }
     got.sort();
     let more = tokio::time::timeout(Duration::from_millis(300), s.recv()).await;

@@ -127,10 +127,7 @@ async fn a_group_that_cannot_take_a_publish_fails_it_and_recovers() {
     }
     assert_eq!(a.stats().queue_unavailable, 1);
     let m = within("recv", solo.recv()).await.unwrap();
-    assert_eq!(
-        (m.channel.as_str(), m.decode::<u32>().unwrap()),
-        ("tasks.x", 1)
-    );
+    assert_eq!((&*m.channel, m.decode::<u32>().unwrap()), ("tasks.x", 1));
     a.publish("tasks.w", &4u32).await.unwrap();
     assert_eq!(drain(&mut solo).await, vec![2, 4]);
 
