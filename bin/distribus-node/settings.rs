@@ -451,6 +451,9 @@ pub(crate) struct NodeArgs {
     pub threads: Option<usize>,
 }
 
+/// Most worker threads a node starts (a typo should not start a million).
+const MAX_THREADS: usize = 1024;
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -697,7 +700,9 @@ impl Settings {
             log_filter,
             shutdown_timeout: o.shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
             threads: match o.threads {
-                Some(0) => return Err("threads must be at least 1".into()),
+                Some(n) if !(1..=MAX_THREADS).contains(&n) => {
+                    return Err(format!("threads must be between 1 and {MAX_THREADS}"))
+                }
                 t => t,
             },
             host,

@@ -814,8 +814,10 @@ fn reconnect_replication_inbox_and_thread_options_are_settable_and_checked() {
     assert_one_line_error(code, &err, "reconnect_decay must be at least 1");
     let (code, _, err) = run_to_end(&["config", "--replication", "0"], &[]);
     assert_one_line_error(code, &err, "replication must be at least 1");
-    let (code, _, err) = run_to_end(&["config", "--threads", "0"], &[]);
-    assert_one_line_error(code, &err, "threads must be at least 1");
+    for bad in ["0", "1025"] {
+        let (code, _, err) = run_to_end(&["config", "--threads", bad], &[]);
+        assert_one_line_error(code, &err, "threads must be between 1 and 1024");
+    }
 }
 
 #[test]
