@@ -54,7 +54,7 @@ impl BatchMemory {
     pub(crate) fn new(window: usize, senders: std::num::NonZeroUsize) -> Self {
         BatchMemory {
             window: window.max(1),
-            last: lru::LruCache::new(senders),
+            last: super::growing_lru(senders),
         }
     }
 

@@ -27,8 +27,8 @@ impl Locations {
     /// Room for `cache` locations and `claims` claims.
     pub(crate) fn new(cache: NonZeroUsize, claims: NonZeroUsize) -> Self {
         Locations {
-            cache: LruCache::new(cache),
-            claims: LruCache::new(claims),
+            cache: super::growing_lru(cache),
+            claims: super::growing_lru(claims),
         }
     }
 

@@ -59,3 +59,42 @@ pub(crate) mod registration;
 pub(crate) mod relay;
 pub(crate) mod send;
 pub(crate) mod subscriptions;
+
+/// An LRU cache of at most `cap` entries whose table grows as entries
+/// come. `LruCache::new` allocates its table for all of `cap` up front
+/// (the location cache's 100,000 were 2 MiB of address space per host,
+/// its control bytes written at once and the rest paged in as random
+/// puts touched it): at 1,024 hosts in one process that is gigabytes.
+pub(crate) fn growing_lru<K: std::hash::Hash + Eq, V>(
+    cap: std::num::NonZeroUsize,
+) -> lru::LruCache<K, V> {
+    let mut cache = lru::LruCache::unbounded();
+    // On an empty cache `resize` allocates nothing; `put` then keeps the
+    // bound by evicting the least recently used.
+    cache.resize(cap);
+    cache
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    #[test]
+    fn a_growing_lru_keeps_its_bound() {
+        let cap = NonZeroUsize::new(3).unwrap();
+        let mut c = super::growing_lru::<u32, u32>(cap);
+        assert_eq!(c.cap(), cap);
+        for i in 0..10 {
+            c.put(i, i);
+            assert!(c.len() <= 3);
+        }
+        assert_eq!(c.len(), 3);
+        // The least recently used went first.
+        assert!(c.peek(&6).is_none());
+        assert_eq!(c.peek(&7), Some(&7));
+        c.get(&7);
+        c.put(10, 10);
+        assert_eq!(c.peek(&7), Some(&7));
+        assert!(c.peek(&8).is_none());
+    }
+}

@@ -110,7 +110,7 @@ impl<R> Default for Ownership<R> {
     fn default() -> Self {
         Ownership {
             contested: HashMap::new(),
-            lost: LruCache::new(NonZeroUsize::new(LOST).unwrap_or(NonZeroUsize::MIN)),
+            lost: super::growing_lru(NonZeroUsize::new(LOST).unwrap_or(NonZeroUsize::MIN)),
             checks: HashMap::new(),
             next_check: 0,
             parked: HashMap::new(),
