@@ -93,13 +93,7 @@ async fn same_host_delivery_never_touches_the_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_arrive_in_send_order_even_pipelined() {
     use futures::stream::{FuturesOrdered, StreamExt};
-    let cfg = HostConfig::for_tests();
-    let (a, _) = mem_host(cfg.clone()).await;
-    let (b, b_addr) = mem_host(cfg).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
+    let (_a, _b, alice, bob) = mem_pair(HostConfig::for_tests(), "alice", "bob").await;
     const N: u32 = 1000;
     let mut sends: FuturesOrdered<_> = (0..N)
         .map(|i| {
@@ -256,12 +250,7 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     let mut cfg = HostConfig::for_tests();
     cfg.inbox_capacity = 2;
     cfg.max_message_size = 1000;
-    let (a, _) = mem_host(cfg.clone()).await;
-    let (b, b_addr) = mem_host(cfg.clone()).await;
-    a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
+    let (a, b, alice, bob) = mem_pair(cfg, "alice", "bob").await;
 
     // Oversized.
     let err = alice.send("bob", &vec![1u8; 2000]).await.unwrap_err();
@@ -294,12 +283,7 @@ async fn unreachable_host_timeout_size_and_full_inbox_errors() {
     // come back in time, however fast the machine.
     let mut slow = HostConfig::for_tests();
     slow.link_delay = std::time::Duration::from_millis(100);
-    let (c, _) = mem_host(slow.clone()).await;
-    let (d, d_addr) = mem_host(slow).await;
-    c.join(&d_addr.to_string()).await.unwrap();
-    let carl = c.create("carl").unwrap();
-    let _carol = d.create("carol").unwrap();
-    wait_found(&c, "carol", &d).await;
+    let (c, _d, carl, _carol) = mem_pair(slow, "carl", "carol").await;
     let mut quick = c.config();
     quick.request_timeout = std::time::Duration::from_millis(20);
     c.set_config(quick).unwrap();

@@ -206,9 +206,28 @@ pub(crate) async fn alice_and_bob() -> (Host, Host, Peer, Peer) {
     let cfg = HostConfig::for_tests();
     let (a, _) = tcp_host(cfg.clone()).await;
     let (b, b_addr) = tcp_host(cfg).await;
+    pair_up(a, b, b_addr, "alice", "bob").await
+}
+
+/// Two joined hosts on the memory transport with `cfg`, peer `from` on the
+/// first and `to` on the second, `to` found from the first.
+pub(crate) async fn mem_pair(cfg: HostConfig, from: &str, to: &str) -> (Host, Host, Peer, Peer) {
+    let (a, _) = mem_host(cfg.clone()).await;
+    let (b, b_addr) = mem_host(cfg).await;
+    pair_up(a, b, b_addr, from, to).await
+}
+
+/// `a` joins `b`, gets peer `from`, `b` gets `to`, and `a` finds `to`.
+async fn pair_up(
+    a: Host,
+    b: Host,
+    b_addr: Multiaddr,
+    from: &str,
+    to: &str,
+) -> (Host, Host, Peer, Peer) {
     a.join(&b_addr.to_string()).await.unwrap();
-    let alice = a.create("alice").unwrap();
-    let bob = b.create("bob").unwrap();
-    wait_found(&a, "bob", &b).await;
-    (a, b, alice, bob)
+    let from = a.create(from).unwrap();
+    let to_peer = b.create(to).unwrap();
+    wait_found(&a, to, &b).await;
+    (a, b, from, to_peer)
 }
