@@ -7,6 +7,9 @@
 //! - two-host channel publishes: awaited, 1,024 in flight, and latency.
 //!
 //! `cargo bench --bench messaging`
+//!
+//! With mimalloc, the allocator `distribus-node` ships with (the system
+//! allocator's figures beside them: docs/PERFORMANCE.md, "Allocator").
 
 use std::{
     io,
@@ -25,6 +28,9 @@ use libp2p::{
     tcp, yamux, Multiaddr, StreamProtocol, Swarm, SwarmBuilder,
 };
 use tokio::runtime::Runtime;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
