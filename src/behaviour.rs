@@ -49,13 +49,6 @@ pub(crate) struct Behaviour {
     pub gate: crate::dial_gate::Behaviour,
 }
 
-/// Entries per Kademlia bucket. kad allocates all 256 buckets at their
-/// full size when a host starts: at its default of 20 that was 1.7 MB per
-/// host, the largest single share (29 %) of the heap of 256 hosts in one
-/// process (heaptrack). Kademlia is only the fallback of the one-hop
-/// directory, and 8 is what BitTorrent's DHT keeps per bucket.
-const KAD_BUCKET: usize = 8;
-
 /// Gossipsub message id: SHA-256 of the topic (length first) and the data,
 /// 128 bits of it. Every published frame carries a random nonce, so distinct
 /// publishes get distinct ids. A hash with a fixed definition: `std`'s
@@ -128,10 +121,7 @@ fn build_behaviour(
         .set_replication_interval(None)
         .set_publication_interval(None)
         .set_provider_publication_interval(None)
-        .set_replication_factor(NonZeroUsize::new(cfg.replication).ok_or("replication 0")?)
-        .set_kbucket_size(
-            NonZeroUsize::new(KAD_BUCKET.max(cfg.replication)).ok_or("replication 0")?,
-        );
+        .set_replication_factor(NonZeroUsize::new(cfg.replication).ok_or("replication 0")?);
     let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
     // Loopback and memory hosts have no confirmed external address; without
     // server mode kad would stay a client and never be added to tables.
