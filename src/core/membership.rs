@@ -168,6 +168,11 @@ pub(crate) struct Member {
     pub anchor: Anchor,
     /// When the counter last rose (or the record was first taken).
     pub last_heard: Instant,
+    /// The host's key in the directory's key space ([`host_key`]): a
+    /// member reached by its position in the key index is checked to be
+    /// the one the key names, so that an index gone wrong fails as an
+    /// unknown key, never as another host's lease.
+    pub host_key: u64,
 }
 
 impl Member {
@@ -351,6 +356,7 @@ impl Membership {
             proved: r.anchor.proved(),
             anchor: r.anchor,
             last_heard: now,
+            host_key: host_key(&v.host),
         };
         match self.members.get_mut(&v.host) {
             None => {
@@ -413,7 +419,10 @@ impl Membership {
         budget: &mut u64,
     ) -> Option<(SignedRecord, Proved)> {
         let slot = *self.by_key.get(&b.key)?;
-        let (_, m) = self.members.get_index_mut(slot)?;
+        let (_, m) = self
+            .members
+            .get_index_mut(slot)
+            .filter(|(_, m)| m.host_key == b.key)?;
         if (b.epoch, b.seq) < (m.epoch, m.seq) {
             return Some((m.signed.clone(), m.proved));
         }
@@ -688,7 +697,8 @@ impl Membership {
     pub(crate) fn digest(&self) -> impl Iterator<Item = Beat> + '_ {
         self.keys[1..].iter().filter_map(|(key, _)| {
             let slot = *self.by_key.get(key)?;
-            self.members.get_index(slot).map(|(_, m)| Beat {
+            let (_, m) = self.members.get_index(slot)?;
+            (m.host_key == *key).then_some(Beat {
                 key: *key,
                 epoch: m.epoch,
                 seq: m.seq,
