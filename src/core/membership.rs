@@ -287,11 +287,14 @@ impl Membership {
         // A set: thousands of hosts may lapse at once (say, after a join
         // full of hosts that never beat), and a list made this quadratic.
         let gone: std::collections::HashSet<&PeerId> = gone.iter().collect();
-        self.keys
-            .retain(|(_, h)| *h == self.local || !gone.contains(h));
-        for h in gone {
-            self.by_key.remove(&host_key(h));
-        }
+        let (local, by_key) = (self.local, &mut self.by_key);
+        self.keys.retain(|(k, h)| {
+            let keep = *h == local || !gone.contains(h);
+            if !keep {
+                by_key.remove(k);
+            }
+            keep
+        });
         self.version += 1;
         self.records_version += 1;
     }
@@ -303,8 +306,8 @@ impl Membership {
         let Some((slot, _, _)) = self.members.swap_remove_full(host) else {
             return false;
         };
-        if let Some((moved, _)) = self.members.get_index(slot) {
-            self.by_key.insert(host_key(moved), slot);
+        if let Some((_, moved)) = self.members.get_index(slot) {
+            self.by_key.insert(moved.host_key, slot);
         }
         true
     }
@@ -438,14 +441,7 @@ impl Membership {
         if self.sorted.0 != self.version {
             let mut v = self.keys.clone();
             v.sort_unstable();
-            self.slots = v
-                .iter()
-                .map(|(k, h)| {
-                    (*h != self.local)
-                        .then(|| self.by_key.get(k).copied())
-                        .flatten()
-                })
-                .collect();
+            self.slots = v.iter().map(|(k, _)| self.by_key.get(k).copied()).collect();
             self.sorted = (self.version, v);
         }
     }
