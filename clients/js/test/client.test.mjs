@@ -10,12 +10,12 @@ import { twoNodes, eventually, collect } from './nodes.mjs';
 let a;
 let b;
 
-// Inboxes of 4,096: in the pipelined burst below this process neither reads
-// nor acknowledges while it makes the sends, and in about one run in five the
-// gateway stopped pushing after ~130 events, so the default inbox (1,024)
-// refused the tail with inbox_full (1,155 of 1,500 arrived) although the ack
-// window (1,024) and the inbox should hold them all. Why the push stalls is
-// not found yet; this test checks pipelining and order, not that bound.
+// Inboxes of 4,096: the pipelined burst below sends 1,500 messages in batch
+// frames of 1,024, and a frame's sends reach the other node as one delivery
+// batch that lands in the inbox before its gateway is polled (logged: 1,023
+// waiting at its first push). With the default inbox (1,024) the tail was
+// refused with inbox_full in about one run in five, which is the inbox's
+// bound doing its job; this test checks pipelining and order, not that bound.
 before(async () => { [a, b] = await twoNodes(['--inbox-capacity', '4096']); });
 after(async () => { await Promise.all([a?.stop(), b?.stop()]); });
 
