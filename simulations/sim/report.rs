@@ -148,6 +148,11 @@ pub(crate) struct Report {
     /// Requests hosts forwarded for others as relays (see the library's
     /// relay overlay), in the whole run.
     pub relayed_requests: u64,
+    /// Requests relays refused to forward because they held their bound
+    /// of other hosts' requests (the origins retried them), in the whole
+    /// run.
+    #[serde(default)]
+    pub relay_refused: u64,
     /// Silent hosts probed directly before a lapse, in the whole run, and
     /// in the idle window after joining.
     pub liveness_probes: u64,
@@ -307,11 +312,12 @@ impl Report {
             self.register_lapses, self.lapses
         ));
         line(format!(
-            "  links       {} after join, {} after register, {} at the end; {} requests relayed",
+            "  links       {} after join, {} after register, {} at the end; {} requests relayed, {} refused by full relays",
             self.links_after_join,
             self.links_after_register,
             self.links_at_end,
-            self.relayed_requests
+            self.relayed_requests,
+            self.relay_refused
         ));
         line(format!(
             "  memory      RSS {:.1} MiB in all, {:.2} MiB per host, {:.0} bytes per peer",

@@ -307,6 +307,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
 
     r.links_at_end = links(&net);
     r.relayed_requests = net.hosts.iter().map(|h| h.stats().relayed).sum();
+    r.relay_refused = net.hosts.iter().map(|h| h.stats().relay_refused).sum();
     r.lapses = wire(&net).lapses;
     r.liveness_probes = probes(&net);
     r.rss_bytes = rss_bytes();
