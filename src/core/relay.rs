@@ -498,7 +498,13 @@ impl<C> Relays<C> {
             slots.push(item.slot);
         }
         if !others.is_empty() {
-            self.in_flight.insert(*via, others);
+            // One bundle is in flight per next hop, so none is replaced;
+            // were one, its bytes are released rather than held for ever.
+            if let Some(stale) = self.in_flight.insert(*via, others) {
+                for (sender, size) in stale {
+                    self.held.release(via, &sender, size);
+                }
+            }
         }
         Some((items, slots))
     }
