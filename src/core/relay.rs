@@ -170,7 +170,8 @@ pub(crate) enum Effect<C> {
     },
     /// A request of `from` was queued to be forwarded to `to`.
     Forwarded { from: PeerId, to: PeerId },
-    /// A request of `from` for `to` was refused: the queue to `to` is full.
+    /// A request of `from` for `to` was refused: the relay holds its bound
+    /// of other hosts' requests (in all, for `to`, or from `from`).
     Refused { from: PeerId, to: PeerId },
 }
 
@@ -332,9 +333,10 @@ impl<C> Relays<C> {
             },
         );
         for (to, r, slot) in forward {
-            if !self.held.admits(&to, &peer, item_size(&r), max_frame) {
+            if let Err(bound) = self.held.admits(&to, &peer, item_size(&r), max_frame) {
                 out.push(Effect::Refused { from: peer, to });
-                self.settle(slot, Err(format!("relay queue to {to} is full")), out);
+                let why = format!("this relay holds {bound} of other hosts' requests");
+                self.settle(slot, Err(why), out);
                 continue;
             }
             out.push(Effect::Forwarded { from: peer, to });
@@ -521,13 +523,25 @@ struct Held {
 impl Held {
     /// Whether a request of `size` bytes that `sender` sent for `via` may
     /// be held too: under the relay's bound, the hop's share and the
-    /// sender's share of it.
-    fn admits(&self, via: &PeerId, sender: &PeerId, size: usize, max_frame: usize) -> bool {
+    /// sender's share of it; else which one it would pass.
+    fn admits(
+        &self,
+        via: &PeerId,
+        sender: &PeerId,
+        size: usize,
+        max_frame: usize,
+    ) -> Result<(), &'static str> {
         let cap = max_frame.saturating_mul(HELD_FRAMES);
         let of = |m: &HashMap<PeerId, usize>, k: &PeerId| m.get(k).copied().unwrap_or(0);
-        self.total + size <= cap
-            && of(&self.by_hop, via) + size <= cap / HOP_SHARE
-            && of(&self.by_sender, sender) + size <= cap / SENDER_SHARE
+        if of(&self.by_sender, sender) + size > cap / SENDER_SHARE {
+            Err("the sender's share")
+        } else if of(&self.by_hop, via) + size > cap / HOP_SHARE {
+            Err("the next hop's share")
+        } else if self.total + size > cap {
+            Err("the relay's bound")
+        } else {
+            Ok(())
+        }
     }
 
     fn take(&mut self, via: PeerId, sender: PeerId, size: usize) {
@@ -632,7 +646,7 @@ mod tests {
         let mut slot = 0;
         let mut hold = |q: &mut Relays, via: PeerId, sender: PeerId| {
             slot += 1;
-            let fits = q.held.admits(&via, &sender, 600, frame);
+            let fits = q.held.admits(&via, &sender, 600, frame).is_ok();
             if fits {
                 q.push(via, item(40), Slot::Own(slot), Some(sender));
             }
@@ -649,6 +663,12 @@ mod tests {
         }
         assert_eq!(q.held.total, 3600);
         assert!(!hold(&mut q, hops[2], s[6]), "over the relay's bound");
+        // A refusal names the bound it met.
+        let why =
+            |q: &Relays, via: PeerId, sender: PeerId| q.held.admits(&via, &sender, 600, frame);
+        assert_eq!(why(&q, hops[2], s[0]), Err("the sender's share"));
+        assert_eq!(why(&q, hops[0], s[7]), Err("the next hop's share"));
+        assert_eq!(why(&q, hops[2], s[7]), Err("the relay's bound"));
 
         // A bundle in flight still holds its requests; its answer frees them.
         let now = Instant::now();

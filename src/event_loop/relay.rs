@@ -173,7 +173,7 @@ impl EventLoop {
                 }
                 Effect::Refused { from, to } => {
                     crate::shared::bump(&self.shared.counters.relay_refused);
-                    tracing::debug!(peer = %from, %to, "relay queue full; refusing a request");
+                    tracing::debug!(peer = %from, %to, "relay full; refusing a request");
                 }
             }
         }
