@@ -38,6 +38,7 @@ pub(crate) struct Counters {
     pub connected: AtomicU64,
     pub relayed: AtomicU64,
     pub relay_refused: AtomicU64,
+    pub relay_held_bytes: AtomicU64,
     pub liveness_probes: AtomicU64,
     pub longest_silence_ms: AtomicU64,
     pub directory_batches: AtomicU64,
@@ -123,9 +124,13 @@ pub struct Stats {
     pub connected_hosts: u64,
     /// Requests of other hosts this host forwarded as a relay.
     pub relayed: u64,
-    /// Requests of other hosts this host refused to forward because its
-    /// queue to their next hop was full.
+    /// Requests of other hosts this host refused to forward because it
+    /// held its bound of other hosts' requests (in all, for their next
+    /// hop, or from their sender).
     pub relay_refused: u64,
+    /// Bytes of other hosts' requests this host holds now as a relay,
+    /// queued or in flight (at most four frames of `max_frame_size`).
+    pub relay_held_bytes: u64,
     /// Silent hosts this host asked directly whether they are alive
     /// (before letting their lease lapse).
     pub liveness_probes: u64,
@@ -367,6 +372,7 @@ impl Shared {
             connected_hosts: r(&c.connected),
             relayed: r(&c.relayed),
             relay_refused: r(&c.relay_refused),
+            relay_held_bytes: r(&c.relay_held_bytes),
             liveness_probes: r(&c.liveness_probes),
             longest_silence_ms: r(&c.longest_silence_ms),
             directory_batches: r(&c.directory_batches),

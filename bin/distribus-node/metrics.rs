@@ -248,8 +248,14 @@ impl Collector for HostCollector {
         counter(
             e,
             "distribus_relay_refused",
-            "Other hosts' requests refused by this relay because its queue to their next hop was full.",
+            "Other hosts' requests refused by this relay because it held its bound of them (in all, for their next hop, or from their sender).",
             s.relay_refused,
+        )?;
+        gauge(
+            e,
+            "distribus_relay_held_bytes",
+            "Bytes of other hosts' requests this relay holds now, queued or in flight (at most four frames).",
+            s.relay_held_bytes,
         )?;
         counter(
             e,

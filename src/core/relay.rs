@@ -228,6 +228,11 @@ impl<C> Relays<C> {
         }
     }
 
+    /// Bytes of other hosts' requests held now (see [`HELD_FRAMES`]).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held.total
+    }
+
     /// The first hop of a relayable request for `host`, given the hop the
     /// overlay plans (`planned`: `host` itself when linked, a neighbour or
     /// the network is small): `host` itself while the planned relay is

@@ -388,6 +388,8 @@ impl EventLoop {
         let c = &self.shared.counters;
         c.directory_entries.store(self.store.len() as u64, Relaxed);
         c.directory_refused.store(self.store.refused(), Relaxed);
+        c.relay_held_bytes
+            .store(self.relays.held_bytes() as u64, Relaxed);
         c.hosts
             .store(self.members.membership().len() as u64, Relaxed);
         c.connected

@@ -24,6 +24,11 @@ async fn a_relaying_network_delivers_everything_once_over_few_links() {
     assert!(relayed > 0, "nothing went through a relay");
     let on_streams: u64 = hosts.iter().map(|h| h.stats().stream_requests).sum();
     assert!(on_streams > 0, "no request went on a request stream");
+    // Everything was answered: no relay still holds another host's request.
+    wait_for("relays hold nothing once all is answered", || async {
+        hosts.iter().all(|h| h.stats().relay_held_bytes == 0)
+    })
+    .await;
 
     // A channel with five subscribing hosts, published from a sixth.
     let mut subscribers = Vec::new();

@@ -536,6 +536,7 @@ async fn metrics_answer_and_move_with_traffic() {
     let a = start(&["--metrics", "127.0.0.1:0", "--echo-peer", "echo-a"]);
     let before = a.scrape();
     assert_eq!(sample(&before, "distribus_local_peers"), 1.0);
+    assert_eq!(sample(&before, "distribus_relay_held_bytes"), 0.0);
     assert!(before.contains("distribus_lookup_duration_seconds_bucket"));
     assert!(before.contains("distribus_messages_failed_total{reason=\"timeout\"}"));
     let received_before = sample(&before, "distribus_messages_received_total");
