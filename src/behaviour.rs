@@ -103,6 +103,8 @@ fn build_behaviour(
         .publish_queue_duration(Duration::from_secs(30))
         .forward_queue_duration(Duration::from_secs(10))
         .flood_publish(true)
+        .history_length(2)
+        .history_gossip(1)
         .build()
         .map_err(|e| format!("gossipsub config: {e}"))?;
     let gossipsub: gossipsub::Behaviour =

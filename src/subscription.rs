@@ -64,6 +64,15 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// Receives up to `limit` messages that are already queued (waiting
+    /// for the first if none is), appends them to `buffer` and returns how
+    /// many: one wake-up and one queue access for a run of messages, where
+    /// [`recv`](Self::recv) takes one each. 0 once the subscription has ended
+    /// (or if `limit` is 0). Cancel-safe.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<ChannelMessage>, limit: usize) -> usize {
+        self.rx.recv_many(buffer, limit).await
+    }
+
     /// Messages this subscription missed because its reader was too slow.
     pub fn missed(&self) -> u64 {
         self.missed.load(Ordering::Relaxed)

@@ -104,6 +104,34 @@ async fn dropping_or_unsubscribing_ends_subscriptions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_many_takes_what_is_queued_in_order_up_to_its_limit_and_0_once_ended() {
+    let cfg = HostConfig::for_tests();
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    let mut s = b.subscribe("runs").await.unwrap();
+    wait_subscribed(&a, &b, "runs").await;
+    for n in 0..10u32 {
+        a.publish("runs", &n).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let mut batch = Vec::new();
+    while got.len() < 10 {
+        batch.clear();
+        let k = within("a run", s.recv_many(&mut batch, 4)).await;
+        assert!((1..=4).contains(&k), "{k} taken with a limit of 4");
+        assert_eq!(k, batch.len());
+        got.extend(batch.iter().map(|m| m.decode::<u32>().unwrap()));
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "in order, once each");
+    assert_eq!(s.missed(), 0);
+    b.unsubscribe("runs").await.unwrap();
+    batch.clear();
+    assert_eq!(within("ended", s.recv_many(&mut batch, 4)).await, 0);
+    assert!(batch.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_right_after_join_is_not_lost() {
     for round in 0..3 {
         let cfg = HostConfig::for_tests();

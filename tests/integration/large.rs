@@ -184,12 +184,18 @@ async fn burst_of_ten_thousand_publishes_reaches_all_fifty_subscribers() {
                 let mut next = 0u32;
                 let mut out_of_order = 0;
                 let all = async {
+                    let mut batch = Vec::with_capacity(256);
                     while next < N {
-                        let Some(m) = s.recv().await else { break };
-                        if m.decode::<u32>().unwrap() != next {
-                            out_of_order += 1;
+                        batch.clear();
+                        if s.recv_many(&mut batch, 256).await == 0 {
+                            break;
                         }
-                        next += 1;
+                        for m in &batch {
+                            if m.decode::<u32>().unwrap() != next {
+                                out_of_order += 1;
+                            }
+                            next += 1;
+                        }
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(60), all).await;
