@@ -20,6 +20,15 @@ async fn wait_subscribed(host: &Host, subscriber: &Host, channel: &str) {
     .await;
 }
 
+/// Two in-memory hosts, the second joined to the first.
+async fn joined_pair() -> (Host, Host) {
+    let cfg = HostConfig::for_tests();
+    let (a, a_addr) = mem_host(cfg.clone()).await;
+    let (b, _) = mem_host(cfg).await;
+    b.join(&a_addr.to_string()).await.unwrap();
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_every_subscription_on_every_host_once() {
     let cfg = HostConfig::for_tests();
@@ -68,10 +77,7 @@ async fn publish_reaches_every_subscription_on_every_host_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_or_unsubscribing_ends_subscriptions() {
-    let cfg = HostConfig::for_tests();
-    let (a, a_addr) = mem_host(cfg.clone()).await;
-    let (b, _) = mem_host(cfg).await;
-    b.join(&a_addr.to_string()).await.unwrap();
+    let (a, b) = joined_pair().await;
     let s1 = b.subscribe("ch").await.unwrap();
     let mut s2 = b.subscribe("ch").await.unwrap();
     wait_subscribed(&a, &b, "ch").await;
@@ -105,10 +111,7 @@ async fn dropping_or_unsubscribing_ends_subscriptions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recv_many_takes_what_is_queued_in_order_up_to_its_limit_and_0_once_ended() {
-    let cfg = HostConfig::for_tests();
-    let (a, a_addr) = mem_host(cfg.clone()).await;
-    let (b, _) = mem_host(cfg).await;
-    b.join(&a_addr.to_string()).await.unwrap();
+    let (a, b) = joined_pair().await;
     let mut s = b.subscribe("runs").await.unwrap();
     wait_subscribed(&a, &b, "runs").await;
     for n in 0..10u32 {
