@@ -208,19 +208,19 @@ fn widen(hash: u32) -> u64 {
 #[derive(Debug, Default)]
 struct Peers {
     index: HashTable<Entry>,
-    /// Slots by place; a removed peer's place is reused.
+    /// Slots by place; a removed peer's place is reused. Like the table,
+    /// the vector keeps its size after peers are removed.
     slots: Vec<Option<PeerSlot>>,
     free: Vec<u32>,
 }
 
-impl Peers {
-    fn slot(&self, at: u32) -> Option<&PeerSlot> {
-        self.slots.get(at as usize)?.as_ref()
-    }
+/// Whether `e` is the entry of `id` (whose hash is `hash`).
+fn is(slots: &[Option<PeerSlot>], e: &Entry, hash: u32, id: &str) -> bool {
+    e.hash == hash && slot(slots, e.at).is_some_and(|s| s.id() == id)
+}
 
-    fn is(&self, e: &Entry, hash: u32, id: &str) -> bool {
-        e.hash == hash && self.slot(e.at).is_some_and(|s| s.id() == id)
-    }
+fn slot(slots: &[Option<PeerSlot>], at: u32) -> Option<&PeerSlot> {
+    slots.get(at as usize)?.as_ref()
 }
 
 /// The peers living on this host, shared by the handles and the event loop.
@@ -246,7 +246,7 @@ impl Registry {
         let peers = &mut *guard;
         let found = peers
             .index
-            .find(widen(hash), |e| peers.is(e, hash, slot.id()));
+            .find(widen(hash), |e| is(&peers.slots, e, hash, slot.id()));
         if found.is_some() {
             return false;
         }
@@ -272,8 +272,10 @@ impl Registry {
     pub(crate) fn get(&self, id: &str) -> Option<PeerSlot> {
         let hash = self.hash(id);
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
-        let e = peers.index.find(widen(hash), |e| peers.is(e, hash, id))?;
-        peers.slot(e.at).cloned()
+        let e = peers
+            .index
+            .find(widen(hash), |e| is(&peers.slots, e, hash, id))?;
+        slot(&peers.slots, e.at).cloned()
     }
 
     /// Removes the slot for `id` and marks it removed.
@@ -281,17 +283,11 @@ impl Registry {
         let hash = self.hash(id);
         let mut guard = self.peers.write().unwrap_or_else(|p| p.into_inner());
         let peers = &mut *guard;
-        let at = {
-            let slots = &peers.slots;
-            let found = peers.index.find_entry(widen(hash), |e| {
-                e.hash == hash
-                    && slots
-                        .get(e.at as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|s| s.id() == id)
-            });
-            found.ok()?.remove().0.at
-        };
+        let slots = &peers.slots;
+        let found = peers
+            .index
+            .find_entry(widen(hash), |e| is(slots, e, hash, id));
+        let at = found.ok()?.remove().0.at;
         let slot = peers.slots.get_mut(at as usize)?.take()?;
         peers.free.push(at);
         slot.mark_removed();
