@@ -594,6 +594,25 @@ pub(crate) struct ChannelFrame {
     pub payloads: Vec<Payload>,
 }
 
+/// The receiving side's view of a [`ChannelFrame`]: the channel and the
+/// payloads borrowed from the frame, so each delivered payload is a slice
+/// of the received frame's buffer, not a copy.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChannelFrameIn<'a> {
+    #[allow(dead_code)] // read only by gossipsub's message id (the whole frame)
+    pub nonce: u64,
+    pub channel: &'a str,
+    #[serde(borrow)]
+    pub payloads: Vec<PayloadIn<'a>>,
+}
+
+/// A [`Payload`] borrowed from a frame.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PayloadIn<'a> {
+    pub encoding: crate::message::Encoding,
+    pub bytes: &'a [u8],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

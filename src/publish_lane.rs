@@ -31,6 +31,8 @@ pub(crate) const LANE_ROOM: usize = 8192;
 #[derive(Debug)]
 pub(crate) struct PublishLane {
     queue: Mutex<Vec<(String, Payload)>>,
+    /// An emptied vector for the queue to go on with once taken.
+    spare: Mutex<Vec<(String, Payload)>>,
     /// Woken when the lane was empty and a publish came.
     pub(crate) ready: Notify,
     room: Semaphore,
@@ -43,6 +45,7 @@ impl Default for PublishLane {
     fn default() -> Self {
         PublishLane {
             queue: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             ready: Notify::new(),
             room: Semaphore::new(LANE_ROOM),
             queue_patterns: RwLock::new(Vec::new()),
@@ -83,9 +86,23 @@ impl PublishLane {
         Ok(())
     }
 
-    /// Takes every queued publish, oldest first.
+    /// Takes every queued publish, oldest first. The lane goes on with the
+    /// vector last given back ([`PublishLane::recycle`]), so neither side
+    /// grows a vector afresh, doubling, at each turn of the loop.
     pub(crate) fn take(&self) -> Vec<(String, Payload)> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
+        std::mem::replace(
+            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
+            spare,
+        )
+    }
+
+    /// Gives back a vector [`PublishLane::take`] returned, once emptied.
+    pub(crate) fn recycle(&self, mut taken: Vec<(String, Payload)>) {
+        taken.clear();
+        if taken.capacity() <= LANE_ROOM {
+            *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+        }
     }
 
     /// Gives back the room of `n` publishes that left the host.
@@ -124,10 +141,21 @@ mod tests {
         let waiting = lane.push("a".into(), p.clone());
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
-        assert_eq!(lane.take().len(), LANE_ROOM);
+        let taken = lane.take();
+        assert_eq!(taken.len(), LANE_ROOM);
+        let room = taken.capacity();
+        lane.recycle(taken);
         lane.release(1);
         waiting.await.unwrap();
-        assert_eq!(lane.take().len(), 1);
+        let taken = lane.take();
+        assert_eq!(taken.len(), 1);
+        lane.recycle(taken);
+        lane.release(1);
+        // The lane went on with the vector given back first.
+        lane.push("a".into(), p.clone()).await.unwrap();
+        let taken = lane.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken.capacity(), room);
         lane.close();
         assert!(matches!(
             lane.push("a".into(), p).await,

@@ -28,6 +28,9 @@ pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 const BATCH_COUNT: usize = 4096;
 /// Bytes counted per publish beside its payload (its length and framing).
 const OVERHEAD: usize = 8;
+/// The largest emptied queue kept for reuse, in publishes (the lane's
+/// room: what one channel holds when its publisher runs ahead).
+const SPARE_CAPACITY: usize = crate::publish_lane::LANE_ROOM * 2;
 /// How long to wait before dialling a subscriber host again.
 const REDIAL: Duration = Duration::from_secs(1);
 
@@ -68,6 +71,10 @@ pub(crate) struct Publishes<T> {
     /// Subscriber hosts dialled for a mesh, and when they may be dialled
     /// again (forgotten once a dial ends: [`Publishes::dial_ended`]).
     dialing: HashMap<PeerId, Instant>,
+    /// The last queue emptied, kept for the next channel that parks: a
+    /// publisher that keeps one channel's queue filling and draining would
+    /// otherwise grow a new queue, doubling, at every turn of the loop.
+    spare: VecDeque<Parked<T>>,
 }
 
 impl<T> Default for Publishes<T> {
@@ -76,6 +83,7 @@ impl<T> Default for Publishes<T> {
             parked: HashMap::new(),
             ready: HashSet::new(),
             dialing: HashMap::new(),
+            spare: VecDeque::new(),
         }
     }
 }
@@ -110,7 +118,10 @@ impl<T> Publishes<T> {
         now: Instant,
         warmup: Duration,
     ) -> Option<T> {
-        let queue = self.parked.entry(channel).or_default();
+        let queue = self
+            .parked
+            .entry(channel)
+            .or_insert_with(|| std::mem::take(&mut self.spare));
         let (go_on, waiter) = match waiter {
             Some(w) if queue.len() < PUBLISH_QUEUE => (Some(w), None),
             other => (None, other),
@@ -122,6 +133,31 @@ impl<T> Publishes<T> {
             deadline: now + warmup,
         });
         go_on
+    }
+
+    /// Queues publishes that came by the publish lane (no caller waits on
+    /// them), in order, leaving at the latest `warmup` after `now`: one
+    /// look-up of the channel's queue for the whole run.
+    pub(crate) fn park_lane(
+        &mut self,
+        channel: &str,
+        payloads: impl ExactSizeIterator<Item = Payload>,
+        now: Instant,
+        warmup: Duration,
+    ) {
+        // One key allocated per run of publishes, not per publish.
+        let queue = self
+            .parked
+            .entry(channel.to_string())
+            .or_insert_with(|| std::mem::take(&mut self.spare));
+        queue.reserve(payloads.len());
+        let deadline = now + warmup;
+        queue.extend(payloads.map(|payload| Parked {
+            payload,
+            waiter: None,
+            lane: true,
+            deadline,
+        }));
     }
 
     /// Whether `channel`'s mesh is known to be ready.
@@ -227,7 +263,12 @@ impl<T> Publishes<T> {
                 .collect();
         }
         if queue.is_empty() {
-            self.parked.remove(channel);
+            if let Some(q) = self.parked.remove(channel) {
+                // A queue grown by a burst far past the bound is not kept.
+                if q.capacity() <= SPARE_CAPACITY {
+                    self.spare = q;
+                }
+            }
         }
         taken
     }
@@ -289,12 +330,15 @@ mod tests {
     fn batches_keep_order_and_stay_within_the_frame_size() {
         let t0 = Instant::now();
         let mut p: Publishes<u32> = Publishes::default();
-        // Ten publishes of 20 KiB: three fit in a 64 KiB frame.
-        for i in 0..10 {
+        // Ten publishes of 20 KiB, by the lane in two runs: three fit in a
+        // 64 KiB frame.
+        let twenty = |i: u8| {
             let mut bytes = vec![0u8; 20 << 10];
             bytes[0] = i;
-            p.park("c".into(), raw(bytes), None, true, t0, WARMUP);
-        }
+            raw(bytes)
+        };
+        p.park_lane("c", (0..4).map(twenty), t0, WARMUP);
+        p.park_lane("c", (4..10).map(twenty), t0, WARMUP);
         let mut seen = Vec::new();
         let mut lane = 0;
         while let Some(batch) = p.next_batch("c", true, t0, usize::MAX) {
@@ -305,6 +349,11 @@ mod tests {
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
         assert_eq!(lane, 10, "every lane publish gives its room back");
         assert!(p.is_empty());
+        // The emptied queue is kept for the next channel to park.
+        assert!(p.spare.capacity() >= 10);
+        p.park("d".into(), payload(1), None, false, t0, WARMUP);
+        assert_eq!(p.spare.capacity(), 0);
+        assert_eq!(p.take("d", 1).lane, 0);
         // One publish larger than the frame still leaves, alone.
         p.park("c".into(), payload(100 << 10), None, false, t0, WARMUP);
         p.park("c".into(), payload(1), None, false, t0, WARMUP);
