@@ -198,11 +198,12 @@ impl Host {
         let mut config = config;
         config.keypair = config.keypair.or_else(|| cur.keypair.clone());
         config.network_key = config.network_key.or(cur.network_key);
+        let shared = &self.inner.shared;
+        shared
+            .max_message_size
+            .store(config.max_message_size, Ordering::Relaxed);
         *cur = config;
-        self.inner
-            .shared
-            .config_changes
-            .fetch_add(1, Ordering::Relaxed);
+        shared.config_changes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -501,7 +502,7 @@ impl Host {
         payload: Payload,
     ) -> Result<(), PublishError> {
         crate::channel_name::check_name(channel).map_err(PublishError::InvalidChannel)?;
-        let limit = self.inner.shared.with_config(|c| c.max_message_size);
+        let limit = self.inner.shared.max_message_size.load(Ordering::Relaxed);
         if payload.len() > limit {
             return Err(PublishError::MessageTooLarge {
                 size: payload.len(),

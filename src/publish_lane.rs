@@ -18,9 +18,12 @@
 //! one of them leaves first. A lane publish made after one could overtake it
 //! only if the set of queue groups changed in between.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, RwLock,
+};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
 use crate::{channel_name::matches, error::PublishError, message::Payload};
 
@@ -39,6 +42,8 @@ pub(crate) struct PublishLane {
     /// The patterns of every queue group the loop knows of: publishes on
     /// channels they match go to the loop as commands.
     queue_patterns: RwLock<Vec<String>>,
+    /// Whether `queue_patterns` holds any.
+    any_patterns: AtomicBool,
 }
 
 impl Default for PublishLane {
@@ -49,6 +54,7 @@ impl Default for PublishLane {
             ready: Notify::new(),
             room: Semaphore::new(LANE_ROOM),
             queue_patterns: RwLock::new(Vec::new()),
+            any_patterns: AtomicBool::new(false),
         }
     }
 }
@@ -57,22 +63,29 @@ impl PublishLane {
     /// Whether a publish on `channel` may take the lane (no queue group the
     /// loop knows of matches it).
     pub(crate) fn takes(&self, channel: &str) -> bool {
-        !self
-            .queue_patterns
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|p| matches(p, channel))
+        // Without queue groups, no lock is taken per publish.
+        !self.any_patterns.load(Ordering::Relaxed)
+            || !self
+                .queue_patterns
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|p| matches(p, channel))
     }
 
     /// Queues a publish once there is room; fails with [`PublishError::Closed`]
     /// once the host is closed.
     pub(crate) async fn push(&self, channel: String, payload: Payload) -> Result<(), PublishError> {
-        let permit = self
-            .room
-            .acquire()
-            .await
-            .map_err(|_| PublishError::Closed)?;
+        // Room is there nearly always: no future to build and poll then.
+        let permit = match self.room.try_acquire() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(PublishError::Closed),
+            Err(TryAcquireError::NoPermits) => self
+                .room
+                .acquire()
+                .await
+                .map_err(|_| PublishError::Closed)?,
+        };
         // The loop gives the room back when gossipsub has the publish.
         permit.forget();
         let was_empty = {
@@ -119,10 +132,15 @@ impl PublishLane {
 
     /// Replaces the queue group patterns the lane checks.
     pub(crate) fn set_queue_patterns(&self, patterns: Vec<String>) {
-        *self
+        let mut current = self
             .queue_patterns
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = patterns;
+            .unwrap_or_else(|p| p.into_inner());
+        // Set under the lock: a publish that reads `false` ran before the
+        // patterns existed, as it would have with the lock.
+        self.any_patterns
+            .store(!patterns.is_empty(), Ordering::Relaxed);
+        *current = patterns;
     }
 }
 

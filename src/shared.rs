@@ -2,7 +2,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, RwLock,
     },
     time::Duration,
@@ -220,6 +220,11 @@ pub(crate) struct Shared {
     pub changes: Mutex<Vec<SlotChange>>,
     pub changes_ready: Notify,
     pub config: RwLock<HostConfig>,
+    /// The configuration's `max_message_size`, kept beside it (updated
+    /// under its write lock) for the publish path: reading the lock per
+    /// publish bounced its line between the publisher's and the loop's
+    /// threads.
+    pub max_message_size: AtomicUsize,
     /// Bumped by every `set_config`: the loop applies what a new
     /// configuration changes beyond reading it (the allow-list).
     pub config_changes: AtomicU64,
@@ -253,6 +258,7 @@ impl Shared {
             registry: Registry::default(),
             changes: Mutex::new(Vec::new()),
             changes_ready: Notify::new(),
+            max_message_size: AtomicUsize::new(config.max_message_size),
             config: RwLock::new(config),
             config_changes: AtomicU64::new(0),
             closed: AtomicBool::new(false),

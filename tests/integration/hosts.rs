@@ -232,6 +232,15 @@ async fn config_reads_and_runtime_fields_change() {
             limit: 100
         }
     );
+    // Publishes read the new limit too.
+    assert!(matches!(
+        h.publish("ch", &vec![0u8; 200]).await,
+        Err(PublishError::MessageTooLarge {
+            size: 202,
+            limit: 100
+        })
+    ));
+    h.publish("ch", &vec![0u8; 50]).await.unwrap();
     cfg.network_id = "other".into();
     assert!(matches!(h.set_config(cfg), Err(Error::Config(_))));
     let mut bad = HostConfig::for_tests();
