@@ -139,6 +139,18 @@ impl<S: Subscriber> Subscriptions<S> {
         changed
     }
 
+    /// Whether `pred` holds for every subscriber whose pattern matches
+    /// `channel` (true when none does).
+    pub(crate) fn all(&self, channel: &str, pred: impl Fn(&S) -> bool) -> bool {
+        let of = |pattern: &str| self.subs.get(pattern).into_iter().flatten();
+        self.wild
+            .iter()
+            .filter(|p| matches(p, channel))
+            .flat_map(|p| of(p))
+            .chain(of(channel))
+            .all(pred)
+    }
+
     /// The patterns subscribed to.
     pub(crate) fn patterns(&self) -> impl Iterator<Item = &String> {
         self.subs.keys()
@@ -232,6 +244,17 @@ mod tests {
             true
         });
         assert_eq!(reached, vec![5]);
+        // `all` asks the same subscribers as a delivery, and only them.
+        let asked = std::cell::RefCell::new(Vec::new());
+        let ask = |k: &Sink| {
+            asked.borrow_mut().push(k.id);
+            k.id != 4
+        };
+        assert!(s.all("sensors.kitchen.temp", ask));
+        asked.borrow_mut().sort();
+        assert_eq!(*asked.borrow(), vec![1, 2, 3]);
+        assert!(!s.all("sensors.hall.humidity", |k| k.id != 4));
+        assert!(s.all("nobody.here", |_| false), "true when none matches");
     }
 
     #[test]

@@ -43,10 +43,7 @@ pub(crate) type PublishReply = oneshot::Sender<Result<(), PublishError>>;
 /// Encodes a frame into a vector of exactly its size: grown by doubling, a
 /// 64 KiB frame's vector was reallocated and copied about ten times.
 fn encode_sized(frame: &ChannelFrame) -> postcard::Result<Vec<u8>> {
-    let size = postcard::serialize_with_flavor::<_, _, usize>(
-        frame,
-        postcard::ser_flavors::Size::default(),
-    )?;
+    let size = postcard::experimental::serialized_size(frame)?;
     postcard::to_extend(frame, Vec::with_capacity(size))
 }
 
@@ -327,17 +324,27 @@ impl EventLoop {
 
     pub(super) fn on_channel_message(&mut self, message: gossipsub::Message) {
         let topic = message.topic.as_str();
-        // The payloads delivered are slices of the frame's buffer: no copy
-        // and no allocation per payload.
         let data = bytes::Bytes::from(message.data);
         match postcard::from_bytes::<ChannelFrameIn<'_>>(&data) {
             // A frame names a valid channel of the topic it came on.
             Ok(frame) if channel_name::belongs(topic, frame.channel) => {
+                // When every subscription has room for the whole frame, the
+                // payloads delivered are slices of its buffer: no copy and
+                // no allocation per payload. Otherwise each is copied, so a
+                // message kept by a slow reader keeps only its own bytes,
+                // not a frame whose other payloads it missed.
+                let n = frame.payloads.len();
+                let share = self.subs.all(frame.channel, |s| s.tx.capacity() >= n);
                 let mut name = None;
                 for p in &frame.payloads {
+                    let bytes = if share {
+                        data.slice_ref(p.bytes)
+                    } else {
+                        bytes::Bytes::copy_from_slice(p.bytes)
+                    };
                     let payload = Payload {
                         encoding: p.encoding,
-                        bytes: data.slice_ref(p.bytes),
+                        bytes,
                     };
                     self.deliver_local(frame.channel, &mut name, &payload);
                 }
