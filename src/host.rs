@@ -509,14 +509,13 @@ impl Host {
                 limit,
             });
         }
-        let channel = channel.to_string();
         let lane = &self.inner.shared.publish_lane;
-        if lane.takes(&channel) {
+        if lane.takes(channel) {
             self.check_open()?;
             return lane.push(channel, payload).await;
         }
         self.call(|reply| Command::Publish {
-            channel,
+            channel: channel.to_string(),
             payload,
             reply,
         })

@@ -20,7 +20,7 @@
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
-    Mutex, RwLock,
+    Arc, Mutex, RwLock,
 };
 
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
@@ -33,9 +33,12 @@ pub(crate) const LANE_ROOM: usize = 8192;
 /// Publishes on their way from `Host::publish` to the event loop.
 #[derive(Debug)]
 pub(crate) struct PublishLane {
-    queue: Mutex<Vec<(String, Payload)>>,
+    /// Each publish's channel, shared with the publish queued before it
+    /// when they name the same channel (one allocation per run, not per
+    /// publish), and its payload.
+    queue: Mutex<Vec<(Arc<str>, Payload)>>,
     /// An emptied vector for the queue to go on with once taken.
-    spare: Mutex<Vec<(String, Payload)>>,
+    spare: Mutex<Vec<(Arc<str>, Payload)>>,
     /// Woken when the lane was empty and a publish came.
     pub(crate) ready: Notify,
     room: Semaphore,
@@ -75,7 +78,7 @@ impl PublishLane {
 
     /// Queues a publish once there is room; fails with [`PublishError::Closed`]
     /// once the host is closed.
-    pub(crate) async fn push(&self, channel: String, payload: Payload) -> Result<(), PublishError> {
+    pub(crate) async fn push(&self, channel: &str, payload: Payload) -> Result<(), PublishError> {
         // Room is there nearly always: no future to build and poll then.
         let permit = match self.room.try_acquire() {
             Ok(permit) => permit,
@@ -90,6 +93,10 @@ impl PublishLane {
         permit.forget();
         let was_empty = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let channel = match q.last() {
+                Some((last, _)) if **last == *channel => last.clone(),
+                _ => Arc::from(channel),
+            };
             q.push((channel, payload));
             q.len() == 1
         };
@@ -102,7 +109,7 @@ impl PublishLane {
     /// Takes every queued publish, oldest first. The lane goes on with the
     /// vector last given back ([`PublishLane::recycle`]), so neither side
     /// grows a vector afresh, doubling, at each turn of the loop.
-    pub(crate) fn take(&self) -> Vec<(String, Payload)> {
+    pub(crate) fn take(&self) -> Vec<(Arc<str>, Payload)> {
         let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
         std::mem::replace(
             &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
@@ -111,7 +118,7 @@ impl PublishLane {
     }
 
     /// Gives back a vector [`PublishLane::take`] returned, once emptied.
-    pub(crate) fn recycle(&self, mut taken: Vec<(String, Payload)>) {
+    pub(crate) fn recycle(&self, mut taken: Vec<(Arc<str>, Payload)>) {
         taken.clear();
         if taken.capacity() <= LANE_ROOM {
             *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = taken;
@@ -153,14 +160,16 @@ mod tests {
         let lane = PublishLane::default();
         let p = Payload::postcard(&1u8).unwrap();
         for _ in 0..LANE_ROOM {
-            lane.push("a".into(), p.clone()).await.unwrap();
+            lane.push("a", p.clone()).await.unwrap();
         }
         // Full: the next push waits until room is given back.
-        let waiting = lane.push("a".into(), p.clone());
+        let waiting = lane.push("a", p.clone());
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         let taken = lane.take();
         assert_eq!(taken.len(), LANE_ROOM);
+        // One run: every publish shares the first one's channel.
+        assert!(taken.iter().all(|(c, _)| Arc::ptr_eq(c, &taken[0].0)));
         let room = taken.capacity();
         lane.recycle(taken);
         lane.release(1);
@@ -170,15 +179,29 @@ mod tests {
         lane.recycle(taken);
         lane.release(1);
         // The lane went on with the vector given back first.
-        lane.push("a".into(), p.clone()).await.unwrap();
+        lane.push("a", p.clone()).await.unwrap();
         let taken = lane.take();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken.capacity(), room);
         lane.close();
-        assert!(matches!(
-            lane.push("a".into(), p).await,
-            Err(PublishError::Closed)
-        ));
+        assert!(matches!(lane.push("a", p).await, Err(PublishError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_run_of_publishes_on_one_channel_shares_its_name() {
+        let lane = PublishLane::default();
+        let p = Payload::postcard(&1u8).unwrap();
+        for c in ["a", "a", "b", "a"] {
+            lane.push(c, p.clone()).await.unwrap();
+        }
+        let taken = lane.take();
+        let names: Vec<&str> = taken.iter().map(|(c, _)| &**c).collect();
+        assert_eq!(names, ["a", "a", "b", "a"]);
+        assert!(Arc::ptr_eq(&taken[0].0, &taken[1].0));
+        assert!(
+            !Arc::ptr_eq(&taken[1].0, &taken[3].0),
+            "a new run, a new name"
+        );
     }
 
     #[test]

@@ -152,12 +152,12 @@ impl EventLoop {
         let mut taken = self.shared.publish_lane.take();
         let mut start = 0;
         while start < taken.len() {
-            let channel = &taken[start].0;
+            // A run shares its channel's allocation (see the lane).
+            let channel = taken[start].0.clone();
             let len = taken[start..]
                 .iter()
-                .take_while(|(c, _)| c == channel)
+                .take_while(|(c, _)| Arc::ptr_eq(c, &channel) || *c == channel)
                 .count();
-            let channel = std::mem::take(&mut taken[start].0);
             self.publish_run(&channel, &mut taken[start..start + len]);
             start += len;
         }
@@ -167,7 +167,7 @@ impl EventLoop {
     /// Publishes a run of lane publishes on `channel`, in order: each is
     /// delivered locally, then the run is parked for gossipsub (its
     /// payloads taken out of `run`) if another host may subscribe.
-    fn publish_run(&mut self, channel: &str, run: &mut [(String, Payload)]) {
+    fn publish_run(&mut self, channel: &str, run: &mut [(Arc<str>, Payload)]) {
         let mut name = None;
         for (_, payload) in run.iter() {
             self.deliver_local(channel, &mut name, payload);
