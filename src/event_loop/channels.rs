@@ -85,32 +85,39 @@ impl EventLoop {
         self.announce();
     }
 
-    /// Delivers to every local subscription whose pattern matches
-    /// `channel`, once each, and drops the ones whose reader is gone.
-    /// `name` is the channel's shared name for the messages, made at the
-    /// first delivery and kept by the caller for the next publishes of a
-    /// frame: one allocation per frame instead of one per copy.
-    fn deliver_local(&mut self, channel: &str, name: &mut Option<Arc<str>>, payload: &Payload) {
+    /// Delivers `payloads`, in order, to every local subscription whose
+    /// pattern matches `channel`, once each, and drops the subscriptions
+    /// whose reader is gone. The matching is done once for the whole run
+    /// (a frame, or a run of lane publishes), and the run's messages share
+    /// one allocation of the channel's name.
+    fn deliver_local<'a>(
+        &mut self,
+        channel: &str,
+        payloads: impl Iterator<Item = &'a Payload> + Clone,
+    ) {
         let counters = &self.shared.counters;
+        let mut name: Option<Arc<str>> = None;
         let changed = self.subs.deliver(channel, |s| {
-            // Room is reserved, and the delivery counted, before the
-            // message is handed over: a reader that got it sees it counted.
-            match s.tx.try_reserve() {
-                Ok(room) => {
-                    bump(&counters.channel_delivered);
-                    room.send(ChannelMessage {
-                        channel: name.get_or_insert_with(|| channel.into()).clone(),
-                        payload: payload.clone(),
-                    });
-                    true
+            for payload in payloads.clone() {
+                // Room is reserved, and the delivery counted, before the
+                // message is handed over: a reader that got it sees it
+                // counted.
+                match s.tx.try_reserve() {
+                    Ok(room) => {
+                        bump(&counters.channel_delivered);
+                        room.send(ChannelMessage {
+                            channel: name.get_or_insert_with(|| channel.into()).clone(),
+                            payload: payload.clone(),
+                        });
+                    }
+                    Err(TrySendError::Full(())) => {
+                        s.missed.fetch_add(1, Ordering::Relaxed);
+                        bump(&counters.channel_missed);
+                    }
+                    Err(TrySendError::Closed(())) => return false,
                 }
-                Err(TrySendError::Full(())) => {
-                    s.missed.fetch_add(1, Ordering::Relaxed);
-                    bump(&counters.channel_missed);
-                    true
-                }
-                Err(TrySendError::Closed(())) => false,
             }
+            true
         });
         if changed != Changed::default() {
             self.follow_topics(changed);
@@ -124,7 +131,7 @@ impl EventLoop {
     pub(super) fn publish(&mut self, channel: String, payload: Payload, reply: PublishReply) {
         // Lane publishes made before this one leave before it.
         self.take_publish_lane();
-        self.deliver_local(&channel, &mut None, &payload);
+        self.deliver_local(&channel, std::iter::once(&payload));
         bump(&self.shared.counters.published);
         let reply = self.publish_to_queues(&channel, &payload, reply);
         if !self.needs_gossip(&channel) {
@@ -168,10 +175,7 @@ impl EventLoop {
     /// delivered locally, then the run is parked for gossipsub (its
     /// payloads taken out of `run`) if another host may subscribe.
     fn publish_run(&mut self, channel: &str, run: &mut [(Arc<str>, Payload)]) {
-        let mut name = None;
-        for (_, payload) in run.iter() {
-            self.deliver_local(channel, &mut name, payload);
-        }
+        self.deliver_local(channel, run.iter().map(|(_, p)| p));
         let n = run.len();
         self.shared
             .counters
@@ -335,19 +339,19 @@ impl EventLoop {
                 // not a frame whose other payloads it missed.
                 let n = frame.payloads.len();
                 let share = self.subs.all(frame.channel, |s| s.tx.capacity() >= n);
-                let mut name = None;
-                for p in &frame.payloads {
-                    let bytes = if share {
-                        data.slice_ref(p.bytes)
-                    } else {
-                        bytes::Bytes::copy_from_slice(p.bytes)
-                    };
-                    let payload = Payload {
+                let payloads: Vec<Payload> = frame
+                    .payloads
+                    .iter()
+                    .map(|p| Payload {
                         encoding: p.encoding,
-                        bytes,
-                    };
-                    self.deliver_local(frame.channel, &mut name, &payload);
-                }
+                        bytes: if share {
+                            data.slice_ref(p.bytes)
+                        } else {
+                            bytes::Bytes::copy_from_slice(p.bytes)
+                        },
+                    })
+                    .collect();
+                self.deliver_local(frame.channel, payloads.iter());
             }
             Ok(frame) => {
                 self.shared.wire.count_rejected();
