@@ -125,12 +125,7 @@ impl<S: Subscriber> Subscriptions<S> {
             }
         };
         if !self.wild.is_empty() {
-            let patterns: Vec<String> = self
-                .wild
-                .iter()
-                .filter(|p| matches(p, channel))
-                .cloned()
-                .collect();
+            let patterns: Vec<String> = self.wild_matching(channel).cloned().collect();
             for p in patterns {
                 to(self, &p);
             }
@@ -139,13 +134,17 @@ impl<S: Subscriber> Subscriptions<S> {
         changed
     }
 
+    /// The wildcard patterns that match `channel` (the exact one is found
+    /// by key).
+    fn wild_matching<'a>(&'a self, channel: &'a str) -> impl Iterator<Item = &'a String> {
+        self.wild.iter().filter(move |p| matches(p, channel))
+    }
+
     /// Whether `pred` holds for every subscriber whose pattern matches
     /// `channel` (true when none does).
     pub(crate) fn all(&self, channel: &str, pred: impl Fn(&S) -> bool) -> bool {
         let of = |pattern: &str| self.subs.get(pattern).into_iter().flatten();
-        self.wild
-            .iter()
-            .filter(|p| matches(p, channel))
+        self.wild_matching(channel)
             .flat_map(|p| of(p))
             .chain(of(channel))
             .all(pred)

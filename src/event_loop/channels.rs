@@ -40,13 +40,6 @@ use crate::{
 /// [`crate::core::publish`]).
 pub(crate) type PublishReply = oneshot::Sender<Result<(), PublishError>>;
 
-/// Encodes a frame into a vector of exactly its size: grown by doubling, a
-/// 64 KiB frame's vector was reallocated and copied about ten times.
-fn encode_sized(frame: &ChannelFrame) -> postcard::Result<Vec<u8>> {
-    let size = postcard::experimental::serialized_size(frame)?;
-    postcard::to_extend(frame, Vec::with_capacity(size))
-}
-
 /// The gossipsub topic a publish on `channel` goes on.
 fn channel_topic(channel: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(channel_name::topic_of_name(channel))
@@ -159,11 +152,12 @@ impl EventLoop {
         let mut taken = self.shared.publish_lane.take();
         let mut start = 0;
         while start < taken.len() {
-            // A run shares its channel's allocation (see the lane).
+            // The lane gives a run one shared allocation of its channel's
+            // name, so a run ends where the allocation changes.
             let channel = taken[start].0.clone();
             let len = taken[start..]
                 .iter()
-                .take_while(|(c, _)| Arc::ptr_eq(c, &channel) || *c == channel)
+                .take_while(|(c, _)| Arc::ptr_eq(c, &channel))
                 .count();
             self.publish_run(&channel, &mut taken[start..start + len]);
             start += len;
@@ -285,7 +279,7 @@ impl EventLoop {
                 channel: channel.to_string(),
                 payloads,
             };
-            let outcome = match encode_sized(&frame) {
+            let outcome = match crate::protocol::encode_body(&frame) {
                 Err(e) => Err(PublishError::Encode(crate::Cause::new(e))),
                 Ok(bytes) => match self
                     .swarm
@@ -397,7 +391,7 @@ mod tests {
             let back: ChannelFrame = decode_frame(&once[4..]).unwrap();
             prop_assert_eq!(encode_frame(&back).unwrap(), once.clone());
             // What a host sends, and what a receiving host reads of it.
-            let sent = super::encode_sized(&frame).unwrap();
+            let sent = crate::protocol::encode_body(&frame).unwrap();
             prop_assert_eq!(&sent[..], &once[4..]);
             prop_assert_eq!(sent.capacity(), sent.len());
             let read: ChannelFrameIn<'_> = postcard::from_bytes(&sent).unwrap();
