@@ -36,6 +36,23 @@ pub(crate) struct Report {
     pub delivered_ratio: f64,
     /// Messages per second over the message phase.
     pub msgs_per_s: f64,
+    /// CPU time of the whole process over the message phase, per message
+    /// sent, in microseconds (every host's share: the sender's, relays',
+    /// holders' and recipient's).
+    #[serde(default)]
+    pub message_cpu_us: f64,
+    /// Requests the hosts sent over the message phase, per message
+    /// (lookups, relay bundles, request batches of messages; not what went
+    /// on delivery streams).
+    #[serde(default)]
+    pub message_requests: f64,
+    /// Requests relays forwarded over the message phase, per message.
+    #[serde(default)]
+    pub message_relayed: f64,
+    /// Network round trips of lookups over the message phase, per message
+    /// (a relayed lookup counts two).
+    #[serde(default)]
+    pub message_lookup_trips: f64,
     /// Send latency (until acknowledged), median.
     pub latency_p50_ms: f64,
     /// Send latency, 99th percentile.
@@ -225,6 +242,15 @@ impl Report {
                 format!(", errors {:?}", self.send_errors)
             }
         ));
+        if self.messages > 0 {
+            line(format!(
+                "              per message: {:.0} us of CPU, {:.2} requests, {:.2} relayed, {:.2} lookup round trips",
+                self.message_cpu_us,
+                self.message_requests,
+                self.message_relayed,
+                self.message_lookup_trips
+            ));
+        }
         if self.broadcasts > 0 {
             line(format!(
                 "  broadcast   {} broadcasts, reached {:.4} of the peers, every peer has it in p50 {:.1} ms, max {:.1} ms",

@@ -139,6 +139,16 @@ fn wire(net: &Net) -> Wire {
     w
 }
 
+/// Requests the hosts forwarded as relays, in all.
+fn relayed(net: &Net) -> u64 {
+    net.hosts.iter().map(|h| h.stats().relayed).sum()
+}
+
+/// Network round trips of the hosts' lookups, in all.
+fn trips(net: &Net) -> u64 {
+    net.hosts.iter().map(|h| h.stats().lookup_round_trips).sum()
+}
+
 /// Runs the scenario and returns its report.
 pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
     let wall = Instant::now();
@@ -321,7 +331,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Report, String> {
     }
 
     r.links_at_end = links(&net);
-    r.relayed_requests = net.hosts.iter().map(|h| h.stats().relayed).sum();
+    r.relayed_requests = relayed(&net);
     r.relay_refused = net.hosts.iter().map(|h| h.stats().relay_refused).sum();
     r.lapses = wire(&net).lapses;
     r.liveness_probes = probes(&net);
@@ -443,9 +453,15 @@ async fn message_phase(
     rng: &mut StdRng,
     r: &mut Report,
 ) -> Result<(), String> {
+    let (cpu0, wire0, relayed0, trips0) = (cpu_seconds(), wire(net), relayed(net), trips(net));
     let start = Instant::now();
     let (mut lat, errors, ok) = send_random(s, net, rng, s.messages, "messages").await;
     let took = start.elapsed().as_secs_f64();
+    let per = |n: f64| n / s.messages.max(1) as f64;
+    r.message_cpu_us = per((cpu_seconds() - cpu0) * 1e6);
+    r.message_requests = per(wire(net).requests.saturating_sub(wire0.requests) as f64);
+    r.message_relayed = per(relayed(net).saturating_sub(relayed0) as f64);
+    r.message_lookup_trips = per(trips(net).saturating_sub(trips0) as f64);
     // Acknowledged means in the inbox: count and empty the inboxes.
     let mut in_inboxes = 0;
     for p in net.peers.iter().flatten() {
