@@ -105,16 +105,15 @@ impl<T> Publishes<T> {
         self.parked.keys().cloned().collect()
     }
 
-    /// Queues a publish that leaves at the latest `warmup` after `now`.
-    /// Returns the waiter if its caller may go on now (the queue is within
-    /// its bound); otherwise it is kept and comes back from
-    /// [`Publishes::take`].
+    /// Queues an awaited publish (one that did not come by the publish
+    /// lane) that leaves at the latest `warmup` after `now`. Returns the
+    /// waiter if its caller may go on now (the queue is within its bound);
+    /// otherwise it is kept and comes back from [`Publishes::take`].
     pub(crate) fn park(
         &mut self,
         channel: String,
         payload: Payload,
-        waiter: Option<T>,
-        lane: bool,
+        waiter: T,
         now: Instant,
         warmup: Duration,
     ) -> Option<T> {
@@ -122,14 +121,15 @@ impl<T> Publishes<T> {
             .parked
             .entry(channel)
             .or_insert_with(|| std::mem::take(&mut self.spare));
-        let (go_on, waiter) = match waiter {
-            Some(w) if queue.len() < PUBLISH_QUEUE => (Some(w), None),
-            other => (None, other),
+        let (go_on, waiter) = if queue.len() < PUBLISH_QUEUE {
+            (Some(waiter), None)
+        } else {
+            (None, Some(waiter))
         };
         queue.push_back(Parked {
             payload,
             waiter,
-            lane,
+            lane: false,
             deadline: now + warmup,
         });
         go_on
@@ -303,10 +303,7 @@ mod tests {
     fn a_publish_waits_for_the_mesh_or_the_end_of_its_warmup() {
         let t0 = Instant::now();
         let mut p: Publishes<u32> = Publishes::default();
-        assert_eq!(
-            p.park("c".into(), payload(10), Some(1), false, t0, WARMUP),
-            Some(1)
-        );
+        assert_eq!(p.park("c".into(), payload(10), 1, t0, WARMUP), Some(1));
         assert!(
             p.next_batch("c", false, t0, usize::MAX).is_none(),
             "mesh not ready"
@@ -351,12 +348,12 @@ mod tests {
         assert!(p.is_empty());
         // The emptied queue is kept for the next channel to park.
         assert!(p.spare.capacity() >= 10);
-        p.park("d".into(), payload(1), None, false, t0, WARMUP);
+        p.park("d".into(), payload(1), 0, t0, WARMUP);
         assert_eq!(p.spare.capacity(), 0);
         assert_eq!(p.take("d", 1).lane, 0);
         // One publish larger than the frame still leaves, alone.
-        p.park("c".into(), payload(100 << 10), None, false, t0, WARMUP);
-        p.park("c".into(), payload(1), None, false, t0, WARMUP);
+        p.park("c".into(), payload(100 << 10), 0, t0, WARMUP);
+        p.park("c".into(), payload(1), 0, t0, WARMUP);
         assert_eq!(
             p.next_batch("c", true, t0, usize::MAX).map(|b| b.len()),
             Some(1)
@@ -365,7 +362,7 @@ mod tests {
         assert_eq!(p.take("c", 2).lane, 0);
         assert!(p.is_empty());
         for _ in 0..3 {
-            p.park("c".into(), payload(100), None, false, t0, WARMUP);
+            p.park("c".into(), payload(100), 0, t0, WARMUP);
         }
         assert_eq!(p.next_batch("c", true, t0, 250).map(|b| b.len()), Some(2));
     }
@@ -375,7 +372,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p: Publishes<usize> = Publishes::default();
         for i in 0..PUBLISH_QUEUE + 3 {
-            let go_on = p.park("c".into(), payload(1), Some(i), false, t0, WARMUP);
+            let go_on = p.park("c".into(), payload(1), i, t0, WARMUP);
             assert_eq!(go_on.is_some(), i < PUBLISH_QUEUE, "publish {i}");
         }
         // Two leave: the two callers queued at the bound's edge go on; the
@@ -403,9 +400,9 @@ mod tests {
         assert!(!p.is_ready("a") && !p.is_ready("b"));
         // Channel "c" over its bound by two, "d" within it.
         for i in 0..PUBLISH_QUEUE + 2 {
-            p.park("c".into(), payload(1), Some(i), false, t0, WARMUP);
+            p.park("c".into(), payload(1), i, t0, WARMUP);
         }
-        p.park("d".into(), payload(1), Some(9999), false, t0, WARMUP);
+        p.park("d".into(), payload(1), 9999, t0, WARMUP);
         let mut channels = p.channels();
         channels.sort();
         assert_eq!(channels, ["c", "d"]);

@@ -135,10 +135,7 @@ impl EventLoop {
         // Accepted into the bounded queue: the caller goes on. Past the
         // bound it waits until the queue drains (backpressure).
         let now = Instant::now();
-        if let Some(r) = self
-            .publishes
-            .park(channel, payload, Some(reply), false, now, warmup)
-        {
+        if let Some(r) = self.publishes.park(channel, payload, reply, now, warmup) {
             let _ = r.send(Ok(()));
         }
     }
