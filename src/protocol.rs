@@ -201,7 +201,7 @@ pub(crate) enum Request {
 /// A request carried through a relay host, signed by the host that made it
 /// (together with the other requests of its bundle: see
 /// [`crate::relay_proof`]), so a relay can neither alter the request nor
-/// send it elsewhere.
+/// send it elsewhere; lookups go unsigned ([`Request::needs_origin_proof`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Relayed {
     /// Peer id bytes of the host that made the request.
@@ -210,8 +210,8 @@ pub(crate) struct Relayed {
     pub to: Vec<u8>,
     /// postcard bytes of the request.
     pub inner: Vec<u8>,
-    /// The origin's proof; `None` only while queued on the origin (it
-    /// signs when the bundle goes).
+    /// The origin's proof; `None` while queued on the origin (it signs
+    /// when the bundle goes), and for a request that needs none.
     pub proof: Option<crate::relay_proof::Proof>,
 }
 
@@ -221,6 +221,16 @@ impl Request {
     /// relayed requests are not relayed again.
     pub(crate) fn is_relayable(&self) -> bool {
         !matches!(self, Request::Join(_) | Request::Relay(_))
+    }
+
+    /// Whether a relayed copy must carry its origin's proof. A lookup need
+    /// not: its answer does not depend on who asks, any member may ask it
+    /// directly, and its relay could answer it falsely anyway (answers are
+    /// not signed), so a relay that altered or redirected one would gain
+    /// nothing. Relayed lookups were half of the ed25519 work of a random
+    /// message at 512 hosts (a signing and a check each).
+    pub(crate) fn needs_origin_proof(&self) -> bool {
+        !matches!(self, Request::Lookup(_))
     }
 
     /// Heartbeat digests and the records they carry: they do not count as

@@ -5,7 +5,8 @@
 //! to the contact in the destination's group, wrapped in a
 //! [`Relayed`] that the origin signs with its host key (over the
 //! destination and the request bytes; once for all its requests in a
-//! bundle, see [`crate::relay_proof`]). The contact forwards it unchanged
+//! bundle, see [`crate::relay_proof`]); lookups go unsigned
+//! ([`Request::needs_origin_proof`]). The contact forwards it unchanged
 //! over its own link, and passes the answer back. The destination checks
 //! the signature against the origin's membership record and then handles
 //! the request exactly as if the origin had sent it directly: directory
@@ -87,19 +88,18 @@ fn open(membership: &Membership, relay: PeerId, r: &Relayed) -> Result<(PeerId, 
     let member = membership
         .get(&origin)
         .ok_or_else(|| format!("origin {origin} is not a member"))?;
-    let signed = r.proof.as_ref().is_some_and(|proof| {
-        crate::relay_proof::verify(
-            &member.key,
-            crate::relay_proof::leaf(&r.to, &r.inner),
-            proof,
-        )
-    });
-    if !signed {
-        return Err(format!("signature of origin {origin} does not verify"));
+    if let Some(proof) = &r.proof {
+        let leaf = crate::relay_proof::leaf(&r.to, &r.inner);
+        if !crate::relay_proof::verify(&member.key, leaf, proof) {
+            return Err(format!("signature of origin {origin} does not verify"));
+        }
     }
     let req: Request = crate::protocol::decode_frame(&r.inner).map_err(|e| e.to_string())?;
     if !req.is_relayable() {
         return Err("this request cannot be relayed".into());
+    }
+    if r.proof.is_none() && req.needs_origin_proof() {
+        return Err(format!("unsigned: origin {origin} must sign this request"));
     }
     Ok((origin, req))
 }
@@ -121,6 +121,9 @@ struct Item {
     r: Relayed,
     slot: Slot,
     sender: Option<PeerId>,
+    /// One of ours that its destination takes only with a proof (see
+    /// [`Request::needs_origin_proof`]): signed when its bundle goes.
+    sign: bool,
 }
 
 impl Weigh for Item {
@@ -256,7 +259,13 @@ impl<C> Relays<C> {
             proof: None,
         };
         let id = self.take_id();
-        self.push(via, r, Slot::Own(id), None);
+        let item = Item {
+            r,
+            slot: Slot::Own(id),
+            sender: None,
+            sign: req.needs_origin_proof(),
+        };
+        self.push(via, item);
         Some(id)
     }
 
@@ -306,7 +315,6 @@ impl<C> Relays<C> {
             let refused = match to {
                 None => Some("bad destination id"),
                 Some(_) if r.origin != peer.to_bytes() => Some("relayed requests are relayed once"),
-                Some(_) if r.proof.is_none() => Some("unsigned"),
                 Some(to) if !membership.contains(&to) => Some("destination is not a member"),
                 Some(_) if !membership.contains(&peer) => Some("origin is not a member"),
                 Some(_) => None,
@@ -345,7 +353,13 @@ impl<C> Relays<C> {
                 continue;
             }
             out.push(Effect::Forwarded { from: peer, to });
-            self.push(to, r, slot, Some(peer));
+            let item = Item {
+                r,
+                slot,
+                sender: Some(peer),
+                sign: false,
+            };
+            self.push(to, item);
         }
         for_us
     }
@@ -436,12 +450,12 @@ impl<C> Relays<C> {
         id
     }
 
-    /// Queues a request for `via`, sent by `sender` (`None`: our own).
-    fn push(&mut self, via: PeerId, r: Relayed, slot: Slot, sender: Option<PeerId>) {
-        if let Some(s) = sender {
-            self.held.take(via, s, item_size(&r));
+    /// Queues a request for `via` (its `sender`: `None` for our own).
+    fn push(&mut self, via: PeerId, item: Item) {
+        if let Some(s) = item.sender {
+            self.held.take(via, s, item_size(&item.r));
         }
-        self.links.push(via, Item { r, slot, sender });
+        self.links.push(via, item);
         if !self.dirty.contains(&via) {
             self.dirty.push(via);
         }
@@ -450,15 +464,13 @@ impl<C> Relays<C> {
     /// Sends what waits for `via` as one bundle, unless one is in flight
     /// (then it goes when that one is answered, with whatever gathered).
     fn flush_one(&mut self, via: PeerId, max_frame: usize, now: Instant, out: &mut Vec<Effect<C>>) {
-        let Some((mut items, slots)) =
+        let Some((mut items, slots, own)) =
             self.take_bundle(&via, max_frame.saturating_sub(BUNDLE_SLACK), now)
         else {
             return;
         };
-        // Our own requests in the bundle are signed together, once.
-        let own: Vec<usize> = (0..items.len())
-            .filter(|&i| items[i].proof.is_none())
-            .collect();
+        // Our own requests in the bundle that need a proof are signed
+        // together, once.
         if !own.is_empty() {
             let leaves: Vec<_> = own
                 .iter()
@@ -484,7 +496,7 @@ impl<C> Relays<C> {
         via: &PeerId,
         max_bytes: usize,
         now: Instant,
-    ) -> Option<(Vec<Relayed>, Vec<Slot>)> {
+    ) -> Option<(Vec<Relayed>, Vec<Slot>, Vec<usize>)> {
         let batch = self.links.take(via, now, |item, n, bytes| {
             if n > 0 && (bytes + item.weight() > max_bytes || n >= MAX_BUNDLE) {
                 Pick::Stop
@@ -496,10 +508,13 @@ impl<C> Relays<C> {
             Vec::with_capacity(batch.len()),
             Vec::with_capacity(batch.len()),
         );
-        let mut others = Vec::new();
+        let (mut others, mut sign) = (Vec::new(), Vec::new());
         for item in batch {
             if let Some(s) = item.sender {
                 others.push((s, item_size(&item.r)));
+            }
+            if item.sign {
+                sign.push(items.len());
             }
             items.push(item.r);
             slots.push(item.slot);
@@ -513,7 +528,7 @@ impl<C> Relays<C> {
                 }
             }
         }
-        Some((items, slots))
+        Some((items, slots, sign))
     }
 }
 
@@ -653,7 +668,13 @@ mod tests {
             slot += 1;
             let fits = q.held.admits(&via, &sender, 600, frame).is_ok();
             if fits {
-                q.push(via, item(40), Slot::Own(slot), Some(sender));
+                let queued = Item {
+                    r: item(40),
+                    slot: Slot::Own(slot),
+                    sender: Some(sender),
+                    sign: false,
+                };
+                q.push(via, queued);
             }
             fits
         };
@@ -677,7 +698,7 @@ mod tests {
 
         // A bundle in flight still holds its requests; its answer frees them.
         let now = Instant::now();
-        let (items, slots) = q.take_bundle(&hops[0], 1 << 20, now).expect("a bundle");
+        let (items, slots, _) = q.take_bundle(&hops[0], 1 << 20, now).expect("a bundle");
         assert_eq!(items.len(), 3);
         assert!(!hold(&mut q, hops[2], s[6]), "in flight is held too");
         let mut out = Effects::new();
@@ -690,7 +711,7 @@ mod tests {
             "the sender's share is free again"
         );
         // A failed bundle frees them as well.
-        let (_, slots) = q.take_bundle(&hops[1], 1 << 20, now).expect("a bundle");
+        let (_, slots, _) = q.take_bundle(&hops[1], 1 << 20, now).expect("a bundle");
         q.on_bundle_result(
             hops[1],
             slots,
@@ -761,12 +782,15 @@ mod tests {
         let now = Instant::now();
         let mut out = Effects::new();
 
-        let first = a.queue_own(relay, b, &Request::Lookup("1".into())).unwrap();
+        let first = a.queue_own(relay, b, &Request::Resync).unwrap();
         a.flush(FRAME, now, &mut out);
         let sent = sends(&mut out);
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].0, sent[0].1.len()), (relay, 1));
-        assert!(sent[0].1[0].proof.is_some(), "our requests go signed");
+        assert!(
+            sent[0].1[0].proof.is_some(),
+            "what needs a proof goes signed"
+        );
 
         // Two more while it is in flight: nothing goes.
         let second = a.queue_own(relay, b, &Request::Lookup("2".into())).unwrap();
@@ -869,16 +893,16 @@ mod tests {
         a.queue_own(r_id, r_id, &Request::Lookup("for r".into()));
         a.flush(FRAME, now, &mut out);
         let (_, mut items, _) = sends(&mut out).into_iter().next().unwrap();
-        // Three more that the contact must refuse: for a stranger, one
-        // relayed already (another origin), and one unsigned.
+        assert!(items.iter().all(|r| r.proof.is_none()), "lookups go bare");
+        // Two more that the contact must refuse: for a stranger, and one
+        // relayed already (another origin). Whether a request needed its
+        // origin's proof is for its destination to check.
         let stranger = PeerId::random();
         let mut for_stranger = items[0].clone();
         for_stranger.to = stranger.to_bytes();
         let mut twice = items[0].clone();
         twice.origin = b_id.to_bytes();
-        let mut unsigned = items[0].clone();
-        unsigned.proof = None;
-        items.extend([for_stranger, twice, unsigned]);
+        items.extend([for_stranger, twice]);
 
         let m = membership_with(r_id, &[&ka, &kb]);
         let for_us = r.on_relay(a_id, items, "to a", &m, FRAME, &mut out);
@@ -917,7 +941,28 @@ mod tests {
         assert!(matches!(rs[1], Response::RecordsOk));
         assert_eq!(why(&rs[2]), "destination is not a member");
         assert_eq!(why(&rs[3]), "relayed requests are relayed once");
-        assert_eq!(why(&rs[4]), "unsigned");
+        assert_eq!(rs.len(), 4);
+    }
+
+    #[test]
+    fn an_origin_signs_what_needs_its_proof_and_nothing_else() {
+        let ((ka, a_id), (kr, r_id), (_, b_id)) = (host(), host(), host());
+        let mut a = Relays::new(ka.clone());
+        let mut out = Effects::new();
+        a.queue_own(r_id, b_id, &Request::Lookup("1".into()));
+        a.queue_own(r_id, b_id, &Request::Resync);
+        a.queue_own(r_id, b_id, &Request::Lookup("2".into()));
+        a.queue_own(r_id, b_id, &Request::Resync);
+        a.flush(FRAME, Instant::now(), &mut out);
+        let (_, items, _) = sends(&mut out).into_iter().next().unwrap();
+        let signed: Vec<bool> = items.iter().map(|r| r.proof.is_some()).collect();
+        assert_eq!(signed, [false, true, false, true]);
+        // The two signed together verify at their destination.
+        let m = membership_with(b_id, &[&ka, &kr]);
+        for r in &items {
+            let (origin, _) = open(&m, r_id, r).unwrap();
+            assert_eq!(origin, a_id);
+        }
     }
 
     #[test]
@@ -936,7 +981,13 @@ mod tests {
         let (_, items, _) = sends(&mut out).into_iter().next().unwrap();
         let m = membership_with(r_id, &[&ka, &kb]);
         // B's bundle is in flight so that A's requests queue behind it.
-        r.push(b_id, item(1), Slot::Own(999), None);
+        let queued = Item {
+            r: item(1),
+            slot: Slot::Own(999),
+            sender: None,
+            sign: true,
+        };
+        r.push(b_id, queued);
         r.flush(frame, now, &mut out);
         out.clear();
         assert!(r
@@ -999,12 +1050,12 @@ mod tests {
             dest.public().to_peer_id(),
         );
         let m = membership_with(dest_id, &[&a, &relay]);
-        let req = Request::Lookup("x".into());
+        let req = Request::Resync;
 
         let good = relayed(&a, a_id, dest_id, &req);
         let (origin, got) = open(&m, relay_id, &good).unwrap();
         assert_eq!(origin, a_id);
-        assert!(matches!(got, Request::Lookup(id) if id == "x"));
+        assert!(matches!(got, Request::Resync));
 
         // The relay alters the request: the signature no longer holds.
         let mut altered = good.clone();
@@ -1041,7 +1092,7 @@ mod tests {
         };
         assert!(open(&m, relay_id, &unsigned)
             .unwrap_err()
-            .contains("signature"));
+            .contains("unsigned"));
         let mut misplaced = good.clone();
         if let Some(p) = misplaced.proof.as_mut() {
             p.index = 0;
@@ -1049,6 +1100,30 @@ mod tests {
         assert!(open(&m, relay_id, &misplaced)
             .unwrap_err()
             .contains("signature"));
+
+        // A lookup needs no proof (its answer is the same for any member
+        // that asks, and its relay could forge the answer anyway); one
+        // that carries a proof is still checked.
+        let lookup = Request::Lookup("x".into());
+        let bare = Relayed {
+            proof: None,
+            ..relayed(&a, a_id, dest_id, &lookup)
+        };
+        let (origin, got) = open(&m, relay_id, &bare).unwrap();
+        assert_eq!(origin, a_id);
+        assert!(matches!(got, Request::Lookup(id) if id == "x"));
+        let mut altered = relayed(&a, a_id, dest_id, &lookup);
+        altered.inner = postcard::to_allocvec(&Request::Lookup("y".into())).unwrap();
+        assert!(open(&m, relay_id, &altered)
+            .unwrap_err()
+            .contains("signature"));
+        let from_stranger = Relayed {
+            origin: s_id.to_bytes(),
+            ..bare.clone()
+        };
+        assert!(open(&m, relay_id, &from_stranger)
+            .unwrap_err()
+            .contains("not a member"));
 
         // Joins are never taken relayed.
         let join = relayed(&a, a_id, dest_id, &Request::Join(vec![]));
